@@ -1,0 +1,359 @@
+"""nocpolicyd: wire the components, run them under one TaskGroup, reload and stop cleanly.
+
+Start: load and validate the policy (refuse to start on errors), open the state
+store, prepare and commit every component, start them in list order, then serve
+metrics and the admin API. Reload (SIGHUP, `nocpolicyctl reload`, a saved file):
+validate the whole new policy, let every component prepare, then commit all --
+or keep the old policy and report why. Stop (SIGTERM/SIGINT): components stop in
+reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from . import __version__, sdnotify
+from .clock import SystemClock
+from .component import Component, Context
+from .control.admin import AdminApi
+from .control.commands import Args, Command, CommandRegistry, Invocation
+from .control.http import HttpServer
+from .control.token import ensure_token
+from .errors import NocpolicyError, PolicyInvalid
+from .events import EventBus
+from .logs import setup_logging
+from .metrics import ComponentCollector, CoreMetrics, EventBusCollector, metrics_handler
+from .options import Options, parse_options
+from .policy.diff import diff_policies
+from .policy.fields import as_bool, as_int
+from .policy.load import load_policy, policy_files
+from .policy.model import Policy
+from .store import Store
+
+log = logging.getLogger("nocpolicy")
+
+WATCH_INTERVAL = 1.0     # seconds between looks at the policy files
+WATCH_DEBOUNCE = 0.5     # files must be unchanged this long before a reload
+
+
+def component_types(options: Options) -> list[type[Component]]:
+    """Every component, in start order (stop is the reverse). One visible list."""
+    from .control.mqtt.component import MqttBridge
+    from .detect.component import Detector
+    from .dns.component import DnsGuard
+    from .maintenance.component import Maintenance
+    from .qos.component import Enforcer
+    return [DnsGuard, Detector, Enforcer, Maintenance, MqttBridge]
+
+
+def ensure_secret(state_dir: str, name: str, size: int = 32) -> bytes:
+    path = Path(state_dir) / name
+    if path.exists():
+        os.chmod(path, 0o600)
+        data = path.read_bytes()
+        if len(data) >= 16:
+            return data
+    data = secrets.token_bytes(size)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return data
+
+
+class Daemon:
+    def __init__(self, options: Options, *, clock=None, types: list[type[Component]] | None = None):
+        self.options = options
+        self.clock = clock or SystemClock()
+        self._types = types
+        self.policy: Policy | None = None
+        self.components: list[Component] = []
+        self.commands = CommandRegistry()
+        self.registry = CollectorRegistry()
+        self.metrics = CoreMetrics(self.registry)
+        self.events = EventBus()
+        self.started_at = dt.datetime.now(dt.UTC)
+        self.last_reload: dict = {}
+        self.last_error: dict | None = None
+        self.stop_event = asyncio.Event()
+        self.reload_event = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._ready = False
+        self.http: list[HttpServer] = []
+
+    # -- start / stop ------------------------------------------------------------
+
+    async def run(self) -> int:
+        opts = self.options
+        try:
+            policy = load_policy(opts.policies)
+        except PolicyInvalid as exc:
+            for p in exc.problems:
+                log.error("policy: %s", p)
+            log.error("refusing to start: %d problem(s) in %s", len(exc.problems), opts.policies)
+            return 2
+        Path(opts.state_dir).mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            os.chmod(opts.state_dir, 0o700)
+        try:
+            store = Store(Path(opts.state_dir) / "nocpolicy.db")
+        except NocpolicyError as exc:
+            log.error("%s", exc)
+            return 1
+        token = ensure_token(opts.state_dir)
+        ctx = Context(options=opts, store=store, clock=self.clock, events=self.events,
+                      registry=self.registry, policy=lambda: self.policy,
+                      secrets={"pseudonym": ensure_secret(opts.state_dir, "pseudonym.key")},
+                      commands=self.commands)
+        self.ctx = ctx
+        self.registry.register(ComponentCollector(lambda: self.components))
+        self.registry.register(EventBusCollector(self.events))
+        for cmd in self._core_commands():
+            self.commands.register(cmd)
+        started: list[Component] = []
+        try:
+            types = self._types if self._types is not None else component_types(opts)
+            self.components = [t(ctx) for t in types]
+            ctx.components.update({c.name: c for c in self.components})
+            for c in self.components:
+                for cmd in c.commands():
+                    self.commands.register(cmd)
+                for col in c.collectors():
+                    self.registry.register(col)
+            change = diff_policies(None, policy)
+            commits = [await c.prepare(policy, change) for c in self.components]
+            self._commit(policy, commits, change, source="start")
+            for c in self.components:
+                await c.start()
+                started.append(c)
+            await self._start_http(token)
+            self._install_signals()
+            self._ready = True
+            sdnotify.notify("READY=1", f"STATUS=policy {policy.version}")
+            log.info("nocpolicyd %s ready: policy %s from %s (%s)", __version__, policy.version,
+                     opts.policies, change.describe())
+            async with asyncio.TaskGroup() as tg:
+                loops = [tg.create_task(self._reload_loop(), name="reload"),
+                         tg.create_task(self._watchdog_loop(), name="watchdog")]
+                if opts.watch:
+                    loops.append(tg.create_task(self._watch_loop(), name="watch"))
+                await self.stop_event.wait()
+                for t in loops:
+                    t.cancel()
+            return 0
+        except NocpolicyError as exc:
+            log.error("cannot start: %s", exc)
+            return 1
+        finally:
+            self._ready = False
+            sdnotify.notify("STOPPING=1")
+            log.info("stopping")
+            for server in reversed(self.http):
+                await server.stop()
+            for c in reversed(started):
+                try:
+                    await asyncio.wait_for(c.stop(), timeout=10)
+                    log.info("stopped %s", c.name)
+                except Exception as exc:  # keep stopping the others
+                    log.error("stopping %s failed: %s", c.name, exc)
+            store.close()
+
+    async def _start_http(self, token: str) -> None:
+        api = AdminApi(self.commands, token)
+        for name, (host, port), handler in (
+                ("metrics", self.options.metrics_listen, metrics_handler(self.registry, self.ready)),
+                ("admin API", self.options.admin_listen, api.handle)):
+            server = HttpServer(name, host, port, handler)
+            try:
+                await server.start()
+            except OSError as exc:
+                raise NocpolicyError(f"{name} cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+            self.http.append(server)
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self.reload_event.set)
+        loop.add_signal_handler(signal.SIGTERM, self.stop_event.set)
+        loop.add_signal_handler(signal.SIGINT, self.stop_event.set)
+
+    def ready(self) -> tuple[bool, str]:
+        if not self._ready:
+            return False, "starting or stopping"
+        down = [c.name for c in self.components if not c.up]
+        return (not down, f"components not up: {', '.join(down)}")
+
+    # -- reload ------------------------------------------------------------------
+
+    async def reload(self, source: str, *, dry_run: bool = False, actor: str = "daemon") -> dict:
+        async with self._reload_lock:
+            return await self._reload(source, dry_run, actor)
+
+    async def _reload(self, source: str, dry_run: bool, actor: str) -> dict:
+        old = self.policy
+        try:
+            new = await asyncio.to_thread(load_policy, self.options.policies)
+        except PolicyInvalid as exc:
+            return self._refused(source, [str(p) for p in exc.problems])
+        change = diff_policies(old, new)
+        if dry_run:
+            out = {}
+            for c in self.components:
+                text = await c.dry_run(new, change)
+                if text:
+                    out[c.name] = text
+            return {"ok": True, "dry_run": True, "version": new.version, "change": change.as_dict(),
+                    "summary": change.describe(), "components": out}
+        if old is not None and new.version == old.version:
+            return {"ok": True, "changed": False, "version": new.version, "summary": "no change"}
+        sdnotify.notify("RELOADING=1")
+        try:
+            commits = []
+            for c in self.components:
+                try:
+                    commits.append(await c.prepare(new, change))
+                except NocpolicyError as exc:
+                    return self._refused(source, [f"{c.name}: {exc}"])
+            self._commit(new, commits, change, source=source, actor=actor)
+        finally:
+            sdnotify.notify("READY=1", f"STATUS=policy {self.policy.version}")
+        return {"ok": True, "changed": True, "version": new.version, "previous": old.version if old else None,
+                "summary": change.describe(), "change": change.as_dict()}
+
+    def _commit(self, policy: Policy, commits, change, *, source: str, actor: str = "daemon") -> None:
+        for commit in commits:
+            if commit is not None:
+                commit()
+        old = self.policy
+        self.policy = policy
+        now = time.time()
+        self.metrics.policy_loaded(policy.version, now)
+        self.last_reload = {"ok": True, "source": source, "version": policy.version,
+                            "at": dt.datetime.fromtimestamp(now, dt.UTC).isoformat(),
+                            "summary": change.describe()}
+        self.last_error = None
+        self.ctx.store.put("policy.last_good", {"version": policy.version, "at": self.last_reload["at"]})
+        if old is not None:
+            self.ctx.store.audit(actor, "policy.reload", "policy", {"version": old.version},
+                                 {"version": policy.version, "source": source, "change": change.as_dict()})
+            log.info("policy %s -> %s (%s): %s", old.version, policy.version, source, change.describe())
+        self.events.publish("reload", {"ok": True, "version": policy.version, "source": source,
+                                       "summary": change.describe()})
+
+    def _refused(self, source: str, errors: list[str]) -> dict:
+        self.metrics.policy_refused()
+        at = dt.datetime.now(dt.UTC).isoformat()
+        self.last_error = {"source": source, "at": at, "errors": errors}
+        self.last_reload = {"ok": False, "source": source, "at": at}
+        for e in errors:
+            log.error("reload refused: %s", e)
+        log.error("reload (%s) refused with %d problem(s); still serving policy %s", source, len(errors),
+                  self.policy.version if self.policy else "-")
+        self.events.publish("reload", {"ok": False, "source": source, "errors": len(errors)})
+        return {"ok": False, "errors": errors,
+                "version": self.policy.version if self.policy else None}
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await self.reload_event.wait()
+            self.reload_event.clear()
+            await self.reload("SIGHUP")
+
+    async def _watch_loop(self) -> None:
+        last = _snapshot(self.options.policies)
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            now = _snapshot(self.options.policies)
+            if now == last:
+                continue
+            while True:  # debounce: wait until an editor has finished writing
+                await asyncio.sleep(WATCH_DEBOUNCE)
+                settled = _snapshot(self.options.policies)
+                if settled == now:
+                    break
+                now = settled
+            last = now
+            await self.reload("file change")
+
+    async def _watchdog_loop(self) -> None:
+        interval = sdnotify.watchdog_interval()
+        if interval is None:
+            await asyncio.Event().wait()
+        while True:
+            sdnotify.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    # -- commands ----------------------------------------------------------------
+
+    def _core_commands(self) -> list[Command]:
+        async def status(args: Args, inv: Invocation) -> dict:
+            args.check()
+            return self.status()
+
+        async def reload(args: Args, inv: Invocation) -> dict:
+            dry = args.get("dry_run", as_bool, False)
+            args.check()
+            return await self.reload("nocpolicyctl" if inv.source == "admin-api" else inv.source,
+                                     dry_run=dry, actor=inv.actor)
+
+        async def audit(args: Args, inv: Invocation) -> dict:
+            limit = args.get("limit", as_int, 50)
+            subject = args.get("subject", lambda n, p=None: str(n.value), None)
+            args.check()
+            return {"audit": self.ctx.store.audit_log(subject=subject, limit=max(1, min(limit, 1000)))}
+
+        return [Command("status", status, "daemon, policy and component status", mutating=False),
+                Command("reload", reload, "reload the policy directory (dry_run: show the diff only)"),
+                Command("audit", audit, "recent audit records (subject, limit)", mutating=False)]
+
+    def status(self) -> dict:
+        p = self.policy
+        return {
+            "daemon": {"version": __version__, "pid": os.getpid(), "started_at": self.started_at.isoformat(),
+                       "role": self.options.role, "node": self.options.node or (p.settings.node if p else None),
+                       "state_dir": str(Path(self.options.state_dir).resolve()),
+                       "policies": str(Path(self.options.policies).resolve())},
+            "policy": p.summary() if p else None,
+            "last_reload": self.last_reload,
+            "last_error": self.last_error,
+            "components": {c.name: c.status() for c in self.components},
+        }
+
+
+def _snapshot(directory: str):
+    try:
+        return tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in policy_files(directory))
+    except OSError:
+        return ()
+
+
+def loop_factory():
+    """uvloop when installed (faster DNS path), else the default asyncio loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_options(argv)
+    setup_logging(options.log_format, options.log_level)
+    try:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            return runner.run(Daemon(options).run())
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""nocpolicyctl sub-commands for detect (placeholder)."""
+
+
+def register(sub) -> None:
+    pass

@@ -1,0 +1,5 @@
+"""nocpolicyctl sub-commands for dns (placeholder)."""
+
+
+def register(sub) -> None:
+    pass

@@ -1,0 +1,5 @@
+"""nocpolicyctl sub-commands for fleet (placeholder)."""
+
+
+def register(sub) -> None:
+    pass

@@ -1,0 +1,5 @@
+"""nocpolicyctl sub-commands for maintenance (placeholder)."""
+
+
+def register(sub) -> None:
+    pass

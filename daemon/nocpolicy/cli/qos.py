@@ -1,0 +1,5 @@
+"""nocpolicyctl sub-commands for qos (placeholder)."""
+
+
+def register(sub) -> None:
+    pass

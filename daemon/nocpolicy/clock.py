@@ -1,0 +1,49 @@
+"""Clocks passed in from one place: the system clock, and a manual one for tests."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+
+
+class SystemClock:
+    def now(self) -> dt.datetime:
+        return dt.datetime.now(dt.UTC)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+
+class ManualClock:
+    """A clock that moves only when told to; sleepers wake when their time comes."""
+
+    def __init__(self, start: dt.datetime):
+        if start.tzinfo is None:
+            raise ValueError("ManualClock needs an aware datetime")
+        self._now = start
+        self._mono = 0.0
+        self._changed = asyncio.Event()
+
+    def now(self) -> dt.datetime:
+        return self._now
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    def advance(self, seconds: float) -> None:
+        self._now += dt.timedelta(seconds=seconds)
+        self._mono += seconds
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def set(self, when: dt.datetime) -> None:
+        self.advance((when - self._now).total_seconds())
+
+    async def sleep(self, seconds: float) -> None:
+        deadline = self._mono + max(0.0, seconds)
+        while self._mono < deadline:
+            await self._changed.wait()

@@ -1,0 +1,97 @@
+"""The one lifecycle every component shares, and the context passed to it.
+
+``prepare(policy, change)`` does the heavy work for a new policy (build indexes,
+render rules) off the live state and returns a ``commit`` callable that swaps it
+in; it raises to refuse the policy, so a reload is all-or-nothing across
+components. ``start()`` runs once after the first commit, ``stop()`` once at the
+end (in reverse order of the component list).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .tasks import TaskSet
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
+
+    from .clock import SystemClock
+    from .control.commands import Command
+    from .events import EventBus
+    from .options import Options
+    from .policy.diff import PolicyChange
+    from .policy.model import Policy
+    from .store import Store
+
+Commit = Callable[[], None]
+
+
+@dataclass
+class Context:
+    """Side effects, passed in from one place (app.py)."""
+
+    options: Options
+    store: Store
+    clock: SystemClock
+    events: EventBus
+    registry: CollectorRegistry
+    policy: Callable[[], Policy]          # the policy in force now
+    secrets: dict[str, bytes] = field(default_factory=dict)   # e.g. pseudonym key
+    commands: Any = None                                      # the CommandRegistry (MQTT dispatches through it)
+    components: dict[str, Any] = field(default_factory=dict)  # name -> component, for cross-component calls
+
+
+class Component:
+    name = "component"
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.tasks = TaskSet(self.name, on_failure=self._task_failed)
+        self.state = "new"            # new, running, failed, stopped, disabled
+        self.detail = ""
+        self.since = dt.datetime.now(dt.UTC)
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def prepare(self, policy: Policy, change: PolicyChange) -> Commit | None:
+        return None
+
+    async def start(self) -> None:
+        self.set_state("running")
+
+    async def stop(self) -> None:
+        await self.tasks.close()
+        self.set_state("stopped")
+
+    async def dry_run(self, policy: Policy, change: PolicyChange) -> str | None:
+        """What applying ``policy`` would change (for ``reload --dry-run``); None if nothing to say."""
+        return None
+
+    # -- wiring ------------------------------------------------------------------
+
+    def commands(self) -> list[Command]:
+        return []
+
+    def collectors(self) -> list:
+        return []
+
+    def status(self) -> dict:
+        return {"state": self.state, "detail": self.detail, "since": self.since.isoformat()}
+
+    # -- helpers -----------------------------------------------------------------
+
+    @property
+    def up(self) -> bool:
+        return self.state in ("running", "disabled")
+
+    def set_state(self, state: str, detail: str = "") -> None:
+        if state != self.state or detail != self.detail:
+            self.since = dt.datetime.now(dt.UTC)
+        self.state, self.detail = state, detail
+
+    def _task_failed(self, task: str, exc: BaseException) -> None:
+        self.set_state("failed", f"{task}: {exc}")

@@ -1,0 +1,1 @@
+"""Control plane: commands, the admin API, and (later) MQTT."""

@@ -1,0 +1,1 @@
+"""MQTT control plane and fleet (issue 7)"""

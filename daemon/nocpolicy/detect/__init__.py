@@ -1,0 +1,1 @@
+"""passive C&C detection from resolver logs (issue 8)"""

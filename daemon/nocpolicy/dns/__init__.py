@@ -1,0 +1,1 @@
+"""DNS guard: wire (hot-path parse), match, verdict, lists, server, upstream."""

@@ -1,0 +1,30 @@
+"""The project's own exceptions; third-party errors are mapped to these at the boundary."""
+
+
+class NocpolicyError(Exception):
+    """Base class: a message an operator can act on."""
+
+
+class PolicyInvalid(NocpolicyError):
+    """A policy directory did not validate; ``problems`` lists every error found."""
+
+    def __init__(self, problems):
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class StoreError(NocpolicyError):
+    """The state database could not be read or written."""
+
+
+class CommandError(NocpolicyError):
+    """A control command was refused; ``status`` is the HTTP-like status code."""
+
+    def __init__(self, message, status=400, field=None):
+        self.status = status
+        self.field = field
+        super().__init__(message)
+
+
+class EnforcementError(NocpolicyError):
+    """Applying rules to the kernel (or a router) failed."""

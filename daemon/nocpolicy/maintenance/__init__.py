@@ -1,0 +1,1 @@
+"""maintenance and fault windows, notices (issue 6)"""

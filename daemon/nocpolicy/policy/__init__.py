@@ -1,0 +1,1 @@
+"""Policy: the declarative inventory operators keep in git (model, load, diff)."""

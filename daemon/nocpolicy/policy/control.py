@@ -1,0 +1,55 @@
+"""The ``control:`` section: who may issue which command over MQTT, fleet membership."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .fields import Obj, as_id, as_text, list_of, obj
+from .nodes import Loc
+
+
+@dataclass(frozen=True)
+class Grant:
+    identity: str              # MQTT username (or certificate CN)
+    verbs: tuple[str, ...]     # command names, or "*" for all
+    loc: Loc = field(default=Loc("?", 0), compare=False, repr=False)
+
+    @property
+    def id(self) -> str:
+        return self.identity
+
+
+@dataclass(frozen=True)
+class ControlSettings:
+    grants: tuple[Grant, ...] = ()
+    groups: dict = field(default_factory=dict, hash=False)   # group name -> node names
+    loc: Loc = field(default=Loc("?", 0), compare=False, repr=False)
+    locs: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
+
+
+def _grant(o: Obj) -> Grant:
+    return Grant(identity=o.req("identity", as_text),
+                 verbs=o.req("verbs", list_of(as_text, min_items=1, unique=True)) or (),
+                 loc=o.node.loc)
+
+
+def _groups(node, problems):
+    from .fields import Invalid, convert
+    if not isinstance(node.value, dict):
+        raise Invalid("expected a mapping of group name to a list of node names")
+    out = {}
+    for name, members in node.value.items():
+        out[name] = convert(members, list_of(as_id, unique=True), problems) or ()
+    return out
+
+
+def _control(o: Obj) -> ControlSettings:
+    return ControlSettings(
+        grants=o.get("grants", list_of(obj(_grant)), ()) or (),
+        groups=o.get("groups", _groups, {}) or {},
+        loc=o.node.loc, locs=o.locs,
+    )
+
+
+read_control = obj(_control)
+_ = as_id

@@ -1,0 +1,115 @@
+"""Customers and plans: who is served, from which prefixes, with which caps and contact."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from .fields import (Obj, Problems, as_bool, as_email, as_id, as_prefix, as_rate, as_str, as_text,
+                     as_url, list_of, obj, one_of)
+from .nodes import Loc
+
+Prefix = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Contact:
+    """The fault contact (障害時連絡先, Art. 24(3)) registered in the contract."""
+
+    email: str | None = None
+    webhook: str | None = None
+    mqtt_topic: str | None = None
+    language: str = "ja+en"
+
+
+@dataclass(frozen=True)
+class Customer:
+    id: str
+    name: str
+    prefixes: tuple[Prefix, ...] = ()
+    tags: tuple[str, ...] = ()
+    nodes: tuple[str, ...] = ()
+    plan: str | None = None
+    public_safety: bool = False
+    contact: Contact = Contact()
+    security_optout: bool = False
+    optional_lists: tuple[str, ...] = ()
+    loc: Loc = field(default=Loc("?", 0), compare=False, repr=False)
+    locs: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
+
+
+@dataclass(frozen=True)
+class Plan:
+    id: str
+    name: str
+    down: int          # bit/s towards the customer, normal times
+    up: int | None = None
+    emergency_down: int | None = None   # tighter cap while an emergency is active
+    loc: Loc = field(default=Loc("?", 0), compare=False, repr=False)
+    locs: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
+
+
+def _contact(o: Obj) -> Contact:
+    c = Contact(
+        email=o.get("email", as_email, None),
+        webhook=o.get("webhook", as_url("http", "https"), None),
+        mqtt_topic=o.get("mqtt_topic", as_text, None),
+        language=o.get("language", one_of("ja", "en", "ja+en"), "ja+en") or "ja+en",
+    )
+    return c
+
+
+def _customer(o: Obj) -> Customer:
+    return Customer(
+        id=o.req("id", as_id),
+        name=o.req("name", as_text),
+        prefixes=o.get("prefixes", list_of(as_prefix, unique=True), ()) or (),
+        tags=o.get("tags", list_of(as_id, unique=True), ()) or (),
+        nodes=o.get("nodes", list_of(as_id, unique=True), ()) or (),
+        plan=o.get("plan", as_id, None),
+        public_safety=o.get("public_safety", as_bool, False) or False,
+        contact=o.get("contact", obj(_contact), Contact()) or Contact(),
+        security_optout=o.get("security_optout", as_bool, False) or False,
+        optional_lists=o.get("optional_lists", list_of(as_id, unique=True), ()) or (),
+        loc=o.node.loc,
+        locs=o.locs,
+    )
+
+
+def _plan(o: Obj) -> Plan:
+    return Plan(
+        id=o.req("id", as_id),
+        name=o.get("name", as_str, "") or "",
+        down=o.req("down", as_rate),
+        up=o.get("up", as_rate, None),
+        emergency_down=o.get("emergency_down", as_rate, None),
+        loc=o.node.loc,
+        locs=o.locs,
+    )
+
+
+read_customers = list_of(obj(_customer))
+read_plans = list_of(obj(_plan))
+
+
+def check_prefix_overlaps(customers, problems: Problems) -> None:
+    """Two customers may not claim overlapping prefixes: longest-prefix match would be ambiguous."""
+    owned: list[tuple[Prefix, Customer]] = []
+    for c in customers:
+        for p in c.prefixes:
+            owned.append((p, c))
+    for version in (4, 6):
+        entries = sorted(((p, c) for p, c in owned if p.version == version),
+                         key=lambda pc: (int(pc[0].network_address), -pc[0].prefixlen))
+        stack: list[tuple[Prefix, Customer]] = []
+        for p, c in entries:
+            while stack and not (int(stack[-1][0].network_address) <= int(p.network_address)
+                                 <= int(stack[-1][0].broadcast_address)):
+                stack.pop()
+            for q, d in stack:
+                if d.id != c.id or q == p:
+                    loc = c.locs.get("prefixes", c.loc)
+                    problems.add(loc, f"customers[id={c.id}].prefixes",
+                                 f"{p} overlaps {q} of customer {d.id!r} ({d.locs.get('prefixes', d.loc)})")
+                    break
+            stack.append((p, c))

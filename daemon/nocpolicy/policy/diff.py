@@ -1,0 +1,92 @@
+"""What changed between two policies, section by section (logged on reload, given to components)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .model import Policy
+
+_ID_SECTIONS = {
+    "customers": lambda p: p.customers,
+    "plans": lambda p: p.plans,
+    "dns.lists": lambda p: p.dns.lists,
+    "dns.upstreams": lambda p: p.dns.upstreams,
+    "emergency_profiles": lambda p: p.profiles,
+    "interfaces": lambda p: p.interfaces,
+    "maintenance.windows": lambda p: p.maintenance.windows,
+    "control.grants": lambda p: p.control.grants,
+}
+
+
+@dataclass(frozen=True)
+class SectionChange:
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
+
+
+@dataclass(frozen=True)
+class PolicyChange:
+    old_version: str | None
+    new_version: str
+    sections: dict[str, SectionChange] = field(default_factory=dict)
+    settings_changed: tuple[str, ...] = ()   # single-valued sections that differ
+
+    @property
+    def initial(self) -> bool:
+        return self.old_version is None
+
+    def touches(self, *names: str) -> bool:
+        if self.initial:
+            return True
+        return any(bool(self.sections.get(n)) or n in self.settings_changed for n in names)
+
+    def describe(self) -> str:
+        if self.initial:
+            return f"initial policy {self.new_version}"
+        parts = []
+        for name, ch in self.sections.items():
+            for verb, ids in (("+", ch.added), ("-", ch.removed), ("~", ch.changed)):
+                if ids:
+                    parts.append(f"{name} {verb}{','.join(ids)}")
+        parts.extend(f"{s} changed" for s in self.settings_changed)
+        return "; ".join(parts) or "no effective change"
+
+    def as_dict(self) -> dict:
+        return {
+            "old_version": self.old_version,
+            "new_version": self.new_version,
+            "sections": {k: {"added": v.added, "removed": v.removed, "changed": v.changed}
+                         for k, v in self.sections.items() if v},
+            "settings_changed": list(self.settings_changed),
+        }
+
+
+def diff_policies(old: Policy | None, new: Policy) -> PolicyChange:
+    if old is None:
+        return PolicyChange(None, new.version)
+    sections = {}
+    for name, get in _ID_SECTIONS.items():
+        a = {x.id: x for x in get(old)}
+        b = {x.id: x for x in get(new)}
+        sections[name] = SectionChange(
+            added=tuple(sorted(b.keys() - a.keys())),
+            removed=tuple(sorted(a.keys() - b.keys())),
+            changed=tuple(sorted(k for k in a.keys() & b.keys() if a[k] != b[k])),
+        )
+    single = []
+    if old.settings != new.settings:
+        single.append("settings")
+    dns_old = (old.dns.unknown_clients, old.dns.detection_retention, old.dns.log_allowed)
+    dns_new = (new.dns.unknown_clients, new.dns.detection_retention, new.dns.log_allowed)
+    if dns_old != dns_new:
+        single.append("dns")
+    if (old.maintenance.notice, old.maintenance.smtp, old.maintenance.alertmanager) != \
+            (new.maintenance.notice, new.maintenance.smtp, new.maintenance.alertmanager):
+        single.append("maintenance")
+    if old.control.groups != new.control.groups:
+        single.append("control.groups")
+    return PolicyChange(old.version, new.version, sections, tuple(single))

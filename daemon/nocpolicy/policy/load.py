@@ -1,0 +1,161 @@
+"""Load a policy directory: parse every YAML file, validate the whole, or report every problem.
+
+``load_policy(dir)`` returns a :class:`Policy` or raises :class:`PolicyInvalid`
+whose problems read ``file:line: path.to.field: reason``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+from pathlib import Path
+
+from ..errors import PolicyInvalid
+from . import customers as cust
+from .control import ControlSettings, read_control
+from .dnsconf import DnsSettings, read_dns
+from .emergency import read_interfaces, read_profiles
+from .fields import Obj, Problems, convert, ids_unique, obj
+from .maintenance import MaintenanceSettings, reader as maintenance_reader
+from .model import Policy, Settings, read_settings
+from .nodes import Loc, Node, parse_yaml
+
+LIST_SECTIONS = ("customers", "plans", "emergency_profiles", "interfaces")
+MAP_SECTIONS = ("settings", "dns", "maintenance", "control")
+
+
+def policy_files(directory: str | os.PathLike) -> list[Path]:
+    d = Path(directory)
+    return sorted(p for p in d.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()
+                  and not p.name.startswith("."))
+
+
+def content_version(files: list[tuple[str, bytes]]) -> str:
+    h = hashlib.sha256()
+    for name, data in sorted(files):
+        h.update(name.encode() + b"\0" + data + b"\0")
+    return h.hexdigest()[:12]
+
+
+def load_policy(directory: str | os.PathLike, *, now: dt.datetime | None = None) -> Policy:
+    directory = Path(directory)
+    problems = Problems()
+    if not directory.is_dir():
+        raise PolicyInvalid([_top(str(directory), f"policy directory {directory} does not exist")])
+    files = policy_files(directory)
+    if not files:
+        raise PolicyInvalid([_top(str(directory), "no *.yaml files in the policy directory")])
+
+    raw: list[tuple[str, bytes]] = []
+    sections: dict[str, list[Node]] = {k: [] for k in LIST_SECTIONS + MAP_SECTIONS}
+    for path in files:
+        rel = f"{directory.name}/{path.name}" if directory.name else path.name
+        data = path.read_bytes()
+        raw.append((path.name, data))
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problems.add(Loc(rel, 1), "", f"not UTF-8: {exc}")
+            continue
+        root = parse_yaml(text, rel, problems)
+        if root is None:
+            continue
+        if not isinstance(root.value, dict):
+            problems.add(root, "", "a policy file must be a mapping of sections "
+                         f"({', '.join(MAP_SECTIONS + LIST_SECTIONS)})")
+            continue
+        for key, node in root.value.items():
+            if key not in sections:
+                problems.add(node, key, f"unknown section (expected one of: {', '.join(sorted(sections))})")
+            elif key in MAP_SECTIONS and sections[key]:
+                problems.add(node, key, f"section already defined at {sections[key][0].loc}")
+            else:
+                sections[key].append(node)
+
+    def single(name, reader, default):
+        nodes = sections[name]
+        if not nodes:
+            return default
+        value = convert(nodes[0], reader, problems)
+        return default if value is None else value
+
+    def many(name, reader):
+        out = []
+        for node in sections[name]:
+            out.extend(convert(node, reader, problems) or ())
+        return tuple(out)
+
+    settings = single("settings", obj(read_settings), Settings())
+    policy = Policy(
+        directory=str(directory),
+        version=content_version(raw),
+        loaded_at=now or dt.datetime.now(dt.UTC),
+        files=tuple(p.name for p in files),
+        settings=settings,
+        customers=many("customers", cust.read_customers),
+        plans=many("plans", cust.read_plans),
+        dns=single("dns", read_dns, DnsSettings()),
+        profiles=many("emergency_profiles", read_profiles),
+        interfaces=many("interfaces", read_interfaces),
+        maintenance=single("maintenance", maintenance_reader(settings.timezone), MaintenanceSettings()),
+        control=single("control", read_control, ControlSettings()),
+    )
+    check_references(policy, problems)
+    if problems:
+        raise PolicyInvalid(sorted(problems, key=lambda p: (p.loc.file, p.loc.line, p.path)))
+    return policy
+
+
+def _top(file: str, reason: str):
+    from .nodes import Problem
+    return Problem(Loc(file, 0), "", reason)
+
+
+def check_references(policy: Policy, problems: Problems) -> None:
+    """Cross-section checks: duplicate ids, dangling references, overlapping prefixes."""
+    customers = ids_unique(policy.customers, "customers", problems)
+    plans = ids_unique(policy.plans, "plans", problems)
+    lists = ids_unique(policy.dns.lists, "dns.lists", problems)
+    ids_unique(policy.dns.upstreams, "dns.upstreams", problems)
+    ids_unique(policy.profiles, "emergency_profiles", problems)
+    ids_unique(policy.interfaces, "interfaces", problems)
+    ids_unique(policy.maintenance.windows, "maintenance.windows", problems)
+    ids_unique(policy.control.grants, "control.grants", problems)
+    cust.check_prefix_overlaps(policy.customers, problems)
+
+    def ref(item, where, key, value, index, what):
+        if value is not None and value not in index:
+            loc = item.locs.get(key, item.loc) if hasattr(item, "locs") else item.loc
+            known = ", ".join(sorted(index)[:8]) or "none defined"
+            problems.add(loc, f"{where}.{key}", f"unknown {what} {value!r} (known: {known})")
+
+    for c in policy.customers:
+        where = f"customers[id={c.id}]"
+        ref(c, where, "plan", c.plan, plans, "plan")
+        for lid in c.optional_lists:
+            ref(c, where, "optional_lists", lid, lists, "list")
+            bl = lists.get(lid)
+            if bl is not None and bl.cls != "optional":
+                problems.add(c.locs.get("optional_lists", c.loc), f"{where}.optional_lists",
+                             f"list {lid!r} is {bl.cls}, not optional: customers cannot opt in or out of it here")
+    for p in policy.profiles:
+        where = f"emergency_profiles[id={p.id}]"
+        for cid in p.priority_customers:
+            ref(p, where, "priority", cid, customers, "customer")
+        for cid in p.trusted_dscp.customers:
+            ref(p, where, "priority", cid, customers, "customer")
+    for w in policy.maintenance.windows:
+        where = f"maintenance.windows[id={w.id}]"
+        for cid in w.scope.customers:
+            ref(w, where, "scope", cid, customers, "customer")
+    for bl in policy.dns.lists:
+        if "://" not in bl.source:
+            path = Path(policy.directory) / bl.source
+            if not path.is_file():
+                problems.add(bl.locs.get("source", bl.loc), f"dns.lists[id={bl.id}].source",
+                             f"file {bl.source!r} not found (relative to {policy.directory})")
+        elif not bl.source.lower().startswith(("http://", "https://")):
+            problems.add(bl.locs.get("source", bl.loc), f"dns.lists[id={bl.id}].source",
+                         f"{bl.source!r}: only local files and http(s) URLs are supported")
+    _ = (Obj, DnsSettings)

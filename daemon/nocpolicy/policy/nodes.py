@@ -1,0 +1,121 @@
+"""YAML parsed into located nodes, so that every error can name file:line and a field path.
+
+A :class:`Node` wraps one YAML value: ``value`` is a ``dict[str, Node]``, a
+``list[Node]`` or a plain scalar (str, int, float, bool, None, date/datetime).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import yaml
+
+
+@dataclass(frozen=True, slots=True)
+class Loc:
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One validation problem, printed as ``file:line: path.to.field: reason``."""
+
+    loc: Loc
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.loc}: {self.path or '(top)'}: {self.reason}"
+
+
+class Node:
+    __slots__ = ("value", "loc", "path")
+
+    def __init__(self, value, loc: Loc, path: str):
+        self.value = value
+        self.loc = loc
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"Node({self.value!r} @ {self.loc} {self.path})"
+
+    def plain(self):
+        """The value with every nested Node unwrapped (for hashing or echoing back)."""
+        if isinstance(self.value, dict):
+            return {k: v.plain() for k, v in self.value.items()}
+        if isinstance(self.value, list):
+            return [v.plain() for v in self.value]
+        return self.value
+
+
+def child_path(parent: str, key) -> str:
+    if isinstance(key, int):
+        return f"{parent}[{key}]"
+    return f"{parent}.{key}" if parent else str(key)
+
+
+def parse_yaml(text: str, file: str, problems: list[Problem]) -> Node | None:
+    """Parse one YAML document into a Node tree; syntax errors and duplicate keys go to problems."""
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        reason = f"YAML syntax error: {exc.problem or exc}"
+        if exc.context:
+            reason += f" ({exc.context})"
+        problems.append(Problem(Loc(file, line), "", reason))
+        return None
+    except yaml.YAMLError as exc:
+        problems.append(Problem(Loc(file, 1), "", f"YAML error: {exc}"))
+        return None
+    finally:
+        loader.dispose()
+    if root is None:
+        return Node({}, Loc(file, 1), "")
+    return _convert(root, file, "", loader, problems)
+
+
+def _convert(ynode, file, path, loader, problems) -> Node:
+    loc = Loc(file, ynode.start_mark.line + 1)
+    if isinstance(ynode, yaml.MappingNode):
+        out: dict[str, Node] = {}
+        for knode, vnode in ynode.value:
+            key = loader.construct_object(knode, deep=True) if isinstance(knode, yaml.ScalarNode) else None
+            kloc = Loc(file, knode.start_mark.line + 1)
+            if not isinstance(key, (str, int, float, bool)):
+                problems.append(Problem(kloc, path, "mapping keys must be plain scalars"))
+                continue
+            key = str(key) if not isinstance(key, bool) else str(key).lower()
+            if key in out:
+                problems.append(Problem(kloc, child_path(path, key), f"duplicate key (first at line {out[key].loc.line})"))
+                continue
+            out[key] = _convert(vnode, file, child_path(path, key), loader, problems)
+        return Node(out, loc, path)
+    if isinstance(ynode, yaml.SequenceNode):
+        return Node(
+            [_convert(item, file, child_path(path, i), loader, problems) for i, item in enumerate(ynode.value)],
+            loc,
+            path,
+        )
+    try:
+        value = loader.construct_object(ynode, deep=True)
+    except yaml.YAMLError as exc:
+        problems.append(Problem(loc, path, f"bad scalar: {exc}"))
+        value = None
+    return Node(value, loc, path)
+
+
+def from_plain(value, path: str = "", file: str = "<request>") -> Node:
+    """Wrap JSON-like data (an API or MQTT payload) so the same field readers validate it."""
+    loc = Loc(file, 1)
+    if isinstance(value, dict):
+        return Node({str(k): from_plain(v, child_path(path, str(k)), file) for k, v in value.items()}, loc, path)
+    if isinstance(value, list):
+        return Node([from_plain(v, child_path(path, i), file) for i, v in enumerate(value)], loc, path)
+    return Node(value, loc, path)

@@ -1,0 +1,1 @@
+"""emergency priority and utilisation limits (issue 5)"""

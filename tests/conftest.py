@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from helpers import DaemonProcess, copy_policies
+
+
+def need_root_netns() -> str | None:
+    """Why network-namespace tests cannot run here, or None if they can."""
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces"
+    for tool in ("ip", "nft", "tc"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (tests/run-all.sh installs it)"
+    return None
+
+
+@pytest.fixture
+def policy_dir(tmp_path):
+    """A private copy of the example policies."""
+    return copy_policies(tmp_path)
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    """Factory for real nocpolicyd processes; all are stopped at the end of the test."""
+    started: list[DaemonProcess] = []
+
+    def start(policies=None, extra_args=None, wait=True, env=None) -> DaemonProcess:
+        d = DaemonProcess(tmp_path, policies=policies, extra_args=extra_args, env=env)
+        started.append(d)
+        return d.start(wait=wait)
+
+    yield start
+    for d in started:
+        if d.proc and d.proc.poll() is None:
+            d.kill()

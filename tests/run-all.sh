@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs on a fresh Debian 12 machine (Debian
+# packages and a virtual environment in .venv), then runs the whole suite.
+# Usage: bash tests/run-all.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+DEB_PACKAGES=(python3-venv python3-dev gcc iproute2 nftables iperf3 unbound dnsutils dnsperf dnsdist
+              mosquitto mosquitto-clients prometheus systemd)
+missing=()
+for p in "${DEB_PACKAGES[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
