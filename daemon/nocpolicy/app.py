@@ -11,7 +11,6 @@ reverse order.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import os
@@ -21,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import prometheus_client
 from prometheus_client import CollectorRegistry
 
 from . import __version__, sdnotify
@@ -37,7 +37,7 @@ from .metrics import ComponentCollector, CoreMetrics, EventBusCollector, metrics
 from .options import Options, parse_options
 from .policy.diff import diff_policies
 from .policy.fields import as_bool, as_int
-from .policy.load import load_policy, policy_files
+from .policy.load import load_policy
 from .policy.model import Policy
 from .store import Store
 
@@ -71,6 +71,13 @@ def ensure_secret(state_dir: str, name: str, size: int = 32) -> bytes:
     return data
 
 
+def prepare_state_dir(state_dir: str) -> tuple[str, bytes]:
+    """Create the state directory (0700) with its admin token and pseudonym key (0600)."""
+    Path(state_dir).mkdir(parents=True, exist_ok=True)
+    os.chmod(state_dir, 0o700)
+    return ensure_token(state_dir), ensure_secret(state_dir, "pseudonym.key")
+
+
 class Daemon:
     def __init__(self, options: Options, *, clock=None, types: list[type[Component]] | None = None):
         self.options = options
@@ -102,18 +109,19 @@ class Daemon:
                 log.error("policy: %s", p)
             log.error("refusing to start: %d problem(s) in %s", len(exc.problems), opts.policies)
             return 2
-        Path(opts.state_dir).mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(OSError):
-            os.chmod(opts.state_dir, 0o700)
+        try:
+            token, pseudonym = prepare_state_dir(opts.state_dir)
+        except OSError as exc:
+            log.error("cannot prepare the state directory %s: %s", opts.state_dir, exc.strerror or exc)
+            return 1
         try:
             store = Store(Path(opts.state_dir) / "nocpolicy.db")
         except NocpolicyError as exc:
             log.error("%s", exc)
             return 1
-        token = ensure_token(opts.state_dir)
         ctx = Context(options=opts, store=store, clock=self.clock, events=self.events,
                       registry=self.registry, policy=lambda: self.policy,
-                      secrets={"pseudonym": ensure_secret(opts.state_dir, "pseudonym.key")},
+                      secrets={"pseudonym": pseudonym},
                       commands=self.commands)
         self.ctx = ctx
         self.registry.register(ComponentCollector(lambda: self.components))
@@ -214,6 +222,11 @@ class Daemon:
             return {"ok": True, "dry_run": True, "version": new.version, "change": change.as_dict(),
                     "summary": change.describe(), "components": out}
         if old is not None and new.version == old.version:
+            # Files back to the policy in force: an earlier refusal no longer applies.
+            self.metrics.policy_unchanged(time.time())
+            self.last_error = None
+            self.last_reload = {"ok": True, "source": source, "version": new.version,
+                                "at": dt.datetime.now(dt.UTC).isoformat(), "summary": "no change"}
             return {"ok": True, "changed": False, "version": new.version, "summary": "no change"}
         sdnotify.notify("RELOADING=1")
         try:
@@ -330,10 +343,19 @@ class Daemon:
 
 
 def _snapshot(directory: str):
-    try:
-        return tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in policy_files(directory))
-    except OSError:
-        return ()
+    """Name, mtime and size of every file under the policy directory (YAML and list files)."""
+    out = []
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith(".") or name.endswith(("~", ".swp", ".swx")):
+                continue
+            try:
+                st = os.stat(os.path.join(root, name))
+            except OSError:
+                continue
+            out.append((os.path.join(root, name), st.st_mtime_ns, st.st_size))
+    return tuple(out)
 
 
 def loop_factory():
@@ -348,6 +370,8 @@ def loop_factory():
 def main(argv: list[str] | None = None) -> int:
     options = parse_options(argv)
     setup_logging(options.log_format, options.log_level)
+    # No `_created` series: Prometheus does not use them and they double every counter.
+    prometheus_client.disable_created_metrics()
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             return runner.run(Daemon(options).run())

@@ -43,6 +43,12 @@ class CoreMetrics:
         self.policy_info.labels(version).set(1)
         self._version = version
 
+    def policy_unchanged(self, when: float) -> None:
+        """A reload found the policy in force: a success that changes nothing."""
+        self.reloads.labels("success").inc()
+        self.last_success.set(when)
+        self.last_failed.set(0)
+
     def policy_refused(self) -> None:
         self.reloads.labels("failure").inc()
         self.last_failed.set(1)

@@ -40,11 +40,11 @@ class TaskSet:
     def __len__(self) -> int:
         return len(self._tasks)
 
-    async def close(self, timeout: float = 5.0) -> None:
+    async def close(self, grace: float = 5.0) -> None:
         tasks = list(self._tasks)
         for t in tasks:
             t.cancel()
         if tasks:
-            done, pending = await asyncio.wait(tasks, timeout=timeout)
+            done, pending = await asyncio.wait(tasks, timeout=grace)
             for t in pending:
-                log.warning("task %s did not stop within %.1fs", t.get_name(), timeout)
+                log.warning("task %s did not stop within %.1fs", t.get_name(), grace)

@@ -26,9 +26,25 @@ class ControlSettings:
     loc: Loc = field(default=Loc("?", 0), compare=False, repr=False)
     locs: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
 
+    def verbs_for(self, identity: str) -> frozenset[str]:
+        """Every verb granted to ``identity`` (``"*"`` stands for all)."""
+        return frozenset(v for g in self.grants if g.identity == identity for v in g.verbs)
+
+    def allows(self, identity: str, verb: str) -> bool:
+        verbs = self.verbs_for(identity)
+        return "*" in verbs or verb in verbs
+
+    @property
+    def fleet_nodes(self) -> tuple[str, ...]:
+        """Every node named in a group: the fleet a controller plans for, sorted."""
+        return tuple(sorted({n for members in self.groups.values() for n in members}))
+
+    def groups_of(self, node: str) -> tuple[str, ...]:
+        return tuple(sorted(g for g, members in self.groups.items() if node in members))
+
 
 def _grant(o: Obj) -> Grant:
-    return Grant(identity=o.req("identity", as_text),
+    return Grant(identity=o.req("identity", as_id),     # one MQTT topic level: no "/", "+", "#"
                  verbs=o.req("verbs", list_of(as_text, min_items=1, unique=True)) or (),
                  loc=o.node.loc)
 
@@ -52,4 +68,3 @@ def _control(o: Obj) -> ControlSettings:
 
 
 read_control = obj(_control)
-_ = as_id

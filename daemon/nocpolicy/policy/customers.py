@@ -5,8 +5,21 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from .fields import (Obj, Problems, as_bool, as_email, as_id, as_prefix, as_rate, as_str, as_text,
-                     as_url, list_of, obj, one_of)
+from .fields import (
+    Obj,
+    Problems,
+    as_bool,
+    as_email,
+    as_id,
+    as_prefix,
+    as_rate,
+    as_str,
+    as_text,
+    as_url,
+    list_of,
+    obj,
+    one_of,
+)
 from .nodes import Loc
 
 Prefix = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -107,9 +120,12 @@ def check_prefix_overlaps(customers, problems: Problems) -> None:
                                  <= int(stack[-1][0].broadcast_address)):
                 stack.pop()
             for q, d in stack:
-                if d.id != c.id or q == p:
-                    loc = c.locs.get("prefixes", c.loc)
+                loc = c.locs.get("prefixes", c.loc)
+                if d is c:
+                    why = "is listed twice" if q == p else f"lies inside {q} of the same customer (redundant)"
+                    problems.add(loc, f"customers[id={c.id}].prefixes", f"{p} {why}")
+                else:
                     problems.add(loc, f"customers[id={c.id}].prefixes",
                                  f"{p} overlaps {q} of customer {d.id!r} ({d.locs.get('prefixes', d.loc)})")
-                    break
+                break
             stack.append((p, c))

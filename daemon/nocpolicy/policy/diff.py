@@ -75,7 +75,7 @@ def diff_policies(old: Policy | None, new: Policy) -> PolicyChange:
         sections[name] = SectionChange(
             added=tuple(sorted(b.keys() - a.keys())),
             removed=tuple(sorted(a.keys() - b.keys())),
-            changed=tuple(sorted(k for k in a.keys() & b.keys() if a[k] != b[k])),
+            changed=tuple(sorted(k for k in a.keys() & b.keys() if a[k] != b[k] or _content_changed(name, k, old, new))),
         )
     single = []
     if old.settings != new.settings:
@@ -90,3 +90,8 @@ def diff_policies(old: Policy | None, new: Policy) -> PolicyChange:
     if old.control.groups != new.control.groups:
         single.append("control.groups")
     return PolicyChange(old.version, new.version, sections, tuple(single))
+
+
+def _content_changed(section: str, item_id: str, old: Policy, new: Policy) -> bool:
+    """A local list file whose content changed is a changed list even if its entry is the same."""
+    return section == "dns.lists" and old.list_digests.get(item_id) != new.list_digests.get(item_id)

@@ -5,8 +5,21 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from .fields import (Invalid, Obj, as_bool, as_duration, as_fraction, as_hostport, as_id, as_ip,
-                     as_str, as_text, list_of, obj, one_of)
+from .fields import (
+    Invalid,
+    Obj,
+    as_bool,
+    as_duration,
+    as_fraction,
+    as_hostport,
+    as_id,
+    as_ip,
+    as_str,
+    as_text,
+    list_of,
+    obj,
+    one_of,
+)
 from .nodes import Loc
 
 LIST_CLASSES = ("mandatory", "security", "optional")

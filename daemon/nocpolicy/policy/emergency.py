@@ -5,8 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .customers import Prefix
-from .fields import (Obj, as_duration, as_fraction, as_id, as_prefix, as_rate, as_str, as_text,
-                     int_range, list_of, obj, one_of)
+from .fields import (
+    Obj,
+    as_duration,
+    as_fraction,
+    as_id,
+    as_prefix,
+    as_rate,
+    as_str,
+    as_text,
+    int_range,
+    list_of,
+    obj,
+    one_of,
+)
 from .nodes import Loc
 
 # Telecommunications Business Act art. 8 purposes named in Art. 23(1).

@@ -6,6 +6,7 @@ whose problems read ``file:line: path.to.field: reason``.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import os
@@ -17,7 +18,8 @@ from .control import ControlSettings, read_control
 from .dnsconf import DnsSettings, read_dns
 from .emergency import read_interfaces, read_profiles
 from .fields import Obj, Problems, convert, ids_unique, obj
-from .maintenance import MaintenanceSettings, reader as maintenance_reader
+from .maintenance import MaintenanceSettings
+from .maintenance import reader as maintenance_reader
 from .model import Policy, Settings, read_settings
 from .nodes import Loc, Node, parse_yaml
 
@@ -102,9 +104,29 @@ def load_policy(directory: str | os.PathLike, *, now: dt.datetime | None = None)
         control=single("control", read_control, ControlSettings()),
     )
     check_references(policy, problems)
+    digests = list_digests(policy, problems)
     if problems:
         raise PolicyInvalid(sorted(problems, key=lambda p: (p.loc.file, p.loc.line, p.path)))
-    return policy
+    # The version covers the local list files too: editing one is a policy change.
+    raw.extend((f"list:{lid}", d.encode()) for lid, d in digests.items())
+    return dataclasses.replace(policy, version=content_version(raw), list_digests=digests)
+
+
+def list_digests(policy: Policy, problems: Problems) -> dict[str, str]:
+    """SHA-256 of each local list file (by list id); unreadable files become problems."""
+    out = {}
+    for bl in policy.dns.lists:
+        if "://" in bl.source:
+            continue
+        path = Path(policy.directory) / bl.source
+        if not path.is_file():
+            continue   # reported by check_references
+        try:
+            out[bl.id] = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError as exc:
+            problems.add(bl.locs.get("source", bl.loc), f"dns.lists[id={bl.id}].source",
+                         f"cannot read {bl.source!r}: {exc.strerror}")
+    return out
 
 
 def _top(file: str, reason: str):
@@ -124,11 +146,11 @@ def check_references(policy: Policy, problems: Problems) -> None:
     ids_unique(policy.control.grants, "control.grants", problems)
     cust.check_prefix_overlaps(policy.customers, problems)
 
-    def ref(item, where, key, value, index, what):
+    def ref(item, where, key, value, index, what, field_path=None):
         if value is not None and value not in index:
             loc = item.locs.get(key, item.loc) if hasattr(item, "locs") else item.loc
             known = ", ".join(sorted(index)[:8]) or "none defined"
-            problems.add(loc, f"{where}.{key}", f"unknown {what} {value!r} (known: {known})")
+            problems.add(loc, f"{where}.{field_path or key}", f"unknown {what} {value!r} (known: {known})")
 
     for c in policy.customers:
         where = f"customers[id={c.id}]"
@@ -142,13 +164,13 @@ def check_references(policy: Policy, problems: Problems) -> None:
     for p in policy.profiles:
         where = f"emergency_profiles[id={p.id}]"
         for cid in p.priority_customers:
-            ref(p, where, "priority", cid, customers, "customer")
+            ref(p, where, "priority", cid, customers, "customer", "priority.customers")
         for cid in p.trusted_dscp.customers:
-            ref(p, where, "priority", cid, customers, "customer")
+            ref(p, where, "priority", cid, customers, "customer", "priority.dscp.customers")
     for w in policy.maintenance.windows:
         where = f"maintenance.windows[id={w.id}]"
         for cid in w.scope.customers:
-            ref(w, where, "scope", cid, customers, "customer")
+            ref(w, where, "scope", cid, customers, "customer", "scope.customers")
     for bl in policy.dns.lists:
         if "://" not in bl.source:
             path = Path(policy.directory) / bl.source

@@ -6,8 +6,21 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from .customers import Prefix
-from .fields import (Obj, as_bool, as_duration, as_email, as_id, as_prefix, as_str, as_text,
-                     as_url, int_range, list_of, obj, one_of)
+from .fields import (
+    Obj,
+    as_bool,
+    as_duration,
+    as_email,
+    as_id,
+    as_prefix,
+    as_str,
+    as_text,
+    as_url,
+    int_range,
+    list_of,
+    obj,
+    one_of,
+)
 from .nodes import Loc
 
 KINDS = ("planned", "fault")

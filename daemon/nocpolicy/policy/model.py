@@ -51,6 +51,7 @@ class Policy:
     interfaces: tuple[Interface, ...]
     maintenance: MaintenanceSettings
     control: ControlSettings
+    list_digests: dict[str, str] = field(default_factory=dict, hash=False)  # list id -> sha256 of its local file
 
     @cached_property
     def customers_by_id(self) -> dict[str, Customer]:

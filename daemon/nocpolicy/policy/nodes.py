@@ -78,7 +78,12 @@ def parse_yaml(text: str, file: str, problems: list[Problem]) -> Node | None:
         loader.dispose()
     if root is None:
         return Node({}, Loc(file, 1), "")
-    return _convert(root, file, "", loader, problems)
+    try:
+        return _convert(root, file, "", loader, problems)
+    except RecursionError:
+        problems.append(Problem(Loc(file, root.start_mark.line + 1), "",
+                                "YAML nests too deeply (a recursive alias?)"))
+        return None
 
 
 def _convert(ynode, file, path, loader, problems) -> Node:

@@ -68,6 +68,10 @@ class Store:
         try:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                # Create the file 0600 before SQLite opens it: its -wal and -shm files
+                # inherit the database file's permissions.
+                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+                os.chmod(self.path, 0o600)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                        timeout=10.0)
             self._db.row_factory = sqlite3.Row
@@ -78,11 +82,8 @@ class Store:
             self._db.execute("""CREATE TABLE IF NOT EXISTS schema_migrations (
                 component TEXT NOT NULL, version INTEGER NOT NULL, applied TEXT NOT NULL,
                 PRIMARY KEY (component, version))""")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open state database {self.path}: {exc}") from exc
-        if self.path != ":memory:":
-            with contextlib.suppress(OSError):
-                os.chmod(self.path, 0o600)
         self.migrate("core", CORE_MIGRATIONS)
 
     def close(self) -> None:
