@@ -1,0 +1,139 @@
+"""Compiled block lists and the suffix matcher (pure, no I/O).
+
+A :class:`DomainIndex` holds the entries of one list in plain sets/dicts of
+lower-case names without the trailing dot (A-label form):
+
+* ``subtree`` -- the name *and every name below it* (plain domain lists,
+  Maltrail trails, policy ``allow`` exceptions);
+* ``exact``   -- the name only (hosts files, RPZ ``x``);
+* ``wild``    -- strictly below the name, not the name itself (RPZ ``*.x``).
+
+``exact``/``wild`` map to an action override (RPZ: ``nxdomain``, ``nodata``,
+``passthru``, ``refused``, ``sinkhole:<addr>``) or ``None`` for the list's own
+action. Matching walks the suffixes of the query name once, most specific first,
+so the most specific entry wins (RPZ precedence: exact before wildcards, longer
+wildcards before shorter). Lookups are a handful of set probes: no tries, no
+regexes, fine for a million entries (~110 MB, ~1.5 s to load).
+
+Use :func:`suffixes` once per name and pass the result to every list::
+
+    sfx = suffixes(normalize("WWW.Evil.Example."))    # ['www.evil.example', 'evil.example', 'example']
+    hit = index.match(sfx)                              # Match(entry='evil.example', action=None) or None
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+def normalize(name: str) -> str:
+    """Lower-case, without the trailing dot (the form every index and verdict uses)."""
+    return name.strip().lower().rstrip(".")
+
+
+def suffixes(name: str) -> list[str]:
+    """``a.b.c`` -> ``['a.b.c', 'b.c', 'c']`` (``name`` already normalized)."""
+    out = [name]
+    i = name.find(".")
+    while i >= 0:
+        name = name[i + 1:]
+        out.append(name)
+        i = name.find(".")
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    entry: str               # as written in the list: "evil.example", "*.evil.example"
+    action: str | None       # per-entry override (RPZ) or None for the list's action
+
+
+@dataclass(slots=True)
+class DomainIndex:
+    subtree: set[str] = field(default_factory=set)
+    exact: dict[str, str | None] = field(default_factory=dict)
+    wild: dict[str, str | None] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.subtree) + len(self.exact) + len(self.wild)
+
+    def match(self, sfx: list[str]) -> Match | None:
+        """Most specific entry covering the name whose suffixes are ``sfx``; passthru -> None."""
+        exact, wild, subtree = self.exact, self.wild, self.subtree
+        if exact:
+            act = exact.get(sfx[0], 0)
+            if act != 0:
+                return None if act == "passthru" else Match(sfx[0], act)
+        first = True
+        for s in sfx:
+            if s in subtree:
+                return Match(s, None)
+            if not first and wild:
+                act = wild.get(s, 0)
+                if act != 0:
+                    return None if act == "passthru" else Match("*." + s, act)
+            first = False
+        return None
+
+    def covers(self, sfx: list[str]) -> str | None:
+        """The subtree entry covering the name, for allow exceptions."""
+        subtree = self.subtree
+        for s in sfx:
+            if s in subtree:
+                return s
+        return None
+
+    def merge(self, other: DomainIndex) -> None:
+        self.subtree |= other.subtree
+        self.exact.update(other.exact)
+        self.wild.update(other.wild)
+
+    def entries(self) -> list[str]:
+        """Every entry, as written (for persistence and diagnostics)."""
+        return (sorted(self.subtree) + sorted(self.exact) + sorted("*." + w for w in self.wild))
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledList:
+    """One policy list with its entries, ready for matching."""
+
+    id: str
+    cls: str                           # mandatory | security | optional
+    action: str                        # nxdomain | nodata | refused | sinkhole
+    index: DomainIndex
+    allow: DomainIndex                 # policy allow exceptions (subtree semantics)
+    sinkhole_a: str | None = None
+    sinkhole_aaaa: str | None = None
+
+    def match(self, sfx: list[str]) -> Match | None:
+        hit = self.index.match(sfx)
+        if hit is None:
+            return None
+        if self.allow.subtree and self.allow.covers(sfx) is not None:
+            return None
+        return hit
+
+
+@dataclass(frozen=True, slots=True)
+class ListSet:
+    """Every list, grouped by class in enforcement order (mandatory > security > optional)."""
+
+    mandatory: tuple[CompiledList, ...] = ()
+    security: tuple[CompiledList, ...] = ()
+    optional: tuple[CompiledList, ...] = ()
+
+    @classmethod
+    def of(cls, lists) -> ListSet:
+        lists = list(lists)
+        return cls(tuple(x for x in lists if x.cls == "mandatory"),
+                   tuple(x for x in lists if x.cls == "security"),
+                   tuple(x for x in lists if x.cls == "optional"))
+
+    def all(self) -> tuple[CompiledList, ...]:
+        return self.mandatory + self.security + self.optional
+
+    def get(self, list_id: str) -> CompiledList | None:
+        for x in self.all():
+            if x.id == list_id:
+                return x
+        return None
