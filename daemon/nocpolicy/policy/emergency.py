@@ -38,6 +38,7 @@ class TrustedDscp:
     values: tuple[int, ...] = ()
     customers: tuple[str, ...] = ()       # DSCP honoured only from these customers...
     prefixes: tuple[Prefix, ...] = ()     # ...or these source prefixes
+    locs: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class Profile:
     customer_cap: int | None = None  # per-customer cap during the emergency (bit/s); plan's emergency_down wins when lower
     network_control: tuple[str, ...] = ("dns", "ntp", "bgp")
     max_duration: float | None = None
+    priority_locs: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
     loc: Loc = field(default=Loc("?", 0), compare=False, repr=False)
     locs: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
 
@@ -79,6 +81,7 @@ def _dscp(o: Obj) -> TrustedDscp:
         values=o.get("values", list_of(int_range(0, 63), unique=True), ()) or (),
         customers=o.get("customers", list_of(as_id, unique=True), ()) or (),
         prefixes=o.get("prefixes", list_of(as_prefix, unique=True), ()) or (),
+        locs=o.locs,
     )
 
 
@@ -87,6 +90,7 @@ def _priority(o: Obj) -> dict:
         "priority_customers": o.get("customers", list_of(as_id, unique=True), ()) or (),
         "priority_destinations": o.get("destinations", list_of(obj(_dest)), ()) or (),
         "trusted_dscp": o.get("dscp", obj(_dscp), TrustedDscp()) or TrustedDscp(),
+        "priority_locs": o.locs,
     }
 
 

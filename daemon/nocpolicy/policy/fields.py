@@ -79,7 +79,7 @@ class Obj:
         for key, n in self._map.items():
             if key not in self._seen:
                 hint = f" (expected one of: {', '.join(allowed)})" if allowed else ""
-                self.problems.add(n, child_path(self.node.path, key), f"unknown key{hint}")
+                self.problems.add(n.key_loc, child_path(self.node.path, key), f"unknown key{hint}")
 
 
 def convert(node: Node, conv: Conv, problems: Problems):

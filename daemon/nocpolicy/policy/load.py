@@ -69,9 +69,9 @@ def load_policy(directory: str | os.PathLike, *, now: dt.datetime | None = None)
             continue
         for key, node in root.value.items():
             if key not in sections:
-                problems.add(node, key, f"unknown section (expected one of: {', '.join(sorted(sections))})")
+                problems.add(node.key_loc, key, f"unknown section (expected one of: {', '.join(sorted(sections))})")
             elif key in MAP_SECTIONS and sections[key]:
-                problems.add(node, key, f"section already defined at {sections[key][0].loc}")
+                problems.add(node.key_loc, key, f"section already defined at {sections[key][0].key_loc}")
             else:
                 sections[key].append(node)
 
@@ -146,17 +146,16 @@ def check_references(policy: Policy, problems: Problems) -> None:
     ids_unique(policy.control.grants, "control.grants", problems)
     cust.check_prefix_overlaps(policy.customers, problems)
 
-    def ref(item, where, key, value, index, what, field_path=None):
+    def ref(loc, path, value, index, what):
         if value is not None and value not in index:
-            loc = item.locs.get(key, item.loc) if hasattr(item, "locs") else item.loc
             known = ", ".join(sorted(index)[:8]) or "none defined"
-            problems.add(loc, f"{where}.{field_path or key}", f"unknown {what} {value!r} (known: {known})")
+            problems.add(loc, path, f"unknown {what} {value!r} (known: {known})")
 
     for c in policy.customers:
         where = f"customers[id={c.id}]"
-        ref(c, where, "plan", c.plan, plans, "plan")
+        ref(c.locs.get("plan", c.loc), f"{where}.plan", c.plan, plans, "plan")
         for lid in c.optional_lists:
-            ref(c, where, "optional_lists", lid, lists, "list")
+            ref(c.locs.get("optional_lists", c.loc), f"{where}.optional_lists", lid, lists, "list")
             bl = lists.get(lid)
             if bl is not None and bl.cls != "optional":
                 problems.add(c.locs.get("optional_lists", c.loc), f"{where}.optional_lists",
@@ -164,13 +163,14 @@ def check_references(policy: Policy, problems: Problems) -> None:
     for p in policy.profiles:
         where = f"emergency_profiles[id={p.id}]"
         for cid in p.priority_customers:
-            ref(p, where, "priority", cid, customers, "customer", "priority.customers")
+            ref(p.priority_locs.get("customers", p.loc), f"{where}.priority.customers", cid, customers, "customer")
         for cid in p.trusted_dscp.customers:
-            ref(p, where, "priority", cid, customers, "customer", "priority.dscp.customers")
+            ref(p.trusted_dscp.locs.get("customers", p.loc), f"{where}.priority.dscp.customers", cid,
+                customers, "customer")
     for w in policy.maintenance.windows:
         where = f"maintenance.windows[id={w.id}]"
         for cid in w.scope.customers:
-            ref(w, where, "scope", cid, customers, "customer", "scope.customers")
+            ref(w.locs.get("scope", w.loc), f"{where}.scope.customers", cid, customers, "customer")
     for bl in policy.dns.lists:
         if "://" not in bl.source:
             path = Path(policy.directory) / bl.source

@@ -33,12 +33,13 @@ class Problem:
 
 
 class Node:
-    __slots__ = ("value", "loc", "path")
+    __slots__ = ("value", "loc", "path", "key_loc")
 
-    def __init__(self, value, loc: Loc, path: str):
+    def __init__(self, value, loc: Loc, path: str, key_loc: Loc | None = None):
         self.value = value
-        self.loc = loc
+        self.loc = loc              # where the value starts
         self.path = path
+        self.key_loc = key_loc or loc   # where its key is (a block value starts on the next line)
 
     def __repr__(self) -> str:
         return f"Node({self.value!r} @ {self.loc} {self.path})"
@@ -101,6 +102,7 @@ def _convert(ynode, file, path, loader, problems) -> Node:
                 problems.append(Problem(kloc, child_path(path, key), f"duplicate key (first at line {out[key].loc.line})"))
                 continue
             out[key] = _convert(vnode, file, child_path(path, key), loader, problems)
+            out[key].key_loc = kloc
         return Node(out, loc, path)
     if isinstance(ynode, yaml.SequenceNode):
         return Node(
