@@ -87,6 +87,8 @@ def diff_policies(old: Policy | None, new: Policy) -> PolicyChange:
     if (old.maintenance.notice, old.maintenance.smtp, old.maintenance.alertmanager) != \
             (new.maintenance.notice, new.maintenance.smtp, new.maintenance.alertmanager):
         single.append("maintenance")
+    if old.detect != new.detect:
+        single.append("detect")
     if old.control.groups != new.control.groups:
         single.append("control.groups")
     return PolicyChange(old.version, new.version, sections, tuple(single))

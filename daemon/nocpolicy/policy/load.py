@@ -15,6 +15,7 @@ from pathlib import Path
 from ..errors import PolicyInvalid
 from . import customers as cust
 from .control import ControlSettings, read_control
+from .detect import DetectSettings, read_detect
 from .dnsconf import DnsSettings, read_dns
 from .emergency import read_interfaces, read_profiles
 from .fields import Obj, Problems, convert, ids_unique, obj
@@ -24,7 +25,7 @@ from .model import Policy, Settings, read_settings
 from .nodes import Loc, Node, parse_yaml
 
 LIST_SECTIONS = ("customers", "plans", "emergency_profiles", "interfaces")
-MAP_SECTIONS = ("settings", "dns", "maintenance", "control")
+MAP_SECTIONS = ("settings", "dns", "maintenance", "control", "detect")
 
 
 def policy_files(directory: str | os.PathLike) -> list[Path]:
@@ -102,6 +103,7 @@ def load_policy(directory: str | os.PathLike, *, now: dt.datetime | None = None)
         interfaces=many("interfaces", read_interfaces),
         maintenance=single("maintenance", maintenance_reader(settings.timezone), MaintenanceSettings()),
         control=single("control", read_control, ControlSettings()),
+        detect=single("detect", read_detect, DetectSettings()),
     )
     check_references(policy, problems)
     digests = list_digests(policy, problems)

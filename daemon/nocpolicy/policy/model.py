@@ -10,6 +10,7 @@ from functools import cached_property
 
 from .control import ControlSettings
 from .customers import Customer, Plan
+from .detect import DetectSettings
 from .dnsconf import DnsSettings
 from .emergency import Interface, Profile
 from .fields import Obj, as_id, as_text, as_timezone
@@ -51,6 +52,7 @@ class Policy:
     interfaces: tuple[Interface, ...]
     maintenance: MaintenanceSettings
     control: ControlSettings
+    detect: DetectSettings = DetectSettings()
     list_digests: dict[str, str] = field(default_factory=dict, hash=False)  # list id -> sha256 of its local file
 
     @cached_property
