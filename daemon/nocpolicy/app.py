@@ -211,7 +211,11 @@ class Daemon:
         try:
             new = await asyncio.to_thread(load_policy, self.options.policies)
         except PolicyInvalid as exc:
-            return self._refused(source, [str(p) for p in exc.problems])
+            errors = [str(p) for p in exc.problems]
+            if dry_run:  # a dry run only reports; it does not count as a refused reload
+                return {"ok": False, "dry_run": True, "errors": errors,
+                        "version": old.version if old else None}
+            return self._refused(source, errors)
         change = diff_policies(old, new)
         if dry_run:
             out = {}
