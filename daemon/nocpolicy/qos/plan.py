@@ -1,0 +1,269 @@
+"""The enforcement plan: a pure function of the policy and the emergency in force.
+
+A :class:`Plan` says everything the kernel must hold, and nothing about how to
+put it there (see render.py and apply.py). It has two parts:
+
+* a static HTB tree per shaped interface, built from the policy alone: a root
+  class at link rate, network control (never starved), priority (guaranteed
+  ``priority_share`` of the link), ordinary (the rest, at least ``ordinary_floor``)
+  with a default leaf and one leaf per customer cap (normal caps from plans and,
+  where tighter, emergency caps from profiles);
+* nftables sets and maps that classify packets into those classes with
+  ``meta priority set``: customer prefix -> cap class (normal and emergency maps),
+  priority prefixes, trusted DSCP sources, the interfaces an emergency covers.
+
+An emergency therefore changes nft sets and maps only (one atomic ``nft -f``);
+the tc tree changes only when the policy does.
+
+Class ids are ``1:<minor>`` with the minor in hex, identical on every interface,
+so one ``meta priority`` value is right whatever the outgoing interface.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+LINK, NETCTL, PRIORITY, ORDINARY, DEFAULT = 0x1, 0x10, 0x20, 0x30, 0x31
+FIRST_CUSTOMER_CLASS = 0x100
+MAX_MINOR = 0xFFFF
+MIN_RATE = 8_000                 # 8 kbit/s: the smallest guarantee we give a class
+NETCTL_SHARE = 0.05              # network control: 5% of the link guaranteed...
+NETCTL_MIN, NETCTL_MAX = 256_000, 50_000_000   # ...but at least 256 kbit/s and at most 50 Mbit/s
+
+# (l4 protocol, port) pairs per network-control service; icmp/ospf are matched by protocol.
+NETCTL_PORTS = {
+    "dns": (("udp", 53), ("tcp", 53)),
+    "ntp": (("udp", 123),),
+    "bgp": (("tcp", 179),),
+    "dhcp": (("udp", 67), ("udp", 68), ("udp", 546), ("udp", 547)),
+    "ssh": (("tcp", 22),),
+}
+NETCTL_PROTOCOLS = {"icmp": ("icmp", "ipv6-icmp"), "ospf": ("89",)}
+
+
+@dataclass(frozen=True)
+class HtbClass:
+    minor: int           # classid 1:<minor>
+    parent: int          # 0: the root qdisc 1:, else 1:<parent>
+    name: str            # link, network-control, priority, ordinary, default, cap:<customer>, ecap:<customer>
+    rate: int            # guaranteed bit/s
+    ceil: int            # bit/s it may borrow up to
+    prio: int            # HTB priority for spare capacity (0 first)
+    leaf: bool
+
+
+@dataclass(frozen=True)
+class InterfaceTree:
+    name: str
+    rate: int
+    classes: tuple[HtbClass, ...]
+
+    @property
+    def default(self) -> int:
+        return DEFAULT
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One prefix in a set or map, with the class it maps to (maps) and where it came from."""
+
+    prefix: str
+    minor: int = 0
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class EmergencyPlan:
+    profile: str
+    category: str
+    scope: tuple[str, ...]                 # interfaces the emergency covers
+    priority: tuple[Entry, ...]            # prefixes whose traffic (either direction) is priority
+    dscp_values: tuple[int, ...] = ()
+    dscp_sources: tuple[Entry, ...] = ()   # DSCP honoured only from these source prefixes
+    caps: tuple[Entry, ...] = ()           # customer prefix -> class during the emergency
+
+
+@dataclass(frozen=True)
+class Plan:
+    leaf: str                              # leaf qdisc kind (pfifo, sfq, fq_codel)
+    interfaces: tuple[InterfaceTree, ...]
+    network_control: tuple[str, ...]
+    caps: tuple[Entry, ...]                # customer prefix -> class, normal times
+    emergency: EmergencyPlan | None = None
+    class_names: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def tc_part(self) -> tuple:
+        """What the tc tree depends on: equal parts mean no tc command is needed."""
+        return (self.leaf, self.interfaces)
+
+    def names(self) -> dict[int, str]:
+        """class minor -> class name (customer classes included)."""
+        if not self.class_names:
+            out = {}
+            for t in self.interfaces:
+                for c in t.classes:
+                    out[c.minor] = c.name
+            object.__setattr__(self, "class_names", out)
+        return self.class_names
+
+
+@dataclass(frozen=True)
+class Emergency:
+    """What an operator declared (the state kept in the store)."""
+
+    profile: str
+    scope: tuple[str, ...] = ()            # interface names; empty = every shaped interface
+    reason: str = ""
+
+
+# -- building ------------------------------------------------------------------
+
+
+def emergency_cap(profile, plan) -> int | None:
+    """The per-customer cap during an emergency: the lower of the profile's and the plan's."""
+    caps = [c for c in (getattr(profile, "customer_cap", None), getattr(plan, "emergency_down", None)) if c]
+    return min(caps) if caps else None
+
+
+def _customer_caps(policy) -> dict[str, dict]:
+    """customer id -> {"normal": cap|None, profile id: cap|None} for customers with prefixes."""
+    out = {}
+    for c in sorted(policy.customers, key=lambda c: c.id):
+        if not c.prefixes:
+            continue
+        plan = policy.plans_by_id.get(c.plan) if c.plan else None
+        caps = {"normal": plan.down if plan else None}
+        for p in policy.profiles:
+            caps[p.id] = emergency_cap(p, plan) or caps["normal"]
+        out[c.id] = caps
+    return out
+
+
+def _shares(policy, link: int) -> tuple[int, int, int]:
+    """(network control, priority, ordinary) guaranteed rates for a link."""
+    netctl = int(min(max(link * NETCTL_SHARE, NETCTL_MIN), NETCTL_MAX, link / 4))
+    share = max((p.priority_share for p in policy.profiles), default=0.0)
+    floor = max((p.ordinary_floor for p in policy.profiles), default=0.0)
+    priority = int(link * share)
+    ordinary = link - netctl - priority
+    if ordinary < link * floor:            # the floor wins over the priority share
+        ordinary = int(link * floor)
+        priority = max(MIN_RATE, link - netctl - ordinary)
+    return netctl, max(priority, MIN_RATE), max(ordinary, MIN_RATE)
+
+
+def cap_classes(policy) -> tuple[dict[tuple[str, int], int], list[tuple[str, int, int]]]:
+    """Assign a class minor to every distinct (customer, cap): returns the index and the list."""
+    index: dict[tuple[str, int], int] = {}
+    order: list[tuple[str, int, int]] = []
+    links = [i.rate for i in policy.interfaces]
+    top = max(links, default=0)
+    minor = FIRST_CUSTOMER_CLASS
+    for cid, caps in _customer_caps(policy).items():
+        for cap in caps.values():
+            if cap is None or cap >= top or (cid, cap) in index:
+                continue   # no cap, or a cap no link can reach: the default class is enough
+            if minor > MAX_MINOR:
+                from ..errors import EnforcementError
+                raise EnforcementError(f"too many customer cap classes (more than {MAX_MINOR - FIRST_CUSTOMER_CLASS})")
+            index[(cid, cap)] = minor
+            order.append((cid, cap, minor))
+            minor += 1
+    return index, order
+
+
+def build_tree(policy, iface, order: list[tuple[str, int, int]], first: dict) -> InterfaceTree:
+    link = iface.rate
+    netctl, priority, ordinary = _shares(policy, link)
+    n = max(1, len(order))
+    per_customer = max(MIN_RATE, (ordinary // 2) // n)
+    classes = [
+        HtbClass(LINK, 0, "link", link, link, 0, False),
+        HtbClass(NETCTL, LINK, "network-control", netctl, link, 0, True),
+        HtbClass(PRIORITY, LINK, "priority", priority, link, 1, True),
+        HtbClass(ORDINARY, LINK, "ordinary", ordinary, link, 2, False),
+        HtbClass(DEFAULT, ORDINARY, "default", max(MIN_RATE, ordinary // 2), link, 2, True),
+    ]
+    for cid, cap, minor in order:
+        kind = "cap" if first.get(cid) == minor else "ecap"
+        ceil = min(cap, link)
+        classes.append(HtbClass(minor, ORDINARY, f"{kind}:{cid}", min(per_customer, ceil), ceil, 2, True))
+    return InterfaceTree(iface.name, link, tuple(classes))
+
+
+def _entries(prefixes, minor: int, note: str) -> list[Entry]:
+    return [Entry(str(p), minor, note) for p in prefixes]
+
+
+def build_plan(policy, emergency: Emergency | None = None, *, leaf: str = "pfifo") -> Plan:
+    """Policy (+ the emergency in force) -> Plan. Pure; raises ValueError for an unknown profile/scope."""
+    index, order = cap_classes(policy)
+    caps_by_customer = _customer_caps(policy)
+    first = {}
+    for cid, caps in caps_by_customer.items():
+        if caps["normal"] is not None and (cid, caps["normal"]) in index:
+            first[cid] = index[(cid, caps["normal"])]
+    trees = tuple(build_tree(policy, i, order, first) for i in policy.interfaces)
+    netctl = sorted({s for p in policy.profiles for s in p.network_control} or {"dns", "ntp", "bgp"})
+
+    def cap_entries(key: str) -> tuple[Entry, ...]:
+        out = []
+        for c in sorted(policy.customers, key=lambda c: c.id):
+            cap = caps_by_customer.get(c.id, {}).get(key)
+            minor = index.get((c.id, cap), DEFAULT) if cap is not None else DEFAULT
+            if minor != DEFAULT:
+                out.extend(_entries(c.prefixes, minor, f"customer {c.id}"))
+        return tuple(out)
+
+    em = None
+    if emergency is not None:
+        profile = policy.profiles_by_id.get(emergency.profile)
+        if profile is None:
+            raise ValueError(f"unknown emergency profile {emergency.profile!r} "
+                             f"(known: {', '.join(sorted(policy.profiles_by_id)) or 'none'})")
+        shaped = [i.name for i in policy.interfaces]
+        unknown = [s for s in emergency.scope if s not in shaped]
+        if unknown:
+            raise ValueError(f"scope names interfaces the policy does not shape: {', '.join(unknown)} "
+                             f"(shaped: {', '.join(shaped) or 'none'})")
+        prio: list[Entry] = []
+        for cid in profile.priority_customers:
+            c = policy.customers_by_id.get(cid)
+            if c is not None:
+                prio.extend(_entries(c.prefixes, PRIORITY, f"customer {cid}"))
+        for c in policy.customers:
+            if c.public_safety and c.id not in profile.priority_customers:
+                prio.extend(_entries(c.prefixes, PRIORITY, f"customer {c.id} (public_safety)"))
+        for d in profile.priority_destinations:
+            prio.append(Entry(str(d.prefix), PRIORITY, d.note))
+        dscp_src: list[Entry] = []
+        for cid in profile.trusted_dscp.customers:
+            c = policy.customers_by_id.get(cid)
+            if c is not None:
+                dscp_src.extend(_entries(c.prefixes, PRIORITY, f"customer {cid}"))
+        dscp_src.extend(_entries(profile.trusted_dscp.prefixes, PRIORITY, "trusted DSCP source"))
+        em = EmergencyPlan(
+            profile=profile.id, category=profile.category,
+            scope=tuple(emergency.scope) or tuple(shaped),
+            priority=tuple(_dedupe(prio)),
+            dscp_values=tuple(sorted(profile.trusted_dscp.values)),
+            dscp_sources=tuple(_dedupe(dscp_src)) if profile.trusted_dscp.values else (),
+            caps=cap_entries(profile.id),
+        )
+    return Plan(leaf=leaf, interfaces=trees, network_control=tuple(netctl), caps=cap_entries("normal"),
+                emergency=em)
+
+
+def _dedupe(entries: list[Entry]) -> list[Entry]:
+    """One entry per prefix (first note wins); prefixes covered by a wider one are kept (intervals merge)."""
+    seen, out = set(), []
+    for e in entries:
+        if e.prefix not in seen:
+            seen.add(e.prefix)
+            out.append(e)
+    return out
+
+
+def family(prefix: str) -> int:
+    return ipaddress.ip_network(prefix, strict=False).version
