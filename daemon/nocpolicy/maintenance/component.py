@@ -1,10 +1,262 @@
-"""Placeholder: maintenance and fault windows, notices (issue 6)."""
+"""Maintenance and fault windows with lawful notices (Art. 24): the component wiring.
+
+Decisions live in deadline.py, lifecycle.py, scope.py and notice.py (pure);
+service.py changes windows and queues notices in one transaction; outbox.py
+delivers them; this module runs the two loops (timed transitions, delivery),
+syncs windows and contacts from the policy, and exposes commands and metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..component import Component
+from ..errors import NocpolicyError
+from . import commands, contacts, outbox, windows
+from .lifecycle import FINAL, NOTICE_FOR, STATES
+from .schema import MIGRATIONS
+from .service import Change, Service
+from .smtp import Mailer, read_password
+
+log = logging.getLogger(__name__)
+
+MAX_NAP = 60.0          # look again at least this often (wall-clock jumps, missed pokes)
+NOTICE_KINDS = tuple(k for k, _ in NOTICE_FOR.values())
+RESULTS = ("sent", "retry", "failed")
 
 
 class Maintenance(Component):
     name = "maintenance"
 
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        ctx.store.migrate("maintenance", MIGRATIONS)
+        self.service = Service(ctx.store, ctx.clock, ctx.policy)
+        self.mailer: Mailer | None = None
+        self.delivery = outbox.Delivery(ctx.store, ctx.clock, on_result=self._counted)
+        self.results = {(k, r): 0 for k in NOTICE_KINDS for r in RESULTS}
+        self._wake_windows = asyncio.Event()
+        self._wake_outbox = asyncio.Event()
+
+    @property
+    def smtp_configured(self) -> bool:
+        return self.mailer is not None
+
+    # -- policy ------------------------------------------------------------------------------------
+
+    async def prepare(self, policy, change):
+        m = policy.maintenance
+        password = None
+        if m.smtp and m.smtp.password_file:
+            password = await asyncio.to_thread(read_password, m.smtp.password_file)
+        plan = self._plan_policy_windows(policy)
+        mailer = Mailer(m.smtp, password) if m.smtp else None
+
+        def commit():
+            self.mailer = mailer
+            self._sync(policy, plan)
+        return commit
+
+    def _plan_policy_windows(self, policy) -> list[tuple[str, windows.WindowRecord]]:
+        """What the policy's windows mean for the store; refuse windows whose notice is already late."""
+        now = self.ctx.clock.now()
+        with self.ctx.store.transaction() as db:
+            stored = windows.load_all(db)
+        rules = policy.maintenance.notice
+        tz = policy.settings.timezone
+        from .deadline import check_notice
+        plan, problems = [], []
+        for w in policy.maintenance.windows:
+            rec = windows.from_policy(w)
+            old = stored.get(w.id)
+            if old is not None and old.source != "policy":
+                problems.append(f"{w.loc}: maintenance.windows[id={w.id}]: a window with this id was created at "
+                                "runtime; choose another id")
+                continue
+            if old is not None and (old.state in FINAL or windows.same_content(old, rec)):
+                continue
+            if rec.end <= now:
+                plan.append(("import", rec) if old is None else ("skip", rec))
+                continue
+            inside = old is not None and old.start <= rec.start and rec.end <= old.end
+            if not inside and (old is None or old.state != "active"):
+                v = check_notice(rec.kind, rec.start, now, urgent=rec.urgent, justification=rec.justification,
+                                 days=rules.planned_days, tz=tz)
+                if not v.ok:
+                    problems.append(f"{w.loc}: maintenance.windows[id={w.id}].start: {v.reason}")
+                    continue
+            plan.append(("create" if old is None else "update", rec))
+        ids = {w.id for w in policy.maintenance.windows}
+        for old in stored.values():
+            if old.source == "policy" and old.id not in ids and old.state not in FINAL:
+                plan.append(("cancel", old))
+        if problems:
+            raise NocpolicyError("; ".join(problems))
+        return plan
+
+    def _sync(self, policy, plan) -> None:
+        """Runs in commit(): contacts first (notices record them), then policy windows. Logged, never raised."""
+        try:
+            with self.ctx.store.transaction() as db:
+                for cv in contacts.sync_policy(db, policy.customers, self.ctx.clock.now()):
+                    if cv.version > 1:
+                        self.ctx.store.audit("policy", "contact.set", f"customer:{cv.customer}", None,
+                                             cv.as_dict(), db=db)
+            svc = Service(self.ctx.store, self.ctx.clock, lambda: policy)
+            for action, rec in plan:
+                if action == "create":
+                    self.published(svc.create(rec, "policy"))
+                elif action == "import":
+                    svc.import_finished(rec, "policy")
+                elif action == "update":
+                    fields = {k: getattr(rec, k) for k in ("kind", "start", "end", "reason_ja", "reason_en",
+                                                           "impact", "scope", "urgent", "justification")}
+                    self.published(svc.update(rec.id, fields, "policy"))
+                elif action == "cancel":
+                    self.published(svc.cancel(rec.id, "removed from the policy", "policy"))
+        except NocpolicyError as exc:
+            log.error("maintenance: applying policy windows failed: %s", exc)
+
+    # -- running -----------------------------------------------------------------------------------
+
     async def start(self) -> None:
-        self.set_state("disabled", "not built yet")
+        with self.ctx.store.transaction() as db:
+            n = outbox.recover(db, self.ctx.clock.now())
+        if n:
+            log.warning("maintenance: %d notice(s) were being sent when the daemon stopped; sending them again "
+                        "with the same Message-ID", n)
+        self.tasks.spawn("lifecycle", self._lifecycle_loop())
+        self.tasks.spawn("delivery", self._delivery_loop())
+        self.set_state("running", "" if self.mailer else "no SMTP configured: notices wait in the outbox")
+
+    def poke(self) -> None:
+        self._wake_windows.set()
+        self._wake_outbox.set()
+
+    def published(self, change: Change) -> None:
+        for kind, payload in change.events:
+            self.ctx.events.publish(kind, payload)
+        self.poke()
+
+    def tick(self) -> list[Change]:
+        changes = self.service.tick()
+        for c in changes:
+            self.published(c)
+        return changes
+
+    async def _lifecycle_loop(self) -> None:
+        while True:
+            try:
+                self.tick()
+            except NocpolicyError as exc:
+                log.error("maintenance: timed transitions failed: %s", exc)
+            wake = self.service.next_wake()
+            delay = MAX_NAP if wake is None else (wake - self.ctx.clock.now()).total_seconds()
+            await self._nap(self._wake_windows, min(MAX_NAP, max(0.0, delay)))
+
+    async def _delivery_loop(self) -> None:
+        while True:
+            if self.mailer is not None:
+                try:
+                    await self.delivery.run_once(self.mailer)
+                except NocpolicyError as exc:
+                    log.error("maintenance: notice delivery failed: %s", exc)
+            with self.ctx.store.transaction() as db:
+                nxt = outbox.next_due(db)
+            delay = MAX_NAP if nxt is None or self.mailer is None else (nxt - self.ctx.clock.now()).total_seconds()
+            await self._nap(self._wake_outbox, min(MAX_NAP, max(0.0, delay)))
+
+    async def _nap(self, event: asyncio.Event, seconds: float) -> None:
+        if event.is_set():
+            event.clear()
+            return
+        sleeper = asyncio.ensure_future(self.ctx.clock.sleep(seconds))
+        waiter = asyncio.ensure_future(event.wait())
+        try:
+            await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (sleeper, waiter):
+                t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(sleeper, waiter, return_exceptions=True)
+            event.clear()
+
+    def _counted(self, row: dict, state: str) -> None:
+        key = (row["kind"], state)
+        self.results[key] = self.results.get(key, 0) + 1
+        self.ctx.events.publish("notice", {"window": row["window_id"], "customer": row["customer"],
+                                           "kind": row["kind"], "sequence": row["sequence"], "result": state,
+                                           "message_id": row["message_id"],
+                                           "contact_version": row["contact_version"]})
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    def suspended(self) -> set[str]:
+        """Customers in an active window with an impact (for metrics and other components)."""
+        out: set[str] = set()
+        for w in self.service.all().values():
+            if w.state == "active" and w.impact != "NO-IMPACT":
+                out.update(self.service.customers_of(w))
+        return out
+
+    def commands(self):
+        return commands.build(self)
+
+    def collectors(self):
+        return [_Collector(self)]
+
+    def status(self) -> dict:
+        d = super().status()
+        try:
+            with self.ctx.store.transaction() as db:
+                states = {r["state"]: r["n"] for r in
+                          db.execute("SELECT state, COUNT(*) AS n FROM mw_window GROUP BY state").fetchall()}
+                pending = db.execute("SELECT COUNT(*) AS n FROM mw_outbox WHERE state IN ('pending','sending')"
+                                     ).fetchone()["n"]
+        except NocpolicyError:
+            return d
+        d.update({"windows": states, "notices_pending": pending, "smtp": self.smtp_configured})
+        return d
+
+
+class _Collector:
+    """Maintenance metrics computed at scrape time from the store and plain integers."""
+
+    def __init__(self, comp: Maintenance):
+        self.comp = comp
+
+    def collect(self):
+        store, now = self.comp.ctx.store, self.comp.ctx.clock.now()
+        g = GaugeMetricFamily("nocpolicy_maintenance_windows", "Maintenance and fault windows by kind and state",
+                              labels=["kind", "state"])
+        with store.transaction() as db:
+            counts = {(r["kind"], r["state"]): r["n"] for r in db.execute(
+                "SELECT kind, state, COUNT(*) AS n FROM mw_window GROUP BY kind, state").fetchall()}
+            pending = db.execute("SELECT COUNT(*) AS n FROM mw_outbox WHERE state IN ('pending','sending')"
+                                 ).fetchone()["n"]
+            oldest = outbox.oldest_pending(db)
+        for kind in ("planned", "fault"):
+            for state in STATES:
+                g.add_metric([kind, state], counts.get((kind, state), 0))
+        yield g
+        c = CounterMetricFamily("nocpolicy_notices", "Notice delivery attempts by notice kind and result "
+                                "(sent, retry, failed)", labels=["kind", "result"])
+        for (kind, result), n in sorted(self.comp.results.items()):
+            c.add_metric([kind, result], n)
+        yield c
+        yield GaugeMetricFamily("nocpolicy_notices_pending", "Notices waiting in the outbox (pending or sending)",
+                                value=pending)
+        yield GaugeMetricFamily("nocpolicy_notice_oldest_pending_seconds",
+                                "Age of the oldest notice not yet delivered (0 if none)",
+                                value=max(0.0, (now - oldest).total_seconds()) if oldest else 0.0)
+        yield GaugeMetricFamily("nocpolicy_suspended_customers",
+                                "Customers in an active maintenance or fault window with an impact",
+                                value=len(self.comp.suspended()))
+
+
+_ = dt

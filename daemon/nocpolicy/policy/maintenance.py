@@ -44,6 +44,7 @@ class Smtp:
     password_file: str | None = None
     sender: str = "noc@localhost"
     timeout: float = 30.0
+    copy_to: tuple[str, ...] = ()     # the NOC's own archive copy of every notice (evidence of notice)
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ def _smtp(o: Obj) -> Smtp:
         password_file=o.get("password_file", as_text, None),
         sender=o.get("from", as_email, "noc@localhost"),
         timeout=o.get("timeout", as_duration, 30.0),
+        copy_to=o.get("copy_to", list_of(as_email, unique=True), ()) or (),
     )
 
 
