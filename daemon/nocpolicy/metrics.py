@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from . import __version__
 from .control.http import Request, Response
+
+# The classic text format every Prometheus 2.x/3.x scrapes; generate_latest() writes it
+# for our ASCII metric names whatever the prometheus-client version.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class CoreMetrics:
@@ -83,7 +86,7 @@ def metrics_handler(registry: CollectorRegistry, ready):
         if req.method != "GET":
             return Response.of_json({"error": "use GET"}, 405)
         if req.path == "/metrics":
-            return Response(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            return Response(200, generate_latest(registry), CONTENT_TYPE)
         if req.path == "/healthz":
             return Response.text("ok\n")
         if req.path == "/readyz":
