@@ -153,7 +153,10 @@ CASES = [
             down: fast
             up: 0
             emergency_down: -5mbit
+          - id: p10
+            down: 100mbps
         """}, [("zz.yaml:3: plans[0].down", "'fast' is not a rate"),
+               ("zz.yaml:7: plans[1].down", "'mbps' is ambiguous (tc reads it as bytes per second); write 100mbit"),
                ("zz.yaml:4: plans[0].up", "a rate must be positive"),
                ("zz.yaml:5: plans[0].emergency_down", "'-5mbit' is not a rate")]),
     ("bad-durations", {"emergency.yaml": """

@@ -159,8 +159,9 @@ def one_of(*choices: str) -> Conv:
     return conv
 
 
-_RATE_UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9, "tbit": 10**12,
-               "bps": 1, "kbps": 10**3, "mbps": 10**6, "gbps": 10**9}
+_RATE_UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9, "tbit": 10**12}
+# tc reads "mbps" as megaBYTES per second, people usually mean megabits: refuse the guess.
+_AMBIGUOUS_RATE_UNITS = ("bps", "kbps", "mbps", "gbps", "tbps")
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]+)\s*$")
 
 
@@ -172,6 +173,10 @@ def as_rate(node: Node, _p=None) -> int:
             raise Invalid("a rate must be positive")
         return v
     m = _RATE_RE.match(str(v)) if isinstance(v, str) else None
+    if m and m.group(2).lower() in _AMBIGUOUS_RATE_UNITS:
+        unit = m.group(2).lower()
+        raise Invalid(f"{v!r}: {unit!r} is ambiguous (tc reads it as bytes per second); "
+                      f"write {m.group(1)}{unit[:-3]}bit for bits per second")
     if not m or m.group(2).lower() not in _RATE_UNITS:
         raise Invalid(f"{v!r} is not a rate (examples: 800kbit, 50mbit, 1gbit)")
     bits = int(float(m.group(1)) * _RATE_UNITS[m.group(2).lower()])
