@@ -1,7 +1,331 @@
-"""Placeholder DNS guard component (replaced by the real guard)."""
+"""DnsGuard: the DNS guard component (wiring only; decisions live in verdict.py).
+
+API for other components (stable; passive detection uses it)::
+
+    guard = ctx.components["dns"]
+    v = guard.judge("192.0.2.10", "evil.example")        # Verdict, see verdict.py
+    if v.blocked:
+        guard.record_detection(v, "192.0.2.10", "evil.example", source="passive")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
 
 from ..component import Component
+from ..control.commands import Command
+from ..errors import CommandError
+from ..policy.fields import Invalid, as_bool, as_duration, as_id, as_int, as_ip, as_str, list_of
+from .clients import PrefixIndex
+from .detections import DetectionLog
+from .engine import UNKNOWN_MODES, Engine
+from .lists import ListSet
+from .optout import OptoutStore, effective
+from .server import Listeners
+from .sources import ListManager, check_names
+from .stats import DnsCollector, DnsStats
+from .upstream import UpstreamPool
+from .verdict import Subscriber, Verdict, explain
+from .workers import WorkerSet
+
+log = logging.getLogger(__name__)
+
+FLUSH_EVERY = 1.0
+PRUNE_EVERY = 3600.0
+REFRESH_CHECK = 5.0
+
+
+def as_since(node, _p=None) -> dt.datetime:
+    """An ISO time or a duration back from now (``24h``, ``7d``)."""
+    v = node.value
+    if isinstance(v, str) and v.strip()[:1].isdigit() and not v.strip()[4:5] == "-":
+        return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=as_duration(node))
+    from ..policy.fields import as_datetime
+    return as_datetime(node)
+
+
+def _name(node, _p=None) -> str:
+    s = as_str(node).strip()
+    if not s:
+        raise Invalid("must not be empty")
+    return s
 
 
 class DnsGuard(Component):
     name = "dns"
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.stats = DnsStats()
+        self.optouts = OptoutStore(ctx.store)
+        self.detections = DetectionLog(ctx.store, ctx.secrets.get("pseudonym", b"\0" * 32))
+        self.lists = ListManager(ctx.store, ctx.options.state_dir)
+        self.engine = Engine(self.stats, self.detections)
+        self.pool: UpstreamPool | None = None
+        self.listeners: Listeners | None = None
+        self.workers = WorkerSet(ctx.options, self)
+        self.policy = None
+        self.optout_state: dict[str, tuple[bool, str]] = {}
+        self._started = False
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def prepare(self, policy, change):
+        compiled = {}
+        for bl in policy.dns.lists:
+            compiled[bl.id] = await self.lists.build(bl, policy.directory)
+        list_set = ListSet.of(compiled[bl.id] for bl in policy.dns.lists)
+        prefixes = await asyncio.to_thread(PrefixIndex.of_customers, policy.customers)
+        records = await asyncio.to_thread(self.optouts.records)
+        state = effective(policy.customers, records)
+        subs = {None: UNKNOWN_MODES[policy.dns.unknown_clients]}
+        for c in policy.customers:
+            subs[c.id] = Subscriber(c.id, security=not state[c.id][0], optional=frozenset(c.optional_lists))
+        old_ups = self.policy.dns.upstreams if self.policy else None
+        new_pool = None
+        if old_ups != policy.dns.upstreams:
+            new_pool = UpstreamPool(policy.dns.upstreams, self.stats)
+
+        def commit():
+            self.lists.adopt(policy.dns.lists, compiled)
+            self.engine.swap(list_set, prefixes, subs)
+            self.optout_state = state
+            self.policy = policy
+            if new_pool is not None:
+                old, self.pool = self.pool, new_pool
+                if self._started:
+                    self.tasks.spawn("upstream-swap", self._swap_pool(new_pool, old))
+            if self._started:
+                self.workers.notify({"op": "reload"})
+        return commit
+
+    async def _swap_pool(self, new: UpstreamPool, old: UpstreamPool | None) -> None:
+        await new.open()
+        self.engine.pool = new
+        if old is not None:
+            await asyncio.sleep(5)   # let answers in flight arrive
+            await old.close()
+
+    async def start(self) -> None:
+        if self.pool is not None:
+            await self.pool.open()
+            self.engine.pool = self.pool
+        self.listeners = Listeners(self.engine, self.ctx.options.dns_listen,
+                                   reuse_port=self.ctx.options.workers > 1)
+        await self.listeners.start()
+        self._started = True
+        self.tasks.spawn("detections", self._flush_loop())
+        self.tasks.spawn("refresh", self._refresh_loop())
+        await self.workers.start()
+        where = ", ".join(f"{h}:{p}" for h, p in self.listeners.sockets())
+        self.set_state("running", f"listening on {where}" + (f", {self.ctx.options.workers} workers"
+                                                               if self.ctx.options.workers > 1 else ""))
+
+    async def stop(self) -> None:
+        await self.workers.stop()
+        if self.listeners is not None:
+            await self.listeners.stop()
+        await self.tasks.close()
+        if self.pool is not None:
+            await self.pool.close()
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self.detections.write, self.detections.take())
+        self.set_state("stopped")
+
+    async def dry_run(self, policy, change) -> str | None:
+        if not change.touches("dns.lists", "dns.upstreams", "dns", "customers"):
+            return None
+        return change.describe()
+
+    # -- background loops ------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        last_prune = 0.0
+        while True:
+            await asyncio.sleep(FLUSH_EVERY)
+            batch = self.detections.take()
+            if batch:
+                try:
+                    await asyncio.to_thread(self.detections.write, batch)
+                except Exception as exc:  # the store is busy or broken: count, keep serving
+                    self.detections.dropped += sum(v[2] for v in batch.values())
+                    log.error("detection log write failed: %s", exc)
+            now = time.monotonic()
+            if now - last_prune > PRUNE_EVERY and self.policy is not None:
+                last_prune = now
+                n = await asyncio.to_thread(self.detections.prune, self.policy.dns.detection_retention)
+                if n:
+                    log.info("pruned %d detection records older than the retention period", n)
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_CHECK)
+            policy = self.policy
+            if policy is None:
+                continue
+            now = time.time()
+            for bl in policy.dns.lists:
+                st = self.lists.states.get(bl.id)
+                last = (st.last_attempt or 0) if st else 0
+                if now - last < bl.refresh:
+                    continue
+                await self.refresh_list(bl.id)
+
+    async def refresh_list(self, list_id: str) -> dict:
+        policy = self.policy
+        bl = policy.lists_by_id.get(list_id) if policy else None
+        if bl is None:
+            raise CommandError(f"unknown list {list_id!r}", status=404)
+        new = await self.lists.build(bl, policy.directory)
+        if policy is not self.policy:      # a reload won the race; it has its own copy
+            return self.lists.states[list_id].as_dict()
+        if new is not self.lists.compiled.get(list_id):
+            compiled = dict(self.lists.compiled)
+            compiled[list_id] = new
+            self.lists.adopt(policy.dns.lists, compiled)
+            self.engine.lists = ListSet.of(compiled[x.id] for x in policy.dns.lists)
+            self.workers.notify({"op": "reload"})
+        return self.lists.states[list_id].as_dict()
+
+    # -- API for other components ------------------------------------------------------
+
+    def judge(self, client: str, name: str) -> Verdict:
+        """The verdict the guard would give ``client`` (an address string) for ``name``."""
+        return self.engine.judge(client, name)
+
+    def record_detection(self, v: Verdict, client: str, name: str | None = None,
+                         source: str = "dns") -> None:
+        """Log a block in the detection log (pseudonymised, batched)."""
+        if name is not None and v.name != name.lower().rstrip("."):
+            v = Verdict(v.action, v.customer, v.list, v.cls, v.entry, name.lower().rstrip("."), v.reason,
+                        v.sinkhole_a, v.sinkhole_aaaa, v.via_cname)
+        self.detections.note(v, client, source)
+
+    # -- metrics and status ------------------------------------------------------------
+
+    def collectors(self) -> list:
+        return [DnsCollector(self)]
+
+    def all_stats(self) -> list:
+        return [self.stats, *self.workers.stats()]
+
+    def list_states(self):
+        return list(self.lists.states.values())
+
+    def optout_count(self) -> int:
+        return sum(1 for v, _ in self.optout_state.values() if v)
+
+    def status(self) -> dict:
+        out = super().status()
+        out["lists"] = {s.id: s.entries for s in self.list_states()}
+        out["upstreams"] = self.pool.status() if self.pool else []
+        out["queries"] = self.stats.snapshot()
+        return out
+
+    # -- commands ----------------------------------------------------------------------
+
+    def commands(self) -> list[Command]:
+        return [
+            Command("optout.set", self._cmd_optout_set, "security-list opt-out on/off for a customer"),
+            Command("optout.list", self._cmd_optout_list, "opt-out state of every customer", mutating=False),
+            Command("explain", self._cmd_explain, "how the guard decides a name for a client", mutating=False),
+            Command("detections", self._cmd_detections, "detection log (since, customer, limit, summary)",
+                    mutating=False),
+            Command("lists", self._cmd_lists, "status of every block list", mutating=False),
+            Command("list.update", self._cmd_list_update, "add/remove runtime entries of a list"),
+        ]
+
+    def _customer(self, cid: str):
+        c = self.policy.customers_by_id.get(cid) if self.policy else None
+        if c is None:
+            raise CommandError(f"unknown customer {cid!r}", status=404, field="customer")
+        return c
+
+    async def _cmd_optout_set(self, args, inv) -> dict:
+        cid = args.req("customer", as_id)
+        on = args.req("on", as_bool)
+        reason = args.get("reason", as_str, "") or ""
+        args.check()
+        c = self._customer(cid)
+        before = self.optout_state.get(cid, (c.security_optout, "policy"))[0]
+        rec = await asyncio.to_thread(self.optouts.set, cid, on, reason=reason, actor=inv.actor, before=before)
+        self.optout_state = {**self.optout_state, cid: (on, "runtime")}
+        self.engine.set_subscriber(cid, Subscriber(cid, security=not on, optional=frozenset(c.optional_lists)))
+        self.workers.notify({"op": "optout", "customer": cid, "on": on})
+        log.info("customer %s security opt-out %s by %s", cid, "ON" if on else "OFF", inv.actor)
+        return {**rec, "before": before, "changed": before != on}
+
+    async def _cmd_optout_list(self, args, inv) -> dict:
+        args.check()
+        records = await asyncio.to_thread(self.optouts.records)
+        out = []
+        for c in self.policy.customers:
+            val, src = self.optout_state.get(c.id, (c.security_optout, "policy"))
+            r = records.get(c.id) or {}
+            out.append({"customer": c.id, "name": c.name, "optout": val, "source": src,
+                        "policy_value": c.security_optout, "reason": r.get("reason"),
+                        "actor": r.get("actor"), "since": r.get("ts")})
+        return {"customers": out, "opted_out": sum(1 for x in out if x["optout"])}
+
+    async def _cmd_explain(self, args, inv) -> dict:
+        client = args.req("client", as_ip)
+        name = args.req("name", _name)
+        args.check()
+        sub = self.engine.subscriber(str(client))
+        out = explain(sub, self.engine.lists, name)
+        out["client"] = str(client)
+        if sub.customer is None:
+            out["unknown_client_treatment"] = self.policy.dns.unknown_clients
+        else:
+            out["optout_source"] = self.optout_state.get(sub.customer, (False, "policy"))[1]
+        return out
+
+    async def _cmd_detections(self, args, inv) -> dict:
+        since = args.get("since", as_since, None)
+        cid = args.get("customer", as_id, None)
+        limit = args.get("limit", as_int, 100)
+        summary = args.get("summary", as_bool, False)
+        args.check()
+        batch = self.detections.take()      # include what is still buffered
+        await asyncio.to_thread(self.detections.write, batch)
+        limit = max(1, min(limit, 10_000))
+        if summary:
+            rows = await asyncio.to_thread(self.detections.summary, since=since, customer=cid)
+            return {"summary": rows}
+        rows = await asyncio.to_thread(self.detections.query, since=since, customer=cid, limit=limit)
+        return {"detections": rows, "dropped": self.detections.dropped}
+
+    async def _cmd_lists(self, args, inv) -> dict:
+        args.check()
+        out = []
+        for bl in self.policy.dns.lists:
+            st = self.lists.states.get(bl.id)
+            d = st.as_dict() if st else {"list": bl.id, "entries": 0}
+            d.update({"class": bl.cls, "format": bl.format, "action": bl.action, "refresh": bl.refresh})
+            out.append(d)
+        return {"lists": out}
+
+    async def _cmd_list_update(self, args, inv) -> dict:
+        list_id = args.req("list", as_id)
+        add = args.get("add", list_of(as_str), ()) or ()
+        remove = args.get("remove", list_of(as_str), ()) or ()
+        reason = args.get("reason", as_str, "") or ""
+        args.check()
+        lst = self.lists.compiled.get(list_id)
+        if lst is None:
+            raise CommandError(f"unknown list {list_id!r}", status=404, field="list")
+        add_ok, add_bad = check_names(add)
+        rm_ok, rm_bad = check_names(remove)
+        if add_bad or rm_bad:
+            raise CommandError(f"not domain names: {', '.join(add_bad + rm_bad)}", status=400,
+                               field="add" if add_bad else "remove")
+        if not add_ok and not rm_ok:
+            raise CommandError("nothing to do: give add and/or remove", status=400, field="add")
+        out = await asyncio.to_thread(self.lists.update, lst, add_ok, rm_ok, actor=inv.actor, reason=reason)
+        self.workers.notify({"op": "list.update", "list": list_id, "add": out["added"],
+                             "remove": out["removed"]})
+        return out

@@ -1,0 +1,201 @@
+"""The query path: parse, find the subscriber, judge, answer locally or forward.
+
+Sockets live in server.py and upstream.py; this module decides and builds bytes.
+Everything the hot path touches is a plain attribute swapped whole on reload
+(``lists``, ``prefixes``, ``subs``), so a reload never pauses answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+from .clients import PrefixIndex
+from .lists import ListSet, suffixes
+from .verdict import Subscriber, Verdict, judge, judge_suffixes
+from .wire import (
+    FORMERR,
+    NOERROR,
+    NOTIMP,
+    NXDOMAIN,
+    REFUSED,
+    SERVFAIL,
+    TYPE_A,
+    TYPE_AAAA,
+    WireError,
+    answer,
+    answer_cnames,
+    error_reply,
+    parse_query,
+    sinkhole_record,
+    truncate_for_udp,
+    with_id,
+)
+
+log = logging.getLogger(__name__)
+
+_MISS = object()
+_RCODE = {"nxdomain": NXDOMAIN, "nodata": NOERROR, "refused": REFUSED, "sinkhole": NOERROR}
+HOSTCACHE_MAX = 65536
+UNKNOWN_MODES = {"protect": Subscriber(None, security=True),
+                 "mandatory-only": Subscriber(None, security=False),
+                 "refuse": Subscriber(None, security=False, refuse=True)}
+
+
+def _packed(addr: str | None) -> bytes | None:
+    if not addr:
+        return None
+    return socket.inet_pton(socket.AF_INET6 if ":" in addr else socket.AF_INET, addr)
+
+
+class Engine:
+    def __init__(self, stats, detections, pool=None):
+        self.stats = stats
+        self.detections = detections
+        self.pool = pool
+        self.lists = ListSet()
+        self.prefixes = PrefixIndex()
+        self.subs: dict[str | None, Subscriber] = {None: UNKNOWN_MODES["protect"]}
+        self.hostcache: dict[str, str | None] = {}
+        self.inspect_cnames = True
+        self._sink: dict[str, bytes | None] = {}
+        self.errors = 0
+        self._last_error_log = 0.0
+
+    # -- state swaps (sync, cannot fail) -------------------------------------------
+
+    def swap(self, lists: ListSet, prefixes: PrefixIndex, subs: dict) -> None:
+        self.lists, self.prefixes, self.subs = lists, prefixes, subs
+        self.hostcache = {}
+        self._sink = {}
+        self.inspect_cnames = bool(lists.all())
+
+    def set_subscriber(self, customer: str, sub: Subscriber) -> None:
+        subs = dict(self.subs)
+        subs[customer] = sub
+        self.subs = subs
+
+    # -- slow-path API -------------------------------------------------------------
+
+    def subscriber(self, host: str) -> Subscriber:
+        cid = self.hostcache.get(host, _MISS)
+        if cid is _MISS:
+            cid = self._lookup(host)
+        return self.subs.get(cid) or self.subs[None]
+
+    def judge(self, host: str, name: str) -> Verdict:
+        return judge(self.subscriber(host), self.lists, name)
+
+    def _lookup(self, host: str):
+        cid = self.prefixes.lookup(host)
+        cache = self.hostcache
+        if len(cache) >= HOSTCACHE_MAX:
+            cache.clear()
+        cache[host] = cid
+        return cid
+
+    # -- hot path ------------------------------------------------------------------
+
+    def handle(self, data: bytes, addr, send, tcp: bool) -> None:
+        """Answer ``data`` from ``addr``; ``send(bytes, addr)`` may be called now or later."""
+        t0 = time.perf_counter()
+        stats = self.stats
+        try:
+            q = parse_query(data)
+        except WireError:
+            stats.malformed += 1
+            r = error_reply(data, FORMERR)
+            if r is not None:
+                stats.rcodes[FORMERR] += 1
+                send(r, addr)
+            return
+        if q.opcode:
+            stats.rcodes[NOTIMP] += 1
+            send(answer(data, q, NOTIMP), addr)
+            return
+        host = addr[0]
+        cid = self.hostcache.get(host, _MISS)
+        if cid is _MISS:
+            cid = self._lookup(host)
+        sub = self.subs.get(cid) or self.subs[None]
+        if sub.refuse:
+            stats.rcodes[REFUSED] += 1
+            send(answer(data, q, REFUSED, ede=18, text="unknown client"), addr)
+            return
+        name = q.name
+        v = judge_suffixes(sub, self.lists, suffixes(name)) if name else None
+        if v is None:
+            self._forward(data, q, addr, sub, send, tcp, t0)
+        else:
+            self._blocked(data, q, v, addr, send, t0)
+
+    def _blocked(self, data, q, v: Verdict, addr, send, t0, source: str = "dns") -> None:
+        stats = self.stats
+        action = v.action
+        ede = v.ede
+        records, n = b"", 0
+        if action == "sinkhole":
+            addr_bytes = None
+            if q.qtype == TYPE_A and v.sinkhole_a:
+                addr_bytes = self._sinkhole(v.sinkhole_a)
+            elif q.qtype == TYPE_AAAA and v.sinkhole_aaaa:
+                addr_bytes = self._sinkhole(v.sinkhole_aaaa)
+            if addr_bytes is not None:
+                records, n = sinkhole_record(q.qtype, addr_bytes), 1
+            else:
+                ede = 15 if v.cls == "security" else (16 if v.cls == "mandatory" else 17)
+        rcode = _RCODE[action]
+        out = answer(data, q, rcode, ede=ede, text=f"{v.cls} list {v.list}", records=records, ancount=n)
+        stats.rcodes[rcode] += 1
+        stats.block(v.list, v.cls, action)
+        self.detections.note(v, addr[0], source)
+        send(out, addr)
+        stats.duration["local"].observe(time.perf_counter() - t0)
+
+    def _sinkhole(self, a: str) -> bytes | None:
+        b = self._sink.get(a, _MISS)
+        if b is _MISS:
+            b = self._sink[a] = _packed(a)
+        return b
+
+    def _forward(self, data, q, addr, sub, send, tcp, t0) -> None:
+        pool = self.pool
+        stats = self.stats
+        if pool is None:
+            stats.rcodes[SERVFAIL] += 1
+            send(answer(data, q, SERVFAIL, ede=22, text="no upstream configured"), addr)
+            return
+
+        def reply(resp, ede, upstream):
+            if resp is None:
+                out = answer(data, q, SERVFAIL, ede=ede, text="no upstream answered")
+            else:
+                if self.inspect_cnames and (resp[6] or resp[7]):
+                    lists = self.lists
+                    for target in answer_cnames(resp):
+                        v = judge_suffixes(sub, lists, suffixes(target)) if target else None
+                        if v is not None:
+                            v = Verdict(v.action, v.customer, v.list, v.cls, v.entry, v.name,
+                                        f"CNAME {target}: {v.reason}", v.sinkhole_a, v.sinkhole_aaaa,
+                                        via_cname=True)
+                            self._blocked(data, q, v, addr, send, t0)
+                            return
+                out = with_id(resp, q.id)
+                if not tcp:
+                    limit = q.edns or 512
+                    if len(out) > limit:
+                        out = truncate_for_udp(out, limit)
+            stats.rcodes[out[3] & 0xF] += 1
+            send(out, addr)
+            stats.duration["forwarded"].observe(time.perf_counter() - t0)
+
+        pool.forward(data, q.qend, reply, tcp)
+
+    def failed(self, exc: BaseException) -> None:
+        """An unexpected error on the query path: count it, log at most once a minute."""
+        self.errors += 1
+        now = time.monotonic()
+        if now - self._last_error_log > 60:
+            self._last_error_log = now
+            log.error("DNS query path error (%d so far): %r", self.errors, exc, exc_info=exc)

@@ -1,0 +1,159 @@
+"""DNS listeners: UDP and TCP on each configured address (IPv4 and IPv6).
+
+UDP: one DatagramProtocol per socket, 4 MB receive buffer. TCP (RFC 7766):
+several queries per connection, answered possibly out of order, 2-byte length
+framing, idle timeout, a cap on concurrent connections. With ``reuse_port``
+several worker processes share the ports (SO_REUSEPORT). Nothing on the query
+path may take the server down: an unexpected error is counted and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+
+from ..errors import NocpolicyError
+
+RCVBUF = 4 * 1024 * 1024
+TCP_IDLE = 10.0
+TCP_MAX_CONNECTIONS = 512
+
+
+class UdpListener(asyncio.DatagramProtocol):
+    def __init__(self, engine):
+        self.engine = engine
+        self.transport = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self._send = transport.sendto
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        engine = self.engine
+        engine.stats.queries["udp"] += 1
+        try:
+            engine.handle(data, addr, self._send, False)
+        except Exception as exc:  # never let one packet stop the listener
+            engine.failed(exc)
+
+    def error_received(self, exc) -> None:
+        pass
+
+
+class TcpConnection(asyncio.Protocol):
+    def __init__(self, engine, server: Listeners):
+        self.engine, self.server = engine, server
+        self.buf = bytearray()
+        self.transport = None
+        self.peer = None
+        self._idle = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.peer = transport.get_extra_info("peername")
+        if len(self.server.tcp_conns) >= TCP_MAX_CONNECTIONS:
+            transport.close()
+            return
+        self.server.tcp_conns.add(self)
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        self._idle = asyncio.get_running_loop().call_later(TCP_IDLE, self._timeout)
+
+    def _timeout(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        engine = self.engine
+        while len(buf) >= 2:
+            n = (buf[0] << 8) | buf[1]
+            if len(buf) < 2 + n:
+                break
+            msg = bytes(buf[2:2 + n])
+            del buf[:2 + n]
+            engine.stats.queries["tcp"] += 1
+            if n < 12:
+                engine.stats.malformed += 1
+                self.transport.close()
+                return
+            try:
+                engine.handle(msg, self.peer, self.send, True)
+            except Exception as exc:
+                engine.failed(exc)
+        self._arm()
+
+    def send(self, resp: bytes, addr=None) -> None:
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.write(len(resp).to_bytes(2, "big") + resp)
+
+    def connection_lost(self, exc) -> None:
+        self.transport = None
+        if self._idle is not None:
+            self._idle.cancel()
+        self.server.tcp_conns.discard(self)
+
+
+class Listeners:
+    def __init__(self, engine, addresses, *, reuse_port: bool = False):
+        self.engine = engine
+        self.addresses = list(addresses)
+        self.reuse_port = reuse_port
+        self.udp: list[asyncio.DatagramTransport] = []
+        self.tcp: list[asyncio.AbstractServer] = []
+        self.tcp_conns: set[TcpConnection] = set()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            for host, port in self.addresses:
+                fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+                sock = socket.socket(fam, socket.SOCK_DGRAM)
+                try:
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+                    if self.reuse_port:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                    if fam == socket.AF_INET6:
+                        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    sock.bind((host, port))
+                except OSError:
+                    sock.close()
+                    raise
+                transport, _ = await loop.create_datagram_endpoint(lambda: UdpListener(self.engine),
+                                                                   sock=sock)
+                self.udp.append(transport)
+                server = await loop.create_server(lambda: TcpConnection(self.engine, self), host, port,
+                                                  family=fam, reuse_address=True,
+                                                  reuse_port=self.reuse_port or None, backlog=256)
+                self.tcp.append(server)
+        except OSError as exc:
+            await self.stop()
+            raise NocpolicyError(f"DNS cannot listen on {_fmt(host, port)}: {exc.strerror or exc} "
+                                 "(is another resolver running there? choose --dns-listen)") from exc
+
+    def sockets(self) -> list[tuple[str, int]]:
+        return [t.get_extra_info("sockname")[:2] for t in self.udp]
+
+    async def stop(self) -> None:
+        for t in self.udp:
+            t.close()
+        for s in self.tcp:
+            s.close()
+        for c in list(self.tcp_conns):
+            if c.transport is not None:
+                c.transport.close()
+        for s in self.tcp:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(s.wait_closed(), 2)
+        self.udp, self.tcp = [], []
+
+
+def _fmt(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

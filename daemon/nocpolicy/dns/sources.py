@@ -1,0 +1,279 @@
+"""List sources: local files and http(s) URLs, last-good copies, shrink guard, runtime additions.
+
+For each policy list, :class:`ListManager` keeps a :class:`ListState` (entries,
+last success, failures, last error). Loading a source:
+
+1. fetch the bytes (file read / HTTP GET, in a thread);
+2. unchanged content (same SHA-256) and same list settings -> keep the compiled list;
+3. parse it (in a thread) into a new index; if it shrinks by more than the list's
+   ``max_shrink`` fraction, refuse it and keep the old copy (reported);
+4. save it as the last-good copy under ``<state-dir>/dns-lists/<id>`` so a restart
+   with an unreachable source still starts with the list.
+
+A failed fetch keeps the list in force (or falls back to the last-good copy at
+start). Runtime additions (``list.update``, threat-intel feeds) live in the state
+store and are re-applied on top of every new copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import gzip
+import hashlib
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import NocpolicyError
+from ..store import Store
+from .formats import domain, parse
+from .lists import CompiledList, DomainIndex
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = (
+    """
+    CREATE TABLE dns_list_additions (
+        list   TEXT NOT NULL,
+        name   TEXT NOT NULL,
+        actor  TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        ts     TEXT NOT NULL,
+        PRIMARY KEY (list, name)
+    );
+    """,
+)
+
+HTTP_TIMEOUT = 30.0
+MAX_SOURCE_BYTES = 256 * 1024 * 1024
+
+
+class SourceError(NocpolicyError):
+    pass
+
+
+@dataclass
+class ListState:
+    id: str
+    source: str
+    entries: int = 0
+    sha256: str | None = None
+    last_success: float | None = None
+    last_attempt: float | None = None
+    failures: int = 0
+    last_error: str | None = None
+    from_copy: bool = False
+    report: dict = field(default_factory=dict)
+    runtime: int = 0
+
+    def as_dict(self) -> dict:
+        def iso(t):
+            return (dt.datetime.fromtimestamp(t, dt.UTC).isoformat() if t else None)
+        return {"list": self.id, "source": self.source, "entries": self.entries,
+                "runtime_additions": self.runtime, "sha256": self.sha256,
+                "last_success": iso(self.last_success), "last_attempt": iso(self.last_attempt),
+                "failures": self.failures, "last_error": self.last_error, "from_last_good_copy": self.from_copy,
+                "parse": self.report}
+
+
+def fetch(source: str, policy_dir: str) -> bytes:
+    """The raw bytes of a source (blocking: run in a thread). gzip is undone."""
+    try:
+        if "://" in source:
+            req = urllib.request.Request(source, headers={"User-Agent": "nocpolicy"})
+            with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT) as resp:
+                data = resp.read(MAX_SOURCE_BYTES + 1)
+        else:
+            data = (Path(policy_dir) / source).read_bytes()
+    except urllib.error.HTTPError as exc:
+        raise SourceError(f"{source}: HTTP {exc.code} {exc.reason}") from None
+    except urllib.error.URLError as exc:
+        raise SourceError(f"{source}: {exc.reason}") from None
+    except OSError as exc:
+        raise SourceError(f"{source}: {exc.strerror or exc}") from None
+    if len(data) > MAX_SOURCE_BYTES:
+        raise SourceError(f"{source}: larger than {MAX_SOURCE_BYTES} bytes")
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as exc:
+            raise SourceError(f"{source}: bad gzip data: {exc}") from None
+    return data
+
+
+class ListManager:
+    """Owns every list's state, its compiled copy and its runtime additions."""
+
+    def __init__(self, store: Store, state_dir: str):
+        self.store = store
+        self.copy_dir = Path(state_dir) / "dns-lists"
+        store.migrate("dns.lists", MIGRATIONS)
+        self.states: dict[str, ListState] = {}
+        self.compiled: dict[str, CompiledList] = {}
+        self._conf: dict[str, object] = {}
+        self._base: dict[str, set[str]] = {}   # runtime additions also present in the source
+
+    # -- runtime additions -------------------------------------------------------
+
+    def additions(self, list_id: str) -> list[str]:
+        return [r["name"] for r in self.store.all("SELECT name FROM dns_list_additions WHERE list=? "
+                                                  "ORDER BY name", (list_id,))]
+
+    def update(self, lst: CompiledList, add: list[str], remove: list[str], *, actor: str,
+               reason: str) -> dict:
+        """Add/remove runtime entries (subtree semantics), persisted + audited, applied in place."""
+        now = dt.datetime.now(dt.UTC).isoformat()
+        have = set(self.additions(lst.id))
+        added = [n for n in add if n not in have]
+        removed = [n for n in remove if n in have]
+        not_runtime = [n for n in remove if n not in have]
+        with self.store.transaction() as tx:
+            tx.executemany("INSERT OR IGNORE INTO dns_list_additions (list, name, actor, reason, ts) "
+                           "VALUES (?,?,?,?,?)", [(lst.id, n, actor, reason, now) for n in added])
+            tx.executemany("DELETE FROM dns_list_additions WHERE list=? AND name=?",
+                           [(lst.id, n) for n in removed])
+            self.store.audit(actor, "dns.list.update", f"list:{lst.id}", None,
+                             {"added": added, "removed": removed, "reason": reason}, db=tx)
+        base = self._base.get(lst.id, set())
+        for n in added:
+            lst.index.subtree.add(n)
+        for n in removed:
+            if n not in base:
+                lst.index.subtree.discard(n)
+        st = self.states.get(lst.id)
+        if st is not None:
+            st.runtime = len(have) + len(added) - len(removed)
+            st.entries = len(lst.index)
+        return {"list": lst.id, "added": added, "removed": removed, "not_runtime_entries": not_runtime,
+                "entries": len(lst.index)}
+
+    # -- loading -----------------------------------------------------------------
+
+    async def build(self, bl, policy_dir: str, *, refresh: bool = False) -> CompiledList:
+        """A compiled list for policy list ``bl`` (reuses the current one when nothing changed)."""
+        st = self.states.get(bl.id) or ListState(bl.id, bl.source)
+        st.source = bl.source
+        st.last_attempt = time.time()
+        old = self.compiled.get(bl.id)
+        same_conf = old is not None and self._conf.get(bl.id) == bl
+        try:
+            data = await asyncio.to_thread(fetch, bl.source, policy_dir)
+            from_copy = False
+        except SourceError as exc:
+            st.failures += 1
+            st.last_error = str(exc)
+            log.warning("list %s: %s; keeping the last good copy", bl.id, exc)
+            if old is not None and same_conf:
+                self.states[bl.id] = st
+                return old
+            data = self._read_copy(bl.id)
+            if data is None:
+                if old is not None:
+                    data = None
+                else:
+                    self.states[bl.id] = st
+                    return self._empty(bl)
+            from_copy = True
+        if data is None:  # settings changed, source unreachable, no copy: rebuild from the old entries
+            index = old.index
+            sha = st.sha256
+            report = st.report
+        else:
+            sha = hashlib.sha256(data).hexdigest()
+            if same_conf and sha == st.sha256:
+                st.last_success = time.time()
+                if not from_copy:
+                    st.last_error = None
+                self.states[bl.id] = st
+                return old
+            index, rep = await asyncio.to_thread(_parse, bl.format, data)
+            report = rep.as_dict()
+            prev = st.entries - st.runtime if st.entries else 0
+            if prev and len(index) < prev * (1.0 - bl.max_shrink) and not from_copy:
+                st.failures += 1
+                st.last_error = (f"refused: {bl.source} would shrink the list from {prev} to {len(index)} "
+                                 f"entries (more than max_shrink {bl.max_shrink:.0%}); keeping the old copy")
+                log.warning("list %s: %s", bl.id, st.last_error)
+                if old is not None:
+                    self.states[bl.id] = st
+                    return old if same_conf else self._recompile(bl, old.index)
+            if not from_copy:
+                await asyncio.to_thread(self._write_copy, bl.id, data)
+        base_names = set()
+        adds = self.additions(bl.id)
+        for n in adds:
+            if n in index.subtree:
+                base_names.add(n)
+            else:
+                index.subtree.add(n)
+        self._base[bl.id] = base_names
+        st.sha256, st.report, st.from_copy = sha, report, from_copy
+        st.runtime = len(adds)
+        st.entries = len(index)
+        if not from_copy:
+            st.last_success = time.time()
+            st.last_error = None
+        elif st.last_success is None:
+            st.last_success = self._copy_time(bl.id)
+        self.states[bl.id] = st
+        return self._recompile(bl, index)
+
+    def adopt(self, policy_lists, compiled: dict[str, CompiledList]) -> None:
+        """Commit: these compiled lists are now in force (sync, cannot fail)."""
+        self.compiled = dict(compiled)
+        self._conf = {bl.id: bl for bl in policy_lists}
+        for gone in set(self.states) - set(compiled):
+            del self.states[gone]
+
+    def _recompile(self, bl, index: DomainIndex) -> CompiledList:
+        allow = DomainIndex(subtree=set(bl.allow))
+        return CompiledList(bl.id, bl.cls, bl.action, index, allow,
+                            str(bl.sinkhole_a) if bl.sinkhole_a else None,
+                            str(bl.sinkhole_aaaa) if bl.sinkhole_aaaa else None)
+
+    def _empty(self, bl) -> CompiledList:
+        return self._recompile(bl, DomainIndex())
+
+    # -- last-good copies --------------------------------------------------------
+
+    def _copy_path(self, list_id: str) -> Path:
+        return self.copy_dir / f"{list_id}.txt"
+
+    def _write_copy(self, list_id: str, data: bytes) -> None:
+        self.copy_dir.mkdir(parents=True, exist_ok=True)
+        path = self._copy_path(list_id)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        path.with_suffix(".json").write_text(json.dumps({"saved": time.time()}))
+
+    def _read_copy(self, list_id: str) -> bytes | None:
+        try:
+            return self._copy_path(list_id).read_bytes()
+        except OSError:
+            return None
+
+    def _copy_time(self, list_id: str) -> float | None:
+        try:
+            return json.loads(self._copy_path(list_id).with_suffix(".json").read_text())["saved"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+
+def _parse(fmt: str, data: bytes):
+    return parse(fmt, data.decode("utf-8", errors="replace"))
+
+
+def check_names(names) -> tuple[list[str], list[str]]:
+    """(normalized valid names, invalid inputs) for list.update."""
+    ok, bad = [], []
+    for n in names:
+        d = domain(n) if isinstance(n, str) else None
+        (ok if d else bad).append(d if d else str(n))
+    return ok, bad

@@ -1,0 +1,129 @@
+"""DNS counters: plain integers on the hot path, a Prometheus collector at scrape time.
+
+Labels are bounded: transport, rcode, list, class, action, upstream, result,
+path. Never a customer, client or domain label (Art. 37).
+"""
+
+from __future__ import annotations
+
+import bisect
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from .wire import RCODE_NAMES
+
+BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+           2.5, 5.0)
+
+
+class Histogram:
+    __slots__ = ("counts", "total", "n")
+
+    def __init__(self):
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.total = 0.0
+        self.n = 0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(BUCKETS, seconds)] += 1
+        self.total += seconds
+        self.n += 1
+
+    def buckets(self) -> list[tuple[str, int]]:
+        out, acc = [], 0
+        for bound, c in zip(BUCKETS, self.counts, strict=False):
+            acc += c
+            out.append((repr(bound), acc))
+        out.append(("+Inf", acc + self.counts[-1]))
+        return out
+
+
+class DnsStats:
+    """Every DNS counter of one process."""
+
+    def __init__(self):
+        self.queries = {"udp": 0, "tcp": 0}
+        self.rcodes = [0] * 16
+        self.blocked: dict[tuple[str, str, str], int] = {}
+        self.upstream: dict[tuple[str, str], int] = {}
+        self.duration = {"local": Histogram(), "forwarded": Histogram()}
+        self.malformed = 0
+        self.dropped = 0
+
+    def block(self, lst: str, cls: str, action: str) -> None:
+        key = (lst, cls, action)
+        self.blocked[key] = self.blocked.get(key, 0) + 1
+
+    def upstream_result(self, upstream: str, result: str) -> None:
+        key = (upstream, result)
+        self.upstream[key] = self.upstream.get(key, 0) + 1
+
+    def snapshot(self) -> dict:
+        return {"queries": dict(self.queries),
+                "responses": {RCODE_NAMES.get(i, str(i)): n for i, n in enumerate(self.rcodes) if n},
+                "blocked": sum(self.blocked.values()), "malformed": self.malformed, "dropped": self.dropped}
+
+
+class DnsCollector:
+    """Computes every DNS metric at scrape time from the guard's plain integers."""
+
+    def __init__(self, guard):
+        self.guard = guard
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        g = self.guard
+        stats_list = g.all_stats()
+        q = CounterMetricFamily("nocpolicy_dns_queries", "DNS queries received", labels=["transport"])
+        r = CounterMetricFamily("nocpolicy_dns_responses", "DNS responses sent", labels=["rcode"])
+        b = CounterMetricFamily("nocpolicy_dns_blocked", "Queries blocked", labels=["list", "class", "action"])
+        u = CounterMetricFamily("nocpolicy_dns_upstream_queries", "Queries sent upstream by result",
+                                labels=["upstream", "result"])
+        m = CounterMetricFamily("nocpolicy_dns_malformed", "Malformed packets answered FORMERR or dropped")
+        queries, rcodes, blocked, upstream = {}, [0] * 16, {}, {}
+        durations = {"local": Histogram(), "forwarded": Histogram()}
+        malformed = 0
+        for s in stats_list:
+            for k, v in s.queries.items():
+                queries[k] = queries.get(k, 0) + v
+            for i, v in enumerate(s.rcodes):
+                rcodes[i] += v
+            for k, v in s.blocked.items():
+                blocked[k] = blocked.get(k, 0) + v
+            for k, v in s.upstream.items():
+                upstream[k] = upstream.get(k, 0) + v
+            for k, h in s.duration.items():
+                agg = durations[k]
+                agg.counts = [a + c for a, c in zip(agg.counts, h.counts, strict=True)]
+                agg.total += h.total
+            malformed += s.malformed
+        for k in ("udp", "tcp"):
+            q.add_metric([k], queries.get(k, 0))
+        for i, v in enumerate(rcodes):
+            if v or i in (0, 2, 3, 5):
+                r.add_metric([RCODE_NAMES.get(i, str(i))], v)
+        for (lst, cls, action), v in sorted(blocked.items()):
+            b.add_metric([lst, cls, action], v)
+        for (up, res), v in sorted(upstream.items()):
+            u.add_metric([up, res], v)
+        m.add_metric([], malformed)
+        h = HistogramMetricFamily("nocpolicy_dns_request_duration_seconds",
+                                  "Time from query received to answer sent", labels=["path"])
+        for path, hist in durations.items():
+            h.add_metric([path], hist.buckets(), hist.total)
+        yield from (q, r, b, u, m, h)
+        e = GaugeMetricFamily("nocpolicy_blocklist_entries", "Entries in force per list", labels=["list"])
+        ts = GaugeMetricFamily("nocpolicy_blocklist_last_success_timestamp_seconds",
+                               "When each list was last loaded or refreshed successfully", labels=["list"])
+        f = CounterMetricFamily("nocpolicy_blocklist_refresh_failures", "Refreshes that failed or were "
+                                "refused (shrink guard); the last good copy stays in force", labels=["list"])
+        for st in g.list_states():
+            e.add_metric([st.id], st.entries)
+            ts.add_metric([st.id], st.last_success or 0)
+            f.add_metric([st.id], st.failures)
+        yield from (e, ts, f)
+        o = GaugeMetricFamily("nocpolicy_optout_customers", "Customers opted out of the security lists")
+        o.add_metric([], g.optout_count())
+        yield o

@@ -1,0 +1,241 @@
+"""Forwarding to upstream resolvers over UDP, with TCP fallback, retries and health.
+
+One connected UDP socket per upstream. Each forwarded query gets a fresh random
+ID unique among that upstream's pending queries; the answer is matched by ID
+*and* question bytes, so a stray or spoofed datagram is ignored. Pending
+queries live in insertion-ordered dicts: a sweeper every 50 ms expires the
+oldest ones (no timer per query). A query that times out, or whose upstream
+reports an error (ICMP port unreachable), is retried on the next upstream in
+policy order; when every upstream has failed the caller gets ``None`` and an
+EDE code (22 No Reachable Authority after timeouts, 23 Network Error after
+errors). An upstream with 3 consecutive failures is "down" for 5 s (tried last).
+
+Answers with TC set are re-asked over TCP when the client itself came over TCP;
+a UDP client gets the truncated answer and retries over TCP, as RFC 7766 wants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import time
+from collections.abc import Callable
+
+from .wire import truncated
+
+log = logging.getLogger(__name__)
+
+SWEEP = 0.05
+DOWN_AFTER = 3
+DOWN_FOR = 5.0
+MAX_PENDING = 50_000
+
+# callback(answer bytes with the upstream's ID or None, ede code if None, upstream id)
+Reply = Callable[[bytes | None, int, str], None]
+
+
+class Pending:
+    __slots__ = ("data", "qend", "reply", "deadline", "tried", "tcp", "err")
+
+    def __init__(self, data, qend, reply, tcp):
+        self.data, self.qend, self.reply, self.tcp = data, qend, reply, tcp
+        self.deadline = 0.0
+        self.tried = 0
+        self.err = 22
+
+
+class Upstream(asyncio.DatagramProtocol):
+    def __init__(self, pool: UpstreamPool, index: int, conf):
+        self.pool, self.index, self.conf = pool, index, conf
+        self.id = conf.id
+        self.host, self.port = conf.address
+        self.timeout = conf.timeout
+        self.transport: asyncio.DatagramTransport | None = None
+        self.pending: dict[int, Pending] = {}
+        self.fails = 0
+        self.down_until = 0.0
+        self.last_error: str | None = None
+
+    # -- protocol --------------------------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        if len(data) < 12:
+            return
+        p = self.pending.pop((data[0] << 8) | data[1], None)
+        if p is None:
+            return
+        if data[12:p.qend] != p.data[12:p.qend]:
+            self.pending[(data[0] << 8) | data[1]] = p    # not the answer to our question
+            return
+        self.fails = 0
+        self.down_until = 0.0
+        if p.tcp and truncated(data):
+            self.pool.stats.upstream_result(self.id, "truncated")
+            self.pool.spawn_tcp(self, p)
+            return
+        self.pool.stats.upstream_result(self.id, "ok")
+        p.reply(data, 0, self.id)
+
+    def error_received(self, exc: Exception) -> None:
+        # A connected UDP socket reports ICMP errors here, without saying which query.
+        self.last_error = str(exc)
+        self._failed("error")
+        stuck, self.pending = self.pending, {}
+        for p in stuck.values():
+            p.err = 23
+            self.pool.retry(p, self)
+
+    def connection_lost(self, exc) -> None:
+        self.transport = None
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _failed(self, result: str) -> None:
+        self.pool.stats.upstream_result(self.id, result)
+        self.fails += 1
+        if self.fails >= DOWN_AFTER:
+            if not self.down_until:
+                log.warning("upstream %s (%s:%d) is down: %s", self.id, self.host, self.port,
+                            self.last_error or result)
+            self.down_until = time.monotonic() + DOWN_FOR
+
+    def send(self, p: Pending) -> bool:
+        if self.transport is None or len(self.pending) >= MAX_PENDING:
+            return False
+        pend = self.pending
+        qid = random.getrandbits(16)
+        while qid in pend:
+            qid = random.getrandbits(16)
+        p.deadline = time.monotonic() + self.timeout
+        pend[qid] = p
+        self.transport.sendto(qid.to_bytes(2, "big") + p.data[2:])
+        return True
+
+    def status(self) -> dict:
+        return {"id": self.id, "address": f"{self.host}:{self.port}", "up": not self.down_until
+                or self.down_until < time.monotonic(), "consecutive_failures": self.fails,
+                "pending": len(self.pending), "last_error": self.last_error}
+
+
+class UpstreamPool:
+    def __init__(self, confs, stats):
+        self.confs = tuple(confs)
+        self.stats = stats
+        self.upstreams: list[Upstream] = []
+        self._tasks: set[asyncio.Task] = set()
+        self._sweeper: asyncio.Task | None = None
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        for i, conf in enumerate(self.confs):
+            u = Upstream(self, i, conf)
+            host, port = conf.address
+            fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+            try:
+                await loop.create_datagram_endpoint(lambda u=u: u, remote_addr=(host, port), family=fam)
+            except OSError as exc:   # e.g. no IPv6 on this host: the upstream stays unusable
+                u.last_error = f"cannot open a socket: {exc.strerror or exc}"
+                log.warning("upstream %s: %s", conf.id, u.last_error)
+            self.upstreams.append(u)
+        self._sweeper = loop.create_task(self._sweep(), name="dns:upstream-sweeper")
+
+    async def close(self) -> None:
+        if self._sweeper:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        for t in list(self._tasks):
+            t.cancel()
+        for u in self.upstreams:
+            if u.transport:
+                u.transport.close()
+            for p in u.pending.values():
+                p.reply(None, 23, u.id)
+            u.pending.clear()
+
+    def status(self) -> list[dict]:
+        return [u.status() for u in self.upstreams]
+
+    # -- forwarding ------------------------------------------------------------
+
+    def forward(self, data: bytes, qend: int, reply: Reply, tcp: bool = False) -> None:
+        p = Pending(data, qend, reply, tcp)
+        self._next(p)
+
+    def _order(self) -> list[Upstream]:
+        now = time.monotonic()
+        ups = self.upstreams
+        healthy = [u for u in ups if u.down_until < now and u.transport is not None]
+        if len(healthy) == len(ups):
+            return ups
+        return healthy + [u for u in ups if u not in healthy and u.transport is not None]
+
+    def _next(self, p: Pending) -> None:
+        order = self._order()
+        while p.tried < len(order):
+            u = order[p.tried]
+            p.tried += 1
+            if u.send(p):
+                return
+        p.reply(None, p.err, "")
+
+    def retry(self, p: Pending, failed: Upstream) -> None:
+        if p.tried < len(self.upstreams):
+            self.stats.upstream_result(failed.id, "retry")
+        self._next(p)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP)
+            now = time.monotonic()
+            for u in self.upstreams:
+                pend = u.pending
+                expired = []
+                for qid, p in pend.items():
+                    if p.deadline > now:
+                        break
+                    expired.append(qid)
+                for qid in expired:
+                    p = pend.pop(qid)
+                    u.last_error = f"no answer within {u.timeout:g}s"
+                    u._failed("timeout")
+                    self.retry(p, u)
+
+    # -- TCP -------------------------------------------------------------------
+
+    def spawn_tcp(self, u: Upstream, p: Pending) -> None:
+        t = asyncio.get_running_loop().create_task(self._tcp(u, p), name=f"dns:tcp-fallback:{u.id}")
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    async def _tcp(self, u: Upstream, p: Pending) -> None:
+        try:
+            resp = await asyncio.wait_for(tcp_query(u.host, u.port, p.data), u.timeout)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
+            u.last_error = f"TCP: {exc or type(exc).__name__}"
+            u._failed("tcp_error")
+            p.err = 22 if isinstance(exc, TimeoutError) else 23
+            self.retry(p, u)
+            return
+        self.stats.upstream_result(u.id, "tcp_ok")
+        p.reply(resp, 0, u.id)
+
+
+async def tcp_query(host: str, port: int, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(len(data).to_bytes(2, "big") + data)
+        await writer.drain()
+        n = int.from_bytes(await reader.readexactly(2), "big")
+        return await reader.readexactly(n)
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
