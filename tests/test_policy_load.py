@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 
@@ -35,6 +36,12 @@ def test_check_bad_directory_prints_every_problem_and_exits_1(policy_dir):
         "policies/zz.yaml:6: customers[id=c1001]: duplicate id 'c1001' (first defined at policies/customers.yaml:19)",
     ]
     assert "4 problem(s)" in res.stderr
+    res = subprocess.run([str(BIN / "nocpolicyctl"), "check", str(policy_dir), "--json"], capture_output=True,
+                         text=True, timeout=60)
+    out = json.loads(res.stdout)
+    assert res.returncode == 1 and out["ok"] is False and len(out["problems"]) == 4
+    assert out["problems"][1] == {"file": "policies/zz.yaml", "line": 3, "path": "plans[0].down",
+                                  "reason": "'fast' is not a rate (examples: 800kbit, 50mbit, 1gbit)"}
 
 
 def test_check_missing_directory_exits_1(tmp_path):

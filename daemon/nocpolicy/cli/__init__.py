@@ -28,7 +28,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for m in MODULES:
         m.register(sub)
+    _accept_json_anywhere(p)
     return p
+
+
+def _accept_json_anywhere(parser: argparse.ArgumentParser) -> None:
+    """`nocpolicyctl status --json` works as well as `nocpolicyctl --json status`."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in set(action.choices.values()):
+                if not any("--json" in a.option_strings for a in child._actions):
+                    child.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                                       help="print the raw JSON answer")
+                _accept_json_anywhere(child)
 
 
 def main(argv: list[str] | None = None) -> int:

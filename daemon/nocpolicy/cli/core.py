@@ -32,12 +32,17 @@ def cmd_check(args, client) -> int:
     try:
         policy = load_policy(args.directory)
     except PolicyInvalid as exc:
-        for problem in exc.problems:
-            print(problem)
+        if args.json:
+            print(json.dumps({"ok": False, "problems": [
+                {"file": p.loc.file, "line": p.loc.line, "path": p.path, "reason": p.reason}
+                for p in exc.problems]}, ensure_ascii=False, indent=1))
+        else:
+            for problem in exc.problems:
+                print(problem)
         print(f"{len(exc.problems)} problem(s) in {args.directory}", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps(policy.summary(), indent=1))
+        print(json.dumps({"ok": True, **policy.summary()}, ensure_ascii=False, indent=1))
     else:
         s = policy.summary()
         print(f"{args.directory}: OK, version {s['version']} ({s['customers']} customers, {s['lists']} lists, "
