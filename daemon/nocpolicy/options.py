@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enforce", choices=("auto", "linux", "off"), default="auto",
                    help="traffic enforcement backend: auto (Linux nft/tc when privileged and the "
                         "policy names interfaces present here), linux (required), off")
+    p.add_argument("--netns", metavar="NAME", help=argparse.SUPPRESS)   # qos: run nft/tc in this netns (tests)
+    p.add_argument("--customer-metrics", action="store_true",
+                   help="export per-customer utilisation series (high cardinality; off by default)")
     return p
 
 
@@ -86,4 +89,5 @@ def parse_options(argv: list[str] | None = None) -> Options:
         log_format=ns.log_format, log_level=ns.log_level, workers=ns.workers, watch=ns.watch,
         role=ns.role, node=ns.node, mqtt=ns.mqtt, mqtt_password_file=ns.mqtt_password_file,
         mqtt_ca=ns.mqtt_ca, mqtt_cert=ns.mqtt_cert, mqtt_key=ns.mqtt_key, enforce=ns.enforce,
+        extra={"netns": ns.netns, "customer_metrics": ns.customer_metrics},
     )

@@ -1,10 +1,386 @@
-"""Placeholder: emergency priority and utilisation limits (issue 5)."""
+"""The qos component: emergency priority and utilisation limits (Art. 23(1)).
+
+Modes (``--enforce``): ``linux`` needs root, nft, tc and every interface the
+policy names (else the daemon refuses to start); ``auto`` enforces when it can
+and otherwise runs *plan-only* (state "disabled" with the reason: emergencies
+are still declared, audited and rendered, nothing reaches the kernel); ``off``
+is always plan-only.
+
+Stop/start (see docs/qos.md): stop puts the *normal* plan back (caps stay, an
+emergency's priority rules go, because a stopped daemon cannot expire them); the
+emergency stays in the store and start re-applies it unless it has expired
+(then it is lifted with an audit record).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import shutil
+
+from prometheus_client import Histogram
 
 from ..component import Component
+from ..control.commands import Args, Command, Invocation
+from ..errors import CommandError, EnforcementError, NocpolicyError
+from ..policy.fields import as_bool, as_datetime, as_id, as_text, list_of
+from .counters import QosCollector, Usage, read_usage
+from .emergency import EmergencyStore, Record
+from .features import Features, detect
+from .plan import Emergency, Plan, build_plan
+from .render import diff_lines, render_nft, render_tc
+
+log = logging.getLogger(__name__)
+
+COUNTER_INTERVAL = 10.0
+EXPIRY_CHECK = 1.0
+NETNS_ENV = "NOCPOLICY_NETNS"
 
 
 class Enforcer(Component):
     name = "qos"
 
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        extra = ctx.options.extra or {}
+        self.netns = extra.get("netns") or os.environ.get(NETNS_ENV) or None
+        self.customer_metrics = bool(extra.get("customer_metrics"))
+        self.counter_interval = float(extra.get("qos_counter_interval") or COUNTER_INTERVAL)
+        self.emergencies = EmergencyStore(ctx.store)
+        self.policy = None
+        self.plan: Plan | None = None
+        self.backend = None
+        self.backend_name = "none"
+        self.features = Features(False, detail="not detected yet")
+        self.plan_only_reason = ""
+        self.errors = 0
+        self.last_apply: dict | None = None
+        self.last_error: str | None = None
+        self.enforcing = 0
+        self._lock = asyncio.Lock()
+        self._usage = Usage()
+        self._class_acc: dict = {}
+        self._cust_acc: dict = {}
+        self._last_raw: dict = {}
+        self._last_cust: dict = {}
+        self.apply_seconds = Histogram("nocpolicy_enforcement_apply_duration_seconds",
+                                       "Time to apply and verify an enforcement plan",
+                                       buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+                                       registry=ctx.registry)
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def prepare(self, policy, change):
+        active = self.emergencies.active()
+        emergency = self._as_emergency(active) if active else None
+        if emergency is not None and emergency.profile not in policy.profiles_by_id:
+            raise NocpolicyError(f"emergency profile {emergency.profile!r} is in use by the active emergency "
+                                 "(lift it first, or keep the profile)")
+        if self.backend is None and self.plan_only_reason == "":
+            await self._choose_backend(policy)
+        try:
+            plan = build_plan(policy, emergency, leaf=self.features.leaf)
+        except (ValueError, EnforcementError) as exc:
+            raise NocpolicyError(f"qos: {exc}") from None
+        if self.backend is not None:
+            missing = await asyncio.to_thread(self._missing_interfaces, policy)
+            if missing:
+                raise NocpolicyError(f"qos: interface(s) {', '.join(missing)} named by the policy do not exist "
+                                     f"{'in netns ' + self.netns if self.netns else 'here'}")
+
+        def commit():
+            self.policy, self.plan = policy, plan
+            if self.state in ("running", "disabled", "failed") and self.backend is not None:
+                self.tasks.spawn("apply", self._apply_logged(plan, "reload"))
+        return commit
+
     async def start(self) -> None:
-        self.set_state("disabled", "not built yet")
+        if self.backend is not None:
+            await self._expire_if_due()
+            try:
+                await self._apply(self.plan)
+            except EnforcementError as exc:
+                self.set_state("failed", f"cannot apply the rules: {exc}")
+                raise NocpolicyError(f"qos: cannot apply the rules: {exc}") from None
+            self.set_state("running", f"enforcing on {', '.join(t.name for t in self.plan.interfaces)} "
+                                      f"({self.features.detail}){' in netns ' + self.netns if self.netns else ''}")
+            self.tasks.spawn("counters", self._counter_loop())
+        else:
+            await self._expire_if_due()
+            self.set_state("disabled", f"plan-only, nothing is enforced: {self.plan_only_reason}")
+        self.tasks.spawn("expiry", self._expiry_loop())
+
+    async def stop(self) -> None:
+        await self.tasks.close()
+        if self.backend is not None and self.policy is not None and self.plan is not None \
+                and self.plan.emergency is not None:
+            try:   # a stopped daemon cannot expire an emergency: leave the normal caps only
+                await self._apply(build_plan(self.policy, None, leaf=self.features.leaf))
+                log.info("qos: stopped; emergency rules taken out, normal caps left in place")
+            except EnforcementError as exc:
+                log.error("qos: could not take the emergency rules out on stop: %s", exc)
+        self.set_state("stopped")
+
+    async def dry_run(self, policy, change) -> str | None:
+        active = self.emergencies.active()
+        try:
+            new = build_plan(policy, self._as_emergency(active) if active else None, leaf=self.features.leaf)
+        except (ValueError, EnforcementError) as exc:
+            return f"refused: {exc}"
+        added, removed = diff_lines(self.plan, new)
+        if not added and not removed:
+            return "no rule changes"
+        return "\n".join([f"+ {x}" for x in added] + [f"- {x}" for x in removed])
+
+    # -- backend -----------------------------------------------------------------
+
+    async def _choose_backend(self, policy) -> None:
+        mode = self.ctx.options.enforce
+        if mode == "off":
+            self.plan_only_reason = "--enforce off"
+            return
+        why = self._cannot_enforce()
+        if why is None:
+            self.features = await asyncio.to_thread(detect)
+            from .apply import LinuxBackend
+            backend = LinuxBackend(self.netns)
+            try:
+                have = await asyncio.to_thread(backend.runner.links)
+            except EnforcementError as exc:
+                have, why = set(), str(exc)
+            missing = [i.name for i in policy.interfaces if i.name not in have]
+            if why is None and not policy.interfaces:
+                why = "the policy names no interfaces to shape"
+            elif why is None and missing:
+                why = (f"interface(s) {', '.join(missing)} named by the policy do not exist "
+                       f"{'in netns ' + self.netns if self.netns else 'on this host'}")
+            if why is None:
+                self.backend, self.backend_name, self.enforcing = backend, "linux", 1
+                return
+        if mode == "linux":
+            raise NocpolicyError(f"qos: --enforce linux, but {why}")
+        self.plan_only_reason = why
+
+    def _cannot_enforce(self) -> str | None:
+        if os.geteuid() != 0:
+            return "not running as root (nft and tc need CAP_NET_ADMIN)"
+        for tool in ("nft", "tc", "ip"):
+            if shutil.which(tool) is None:
+                return f"{tool} is not installed"
+        return None
+
+    def _missing_interfaces(self, policy) -> list[str]:
+        have = self.backend.runner.links()
+        return [i.name for i in policy.interfaces if i.name not in have]
+
+    async def _apply(self, plan: Plan) -> dict | None:
+        if self.backend is None:
+            return None
+        try:
+            result = await asyncio.to_thread(self.backend.apply, plan)
+        except EnforcementError as exc:
+            self.errors += 1
+            self.last_error = str(exc)
+            log.error("qos: apply failed: %s", exc)
+            raise
+        self.apply_seconds.observe(result.seconds)
+        self.last_apply = result.as_dict()
+        self.last_error = None
+        return self.last_apply
+
+    async def _apply_logged(self, plan: Plan, why: str) -> None:
+        async with self._lock:
+            try:
+                await self._apply(plan)
+            except EnforcementError:
+                pass   # rolled back; counted and shown in status
+
+    # -- emergencies ---------------------------------------------------------------
+
+    def _as_emergency(self, rec: Record) -> Emergency:
+        return Emergency(rec.profile, rec.scope, rec.reason)
+
+    def _max_duration(self, profile: str) -> float | None:
+        p = self.policy.profiles_by_id.get(profile) if self.policy else None
+        return p.max_duration if p else None
+
+    async def declare(self, *, profile: str, scope, reason: str, until, actor: str, dry_run: bool) -> dict:
+        async with self._lock:
+            now = self.ctx.clock.now()
+            if until is not None and until <= now:
+                raise CommandError(f"until {until.isoformat()} is in the past", status=400, field="until")
+            try:
+                new = build_plan(self.policy, Emergency(profile, tuple(scope), reason), leaf=self.features.leaf)
+            except ValueError as exc:
+                raise CommandError(str(exc), status=400) from None
+            added, removed = diff_lines(self.plan, new)
+            out = {"profile": profile, "enforced": self.backend is not None, "added": added, "removed": removed}
+            if dry_run:
+                return {**out, "dry_run": True, "nft": render_nft(new)}
+            before = self.emergencies.active()
+            applied = await self._apply(new)
+            rec = self.emergencies.declare(
+                profile=profile, scope=scope, reason=reason, actor=actor, now=now, until=until,
+                audit_before={"emergency": before.as_dict(), "rules_removed": removed} if before else None,
+                audit_after={"reason": reason, "scope": list(scope), "until": until.isoformat() if until else None,
+                             "rules_added": added, "rules_removed": removed, "enforced": self.backend is not None})
+            self.plan = new
+            info = rec.as_dict(self._max_duration(profile))
+            self.ctx.events.publish("emergency", {"action": "declare", **info, "enforced": self.backend is not None})
+            return {**out, "emergency": info, "apply": applied, "note": self._note()}
+
+    async def lift(self, *, actor: str, reason: str, action: str = "emergency.lift") -> dict:
+        async with self._lock:
+            rec = self.emergencies.active()
+            if rec is None:
+                raise CommandError("no emergency is active", status=409)
+            new = build_plan(self.policy, None, leaf=self.features.leaf)
+            added, removed = diff_lines(self.plan, new)
+            applied = await self._apply(new)
+            self.emergencies.end(rec, actor=actor, reason=reason, now=self.ctx.clock.now(), action=action,
+                                 audit_before={"emergency": rec.as_dict(self._max_duration(rec.profile))},
+                                 audit_after={"reason": reason, "rules_added": added, "rules_removed": removed,
+                                              "enforced": self.backend is not None})
+            self.plan = new
+            self.ctx.events.publish("emergency", {"action": "expire" if action == "emergency.expire" else "lift",
+                                                  "profile": rec.profile, "id": rec.id, "reason": reason})
+            return {"lifted": rec.as_dict(), "added": added, "removed": removed, "apply": applied,
+                    "enforced": self.backend is not None, "note": self._note()}
+
+    def _note(self) -> str:
+        if self.backend is None:
+            return f"plan-only: nothing is enforced ({self.plan_only_reason})"
+        return "enforced in the kernel"
+
+    async def _expire_if_due(self) -> None:
+        rec = self.emergencies.active()
+        if rec is None:
+            return
+        end = rec.ends_at(self._max_duration(rec.profile))
+        if end is not None and self.ctx.clock.now() >= end:
+            log.info("qos: emergency %s (%s) expired at %s", rec.id, rec.profile, end.isoformat())
+            await self.lift(actor="daemon", reason=f"expired at {end.isoformat()}", action="emergency.expire")
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            await self.ctx.clock.sleep(EXPIRY_CHECK)
+            try:
+                await self._expire_if_due()
+            except (EnforcementError, CommandError) as exc:
+                log.error("qos: expiry failed, will retry: %s", exc)
+
+    # -- utilisation ---------------------------------------------------------------
+
+    async def _counter_loop(self) -> None:
+        while True:
+            await self.refresh_usage()
+            await asyncio.sleep(self.counter_interval)
+
+    async def refresh_usage(self) -> None:
+        if self.backend is None or self.plan is None:
+            return
+        try:
+            u, _ = await asyncio.to_thread(read_usage, self.backend, self.plan, self._usage,
+                                           self.ctx.clock.monotonic())
+        except (EnforcementError, ValueError) as exc:
+            log.warning("qos: cannot read counters: %s", exc)
+            return
+        _accumulate(self._class_acc, self._last_raw, u.classes)
+        _accumulate(self._cust_acc, self._last_cust, u.customers)
+        self._usage = u
+
+    def class_totals(self) -> dict:
+        return self._class_acc
+
+    def customer_totals(self) -> dict:
+        return self._cust_acc
+
+    def usage_snapshot(self) -> Usage:
+        return self._usage
+
+    def active_profile(self) -> str | None:
+        rec = self.emergencies.active()
+        return rec.profile if rec else None
+
+    def profiles(self) -> list[str]:
+        return sorted(self.policy.profiles_by_id) if self.policy else []
+
+    # -- wiring ------------------------------------------------------------------
+
+    def collectors(self) -> list:
+        return [QosCollector(self)]
+
+    def status(self) -> dict:
+        return {**super().status(), "backend": self.backend_name, "netns": self.netns,
+                "features": self.features.as_dict(), "emergency": self.active_profile(),
+                "errors": self.errors, "last_error": self.last_error}
+
+    def commands(self) -> list[Command]:
+        return [
+            Command("emergency.declare", self._cmd_declare,
+                    "declare an emergency (profile, scope?, reason, until?, dry_run?)"),
+            Command("emergency.lift", self._cmd_lift, "lift the active emergency (reason?)"),
+            Command("emergency.status", self._cmd_status, "the active emergency, enforcement state, history",
+                    mutating=False),
+            Command("usage", self._cmd_usage, "utilisation per class and customer; customers at their cap",
+                    mutating=False),
+        ]
+
+    async def _cmd_declare(self, args: Args, inv: Invocation) -> dict:
+        tz = self.policy.settings.timezone if self.policy else "Asia/Tokyo"
+        profile = args.req("profile", as_id)
+        scope = args.get("scope", list_of(as_id, unique=True), ()) or ()
+        reason = args.req("reason", as_text)
+        until = args.get("until", lambda n, p=None: as_datetime(n, p, tz), None)
+        dry = args.get("dry_run", as_bool, False)
+        args.check()
+        return await self.declare(profile=profile, scope=scope, reason=reason, until=until, actor=inv.actor,
+                                  dry_run=dry)
+
+    async def _cmd_lift(self, args: Args, inv: Invocation) -> dict:
+        reason = args.get("reason", as_text, "") or "lifted by operator"
+        args.check()
+        return await self.lift(actor=inv.actor, reason=reason)
+
+    async def _cmd_status(self, args: Args, inv: Invocation) -> dict:
+        args.check()
+        rec = self.emergencies.active()
+        return {"active": rec.as_dict(self._max_duration(rec.profile)) if rec else None,
+                "enforced": self.backend is not None, "note": self._note(),
+                "backend": self.backend_name, "netns": self.netns, "features": self.features.as_dict(),
+                "interfaces": [{"name": t.name, "rate": t.rate, "classes": len(t.classes)}
+                               for t in (self.plan.interfaces if self.plan else ())],
+                "last_apply": self.last_apply, "last_error": self.last_error,
+                "history": self.emergencies.history(10)}
+
+    async def _cmd_usage(self, args: Args, inv: Invocation) -> dict:
+        args.check()
+        await self.refresh_usage()
+        u = self._usage
+        return {"enforced": self.backend is not None, "note": self._note(),
+                "classes": [{"interface": i, "class": c, "bytes": v[0], "packets": v[1], "drops": v[2]}
+                            for (i, c), v in sorted(self._class_acc.items())],
+                "customers": [{"customer": k, "bytes": v[0], "packets": v[1]}
+                              for k, v in sorted(self._cust_acc.items())],
+                "over_limit": u.over_limit}
+
+    def rendered(self) -> dict:
+        """The current plan as text (for tests and debugging)."""
+        return {"nft": render_nft(self.plan), "tc": render_tc(self.plan)} if self.plan else {}
+
+
+def _accumulate(acc: dict, last: dict, now: dict) -> None:
+    """Kernel counters reset when rules are replaced: add deltas, a smaller reading is a reset."""
+    for key, vals in now.items():
+        prev = last.get(key)
+        tot = acc.setdefault(key, [0] * len(vals))
+        for i, v in enumerate(vals):
+            p = prev[i] if prev else 0
+            tot[i] += v - p if v >= p else v
+        last[key] = list(vals)
+
+
+def _utc(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).isoformat()
