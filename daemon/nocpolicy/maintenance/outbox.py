@@ -74,6 +74,12 @@ def load_payload(text: str) -> NoticeData:
     return NoticeData(**d)
 
 
+def still_to_send(row: dict, data: NoticeData) -> list[str]:
+    """Recipients not yet accepted: a retry never sends a second copy to an address that took one."""
+    done = json.loads(row["result"]) if row.get("result") else {}
+    return [r for r in data.recipients if not str(done.get(r, "")).startswith("250")]
+
+
 def recover(db, now: dt.datetime) -> int:
     """After a restart: rows left 'sending' go back to 'pending' to be sent again (same Message-ID)."""
     cur = db.execute("UPDATE mw_outbox SET state='pending', next_attempt=?, "
@@ -93,15 +99,18 @@ def next_due(db) -> dt.datetime | None:
     return dt.datetime.fromisoformat(r["t"]) if r and r["t"] else None
 
 
-def mark_sending(db, row_id: int, now: dt.datetime) -> None:
-    db.execute("UPDATE mw_outbox SET state='sending', attempts=attempts+1, next_attempt=? WHERE id=?",
-               (now.isoformat(), row_id))
+def mark_sending(db, row_id: int, now: dt.datetime) -> bool:
+    """Claim one pending row (False if someone else claimed it or it was superseded meanwhile)."""
+    cur = db.execute("UPDATE mw_outbox SET state='sending', attempts=attempts+1, next_attempt=? "
+                     "WHERE id=? AND state='pending'", (now.isoformat(), row_id))
+    return cur.rowcount == 1
 
 
 def record(db, row: dict, outcome: Outcome, now: dt.datetime) -> str:
     """Store the result of one attempt; returns the new state."""
     attempts = row["attempts"] + 1
-    result = json.dumps(outcome.recipients, ensure_ascii=False)
+    merged = {**(json.loads(row["result"]) if row.get("result") else {}), **outcome.recipients}
+    result = json.dumps(merged, ensure_ascii=False)
     if outcome.ok:
         db.execute("UPDATE mw_outbox SET state='sent', sent_at=?, result=?, last_error='', attempts=? "
                    "WHERE id=?", (now.isoformat(), result, attempts, row["id"]))
@@ -177,10 +186,13 @@ class Delivery:
         try:
             async with mailer.session() as session:
                 for row in rows:
+                    with self.store.transaction() as db:   # re-read: a contact change may have retargeted it
+                        fresh = db.execute("SELECT * FROM mw_outbox WHERE id=?", (row["id"],)).fetchone()
+                        if fresh is None or not mark_sending(db, row["id"], self.clock.now()):
+                            continue
+                    row = dict(fresh)
                     data = load_payload(row["payload"])
-                    with self.store.transaction() as db:
-                        mark_sending(db, row["id"], self.clock.now())
-                    outcome = await session.send(render(data), list(data.recipients))
+                    outcome = await session.send(render(data), still_to_send(row, data))
                     with self.store.transaction() as db:
                         state = record(db, row, outcome, self.clock.now())
                     if state != "sent":
