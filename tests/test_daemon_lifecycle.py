@@ -28,11 +28,16 @@ def test_state_files_are_private(daemon):
     token = d.token()
     d.stop()
     # Restart keeps the token and the key, and repairs loose permissions.
-    os.chmod(d.state_dir / "admin.token", 0o644)
+    for name in ("admin.token", "pseudonym.key", "nocpolicy.db", "nocpolicy.db-wal", "nocpolicy.db-shm"):
+        if (d.state_dir / name).exists():
+            os.chmod(d.state_dir / name, 0o644)
+    os.chmod(d.state_dir, 0o755)
     d2 = DaemonProcess(d.workdir, policies=d.policies).start()
     try:
         assert d2.token() == token
-        assert mode(d2.state_dir / "admin.token") == 0o600
+        assert mode(d2.state_dir) == 0o700
+        for name in ("admin.token", "pseudonym.key", "nocpolicy.db", "nocpolicy.db-wal", "nocpolicy.db-shm"):
+            assert mode(d2.state_dir / name) == 0o600, name
     finally:
         d2.stop()
 

@@ -71,7 +71,9 @@ class Store:
                 # Create the file 0600 before SQLite opens it: its -wal and -shm files
                 # inherit the database file's permissions.
                 os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-                os.chmod(self.path, 0o600)
+                for path in (self.path, self.path + "-wal", self.path + "-shm"):
+                    if os.path.exists(path):
+                        os.chmod(path, 0o600)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                        timeout=10.0)
             self._db.row_factory = sqlite3.Row
