@@ -8,11 +8,16 @@ docs/mqtt.md is :func:`fleet_acl`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import os
 import pwd
 import shutil
 import socket
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -155,3 +160,118 @@ def broker_factory(tmp_path):
     yield make
     for m in started:
         m.stop()
+
+
+# -- clients -----------------------------------------------------------------------
+
+
+class Probe:
+    """A real MQTT client (paho, its own network thread) that records what it receives.
+
+    ``subscribe`` returns after the broker acknowledged the subscription, so a test
+    can publish right after it without sleeping.
+    """
+
+    def __init__(self, broker: Mosquitto, user: str):
+        import paho.mqtt.client as mqtt
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self._lock = threading.Lock()
+        self._subacks: set[int] = set()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"probe-{user}-{os.getpid()}-{id(self):x}")
+        self.c.username_pw_set(user, broker.users[user])
+        self.c.on_message = self._on_message
+        self.c.on_subscribe = lambda c, u, mid, rc, p: self._subacks.add(mid)
+        self.c.connect("127.0.0.1", broker.port)
+        self.c.loop_start()
+
+    def _on_message(self, c, u, msg) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, msg.payload, bool(msg.retain)))
+
+    def subscribe(self, topic: str) -> Probe:
+        wait_for(self.c.is_connected, 10, what="probe connected")
+        _, mid = self.c.subscribe(topic, qos=1)
+        wait_for(lambda: mid in self._subacks, 10, what=f"SUBACK for {topic}")
+        return self
+
+    def publish(self, topic: str, payload: str | bytes, retain: bool = False) -> None:
+        self.c.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
+
+    def find(self, topic: str) -> list[dict]:
+        with self._lock:
+            return [json.loads(p) for t, p, _ in self.messages if t == topic and p]
+
+    def wait(self, topic: str, timeout: float = 10.0, pred=lambda doc: True) -> dict:
+        return wait_for(lambda: next((d for d in reversed(self.find(topic)) if pred(d)), None), timeout,
+                        what=f"a message on {topic}")
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+class Swarm:
+    """Lightweight simulated agents (aiomqtt, one event loop in a thread): each takes its
+    retained plan at ``nodes/<name>/plan`` and acknowledges it at ``nodes/<name>/ack`` like a
+    real agent, and records when each plan version arrived (monotonic)."""
+
+    def __init__(self, port: int, names: list[str], password: str, connect_concurrency: int = 50):
+        self.port, self.names, self.password = port, list(names), password
+        self.received: dict[str, dict[int, float]] = {n: {} for n in names}
+        self.acked: dict[str, int] = {}
+        self.ready = 0
+        self._concurrency = connect_concurrency
+        self._loop = None
+        self._thread = None
+        self._main = None
+
+    async def _agent(self, name: str, sem) -> None:
+        import aiomqtt
+        root = "nocpolicy/v1/nodes/" + name
+        will = aiomqtt.Will(f"{root}/status", json.dumps({"state": "offline", "node": name}), 1, True)
+        async with sem:
+            client = aiomqtt.Client("127.0.0.1", self.port, username=name, password=self.password,
+                                    identifier=f"nocpolicyd-{name}", will=will, keepalive=60)
+            await client.__aenter__()
+        try:
+            await client.subscribe(f"{root}/plan", qos=1)
+            await client.publish(f"{root}/status", json.dumps({"state": "online", "node": name, "role": "agent",
+                                                               "version": "sim"}), qos=1, retain=True)
+            self.ready += 1
+            async for msg in client.messages:
+                if not msg.payload:
+                    continue
+                t = time.monotonic()
+                doc = json.loads(msg.payload)
+                v = doc["version"]
+                self.received[name].setdefault(v, t)
+                ack = {"node": name, "version": v, "result": "applied", "detail": "simulated", "at": "",
+                       "daemon": "sim"}
+                await client.publish(f"{root}/ack", json.dumps(ack), qos=1, retain=True)
+                self.acked[name] = v
+        finally:
+            await client.__aexit__(None, None, None)
+
+    async def _run(self) -> None:
+        sem = asyncio.Semaphore(self._concurrency)
+        await asyncio.gather(*(self._agent(n, sem) for n in self.names))
+
+    def start(self, timeout: float = 60.0) -> Swarm:
+        self._loop = asyncio.new_event_loop()
+
+        def main():
+            asyncio.set_event_loop(self._loop)
+            self._main = self._loop.create_task(self._run())
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                self._loop.run_until_complete(self._main)
+            self._loop.close()
+        self._thread = threading.Thread(target=main, name="swarm", daemon=True)
+        self._thread.start()
+        wait_for(lambda: self.ready == len(self.names), timeout, what=f"{len(self.names)} simulated agents")
+        return self
+
+    def stop(self) -> None:
+        if self._loop and self._main:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._main.cancel)
+            self._thread.join(15)
