@@ -47,7 +47,7 @@ def tc_class_line(dev: str, c: HtbClass, verb: str = "replace") -> str:
 
 
 def tc_leaf_line(dev: str, c: HtbClass, leaf: str) -> str:
-    return f"qdisc replace dev {dev} parent {classid(c.minor)} handle {c.minor:x}: {LEAF_ARGS[leaf]}"
+    return f"qdisc replace dev {dev} parent {classid(c.minor)} handle {c.minor:x}: {LEAF_ARGS.get(leaf, leaf)}"
 
 
 def tc_delete_line(dev: str, minor: int) -> str:
