@@ -1,0 +1,59 @@
+"""From observations to detections: the guard's verdict, one detection per lookup.
+
+A passive observer often sees a lookup twice (the query and its response, as
+dnstap and capture do). Lookups are paired by (client, port, id, name): the
+query is judged and recorded; its response reuses that verdict (no second
+detection) and only contributes the answer addresses. A response whose query
+was not seen (a resolver logging responses only) is judged on its own.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+
+from .observation import SOURCES, Observation
+
+REMEMBER = 16384         # lookups kept for pairing a response with its query
+
+
+class Pipeline:
+    def __init__(self, guard, on_block: Callable[[object, Observation], None]):
+        self.guard = guard
+        self.on_block = on_block
+        self.recent: OrderedDict[tuple, object] = OrderedDict()
+        self.observed = dict.fromkeys(SOURCES, 0)
+        self.detected: dict[tuple[str, str, str], int] = {}     # (source, list, class) -> count
+        self.errors = 0
+
+    def observe_many(self, batch: list[Observation]) -> None:
+        for obs in batch:
+            self.observe(obs)
+
+    def observe(self, obs: Observation) -> None:
+        self.observed[obs.source] = self.observed.get(obs.source, 0) + 1
+        key = obs.key
+        if key is not None:
+            seen = self.recent.get(key, _MISS)
+            if seen is not _MISS:
+                self.recent.move_to_end(key)
+                if seen is not None and obs.response:
+                    self.on_block(seen, obs)
+                return
+        if not obs.name:
+            return
+        v = self.guard.judge(obs.client, obs.name)
+        hit = v if (v.blocked and v.list is not None) else None
+        if key is not None:
+            self.recent[key] = hit
+            if len(self.recent) > REMEMBER:
+                self.recent.popitem(last=False)
+        if hit is None:
+            return
+        self.guard.record(hit, obs.client, obs.name, obs.source)
+        k = (obs.source, hit.list, hit.cls)
+        self.detected[k] = self.detected.get(k, 0) + 1
+        self.on_block(hit, obs)
+
+
+_MISS = object()
