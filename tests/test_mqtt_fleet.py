@@ -42,7 +42,8 @@ def converged(ctl: DaemonProcess, version: int, n: int):
 
 @pytest.fixture
 def fleet_env(tmp_path):
-    users = {CONTROLLER: "ctl-pw", AGENT: "agent-pw", "watcher": "w-pw", **{s: "sim-pw" for s in SIMS}}
+    users = {CONTROLLER: "ctl-pw", AGENT: "agent-pw", "watcher": "w-pw", "noc-controller": "noc-pw",
+             **{s: "sim-pw" for s in SIMS}}
     broker = Mosquitto(tmp_path, users, fleet_acl(CONTROLLER, readers=["watcher"])).start()
     (tmp_path / "ctl").mkdir()
     (tmp_path / "agent").mkdir()
@@ -140,3 +141,40 @@ def test_agent_refuses_a_plan_for_another_node_and_reports_it(fleet_env, tmp_pat
              what="agent back on the controller's plan")
     watcher.close()
     forger.close()
+
+
+def test_emergency_declared_over_mqtt_reaches_every_agent(fleet_env, tmp_path):
+    broker, ctl, agent_args, swarm, started = fleet_env
+    ctl.start()
+    swarm.start()
+    agent = DaemonProcess(tmp_path / "agent", extra_args=agent_args).start()
+    started.append(agent)
+    total = len(SIMS) + 1
+    wait_for(lambda: converged(ctl, 1, total), 30, what="converged on plan 1")
+    noc = Probe(broker, "noc-controller").subscribe("nocpolicy/v1/reply/noc-controller/#")
+    watcher = Probe(broker, "watcher").subscribe("nocpolicy/v1/events/emergency")
+    noc.publish("nocpolicy/v1/cmd/noc-controller/emergency.declare",
+                json.dumps({"request_id": "eq-1", "args": {"profile": "earthquake", "reason": "M7 drill"}}))
+    r = noc.wait("nocpolicy/v1/reply/noc-controller/eq-1", 20)
+    assert r["ok"], r
+    assert watcher.wait("nocpolicy/v1/events/emergency")["action"] == "declare"
+    f = wait_for(lambda: converged(ctl, 2, total), 30, what="every agent acknowledged the emergency plan")
+    assert f["counts"]["converged"] == total
+    # the plan carries the qos enforcement plan with the emergency; the real agent validated it
+    plan = agent.ctl_json("fleet", "status")["plan"]
+    assert plan["version"] == 2 and plan["result"] == "recorded"
+    retained = Probe(broker, "watcher").subscribe("nocpolicy/v1/nodes/sim-007/plan")
+    doc = retained.wait("nocpolicy/v1/nodes/sim-007/plan")
+    assert doc["version"] == 2 and doc["node"] == "sim-007" and doc["controller"] == CONTROLLER
+    assert doc["emergency"]["profile"] == "earthquake" and doc["emergency"]["reason"] == "M7 drill"
+    assert doc["enforcement"]["format"] == "nocpolicy.qos.plan/1"
+    assert doc["enforcement"]["emergency"]["profile"] == "earthquake"
+    retained.close()
+    audit = ctl.ctl_json("audit", "--limit", "50")["audit"]
+    assert any(a["actor"] == "mqtt:noc-controller" and "emergency" in a["action"] for a in audit)
+    noc.publish("nocpolicy/v1/cmd/noc-controller/emergency.lift",
+                json.dumps({"request_id": "eq-2", "args": {"reason": "drill over"}}))
+    assert noc.wait("nocpolicy/v1/reply/noc-controller/eq-2", 20)["ok"]
+    wait_for(lambda: converged(ctl, 3, total), 30, what="every agent acknowledged the lift")
+    noc.close()
+    watcher.close()

@@ -27,6 +27,8 @@ class Agent:
         self.node, self.store, self.clock = node, store, clock
         self.applier, self._publish = applier, publish
         self._latest: bytes | None = None
+        self._last_good: bytes | None = None    # the payload of the plan in force
+        self._force = False
         self._wake = asyncio.Event()
         self.applied: dict | None = None        # {"version", "result", "detail", "at"}
         self.results: Counter = Counter()       # applies by result
@@ -36,6 +38,12 @@ class Agent:
             return
         self._latest = payload
         self._wake.set()
+
+    def reapply(self) -> None:
+        """Apply the plan in force again (a local reload re-applied the local policy's rules)."""
+        if self._last_good is not None and self._latest is None:
+            self._latest, self._force = self._last_good, True
+            self._wake.set()
 
     async def run(self) -> None:
         while True:
@@ -54,7 +62,9 @@ class Agent:
             self.results["failed"] += 1
             return await self._ack(exc.version, "failed", f"invalid plan: {exc}", now)
         version = plan["version"]
-        if self.applied and self.applied["version"] == version and self.applied["result"] != "failed":
+        force, self._force = self._force, False
+        if (not force and self.applied and self.applied["version"] == version
+                and self.applied["result"] != "failed"):
             return await self._ack(version, self.applied["result"], self.applied["detail"], now)
         try:
             result, detail = await asyncio.wait_for(self.applier.apply(plan), APPLY_TIMEOUT)
@@ -64,6 +74,11 @@ class Agent:
             log.exception("fleet: applying plan %s failed", version)
             result, detail = "failed", str(exc) or type(exc).__name__
         self.results[result] += 1
+        if result != "failed":
+            self._last_good = payload
+        if force and result != "failed":
+            log.info("fleet: plan %s applied again after a local reload", version)
+            return self.applied
         before = self.applied
         self.applied = {"version": version, "result": result, "detail": detail, "at": now,
                         "controller": plan.get("controller")}

@@ -250,6 +250,8 @@ class MqttBridge(Component):
                 await self._publish_status()      # the policy hash changed
             if self.controller and ev.kind in ("emergency", "reload"):
                 self.controller.replan()
+            if self.agent and ev.kind == "reload" and ev.payload.get("ok"):
+                self.agent.reapply()     # the fleet plan takes precedence over the local one
 
     async def _detection_loop(self) -> None:
         while True:

@@ -11,7 +11,6 @@ whatever the qos component provides.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 
 from ...errors import EnforcementError, NocpolicyError
@@ -28,15 +27,8 @@ async def emergency_state(ctx) -> dict | None:
     except NocpolicyError as exc:
         log.warning("fleet: emergency.status failed: %s", exc)
         return None
-    return _stable(out)
-
-
-def _stable(out: dict) -> dict:
-    """Drop fields that change on every call (remaining time, now) so a plan's digest is stable."""
-    volatile = {"now", "remaining", "remaining_seconds", "checked_at", "elapsed", "elapsed_seconds"}
-    if isinstance(out, dict):
-        return {k: _stable(v) for k, v in out.items() if k not in volatile}
-    return out
+    # only the declaration itself: timings and history would change the plan digest on every call
+    return out.get("active") if isinstance(out, dict) else None
 
 
 def enforcement_plan(ctx) -> dict | None:
@@ -80,43 +72,39 @@ class RecordingApplier:
 
 
 class LinuxApplier:
-    """Apply the plan's enforcement part with the qos Linux backend."""
+    """Apply the plan's enforcement part with this node's qos Linux backend.
 
-    def __init__(self, backend):
-        self.backend = backend
+    Shares the qos component's lock (no interleaving with its own applies) and
+    tells it which plan the kernel now holds, so its usage counters and status
+    describe the fleet plan.
+    """
+
+    def __init__(self, qos):
+        self.qos = qos
 
     async def apply(self, plan: dict) -> tuple[str, str]:
         from ...qos.serial import plan_from_json
         enf = plan.get("enforcement")
         if enf is None:
-            return "recorded", "plan carries no enforcement part"
+            return "recorded", "plan carries no enforcement part (the controller has no qos plan)"
+        lock = getattr(self.qos, "_lock", None) or asyncio.Lock()
         try:
             qplan = plan_from_json(enf)
-            if inspect.iscoroutinefunction(self.backend.apply):
-                res = await self.backend.apply(qplan)
-            else:   # nft/tc subprocesses: off the event loop
-                res = await asyncio.to_thread(self.backend.apply, qplan)
+            async with lock:
+                res = await asyncio.to_thread(self.qos.backend.apply, qplan)
+                self.qos.plan = qplan
         except EnforcementError as exc:
             return "failed", str(exc)
-        return "applied", f"applied with the Linux backend{': ' + str(res) if isinstance(res, str) else ''}"
+        steps = "; ".join(getattr(res, "steps", []) or [])
+        return "applied", f"enforced with the Linux backend{': ' + steps if steps else ''}"
 
 
 def make_applier(ctx):
-    """LinuxApplier when qos offers a backend and --enforce allows it, else RecordingApplier."""
+    """LinuxApplier when qos has a backend here and --enforce allows it, else RecordingApplier."""
     if ctx.options.enforce == "off":
         return RecordingApplier("recorded: --enforce off")
     qos = ctx.components.get("qos")
-    backend = getattr(qos, "backend", None)
-    if backend is None:
-        try:
-            from ...qos import linux  # present once the qos backend lands
-        except ImportError:
-            return RecordingApplier("recorded: no enforcement backend on this node")
-        factory = getattr(linux, "LinuxBackend", None)
-        if factory is None:
-            return RecordingApplier("recorded: no enforcement backend on this node")
-        try:
-            backend = factory()
-        except Exception as exc:
-            return RecordingApplier(f"recorded: Linux backend unavailable ({exc})")
-    return LinuxApplier(backend)
+    if qos is None or getattr(qos, "backend", None) is None:
+        why = getattr(qos, "plan_only_reason", "") or "no enforcement backend on this node"
+        return RecordingApplier(f"recorded: {why}")
+    return LinuxApplier(qos)
