@@ -210,8 +210,12 @@ class Daemon:
         old = self.policy
         try:
             new = await asyncio.to_thread(load_policy, self.options.policies)
-        except PolicyInvalid as exc:
-            errors = [str(p) for p in exc.problems]
+        except Exception as exc:  # PolicyInvalid, or a bug: refuse either way, keep serving
+            if isinstance(exc, PolicyInvalid):
+                errors = [str(p) for p in exc.problems]
+            else:
+                log.exception("loading %s failed", self.options.policies)
+                errors = [f"{self.options.policies}: internal error while loading the policy: {exc!r}"]
             if dry_run:  # a dry run only reports; it does not count as a refused reload
                 return {"ok": False, "dry_run": True, "errors": errors,
                         "version": old.version if old else None}
@@ -240,6 +244,9 @@ class Daemon:
                     commits.append(await c.prepare(new, change))
                 except NocpolicyError as exc:
                     return self._refused(source, [f"{c.name}: {exc}"])
+                except Exception as exc:  # a bug in a component must not take the daemon down
+                    log.exception("%s: prepare failed", c.name)
+                    return self._refused(source, [f"{c.name}: internal error: {exc!r}"])
             self._commit(new, commits, change, source=source, actor=actor)
         finally:
             sdnotify.notify("READY=1", f"STATUS=policy {self.policy.version}")

@@ -46,7 +46,10 @@ def load_policy(directory: str | os.PathLike, *, now: dt.datetime | None = None)
     problems = Problems()
     if not directory.is_dir():
         raise PolicyInvalid([_top(str(directory), f"policy directory {directory} does not exist")])
-    files = policy_files(directory)
+    try:
+        files = policy_files(directory)
+    except OSError as exc:
+        raise PolicyInvalid([_top(str(directory), f"cannot read the policy directory: {exc.strerror}")]) from None
     if not files:
         raise PolicyInvalid([_top(str(directory), "no *.yaml files in the policy directory")])
 
@@ -54,7 +57,11 @@ def load_policy(directory: str | os.PathLike, *, now: dt.datetime | None = None)
     sections: dict[str, list[Node]] = {k: [] for k in LIST_SECTIONS + MAP_SECTIONS}
     for path in files:
         rel = f"{directory.name}/{path.name}" if directory.name else path.name
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            problems.add(Loc(rel, 1), "", f"cannot read: {exc.strerror}")
+            continue
         raw.append((path.name, data))
         try:
             text = data.decode("utf-8")
