@@ -422,3 +422,40 @@ def test_recursive_alias_is_an_error_not_a_crash(policy_dir):
 def test_empty_file_is_allowed(policy_dir):
     write(policy_dir, "zz.yaml", "# nothing here yet\n")
     load_policy(policy_dir)
+
+
+def test_yaml_anchors_and_merge_keys(policy_dir):
+    write(policy_dir, "zz.yaml", """
+        plans:
+          - &base {id: p1, name: Base, down: 10mbit, up: 5mbit}
+          - <<: *base
+            id: p2
+            down: 20mbit
+          - <<: [*base]
+            id: p3
+            id: p4
+        """)
+    assert_problems(policy_dir, [("zz.yaml:8: plans[2].id", "duplicate key (first at line 7)")])
+    write(policy_dir, "zz.yaml", """
+        plans:
+          - &base {id: p1, name: Base, down: 10mbit, up: 5mbit}
+          - <<: *base
+            id: p2
+            down: 20mbit
+        customers:
+          - <<: 42
+            id: c9
+        """)
+    assert_problems(policy_dir, [("zz.yaml:7: (top)", "bad YAML merge (<<)"),
+                                 ("zz.yaml:7: customers[0].name", "required key is missing")])
+    write(policy_dir, "zz.yaml", """
+        plans:
+          - &base {id: p1, name: Base, down: 10mbit, up: 5mbit}
+          - <<: *base
+            id: p2
+            down: 20mbit
+        """)
+    p = load_policy(policy_dir)
+    p2 = p.plans_by_id["p2"]
+    assert (p2.name, p2.down, p2.up) == ("Base", 20_000_000, 5_000_000)
+    assert p.plans_by_id["p1"].down == 10_000_000

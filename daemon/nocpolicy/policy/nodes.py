@@ -90,17 +90,23 @@ def parse_yaml(text: str, file: str, problems: list[Problem]) -> Node | None:
 def _convert(ynode, file, path, loader, problems) -> Node:
     loc = Loc(file, ynode.start_mark.line + 1)
     if isinstance(ynode, yaml.MappingNode):
+        merged = _flatten_merges(ynode, file, loader, problems)
         out: dict[str, Node] = {}
-        for knode, vnode in ynode.value:
+        from_merge: set[str] = set()
+        for i, (knode, vnode) in enumerate(ynode.value):
             key = loader.construct_object(knode, deep=True) if isinstance(knode, yaml.ScalarNode) else None
             kloc = Loc(file, knode.start_mark.line + 1)
             if not isinstance(key, (str, int, float, bool)):
                 problems.append(Problem(kloc, path, "mapping keys must be plain scalars"))
                 continue
             key = str(key) if not isinstance(key, bool) else str(key).lower()
-            if key in out:
-                problems.append(Problem(kloc, child_path(path, key), f"duplicate key (first at line {out[key].loc.line})"))
+            if key in out and key not in from_merge:   # a key may override one merged in with <<
+                problems.append(Problem(kloc, child_path(path, key),
+                                        f"duplicate key (first at line {out[key].key_loc.line})"))
                 continue
+            from_merge.discard(key)
+            if i < merged:
+                from_merge.add(key)
             out[key] = _convert(vnode, file, child_path(path, key), loader, problems)
             out[key].key_loc = kloc
         return Node(out, loc, path)
@@ -116,6 +122,29 @@ def _convert(ynode, file, path, loader, problems) -> Node:
         problems.append(Problem(loc, path, f"bad scalar: {exc}"))
         value = None
     return Node(value, loc, path)
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _flatten_merges(ynode, file, loader, problems) -> int:
+    """Apply ``<<: *anchor`` merge keys in place; returns how many leading pairs came from merges."""
+    done = getattr(ynode, "_nocpolicy_merged", None)
+    if done is not None:          # an aliased mapping seen before
+        return done
+    keys = [k for k, _ in ynode.value]
+    merged = 0
+    if any(k.tag == _MERGE_TAG for k in keys):
+        own = sum(1 for k in keys if k.tag != _MERGE_TAG)
+        try:
+            loader.flatten_mapping(ynode)
+            merged = len(ynode.value) - own
+        except yaml.MarkedYAMLError as exc:
+            line = exc.problem_mark.line + 1 if exc.problem_mark else ynode.start_mark.line + 1
+            problems.append(Problem(Loc(file, line), "", f"bad YAML merge (<<): {exc.problem}"))
+            ynode.value = [(k, v) for k, v in ynode.value if k.tag != _MERGE_TAG]
+    ynode._nocpolicy_merged = merged
+    return merged
 
 
 def from_plain(value, path: str = "", file: str = "<request>") -> Node:
