@@ -144,6 +144,8 @@ async def test_background_loop_moves_windows_with_the_clock(tmp_path):
     try:
         await h.cmd("maintenance.add", **window("mw-f", "2026-01-01T10:00", "2026-01-01T11:00", kind="fault",
                                                 scope={"nodes": ["edge-tokyo-2"]}))
+        # announced less than 24 h before the start: that notice is the reminder, no second one
+        assert h.comp.tick() == [] and h.comp.service.get("mw-f").reminded
         h.clock.advance(3600)                      # 10:00 JST: the loop, not the test, starts it
         await until(lambda: h.comp.service.get("mw-f").state == "active", what="automatic start")
         assert h.metric("nocpolicy_suspended_customers") == 3      # c1003, c2001, c1004 on edge-tokyo-2

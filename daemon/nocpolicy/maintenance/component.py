@@ -26,6 +26,7 @@ from .smtp import Mailer, read_password
 log = logging.getLogger(__name__)
 
 MAX_NAP = 60.0          # look again at least this often (wall-clock jumps, missed pokes)
+MIN_NAP = 0.2           # never spin: even after an error, wait this long before looking again
 NOTICE_KINDS = tuple(k for k, _ in NOTICE_FOR.values())
 RESULTS = ("sent", "retry", "failed")
 
@@ -157,19 +158,22 @@ class Maintenance(Component):
                 log.error("maintenance: timed transitions failed: %s", exc)
             wake = self.service.next_wake()
             delay = MAX_NAP if wake is None else (wake - self.ctx.clock.now()).total_seconds()
-            await self._nap(self._wake_windows, min(MAX_NAP, max(0.0, delay)))
+            await self._nap(self._wake_windows, min(MAX_NAP, max(MIN_NAP, delay)))
 
     async def _delivery_loop(self) -> None:
         while True:
+            attempted = 0
             if self.mailer is not None:
                 try:
-                    await self.delivery.run_once(self.mailer)
+                    attempted = await self.delivery.run_once(self.mailer)
                 except NocpolicyError as exc:
                     log.error("maintenance: notice delivery failed: %s", exc)
+            if attempted >= outbox.BATCH:
+                continue                      # a backlog: next batch at once
             with self.ctx.store.transaction() as db:
                 nxt = outbox.next_due(db)
             delay = MAX_NAP if nxt is None or self.mailer is None else (nxt - self.ctx.clock.now()).total_seconds()
-            await self._nap(self._wake_outbox, min(MAX_NAP, max(0.0, delay)))
+            await self._nap(self._wake_outbox, min(MAX_NAP, max(MIN_NAP, delay)))
 
     async def _nap(self, event: asyncio.Event, seconds: float) -> None:
         if event.is_set():

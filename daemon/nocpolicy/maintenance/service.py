@@ -169,7 +169,10 @@ class Service:
         state = next_state(w.state, event)
         kind, bump = NOTICE_FOR[event]
         seq = w.sequence + 1 if bump else w.sequence
-        new = w.replace(state=state, sequence=seq, reminded=w.reminded or event == "remind")
+        reminder = self.policy().maintenance.notice.reminder_before
+        # a notice sent inside the reminder period already is the reminder
+        late = event in ("notify", "update") and now >= w.start - dt.timedelta(seconds=reminder)
+        new = w.replace(state=state, sequence=seq, reminded=w.reminded or event == "remind" or late)
         customers = self.customers_of(new)
         if event == "start":
             windows.impact_open(db, w.id, customers, min(w.start, now), w.impact)
