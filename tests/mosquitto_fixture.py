@@ -264,6 +264,10 @@ class Swarm:
             self._main = self._loop.create_task(self._run())
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 self._loop.run_until_complete(self._main)
+            rest = asyncio.all_tasks(self._loop)     # aiomqtt's internal tasks: end them quietly
+            for t in rest:
+                t.cancel()
+            self._loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))
             self._loop.close()
         self._thread = threading.Thread(target=main, name="swarm", daemon=True)
         self._thread.start()

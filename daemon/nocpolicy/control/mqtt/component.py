@@ -275,7 +275,7 @@ class MqttBridge(Component):
 
     # -- fleet -------------------------------------------------------------------
 
-    async def _plan_content(self, node: str) -> dict:
+    async def _plan_content(self) -> dict:
         p = self.ctx.policy()
         return {"policy": p.version if p else None, "emergency": await emergency_state(self.ctx),
                 "enforcement": enforcement_plan(self.ctx)}

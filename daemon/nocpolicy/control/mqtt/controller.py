@@ -24,7 +24,8 @@ STORE_KEY = "mqtt.fleet.plan"
 
 class Controller:
     def __init__(self, node: str, *, store, clock, publish, content, members):
-        """``content(node) -> dict`` (async) builds a node's plan content; ``members()`` the fleet."""
+        """``content() -> dict`` (async) builds the plan content (the same for every node: the
+        controller's qos plan and emergency); ``members()`` names the fleet."""
         self.node, self.store, self.clock = node, store, clock
         self._publish, self._content, self._members = publish, content, members
         self.tracker = FleetTracker()
@@ -51,8 +52,8 @@ class Controller:
         """Recompute every member's plan; publish if the content changed (or ``republish``)."""
         members = sorted(self._members())
         self.tracker.set_members(members)
-        contents = {n: await self._content(n) for n in members}
-        digest = content_digest(contents)
+        content = await self._content()
+        digest = content_digest({"content": content})
         changed = digest != self.digest
         if changed:
             self.version += 1
@@ -65,7 +66,7 @@ class Controller:
         now = self.clock.monotonic()
         for n in members:
             self.tracker.planned(n, self.version, now)
-        docs = [(n, dumps(plan_document(self.version, n, contents[n], controller=self.node,
+        docs = [(n, dumps(plan_document(self.version, n, content, controller=self.node,
                                         issued_at=self.issued_at))) for n in members]
         results = await asyncio.gather(*(self._publish(plan_topic(n), d, retain=True) for n, d in docs))
         gone = self._published - set(members)
