@@ -9,7 +9,7 @@ import pytest
 
 from nocpolicy.control.mqtt.broker import broker_config, parse_url, read_password_file
 from nocpolicy.control.mqtt.fleet import FleetTracker
-from nocpolicy.control.mqtt.outbox import DetectionCounts, Outbox
+from nocpolicy.control.mqtt.outbox import DetectionCounts, Outbox, counts_only
 from nocpolicy.control.mqtt.plan import PlanInvalid, content_digest, parse_plan, plan_document
 from nocpolicy.control.mqtt.wire import NO_ID, BadRequest, node_of, parse_command
 from nocpolicy.errors import NocpolicyError
@@ -127,6 +127,15 @@ def test_detections_are_counts_only():
     assert doc["from"] == "t0" and doc["total"] == 6
     assert "10.0.0.1" not in json.dumps(doc) and "evil" not in json.dumps(doc)
     assert d.flush("t10", 60) is None
+
+
+def test_aggregated_detections_leave_as_counts_only():
+    ev = {"interval_s": 60, "total": 3, "clients": ["10.0.0.9"],
+          "counts": [{"source": "dnstap", "list": "cc", "class": "security", "count": 3,
+                      "client": "10.0.0.9", "name": "evil.example"}, "junk"]}
+    out = counts_only(ev)
+    assert out == {"counts": [{"list": "cc", "class": "security", "count": 3, "source": "dnstap"}],
+                   "total": 3, "interval_s": 60}
 
 
 def test_outbox_is_bounded():

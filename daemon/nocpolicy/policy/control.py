@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .fields import Invalid, Obj, as_duration, as_id, as_text, list_of, obj
+from .fields import Obj, as_id, as_text, list_of, obj
 from .nodes import Loc
 
 
@@ -23,7 +23,6 @@ class Grant:
 class ControlSettings:
     grants: tuple[Grant, ...] = ()
     groups: dict = field(default_factory=dict, hash=False)   # group name -> node names
-    detections_interval: float = 60.0   # seconds between aggregated detection events on MQTT
     loc: Loc = field(default=Loc("?", 0), compare=False, repr=False)
     locs: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
 
@@ -60,18 +59,10 @@ def _groups(node, problems):
     return out
 
 
-def _interval(node, problems=None) -> float:
-    seconds = as_duration(node)
-    if not 1 <= seconds <= 86400:
-        raise Invalid("must be between 1s and 24h")
-    return seconds
-
-
 def _control(o: Obj) -> ControlSettings:
     return ControlSettings(
         grants=o.get("grants", list_of(obj(_grant)), ()) or (),
         groups=o.get("groups", _groups, {}) or {},
-        detections_interval=o.get("detections_interval", _interval, 60.0),
         loc=o.node.loc, locs=o.locs,
     )
 

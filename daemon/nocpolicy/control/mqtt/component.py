@@ -26,7 +26,7 @@ from .broker import broker_config
 from .controller import Controller
 from .link import Link
 from .metrics import MqttCollector
-from .outbox import DETECTION_KINDS, FORWARDED, DetectionCounts, Outbox
+from .outbox import AGGREGATED, FORWARDED, SINGLE_DETECTIONS, DetectionCounts, Outbox, counts_only
 from .qoslink import emergency_state, enforcement_plan, make_applier
 from .wire import (
     ACK_FILTER,
@@ -241,8 +241,11 @@ class MqttBridge(Component):
     async def _event_pump(self) -> None:
         while True:
             ev = await self._events.get()
-            if ev.kind in DETECTION_KINDS:
+            if ev.kind in SINGLE_DETECTIONS:
                 self.detections.add(ev.payload, ev.ts)
+                continue
+            if ev.kind == AGGREGATED:
+                self._emit(event_topic(AGGREGATED), {"node": self.node, "ts": ev.ts, **counts_only(ev.payload)})
                 continue
             if ev.kind in FORWARDED:
                 self._emit(event_topic(ev.kind), {"node": self.node, "ts": ev.ts, **_jsonable(ev.payload)})
@@ -255,7 +258,7 @@ class MqttBridge(Component):
 
     async def _detection_loop(self) -> None:
         while True:
-            interval = self.ctx.policy().control.detections_interval
+            interval = float(getattr(self.ctx.policy().dns, "detections_interval", None) or 60.0)
             await self.ctx.clock.sleep(interval)
             doc = self.detections.flush(self.ctx.clock.now().isoformat(), interval)
             if doc is not None:

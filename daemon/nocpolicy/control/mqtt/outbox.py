@@ -1,8 +1,9 @@
 """Events out: which bus events leave the node, detection counts per interval, a bounded outbox.
 
 Privacy (Art. 37): single detections never leave the node; they are folded into
-counts per list and class for each interval. Other kinds are forwarded only
-when listed in FORWARDED (their payloads carry no client addresses).
+counts per list and class for each interval (``dns.detections_interval``, 60 s by
+default). Aggregated ``detections`` events (the detect component's) leave as counts
+only. Other kinds are forwarded only when listed in FORWARDED.
 """
 
 from __future__ import annotations
@@ -10,7 +11,24 @@ from __future__ import annotations
 from collections import Counter, deque
 
 FORWARDED = ("reload", "emergency", "window", "notice", "maintenance", "lists")
-DETECTION_KINDS = ("detection", "detections", "block")
+SINGLE_DETECTIONS = ("detection", "block")     # one event per blocked query: folded into counts
+AGGREGATED = "detections"                      # already counts per interval: forwarded, counts only
+
+
+def counts_only(payload: dict) -> dict:
+    """An aggregated detections event reduced to counts per list, class (and input source)."""
+    rows = []
+    for c in payload.get("counts") or ():
+        if isinstance(c, dict) and isinstance(c.get("list"), str) and isinstance(c.get("class"), str):
+            row = {"list": c["list"], "class": c["class"], "count": c.get("count", 0)}
+            if isinstance(c.get("source"), str):
+                row["source"] = c["source"]
+            rows.append(row)
+    out = {"counts": rows, "total": sum(r["count"] for r in rows if isinstance(r["count"], int))}
+    for k in ("interval_s", "interval_seconds", "from", "to"):
+        if k in payload:
+            out[k] = payload[k]
+    return out
 
 
 class DetectionCounts:
