@@ -82,7 +82,8 @@ class Mailer:
     async def session(self) -> AsyncIterator[Session]:
         c = self.cfg
         client = aiosmtplib.SMTP(hostname=c.host, port=c.port, use_tls=c.tls,
-                                 start_tls=True if c.starttls else False, timeout=c.timeout)
+                                 start_tls=True if c.starttls else False, timeout=c.timeout,
+                                 cert_bundle=c.ca_file)
         try:
             await client.connect()
             if c.username:

@@ -45,6 +45,7 @@ class Smtp:
     sender: str = "noc@localhost"
     timeout: float = 30.0
     copy_to: tuple[str, ...] = ()     # the NOC's own archive copy of every notice (evidence of notice)
+    ca_file: str | None = None        # CA bundle to verify the server's certificate (STARTTLS/TLS)
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ def _smtp(o: Obj) -> Smtp:
         sender=o.get("from", as_email, "noc@localhost"),
         timeout=o.get("timeout", as_duration, 30.0),
         copy_to=o.get("copy_to", list_of(as_email, unique=True), ()) or (),
+        ca_file=o.get("ca_file", as_text, None),
     )
 
 
