@@ -17,7 +17,7 @@ class Loc:
     line: int
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}"
+        return f"{self.file}:{self.line}" if self.line > 0 else self.file
 
 
 @dataclass(frozen=True, slots=True)
