@@ -53,6 +53,8 @@ def test_good_reload_via_ctl_swaps_policy(daemon, policy_dir):
     audit = d.ctl_json("audit", "--subject", "policy")["audit"]
     assert audit[0]["action"] == "policy.reload" and audit[0]["actor"] == "admin"
     assert audit[0]["before"] == {"version": v1} and audit[0]["after"]["version"] == v2
+    assert audit[1]["action"] == "policy.load" and audit[1]["after"]["version"] == v1
+    assert audit[1]["after"]["source"] == "start"
     # Reloading again without edits changes nothing.
     assert d.ctl("reload", check=True).stdout.strip() == f"policy {v2} unchanged"
 

@@ -270,6 +270,9 @@ class Daemon:
             self.ctx.store.audit(actor, "policy.reload", "policy", {"version": old.version},
                                  {"version": policy.version, "source": source, "change": change.as_dict()})
             log.info("policy %s -> %s (%s): %s", old.version, policy.version, source, change.describe())
+        else:  # which policy was in force from when: evidence for Art. 23/24 questions later
+            self.ctx.store.audit(actor, "policy.load", "policy", None,
+                                 {"version": policy.version, "source": source, "files": list(policy.files)})
         self.events.publish("reload", {"ok": True, "version": policy.version, "source": source,
                                        "summary": change.describe()})
 
