@@ -23,6 +23,8 @@ from helpers import BIN, REPO, DaemonProcess, copy_policies, wait_for
 
 UNIT = REPO / "deploy" / "systemd" / "nocpolicyd.service"
 SYSUSERS = REPO / "deploy" / "systemd" / "nocpolicy.sysusers"
+DEFAULTS = REPO / "deploy" / "systemd" / "nocpolicyd.default"
+BACKUP = REPO / "deploy" / "backup"
 INSTALL_BIN = "/opt/nocpolicy/bin/"
 
 
@@ -84,6 +86,18 @@ def test_unit_verifies_with_no_output(tmp_path):
 
 
 @needs_analyze
+def test_backup_units_verify_with_no_output(tmp_path):
+    d = tmp_path / "backup"
+    d.mkdir()
+    shutil.copy(BACKUP / "nocpolicy-backup", d / "nocpolicy-backup")
+    for name in ("nocpolicy-backup.service", "nocpolicy-backup.timer"):
+        (d / name).write_text((BACKUP / name).read_text().replace(INSTALL_BIN, f"{d}/"))
+    res = subprocess.run(["systemd-analyze", "verify", str(d / "nocpolicy-backup.service"),
+                          str(d / "nocpolicy-backup.timer")], capture_output=True, text=True, timeout=60, cwd=d)
+    assert res.returncode == 0 and (res.stdout + res.stderr).strip() == "", res.stdout + res.stderr
+
+
+@needs_analyze
 def test_verify_would_catch_a_mistake(tmp_path):
     """The check above can fail: an unknown key is reported (with exit status 0, hence
     the test on the output, not only on the status)."""
@@ -110,6 +124,47 @@ def test_unit_is_hardened_as_documented():
     reload = values("ExecReload")
     assert reload[0].split()[1:] == ["check", "/etc/nocpolicy/policies"], "check must run first"
     assert reload[-1].split()[-1] == "reload"
+
+
+def exec_start_argv(env: dict[str, str]) -> list[str]:
+    """ExecStart= as systemd expands it: ${X} inside a word, $X as separate words."""
+    line = one("ExecStart")
+    line = re.sub(r"\$\{(\w+)\}", lambda m: env.get(m.group(1), ""), line)
+    words = []
+    for w in shlex.split(line):
+        words += env.get(w[1:], "").split() if re.fullmatch(r"\$\w+", w) else [w]
+    return words
+
+
+def unit_environment() -> dict[str, str]:
+    return dict(v.split("=", 1) for v in values("Environment"))
+
+
+def test_exec_start_is_accepted_by_nocpolicyd():
+    from nocpolicy.options import parse_options
+    argv = exec_start_argv(unit_environment())
+    opts = parse_options(argv[1:])
+    assert opts.policies == "/etc/nocpolicy/policies" and opts.state_dir == "/var/lib/nocpolicy"
+    assert opts.metrics_listen == ("127.0.0.1", 9753) and opts.admin_listen == ("127.0.0.1", 9754)
+    # Same admin address for the daemon and for ExecReload's nocpolicyctl.
+    assert "--admin ${NOCPOLICY_ADMIN}" in values("ExecReload")[-1]
+    assert "--admin-listen ${NOCPOLICY_ADMIN}" in one("ExecStart")
+
+
+def test_every_example_in_the_defaults_file_is_accepted():
+    """Uncommenting every KEY=value example in nocpolicyd.default gives a valid command line."""
+    from nocpolicy.options import parse_options
+    env = unit_environment()
+    examples = [line.lstrip("#") for line in DEFAULTS.read_text().splitlines()
+                if re.match(r"#?[A-Z_]+=", line)]
+    assert examples
+    for line in examples:
+        key, _, value = line.partition("=")
+        assert key in env, f"{key} is not a variable the unit uses"
+        env[key] = value
+    opts = parse_options(exec_start_argv(env)[1:])
+    assert opts.mqtt and opts.mqtt_password_file == "/etc/nocpolicy/mqtt.password"
+    assert opts.dns_listen == [("192.0.2.53", 53)]
 
 
 @pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="systemd-sysusers not installed")
