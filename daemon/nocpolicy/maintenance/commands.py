@@ -20,7 +20,7 @@ from ..policy.fields import (
     obj,
     one_of,
 )
-from ..policy.maintenance import IMPACTS, KINDS, Scope, _reason, _scope
+from ..policy.maintenance import IMPACTS, KINDS, Scope, read_reason, read_scope
 from . import contacts, outbox, windows
 from .lifecycle import STATES
 from .windows import WindowRecord
@@ -41,9 +41,9 @@ def build(comp) -> list[Command]:
         kind = args.req("kind", one_of(*KINDS))
         start = args.req("start", when)
         end = args.req("end", when)
-        reason = args.req("reason", obj(_reason))
+        reason = args.req("reason", obj(read_reason))
         impact = args.get("impact", _impact, "OUTAGE")
-        scope = args.get("scope", obj(_scope), Scope()) or Scope()
+        scope = args.get("scope", obj(read_scope), Scope()) or Scope()
         urgent = args.get("urgent", as_bool, False)
         why = args.get("justification", as_str, "") or ""
         args.check()
@@ -70,7 +70,7 @@ def build(comp) -> list[Command]:
             v = args.get(key, conv, None)
             if v is not None:
                 changes[key] = v
-        reason = args.get("reason", obj(_reason), None)
+        reason = args.get("reason", obj(read_reason), None)
         args.check()
         if reason:
             changes["reason_ja"], changes["reason_en"] = reason

@@ -84,6 +84,10 @@ class Maintenance(Component):
             if rec.end <= now:
                 plan.append(("import", rec) if old is None else ("skip", rec))
                 continue
+            if old is not None and old.state == "active" and rec.start != old.start:
+                problems.append(f"{w.loc}: maintenance.windows[id={w.id}].start: the window is active; its start "
+                                "cannot move (change the end, or remove the window to end it now)")
+                continue
             inside = old is not None and old.start <= rec.start and rec.end <= old.end
             if not inside and (old is None or old.state != "active"):
                 v = check_notice(rec.kind, rec.start, now, urgent=rec.urgent, justification=rec.justification,
@@ -108,8 +112,11 @@ class Maintenance(Component):
                     if cv.version > 1:
                         self.ctx.store.audit("policy", "contact.set", f"customer:{cv.customer}", None,
                                              cv.as_dict(), db=db)
-            svc = Service(self.ctx.store, self.ctx.clock, lambda: policy)
-            for action, rec in plan:
+        except NocpolicyError as exc:
+            log.error("maintenance: recording policy fault contacts failed: %s", exc)
+        svc = Service(self.ctx.store, self.ctx.clock, lambda: policy)
+        for action, rec in plan:
+            try:
                 if action == "create":
                     self.published(svc.create(rec, "policy"))
                 elif action == "import":
@@ -120,8 +127,8 @@ class Maintenance(Component):
                     self.published(svc.update(rec.id, fields, "policy"))
                 elif action == "cancel":
                     self.published(svc.cancel(rec.id, "removed from the policy", "policy"))
-        except NocpolicyError as exc:
-            log.error("maintenance: applying policy windows failed: %s", exc)
+            except NocpolicyError as exc:     # checked in prepare; only a race with the clock gets here
+                log.error("maintenance: policy window %s (%s) not applied: %s", rec.id, action, exc)
 
     # -- running -----------------------------------------------------------------------------------
 

@@ -162,4 +162,7 @@ def reader(tz: str):
     return obj(_maint)
 
 
-_ = as_str  # re-exported converters used by the maintenance component
+# Readers shared with the maintenance commands (same validation for policy files and commands).
+read_reason = _reason
+read_scope = _scope
+_ = as_str
