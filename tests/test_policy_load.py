@@ -74,7 +74,7 @@ def test_diff_names_what_changed(policy_dir):
     assert change.sections["customers"].added == ("c9001",)
     assert change.sections["customers"].changed == ("c1003",)
     assert change.sections["plans"].changed == ("home-100m",)
-    assert change.describe() == "customers +c9001; customers ~c1003; plans ~home-100m; settings changed"
+    assert change.describe() == "customers +c9001 ~c1003; plans ~home-100m; settings changed"
     assert diff_policies(None, b).initial and diff_policies(None, b).touches("anything")
     assert diff_policies(b, b).describe() == "no effective change"
 

@@ -49,9 +49,10 @@ class PolicyChange:
             return f"initial policy {self.new_version}"
         parts = []
         for name, ch in self.sections.items():
-            for verb, ids in (("+", ch.added), ("-", ch.removed), ("~", ch.changed)):
-                if ids:
-                    parts.append(f"{name} {verb}{','.join(ids)}")
+            marks = [f"{verb}{','.join(ids)}" for verb, ids in (("+", ch.added), ("-", ch.removed),
+                                                               ("~", ch.changed)) if ids]
+            if marks:
+                parts.append(f"{name} {' '.join(marks)}")
         parts.extend(f"{s} changed" for s in self.settings_changed)
         return "; ".join(parts) or "no effective change"
 
