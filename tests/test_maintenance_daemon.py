@@ -92,3 +92,35 @@ def test_sigkill_mid_batch_then_restart_delivers_every_notice_exactly_once(tmp_p
                 d2.stop()
         finally:
             d.kill()
+
+
+def test_policy_window_reload_refused_when_late_then_accepted(tmp_path, daemon):
+    d = daemon(extra_args=["--no-watch"])
+    yaml = d.policies / "maintenance.yaml"
+    base = yaml.read_text()
+
+    def with_window(offset: int, extra: str = "") -> str:
+        return base + f"""  windows:
+    - id: pw-fibre
+      kind: planned
+      start: {day(offset, 1)}
+      end: {day(offset, 4)}
+      reason: {{ja: 光ファイバ移設, en: fibre relocation}}
+      scope: {{customers: [c1004]}}
+{extra}"""
+    yaml.write_text(with_window(7))
+    res = d.ctl("reload")
+    last_day = (dt.datetime.now(JST).date() + dt.timedelta(days=7 - 15)).isoformat()
+    assert res.returncode == 1
+    assert "maintenance.yaml:" in res.stdout and f"notice by {last_day}" in res.stdout, res.stdout
+    assert d.ctl_json("maintenance", "list")["windows"] == []
+    yaml.write_text(with_window(7, "      urgent: true\n      urgent_justification: conduit damaged by roadworks\n"))
+    assert d.ctl("reload").returncode == 0
+    show = d.ctl_json("maintenance", "show", "pw-fibre")
+    assert show["window"]["source"] == "policy" and show["window"]["urgent"]
+    assert [(n["kind"], n["customer"], n["state"]) for n in show["notices"]] == [("notice", "c1004", "pending")]
+    # removing it from the policy cancels it
+    yaml.write_text(base)
+    assert d.ctl("reload").returncode == 0
+    show = d.ctl_json("maintenance", "show", "pw-fibre")
+    assert show["window"]["state"] == "cancelled"
