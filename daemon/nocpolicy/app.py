@@ -129,6 +129,7 @@ class Daemon:
         for cmd in self._core_commands():
             self.commands.register(cmd)
         started: list[Component] = []
+        self._install_signals()   # from here on SIGTERM during start-up still stops cleanly
         try:
             types = self._types if self._types is not None else component_types(opts)
             self.components = [t(ctx) for t in types]
@@ -145,7 +146,8 @@ class Daemon:
                 await c.start()
                 started.append(c)
             await self._start_http(token)
-            self._install_signals()
+            if self.stop_event.is_set():
+                return 0
             self._ready = True
             sdnotify.notify("READY=1", f"STATUS=policy {policy.version}")
             log.info("nocpolicyd %s ready: policy %s from %s (%s)", __version__, policy.version,
