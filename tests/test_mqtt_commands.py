@@ -70,6 +70,19 @@ def test_granted_identity_runs_commands_and_is_audited(env):
                and a["subject"] == "command:reload" for a in audit)
 
 
+def test_a_repeated_request_id_is_answered_but_not_run_again(env):
+    broker, d, probes, _ = env
+    first = command(broker, probes, "noc-controller", "reload", rid="same-id-1")
+    n = len(probes["noc-controller"].find("nocpolicy/v1/reply/noc-controller/same-id-1"))
+    assert broker.pub("noc-controller", "nocpolicy/v1/cmd/noc-controller/reload",
+                      json.dumps({"request_id": "same-id-1"})).returncode == 0
+    wait_for(lambda: len(probes["noc-controller"].find("nocpolicy/v1/reply/noc-controller/same-id-1")) > n,
+             10, what="second reply")
+    assert probes["noc-controller"].find("nocpolicy/v1/reply/noc-controller/same-id-1")[-1] == first
+    audit = d.ctl_json("audit", "--subject", "command:reload", "--limit", "100")["audit"]
+    assert sum(a["after"]["request_id"] == "same-id-1" for a in audit) == 1
+
+
 def test_grant_limits_verbs_per_identity(env):
     broker, d, probes, _ = env
     r = command(broker, probes, "ti-feed", "reload")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 
 from ... import __version__
 from ...component import Component
@@ -46,6 +46,7 @@ from .wire import (
 log = logging.getLogger(__name__)
 
 MAX_INFLIGHT = 32             # commands running at once; more are answered "busy"
+RECENT = 1024                 # request ids remembered: a redelivered command is answered, not re-run
 OUTBOX_SIZE = 1000
 
 
@@ -64,10 +65,13 @@ class MqttBridge(Component):
         self.detections = DetectionCounts()
         self.command_results: Counter = Counter()
         self._inflight = 0
+        self._recent: OrderedDict = OrderedDict()   # (identity, verb, request id) -> reply (None: running)
         self._outbox_wake = asyncio.Event()
         self._events = None
         self._configured = False
         self._started = False
+        self._stopping = False
+        self._link_task = None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -112,7 +116,7 @@ class MqttBridge(Component):
         self.link = Link(self.cfg, f"nocpolicyd-{self.node}", subscriptions=subs,
                          on_connected=self._on_connected, on_message=self._on_message, will=will)
         self._events = self.ctx.events.subscribe(maxsize=10000)
-        self.tasks.spawn("link", self.link.run())
+        self._link_task = self.tasks.spawn("link", self.link.run())
         self.tasks.spawn("events", self._event_pump())
         self.tasks.spawn("outbox", self._outbox_loop())
         self.tasks.spawn("detections", self._detection_loop())
@@ -124,6 +128,7 @@ class MqttBridge(Component):
         self.set_state("running", f"{self.role} {self.node} via {self.cfg.url}")
 
     async def stop(self) -> None:
+        self._stopping = True
         if self.link is not None and self.link.connected.is_set():
             try:   # a clean stop says so; the last will covers crashes
                 await asyncio.wait_for(self._publish(status_topic(self.node),
@@ -131,6 +136,10 @@ class MqttBridge(Component):
                                                      retain=True), 2.0)
             except TimeoutError:
                 pass
+        if self.link is not None:
+            self.link.close()
+            if self._link_task is not None and not self._link_task.done():
+                await asyncio.wait({self._link_task}, timeout=3.0)
         if self._events is not None:
             self.ctx.events.unsubscribe(self._events)
         await super().stop()
@@ -149,7 +158,7 @@ class MqttBridge(Component):
         if topic.startswith("nocpolicy/v1/cmd/"):
             self._command(topic, payload)
         elif topic == status_topic(self.node):
-            if _state_of(payload) == "offline":
+            if _state_of(payload) == "offline" and not self._stopping:
                 self.tasks.spawn("status", self._publish_status())
         elif self.agent and topic == plan_topic(self.node):
             self.agent.offer(payload)
@@ -197,6 +206,15 @@ class MqttBridge(Component):
         finally:
             self._inflight -= 1
 
+    def _seen(self, key: tuple[str, str, str]):
+        """(True, reply-or-None) if this request id was already taken; otherwise remember it."""
+        if key in self._recent:
+            return True, self._recent[key]
+        self._recent[key] = None
+        while len(self._recent) > RECENT:
+            self._recent.popitem(last=False)
+        return False, None
+
     async def _execute(self, topic: str, payload: bytes) -> tuple[dict, str, str]:
         verb = topic.rsplit("/", 1)[-1]
         try:
@@ -205,6 +223,18 @@ class MqttBridge(Component):
             self.command_results["invalid"] += 1
             log.warning("mqtt: bad command from %s on %s: %s", exc.identity, topic, exc)
             return reply(exc.request_id, verb, error=str(exc), status=exc.status), exc.identity, exc.request_id
+        key = (req.identity, req.verb, req.request_id)
+        seen, earlier = self._seen(key)
+        if seen:   # QoS 1 may deliver twice, and clients retry: never run one request twice
+            log.info("mqtt: %s %s by %s is a repeat; answering without running it", req.verb,
+                     req.request_id, req.identity)
+            return (earlier or reply(req.request_id, req.verb, error="this request id is still running",
+                                     status=409)), req.identity, req.request_id
+        doc = await self._dispatch(req)
+        self._recent[key] = doc
+        return doc, req.identity, req.request_id
+
+    async def _dispatch(self, req) -> dict:
         policy = self.ctx.policy()
         actor = f"mqtt:{req.identity}"
         try:
@@ -218,19 +248,17 @@ class MqttBridge(Component):
                 self.ctx.store.audit(actor, "mqtt.refused", f"command:{req.verb}", None,
                                      {"request_id": req.request_id, "reason": str(exc)})
             log.info("mqtt: %s %s by %s refused (%d): %s", req.verb, req.request_id, actor, exc.status, exc)
-            return (reply(req.request_id, req.verb, error=str(exc), status=exc.status, field=exc.field),
-                    req.identity, req.request_id)
+            return reply(req.request_id, req.verb, error=str(exc), status=exc.status, field=exc.field)
         except Exception as exc:    # a handler bug: answer, log, keep serving
             self.command_results["failed"] += 1
             log.exception("mqtt: %s by %s failed", req.verb, actor)
-            return (reply(req.request_id, req.verb, error=f"internal error: {exc}", status=500),
-                    req.identity, req.request_id)
+            return reply(req.request_id, req.verb, error=f"internal error: {exc}", status=500)
         self.command_results["ok"] += 1
         cmd = next((c for c in self.ctx.commands.describe() if c["name"] == req.verb), None)
         if cmd and cmd["mutating"]:
             self.ctx.store.audit(actor, "mqtt.command", f"command:{req.verb}", None,
                                  {"request_id": req.request_id, "args": req.args})
-        return reply(req.request_id, req.verb, result=_jsonable(result)), req.identity, req.request_id
+        return reply(req.request_id, req.verb, result=_jsonable(result))
 
     # -- events out --------------------------------------------------------------
 

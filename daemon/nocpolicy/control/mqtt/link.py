@@ -39,6 +39,7 @@ class Link:
         self.connects = 0          # successful connections
         self.failures = 0          # failed attempts and lost connections
         self.last_error = ""
+        self._closing = asyncio.Event()
 
     def _client(self) -> aiomqtt.Client:
         cfg = self.cfg
@@ -65,11 +66,8 @@ class Link:
                         await self._on_connected()
                     except Exception:
                         log.exception("mqtt: after-connect work failed")
-                    async for msg in client.messages:
-                        try:
-                            self._on_message(msg)
-                        except Exception:   # a bad message never takes the link down
-                            log.exception("mqtt: handling a message on %s failed", msg.topic)
+                    if await self._serve(client):
+                        return      # closing: leaving the context sends DISCONNECT (no last will)
             except aiomqtt.MqttError as exc:
                 self.failures += 1
                 self.last_error = describe(exc)
@@ -77,8 +75,33 @@ class Link:
             finally:
                 self.client = None
                 self.connected.clear()
+            if self._closing.is_set():
+                return
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, self.backoff_max)
+
+    async def _serve(self, client: aiomqtt.Client) -> bool:
+        """Hand messages to the owner until the connection drops (raises) or close() (True)."""
+        async def pump():
+            async for msg in client.messages:
+                try:
+                    self._on_message(msg)
+                except Exception:   # a bad message never takes the link down
+                    log.exception("mqtt: handling a message on %s failed", msg.topic)
+        messages = asyncio.ensure_future(pump())
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            await asyncio.wait({messages, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (messages, closing):
+                t.cancel()
+        if messages.done() and not messages.cancelled() and messages.exception() is not None:
+            raise messages.exception()
+        return self._closing.is_set()
+
+    def close(self) -> None:
+        """Leave cleanly: the run loop disconnects (DISCONNECT, so the broker drops the last will)."""
+        self._closing.set()
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> bool:
         """Publish if connected; False (never an exception) when the broker is not reachable."""
