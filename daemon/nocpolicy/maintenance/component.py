@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..component import Component
 from ..errors import NocpolicyError
-from . import commands, contacts, outbox, windows
+from . import commands, contacts, outbox, silences, windows
 from .lifecycle import FINAL, NOTICE_FOR, STATES
 from .schema import MIGRATIONS
 from .service import Change, Service
@@ -43,6 +43,9 @@ class Maintenance(Component):
         self.results = {(k, r): 0 for k in NOTICE_KINDS for r in RESULTS}
         self._wake_windows = asyncio.Event()
         self._wake_outbox = asyncio.Event()
+        self._wake_silences = asyncio.Event()
+        self.alertmanager: silences.AlertmanagerClient | None = None
+        self.silence_error = ""
 
     @property
     def smtp_configured(self) -> bool:
@@ -57,9 +60,11 @@ class Maintenance(Component):
             password = await asyncio.to_thread(read_password, m.smtp.password_file)
         plan = self._plan_policy_windows(policy)
         mailer = Mailer(m.smtp, password) if m.smtp else None
+        am = silences.AlertmanagerClient(m.alertmanager) if m.alertmanager else None
 
         def commit():
             self.mailer = mailer
+            self.alertmanager = am
             self._sync(policy, plan)
         return commit
 
@@ -140,11 +145,13 @@ class Maintenance(Component):
                         "with the same Message-ID", n)
         self.tasks.spawn("lifecycle", self._lifecycle_loop())
         self.tasks.spawn("delivery", self._delivery_loop())
+        self.tasks.spawn("silences", self._silence_loop())
         self.set_state("running", "" if self.mailer else "no SMTP configured: notices wait in the outbox")
 
     def poke(self) -> None:
         self._wake_windows.set()
         self._wake_outbox.set()
+        self._wake_silences.set()
 
     def published(self, change: Change) -> None:
         for kind, payload in change.events:
@@ -181,6 +188,25 @@ class Maintenance(Component):
                 nxt = outbox.next_due(db)
             delay = MAX_NAP if nxt is None or self.mailer is None else (nxt - self.ctx.clock.now()).total_seconds()
             await self._nap(self._wake_outbox, min(MAX_NAP, max(MIN_NAP, delay)))
+
+    async def _silence_loop(self) -> None:
+        """Keep Alertmanager silences in line with the open windows (when maintenance.alertmanager is set)."""
+        while True:
+            am = self.alertmanager
+            if am is not None:
+                policy = self.ctx.policy()
+                node = getattr(self.ctx.options, "node", None) or policy.settings.node
+                try:
+                    want = silences.desired(node, self.service.all().values(), self.service.customers_of,
+                                            self.ctx.clock.now())
+                    for action, what in await silences.reconcile(am, node, want):
+                        log.info("maintenance: alertmanager silence %s %s", action, what)
+                    self.silence_error = ""
+                except NocpolicyError as exc:
+                    if str(exc) != self.silence_error:
+                        log.warning("maintenance: %s (will retry)", exc)
+                    self.silence_error = str(exc)
+            await self._nap(self._wake_silences, MAX_NAP)
 
     async def _nap(self, event: asyncio.Event, seconds: float) -> None:
         if event.is_set():
@@ -231,7 +257,8 @@ class Maintenance(Component):
                                      ).fetchone()["n"]
         except NocpolicyError:
             return d
-        d.update({"windows": states, "notices_pending": pending, "smtp": self.smtp_configured})
+        d.update({"windows": states, "notices_pending": pending, "smtp": self.smtp_configured,
+                  "alertmanager": (self.silence_error or "ok") if self.alertmanager else None})
         return d
 
 
