@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -23,7 +24,7 @@ def env(tmp_path_factory):
     broker = Mosquitto(tmp, USERS, fleet_acl(NODE, readers=["watcher"])).start()
     d = DaemonProcess(tmp, extra_args=broker.daemon_args(NODE)).start()
     probes = {u: Probe(broker, u).subscribe(f"nocpolicy/v1/reply/{u}/#")
-              for u in ("noc-controller", "ti-feed", "intruder")}
+              for u in ("noc-controller", "ti-feed", "customer-portal", "intruder")}
     watcher = Probe(broker, "watcher").subscribe("nocpolicy/v1/#")
     wait_for(lambda: d.metric("nocpolicy_mqtt_connected") == 1, 10, what="daemon connected")
     yield broker, d, probes, watcher
@@ -92,6 +93,36 @@ def test_grant_limits_verbs_per_identity(env):
     audit = d.ctl_json("audit", "--limit", "20")["audit"]
     assert any(a["actor"] == "mqtt:ti-feed" and a["action"] == "mqtt.refused" for a in audit)
     assert d.metric("nocpolicy_mqtt_commands_total", {"result": "refused"}) >= 2
+
+
+def test_the_issue_verbs_by_identity(env):
+    """opt-out (portal), list update (feed), maintenance add/cancel (NOC), each only by its grantee."""
+    broker, d, probes, _ = env
+    r = command(broker, probes, "customer-portal", "optout.set",
+                {"customer": "c1001", "on": True, "reason": "customer request via portal"})
+    assert r["ok"], r
+    r = command(broker, probes, "ti-feed", "optout.set", {"customer": "c1002", "on": True})
+    assert r["status"] == 403
+    r = command(broker, probes, "customer-portal", "optout.set", {"customer": "c1001", "on": "yes"})
+    assert r["status"] == 400 and r["field"] == "on"
+    r = command(broker, probes, "ti-feed", "list.update", {"list": "cc-maltrail", "add": ["cc-fresh.example"]})
+    assert r["ok"], r
+    r = command(broker, probes, "noc-controller", "explain", {"client": "192.0.2.70", "name": "www.cc-fresh.example"})
+    assert r["ok"] and "cc-maltrail" in json.dumps(r["result"]), r
+    start = (dt.datetime.now(dt.UTC) + dt.timedelta(days=40)).replace(microsecond=0)
+    r = command(broker, probes, "noc-controller", "maintenance.add",
+                {"kind": "planned", "start": start.isoformat(), "end": (start + dt.timedelta(hours=2)).isoformat(),
+                 "reason": {"ja": "ルータ更新", "en": "router upgrade"}, "scope": {"customers": ["c1004"]}})
+    assert r["ok"], r
+    wid = r["result"].get("id") or r["result"]["window"]["id"]
+    r = command(broker, probes, "noc-controller", "maintenance.cancel", {"id": wid, "reason": "postponed"})
+    assert r["ok"], r
+    audit = d.ctl_json("audit", "--limit", "100")["audit"]
+    actors = {(a["actor"], a["action"]) for a in audit}
+    assert ("mqtt:customer-portal", "mqtt.command") in actors
+    assert any(a == "mqtt:customer-portal" and "optout" in act for a, act in actors), actors
+    assert any(a == "mqtt:ti-feed" and "list" in act for a, act in actors), actors
+    assert any(a == "mqtt:noc-controller" and "maintenance" in act for a, act in actors), actors
 
 
 def test_identity_cannot_be_spoofed_through_the_topic(env):
