@@ -61,9 +61,13 @@ def child_path(parent: str, key) -> str:
 
 def parse_yaml(text: str, file: str, problems: list[Problem]) -> Node | None:
     """Parse one YAML document into a Node tree; syntax errors and duplicate keys go to problems."""
-    loader = yaml.SafeLoader(text)
     try:
-        root = loader.get_single_node()
+        try:
+            # libyaml's parser (PyYAML wheels ship it) composes ~5x faster, same nodes and marks...
+            loader, root = _compose(getattr(yaml, "CSafeLoader", yaml.SafeLoader), text)
+        except yaml.YAMLError:
+            # ...but the pure-Python parser words syntax errors better.
+            loader, root = _compose(yaml.SafeLoader, text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
@@ -75,8 +79,6 @@ def parse_yaml(text: str, file: str, problems: list[Problem]) -> Node | None:
     except yaml.YAMLError as exc:
         problems.append(Problem(Loc(file, 1), "", f"YAML error: {exc}"))
         return None
-    finally:
-        loader.dispose()
     if root is None:
         return Node({}, Loc(file, 1), "")
     try:
@@ -85,6 +87,14 @@ def parse_yaml(text: str, file: str, problems: list[Problem]) -> Node | None:
         problems.append(Problem(Loc(file, root.start_mark.line + 1), "",
                                 "YAML nests too deeply (a recursive alias?)"))
         return None
+
+
+def _compose(loader_class, text: str):
+    loader = loader_class(text)
+    try:
+        return loader, loader.get_single_node()
+    finally:
+        loader.dispose()
 
 
 def _convert(ynode, file, path, loader, problems) -> Node:
