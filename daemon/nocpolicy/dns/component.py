@@ -133,6 +133,7 @@ class DnsGuard(Component):
         if self.pool is not None:
             await self.pool.close()
         with contextlib.suppress(Exception):
+            self.engine.drain()
             await asyncio.to_thread(self.detections.write, self.detections.take())
         self.set_state("stopped")
 
@@ -147,6 +148,7 @@ class DnsGuard(Component):
         last_prune = 0.0
         while True:
             await asyncio.sleep(FLUSH_EVERY)
+            self.engine.drain()
             batch = self.detections.take()
             if batch:
                 try:
@@ -187,7 +189,7 @@ class DnsGuard(Component):
             compiled = dict(self.lists.compiled)
             compiled[list_id] = new
             self.lists.adopt(policy.dns.lists, compiled)
-            self.engine.lists = ListSet.of(compiled[x.id] for x in policy.dns.lists)
+            self.engine.set_lists(ListSet.of(compiled[x.id] for x in policy.dns.lists))
             self.workers.notify({"op": "reload"})
         return self.lists.states[list_id].as_dict()
 
@@ -224,6 +226,8 @@ class DnsGuard(Component):
         out["lists"] = {s.id: s.entries for s in self.list_states()}
         out["upstreams"] = self.pool.status() if self.pool else []
         out["queries"] = self.stats.snapshot()
+        if self.workers.n:
+            out["workers"] = self.workers.status()
         return out
 
     # -- commands ----------------------------------------------------------------------
@@ -290,6 +294,7 @@ class DnsGuard(Component):
         limit = args.get("limit", as_int, 100)
         summary = args.get("summary", as_bool, False)
         args.check()
+        self.engine.drain()
         batch = self.detections.take()      # include what is still buffered
         await asyncio.to_thread(self.detections.write, batch)
         limit = max(1, min(limit, 10_000))
@@ -326,6 +331,7 @@ class DnsGuard(Component):
         if not add_ok and not rm_ok:
             raise CommandError("nothing to do: give add and/or remove", status=400, field="add")
         out = await asyncio.to_thread(self.lists.update, lst, add_ok, rm_ok, actor=inv.actor, reason=reason)
+        self.engine.invalidate()
         self.workers.notify({"op": "list.update", "list": list_id, "add": out["added"],
                              "remove": out["removed"]})
         return out

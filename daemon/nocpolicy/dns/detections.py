@@ -70,6 +70,19 @@ class DetectionLog:
         else:
             self.dropped += 1
 
+    def note_many(self, v, client: str, n: int, source: str = "dns") -> None:
+        """``n`` identical blocks within the last batch (from the engine's answer cache)."""
+        key = (v.list, v.cls, v.action, v.customer, client, v.name, source)
+        p = self.pending.get(key)
+        t = self.now()
+        if p is not None:
+            p[1] = t
+            p[2] += n
+        elif len(self.pending) < MAX_PENDING:
+            self.pending[key] = [t, t, n]
+        else:
+            self.dropped += n
+
     def _client(self, address: str) -> str:
         p = self._pseudo.get(address)
         if p is None:

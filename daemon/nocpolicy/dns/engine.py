@@ -49,6 +49,21 @@ def _packed(addr: str | None) -> bytes | None:
     return socket.inet_pton(socket.AF_INET6 if ":" in addr else socket.AF_INET, addr)
 
 
+class LocalAnswer:
+    """A cached local (blocked) answer for one customer and one query (minus its ID)."""
+
+    __slots__ = ("resp", "rcode", "verdict", "n", "hosts")
+
+    def __init__(self, resp: bytes, rcode: int, verdict: Verdict):
+        self.resp, self.rcode, self.verdict = resp, rcode, verdict
+        self.n = 0
+        self.hosts: dict[str, int] = {}
+
+
+ANSWER_CACHE_MAX = 100_000     # per customer; cleared when full
+CACHEABLE = 512                # longer queries are answered but not cached
+
+
 class Engine:
     def __init__(self, stats, detections, pool=None):
         self.stats = stats
@@ -58,6 +73,8 @@ class Engine:
         self.prefixes = PrefixIndex()
         self.subs: dict[str | None, Subscriber] = {None: UNKNOWN_MODES["protect"]}
         self.hostcache: dict[str, str | None] = {}
+        self.answers: dict[str | None, dict[bytes, LocalAnswer]] = {}
+        self.dirty: list[LocalAnswer] = []
         self.inspect_cnames = True
         self._sink: dict[str, bytes | None] = {}
         self.errors = 0
@@ -66,15 +83,41 @@ class Engine:
     # -- state swaps (sync, cannot fail) -------------------------------------------
 
     def swap(self, lists: ListSet, prefixes: PrefixIndex, subs: dict) -> None:
+        self.drain()
         self.lists, self.prefixes, self.subs = lists, prefixes, subs
         self.hostcache = {}
+        self.answers = {}
         self._sink = {}
         self.inspect_cnames = bool(lists.all())
 
+    def set_lists(self, lists: ListSet) -> None:
+        self.drain()
+        self.lists = lists
+        self.answers = {}
+
+    def invalidate(self) -> None:
+        """Entries changed in place (list.update): forget cached answers."""
+        self.drain()
+        self.answers = {}
+
     def set_subscriber(self, customer: str, sub: Subscriber) -> None:
+        self.drain()
         subs = dict(self.subs)
         subs[customer] = sub
         self.subs = subs
+        self.answers.pop(customer, None)
+
+    def drain(self) -> None:
+        """Move the counts of cached answers into the stats and the detection log."""
+        dirty, self.dirty = self.dirty, []
+        stats, note = self.stats, self.detections.note_many
+        for ent in dirty:
+            v = ent.verdict
+            stats.block(v.list, v.cls, v.action, ent.n)
+            for host, n in ent.hosts.items():
+                note(v, host, n)
+            ent.n = 0
+            ent.hosts = {}
 
     # -- slow-path API -------------------------------------------------------------
 
@@ -100,6 +143,30 @@ class Engine:
     def handle(self, data: bytes, addr, send, tcp: bool) -> None:
         """Answer ``data`` from ``addr``; ``send(bytes, addr)`` may be called now or later."""
         t0 = time.perf_counter()
+        host = addr[0]
+        cid = self.hostcache.get(host, _MISS)
+        if cid is _MISS:
+            cid = self._lookup(host)
+        cache = self.answers.get(cid)
+        if cache is not None:
+            ent = cache.get(data[2:])
+            if ent is not None:               # a blocked name seen before: answer from the cache
+                send(data[:2] + ent.resp, addr)
+                if not ent.n:
+                    self.dirty.append(ent)
+                ent.n += 1
+                h = ent.hosts
+                h[host] = h.get(host, 0) + 1
+                stats = self.stats
+                stats.rcodes[ent.rcode] += 1
+                d = time.perf_counter() - t0
+                hist = stats.duration["local"]
+                if d < 0.0001:
+                    hist.counts[0] += 1
+                    hist.total += d
+                else:
+                    hist.observe(d)
+                return
         stats = self.stats
         try:
             q = parse_query(data)
@@ -114,10 +181,6 @@ class Engine:
             stats.rcodes[NOTIMP] += 1
             send(answer(data, q, NOTIMP), addr)
             return
-        host = addr[0]
-        cid = self.hostcache.get(host, _MISS)
-        if cid is _MISS:
-            cid = self._lookup(host)
         sub = self.subs.get(cid) or self.subs[None]
         if sub.refuse:
             stats.rcodes[REFUSED] += 1
@@ -127,11 +190,67 @@ class Engine:
         v = judge_suffixes(sub, self.lists, suffixes(name)) if name else None
         if v is None:
             self._forward(data, q, addr, sub, send, tcp, t0)
-        else:
-            self._blocked(data, q, v, addr, send, t0)
+            return
+        out, rcode = self._local(data, q, v)
+        ent = LocalAnswer(out[2:], rcode, v)
+        if len(data) <= CACHEABLE:
+            if cache is None:
+                cache = self.answers[cid] = {}
+            elif len(cache) >= ANSWER_CACHE_MAX:
+                cache.clear()
+            cache[data[2:]] = ent
+        send(out, addr)
+        self.dirty.append(ent)
+        ent.n = 1
+        ent.hosts[host] = 1
+        stats.rcodes[rcode] += 1
+        stats.duration["local"].observe(time.perf_counter() - t0)
 
-    def _blocked(self, data, q, v: Verdict, addr, send, t0, source: str = "dns") -> None:
+    def udp_handler(self, sendto):
+        """``datagram_received(data, addr)`` for one UDP socket: the cached-answer path inlined
+        (no method calls, locals only), everything else through :meth:`handle`."""
         stats = self.stats
+        rcodes = stats.rcodes
+        hist = stats.duration["local"]
+        counts = hist.counts
+        perf = time.perf_counter
+        handle = self.handle
+        dirty_owner = self
+        miss = _MISS
+
+        def datagram_received(data: bytes, addr) -> None:
+            t0 = perf()
+            stats.udp += 1
+            host = addr[0]
+            cid = dirty_owner.hostcache.get(host, miss)
+            if cid is not miss:
+                cache = dirty_owner.answers.get(cid)
+                if cache is not None:
+                    ent = cache.get(data[2:])
+                    if ent is not None:
+                        sendto(data[:2] + ent.resp, addr)
+                        if not ent.n:
+                            dirty_owner.dirty.append(ent)
+                        ent.n += 1
+                        h = ent.hosts
+                        h[host] = h.get(host, 0) + 1
+                        rcodes[ent.rcode] += 1
+                        d = perf() - t0
+                        if d < 0.0001:
+                            counts[0] += 1
+                            hist.total += d
+                        else:
+                            hist.observe(d)
+                        return
+            try:
+                handle(data, addr, sendto, False)
+            except Exception as exc:  # never let one packet stop the listener
+                dirty_owner.failed(exc)
+
+        return datagram_received
+
+    def _local(self, data, q, v: Verdict) -> tuple[bytes, int]:
+        """The local answer for a blocking verdict."""
         action = v.action
         ede = v.ede
         records, n = b"", 0
@@ -146,10 +265,15 @@ class Engine:
             else:
                 ede = 15 if v.cls == "security" else (16 if v.cls == "mandatory" else 17)
         rcode = _RCODE[action]
-        out = answer(data, q, rcode, ede=ede, text=f"{v.cls} list {v.list}", records=records, ancount=n)
+        return answer(data, q, rcode, ede=ede, text=f"{v.cls} list {v.list}", records=records, ancount=n), rcode
+
+    def _blocked(self, data, q, v: Verdict, addr, send, t0) -> None:
+        """Answer a block found on the slow path (CNAME inspection): not cached."""
+        stats = self.stats
+        out, rcode = self._local(data, q, v)
         stats.rcodes[rcode] += 1
-        stats.block(v.list, v.cls, action)
-        self.detections.note(v, addr[0], source)
+        stats.block(v.list, v.cls, v.action)
+        self.detections.note(v, addr[0])
         send(out, addr)
         stats.duration["local"].observe(time.perf_counter() - t0)
 

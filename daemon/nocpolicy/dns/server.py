@@ -27,15 +27,11 @@ class UdpListener(asyncio.DatagramProtocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        self._send = transport.sendto
+        # the engine's closure replaces the method: one call per datagram, locals only
+        self.datagram_received = self.engine.udp_handler(transport.sendto)
 
-    def datagram_received(self, data: bytes, addr) -> None:
-        engine = self.engine
-        engine.stats.queries["udp"] += 1
-        try:
-            engine.handle(data, addr, self._send, False)
-        except Exception as exc:  # never let one packet stop the listener
-            engine.failed(exc)
+    def datagram_received(self, data: bytes, addr) -> None:  # replaced in connection_made
+        raise RuntimeError("not connected")
 
     def error_received(self, exc) -> None:
         pass

@@ -1,20 +1,245 @@
-"""Extra DNS worker processes for ``--workers N`` (placeholder until implemented)."""
+"""``--workers N``: N-1 extra DNS worker processes sharing the DNS ports (SO_REUSEPORT).
+
+Each worker is ``python -m nocpolicy.dns.workers`` running its own DnsGuard on
+its own event loop: it loads the policy and lists itself (the lists' last-good
+copies are shared under the state directory), reads opt-outs from the state
+store and writes its own detections there (SQLite WAL, several processes).
+The main process stays in charge of everything else (commands, metrics,
+reloads) and tells workers what changed over the worker's stdin, one JSON
+object per line:
+
+  {"op": "reload"}                                  policy or lists changed
+  {"op": "optout", "customer": ID, "on": BOOL}      effective at once in the worker
+  {"op": "list.update", "list": ID, "add": [...], "remove": [...]}
+
+Workers report their counters every second on stdout (one JSON line); the
+main process adds them up at scrape time. A worker that exits is restarted
+after a second. Each worker holds its own copy of the lists (memory x N).
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+
+from .stats import DnsStats, Histogram
+
+log = logging.getLogger(__name__)
+
+REPORT_EVERY = 1.0
+RESTART_AFTER = 1.0
+
+
+def stats_to_json(s: DnsStats) -> dict:
+    return {"udp": s.udp, "queries": s.queries, "rcodes": s.rcodes, "malformed": s.malformed,
+            "blocked": [[*k, v] for k, v in s.blocked.items()],
+            "upstream": [[*k, v] for k, v in s.upstream.items()],
+            "duration": {k: [h.counts, h.total] for k, h in s.duration.items()}}
+
+
+def stats_from_json(d: dict) -> DnsStats:
+    s = DnsStats()
+    s.udp, s.queries, s.rcodes, s.malformed = d["udp"], d["queries"], d["rcodes"], d["malformed"]
+    s.blocked = {(a, b, c): v for a, b, c, v in d["blocked"]}
+    s.upstream = {(a, b): v for a, b, v in d["upstream"]}
+    for k, (counts, total) in d["duration"].items():
+        h = Histogram()
+        h.counts, h.total = counts, total
+        s.duration[k] = h
+    return s
+
+
+class Worker:
+    def __init__(self, index: int):
+        self.index = index
+        self.proc: asyncio.subprocess.Process | None = None
+        self.stats: DnsStats | None = None
+        self.restarts = 0
+
 
 class WorkerSet:
+    """The main process's view of its extra workers (none with --workers 1)."""
+
     def __init__(self, options, guard):
-        self.n = max(0, options.workers - 1)
+        self.options = options
+        self.guard = guard
+        self.n = 0 if options.extra.get("dns_worker") else max(0, options.workers - 1)
+        self.workers = [Worker(i + 1) for i in range(self.n)]
+        self._tasks: list[asyncio.Task] = []
+        self._stopping = False
+
+    def _argv(self, w: Worker) -> list[str]:
+        o = self.options
+        argv = [sys.executable, "-m", "nocpolicy.dns.workers", "--policies", o.policies,
+                "--state-dir", o.state_dir, "--index", str(w.index), "--workers", str(o.workers),
+                "--log-level", o.log_level]
+        for host, port in self.guard.listeners.sockets():
+            argv += ["--dns-listen", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+        return argv
 
     async def start(self) -> None:
-        pass
+        for w in self.workers:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._run(w), name=f"dns:worker{w.index}"))
 
-    async def stop(self) -> None:
-        pass
+    async def _run(self, w: Worker) -> None:
+        while not self._stopping:
+            w.proc = await asyncio.create_subprocess_exec(*self._argv(w), stdin=asyncio.subprocess.PIPE,
+                                                          stdout=asyncio.subprocess.PIPE)
+            log.info("DNS worker %d started (pid %d)", w.index, w.proc.pid)
+            try:
+                while True:
+                    line = await w.proc.stdout.readline()
+                    if not line:
+                        break
+                    with contextlib.suppress(ValueError, KeyError, TypeError):
+                        w.stats = stats_from_json(json.loads(line))
+            finally:
+                rc = await w.proc.wait()
+            if self._stopping:
+                return
+            w.restarts += 1
+            log.error("DNS worker %d exited with %s; restarting", w.index, rc)
+            await asyncio.sleep(RESTART_AFTER)
 
     def notify(self, msg: dict) -> None:
-        pass
+        data = (json.dumps(msg) + "\n").encode()
+        for w in self.workers:
+            if w.proc is not None and w.proc.returncode is None and w.proc.stdin is not None:
+                with contextlib.suppress(Exception):
+                    w.proc.stdin.write(data)
 
-    def stats(self) -> list:
-        return []
+    def stats(self) -> list[DnsStats]:
+        return [w.stats for w in self.workers if w.stats is not None]
+
+    def status(self) -> list[dict]:
+        return [{"worker": w.index, "pid": w.proc.pid if w.proc else None,
+                 "running": bool(w.proc and w.proc.returncode is None), "restarts": w.restarts}
+                for w in self.workers]
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for w in self.workers:
+            if w.proc is not None and w.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    w.proc.terminate()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(t, 5)
+        for w in self.workers:
+            if w.proc is not None and w.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    w.proc.kill()
+
+
+# -- the worker process ------------------------------------------------------------------
+
+async def _worker_main(ns) -> int:
+    import signal
+    from pathlib import Path
+
+    from prometheus_client import CollectorRegistry
+
+    from ..clock import SystemClock
+    from ..component import Context
+    from ..events import EventBus
+    from ..options import Options
+    from ..policy.diff import diff_policies
+    from ..policy.load import load_policy
+    from ..store import Store
+    from .component import DnsGuard
+    from .verdict import Subscriber
+    opts = Options(policies=ns.policies, state_dir=ns.state_dir, dns_listen=ns.dns_listen,
+                   workers=ns.workers, log_level=ns.log_level, extra={"dns_worker": True})
+    key = (Path(ns.state_dir) / "pseudonym.key").read_bytes()
+    store = Store(Path(ns.state_dir) / "nocpolicy.db")
+    holder: dict = {}
+    ctx = Context(options=opts, store=store, clock=SystemClock(), events=EventBus(),
+                  registry=CollectorRegistry(), policy=lambda: holder.get("policy"),
+                  secrets={"pseudonym": key})
+    guard = DnsGuard(ctx)
+    policy = load_policy(ns.policies)
+    (await guard.prepare(policy, diff_policies(None, policy)))()
+    holder["policy"] = policy
+    await guard.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+
+    async def control():
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        while True:
+            line = await reader.readline()
+            if not line:
+                stop.set()       # the main process is gone
+                return
+            try:
+                msg = json.loads(line)
+                op = msg["op"]
+                if op == "reload":
+                    new = await asyncio.to_thread(load_policy, ns.policies)
+                    old = holder["policy"]
+                    (await guard.prepare(new, diff_policies(old, new)))()
+                    holder["policy"] = new
+                elif op == "optout":
+                    cid, on = msg["customer"], bool(msg["on"])
+                    c = guard.policy.customers_by_id.get(cid)
+                    if c is not None:
+                        guard.optout_state = {**guard.optout_state, cid: (on, "runtime")}
+                        guard.engine.set_subscriber(cid, Subscriber(cid, security=not on,
+                                                                    optional=frozenset(c.optional_lists)))
+                elif op == "list.update":
+                    lst = guard.lists.compiled.get(msg["list"])
+                    if lst is not None:
+                        for n in msg.get("add", []):
+                            lst.index.subtree.add(n)
+                        for n in msg.get("remove", []):
+                            lst.index.subtree.discard(n)
+                        guard.engine.invalidate()
+            except Exception as exc:  # a bad message must not kill the worker
+                log.error("worker %d: control message failed: %s", ns.index, exc)
+
+    async def report():
+        while True:
+            guard.engine.drain()
+            sys.stdout.write(json.dumps(stats_to_json(guard.stats)) + "\n")
+            sys.stdout.flush()
+            await asyncio.sleep(REPORT_EVERY)
+
+    tasks = [loop.create_task(control()), loop.create_task(report())]
+    await stop.wait()
+    for t in tasks:
+        t.cancel()
+    await guard.stop()
+    store.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..app import loop_factory
+    from ..logs import setup_logging
+    from ..options import _hostport
+    p = argparse.ArgumentParser(prog="nocpolicy-dns-worker")
+    p.add_argument("--policies", required=True)
+    p.add_argument("--state-dir", required=True)
+    p.add_argument("--dns-listen", type=_hostport, action="append", required=True)
+    p.add_argument("--index", type=int, default=1)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--log-level", default="info")
+    ns = p.parse_args(argv)
+    setup_logging("text", ns.log_level)
+    logging.getLogger().handlers[0].setFormatter(
+        logging.Formatter(f"%(asctime)s %(levelname)-7s worker{ns.index} %(name)s: %(message)s"))
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(_worker_main(ns))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
