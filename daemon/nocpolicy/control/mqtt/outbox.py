@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 
-FORWARDED = ("reload", "emergency", "window", "notice", "maintenance", "lists")
+FORWARDED = ("reload", "emergency", "window", "notice")
 SINGLE_DETECTIONS = ("detection", "block")     # one event per blocked query: folded into counts
 AGGREGATED = "detections"                      # already counts per interval: forwarded, counts only
 
