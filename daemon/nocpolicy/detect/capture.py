@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 SO_ATTACH_FILTER = 26
 BATCH = 256
 FLUSH_EVERY = 0.02
+RCVBUF = 16 << 20
 
 
 class _SockFilter(ctypes.Structure):
@@ -41,6 +42,16 @@ def attach_bpf(sock: socket.socket, port: int) -> None:
     arr = (_SockFilter * len(prog))(*[_SockFilter(*i) for i in prog])
     fprog = _SockFprog(len(prog), arr)
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(fprog))
+
+
+def _big_buffer(sock: socket.socket) -> None:
+    """A large receive buffer absorbs bursts while the thread waits for the GIL."""
+    for opt in (33, socket.SO_RCVBUF):          # SO_RCVBUFFORCE (root) first, then the capped one
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, RCVBUF)
+            return
+        except OSError:
+            continue
 
 
 class LiveCapture:
@@ -62,6 +73,7 @@ class LiveCapture:
         try:
             self._sock = L2ListenSocket(iface=self.interface, promisc=False)
             attach_bpf(self._sock.ins, self.port)
+            _big_buffer(self._sock.ins)
         except (OSError, ValueError) as exc:
             raise NocpolicyError(f"cannot capture on {self.interface}: {exc}") from exc
         except Exception as exc:  # scapy raises its own Scapy_Exception for unknown interfaces
