@@ -170,3 +170,20 @@ def test_unopenable_database_is_a_store_error(tmp_path):
     (tmp_path / "dir-not-file").mkdir()
     with pytest.raises(StoreError, match="cannot open state database"):
         Store(tmp_path / "dir-not-file")
+
+
+def test_concurrent_migrators_apply_each_migration_once(db_path):
+    """Two processes (e.g. DNS workers) opening the same database at once."""
+    import subprocess
+    import sys
+    Store(db_path).close()
+    code = (
+        "import sys; from nocpolicy.store import Store; s = Store(sys.argv[1]); "
+        f"s.migrate('alpha', ({A1!r}, {A2!r}, {A3!r})); s.close()"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(db_path)], stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    for p in procs:
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+    assert [m for m in migrations(db_path) if m[0] == "alpha"] == [("alpha", 1), ("alpha", 2), ("alpha", 3)]

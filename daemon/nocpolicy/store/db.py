@@ -106,6 +106,12 @@ class Store:
                              f"this nocpolicy knows (v{len(migrations)}): refusing to downgrade")
         for version, script in enumerate(migrations[current:], start=current + 1):
             with self.transaction() as db:
+                # Another process (a DNS worker) may have applied it meanwhile: look again
+                # inside the write transaction, which serialises migrators.
+                row = db.execute("SELECT MAX(version) FROM schema_migrations WHERE component=?",
+                                 (component,)).fetchone()
+                if (row[0] or 0) >= version:
+                    continue
                 try:
                     for stmt in _statements(script):
                         db.execute(stmt)
