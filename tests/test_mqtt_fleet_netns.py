@@ -1,0 +1,81 @@
+"""A real agent enforces the controller's plan with the qos Linux backend inside a test namespace."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+
+import pytest
+
+from conftest import need_root_netns
+from helpers import DaemonProcess, wait_for
+from mosquitto_fixture import Mosquitto, Probe, fleet_acl
+
+pytestmark = [pytest.mark.netns,
+              pytest.mark.skipif(need_root_netns() is not None, reason=need_root_netns() or "")]
+
+CONTROLLER, AGENT = "noc-central", "edge-tokyo-1"     # edge-tokyo-1 is in the example policy's groups
+PRIORITY = "203.0.113.128/25"                         # the earthquake profile's priority destination
+
+
+def sh(*argv: str, check: bool = True) -> str:
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)}: {p.stderr}")
+    return p.stdout
+
+
+@pytest.fixture
+def ns():
+    """A namespace holding the example policy's shaped interface (veth nocp-down0)."""
+    name = f"nocpm-{secrets.token_hex(4)}"
+    sh("ip", "netns", "add", name)
+    try:
+        sh("ip", "-n", name, "link", "add", "nocp-down0", "type", "veth", "peer", "name", "nocp-peer0")
+        sh("ip", "-n", name, "link", "set", "nocp-down0", "up")
+        yield name
+    finally:
+        sh("ip", "netns", "del", name, check=False)
+
+
+def test_agent_applies_emergency_plans_in_the_kernel(tmp_path, ns):
+    users = {CONTROLLER: "c-pw", AGENT: "a-pw", "noc-controller": "n-pw"}
+    broker = Mosquitto(tmp_path, users, fleet_acl(CONTROLLER)).start()
+    (tmp_path / "ctl").mkdir()
+    (tmp_path / "agent").mkdir()
+    ctl = DaemonProcess(tmp_path / "ctl", extra_args=broker.daemon_args(CONTROLLER)
+                        + ["--role", "controller", "--node", CONTROLLER, "--enforce", "off"])
+    agent = DaemonProcess(tmp_path / "agent", env={"NOCPOLICY_NETNS": ns},
+                          extra_args=broker.daemon_args(AGENT) + ["--role", "agent", "--enforce", "linux"])
+    noc = None
+    try:
+        ctl.start()
+        agent.start()
+
+        def row():
+            return next(r for r in ctl.ctl_json("fleet", "status")["nodes"] if r["node"] == AGENT)
+        r = wait_for(lambda: (lambda r: r if r["state"] == "converged" else None)(row()), 20, what="plan 1")
+        assert r["result"] == "applied" and "Linux backend" in r["detail"], r
+        assert PRIORITY not in sh("ip", "netns", "exec", ns, "nft", "list", "table", "inet", "nocpolicy")
+
+        noc = Probe(broker, "noc-controller").subscribe("nocpolicy/v1/reply/noc-controller/#")
+        noc.publish("nocpolicy/v1/cmd/noc-controller/emergency.declare",
+                    json.dumps({"request_id": "e1", "args": {"profile": "earthquake", "reason": "drill"}}))
+        assert noc.wait("nocpolicy/v1/reply/noc-controller/e1", 20)["ok"]
+        wait_for(lambda: row()["acked"] == 2 and row()["state"] == "converged", 20, what="plan 2 applied")
+        nft = sh("ip", "netns", "exec", ns, "nft", "list", "table", "inet", "nocpolicy")
+        assert PRIORITY in nft
+        assert agent.metric("nocpolicy_fleet_plan_applies_total", {"result": "applied"}) >= 2
+
+        noc.publish("nocpolicy/v1/cmd/noc-controller/emergency.lift",
+                    json.dumps({"request_id": "e2", "args": {"reason": "drill over"}}))
+        assert noc.wait("nocpolicy/v1/reply/noc-controller/e2", 20)["ok"]
+        wait_for(lambda: row()["acked"] == 3 and row()["state"] == "converged", 20, what="plan 3 applied")
+        assert PRIORITY not in sh("ip", "netns", "exec", ns, "nft", "list", "table", "inet", "nocpolicy")
+    finally:
+        if noc:
+            noc.close()
+        agent.stop()
+        ctl.stop()
+        broker.stop()
