@@ -154,3 +154,12 @@ def test_grants_and_fleet_from_policy():
     assert c.fleet_nodes == ("edge-tokyo-1", "edge-tokyo-2")
     assert node_of("nocpolicy/v1/nodes/edge-tokyo-1/ack", "ack") == "edge-tokyo-1"
     assert node_of("nocpolicy/v1/nodes/edge-tokyo-1/ack", "status") is None
+
+
+def test_a_grant_identity_may_not_be_a_node_name(policy_dir):
+    from nocpolicy.errors import PolicyInvalid
+    s = policy_dir / "settings.yaml"
+    s.write_text(s.read_text().replace("identity: ti-feed", "identity: edge-tokyo-2"))
+    with pytest.raises(PolicyInvalid, match=r"settings.yaml:\d+: control.grants\[1\].identity: 'edge-tokyo-2' "
+                                            r"is also a node in control.groups"):
+        load_policy(str(policy_dir))

@@ -60,11 +60,18 @@ def _groups(node, problems):
 
 
 def _control(o: Obj) -> ControlSettings:
-    return ControlSettings(
+    out = ControlSettings(
         grants=o.get("grants", list_of(obj(_grant)), ()) or (),
         groups=o.get("groups", _groups, {}) or {},
         loc=o.node.loc, locs=o.locs,
     )
+    nodes = set(out.fleet_nodes)
+    for i, g in enumerate(out.grants):
+        if g.identity in nodes:   # the broker lets a node write its own status/ack topics
+            o.problems.add(g.loc, f"{o.node.path}.grants[{i}].identity",
+                           f"{g.identity!r} is also a node in control.groups; a command identity "
+                           "must not be a node name (nodes may write their own status and ack)")
+    return out
 
 
 read_control = obj(_control)
