@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import REPO, free_port, wait_for
+from helpers import REPO, DaemonProcess, free_port, wait_for
 
 CONTAINER = REPO / "deploy" / "container"
 CONTAINERFILE = CONTAINER / "Containerfile"
@@ -227,7 +227,7 @@ needs_mosquitto = pytest.mark.skipif(
     reason="mosquitto and mosquitto-clients not installed (tests/run-all.sh installs them)")
 
 USERS = {"nocpolicyd": "pw-daemon", "noc-controller": "pw-ctl", "ti-feed": "pw-ti",
-         "nocpolicy-monitor": "pw-mon", "edge-tokyo-1": "pw-edge1"}
+         "nocpolicy-monitor": "pw-mon", "edge-tokyo-1": "pw-edge1", "edge-tokyo-2": "pw-edge2"}
 
 
 class Broker:
@@ -436,3 +436,58 @@ def test_shell_scripts_parse():
         res = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True)
         assert res.returncode == 0, f"{script}: {res.stderr}"
         assert shlex.split(script.read_text().splitlines()[0]) == ["#!/bin/sh"]
+
+
+# -- the real daemon through this broker and ACL -------------------------------------------
+
+
+def mqtt_args(broker: Broker, user: str, workdir: Path) -> list[str]:
+    pw = workdir / f"mqtt-{user}.password"
+    pw.write_text(USERS[user] + "\n")
+    pw.chmod(0o600)
+    return ["--mqtt", f"mqtt://{user}@127.0.0.1:{broker.port}", "--mqtt-password-file", str(pw)]
+
+
+@needs_mosquitto
+def test_daemon_commands_and_status_through_the_acl(broker, tmp_path):
+    mon = Sub(broker, "nocpolicy-monitor", "nocpolicy/v1/nodes/+/status")
+    d = DaemonProcess(tmp_path, extra_args=mqtt_args(broker, "nocpolicyd", tmp_path)).start()
+    try:
+        wait_for(lambda: any(line.startswith("nocpolicy/v1/nodes/edge-tokyo-1/status ") and
+                             json.loads(line.split(" ", 1)[1])["state"] == "online" for line in mon.lines),
+                 15, what="the daemon's retained status, seen by the monitor")
+        ctl = Sub(broker, "noc-controller", "nocpolicy/v1/reply/noc-controller/#")
+        try:
+            body = json.dumps({"request_id": "deploy-1", "args": {"customer": "c1002", "on": True,
+                                                                   "reason": "deploy test"}})
+            assert broker.pub("noc-controller", "nocpolicy/v1/cmd/noc-controller/optout.set", body).returncode == 0
+            wait_for(lambda: any(line.startswith("nocpolicy/v1/reply/noc-controller/deploy-1 ") for line in ctl.lines),
+                     15, what="the reply to noc-controller")
+            reply = json.loads(next(line for line in ctl.lines if "deploy-1" in line).split(" ", 1)[1])
+            assert reply["ok"] is True, reply
+        finally:
+            ctl.close()
+        audit = d.ctl_json("audit", "--subject", "customer:c1002")["audit"]
+        assert any(r["actor"] == "mqtt:noc-controller" for r in audit), audit
+    finally:
+        d.stop()
+        mon.close()
+
+
+@needs_mosquitto
+def test_fleet_controller_and_agent_converge_through_the_acl(broker, tmp_path):
+    (tmp_path / "ctl").mkdir()
+    (tmp_path / "agent").mkdir()
+    ctl = DaemonProcess(tmp_path / "ctl", extra_args=[
+        "--role", "controller", *mqtt_args(broker, "nocpolicyd", tmp_path / "ctl")]).start()
+    agent = DaemonProcess(tmp_path / "agent", extra_args=[
+        "--role", "agent", "--node", "edge-tokyo-2", "--enforce", "off",
+        *mqtt_args(broker, "edge-tokyo-2", tmp_path / "agent")]).start()
+    try:
+        wait_for(lambda: (agent.metric("nocpolicy_fleet_plan_applied_version") or 0) > 0, 20,
+                 what="the agent applying its retained plan")
+        wait_for(lambda: (ctl.metric("nocpolicy_fleet_nodes", {"state": "converged"}) or 0) >= 1, 20,
+                 what="the controller seeing the agent's ack")
+    finally:
+        agent.stop()
+        ctl.stop()
