@@ -119,7 +119,7 @@ def test_refuses_to_start_on_invalid_policy(tmp_path, policy_dir):
     assert d.proc.wait(20) == 2
     d.kill()
     log = d.log()
-    assert "policies/zz.yaml:3: plans[0].down: 'fast' is not a rate" in log
+    assert f"{policy_dir}/zz.yaml:3: plans[0].down: 'fast' is not a rate" in log
     assert "refusing to start: 1 problem(s)" in log
 
 

@@ -65,7 +65,7 @@ def test_bad_reload_is_refused_and_old_policy_keeps_serving(daemon, policy_dir):
     line = break_policy(policy_dir)
     res = d.ctl("reload")
     assert res.returncode == 1
-    expected = (f"policies/customers.yaml:{line}: customers[5].prefixes[0]: "
+    expected = (f"{policy_dir}/customers.yaml:{line}: customers[5].prefixes[0]: "
                 "'10.0.0.1/8' has host bits set (did you mean 10.0.0.0/8?)")
     assert res.stdout.splitlines() == [expected]
     assert f"still serving policy {v1}" in res.stderr

@@ -16,9 +16,10 @@ from nocpolicy.policy.load import load_policy
 
 
 def problems_of(directory) -> list[str]:
+    """Problems as printed, with the test's temporary directory shown as ``policies/``."""
     with pytest.raises(PolicyInvalid) as info:
         load_policy(directory)
-    return [str(p) for p in info.value.problems]
+    return [str(p).replace(f"{directory}/", "policies/") for p in info.value.problems]
 
 
 def write(directory, name: str, text: str) -> None:

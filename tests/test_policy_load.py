@@ -28,7 +28,7 @@ def test_check_bad_directory_prints_every_problem_and_exits_1(policy_dir):
     (policy_dir / "syntax.yaml").write_text("dns: [\n")
     res = check(policy_dir)
     assert res.returncode == 1
-    assert res.stdout.splitlines() == [
+    assert res.stdout.replace(f"{policy_dir}/", "policies/").splitlines() == [
         "policies/syntax.yaml:2: (top): YAML syntax error: expected the node content, but found "
         "'<stream end>' (while parsing a flow node)",
         "policies/zz.yaml:3: plans[0].down: 'fast' is not a rate (examples: 800kbit, 50mbit, 1gbit)",
@@ -40,7 +40,7 @@ def test_check_bad_directory_prints_every_problem_and_exits_1(policy_dir):
                          text=True, timeout=60)
     out = json.loads(res.stdout)
     assert res.returncode == 1 and out["ok"] is False and len(out["problems"]) == 4
-    assert out["problems"][1] == {"file": "policies/zz.yaml", "line": 3, "path": "plans[0].down",
+    assert out["problems"][1] == {"file": f"{policy_dir}/zz.yaml", "line": 3, "path": "plans[0].down",
                                   "reason": "'fast' is not a rate (examples: 800kbit, 50mbit, 1gbit)"}
 
 

@@ -56,7 +56,7 @@ def load_policy(directory: str | os.PathLike, *, now: dt.datetime | None = None)
     raw: list[tuple[str, bytes]] = []
     sections: dict[str, list[Node]] = {k: [] for k in LIST_SECTIONS + MAP_SECTIONS}
     for path in files:
-        rel = f"{directory.name}/{path.name}" if directory.name else path.name
+        rel = str(directory / path.name)   # as the operator named the directory: clickable, greppable
         try:
             data = path.read_bytes()
         except OSError as exc:
