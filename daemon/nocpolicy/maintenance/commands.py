@@ -21,7 +21,7 @@ from ..policy.fields import (
     one_of,
 )
 from ..policy.maintenance import IMPACTS, KINDS, Scope, read_reason, read_scope
-from . import contacts, outbox, windows
+from . import contacts, outbox, webhooks, windows
 from .lifecycle import STATES
 from .windows import WindowRecord
 
@@ -134,6 +134,7 @@ def build(comp) -> list[Command]:
             c = Contact(email, webhook, topic, language or (before.language if before else "ja+en"))
             new = contacts.add_version(db, cid, c, source="runtime", actor=inv.actor, reason=reason, now=now)
             moved = outbox.retarget(db, cid, new, now)
+            webhooks.retarget(db, cid, new, now)
             comp.ctx.store.audit(inv.actor, "contact.set", f"customer:{cid}",
                                  before.as_dict() if before else None, new.as_dict(), db=db)
         comp.poke()

@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..component import Component
 from ..errors import NocpolicyError
-from . import commands, contacts, outbox, silences, windows
+from . import commands, contacts, outbox, silences, webhooks, windows
 from .lifecycle import FINAL, NOTICE_FOR, STATES
 from .schema import MIGRATIONS
 from .service import Change, Service
@@ -41,6 +41,8 @@ class Maintenance(Component):
         self.mailer: Mailer | None = None
         self.delivery = outbox.Delivery(ctx.store, ctx.clock, on_result=self._counted)
         self.results = {(k, r): 0 for k in NOTICE_KINDS for r in RESULTS}
+        self.hook_results = {r: 0 for r in RESULTS}
+        self.hooks = webhooks.HookDelivery(ctx.store, ctx.clock, on_result=self._hook_counted)
         self._wake_windows = asyncio.Event()
         self._wake_outbox = asyncio.Event()
         self._wake_silences = asyncio.Event()
@@ -182,11 +184,15 @@ class Maintenance(Component):
                     attempted = await self.delivery.run_once(self.mailer)
                 except NocpolicyError as exc:
                     log.error("maintenance: notice delivery failed: %s", exc)
+            try:
+                attempted += await self.hooks.run_once()
+            except NocpolicyError as exc:
+                log.error("maintenance: webhook delivery failed: %s", exc)
             if attempted >= outbox.BATCH:
                 continue                      # a backlog: next batch at once
             with self.ctx.store.transaction() as db:
-                nxt = outbox.next_due(db)
-            delay = MAX_NAP if nxt is None or self.mailer is None else (nxt - self.ctx.clock.now()).total_seconds()
+                due = [t for t in (outbox.next_due(db) if self.mailer else None, webhooks.next_due(db)) if t]
+            delay = (min(due) - self.ctx.clock.now()).total_seconds() if due else MAX_NAP
             await self._nap(self._wake_outbox, min(MAX_NAP, max(MIN_NAP, delay)))
 
     async def _silence_loop(self) -> None:
@@ -230,6 +236,9 @@ class Maintenance(Component):
                                            "kind": row["kind"], "sequence": row["sequence"], "result": state,
                                            "message_id": row["message_id"],
                                            "contact_version": row["contact_version"]})
+
+    def _hook_counted(self, kind: str, result: str) -> None:
+        self.hook_results[result] = self.hook_results.get(result, 0) + 1
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -287,6 +296,11 @@ class _Collector:
         for (kind, result), n in sorted(self.comp.results.items()):
             c.add_metric([kind, result], n)
         yield c
+        h = CounterMetricFamily("nocpolicy_notice_webhooks", "Webhook delivery attempts of notices by result",
+                                labels=["result"])
+        for result, n in sorted(self.comp.hook_results.items()):
+            h.add_metric([result], n)
+        yield h
         yield GaugeMetricFamily("nocpolicy_notices_pending", "Notices waiting in the outbox (pending or sending)",
                                 value=pending)
         yield GaugeMetricFamily("nocpolicy_notice_oldest_pending_seconds",

@@ -34,8 +34,9 @@ def backoff(attempts: int) -> float:
     return min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, attempts - 1))
 
 
-def enqueue(db, data: NoticeData, contact: ContactVersion | None, now: dt.datetime) -> bool:
-    """Insert one notice row (False if that exact notice already exists)."""
+def enqueue(db, data: NoticeData, contact: ContactVersion | None, now: dt.datetime, *,
+            webhooks: bool = False) -> bool:
+    """Insert one notice row (False if that exact notice already exists); a webhook row too if enabled."""
     recipient = contact.email if contact else None
     state, error = ("pending", "") if recipient else ("failed", "no e-mail fault contact on record")
     cur = db.execute(
@@ -47,10 +48,16 @@ def enqueue(db, data: NoticeData, contact: ContactVersion | None, now: dt.dateti
     if cur.rowcount:
         # An older notice still waiting is superseded by this newer one (it says everything again).
         if data.notice_kind != "reminder":
+            why = f"superseded by {data.notice_kind}/{data.sequence}"
             db.execute("UPDATE mw_outbox SET state='superseded', last_error=? WHERE window_id=? AND customer=?"
                        " AND state='pending' AND sequence<? ",
-                       (f"superseded by {data.notice_kind}/{data.sequence}", data.window_id, data.customer_id,
-                        data.sequence))
+                       (why, data.window_id, data.customer_id, data.sequence))
+            db.execute("UPDATE mw_hook SET state='superseded', last_error=? WHERE state='pending' AND notice_id IN "
+                       "(SELECT id FROM mw_outbox WHERE window_id=? AND customer=? AND sequence<?)",
+                       (why, data.window_id, data.customer_id, data.sequence))
+        if webhooks and contact is not None and contact.webhook:
+            db.execute("INSERT INTO mw_hook (notice_id, url, state, next_attempt) VALUES (?,?,'pending',?)",
+                       (cur.lastrowid, contact.webhook, now.isoformat()))
     return bool(cur.rowcount)
 
 
@@ -142,14 +149,16 @@ def retarget(db, customer: str, contact: ContactVersion, now: dt.datetime) -> in
 
 
 def listing(db, *, state: str | None = None, window: str | None = None, limit: int = 200) -> list[dict]:
-    sql, params = "SELECT * FROM mw_outbox WHERE 1=1", []
+    sql = ("SELECT o.*, h.url AS webhook, h.state AS webhook_state, h.last_error AS webhook_error "
+           "FROM mw_outbox o LEFT JOIN mw_hook h ON h.notice_id=o.id WHERE 1=1")
+    params: list = []
     if state:
-        sql += " AND state=?"
+        sql += " AND o.state=?"
         params.append(state)
     if window:
-        sql += " AND window_id=?"
+        sql += " AND o.window_id=?"
         params.append(window)
-    sql += " ORDER BY id DESC LIMIT ?"
+    sql += " ORDER BY o.id DESC LIMIT ?"
     params.append(limit)
     out = []
     for r in db.execute(sql, params).fetchall():

@@ -67,4 +67,18 @@ MIGRATIONS = (
         PRIMARY KEY (window_id, customer)
     );
     """,
+    # 2: webhook deliveries of notices (the contact's optional webhook), one per notice row
+    """
+    CREATE TABLE mw_hook (
+        notice_id     INTEGER PRIMARY KEY REFERENCES mw_outbox(id),
+        url           TEXT NOT NULL,
+        state         TEXT NOT NULL,            -- pending | sent | failed | superseded
+        attempts      INTEGER NOT NULL DEFAULT 0,
+        next_attempt  TEXT NOT NULL,
+        last_error    TEXT NOT NULL DEFAULT '',
+        status        INTEGER,
+        sent_at       TEXT
+    );
+    CREATE INDEX mw_hook_due ON mw_hook(state, next_attempt);
+    """,
 )

@@ -214,7 +214,7 @@ class Service:
                 recipients=((contact.email,) if contact and contact.email else ()) + copy_to,
                 message_id=outbox.new_message_id(w.id, cid, kind, w.sequence, sender), created=now,
                 tz=policy.settings.timezone, languages=langs, urgent=w.urgent)
-            n += outbox.enqueue(db, data, contact, now)
+            n += outbox.enqueue(db, data, contact, now, webhooks=policy.maintenance.webhooks)
         return n
 
 

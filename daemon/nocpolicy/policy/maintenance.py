@@ -77,6 +77,7 @@ class MaintenanceSettings:
     notice: NoticeRules = NoticeRules()
     smtp: Smtp | None = None
     alertmanager: str | None = None
+    webhooks: bool = False            # POST notices to contacts' webhooks (outbound HTTP to customer URLs)
     windows: tuple[Window, ...] = ()
     loc: Loc = field(default=Loc("?", 0), compare=False, repr=False)
     locs: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
@@ -156,6 +157,7 @@ def reader(tz: str):
             notice=o.get("notice", obj(_rules), NoticeRules()) or NoticeRules(),
             smtp=o.get("smtp", obj(_smtp), None),
             alertmanager=o.get("alertmanager", as_url("http", "https"), None),
+            webhooks=o.get("webhooks", as_bool, False),
             windows=o.get("windows", list_of(obj(lambda w: _window(w, tz))), ()) or (),
             loc=o.node.loc, locs=o.locs,
         )
