@@ -121,7 +121,8 @@ def cmd_show(args, client) -> int:
         w = out["window"]
         print(_window_line(w))
         print(f"reason:  {w['reason']['ja']} / {w['reason']['en']}")
-        print(f"scope:   {w['scope']}   customers: {', '.join(out['customers'])}")
+        scope = "; ".join(f"{k}: {', '.join(v)}" for k, v in w["scope"].items() if v)
+        print(f"scope:   {scope}   -> customers: {', '.join(out['customers'])}")
         if w.get("urgent"):
             print(f"urgent:  {w['justification']}")
         if w.get("deadline"):
