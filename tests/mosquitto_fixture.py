@@ -57,8 +57,30 @@ def fleet_acl(controller: str, operators=(), readers=()) -> str:
     return "\n".join(lines) + "\n"
 
 
+def make_pki(directory: Path, clients: list[str]) -> Path:
+    """A throw-away CA, a server certificate for 127.0.0.1 and one client certificate per name
+    (CN = the name: the broker's identity with ``use_identity_as_username``), made with openssl."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+
+    def ssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    ssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=nocpolicy test CA")
+    (d / "server.ext").write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    (d / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    for name, ext in [("server", "server.ext")] + [(c, "client.ext") for c in clients]:
+        cn = "127.0.0.1" if name == "server" else name
+        ssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}")
+        ssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "2", "-extfile", ext)
+        os.chmod(d / f"{name}.key", 0o600)
+    return d
+
+
 class Mosquitto:
-    def __init__(self, workdir: Path, users: dict[str, str], acl: str, port: int | None = None):
+    def __init__(self, workdir: Path, users: dict[str, str], acl: str, port: int | None = None,
+                 pki: Path | None = None):
         self.dir = Path(workdir) / f"mosquitto-{os.getpid()}-{id(self) & 0xffff:x}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -68,6 +90,7 @@ class Mosquitto:
         self.acl = self.dir / "acl"
         self.conf = self.dir / "mosquitto.conf"
         self.log_path = self.dir / "mosquitto.log"
+        self.pki = pki
         self._write(acl)
 
     def _write(self, acl: str) -> None:
@@ -78,8 +101,9 @@ class Mosquitto:
         self.acl.write_text(acl)
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
-            f"user {pwd.getpwuid(os.getuid()).pw_name}\n"   # as root, do not switch to 'mosquitto'
-
+            + (f"cafile {self.pki}/ca.pem\ncertfile {self.pki}/server.pem\nkeyfile {self.pki}/server.key\n"
+               "require_certificate true\nuse_identity_as_username true\n" if self.pki else "")
+            + f"user {pwd.getpwuid(os.getuid()).pw_name}\n"   # as root, do not switch to 'mosquitto'
             "allow_anonymous false\n"
             f"password_file {self.passwd}\n"
             f"acl_file {self.acl}\n"
@@ -100,7 +124,7 @@ class Mosquitto:
     def url_host(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 10.0) -> Mosquitto:
+    def start(self, timeout: float = 30.0) -> Mosquitto:
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.STDOUT)
 
@@ -173,12 +197,18 @@ class Probe:
     """
 
     def __init__(self, broker: Mosquitto, user: str):
+        import ssl
+
         import paho.mqtt.client as mqtt
         self.messages: list[tuple[str, bytes, bool]] = []
         self._lock = threading.Lock()
         self._subacks: set[int] = set()
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"probe-{user}-{os.getpid()}-{id(self):x}")
-        self.c.username_pw_set(user, broker.users[user])
+        if broker.pki:     # TLS: the client certificate (CN = user) is the identity
+            self.c.tls_set(ca_certs=str(broker.pki / "ca.pem"), certfile=str(broker.pki / f"{user}.pem"),
+                           keyfile=str(broker.pki / f"{user}.key"), cert_reqs=ssl.CERT_REQUIRED)
+        else:
+            self.c.username_pw_set(user, broker.users[user])
         self.c.on_message = self._on_message
         self.c.on_subscribe = lambda c, u, mid, rc, p: self._subacks.add(mid)
         self.c.connect("127.0.0.1", broker.port)
@@ -201,7 +231,7 @@ class Probe:
         with self._lock:
             return [json.loads(p) for t, p, _ in self.messages if t == topic and p]
 
-    def wait(self, topic: str, timeout: float = 10.0, pred=lambda doc: True) -> dict:
+    def wait(self, topic: str, timeout: float = 30.0, pred=lambda doc: True) -> dict:
         return wait_for(lambda: next((d for d in reversed(self.find(topic)) if pred(d)), None), timeout,
                         what=f"a message on {topic}")
 

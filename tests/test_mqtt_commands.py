@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from helpers import DaemonProcess, wait_for
-from mosquitto_fixture import Mosquitto, Probe, fleet_acl
+from mosquitto_fixture import Mosquitto, Probe, fleet_acl, make_pki
 
 NODE = "edge-tokyo-1"           # settings.node of the example policy; the daemon's MQTT user name
 USERS = {NODE: "node-pw", "noc-controller": "ctl-pw", "ti-feed": "feed-pw", "customer-portal": "portal-pw",
@@ -26,7 +26,7 @@ def env(tmp_path_factory):
     probes = {u: Probe(broker, u).subscribe(f"nocpolicy/v1/reply/{u}/#")
               for u in ("noc-controller", "ti-feed", "customer-portal", "intruder")}
     watcher = Probe(broker, "watcher").subscribe("nocpolicy/v1/#")
-    wait_for(lambda: d.metric("nocpolicy_mqtt_connected") == 1, 10, what="daemon connected")
+    wait_for(lambda: d.metric("nocpolicy_mqtt_connected") == 1, 30, what="daemon connected")
     yield broker, d, probes, watcher
     for p in [*probes.values(), watcher]:
         p.close()
@@ -151,7 +151,7 @@ def test_malformed_commands_get_clear_errors_and_the_daemon_keeps_serving(env):
     for verb, raw, why in cases:
         n = len(p.find("nocpolicy/v1/reply/noc-controller/-"))
         assert broker.pub("noc-controller", f"nocpolicy/v1/cmd/noc-controller/{verb}", raw).returncode == 0
-        wait_for(lambda n=n: len(p.find("nocpolicy/v1/reply/noc-controller/-")) > n, 10, what=why)
+        wait_for(lambda n=n: len(p.find("nocpolicy/v1/reply/noc-controller/-")) > n, 30, what=why)
         doc = p.find("nocpolicy/v1/reply/noc-controller/-")[-1]
         assert doc["status"] == 400 and why in doc["error"], doc
     r = command(broker, probes, "noc-controller", "status", raw='{"request_id": "bad-args", "args": 5}',
@@ -220,3 +220,26 @@ def test_without_mqtt_the_component_is_disabled_and_up(daemon):
     assert d.metric("nocpolicy_mqtt_connected") == 0
     out = d.ctl("fleet", "status")
     assert out.returncode == 0 and "MQTT off" in out.stdout
+
+
+def test_mqtts_with_client_certificates_as_identities(tmp_path):
+    """TLS: the certificate CN is the identity (use_identity_as_username); the same ACL and grants apply."""
+    pki = make_pki(tmp_path / "pki", [NODE, "noc-controller", "ti-feed"])
+    broker = Mosquitto(tmp_path, USERS, fleet_acl(NODE), pki=pki).start()
+    d = DaemonProcess(tmp_path, extra_args=["--mqtt", f"mqtts://{NODE}@127.0.0.1:{broker.port}",
+                                            "--mqtt-ca", str(pki / "ca.pem"), "--mqtt-cert", str(pki / f"{NODE}.pem"),
+                                            "--mqtt-key", str(pki / f"{NODE}.key")]).start()
+    probes = {}
+    try:
+        wait_for(lambda: d.metric("nocpolicy_mqtt_connected") == 1, 30, what="TLS connection")
+        probes = {u: Probe(broker, u).subscribe(f"nocpolicy/v1/reply/{u}/#") for u in ("noc-controller", "ti-feed")}
+        probes["noc-controller"].publish("nocpolicy/v1/cmd/noc-controller/status", json.dumps({"request_id": "t1"}))
+        r = probes["noc-controller"].wait("nocpolicy/v1/reply/noc-controller/t1")
+        assert r["ok"] and r["result"]["components"]["mqtt"]["mqtt"]["broker"].startswith("mqtts://")
+        probes["ti-feed"].publish("nocpolicy/v1/cmd/ti-feed/reload", json.dumps({"request_id": "t2"}))
+        assert probes["ti-feed"].wait("nocpolicy/v1/reply/ti-feed/t2")["status"] == 403
+    finally:
+        for p in probes.values():
+            p.close()
+        d.stop()
+        broker.stop()

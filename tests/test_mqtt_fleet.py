@@ -90,7 +90,7 @@ def test_200_agents_and_a_real_one_converge_and_the_agent_reconverges_after_rest
     # the real agent dies; its last will marks it offline; plan 3 is issued while it is down
     agent.signal(signal.SIGKILL)
     agent.proc.wait()
-    wait_for(lambda: fleet(ctl)["counts"]["offline"] == 1, 15, what="agent offline")
+    wait_for(lambda: fleet(ctl)["counts"]["offline"] == 1, 30, what="agent offline")
     bump(ctl.policies, "v3")
     assert ctl.ctl_json("reload")["changed"] is True
     wait_for(lambda: converged(ctl, 3, total - 1), 30, what="sims converged on plan 3")
@@ -121,7 +121,7 @@ def test_agent_refuses_a_plan_for_another_node_and_reports_it(fleet_env, tmp_pat
     ctl.start()
     agent = DaemonProcess(tmp_path / "agent", extra_args=agent_args).start()
     started.append(agent)
-    wait_for(lambda: next(r for r in fleet(ctl)["nodes"] if r["node"] == AGENT)["state"] == "converged", 20,
+    wait_for(lambda: next(r for r in fleet(ctl)["nodes"] if r["node"] == AGENT)["state"] == "converged", 40,
              what="agent converged")
     watcher = Probe(broker, "watcher").subscribe(f"nocpolicy/v1/nodes/{AGENT}/ack")
     forger = Probe(broker, CONTROLLER)     # the broker ACL lets only the controller user write plans
@@ -132,12 +132,12 @@ def test_agent_refuses_a_plan_for_another_node_and_reports_it(fleet_env, tmp_pat
     assert agent.proc.poll() is None
     assert agent.metric("nocpolicy_fleet_plan_applies_total", {"result": "failed"}) == 1
     row = wait_for(lambda: (lambda r: r if r["state"] == "pending" else None)(
-        next(r for r in fleet(ctl)["nodes"] if r["node"] == AGENT)), 10, what="controller sees pending")
+        next(r for r in fleet(ctl)["nodes"] if r["node"] == AGENT)), 30, what="controller sees pending")
     assert row["acked"] == 99
     # the next controller publish (here: a reload) puts the right plan back
     bump(ctl.policies, "fix")
     ctl.ctl("reload", check=True)
-    wait_for(lambda: next(r for r in fleet(ctl)["nodes"] if r["node"] == AGENT)["state"] == "converged", 20,
+    wait_for(lambda: next(r for r in fleet(ctl)["nodes"] if r["node"] == AGENT)["state"] == "converged", 40,
              what="agent back on the controller's plan")
     watcher.close()
     forger.close()
@@ -155,7 +155,7 @@ def test_emergency_declared_over_mqtt_reaches_every_agent(fleet_env, tmp_path):
     watcher = Probe(broker, "watcher").subscribe("nocpolicy/v1/events/emergency")
     noc.publish("nocpolicy/v1/cmd/noc-controller/emergency.declare",
                 json.dumps({"request_id": "eq-1", "args": {"profile": "earthquake", "reason": "M7 drill"}}))
-    r = noc.wait("nocpolicy/v1/reply/noc-controller/eq-1", 20)
+    r = noc.wait("nocpolicy/v1/reply/noc-controller/eq-1", 40)
     assert r["ok"], r
     assert watcher.wait("nocpolicy/v1/events/emergency")["action"] == "declare"
     f = wait_for(lambda: converged(ctl, 2, total), 30, what="every agent acknowledged the emergency plan")
@@ -174,7 +174,7 @@ def test_emergency_declared_over_mqtt_reaches_every_agent(fleet_env, tmp_path):
     assert any(a["actor"] == "mqtt:noc-controller" and "emergency" in a["action"] for a in audit)
     noc.publish("nocpolicy/v1/cmd/noc-controller/emergency.lift",
                 json.dumps({"request_id": "eq-2", "args": {"reason": "drill over"}}))
-    assert noc.wait("nocpolicy/v1/reply/noc-controller/eq-2", 20)["ok"]
+    assert noc.wait("nocpolicy/v1/reply/noc-controller/eq-2", 40)["ok"]
     wait_for(lambda: converged(ctl, 3, total), 30, what="every agent acknowledged the lift")
     noc.close()
     watcher.close()

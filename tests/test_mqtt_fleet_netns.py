@@ -55,23 +55,23 @@ def test_agent_applies_emergency_plans_in_the_kernel(tmp_path, ns):
 
         def row():
             return next(r for r in ctl.ctl_json("fleet", "status")["nodes"] if r["node"] == AGENT)
-        r = wait_for(lambda: (lambda r: r if r["state"] == "converged" else None)(row()), 20, what="plan 1")
+        r = wait_for(lambda: (lambda r: r if r["state"] == "converged" else None)(row()), 40, what="plan 1")
         assert r["result"] == "applied" and "Linux backend" in r["detail"], r
         assert PRIORITY not in sh("ip", "netns", "exec", ns, "nft", "list", "table", "inet", "nocpolicy")
 
         noc = Probe(broker, "noc-controller").subscribe("nocpolicy/v1/reply/noc-controller/#")
         noc.publish("nocpolicy/v1/cmd/noc-controller/emergency.declare",
                     json.dumps({"request_id": "e1", "args": {"profile": "earthquake", "reason": "drill"}}))
-        assert noc.wait("nocpolicy/v1/reply/noc-controller/e1", 20)["ok"]
-        wait_for(lambda: row()["acked"] == 2 and row()["state"] == "converged", 20, what="plan 2 applied")
+        assert noc.wait("nocpolicy/v1/reply/noc-controller/e1", 40)["ok"]
+        wait_for(lambda: row()["acked"] == 2 and row()["state"] == "converged", 40, what="plan 2 applied")
         nft = sh("ip", "netns", "exec", ns, "nft", "list", "table", "inet", "nocpolicy")
         assert PRIORITY in nft
         assert agent.metric("nocpolicy_fleet_plan_applies_total", {"result": "applied"}) >= 2
 
         noc.publish("nocpolicy/v1/cmd/noc-controller/emergency.lift",
                     json.dumps({"request_id": "e2", "args": {"reason": "drill over"}}))
-        assert noc.wait("nocpolicy/v1/reply/noc-controller/e2", 20)["ok"]
-        wait_for(lambda: row()["acked"] == 3 and row()["state"] == "converged", 20, what="plan 3 applied")
+        assert noc.wait("nocpolicy/v1/reply/noc-controller/e2", 40)["ok"]
+        wait_for(lambda: row()["acked"] == 3 and row()["state"] == "converged", 40, what="plan 3 applied")
         assert PRIORITY not in sh("ip", "netns", "exec", ns, "nft", "list", "table", "inet", "nocpolicy")
     finally:
         if noc:
