@@ -24,6 +24,7 @@ or lift), steps 2, 4 and the tc read-back are skipped: only one ``nft -f`` runs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
@@ -33,7 +34,6 @@ from ..errors import EnforcementError
 from .kernel import KClass, Runner, htb_default, parse_classes, parse_qdiscs, rate_close
 from .plan import LINK, HtbClass, InterfaceTree, Plan
 from .render import (
-    LEAF_ARGS,
     TABLE,
     render_nft,
     tc_class_line,
@@ -264,7 +264,8 @@ def _restore_line(dev: str, k: KClass, verb: str = "add") -> str:
     c = HtbClass(k.minor, k.parent or 0, "", k.rate, k.ceil, k.prio, k.leaf is not None)
     line = tc_class_line(dev, c, verb)
     if verb == "add" and k.leaf is not None:
-        line += f"\nqdisc replace dev {dev} parent 1:{k.minor:x} handle {k.leaf:x}: {LEAF_ARGS['pfifo']}"
+        line += "\n" + tc_leaf_line(dev, dataclasses.replace(c, minor=k.minor), "pfifo").replace(
+            f"handle {k.minor:x}:", f"handle {k.leaf:x}:")
     return line
 
 

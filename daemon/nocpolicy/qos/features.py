@@ -14,7 +14,7 @@ from ..errors import EnforcementError
 from .kernel import Runner
 
 LEAF_PREFERENCE = ("fq_codel", "sfq", "pfifo")     # best first
-_QDISC_ARGS = {"fq_codel": "fq_codel", "sfq": "sfq perturb 10", "pfifo": "pfifo limit 10"}
+_QDISC_ARGS = {"fq_codel": "fq_codel", "sfq": "sfq perturb 10 limit 100", "pfifo": "pfifo limit 10"}
 _NFT_PROBE = """table inet nocp_probe {
  map m { type ipv4_addr : classid; flags interval; counter; elements = { 10.0.0.0/8 : 1:20 } }
  chain c { type filter hook postrouting priority mangle; meta priority set ip daddr map @m; }

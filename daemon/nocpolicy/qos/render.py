@@ -25,8 +25,15 @@ from .plan import (
 )
 
 TABLE = "nocpolicy"
-LEAF_ARGS = {"pfifo": "pfifo limit 1000", "sfq": "sfq perturb 10", "fq_codel": "fq_codel"}
+LEAF_ARGS = {"pfifo": "pfifo limit {limit}", "sfq": "sfq perturb 10 limit {limit}", "fq_codel": "fq_codel"}
 QUANTUM = 1514
+QUEUE_SECONDS = 0.05          # a FIFO leaf holds about 50 ms at its ceiling (no bufferbloat at low caps)
+QUEUE_MIN, QUEUE_MAX = 16, 1000
+
+
+def leaf_limit(ceil: int) -> int:
+    """Packets a FIFO leaf may queue: ~50 ms of full-size packets at the class ceiling."""
+    return int(min(QUEUE_MAX, max(QUEUE_MIN, ceil * QUEUE_SECONDS / (QUANTUM * 8))))
 
 
 def classid(minor: int) -> str:
@@ -47,7 +54,8 @@ def tc_class_line(dev: str, c: HtbClass, verb: str = "replace") -> str:
 
 
 def tc_leaf_line(dev: str, c: HtbClass, leaf: str) -> str:
-    return f"qdisc replace dev {dev} parent {classid(c.minor)} handle {c.minor:x}: {LEAF_ARGS.get(leaf, leaf)}"
+    args = LEAF_ARGS.get(leaf, leaf).format(limit=leaf_limit(c.ceil))
+    return f"qdisc replace dev {dev} parent {classid(c.minor)} handle {c.minor:x}: {args}"
 
 
 def tc_delete_line(dev: str, minor: int) -> str:

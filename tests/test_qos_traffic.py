@@ -1,0 +1,188 @@
+"""End to end on the real kernel: sender -> router (nocpolicyd enforcing on its egress) -> receiver.
+
+Namespaces (random suffix, deleted in a finalizer)::
+
+    snd: s0 10.99.0.2 + 198.51.100.130 (public-safety customer fire)
+    rtr: r0 10.99.0.1 | nocp-down0 10.99.1.1   <- HTB at 20 Mbit/s, nft classification
+    rcv: v0 10.99.1.2 + 192.0.2.66 (bulk customer biz), 192.0.2.2 (capped customer home),
+                        203.0.113.130 (priority destination)
+
+The real daemon runs with ``--enforce linux --netns rtr``; iperf3 servers run in rcv.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from conftest import need_root_netns
+from helpers import wait_for
+
+pytestmark = pytest.mark.skipif(need_root_netns() is not None, reason=need_root_netns() or "")
+
+LINK = "20mbit"
+OFFERED = 5_000_000           # each priority flow offers 5 Mbit/s (paced TCP)
+FLOOD = 60_000_000          # the ordinary UDP flood: three times the link
+PHASES = ("before", "during", "after")
+PORTS = {"cap": 5200, **{f"{flow}-{phase}": 5201 + 3 * i + j for i, phase in enumerate(PHASES)
+                         for j, flow in enumerate(("bulk", "dest", "ps"))}}
+
+
+def sh(*argv: str, check: bool = True) -> str:
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)}: {p.stderr}")
+    return p.stdout
+
+
+@pytest.fixture
+def topo():
+    sfx = secrets.token_hex(3)
+    snd, rtr, rcv = f"qsnd-{sfx}", f"qrtr-{sfx}", f"qrcv-{sfx}"
+    servers: list[subprocess.Popen] = []
+    try:
+        for n in (snd, rtr, rcv):
+            sh("ip", "netns", "add", n)
+            sh("ip", "-n", n, "link", "set", "lo", "up")
+        sh("ip", "-n", snd, "link", "add", "s0", "type", "veth", "peer", "name", "r0", "netns", rtr)
+        sh("ip", "-n", rtr, "link", "add", "nocp-down0", "type", "veth", "peer", "name", "v0", "netns", rcv)
+        for n, dev, addrs in ((snd, "s0", ["10.99.0.2/24", "198.51.100.130/32"]),
+                              (rtr, "r0", ["10.99.0.1/24"]), (rtr, "nocp-down0", ["10.99.1.1/24"]),
+                              (rcv, "v0", ["10.99.1.2/24", "192.0.2.66/32", "192.0.2.2/32", "203.0.113.130/32"])):
+            for a in addrs:
+                sh("ip", "-n", n, "addr", "add", a, "dev", dev)
+            sh("ip", "-n", n, "link", "set", dev, "up")
+        sh("ip", "-n", snd, "route", "add", "default", "via", "10.99.0.1")
+        sh("ip", "-n", rcv, "route", "add", "default", "via", "10.99.1.1")
+        for dst in ("192.0.2.66/32", "192.0.2.2/32", "203.0.113.130/32"):
+            sh("ip", "-n", rtr, "route", "add", dst, "via", "10.99.1.2")
+        sh("ip", "-n", rtr, "route", "add", "198.51.100.130/32", "via", "10.99.0.2")
+        sh("ip", "netns", "exec", rtr, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        for port in PORTS.values():
+            servers.append(subprocess.Popen(["ip", "netns", "exec", rcv, "iperf3", "-s", "-p", str(port)],
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_for(lambda: all(f":{p} " in sh("ip", "netns", "exec", rcv, "ss", "-ltn") for p in PORTS.values()),
+                 10, what="iperf3 servers")
+        yield {"snd": snd, "rtr": rtr, "rcv": rcv}
+    finally:
+        for s in servers:
+            s.kill()
+            s.wait()
+        for n in (snd, rtr, rcv):
+            sh("ip", "netns", "del", n, check=False)
+
+
+def make_policies(policy_dir):
+    em = yaml.safe_load((policy_dir / "emergency.yaml").read_text())
+    em["interfaces"] = [{"name": "nocp-down0", "rate": LINK}]
+    prof = em["emergency_profiles"][0]
+    prof["priority_share"] = "70%"
+    prof["ordinary_floor"] = "20%"
+    prof.pop("customer_cap", None)          # bulk keeps its rate: only priority can make room
+    prof["priority"]["customers"] = ["c2001"]
+    (policy_dir / "emergency.yaml").write_text(yaml.safe_dump(em, allow_unicode=True))
+    cu = yaml.safe_load((policy_dir / "customers.yaml").read_text())
+    for plan in cu["plans"]:
+        if plan["id"] == "home-100m":
+            plan["down"], plan["emergency_down"] = "5mbit", "2mbit"
+    (policy_dir / "customers.yaml").write_text(yaml.safe_dump(cu, allow_unicode=True))
+    return policy_dir
+
+
+def iperf(snd: str, dst: str, port: int, seconds: float, *, rate: int | None = None, udp: bool = False,
+          bind: str | None = None) -> subprocess.Popen:
+    argv = ["ip", "netns", "exec", snd, "iperf3", "-c", dst, "-p", str(port), "-t", str(seconds), "-J"]
+    argv += ["-u", "-l", "1400"] if udp else ["--connect-timeout", "3000"]
+    if rate:
+        argv += ["-b", str(rate)]
+    if bind:
+        argv += ["-B", bind]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def received(p: subprocess.Popen, *, may_fail: bool = False) -> float:
+    """Received bit/s; a starved flow whose control connection gave up counts as 0 when ``may_fail``."""
+    try:
+        out, _ = p.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        if os.environ.get("QOS_DEBUG"):
+            print("iperf3 timed out:", p.args[4:], out[-300:], err[-300:])
+        if may_fail:
+            return 0.0
+        raise
+    data = json.loads(out or "{}")
+    if os.environ.get("QOS_DEBUG"):
+        print("iperf3:", p.args[4:], "->", json.dumps(data.get("end", data))[:400])
+    if "error" in data or "end" not in data:
+        if may_fail:
+            return 0.0
+        raise AssertionError(f"iperf3: {data.get('error', out[-300:])}")
+    end = data["end"]
+    if "sum_received" in end:
+        return end["sum_received"]["bits_per_second"]
+    return end["sum"]["bits_per_second"] * (1 - end["sum"].get("lost_percent", 0) / 100)   # UDP
+
+
+def measure(t, phase: str) -> dict:
+    """A UDP flood (FLOOD, it does not back off) saturates the link; two TCP flows paced at
+    12 Mbit/s each (one to a priority destination, one from the public-safety customer) run meanwhile."""
+    bulk = iperf(t["snd"], "10.99.1.2", PORTS[f"bulk-{phase}"], 5, rate=FLOOD, udp=True)
+    try:
+        time.sleep(1.0)
+        dest = iperf(t["snd"], "203.0.113.130", PORTS[f"dest-{phase}"], 3, rate=OFFERED)
+        ps = iperf(t["snd"], "192.0.2.66", PORTS[f"ps-{phase}"], 3, rate=OFFERED, bind="198.51.100.130")
+        starved_ok = phase != "during"
+        return {"dest": received(dest, may_fail=starved_ok), "ps": received(ps, may_fail=starved_ok),
+                "bulk": received(bulk, may_fail=True)}
+    finally:
+        if bulk.poll() is None:
+            bulk.kill()
+            bulk.communicate()
+
+
+def test_emergency_priority_on_a_saturated_link(topo, daemon, policy_dir):
+    d = daemon(policies=make_policies(policy_dir),
+               extra_args=["--enforce", "linux", "--netns", topo["rtr"], "--no-watch"])
+    st = d.ctl_json("emergency", "status")
+    assert st["enforced"] and st["backend"] == "linux" and st["netns"] == topo["rtr"]
+
+    # a capped customer stays at its cap (plan home-100m, made 5 Mbit/s here), even on an idle link
+    cap = received(iperf(topo["snd"], "192.0.2.2", PORTS["cap"], 2.5))
+    assert 2_500_000 < cap <= 5_000_000 * 1.1, cap
+
+    before = measure(topo, "before")
+    if os.environ.get("QOS_DEBUG"):
+        print(sh("ip", "netns", "exec", topo["rtr"], "tc", "-s", "class", "show", "dev", "nocp-down0"))
+        print(sh("ip", "netns", "exec", topo["rtr"], "tc", "-s", "qdisc", "show", "dev", "nocp-down0"))
+        print(sh("ip", "netns", "exec", topo["rtr"], "nft", "list", "ruleset"))
+    d.ctl("emergency", "declare", "--profile", "earthquake", "--reason", "integration test", check=True)
+    during = measure(topo, "during")
+    d.ctl("emergency", "lift", "--reason", "test over", check=True)
+    after = measure(topo, "after")
+    report = {k: {f: round(v[f] / 1e6, 1) for f in v} for k, v in
+              (("before", before), ("during", during), ("after", after))}
+    print("Mbit/s:", report)
+    for flow in ("dest", "ps"):
+        assert during[flow] >= 0.8 * OFFERED, report
+        assert before[flow] < 0.65 * OFFERED, report
+        assert after[flow] < 0.65 * OFFERED, report
+    assert during["bulk"] >= 0.2 * 20e6, report      # ordinary traffic keeps its floor (20% of the link)
+
+    usage = d.ctl_json("usage")
+    prio = [c for c in usage["classes"] if c["class"] == "priority"]
+    assert prio and prio[0]["bytes"] > 3_000_000
+    assert d.metric("nocpolicy_class_bytes_total", {"interface": "nocp-down0", "class": "priority"}) > 3_000_000
+    audit = d.ctl_json("audit", "--subject", "emergency:earthquake")["audit"]
+    actions = [a["action"] for a in audit]
+    assert "emergency.declare" in actions and "emergency.lift" in actions
+    declared = next(a for a in audit if a["action"] == "emergency.declare")
+    assert "nft priority 203.0.113.128/25 (Tokyo Metropolitan Government disaster portal (documentation "\
+           "prefix, see agreement annex 3))" in declared["after"]["rules_added"]
