@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .lists import DomainIndex
+from .lists import _MASK, DomainIndex
 
 _NAME = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?)*")
 _HOSTS_IGNORE = frozenset({"localhost", "localhost.localdomain", "local", "broadcasthost",
@@ -68,11 +68,29 @@ def _is_ip(s: str) -> bool:
     return last.isdigit()
 
 
+CHUNK = 1 << 19
+
+
+def _lines(text: str):
+    """(line number, lower-cased line) in chunks of ~512 KB: no list of every line at once, and
+    no single C call long enough to hold the GIL for more than a millisecond or so (a list
+    reload runs in a thread while the event loop answers queries)."""
+    i, n, base = 0, len(text), 0
+    while i < n:
+        j = text.find("\n", i + CHUNK)
+        if j < 0:
+            j = n
+        lines = text[i:j].lower().splitlines()
+        yield from enumerate(lines, base + 1)
+        base += len(lines)
+        i = j + 1
+
+
 def parse_domains(text: str) -> tuple[DomainIndex, ParseReport]:
     idx, rep = DomainIndex(), ParseReport()
-    st = idx.subtree
+    shards = idx.subtree.shards
     fullmatch = _NAME.fullmatch
-    for n, line in enumerate(text.lower().splitlines(), 1):
+    for n, line in _lines(text):
         s = line.strip()
         if not s or s[0] == "#":
             continue
@@ -87,11 +105,11 @@ def parse_domains(text: str) -> tuple[DomainIndex, ParseReport]:
             if _is_ip(s):
                 rep.skip("ip", n, line)
                 continue
-            st.add(s)
+            shards[hash(s) & _MASK].add(s)
         else:
             d = domain(s) if not s.isascii() else None
             if d:
-                st.add(d)
+                idx.subtree.add(d)
             else:
                 rep.skip("invalid", n, line)
     rep.entries = len(idx)
@@ -122,9 +140,9 @@ def parse_hosts(text: str) -> tuple[DomainIndex, ParseReport]:
 
 def parse_maltrail(text: str) -> tuple[DomainIndex, ParseReport]:
     idx, rep = DomainIndex(), ParseReport()
-    st = idx.subtree
+    shards = idx.subtree.shards
     fullmatch = _NAME.fullmatch
-    for n, line in enumerate(text.lower().splitlines(), 1):
+    for n, line in _lines(text):
         s = line.strip()
         if not s or s[0] == "#":
             continue
@@ -146,11 +164,11 @@ def parse_maltrail(text: str) -> tuple[DomainIndex, ParseReport]:
             if _is_ip(s):
                 rep.skip("ip", n, line)
             else:
-                st.add(s)
+                shards[hash(s) & _MASK].add(s)
         else:
             d = domain(s) if not s.isascii() else None
             if d:
-                st.add(d)
+                idx.subtree.add(d)
             else:
                 rep.skip("invalid", n, line)
     rep.entries = len(idx)

@@ -42,6 +42,43 @@ def suffixes(name: str) -> list[str]:
     return out
 
 
+SHARDS = 64
+_MASK = SHARDS - 1
+
+
+class NameSet:
+    """A set of names split over 64 plain sets by hash: growing a million-name set resizes
+    one small table at a time, so a list built in a thread never holds the interpreter
+    for more than a few milliseconds (one big set stalls answers for ~0.1 s per resize)."""
+
+    __slots__ = ("shards",)
+
+    def __init__(self, names=()):
+        self.shards = [set() for _ in range(SHARDS)]
+        for n in names:
+            self.add(n)
+
+    def add(self, name: str) -> None:
+        self.shards[hash(name) & _MASK].add(name)
+
+    def discard(self, name: str) -> None:
+        self.shards[hash(name) & _MASK].discard(name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.shards[hash(name) & _MASK]
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.shards)
+
+    def __iter__(self):
+        for s in self.shards:
+            yield from s
+
+    def update(self, other) -> None:
+        for n in other:
+            self.add(n)
+
+
 @dataclass(frozen=True, slots=True)
 class Match:
     entry: str               # as written in the list: "evil.example", "*.evil.example"
@@ -50,23 +87,27 @@ class Match:
 
 @dataclass(slots=True)
 class DomainIndex:
-    subtree: set[str] = field(default_factory=set)
+    subtree: NameSet = field(default_factory=NameSet)
     exact: dict[str, str | None] = field(default_factory=dict)
     wild: dict[str, str | None] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not isinstance(self.subtree, NameSet):
+            self.subtree = NameSet(self.subtree)
 
     def __len__(self) -> int:
         return len(self.subtree) + len(self.exact) + len(self.wild)
 
     def match(self, sfx: list[str]) -> Match | None:
         """Most specific entry covering the name whose suffixes are ``sfx``; passthru -> None."""
-        exact, wild, subtree = self.exact, self.wild, self.subtree
+        exact, wild, shards = self.exact, self.wild, self.subtree.shards
         if exact:
             act = exact.get(sfx[0], 0)
             if act != 0:
                 return None if act == "passthru" else Match(sfx[0], act)
         first = True
         for s in sfx:
-            if s in subtree:
+            if s in shards[hash(s) & _MASK]:
                 return Match(s, None)
             if not first and wild:
                 act = wild.get(s, 0)
@@ -77,14 +118,14 @@ class DomainIndex:
 
     def covers(self, sfx: list[str]) -> str | None:
         """The subtree entry covering the name, for allow exceptions."""
-        subtree = self.subtree
+        shards = self.subtree.shards
         for s in sfx:
-            if s in subtree:
+            if s in shards[hash(s) & _MASK]:
                 return s
         return None
 
     def merge(self, other: DomainIndex) -> None:
-        self.subtree |= other.subtree
+        self.subtree.update(other.subtree)
         self.exact.update(other.exact)
         self.wild.update(other.wild)
 
