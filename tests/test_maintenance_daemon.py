@@ -65,7 +65,7 @@ def test_cli_without_smtp_keeps_notices_in_the_outbox(tmp_path, daemon):
 
 
 def test_sigkill_mid_batch_then_restart_delivers_every_notice_exactly_once(tmp_path):
-    with SmtpSink(delay=1.0) as sink:              # a slow server: each DATA takes a second
+    with SmtpSink(delay=10.0, slow=(3,)) as sink:   # the third DATA hangs: the kill lands inside it
         policies = copy_policies(tmp_path)
         (policies / "maintenance.yaml").write_text(smtp_yaml(sink.port))
         d = DaemonProcess(tmp_path, policies=policies).start()

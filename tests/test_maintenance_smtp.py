@@ -39,8 +39,9 @@ ARCHIVE = "archive@noc.example"
 class SmtpSink:
     """A real SMTP server: refuses some recipients (550), delays some (451), can be slow in DATA."""
 
-    def __init__(self, refuse=(), tempfail=(), delay: float = 0.0):
+    def __init__(self, refuse=(), tempfail=(), delay: float = 0.0, slow: tuple[int, ...] = ()):
         self.refuse, self.tempfail, self.delay = set(refuse), set(tempfail), delay
+        self.slow = set(slow)        # DATA ordinals (1-based) that take ``delay``; empty: all of them
         self.messages: list[dict] = []
         self.data_started = 0
         self.port = free_port()
@@ -63,7 +64,7 @@ class SmtpSink:
 
     async def handle_DATA(self, server, session, envelope):
         self.data_started += 1
-        if self.delay:
+        if self.delay and (not self.slow or self.data_started in self.slow):
             await asyncio.sleep(self.delay)      # cancelled by aiosmtpd if the client goes away
         msg = email.message_from_bytes(envelope.content, policy=email_policy.default)
         self.messages.append({"id": msg["Message-ID"], "rcpt": list(envelope.rcpt_tos), "msg": msg})
