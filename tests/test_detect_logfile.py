@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import textwrap
 
 import pytest
@@ -186,3 +187,10 @@ def test_logfile_detections_survive_rotation(logs_daemon):
     assert unb["rotations"] == 1 and unb["truncations"] == 1 and unb["unparsed"] >= 1
     # no detection is lost or doubled: the final count is exact
     assert count(d) == 6
+    text = d.metrics()
+    assert 'nocpolicy_detect_observed_total{source="logfile"} 9.0' in text
+    assert 'nocpolicy_detect_input_errors_total{source="logfile"} 1.0' in text
+    if shutil.which("promtool"):
+        res = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True,
+                             timeout=30)
+        assert res.returncode == 0 and not res.stdout.strip() and not res.stderr.strip(), res.stdout + res.stderr
