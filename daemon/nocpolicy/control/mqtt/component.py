@@ -278,7 +278,7 @@ class MqttBridge(Component):
             if ev.kind in FORWARDED:
                 self._emit(event_topic(ev.kind), {"node": self.node, "ts": ev.ts, **_jsonable(ev.payload)})
             if ev.kind == "reload" and ev.payload.get("ok") and self.link and self.link.connected.is_set():
-                await self._publish_status()      # the policy hash changed
+                self.tasks.spawn("status", self._publish_status())      # the policy hash changed
             if self.controller and ev.kind in ("emergency", "reload"):
                 self.controller.replan()
             if self.agent and ev.kind == "reload" and ev.payload.get("ok"):
