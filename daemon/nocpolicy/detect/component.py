@@ -80,6 +80,7 @@ class Detector(Component):
         self._optouts: frozenset[str] = frozenset()
         self._event_base: dict[tuple[str, str, str], int] = {}
         self._log_tasks: list[asyncio.Task] = []
+        self._saved: dict[tuple[str, str], float] = {}     # name block -> expiry last written to the store
         self._last_event = 0.0
         self.failures = {"rpz": 0, "nft": 0}
         self.last_error = {"rpz": "", "nft": ""}
@@ -217,6 +218,8 @@ class Detector(Component):
                 self._persist("name", nb.cls, nb.entry, nb)
                 self._rpz_dirty = True
                 self._wake.set()
+            elif expires - self._saved.get(nb.key, 0.0) > s.block_for / 10:
+                self._persist("name", nb.cls, nb.entry, self.blocks.names[nb.key])   # a longer life
         if "nft" in s.enforce and obs.response and obs.wire and v.customer:
             addrs, _ = answer_addresses(obs.wire)
             for a in addrs:
@@ -230,6 +233,8 @@ class Detector(Component):
 
     def _persist(self, kind: str, k1: str, k2: str, block) -> None:
         data = {f: getattr(block, f) for f in block.__slots__}
+        if kind == "name":
+            self._saved[(k1, k2)] = block.expires
         self.ctx.store.execute("INSERT OR REPLACE INTO detect_blocks VALUES (?,?,?,?,?)",
                                (kind, k1, k2, json.dumps(data), block.expires))
 
@@ -240,6 +245,7 @@ class Detector(Component):
             data = json.loads(row["data"])
             if row["kind"] == "name":
                 self.blocks.names[(data["cls"], data["entry"])] = NameBlock(**data)
+                self._saved[(data["cls"], data["entry"])] = data["expires"]
             else:
                 self.blocks.addrs[(data["customer"], data["address"])] = AddrBlock(**data)
 
@@ -298,8 +304,11 @@ class Detector(Component):
     def housekeeping(self) -> None:
         now = self.ctx.clock.now().timestamp()
         names, addrs = self.blocks.expire(now)
-        if names or addrs:
-            self.ctx.store.execute("DELETE FROM detect_blocks WHERE expires <= ?", (now,))
+        for b in names:
+            self._saved.pop(b.key, None)
+            self.ctx.store.execute("DELETE FROM detect_blocks WHERE kind='name' AND k1=? AND k2=?", b.key)
+        for b in addrs:
+            self.ctx.store.execute("DELETE FROM detect_blocks WHERE kind='addr' AND k1=? AND k2=?", b.key)
         if names:
             self._rpz_dirty = True
             self._wake.set()
