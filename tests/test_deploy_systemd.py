@@ -192,7 +192,7 @@ class NotifySocket:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
-        self.sock.settimeout(0.2)
+        self.sock.setblocking(False)   # drain() takes what has arrived; callers poll with wait_for
         self.messages: list[dict[str, str]] = []
 
     def drain(self) -> list[dict[str, str]]:
@@ -225,13 +225,16 @@ def exec_reload_commands(d: DaemonProcess) -> list[list[str]]:
     return out
 
 
-def run_exec_reload(d: DaemonProcess) -> int:
-    """Run ExecReload= lines in order, stopping at the first failure (as systemd does)."""
+def run_exec_reload(d: DaemonProcess) -> tuple[int, str]:
+    """Run ExecReload= lines in order, stopping at the first failure (as systemd does).
+    Returns the exit status and what the commands printed."""
+    out = ""
     for argv in exec_reload_commands(d):
-        res = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=90)
+        out += f"$ {' '.join(argv)}\n{res.stdout}{res.stderr}"
         if res.returncode != 0:
-            return res.returncode
-    return 0
+            return res.returncode, out
+    return 0, out
 
 
 def test_daemon_speaks_the_notify_protocol_the_unit_expects(tmp_path):
@@ -253,7 +256,8 @@ def test_daemon_speaks_the_notify_protocol_the_unit_expects(tmp_path):
         mark = len(notify.drain())
         with open(d.policies / "settings.yaml", "a") as f:
             f.write("\n# edited by the reload test\n")
-        assert run_exec_reload(d) == 0
+        rc, out = run_exec_reload(d)
+        assert rc == 0, out + d.log()[-3000:]
         wait_for(lambda: notify.seen("RELOADING", after=mark) and notify.seen("READY", after=mark), 10,
                  what="RELOADING=1 then READY=1")
         after = notify.messages[mark:]
@@ -265,7 +269,9 @@ def test_daemon_speaks_the_notify_protocol_the_unit_expects(tmp_path):
         # daemon is never asked and keeps serving.
         mark = len(notify.drain())
         (d.policies / "settings.yaml").write_text("settings: [this is not a mapping\n")
-        assert run_exec_reload(d) == 1
+        rc, out = run_exec_reload(d)
+        assert rc == 1, out
+        assert out.count("$ ") == 1, f"the reload must not run after a failed check:\n{out}"
         notify.drain()
         assert notify.seen("RELOADING", after=mark) == 0
         assert d.proc.poll() is None
