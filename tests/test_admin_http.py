@@ -105,6 +105,9 @@ async def test_bad_http_is_answered_not_crashed(server):
     neg = f"POST /v1/cmd/optout.set HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: -1\r\n\r\n"
     status, out = await request(server.port, neg.encode())
     assert status == 400 and out["error"] == "bad Content-Length"
+    chunked = f"POST /v1/cmd/optout.set HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    status, out = await request(server.port, chunked.encode() + b"5\r\nhello\r\n0\r\n\r\n")
+    assert status == 400 and "Content-Length" in out["error"]
     huge = f"POST /v1/cmd/x HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {MAX_BODY + 1}\r\n\r\n"
     assert (await request(server.port, huge.encode()))[0] == 413
     header_flood = b"GET / HTTP/1.1\r\n" + b"X-Pad: " + b"a" * 70000 + b"\r\n\r\n"

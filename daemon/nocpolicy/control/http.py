@@ -123,6 +123,8 @@ async def _read_request(reader: asyncio.StreamReader, peer) -> Request:
         if ":" in line:
             k, v = line.split(":", 1)
             headers[k.strip().lower()] = v.strip()
+    if "transfer-encoding" in headers:
+        raise _HttpError(400, "Transfer-Encoding is not supported: send the body with Content-Length")
     length = headers.get("content-length", "0")
     if not length.isdigit():
         raise _HttpError(400, "bad Content-Length")
