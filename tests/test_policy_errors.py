@@ -160,6 +160,13 @@ CASES = [
                ("zz.yaml:7: plans[1].down", "'mbps' is ambiguous (tc reads it as bytes per second); write 100mbit"),
                ("zz.yaml:4: plans[0].up", "a rate must be positive"),
                ("zz.yaml:5: plans[0].emergency_down", "'-5mbit' is not a rate")]),
+    ("emergency-cap-above-normal", {"zz.yaml": """
+        plans:
+          - id: p9
+            down: 10mbit
+            emergency_down: 20mbit
+        """}, [("zz.yaml:4: plans[0].emergency_down",
+                "the emergency cap (20000000 bit/s) is above the normal cap down (10000000 bit/s)")]),
     ("bad-durations", {"emergency.yaml": """
         emergency_profiles:
           - id: quake

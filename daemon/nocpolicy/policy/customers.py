@@ -90,7 +90,7 @@ def _customer(o: Obj) -> Customer:
 
 
 def _plan(o: Obj) -> Plan:
-    return Plan(
+    plan = Plan(
         id=o.req("id", as_id),
         name=o.get("name", as_str, "") or "",
         down=o.req("down", as_rate),
@@ -99,6 +99,11 @@ def _plan(o: Obj) -> Plan:
         loc=o.node.loc,
         locs=o.locs,
     )
+    if plan.down and plan.emergency_down and plan.emergency_down > plan.down:
+        o.problems.add(o.locs["emergency_down"], f"{o.node.path}.emergency_down",
+                       f"the emergency cap ({plan.emergency_down} bit/s) is above the normal cap "
+                       f"down ({plan.down} bit/s): an emergency may only restrict further")
+    return plan
 
 
 read_customers = list_of(obj(_customer))
