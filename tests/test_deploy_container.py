@@ -18,6 +18,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -86,6 +87,16 @@ def test_containerfile_base_user_and_files():
     assert entry == ["/usr/local/bin/nocpolicy-entrypoint"]
 
 
+def test_dockerignore_lets_every_copied_file_in():
+    ignore = (CONTAINER / "Containerfile.dockerignore").read_text().splitlines()
+    allowed = [p[1:].removesuffix("/**") for p in ignore if p.startswith("!")]
+    assert "**" in ignore, "ignore everything by default: the repo root holds .venv/, state/ and .git/"
+    for word, args in instructions():
+        if word == "COPY":
+            for src in [p for p in args.split() if not p.startswith("--")][:-1]:
+                assert src in allowed, f"COPY {src} is excluded by Containerfile.dockerignore"
+
+
 def test_container_command_is_accepted_by_nocpolicyd():
     from nocpolicy.options import parse_options
     cmd = container_command()
@@ -113,7 +124,7 @@ def test_healthcheck_probes_a_real_daemon(daemon):
     port = parse_options(container_command()[1:]).metrics_listen[1]
     assert argv[0] == "python" and f"127.0.0.1:{port}/healthz" in argv[-1]
     d = daemon()
-    probe = [shutil.which("python3") or "python3", *argv[1:]]
+    probe = [sys.executable, *argv[1:]]
     probe[-1] = probe[-1].replace(f"127.0.0.1:{port}", f"127.0.0.1:{d.metrics_port}")
     assert subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
     d.stop()

@@ -14,6 +14,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def unprivileged():
             if proc.poll() is not None:
                 raise AssertionError("nocpolicyd exited:\n" + (work / "nocpolicyd.log").read_text(errors="replace"))
             probe = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9753/readyz', timeout=2).status)"
-            return in_ns(ns, "python3", "-c", probe, check=False).stdout.strip() == "200"
+            return in_ns(ns, sys.executable, "-c", probe, check=False).stdout.strip() == "200"
         wait_for(ready, 30, interval=0.2, what="unprivileged nocpolicyd ready")
         yield {"ns": ns, "proc": proc, "state": state, "work": work}
         proc.send_signal(signal.SIGTERM)
@@ -105,7 +106,7 @@ def proc_status(pid: int) -> dict[str, str]:
 
 def metric(ns: str, name: str) -> float | None:
     probe = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9753/metrics', timeout=2).read().decode())"
-    for line in in_ns(ns, "python3", "-c", probe).stdout.splitlines():
+    for line in in_ns(ns, sys.executable, "-c", probe).stdout.splitlines():
         if line.split(" ")[0] == name:
             return float(line.split(" ")[1])
     return None
