@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -88,7 +89,7 @@ def main() -> int:
     head, _, _ = text.partition("  groups:\n")
     s.write_text(head + "  groups:\n    sims: [" + ", ".join(sims) + "]\n")
     ctl = DaemonProcess(work / "ctl", policies=pol, extra_args=broker.daemon_args(CONTROLLER)
-                        + ["--role", "controller", "--node", CONTROLLER, "--log-level", "warning"])
+                        + ["--role", "controller", "--node", CONTROLLER, "--log-level", "info"])
     swarm = Swarm(broker.port, sims, "sim-pw", connect_concurrency=100)
     clock = None
     try:
@@ -143,6 +144,8 @@ def main() -> int:
         print(f"  controller's own view: nocpolicy_fleet_converge_seconds count "
               f"{ctl.metric('nocpolicy_fleet_converge_seconds_count'):.0f}, "
               f"mean {ctl.metric('nocpolicy_fleet_converge_seconds_sum') / max(1, ctl.metric('nocpolicy_fleet_converge_seconds_count')) * 1000:.1f} ms")
+        inside = [line.split("fleet: ", 1)[1] for line in ctl.log().splitlines() if "published to" in line]
+        print("  inside the controller (its log): " + "; ".join(x.split(" published to ")[1] for x in inside[1:]))
         peer.close()
         return 0 if max(ours) <= 2.0 else 1
     finally:
@@ -151,6 +154,7 @@ def main() -> int:
         swarm.stop()
         ctl.stop()
         broker.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

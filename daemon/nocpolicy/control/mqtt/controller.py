@@ -50,6 +50,7 @@ class Controller:
 
     async def publish_plans(self, *, republish: bool = False) -> int:
         """Recompute every member's plan; publish if the content changed (or ``republish``)."""
+        started = self.clock.monotonic()
         members = sorted(self._members())
         self.tracker.set_members(members)
         content = await self._content()
@@ -60,7 +61,6 @@ class Controller:
             self.digest = digest
             self.issued_at = self.clock.now().isoformat()
             self.store.put(STORE_KEY, {"version": self.version, "digest": digest, "issued_at": self.issued_at})
-            log.info("fleet: plan version %d for %d node(s)", self.version, len(members))
         elif not republish:
             return self.version
         now = self.clock.monotonic()
@@ -68,7 +68,11 @@ class Controller:
             self.tracker.planned(n, self.version, now)
         docs = [(n, dumps(plan_document(self.version, n, content, controller=self.node,
                                         issued_at=self.issued_at))) for n in members]
+        t0 = self.clock.monotonic()
         results = await asyncio.gather(*(self._publish(plan_topic(n), d, retain=True) for n, d in docs))
+        log.info("fleet: plan version %d published to %d node(s) in %.0f ms (built in %.0f ms)",
+                 self.version, results.count(True), 1000 * (self.clock.monotonic() - t0),
+                 1000 * (t0 - started))
         gone = self._published - set(members)
         for n in gone:   # a node that left the fleet: remove its retained plan
             await self._publish(plan_topic(n), b"", retain=True)
