@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from nocpolicy.clock import ManualClock
 from nocpolicy.component import Context
+from nocpolicy.control.commands import CommandRegistry
 from nocpolicy.detect.component import Detector
 from nocpolicy.detect.observation import Observation
 from nocpolicy.dns.component import DnsGuard
@@ -123,6 +124,35 @@ async def test_one_detection_per_lookup_and_events(det):
     again._load_blocks()
     assert [(b.entry, b.expires) for b in again.blocks.names.values()] == \
         [("cc.example", d.blocks.names[("security", "cc.example")].expires)]
+
+
+async def test_cname_chain_to_a_listed_name(det):
+    d, guard, clock, events, tmp = det
+    q = dnslib.DNSRecord.question("innocent.example", "A")
+    q.header.id = 9
+    r = q.reply()
+    r.add_answer(dnslib.RR("innocent.example", dnslib.QTYPE.CNAME, rdata=dnslib.CNAME("edge.cdn.example"), ttl=60))
+    r.add_answer(dnslib.RR("edge.cdn.example", dnslib.QTYPE.CNAME, rdata=dnslib.CNAME("Node.CC.example"), ttl=60))
+    r.add_answer(dnslib.RR("node.cc.example", dnslib.QTYPE.A, rdata=dnslib.A("203.0.113.7"), ttl=60))
+    wire = r.pack()
+    query = Observation("dnstap", "192.0.2.10", "innocent.example", 1, False, 7, 9)
+    resp = Observation("dnstap", "192.0.2.10", "innocent.example", 1, True, 7, 9, wire)
+    d.pipeline.observe(query)
+    assert d.pipeline.detected == {}                    # the query name itself is not listed
+    d.pipeline.observe(resp)
+    d.pipeline.observe(resp)                            # the same response again: still one detection
+    assert d.pipeline.detected == {("dnstap", "cc", "security"): 1}
+    (key, _), = guard.detections.take().items()
+    assert (key[0], key[3], key[5]) == ("cc", "a", "node.cc.example")
+    # customer b opts out (the real command): no detection through CNAMEs either
+    reg = CommandRegistry()
+    for cmd in guard.commands():
+        reg.register(cmd)
+    await reg.dispatch("optout.set", {"customer": "b", "on": True}, actor="test", source="test")
+    d.pipeline.observe(Observation("dnstap", "198.51.100.3", "innocent.example", 1, True, 8, 9, wire))
+    assert d.pipeline.detected == {("dnstap", "cc", "security"): 1}
+    d.pipeline.observe(Observation("dnstap", "192.0.2.10", "innocent.example", 1, True, 8, 10, wire))
+    assert d.pipeline.detected == {("dnstap", "cc", "security"): 2}       # a still is protected
 
 
 async def test_optout_drops_security_address_blocks(det):

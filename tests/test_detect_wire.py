@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from nocpolicy.detect import dnstap, framestream
 from nocpolicy.detect import protobuf as pb
 from nocpolicy.detect.framestream import FrameError, Receiver
-from nocpolicy.detect.message import MessageError, answer_addresses, question
+from nocpolicy.detect.message import MessageError, answer_addresses, cname_targets, question
 from nocpolicy.detect.tapserver import TapServer
 
 QUERY = dnslib.DNSRecord.question("Evil.Example", "A").pack()
@@ -52,6 +52,7 @@ def test_decoders_never_crash(data):
         except (pb.DecodeError, MessageError):
             pass
     answer_addresses(data)
+    cname_targets(b"\x00\x00\x81\x80" + data)
     rx = Receiver(dnstap.CONTENT_TYPE)
     try:
         rx.feed(data)

@@ -54,6 +54,50 @@ def question(data: bytes) -> Question:
                     (data[pos] << 8) | data[pos + 1])
 
 
+def _name(data: bytes, pos: int) -> tuple[str, int]:
+    """A possibly compressed name: (lower-case name, position after it). MessageError on junk."""
+    labels, end, jumps, n = [], -1, 0, len(data)
+    while True:
+        if pos >= n:
+            raise MessageError("name runs past the end")
+        ln = data[pos]
+        if ln >= 0xC0:
+            if pos + 1 >= n or jumps > 32:
+                raise MessageError("bad compression pointer")
+            if end < 0:
+                end = pos + 2
+            pos, jumps = ((ln & 0x3F) << 8) | data[pos + 1], jumps + 1
+            continue
+        if ln > 63:
+            raise MessageError("bad label")
+        if ln == 0:
+            return b".".join(labels).lower().decode("latin-1"), (end if end >= 0 else pos + 1)
+        labels.append(data[pos + 1:pos + 1 + ln])
+        pos += 1 + ln
+
+
+def cname_targets(data: bytes) -> list[str]:
+    """CNAME targets in a response's answer section, by hand (cheap; [] when none or unreadable)."""
+    if len(data) < 12 or not (data[2] & 0x80) or not (data[6] or data[7] > 1):
+        return []           # not a response, or fewer than two answers: no CNAME chain to follow
+    qd, an = (data[4] << 8) | data[5], (data[6] << 8) | data[7]
+    out, pos = [], 12
+    try:
+        for _ in range(qd):
+            pos = _name(data, pos)[1] + 4
+        for _ in range(an):
+            pos = _name(data, pos)[1]
+            if pos + 10 > len(data):
+                break
+            rtype, rdlen = (data[pos] << 8) | data[pos + 1], (data[pos + 8] << 8) | data[pos + 9]
+            if rtype == 5:
+                out.append(_name(data, pos + 10)[0])
+            pos += 10 + rdlen
+    except MessageError:
+        pass
+    return out
+
+
 def answer_addresses(data: bytes) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(A/AAAA addresses, CNAME targets) in a response's answer section; ((), ()) if unreadable."""
     import dnslib  # slow path only

@@ -5,13 +5,18 @@ dnstap and capture do). Lookups are paired by (client, port, id, name): the
 query is judged and recorded; its response reuses that verdict (no second
 detection) and only contributes the answer addresses. A response whose query
 was not seen (a resolver logging responses only) is judged on its own.
+
+Like the inline guard, a response whose CNAME chain reaches a listed name is a
+detection of that name (``via_cname``) even when the query name is not listed.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 
+from .message import cname_targets
 from .observation import SOURCES, Observation
 
 REMEMBER = 16384         # lookups kept for pairing a response with its query
@@ -39,6 +44,8 @@ class Pipeline:
                 self.recent.move_to_end(key)
                 if seen is not None and obs.response:
                     self.on_block(seen, obs)
+                elif seen is None and obs.response and obs.wire is not None:
+                    self._cnames(obs, key)
                 return
         if not obs.name:
             return
@@ -49,11 +56,26 @@ class Pipeline:
             if len(self.recent) > REMEMBER:
                 self.recent.popitem(last=False)
         if hit is None:
+            if obs.response and obs.wire is not None:
+                self._cnames(obs, key)
             return
-        self.guard.record(hit, obs.client, obs.name, obs.source)
+        self._detected(hit, obs, obs.name)
+
+    def _detected(self, hit, obs: Observation, name: str) -> None:
+        self.guard.record(hit, obs.client, name, obs.source)
         k = (obs.source, hit.list, hit.cls)
         self.detected[k] = self.detected.get(k, 0) + 1
         self.on_block(hit, obs)
+
+    def _cnames(self, obs: Observation, key) -> None:
+        for target in cname_targets(obs.wire):
+            v = self.guard.judge(obs.client, target)
+            if v.blocked and v.list is not None:
+                hit = replace(v, via_cname=True)
+                if key is not None:
+                    self.recent[key] = hit
+                self._detected(hit, obs, target)
+                return
 
 
 _MISS = object()
