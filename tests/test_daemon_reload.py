@@ -57,6 +57,7 @@ def test_good_reload_via_ctl_swaps_policy(daemon, policy_dir):
     assert audit[1]["after"]["source"] == "start"
     # Reloading again without edits changes nothing.
     assert d.ctl("reload", check=True).stdout.strip() == f"policy {v2} unchanged"
+    assert d.ctl_json("status")["last_reload"]["summary"] == "customers +c9001"   # the last real change
 
 
 def test_bad_reload_is_refused_and_old_policy_keeps_serving(daemon, policy_dir):

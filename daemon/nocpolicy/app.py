@@ -232,11 +232,13 @@ class Daemon:
             return {"ok": True, "dry_run": True, "version": new.version, "change": change.as_dict(),
                     "summary": change.describe(), "components": out}
         if old is not None and new.version == old.version:
-            # Files back to the policy in force: an earlier refusal no longer applies.
+            # Files back to the policy in force: an earlier refusal no longer applies. Otherwise
+            # keep showing the last real change (the watcher often finds nothing new).
             self.metrics.policy_unchanged(time.time())
-            self.last_error = None
-            self.last_reload = {"ok": True, "source": source, "version": new.version,
-                                "at": dt.datetime.now(dt.UTC).isoformat(), "summary": "no change"}
+            if self.last_error is not None:
+                self.last_error = None
+                self.last_reload = {"ok": True, "source": source, "version": new.version,
+                                    "at": dt.datetime.now(dt.UTC).isoformat(), "summary": "no change"}
             return {"ok": True, "changed": False, "version": new.version, "summary": "no change"}
         sdnotify.notify("RELOADING=1")
         try:
