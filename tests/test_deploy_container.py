@@ -171,6 +171,23 @@ def compose() -> dict:
     return yaml.safe_load(COMPOSE.read_text())
 
 
+def compose_config(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["docker-compose", "-f", str(path), "config", "-q"], capture_output=True, text=True,
+                          timeout=60, cwd=path.parent)
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None,
+                    reason="docker-compose not installed (Debian package docker-compose; tests/run-all.sh)")
+def test_compose_file_passes_the_compose_schema(tmp_path):
+    """docker-compose (v1, Debian) validates against the compose schema without a daemon."""
+    res = compose_config(COMPOSE)
+    assert res.returncode == 0 and not res.stderr.strip(), res.stderr
+    broken = tmp_path / "compose.yaml"
+    broken.write_text(COMPOSE.read_text().replace("    restart: unless-stopped\n", "    restrat: unless-stopped\n", 1))
+    res = compose_config(broken)
+    assert res.returncode != 0 and "restrat" in res.stderr
+
+
 def test_compose_services_and_files(compose):
     services = compose["services"]
     assert {"nocpolicyd", "mosquitto", "mosquitto-passwd", "prometheus", "grafana"} <= set(services)
