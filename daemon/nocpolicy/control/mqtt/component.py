@@ -15,15 +15,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections import Counter, OrderedDict
 
 from ... import __version__
 from ...component import Component
 from ...control.commands import Args, Command, Invocation
-from ...errors import CommandError, NocpolicyError
+from ...errors import NocpolicyError
 from .agent import Agent
 from .broker import broker_config
 from .controller import Controller
+from .inbox import Inbox
 from .link import Link
 from .metrics import MqttCollector
 from .outbox import AGGREGATED, FORWARDED, SINGLE_DETECTIONS, DetectionCounts, Outbox, counts_only
@@ -33,20 +33,14 @@ from .wire import (
     CMD_FILTER,
     NODE_RE,
     STATUS_FILTER,
-    BadRequest,
     dumps,
     event_topic,
-    parse_command,
     plan_topic,
-    reply,
-    reply_topic,
     status_topic,
 )
 
 log = logging.getLogger(__name__)
 
-MAX_INFLIGHT = 32             # commands running at once; more are answered "busy"
-RECENT = 1024                 # request ids remembered: a redelivered command is answered, not re-run
 OUTBOX_SIZE = 1000
 
 
@@ -63,9 +57,7 @@ class MqttBridge(Component):
         self.controller: Controller | None = None
         self.outbox = Outbox(OUTBOX_SIZE)
         self.detections = DetectionCounts()
-        self.command_results: Counter = Counter()
-        self._inflight = 0
-        self._recent: OrderedDict = OrderedDict()   # (identity, verb, request id) -> reply (None: running)
+        self.inbox = Inbox(ctx, publish=self._publish, spawn=self.tasks.spawn)
         self._outbox_wake = asyncio.Event()
         self._events = None
         self._configured = False
@@ -156,7 +148,7 @@ class MqttBridge(Component):
         topic = msg.topic.value
         payload = msg.payload if isinstance(msg.payload, bytes) else str(msg.payload or "").encode()
         if topic.startswith("nocpolicy/v1/cmd/"):
-            self._command(topic, payload)
+            self.inbox.accept(topic, payload)
         elif topic == status_topic(self.node):
             if _state_of(payload) == "offline" and not self._stopping:
                 self.tasks.spawn("status", self._publish_status())
@@ -182,83 +174,6 @@ class MqttBridge(Component):
 
     async def _publish_status(self) -> None:
         await self._publish(status_topic(self.node), dumps(self._status_doc("online")), retain=True)
-
-    # -- commands ----------------------------------------------------------------
-
-    def _command(self, topic: str, payload: bytes) -> None:
-        if self._inflight >= MAX_INFLIGHT:
-            self.command_results["busy"] += 1
-            try:
-                req = parse_command(topic, payload)
-                doc = reply(req.request_id, req.verb, error="busy: too many commands in progress; retry",
-                            status=503)
-                self.tasks.spawn("reply", self._publish(reply_topic(req.identity, req.request_id), dumps(doc)))
-            except BadRequest:
-                pass
-            return
-        self._inflight += 1
-        self.tasks.spawn("command", self._run_command(topic, payload))
-
-    async def _run_command(self, topic: str, payload: bytes) -> None:
-        try:
-            doc, identity, rid = await self._execute(topic, payload)
-            await self._publish(reply_topic(identity, rid), dumps(doc))
-        finally:
-            self._inflight -= 1
-
-    def _seen(self, key: tuple[str, str, str]):
-        """(True, reply-or-None) if this request id was already taken; otherwise remember it."""
-        if key in self._recent:
-            return True, self._recent[key]
-        self._recent[key] = None
-        while len(self._recent) > RECENT:
-            self._recent.popitem(last=False)
-        return False, None
-
-    async def _execute(self, topic: str, payload: bytes) -> tuple[dict, str, str]:
-        verb = topic.rsplit("/", 1)[-1]
-        try:
-            req = parse_command(topic, payload)
-        except BadRequest as exc:
-            self.command_results["invalid"] += 1
-            log.warning("mqtt: bad command from %s on %s: %s", exc.identity, topic, exc)
-            return reply(exc.request_id, verb, error=str(exc), status=exc.status), exc.identity, exc.request_id
-        key = (req.identity, req.verb, req.request_id)
-        seen, earlier = self._seen(key)
-        if seen:   # QoS 1 may deliver twice, and clients retry: never run one request twice
-            log.info("mqtt: %s %s by %s is a repeat; answering without running it", req.verb,
-                     req.request_id, req.identity)
-            return (earlier or reply(req.request_id, req.verb, error="this request id is still running",
-                                     status=409)), req.identity, req.request_id
-        doc = await self._dispatch(req)
-        self._recent[key] = doc
-        return doc, req.identity, req.request_id
-
-    async def _dispatch(self, req) -> dict:
-        policy = self.ctx.policy()
-        actor = f"mqtt:{req.identity}"
-        try:
-            result = await self.ctx.commands.dispatch(
-                req.verb, req.args, actor=actor, source="mqtt", request_id=req.request_id,
-                allowed=lambda cmd: policy.control.allows(req.identity, cmd.name))
-        except CommandError as exc:
-            kind = "refused" if exc.status in (403, 409) else "invalid"
-            self.command_results[kind] += 1
-            if exc.status == 403:
-                self.ctx.store.audit(actor, "mqtt.refused", f"command:{req.verb}", None,
-                                     {"request_id": req.request_id, "reason": str(exc)})
-            log.info("mqtt: %s %s by %s refused (%d): %s", req.verb, req.request_id, actor, exc.status, exc)
-            return reply(req.request_id, req.verb, error=str(exc), status=exc.status, field=exc.field)
-        except Exception as exc:    # a handler bug: answer, log, keep serving
-            self.command_results["failed"] += 1
-            log.exception("mqtt: %s by %s failed", req.verb, actor)
-            return reply(req.request_id, req.verb, error=f"internal error: {exc}", status=500)
-        self.command_results["ok"] += 1
-        cmd = next((c for c in self.ctx.commands.describe() if c["name"] == req.verb), None)
-        if cmd and cmd["mutating"]:
-            self.ctx.store.audit(actor, "mqtt.command", f"command:{req.verb}", None,
-                                 {"request_id": req.request_id, "args": req.args})
-        return reply(req.request_id, req.verb, result=_jsonable(result))
 
     # -- events out --------------------------------------------------------------
 

@@ -24,7 +24,7 @@ class MqttCollector:
         c = CounterMetricFamily("nocpolicy_mqtt_commands", "Commands received over MQTT by result",
                                 labels=["result"])
         for r in COMMAND_RESULTS:
-            c.add_metric([r], b.command_results[r])
+            c.add_metric([r], b.inbox.results[r])
         yield c
         yield CounterMetricFamily("nocpolicy_mqtt_events_published", "Events published to the broker",
                                   value=b.outbox.published)
