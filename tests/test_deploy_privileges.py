@@ -34,9 +34,9 @@ def unit_caps() -> set[str]:
     return caps
 
 
-def setpriv_argv() -> list[str]:
+def setpriv_argv(uid: int) -> list[str]:
     caps = ",".join(f"+{c.lower().removeprefix('cap_')}" for c in sorted(unit_caps()))
-    argv = ["setpriv", f"--reuid={UID}", f"--regid={UID}", "--clear-groups",
+    argv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
             f"--inh-caps=-all,{caps}", f"--ambient-caps=-all,{caps}", f"--bounding-set=-all,{caps}"]
     if values("NoNewPrivileges") == ["yes"]:
         argv.append("--no-new-privs")
@@ -50,8 +50,12 @@ def in_ns(ns: str, *argv: str, timeout: float = 30, check: bool = True) -> subpr
     return res
 
 
-@pytest.fixture(scope="module")
-def unprivileged():
+# "user": the unit as shipped (User=nocpolicy). "root": the documented fallback drop-in
+# (User=root with the same two-capability bounding set), for enforcement until the qos
+# component accepts CAP_NET_ADMIN without uid 0.
+@pytest.fixture(scope="module", params=["user", "root"])
+def unprivileged(request):
+    uid = UID if request.param == "user" else 0
     why = need_root_netns() or (None if shutil.which("setpriv") else "setpriv (util-linux) not installed")
     if why:
         pytest.skip(why)
@@ -69,7 +73,7 @@ def unprivileged():
         shutil.copytree(REPO / "policies", policies)
         state = work / "state"
         state.mkdir(mode=0o700)
-        os.chown(state, UID, UID)
+        os.chown(state, uid, uid)
         env = unit_environment() | {"NOCPOLICY_DNS": "127.0.0.1:53"}
         argv = exec_start_argv(env)
         assert argv[0] == INSTALL_BIN + "nocpolicyd"
@@ -77,7 +81,7 @@ def unprivileged():
         argv[argv.index("--policies") + 1] = str(policies)
         argv[argv.index("--state-dir") + 1] = str(state)
         log = open(work / "nocpolicyd.log", "wb")
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, *setpriv_argv(), "--", *argv, "--no-watch"],
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, *setpriv_argv(uid), "--", *argv, "--no-watch"],
                                 stdout=log, stderr=subprocess.STDOUT, cwd=work)
 
         def ready():
@@ -86,7 +90,7 @@ def unprivileged():
             probe = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9753/readyz', timeout=2).status)"
             return in_ns(ns, sys.executable, "-c", probe, check=False).stdout.strip() == "200"
         wait_for(ready, 30, interval=0.2, what="unprivileged nocpolicyd ready")
-        yield {"ns": ns, "proc": proc, "state": state, "work": work}
+        yield {"ns": ns, "proc": proc, "state": state, "work": work, "uid": uid, "variant": request.param}
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0, (work / "nocpolicyd.log").read_text(errors="replace")
     finally:
@@ -115,7 +119,8 @@ def metric(ns: str, name: str) -> float | None:
 def test_runs_with_exactly_the_units_credentials(unprivileged):
     st = proc_status(unprivileged["proc"].pid)
     assert st["Name"].startswith("nocpolicyd") or "python" in st["Name"]
-    assert st["Uid"].split()[:2] == [str(UID), str(UID)]
+    uid = unprivileged["uid"]
+    assert st["Uid"].split()[:2] == [str(uid), str(uid)]
     want = (1 << CAP_NET_BIND_SERVICE) | (1 << CAP_NET_ADMIN)
     assert {c for c in unit_caps()} == {"CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE"}
     assert int(st["CapEff"], 16) == want
@@ -124,7 +129,7 @@ def test_runs_with_exactly_the_units_credentials(unprivileged):
     # What it created is private to it.
     for f in ("admin.token", "pseudonym.key", "nocpolicy.db"):
         s = (unprivileged["state"] / f).stat()
-        assert s.st_uid == UID and s.st_mode & 0o077 == 0, f
+        assert s.st_uid == uid and s.st_mode & 0o077 == 0, f
 
 
 def test_answers_dns_on_port_53_without_root(unprivileged):
@@ -135,13 +140,21 @@ def test_answers_dns_on_port_53_without_root(unprivileged):
     assert "status: NXDOMAIN" in out, out
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "qos/component.py _cannot_enforce() (and qos/features.py detect()) require euid 0 instead of "
-    "CAP_NET_ADMIN, so under nocpolicyd.service (User=nocpolicy + CAP_NET_ADMIN) the Enforcer stays "
-    "plan-only; remove this marker when it checks the capability"))
+QOS_EUID_BUG = ("qos/component.py _cannot_enforce() (and qos/features.py detect()) require euid 0 "
+                "instead of CAP_NET_ADMIN, so under nocpolicyd.service as shipped (User=nocpolicy + "
+                "CAP_NET_ADMIN) the Enforcer stays plan-only")
+
+
 def test_enforces_with_only_cap_net_admin(unprivileged):
     ns = unprivileged["ns"]
-    assert metric(ns, "nocpolicy_enforcement_enforcing") == 1.0
+    try:
+        assert metric(ns, "nocpolicy_enforcement_enforcing") == 1.0
+    except AssertionError:
+        if unprivileged["variant"] == "user":
+            pytest.xfail(QOS_EUID_BUG)
+        raise
+    # Once the qos component accepts CAP_NET_ADMIN, "user" passes here too: then delete
+    # QOS_EUID_BUG and the fallback drop-in in docs/operations.md.
     tables = in_ns(ns, "nft", "list", "tables").stdout
     assert "nocpolicy" in tables, tables
     qdisc = in_ns(ns, "tc", "qdisc", "show", "dev", "nocp-down0").stdout
