@@ -29,7 +29,7 @@ from ..policy.fields import as_bool, as_datetime, as_id, as_text, list_of
 from .counters import QosCollector, Usage, read_usage
 from .emergency import EmergencyStore, Record
 from .features import Features, detect
-from .plan import Emergency, Plan, build_plan
+from .plan import Emergency, Plan, Static, build_plan, build_static
 from .render import diff_lines, render_nft, render_tc
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ class Enforcer(Component):
         self.emergencies = EmergencyStore(ctx.store)
         self.policy = None
         self.plan: Plan | None = None
+        self.static: Static | None = None          # the policy-only part of the plan, reused per emergency
         self.backend = None
         self.backend_name = "none"
         self.features = Features(False, detail="not detected yet")
@@ -81,7 +82,8 @@ class Enforcer(Component):
         if self.backend is None and self.plan_only_reason == "":
             await self._choose_backend(policy)
         try:
-            plan = build_plan(policy, emergency, leaf=self.features.leaf)
+            static = await asyncio.to_thread(build_static, policy)
+            plan = build_plan(policy, emergency, leaf=self.features.leaf, static=static)
         except (ValueError, EnforcementError) as exc:
             raise NocpolicyError(f"qos: {exc}") from None
         if self.backend is not None:
@@ -91,7 +93,7 @@ class Enforcer(Component):
                                      f"{'in netns ' + self.netns if self.netns else 'here'}")
 
         def commit():
-            self.policy, self.plan = policy, plan
+            self.policy, self.plan, self.static = policy, plan, static
             if self.state in ("running", "disabled", "failed") and self.backend is not None:
                 self.tasks.spawn("apply", self._apply_logged(plan, "reload"))
         return commit
@@ -117,7 +119,7 @@ class Enforcer(Component):
         if self.backend is not None and self.policy is not None and self.plan is not None \
                 and self.plan.emergency is not None:
             try:   # a stopped daemon cannot expire an emergency: leave the normal caps only
-                await self._apply(build_plan(self.policy, None, leaf=self.features.leaf))
+                await self._apply(build_plan(self.policy, None, leaf=self.features.leaf, static=self.static))
                 log.info("qos: stopped; emergency rules taken out, normal caps left in place")
             except EnforcementError as exc:
                 log.error("qos: could not take the emergency rules out on stop: %s", exc)
@@ -212,10 +214,11 @@ class Enforcer(Component):
             if until is not None and until <= now:
                 raise CommandError(f"until {until.isoformat()} is in the past", status=400, field="until")
             try:
-                new = build_plan(self.policy, Emergency(profile, tuple(scope), reason), leaf=self.features.leaf)
+                new = await asyncio.to_thread(build_plan, self.policy, Emergency(profile, tuple(scope), reason),
+                                          leaf=self.features.leaf, static=self.static)
             except ValueError as exc:
                 raise CommandError(str(exc), status=400) from None
-            added, removed = diff_lines(self.plan, new)
+            added, removed = await asyncio.to_thread(diff_lines, self.plan, new)
             out = {"profile": profile, "enforced": self.backend is not None, "added": added, "removed": removed}
             if dry_run:
                 return {**out, "dry_run": True, "nft": render_nft(new)}
@@ -236,8 +239,8 @@ class Enforcer(Component):
             rec = self.emergencies.active()
             if rec is None:
                 raise CommandError("no emergency is active", status=409)
-            new = build_plan(self.policy, None, leaf=self.features.leaf)
-            added, removed = diff_lines(self.plan, new)
+            new = build_plan(self.policy, None, leaf=self.features.leaf, static=self.static)
+            added, removed = await asyncio.to_thread(diff_lines, self.plan, new)
             applied = await self._apply(new)
             self.emergencies.end(rec, actor=actor, reason=reason, now=self.ctx.clock.now(), action=action,
                                  audit_before={"emergency": rec.as_dict(self._max_duration(rec.profile))},

@@ -21,7 +21,7 @@ so one ``meta priority`` value is right whatever the outgoing interface.
 
 from __future__ import annotations
 
-import ipaddress
+import dataclasses
 from dataclasses import dataclass, field
 
 LINK, NETCTL, PRIORITY, ORDINARY, DEFAULT = 0x1, 0x10, 0x20, 0x30, 0x31
@@ -196,8 +196,18 @@ def _entries(prefixes, minor: int, note: str) -> list[Entry]:
     return [Entry(str(p), minor, note) for p in prefixes]
 
 
-def build_plan(policy, emergency: Emergency | None = None, *, leaf: str = "pfifo") -> Plan:
-    """Policy (+ the emergency in force) -> Plan. Pure; raises ValueError for an unknown profile/scope."""
+@dataclass(frozen=True)
+class Static:
+    """The part of a plan that depends on the policy only (reuse it for every emergency)."""
+
+    trees: tuple[InterfaceTree, ...]
+    network_control: tuple[str, ...]
+    index: dict
+    caps_by_customer: dict
+    normal_caps: tuple[Entry, ...]
+
+
+def build_static(policy) -> Static:
     index, order = cap_classes(policy)
     caps_by_customer = _customer_caps(policy)
     first = {}
@@ -205,16 +215,32 @@ def build_plan(policy, emergency: Emergency | None = None, *, leaf: str = "pfifo
         if caps["normal"] is not None and (cid, caps["normal"]) in index:
             first[cid] = index[(cid, caps["normal"])]
     trees = tuple(build_tree(policy, i, order, first) for i in policy.interfaces)
-    netctl = sorted({s for p in policy.profiles for s in p.network_control} or {"dns", "ntp", "bgp"})
+    netctl = tuple(sorted({s for p in policy.profiles for s in p.network_control} or {"dns", "ntp", "bgp"}))
+    st = Static(trees, netctl, index, caps_by_customer, ())
+    return dataclasses.replace(st, normal_caps=_cap_entries(policy, st, "normal"))
+
+
+def _cap_entries(policy, st: Static, key: str) -> tuple[Entry, ...]:
+    out = []
+    for c in sorted(policy.customers, key=lambda c: c.id):
+        cap = st.caps_by_customer.get(c.id, {}).get(key)
+        minor = st.index.get((c.id, cap), DEFAULT) if cap is not None else DEFAULT
+        if minor != DEFAULT:
+            out.extend(_entries(c.prefixes, minor, f"customer {c.id}"))
+    return tuple(out)
+
+
+def build_plan(policy, emergency: Emergency | None = None, *, leaf: str = "pfifo",
+               static: Static | None = None) -> Plan:
+    """Policy (+ the emergency in force) -> Plan. Pure; raises ValueError for an unknown profile/scope.
+
+    ``static`` (from :func:`build_static` of the same policy) saves rebuilding the tc tree.
+    """
+    st = static or build_static(policy)
+    trees, netctl = st.trees, st.network_control
 
     def cap_entries(key: str) -> tuple[Entry, ...]:
-        out = []
-        for c in sorted(policy.customers, key=lambda c: c.id):
-            cap = caps_by_customer.get(c.id, {}).get(key)
-            minor = index.get((c.id, cap), DEFAULT) if cap is not None else DEFAULT
-            if minor != DEFAULT:
-                out.extend(_entries(c.prefixes, minor, f"customer {c.id}"))
-        return tuple(out)
+        return _cap_entries(policy, st, key)
 
     em = None
     if emergency is not None:
@@ -251,8 +277,7 @@ def build_plan(policy, emergency: Emergency | None = None, *, leaf: str = "pfifo
             dscp_sources=tuple(_dedupe(dscp_src)) if profile.trusted_dscp.values else (),
             caps=cap_entries(profile.id),
         )
-    return Plan(leaf=leaf, interfaces=trees, network_control=tuple(netctl), caps=cap_entries("normal"),
-                emergency=em)
+    return Plan(leaf=leaf, interfaces=trees, network_control=netctl, caps=st.normal_caps, emergency=em)
 
 
 def _dedupe(entries: list[Entry]) -> list[Entry]:
@@ -266,4 +291,5 @@ def _dedupe(entries: list[Entry]) -> list[Entry]:
 
 
 def family(prefix: str) -> int:
-    return ipaddress.ip_network(prefix, strict=False).version
+    """4 or 6 for a prefix string the plan holds (already validated)."""
+    return 6 if ":" in prefix else 4
