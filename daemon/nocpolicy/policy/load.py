@@ -125,7 +125,7 @@ def list_digests(policy: Policy, problems: Problems) -> dict[str, str]:
     """SHA-256 of each local list file (by list id); unreadable files become problems."""
     out = {}
     for bl in policy.dns.lists:
-        if "://" in bl.source:
+        if bl.source is None or "://" in bl.source:
             continue
         path = Path(policy.directory) / bl.source
         if not path.is_file():
@@ -181,6 +181,8 @@ def check_references(policy: Policy, problems: Problems) -> None:
         for cid in w.scope.customers:
             ref(w.locs.get("scope", w.loc), f"{where}.scope.customers", cid, customers, "customer")
     for bl in policy.dns.lists:
+        if bl.source is None:   # already reported
+            continue
         if "://" not in bl.source:
             path = Path(policy.directory) / bl.source
             if not path.is_file():
