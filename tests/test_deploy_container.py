@@ -395,7 +395,9 @@ def test_acl_commands_only_in_ones_own_name(broker):
         deliver(sub, broker,
                 denied=[("noc-controller", "nocpolicy/v1/cmd/ti-feed/list.update"),
                         ("ti-feed", "nocpolicy/v1/cmd/noc-controller/emergency.declare"),
-                        ("nocpolicy-monitor", "nocpolicy/v1/cmd/nocpolicy-monitor/optout.set")],
+                        ("nocpolicy-monitor", "nocpolicy/v1/cmd/nocpolicy-monitor/optout.set"),
+                        # one topic level for the verb, as the daemon subscribes cmd/+/+
+                        ("noc-controller", "nocpolicy/v1/cmd/noc-controller/a/b")],
                 sentinel=("ti-feed", "nocpolicy/v1/cmd/ti-feed/list.update"))
         assert broker.pub("noc-controller", "nocpolicy/v1/cmd/noc-controller/status", "ok").returncode == 0
         wait_for(lambda: sub.got("nocpolicy/v1/cmd/noc-controller/status ok"), 10, what="own command")
@@ -431,13 +433,16 @@ def test_acl_agents_read_their_own_plan_and_ack_it(broker):
     ctl = Sub(broker, "nocpolicyd", "nocpolicy/v1/nodes/+/ack")
     try:
         deliver(ctl, broker, denied=[("edge-tokyo-1", "nocpolicy/v1/nodes/edge-tokyo-2/ack"),
-                                     ("edge-tokyo-1", "nocpolicy/v1/nodes/edge-tokyo-1/plan")],
+                                     ("edge-tokyo-1", "nocpolicy/v1/nodes/edge-tokyo-1/plan"),
+                                     # nor can the controller fake an agent's convergence
+                                     ("nocpolicyd", "nocpolicy/v1/nodes/edge-tokyo-1/ack"),
+                                     ("noc-controller", "nocpolicy/v1/nodes/edge-tokyo-1/ack")],
                 sentinel=("edge-tokyo-1", "nocpolicy/v1/nodes/edge-tokyo-1/ack"))
     finally:
         ctl.close()
     # Nor can the agent replace its own retained plan.
     broker.pub("edge-tokyo-1", "nocpolicy/v1/nodes/edge-tokyo-1/plan", "hijack", retain=True)
-    ctl = Sub(broker, "nocpolicyd", "nocpolicy/v1/nodes/edge-tokyo-1/plan")
+    ctl = Sub(broker, "edge-tokyo-1", "nocpolicy/v1/nodes/edge-tokyo-1/plan")
     try:
         wait_for(lambda: ctl.lines, 10, what="retained plan")
         assert ctl.lines == ["nocpolicy/v1/nodes/edge-tokyo-1/plan plan-edge-tokyo-1"]
