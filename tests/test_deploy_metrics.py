@@ -138,9 +138,14 @@ class Prometheus:
     def __init__(self, workdir: Path, target: str):
         self.port = free_port()
         self.workdir = workdir
-        config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                  "rule_files": [str(p) for p in RULES],
-                  "scrape_configs": [{"job_name": "nocpolicy", "static_configs": [{"targets": [target]}]}]}
+        # The shipped host configuration, with only the intervals, the rule paths and the
+        # target address changed for the test.
+        config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+        config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+        config["rule_files"] = [str(DEPLOY / "prometheus" / r) for r in config["rule_files"]]
+        job = next(j for j in config["scrape_configs"] if j["job_name"] == "nocpolicy")
+        assert job["static_configs"][0]["targets"] == ["127.0.0.1:9753"]
+        job["static_configs"][0]["targets"] = [target]
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.log = open(workdir / "prometheus.log", "wb")
         self.proc = subprocess.Popen(
