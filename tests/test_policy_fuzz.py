@@ -13,6 +13,21 @@ from nocpolicy.errors import PolicyInvalid
 from nocpolicy.policy.load import load_policy
 
 ORIGINAL = {p.name: yaml.safe_load(p.read_text(encoding="utf-8")) for p in POLICIES.glob("*.yaml")}
+# Sections the example leaves empty, so that their keys are fuzzed too.
+ORIGINAL["zz-extra.yaml"] = {
+    "maintenance": {
+        "notice": {"planned_days": 14, "reminder_before": "24h", "languages": ["ja", "en"]},
+        "smtp": {"host": "127.0.0.1", "port": 2525, "from": "noc@isp.example", "timeout": "10s"},
+        "windows": [{"id": "w1", "kind": "planned", "start": "2026-12-20T01:00:00+09:00",
+                     "end": "2026-12-20T05:00:00+09:00", "reason": {"ja": "工事", "en": "works"},
+                     "impact": "OUTAGE", "scope": {"customers": ["c1001"], "tags": ["x"],
+                                                   "prefixes": ["192.0.2.0/26"]}}],
+    },
+    "detect": {"logfiles": [{"path": "/var/log/unbound.log", "format": "unbound"}],
+               "capture": [{"interface": "eth0", "port": 53}], "enforce": ["events"],
+               "block_for": "24h", "rpz": {"ttl": 60}, "nft": {"table": "t1"}},
+}
+ORIGINAL["maintenance.yaml"].pop("maintenance")   # one maintenance section only: the one above
 
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
