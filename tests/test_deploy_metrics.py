@@ -19,6 +19,9 @@ import subprocess
 import urllib.parse
 from pathlib import Path
 
+import dns.exception
+import dns.message
+import dns.query
 import pytest
 import yaml
 
@@ -179,6 +182,17 @@ def stack(tmp_path_factory):
         pytest.skip("prometheus not installed (Debian package prometheus; tests/run-all.sh)")
     work = tmp_path_factory.mktemp("metrics")
     d = DaemonProcess(work).start()
+    # Traffic, so that per-list, per-upstream and latency series exist: a blocked name
+    # (mandatory list) and a forwarded one (the example upstreams may not answer here:
+    # a timeout is a result too).
+    for name in ("mandatory-blocked.invalid", "example.org"):
+        try:
+            dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=d.dns_port, timeout=5)
+        except (dns.exception.Timeout, OSError):
+            pass
+    wait_for(lambda: d.metric("nocpolicy_dns_blocked_total") is not None
+             and d.metric("nocpolicy_dns_upstream_queries_total") is not None, 15,
+             what="blocked and upstream series after two queries")
     prom = Prometheus(work, f"127.0.0.1:{d.metrics_port}")
     try:
         def scraped():
