@@ -155,8 +155,12 @@ def test_emergency_priority_on_a_saturated_link(topo, daemon, policy_dir):
     assert st["enforced"] and st["backend"] == "linux" and st["netns"] == topo["rtr"]
 
     # a capped customer stays at its cap (plan home-100m, made 5 Mbit/s here), even on an idle link
-    cap = received(iperf(topo["snd"], "192.0.2.2", PORTS["cap"], 2.5))
+    capped = iperf(topo["snd"], "192.0.2.2", PORTS["cap"], 3)
+    # while it runs, the customer shows as at its cap (two readings of the kernel counters)
+    wait_for(lambda: "c1001" in d.ctl_json("usage")["over_limit"], 3, interval=0.3, what="c1001 over its cap")
+    cap = received(capped)
     assert 2_500_000 < cap <= 5_000_000 * 1.1, cap
+    assert d.metric("nocpolicy_customers_over_limit") is not None
 
     before = measure(topo, "before")
     if os.environ.get("QOS_DEBUG"):
