@@ -201,6 +201,11 @@ def stack(tmp_path_factory):
             r = prom.query('up{job="nocpolicy"}')["data"]["result"]
             return r and r[0]["value"][1] == "1"
         wait_for(scraped, 30, interval=0.2, what="Prometheus scraping nocpolicyd")
+
+        def rates_defined():  # rate() needs at least two samples in its window
+            r = prom.query('count_over_time(up{job="nocpolicy"}[1m]) >= 3')["data"]["result"]
+            return bool(r)
+        wait_for(rates_defined, 30, interval=0.2, what="three scrapes")
         yield d, prom
     finally:
         prom.stop()
@@ -243,6 +248,14 @@ def test_every_dashboard_query_runs(stack):
         res = prom.query(q)
         if res.get("status") != "success":
             errors[expr] = res.get("error")
+            continue
+        # Labels the panel groups by must exist on the daemon's series (legends use them).
+        grouped = re.search(r"\bby \(([^)]*)\)", q)
+        if grouped:
+            want = {lb.strip() for lb in grouped.group(1).split(",")} - {"le", "instance", ""}
+            for series in res["data"]["result"]:
+                if not want <= set(series["metric"]):
+                    errors[expr] = f"result lacks label(s) {sorted(want - set(series['metric']))}: {series}"
     assert not errors, errors
 
 
