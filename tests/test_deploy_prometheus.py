@@ -3,6 +3,7 @@ every alert, firing and quiet."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -94,3 +95,43 @@ def test_every_alert_is_documented():
         base = anchor.removesuffix("critical")
         assert f"### {base}" in ops.lower() or f"{{#{anchor}}}" in ops, \
             f"docs/operations.md has no section for {name} (runbook anchor #{anchor})"
+
+
+AM = PROM / "alertmanager.yml"
+needs_amtool = pytest.mark.skipif(shutil.which("amtool") is None,
+                                  reason="amtool not installed (Debian package prometheus-alertmanager)")
+
+
+def route(**labels: str) -> str:
+    res = subprocess.run(["amtool", "config", "routes", "test", f"--config.file={AM}",
+                          *[f"{k}={v}" for k, v in labels.items()]], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip()
+
+
+@needs_amtool
+def test_alertmanager_config_passes_amtool():
+    res = subprocess.run(["amtool", "check-config", str(AM)], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0 and "SUCCESS" in res.stdout, res.stdout + res.stderr
+
+
+@needs_amtool
+def test_every_alert_routes_by_its_severity():
+    receivers = {}
+    for name, rule in alerts().items():
+        receivers.setdefault(rule["labels"]["severity"], set()).add(route(alertname=name, instance="r1",
+                                                                          **rule["labels"]))
+    assert all(len(r) == 1 for r in receivers.values()), receivers
+    got = {sev: next(iter(r)) for sev, r in receivers.items()}
+    assert got == {"page": "oncall-pager", "warning": "noc-mail", "info": "noc-chat"}
+
+
+def test_inhibit_rules_name_real_alerts():
+    config = yaml.safe_load(AM.read_text())
+    names = set(alerts())
+    for rule in config["inhibit_rules"]:
+        for matcher in rule["source_matchers"] + rule["target_matchers"]:
+            key, op, value = re.match(r'(\w+)(=~|!=|=)"(.*)"', matcher).groups()
+            if key == "alertname" and op == "=":
+                assert value in names, f"inhibit rule names unknown alert {value}"
+        assert "instance" in rule["equal"]
