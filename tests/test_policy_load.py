@@ -77,6 +77,11 @@ def test_diff_names_what_changed(policy_dir):
     assert change.describe() == "customers +c9001 ~c1003; plans ~home-100m; settings changed"
     assert diff_policies(None, b).initial and diff_policies(None, b).touches("anything")
     assert diff_policies(b, b).describe() == "no effective change"
+    # Moving things around (new lines, comments) changes the version, not the content.
+    (policy_dir / "customers.yaml").write_text("# moved\n\n\n" + text)
+    (policy_dir / "emergency.yaml").write_text("\n\n" + (policy_dir / "emergency.yaml").read_text())
+    c = load_policy(policy_dir)
+    assert c.version != b.version and diff_policies(b, c).describe() == "no effective change"
 
 
 def test_customer_for_is_longest_prefix_match(policy_dir):
