@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import BIN, REPO, DaemonProcess, copy_policies, wait_for
+from helpers import BIN, REPO, DaemonProcess, copy_policies, free_port, wait_for
 
 UNIT = REPO / "deploy" / "systemd" / "nocpolicyd.service"
 SYSUSERS = REPO / "deploy" / "systemd" / "nocpolicy.sysusers"
@@ -107,6 +107,7 @@ def test_verify_would_catch_a_mistake(tmp_path):
 
 def test_unit_is_hardened_as_documented():
     assert one("Type") == "notify"
+    assert one("Restart") == "on-failure" and one("RestartPreventExitStatus") == "2"
     assert re.fullmatch(r"\d+s?", one("WatchdogSec"))
     assert one("ProtectSystem") == "strict"
     assert one("StateDirectory") == "nocpolicy"
@@ -165,6 +166,16 @@ def test_every_example_in_the_defaults_file_is_accepted():
     opts = parse_options(exec_start_argv(env)[1:])
     assert opts.mqtt and opts.mqtt_password_file == "/etc/nocpolicy/mqtt.password"
     assert opts.dns_listen == [("192.0.2.53", 53)]
+
+
+def test_a_bad_policy_exits_with_the_status_the_unit_does_not_restart(tmp_path):
+    policies = copy_policies(tmp_path)
+    (policies / "settings.yaml").write_text("settings: [not a mapping\n")
+    res = subprocess.run([str(BIN / "nocpolicyd"), "--policies", str(policies), "--state-dir", str(tmp_path / "s"),
+                          "--dns-listen", f"127.0.0.1:{free_port()}", "--metrics-listen", f"127.0.0.1:{free_port()}",
+                          "--admin-listen", f"127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=60)
+    assert str(res.returncode) in one("RestartPreventExitStatus").split()
+    assert "settings.yaml" in res.stderr
 
 
 @pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="systemd-sysusers not installed")
