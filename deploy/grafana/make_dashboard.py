@@ -159,6 +159,23 @@ def build() -> dict:
                 [target(f"sum(rate(nocpolicy_dns_malformed_total{{{SEL}}}[{RATE}]))", "malformed")],
                 unit="pps"), 12, 6)
 
+    L.row("Passive detection (resolver logs, dnstap, capture)")
+    L.add(panel("timeseries", "Lookups observed by source",
+                [target(f"sum by (source) (rate(nocpolicy_detect_observed_total{{{SEL}}}[{RATE}]))", "{{source}}")],
+                "Lookups passive detection judged; detections are in the DNS guard row.", unit="reqps"), 8, 7)
+    L.add(panel("timeseries", "Active passive blocks",
+                [target(f"sum by (kind) (nocpolicy_detect_active_blocks{{{SEL}}})", "{{kind}}")],
+                "name: in the published RPZ; address: in the nftables set (entries expire)."), 8, 7)
+    L.add(panel("timeseries", "Input health",
+                [target(f"sum(nocpolicy_detect_dnstap_connections{{{SEL}}})", "dnstap connections", "A"),
+                 target(f"sum by (source) (rate(nocpolicy_detect_input_errors_total{{{SEL}}}[{RATE}]))",
+                        "input errors/s {{source}}", "B"),
+                 target(f"sum(rate(nocpolicy_detect_capture_kernel_drops_total{{{SEL}}}[{RATE}]))",
+                        "capture drops/s", "C"),
+                 target(f"sum by (target) (rate(nocpolicy_detect_publish_failures_total{{{SEL}}}[{RATE}]))",
+                        "publish failures/s {{target}}", "D")],
+                "A resolver that stops sending dnstap shows as 0 connections."), 8, 7)
+
     L.row("Emergency priority and utilisation")
     L.add(panel("state-timeline", "Emergency state by profile",
                 [target(f"max by (profile) (nocpolicy_emergency_active{{{SEL}}})", "{{profile}}")],
