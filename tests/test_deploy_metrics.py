@@ -52,8 +52,8 @@ def dashboard_exprs() -> list[str]:
     out += [a["expr"] for a in d["annotations"]["list"] if "expr" in a]
     for var in d["templating"]["list"]:
         q = var.get("query")
-        if isinstance(q, dict):
-            out.append(q["query"])
+        if var["type"] == "query":
+            out.append(q["query"] if isinstance(q, dict) else q)
     return out
 
 

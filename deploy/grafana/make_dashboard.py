@@ -246,7 +246,7 @@ def build() -> dict:
             {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
              "current": {}, "hide": 0, "refresh": 1, "options": []},
             {"name": "instance", "label": "Node", "type": "query", "datasource": DS,
-             "query": {"query": "label_values(nocpolicy_build_info, instance)", "refId": "instance"},
+             "query": "label_values(nocpolicy_build_info, instance)",
              "definition": "label_values(nocpolicy_build_info, instance)",
              "multi": True, "includeAll": True, "allValue": ".*", "current": {}, "refresh": 2, "sort": 1,
              "hide": 0, "options": []},
