@@ -98,7 +98,7 @@ class DnsGuard(Component):
         old_ups = self.policy.dns.upstreams if self.policy else None
         new_pool = None
         if old_ups != policy.dns.upstreams:
-            new_pool = UpstreamPool(policy.dns.upstreams, self.stats)
+            new_pool = UpstreamPool(policy.dns.upstreams, self.stats, self.engine.reply)
 
         def commit():
             self._retire(self.lists.compiled, compiled)

@@ -13,6 +13,7 @@ import time
 
 from .clients import PrefixIndex
 from .lists import ListSet, suffixes
+from .upstream import Pending
 from .verdict import Subscriber, Verdict, judge, judge_suffixes
 from .wire import (
     FORMERR,
@@ -27,10 +28,10 @@ from .wire import (
     answer,
     answer_cnames,
     error_reply,
+    may_have_cname,
     parse_query,
     sinkhole_record,
     truncate_for_udp,
-    with_id,
 )
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,8 @@ class Engine:
 
     def drain(self) -> None:
         """Move the counts of cached answers into the stats and the detection log."""
+        if self.pool is not None:
+            self.pool.drain()
         dirty, self.dirty = self.dirty, []
         stats, note = self.stats, self.detections.note_many
         for ent in dirty:
@@ -285,36 +288,37 @@ class Engine:
 
     def _forward(self, data, q, addr, sub, send, tcp, t0) -> None:
         pool = self.pool
-        stats = self.stats
         if pool is None:
-            stats.rcodes[SERVFAIL] += 1
+            self.stats.rcodes[SERVFAIL] += 1
             send(answer(data, q, SERVFAIL, ede=22, text="no upstream configured"), addr)
             return
+        pool.forward(Pending(data, q, addr, sub, send, tcp, t0))
 
-        def reply(resp, ede, upstream):
-            if resp is None:
-                out = answer(data, q, SERVFAIL, ede=ede, text="no upstream answered")
-            else:
-                if self.inspect_cnames and (resp[6] or resp[7]):
-                    lists = self.lists
-                    for target in answer_cnames(resp):
-                        v = judge_suffixes(sub, lists, suffixes(target)) if target else None
-                        if v is not None:
-                            v = Verdict(v.action, v.customer, v.list, v.cls, v.entry, v.name,
-                                        f"CNAME {target}: {v.reason}", v.sinkhole_a, v.sinkhole_aaaa,
-                                        via_cname=True)
-                            self._blocked(data, q, v, addr, send, t0)
-                            return
-                out = with_id(resp, q.id)
-                if not tcp:
-                    limit = q.edns or 512
-                    if len(out) > limit:
-                        out = truncate_for_udp(out, limit)
-            stats.rcodes[out[3] & 0xF] += 1
-            send(out, addr)
-            stats.duration["forwarded"].observe(time.perf_counter() - t0)
-
-        pool.forward(data, q.qend, reply, tcp)
+    def reply(self, p: Pending, resp: bytes | None, ede: int) -> None:
+        """The upstream's answer (or None and an EDE code) for forwarded query ``p``."""
+        data, q = p.data, p.q
+        if resp is None:
+            out = answer(data, q, SERVFAIL, ede=ede, text="no upstream answered")
+        else:
+            if self.inspect_cnames and (resp[6] or resp[7]) and may_have_cname(resp, p.qend):
+                lists, sub = self.lists, p.sub
+                for target in answer_cnames(resp):
+                    v = judge_suffixes(sub, lists, suffixes(target)) if target else None
+                    if v is not None:
+                        v = Verdict(v.action, v.customer, v.list, v.cls, v.entry, v.name,
+                                    f"CNAME {target}: {v.reason}", v.sinkhole_a, v.sinkhole_aaaa,
+                                    via_cname=True)
+                        self._blocked(data, q, v, p.addr, p.send, p.t0)
+                        return
+            out = data[:2] + resp[2:]
+            if not p.tcp:
+                limit = q.edns or 512
+                if len(out) > limit:
+                    out = truncate_for_udp(out, limit)
+        stats = self.stats
+        stats.rcodes[out[3] & 0xF] += 1
+        p.send(out, p.addr)
+        stats.duration["forwarded"].observe(time.perf_counter() - p.t0)
 
     def failed(self, exc: BaseException) -> None:
         """An unexpected error on the query path: count it, log at most once a minute."""

@@ -55,9 +55,9 @@ class DnsStats:
         key = (lst, cls, action)
         self.blocked[key] = self.blocked.get(key, 0) + n
 
-    def upstream_result(self, upstream: str, result: str) -> None:
+    def upstream_result(self, upstream: str, result: str, n: int = 1) -> None:
         key = (upstream, result)
-        self.upstream[key] = self.upstream.get(key, 0) + 1
+        self.upstream[key] = self.upstream.get(key, 0) + n
 
     def snapshot(self) -> dict:
         return {"queries": {"udp": self.udp + self.queries["udp"], "tcp": self.queries["tcp"]},

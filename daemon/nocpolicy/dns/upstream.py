@@ -24,8 +24,6 @@ import socket
 import time
 from collections.abc import Callable
 
-from .wire import truncated
-
 log = logging.getLogger(__name__)
 
 SWEEP = 0.05
@@ -33,15 +31,18 @@ DOWN_AFTER = 3
 DOWN_FOR = 5.0
 MAX_PENDING = 50_000
 
-# callback(answer bytes with the upstream's ID or None, ede code if None, upstream id)
-Reply = Callable[[bytes | None, int, str], None]
+# on_reply(pending, answer bytes (upstream's ID) or None, EDE code when None)
+Reply = Callable[["Pending", bytes | None, int], None]
 
 
 class Pending:
-    __slots__ = ("data", "qend", "reply", "deadline", "tried", "tcp", "err")
+    """One forwarded query and what is needed to answer its client."""
 
-    def __init__(self, data, qend, reply, tcp):
-        self.data, self.qend, self.reply, self.tcp = data, qend, reply, tcp
+    __slots__ = ("data", "qend", "q", "addr", "sub", "send", "tcp", "t0", "deadline", "tried", "err")
+
+    def __init__(self, data, q, addr, sub, send, tcp, t0):
+        self.data, self.q, self.qend, self.addr, self.sub = data, q, q.qend, addr, sub
+        self.send, self.tcp, self.t0 = send, tcp, t0
         self.deadline = 0.0
         self.tried = 0
         self.err = 22
@@ -58,6 +59,7 @@ class Upstream(asyncio.DatagramProtocol):
         self.fails = 0
         self.down_until = 0.0
         self.last_error: str | None = None
+        self.ok = 0                 # answers received (plain int; drained into the stats)
 
     # -- protocol --------------------------------------------------------------
 
@@ -67,20 +69,22 @@ class Upstream(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr) -> None:
         if len(data) < 12:
             return
-        p = self.pending.pop((data[0] << 8) | data[1], None)
+        qid = (data[0] << 8) | data[1]
+        p = self.pending.pop(qid, None)
         if p is None:
             return
-        if data[12:p.qend] != p.data[12:p.qend]:
-            self.pending[(data[0] << 8) | data[1]] = p    # not the answer to our question
+        if not data.startswith(p.data[12:p.qend], 12):
+            self.pending[qid] = p    # not the answer to our question: keep waiting
             return
-        self.fails = 0
-        self.down_until = 0.0
-        if p.tcp and truncated(data):
+        if self.fails:
+            self.fails = 0
+            self.down_until = 0.0
+        if p.tcp and data[2] & 0x02:
             self.pool.stats.upstream_result(self.id, "truncated")
             self.pool.spawn_tcp(self, p)
             return
-        self.pool.stats.upstream_result(self.id, "ok")
-        p.reply(data, 0, self.id)
+        self.ok += 1
+        self.pool.on_reply(p, data, 0)
 
     def error_received(self, exc: Exception) -> None:
         # A connected UDP socket reports ICMP errors here, without saying which query.
@@ -100,6 +104,7 @@ class Upstream(asyncio.DatagramProtocol):
         self.pool.stats.upstream_result(self.id, result)
         self.fails += 1
         if self.fails >= DOWN_AFTER:
+            self.pool.any_down = True
             if not self.down_until:
                 log.warning("upstream %s (%s:%d) is down: %s", self.id, self.host, self.port,
                             self.last_error or result)
@@ -124,9 +129,11 @@ class Upstream(asyncio.DatagramProtocol):
 
 
 class UpstreamPool:
-    def __init__(self, confs, stats):
+    def __init__(self, confs, stats, on_reply: Reply):
         self.confs = tuple(confs)
         self.stats = stats
+        self.on_reply = on_reply
+        self.any_down = False
         self.upstreams: list[Upstream] = []
         self._tasks: set[asyncio.Task] = set()
         self._sweeper: asyncio.Task | None = None
@@ -156,34 +163,42 @@ class UpstreamPool:
             if u.transport:
                 u.transport.close()
             for p in u.pending.values():
-                p.reply(None, 23, u.id)
+                self.on_reply(p, None, 23)
             u.pending.clear()
+        self.drain()
+
+    def drain(self) -> None:
+        for u in self.upstreams:
+            if u.ok:
+                self.stats.upstream_result(u.id, "ok", u.ok)
+                u.ok = 0
 
     def status(self) -> list[dict]:
         return [u.status() for u in self.upstreams]
 
     # -- forwarding ------------------------------------------------------------
 
-    def forward(self, data: bytes, qend: int, reply: Reply, tcp: bool = False) -> None:
-        p = Pending(data, qend, reply, tcp)
-        self._next(p)
-
     def _order(self) -> list[Upstream]:
-        now = time.monotonic()
         ups = self.upstreams
+        if not self.any_down:
+            return ups
+        now = time.monotonic()
         healthy = [u for u in ups if u.down_until < now and u.transport is not None]
         if len(healthy) == len(ups):
+            self.any_down = False
             return ups
         return healthy + [u for u in ups if u not in healthy and u.transport is not None]
 
-    def _next(self, p: Pending) -> None:
-        order = self._order()
+    def forward(self, p: Pending) -> None:
+        order = self._order() if self.any_down else self.upstreams
         while p.tried < len(order):
             u = order[p.tried]
             p.tried += 1
             if u.send(p):
                 return
-        p.reply(None, p.err, "")
+        self.on_reply(p, None, p.err)
+
+    _next = forward
 
     def retry(self, p: Pending, failed: Upstream) -> None:
         if p.tried < len(self.upstreams):
@@ -224,7 +239,7 @@ class UpstreamPool:
             self.retry(p, u)
             return
         self.stats.upstream_result(u.id, "tcp_ok")
-        p.reply(resp, 0, u.id)
+        self.on_reply(p, resp, 0)
 
 
 async def tcp_query(host: str, port: int, data: bytes) -> bytes:

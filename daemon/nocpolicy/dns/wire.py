@@ -177,6 +177,20 @@ def answer_cnames(resp: bytes) -> list[str]:
     return out
 
 
+def may_have_cname(resp: bytes, pos: int) -> bool:
+    """Fast pre-check on a forwarded answer whose question ends at ``pos``: False only when
+    every answer RR has a compressed owner name and a type other than CNAME."""
+    an = (resp[6] << 8) | resp[7]
+    n = len(resp)
+    for _ in range(an):
+        if pos + 12 > n or resp[pos] < 0xC0:
+            return True        # unusual layout: let the full parser decide
+        if resp[pos + 2] == 0 and resp[pos + 3] == TYPE_CNAME:
+            return True
+        pos += 12 + ((resp[pos + 10] << 8) | resp[pos + 11])
+    return False
+
+
 def truncated(resp: bytes) -> bool:
     return len(resp) > 2 and bool(resp[2] & 0x02)
 
