@@ -269,14 +269,19 @@ class Daemon:
                             "at": dt.datetime.fromtimestamp(now, dt.UTC).isoformat(),
                             "summary": change.describe()}
         self.last_error = None
-        self.ctx.store.put("policy.last_good", {"version": policy.version, "at": self.last_reload["at"]})
         if old is not None:
-            self.ctx.store.audit(actor, "policy.reload", "policy", {"version": old.version},
-                                 {"version": policy.version, "source": source, "change": change.as_dict()})
             log.info("policy %s -> %s (%s): %s", old.version, policy.version, source, change.describe())
-        else:  # which policy was in force from when: evidence for Art. 23/24 questions later
-            self.ctx.store.audit(actor, "policy.load", "policy", None,
-                                 {"version": policy.version, "source": source, "files": list(policy.files)})
+        try:
+            self.ctx.store.put("policy.last_good", {"version": policy.version, "at": self.last_reload["at"]})
+            if old is not None:
+                self.ctx.store.audit(actor, "policy.reload", "policy", {"version": old.version},
+                                     {"version": policy.version, "source": source, "change": change.as_dict()})
+            else:  # which policy was in force from when: evidence for Art. 23/24 questions later
+                self.ctx.store.audit(actor, "policy.load", "policy", None,
+                                     {"version": policy.version, "source": source, "files": list(policy.files)})
+        except NocpolicyError as exc:  # the new policy is in force; say loudly that the record is missing
+            log.error("policy %s is in force but could not be recorded in the state store: %s",
+                      policy.version, exc)
         self.events.publish("reload", {"ok": True, "version": policy.version, "source": source,
                                        "summary": change.describe()})
 
@@ -297,7 +302,15 @@ class Daemon:
         while True:
             await self.reload_event.wait()
             self.reload_event.clear()
-            await self.reload("SIGHUP")
+            await self._reload_safely("SIGHUP")
+
+    async def _reload_safely(self, source: str) -> None:
+        """A reload from a loop: whatever goes wrong is logged; the loop and the daemon go on."""
+        try:
+            await self.reload(source)
+        except Exception:
+            log.exception("reload (%s) failed unexpectedly; still serving policy %s", source,
+                          self.policy.version if self.policy else "-")
 
     async def _watch_loop(self) -> None:
         last = _snapshot(self.options.policies)
@@ -313,7 +326,7 @@ class Daemon:
                     break
                 now = settled
             last = now
-            await self.reload("file change")
+            await self._reload_safely("file change")
 
     async def _watchdog_loop(self) -> None:
         interval = sdnotify.watchdog_interval()
