@@ -177,3 +177,12 @@ def test_no_flags_from_a_checkout_reaches_ready(tmp_path):
         log.close()
     text = (tmp_path / "log").read_text()
     assert "listening on http://127.0.0.1:9753" in text and "listening on http://127.0.0.1:9754" in text
+
+
+def test_refuses_to_start_without_a_usable_state_dir(tmp_path):
+    d = DaemonProcess(tmp_path)
+    d.state_dir.write_text("a file, not a directory\n")
+    d.start(wait=False)
+    assert d.proc.wait(20) == 1
+    d.kill()
+    assert f"cannot prepare the state directory {d.state_dir}" in d.log() and "Traceback" not in d.log()
