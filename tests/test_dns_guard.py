@@ -311,3 +311,32 @@ def test_retry_on_second_upstream(tmp_path):
     finally:
         blackhole.close()
         ub.stop()
+
+
+def test_workers_share_the_port_and_apply_optout_at_once(tmp_path):
+    ub = Unbound(tmp_path, LOCAL_DATA).start()
+    d = DaemonProcess(tmp_path, policies=dns_policy(tmp_path, ub.port), extra_args=["--workers", "2"])
+    try:
+        d.start()
+        wait_for(lambda: len(d.ctl_json("status")["components"]["dns"].get("workers", [])) == 1
+                 and d.ctl_json("status")["components"]["dns"]["workers"][0]["running"], 10)
+
+        def blocked_everywhere(expect: bool) -> bool:
+            # fresh sockets: SO_REUSEPORT spreads them over both processes
+            return all((ede_codes(ask(d, "www.bardubar.com")) == [15]) is expect for _ in range(24))
+
+        wait_for(lambda: blocked_everywhere(True), 10, what="both workers serving")
+        d.ctl("optout", "on", "c-home", check=True)
+        assert blocked_everywhere(False)            # every worker, on the very next queries
+        d.ctl("optout", "off", "c-home", check=True)
+        assert blocked_everywhere(True)
+        d.ctl("list-update", "cc", "--add", "worker-feed.example", check=True)
+        assert all(ede_codes(ask(d, "worker-feed.example")) == [15] for _ in range(24))
+        wait_for(lambda: d.metric("nocpolicy_dns_queries_total", {"transport": "udp"}) >= 96, 5,
+                 what="counters of both processes in /metrics")
+        dns_status = wait_for(lambda: (s := d.ctl_json("status")["components"]["dns"])["workers"][0]["udp_queries"]
+                              and s, 5, what="the worker's report")
+        assert dns_status["queries"]["queries"]["udp"] > 0          # the main process answered some too
+    finally:
+        d.stop()
+        ub.stop()

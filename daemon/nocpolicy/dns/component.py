@@ -280,7 +280,7 @@ class DnsGuard(Component):
         rec = await asyncio.to_thread(self.optouts.set, cid, on, reason=reason, actor=inv.actor, before=before)
         self.optout_state = {**self.optout_state, cid: (on, "runtime")}
         self.engine.set_subscriber(cid, Subscriber(cid, security=not on, optional=frozenset(c.optional_lists)))
-        self.workers.notify({"op": "optout", "customer": cid, "on": on})
+        await self.workers.sync({"op": "optout", "customer": cid, "on": on})
         log.info("customer %s security opt-out %s by %s", cid, "ON" if on else "OFF", inv.actor)
         return {**rec, "before": before, "changed": before != on}
 
@@ -353,6 +353,6 @@ class DnsGuard(Component):
             raise CommandError("nothing to do: give add and/or remove", status=400, field="add")
         out = await asyncio.to_thread(self.lists.update, lst, add_ok, rm_ok, actor=inv.actor, reason=reason)
         self.engine.invalidate()
-        self.workers.notify({"op": "list.update", "list": list_id, "add": out["added"],
-                             "remove": out["removed"]})
+        await self.workers.sync({"op": "list.update", "list": list_id, "add": out["added"],
+                                 "remove": out["removed"]})
         return out

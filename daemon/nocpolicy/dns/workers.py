@@ -60,6 +60,8 @@ class Worker:
         self.proc: asyncio.subprocess.Process | None = None
         self.stats: DnsStats | None = None
         self.restarts = 0
+        self.acked = 0
+        self.waiters: list[tuple[int, asyncio.Future]] = []
 
 
 class WorkerSet:
@@ -72,6 +74,7 @@ class WorkerSet:
         self.workers = [Worker(i + 1) for i in range(self.n)]
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
+        self._seq = 0
 
     def _argv(self, w: Worker) -> list[str]:
         o = self.options
@@ -97,7 +100,15 @@ class WorkerSet:
                     if not line:
                         break
                     with contextlib.suppress(ValueError, KeyError, TypeError):
-                        w.stats = stats_from_json(json.loads(line))
+                        msg = json.loads(line)
+                        if "ack" in msg:
+                            w.acked = max(w.acked, int(msg["ack"]))
+                            for seq, fut in list(w.waiters):
+                                if seq <= w.acked and not fut.done():
+                                    fut.set_result(True)
+                            w.waiters = [(q, f) for q, f in w.waiters if not f.done()]
+                        else:
+                            w.stats = stats_from_json(msg)
             finally:
                 rc = await w.proc.wait()
             if self._stopping:
@@ -106,19 +117,42 @@ class WorkerSet:
             log.error("DNS worker %d exited with %s; restarting", w.index, rc)
             await asyncio.sleep(RESTART_AFTER)
 
-    def notify(self, msg: dict) -> None:
-        data = (json.dumps(msg) + "\n").encode()
+    def notify(self, msg: dict) -> list[asyncio.Future]:
+        """Send a change to every worker; returns futures resolved when each has applied it."""
+        if not self.workers:
+            return []
+        self._seq += 1
+        data = (json.dumps({**msg, "seq": self._seq}) + "\n").encode()
+        futs = []
+        loop = asyncio.get_running_loop()
         for w in self.workers:
             if w.proc is not None and w.proc.returncode is None and w.proc.stdin is not None:
                 with contextlib.suppress(Exception):
                     w.proc.stdin.write(data)
+                    fut = loop.create_future()
+                    w.waiters.append((self._seq, fut))
+                    futs.append(fut)
+        return futs
+
+    async def sync(self, msg: dict, within: float = 2.0) -> bool:
+        """notify() and wait until every worker has applied the change (False on timeout)."""
+        futs = self.notify(msg)
+        if not futs:
+            return True
+        done, pending = await asyncio.wait(futs, timeout=within)
+        for f in pending:
+            f.cancel()
+        if pending:
+            log.warning("%d DNS worker(s) did not confirm %s within %.1fs", len(pending), msg.get("op"), within)
+        return not pending
 
     def stats(self) -> list[DnsStats]:
         return [w.stats for w in self.workers if w.stats is not None]
 
     def status(self) -> list[dict]:
         return [{"worker": w.index, "pid": w.proc.pid if w.proc else None,
-                 "running": bool(w.proc and w.proc.returncode is None), "restarts": w.restarts}
+                 "running": bool(w.proc and w.proc.returncode is None), "restarts": w.restarts,
+                 "udp_queries": w.stats.udp if w.stats else 0}
                 for w in self.workers]
 
     async def stop(self) -> None:
@@ -179,6 +213,7 @@ async def _worker_main(ns) -> int:
             if not line:
                 stop.set()       # the main process is gone
                 return
+            msg = {}
             try:
                 msg = json.loads(line)
                 op = msg["op"]
@@ -204,6 +239,9 @@ async def _worker_main(ns) -> int:
                         guard.engine.invalidate()
             except Exception as exc:  # a bad message must not kill the worker
                 log.error("worker %d: control message failed: %s", ns.index, exc)
+            with contextlib.suppress(Exception):
+                sys.stdout.write(json.dumps({"ack": msg.get("seq", 0)}) + "\n")
+                sys.stdout.flush()
 
     async def report():
         while True:
