@@ -154,8 +154,14 @@ class DaemonProcess:
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
 
+    def _close_log(self) -> None:
+        log = getattr(self, "_log", None)
+        if log is not None:
+            log.close()
+
     def stop(self, timeout: float = 10.0) -> int:
         if self.proc is None or self.proc.poll() is not None:
+            self._close_log()
             return self.proc.returncode if self.proc else 0
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -165,10 +171,10 @@ class DaemonProcess:
             self.proc.wait()
             raise AssertionError(f"nocpolicyd did not stop within {timeout}s\n{self.log()}") from None
         finally:
-            self._log.close()
+            self._close_log()
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        self._log.close()
+        self._close_log()
