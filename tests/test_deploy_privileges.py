@@ -59,6 +59,13 @@ def unprivileged(request):
     why = need_root_netns() or (None if shutil.which("setpriv") else "setpriv (util-linux) not installed")
     if why:
         pytest.skip(why)
+    if uid:
+        # The checkout and the venv must be readable by that uid (not so under a 0700 home).
+        probe = subprocess.run([*setpriv_argv(uid), "--", sys.executable, "-c", "import nocpolicy.app"],
+                               capture_output=True, text=True, timeout=60, cwd="/")
+        if probe.returncode != 0:
+            pytest.skip(f"uid {uid} cannot import nocpolicy from this checkout/venv "
+                        f"({probe.stderr.strip().splitlines()[-1:]}): run from a world-readable path")
     ns = f"nocp-dep-{secrets.token_hex(3)}"
     work = Path(tempfile.mkdtemp(prefix="nocpolicy-priv-"))
     proc = log = None
