@@ -103,14 +103,25 @@ def test_sigterm_stops_in_reverse_order(daemon):
     assert log.index("nocpolicy: stopping") < log.index(f"stopped {order[-1]}")
 
 
-def test_json_logs(daemon):
-    d = daemon(extra_args=["--log-format", "json"])
-    d.ctl("status", check=True)
+def test_json_logs(daemon, policy_dir):
+    d = daemon(policies=policy_dir, extra_args=["--log-format", "json", "--no-watch"])
+    v1 = d.ctl_json("status")["policy"]["version"]
+    with open(policy_dir / "customers.yaml", "a") as f:
+        f.write("  - id: c9001\n    name: New\n")
+    d.ctl("reload", check=True)
+    (policy_dir / "zz.yaml").write_text("plans: 5\n")
+    assert d.ctl("reload").returncode == 1
     d.stop()
     lines = [json.loads(line) for line in d.log().splitlines() if line.strip()]
     assert lines, "no log lines"
     assert all({"ts", "level", "logger", "msg"} <= set(rec) for rec in lines)
-    assert any(rec["msg"].startswith("nocpolicyd ") and " ready: policy " in rec["msg"] for rec in lines)
+    events = {rec.get("event"): rec for rec in lines if rec.get("event")}
+    assert events["ready"]["policy_version"] == v1 and " ready: policy " in events["ready"]["msg"]
+    reload = events["policy.reload"]
+    assert reload["old_version"] == v1 and reload["source"] == "nocpolicyctl" and reload["level"] == "info"
+    refused = events["policy.refused"]
+    assert refused["level"] == "error" and refused["problems"] == 1
+    assert refused["policy_version"] == reload["policy_version"]
 
 
 def test_refuses_to_start_on_invalid_policy(tmp_path, policy_dir):

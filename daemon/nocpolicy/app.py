@@ -151,7 +151,8 @@ class Daemon:
             self._ready = True
             sdnotify.notify("READY=1", f"STATUS=policy {policy.version}")
             log.info("nocpolicyd %s ready: policy %s from %s (%s)", __version__, policy.version,
-                     opts.policies, change.describe())
+                     opts.policies, change.describe(),
+                     extra={"fields": {"event": "ready", "policy_version": policy.version}})
             async with asyncio.TaskGroup() as tg:
                 loops = [tg.create_task(self._reload_loop(), name="reload"),
                          tg.create_task(self._watchdog_loop(), name="watchdog")]
@@ -270,7 +271,9 @@ class Daemon:
                             "summary": change.describe()}
         self.last_error = None
         if old is not None:
-            log.info("policy %s -> %s (%s): %s", old.version, policy.version, source, change.describe())
+            log.info("policy %s -> %s (%s): %s", old.version, policy.version, source, change.describe(),
+                     extra={"fields": {"event": "policy.reload", "old_version": old.version,
+                                       "policy_version": policy.version, "source": source}})
         try:
             self.ctx.store.put("policy.last_good", {"version": policy.version, "at": self.last_reload["at"]})
             if old is not None:
@@ -293,7 +296,9 @@ class Daemon:
         for e in errors:
             log.error("reload refused: %s", e)
         log.error("reload (%s) refused with %d problem(s); still serving policy %s", source, len(errors),
-                  self.policy.version if self.policy else "-")
+                  self.policy.version if self.policy else "-",
+                  extra={"fields": {"event": "policy.refused", "source": source, "problems": len(errors),
+                                    "policy_version": self.policy.version if self.policy else None}})
         self.events.publish("reload", {"ok": False, "source": source, "errors": len(errors)})
         return {"ok": False, "errors": errors,
                 "version": self.policy.version if self.policy else None}
