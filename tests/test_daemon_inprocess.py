@@ -114,3 +114,15 @@ async def test_a_bug_in_prepare_is_a_refusal_not_a_crash(policy_dir, tmp_path):
         assert out["ok"] is False
 
     await run_daemon(policy_dir, tmp_path, journal, {"first": "bug"}, body)
+
+
+async def test_stop_requested_during_start_up_stops_cleanly(policy_dir, tmp_path):
+    journal: list = []
+    opts = Options(policies=str(policy_dir), state_dir=str(tmp_path / "state"), watch=False,
+                   metrics_listen=("127.0.0.1", free_port()), admin_listen=("127.0.0.1", free_port()))
+    d = Daemon(opts, types=make_types(journal, {}))
+    d.stop_event.set()            # as if SIGTERM arrived while components were starting
+    assert await asyncio.wait_for(d.run(), 10) == 0
+    assert [j[:2] for j in journal if j[0] in ("start", "stop")] == [
+        ("start", "first"), ("start", "second"), ("stop", "second"), ("stop", "first")]
+    assert not d._ready
