@@ -126,3 +126,18 @@ async def test_stop_requested_during_start_up_stops_cleanly(policy_dir, tmp_path
     assert [j[:2] for j in journal if j[0] in ("start", "stop")] == [
         ("start", "first"), ("start", "second"), ("stop", "second"), ("stop", "first")]
     assert not d._ready
+
+
+def test_watcher_snapshot_sees_policy_and_list_files_not_the_state_dir(tmp_path):
+    from nocpolicy.app import _snapshot
+    pol = tmp_path / "policies"
+    (pol / "lists").mkdir(parents=True)
+    (pol / "state").mkdir()
+    (pol / "a.yaml").write_text("plans: []\n")
+    (pol / "lists" / "l.txt").write_text("x.example\n")
+    before = _snapshot(str(pol), str(pol / "state"))
+    (pol / "state" / "nocpolicy.db-wal").write_bytes(b"changes all the time")
+    (pol / ".a.yaml.swp").write_text("editor")
+    assert _snapshot(str(pol), str(pol / "state")) == before
+    (pol / "lists" / "l.txt").write_text("x.example\ny.example\n")
+    assert _snapshot(str(pol), str(pol / "state")) != before

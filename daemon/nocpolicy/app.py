@@ -318,15 +318,15 @@ class Daemon:
                           self.policy.version if self.policy else "-")
 
     async def _watch_loop(self) -> None:
-        last = _snapshot(self.options.policies)
+        last = _snapshot(self.options.policies, self.options.state_dir)
         while True:
             await asyncio.sleep(WATCH_INTERVAL)
-            now = _snapshot(self.options.policies)
+            now = _snapshot(self.options.policies, self.options.state_dir)
             if now == last:
                 continue
             while True:  # debounce: wait until an editor has finished writing
                 await asyncio.sleep(WATCH_DEBOUNCE)
-                settled = _snapshot(self.options.policies)
+                settled = _snapshot(self.options.policies, self.options.state_dir)
                 if settled == now:
                     break
                 now = settled
@@ -378,11 +378,13 @@ class Daemon:
         }
 
 
-def _snapshot(directory: str):
+def _snapshot(directory: str, state_dir: str | None = None):
     """Name, mtime and size of every file under the policy directory (YAML and list files)."""
+    skip = os.path.realpath(state_dir) if state_dir else None   # a state dir inside it changes constantly
     out = []
     for root, dirs, files in os.walk(directory):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and os.path.realpath(os.path.join(root, d)) != skip)
         for name in sorted(files):
             if name.startswith(".") or name.endswith(("~", ".swp", ".swx")):
                 continue
