@@ -3,7 +3,7 @@
 Namespaces (random suffix, deleted in a finalizer)::
 
     snd: s0 10.99.0.2 + 198.51.100.130 (public-safety customer fire)
-    rtr: r0 10.99.0.1 | nocp-down0 10.99.1.1   <- HTB at 20 Mbit/s, nft classification
+    rtr: r0 10.99.0.1 | nocp-down0 10.99.1.1   <- HTB at 10 Mbit/s, nft classification
     rcv: v0 10.99.1.2 + 192.0.2.66 (bulk customer biz), 192.0.2.2 (capped customer home),
                         203.0.113.130 (priority destination)
 
@@ -26,12 +26,13 @@ from helpers import wait_for
 
 pytestmark = pytest.mark.skipif(need_root_netns() is not None, reason=need_root_netns() or "")
 
-LINK = "20mbit"
-OFFERED = 5_000_000           # each priority flow offers 5 Mbit/s (paced TCP)
-FLOOD = 60_000_000          # the ordinary UDP flood: three times the link
-PHASES = ("before", "during", "after")
-PORTS = {"cap": 5200, **{f"{flow}-{phase}": 5201 + 3 * i + j for i, phase in enumerate(PHASES)
-                         for j, flow in enumerate(("bulk", "dest", "ps"))}}
+LINK = "10mbit"
+LINK_BPS = 10_000_000
+OFFERED = 2_500_000           # each priority flow offers 2.5 Mbit/s (paced TCP)
+FLOOD = 50_000_000          # the ordinary UDP flood (two streams): five times the link
+PHASES = ("before", "during", "after", "before1", "during1", "after1")
+PORTS = {"cap": 5200, **{f"{flow}-{phase}": 5201 + 4 * i + j for i, phase in enumerate(PHASES)
+                         for j, flow in enumerate(("bulk", "bulk2", "dest", "ps"))}}
 
 
 def sh(*argv: str, check: bool = True) -> str:
@@ -65,7 +66,7 @@ def topo():
         sh("ip", "-n", rtr, "route", "add", "198.51.100.130/32", "via", "10.99.0.2")
         sh("ip", "netns", "exec", rtr, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         for port in PORTS.values():
-            servers.append(subprocess.Popen(["ip", "netns", "exec", rcv, "iperf3", "-s", "-p", str(port)],
+            servers.append(subprocess.Popen(["ip", "netns", "exec", rcv, "iperf3", "-s", "-J", "-p", str(port)],
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         wait_for(lambda: all(f":{p} " in sh("ip", "netns", "exec", rcv, "ss", "-ltn") for p in PORTS.values()),
                  10, what="iperf3 servers")
@@ -96,14 +97,26 @@ def make_policies(policy_dir):
 
 
 def iperf(snd: str, dst: str, port: int, seconds: float, *, rate: int | None = None, udp: bool = False,
-          bind: str | None = None) -> subprocess.Popen:
+          bind: str | None = None, streams: int = 1, length: int = 1400) -> subprocess.Popen:
     argv = ["ip", "netns", "exec", snd, "iperf3", "-c", dst, "-p", str(port), "-t", str(seconds), "-J"]
-    argv += ["-u", "-l", "1400"] if udp else ["--connect-timeout", "3000"]
+    argv += ["-u", "-l", str(length)] if udp else ["--connect-timeout", "3000", "--get-server-output"]
+    argv += ["-P", str(streams)]
     if rate:
         argv += ["-b", str(rate)]
     if bind:
         argv += ["-B", bind]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def flood_sent(p: subprocess.Popen) -> float:
+    """What the UDP flood managed to send (bit/s); 0 if it failed."""
+    try:
+        out, _ = p.communicate(timeout=15)
+        return json.loads(out)["end"]["sum"]["bits_per_second"]
+    except (subprocess.TimeoutExpired, ValueError, KeyError):
+        p.kill()
+        p.communicate()
+        return 0.0
 
 
 def received(p: subprocess.Popen, *, may_fail: bool = False) -> float:
@@ -125,27 +138,42 @@ def received(p: subprocess.Popen, *, may_fail: bool = False) -> float:
         if may_fail:
             return 0.0
         raise AssertionError(f"iperf3: {data.get('error', out[-300:])}")
-    end = data["end"]
-    if "sum_received" in end:
-        return end["sum_received"]["bits_per_second"]
-    return end["sum"]["bits_per_second"] * (1 - end["sum"].get("lost_percent", 0) / 100)   # UDP
+    # Bytes the receiver got within the test time, from the server's own 1 s intervals: a starved
+    # flow's control connection can be so late that the end-of-test total includes data drained
+    # from the send buffer long after the test time (it would look like the full rate).
+    intervals = (data.get("server_output_json") or {}).get("intervals") or []
+    secs = float(p.args[p.args.index("-t") + 1])
+    got = sum(i["sum"]["bytes"] for i in intervals if i["sum"]["end"] <= secs + 0.1)
+    return got * 8 / secs
 
 
 def measure(t, phase: str) -> dict:
+    """One phase; repeated once when the machine was too busy to flood the link (shared CI cores)."""
+    for attempt in range(2):
+        r = _measure(t, f"{phase}{attempt or ''}")
+        if r["flood"] >= 3 * LINK_BPS:
+            break
+    return r
+
+
+def _measure(t, phase: str) -> dict:
     """A UDP flood (FLOOD, it does not back off) saturates the link; two TCP flows paced at
     12 Mbit/s each (one to a priority destination, one from the public-safety customer) run meanwhile."""
-    bulk = iperf(t["snd"], "10.99.1.2", PORTS[f"bulk-{phase}"], 5, rate=FLOOD, udp=True)
+    # two streams of different sizes: a drop-tail FIFO must not phase-lock with one paced flow
+    bulk = iperf(t["snd"], "10.99.1.2", PORTS[f"bulk-{phase}"], 5, rate=FLOOD // 2, udp=True, streams=2)
+    bulk2 = iperf(t["snd"], "10.99.1.2", PORTS[f"bulk2-{phase}"], 5, rate=FLOOD // 4, udp=True, length=700)
     try:
         time.sleep(1.0)
         dest = iperf(t["snd"], "203.0.113.130", PORTS[f"dest-{phase}"], 3, rate=OFFERED)
         ps = iperf(t["snd"], "192.0.2.66", PORTS[f"ps-{phase}"], 3, rate=OFFERED, bind="198.51.100.130")
-        starved_ok = phase != "during"
+        starved_ok = not phase.startswith("during")
         return {"dest": received(dest, may_fail=starved_ok), "ps": received(ps, may_fail=starved_ok),
-                "bulk": received(bulk, may_fail=True)}
+                "flood": flood_sent(bulk) + flood_sent(bulk2)}
     finally:
-        if bulk.poll() is None:
-            bulk.kill()
-            bulk.communicate()
+        for p in (bulk, bulk2):
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
 
 
 def test_emergency_priority_on_a_saturated_link(topo, daemon, policy_dir):
@@ -163,27 +191,35 @@ def test_emergency_priority_on_a_saturated_link(topo, daemon, policy_dir):
     assert d.metric("nocpolicy_customers_over_limit") is not None
 
     before = measure(topo, "before")
-    if os.environ.get("QOS_DEBUG"):
-        print(sh("ip", "netns", "exec", topo["rtr"], "tc", "-s", "class", "show", "dev", "nocp-down0"))
-        print(sh("ip", "netns", "exec", topo["rtr"], "tc", "-s", "qdisc", "show", "dev", "nocp-down0"))
-        print(sh("ip", "netns", "exec", topo["rtr"], "nft", "list", "ruleset"))
     d.ctl("emergency", "declare", "--profile", "earthquake", "--reason", "integration test", check=True)
+    default_bytes = lambda: next(c["bytes"] for c in d.ctl_json("usage")["classes"]  # noqa: E731
+                                 if c["class"] == "default")
+    b0 = default_bytes()
     during = measure(topo, "during")
+    floor_bytes = default_bytes() - b0
     d.ctl("emergency", "lift", "--reason", "test over", check=True)
     after = measure(topo, "after")
-    report = {k: {f: round(v[f] / 1e6, 1) for f in v} for k, v in
+    report = {k: {f: round(v[f] / 1e6, 2) for f in v} for k, v in
               (("before", before), ("during", during), ("after", after))}
     print("Mbit/s:", report)
     for flow in ("dest", "ps"):
-        assert during[flow] >= 0.8 * OFFERED, report
-        assert before[flow] < 0.65 * OFFERED, report
-        assert after[flow] < 0.65 * OFFERED, report
-    assert during["bulk"] >= 0.2 * 20e6, report      # ordinary traffic keeps its floor (20% of the link)
+        assert during[flow] >= 0.8 * OFFERED, report       # the requirement, per flow
+    # Without an emergency the two flows share a drop-tail FIFO (this kernel has no sfq/fq_codel)
+    # with the flood: each phase together clearly below the offered rate, and on average far below.
+    # (A paced flow can now and then phase-lock with the FIFO and slip through alone: luck, not QoS.)
+    for phase in (before, after):
+        assert phase["dest"] + phase["ps"] < 0.75 * 2 * OFFERED, report
+    unprotected = [phase[f] for phase in (before, after) for f in ("dest", "ps")]
+    assert sum(unprotected) / len(unprotected) < 0.5 * OFFERED, report
+    # ordinary traffic kept at least its floor (20% of the link) for the ~5 s of the flood
+    assert floor_bytes >= 0.2 * LINK_BPS / 8 * 4, (floor_bytes, report)
+    for phase in (before, during, after):
+        assert phase["flood"] >= 3 * LINK_BPS, f"the machine could not flood the link: {report}"
 
     usage = d.ctl_json("usage")
     prio = [c for c in usage["classes"] if c["class"] == "priority"]
-    assert prio and prio[0]["bytes"] > 3_000_000
-    assert d.metric("nocpolicy_class_bytes_total", {"interface": "nocp-down0", "class": "priority"}) > 3_000_000
+    assert prio and prio[0]["bytes"] > 1_000_000       # two flows x 2.5 Mbit/s x 3 s went through it
+    assert d.metric("nocpolicy_class_bytes_total", {"interface": "nocp-down0", "class": "priority"}) > 1_000_000
     audit = d.ctl_json("audit", "--subject", "emergency:earthquake")["audit"]
     actions = [a["action"] for a in audit]
     assert "emergency.declare" in actions and "emergency.lift" in actions
