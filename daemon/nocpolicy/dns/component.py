@@ -171,6 +171,7 @@ class DnsGuard(Component):
             self.engine.drain()
             batch = self.detections.take()
             if batch:
+                self._publish_counts(batch)
                 try:
                     await asyncio.to_thread(self.detections.write, batch)
                 except Exception as exc:  # the store is busy or broken: count, keep serving
@@ -182,6 +183,15 @@ class DnsGuard(Component):
                 n = await asyncio.to_thread(self.detections.prune, self.policy.dns.detection_retention)
                 if n:
                     log.info("pruned %d detection records older than the retention period", n)
+
+    def _publish_counts(self, batch: dict) -> None:
+        """Blocks of the last second as counts per list and class (no customer, client or name):
+        the MQTT bridge folds them into its ``detections`` events (Art. 45(5))."""
+        counts: dict[tuple, int] = {}
+        for (lst, cls, _action, _cust, _client, _name, source), (_f, _l, n) in batch.items():
+            counts[(lst, cls, source)] = counts.get((lst, cls, source), 0) + n
+        for (lst, cls, source), n in counts.items():
+            self.ctx.events.publish("block", {"list": lst, "class": cls, "count": n, "source": source})
 
     async def _refresh_loop(self) -> None:
         while True:

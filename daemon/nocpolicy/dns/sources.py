@@ -18,14 +18,12 @@ store and are re-applied on top of every new copy.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import gzip
 import hashlib
 import json
 import logging
 import os
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -108,12 +106,6 @@ def fetch(source: str, policy_dir: str) -> bytes:
         except (OSError, EOFError) as exc:
             raise SourceError(f"{source}: bad gzip data: {exc}") from None
     return data
-
-
-def _lower_priority() -> None:
-    """List builds run at nice 10: under CPU contention the event loop thread wins."""
-    with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
 class ListManager:
@@ -236,7 +228,9 @@ class ListManager:
 
     async def _run(self, fn, *args):
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="dns-lists", initializer=_lower_priority)
+            # one thread, normal priority: a niced thread holding the GIL while descheduled
+            # would stall the event loop (priority inversion); the parser yields the GIL instead
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="dns-lists")
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     def close(self) -> None:

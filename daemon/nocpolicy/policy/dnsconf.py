@@ -60,6 +60,7 @@ class DnsSettings:
     unknown_clients: str = "protect"      # protect (mandatory+security) | mandatory-only | refuse
     detection_retention: float = 30 * 86400.0
     log_allowed: bool = False
+    detections_interval: float = 60.0     # MQTT: aggregated detection counts every ... (Art. 45(5))
     loc: Loc = field(default=Loc("?", 0), compare=False, repr=False)
     locs: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
 
@@ -113,8 +114,16 @@ def _dns(o: Obj) -> DnsSettings:
         unknown_clients=o.get("unknown_clients", one_of("protect", "mandatory-only", "refuse"), "protect"),
         detection_retention=o.get("detection_retention", as_duration, 30 * 86400.0),
         log_allowed=bool(o.get("log_allowed", as_bool, False)),
+        detections_interval=o.get("detections_interval", _interval, 60.0),
         loc=o.node.loc, locs=o.locs,
     )
+
+
+def _interval(node, _p=None) -> float:
+    v = as_duration(node)
+    if not 1.0 <= v <= 86400.0:
+        raise Invalid(f"{node.value!r} is outside 1s..24h")
+    return v
 
 
 read_dns = obj(_dns)
