@@ -92,7 +92,7 @@ def test_reload_dry_run_prints_the_rule_diff(daemon):
         {"prefix": "203.0.113.64/27", "note": "water utility (annex 4)"})
     em.write_text(yaml.safe_dump(data, allow_unicode=True))
     out = d.ctl("reload", "--dry-run", check=True).stdout
-    assert "--- qos" in out or "no rule changes" in out   # destinations only matter during an emergency
+    assert "--- qos\nno rule changes" in out     # destinations only matter during an emergency
     d.ctl("emergency", "declare", "--profile", "earthquake", "--reason", "x", check=True)
     out = d.ctl("reload", "--dry-run", check=True).stdout
     assert "+ nft priority 203.0.113.64/27 (water utility (annex 4))" in out
@@ -131,10 +131,13 @@ def classes(ns: str) -> str:
 
 
 def test_stop_keeps_caps_drops_emergency_start_restores(daemon, router):
-    d = daemon(extra_args=["--enforce", "linux", "--netns", router])
+    d = daemon(extra_args=["--enforce", "linux", "--netns", router, "--customer-metrics"])
     assert d.ctl_json("status")["components"]["qos"]["state"] == "running"
     tree = classes(router)
     assert "class htb 1:31 parent 1:30" in tree
+    assert d.metric("nocpolicy_enforcement_enforcing") == 1.0
+    d.ctl_json("usage")                                      # reads the kernel counters now
+    assert d.metric("nocpolicy_customer_bytes_total", {"customer": "c1001"}) == 0.0   # opt-in series
     d.ctl("emergency", "declare", "--profile", "earthquake", "--reason", "restart test", check=True)
     assert '"nocp-down0"' in emergency_ifs(router)
     assert d.stop() == 0
@@ -160,3 +163,12 @@ def test_expired_emergency_is_not_reapplied(daemon, router):
     assert '"nocp-down0"' not in emergency_ifs(router)
     audit = d.ctl_json("audit", "--subject", "emergency:earthquake")["audit"]
     assert audit[0]["action"] == "emergency.expire"
+
+
+def test_counters_survive_resets():
+    from nocpolicy.qos.component import _accumulate
+    acc, last = {}, {}
+    _accumulate(acc, last, {("eth0", "default"): [100, 2, 0]})
+    _accumulate(acc, last, {("eth0", "default"): [150, 3, 1]})
+    _accumulate(acc, last, {("eth0", "default"): [20, 1, 0]})      # rules replaced: the kernel counter restarted
+    assert acc[("eth0", "default")] == [170, 4, 1]

@@ -64,7 +64,7 @@ def topo():
         for dst in ("192.0.2.66/32", "192.0.2.2/32", "203.0.113.130/32"):
             sh("ip", "-n", rtr, "route", "add", dst, "via", "10.99.1.2")
         sh("ip", "-n", rtr, "route", "add", "198.51.100.130/32", "via", "10.99.0.2")
-        sh("ip", "netns", "exec", rtr, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        sh("ip", "netns", "exec", rtr, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward")
         for port in PORTS.values():
             servers.append(subprocess.Popen(["ip", "netns", "exec", rcv, "iperf3", "-s", "-J", "-p", str(port)],
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
