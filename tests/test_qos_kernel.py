@@ -121,3 +121,12 @@ def test_htb_trap_repaired(ns, policy):
     k = parse_classes(sh(*ex, "class", "show", "dev", "down0"))
     assert k[0x31].parent == 0x30
     assert "pfifo 31:" in sh(*ex, "qdisc", "show", "dev", "down0")
+
+
+def test_leaf_queue_length_is_corrected(ns, policy):
+    LinuxBackend(ns).apply(build_plan(policy))
+    ex = ("ip", "netns", "exec", ns, "tc")
+    sh(*ex, "qdisc", "replace", "dev", "down0", "parent", "1:31", "handle", "31:", "pfifo", "limit", "5000")
+    r = LinuxBackend(ns).apply(build_plan(policy))
+    assert r.tc_commands == 1
+    assert "qdisc pfifo 31: parent 1:31 limit 206p" in sh(*ex, "qdisc", "show", "dev", "down0")

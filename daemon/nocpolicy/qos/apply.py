@@ -35,6 +35,7 @@ from .kernel import KClass, Runner, htb_default, parse_classes, parse_qdiscs, ra
 from .plan import LINK, HtbClass, InterfaceTree, Plan
 from .render import (
     TABLE,
+    leaf_limit,
     render_nft,
     tc_class_line,
     tc_delete_line,
@@ -174,7 +175,8 @@ class LinuxBackend:
             elif not (rate_close(k.rate, c.rate) and rate_close(k.ceil, c.ceil) and (k.prio == c.prio or not c.leaf)):
                 pre.append(_TcChange(dev, tc_class_line(dev, c, "change"), _restore_line(dev, k, "change")))
             q = leaves.get(c.minor)
-            if c.leaf and (k is None or q is None or q.kind != leaf or q.handle != c.minor):
+            stale = q is not None and leaf == "pfifo" and f"limit {leaf_limit(c.ceil)}p" not in q.detail
+            if c.leaf and (k is None or q is None or q.kind != leaf or q.handle != c.minor or stale):
                 pre.append(_TcChange(dev, tc_leaf_line(dev, c, leaf), None))
         extra = [k for m, k in kclasses.items() if m not in planned]
         for k in sorted(extra, key=lambda k: _depth(k, kclasses), reverse=True):   # children first
