@@ -177,7 +177,7 @@ class LinuxBackend:
             q = leaves.get(c.minor)
             stale = q is not None and leaf == "pfifo" and f"limit {leaf_limit(c.ceil)}p" not in q.detail
             if c.leaf and (k is None or q is None or q.kind != leaf or q.handle != c.minor or stale):
-                pre.append(_TcChange(dev, tc_leaf_line(dev, c, leaf), None))
+                pre.append(_TcChange(dev, tc_leaf_line(dev, c, leaf), _leaf_restore(dev, c.minor, q)))
         extra = [k for m, k in kclasses.items() if m not in planned]
         for k in sorted(extra, key=lambda k: _depth(k, kclasses), reverse=True):   # children first
             post.append(_TcChange(dev, tc_delete_line(dev, k.minor), _restore_line(dev, k)))
@@ -269,6 +269,15 @@ def _restore_line(dev: str, k: KClass, verb: str = "add") -> str:
         line += "\n" + tc_leaf_line(dev, dataclasses.replace(c, minor=k.minor), "pfifo").replace(
             f"handle {k.minor:x}:", f"handle {k.leaf:x}:")
     return line
+
+
+def _leaf_restore(dev: str, minor: int, q) -> str | None:
+    """The line putting back the leaf qdisc the kernel had (None: there was none)."""
+    if q is None:
+        return None
+    m = re.search(r"limit (\d+)p?", q.detail)
+    args = f" limit {m.group(1)}" if m and q.kind in ("pfifo", "bfifo", "sfq") else ""
+    return f"qdisc replace dev {dev} parent 1:{minor:x} handle {q.handle:x}: {q.kind}{args}"
 
 
 def _as_replacement(listing: str) -> str:
