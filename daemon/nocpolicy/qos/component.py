@@ -10,6 +10,10 @@ Stop/start (see docs/qos.md): stop puts the *normal* plan back (caps stay, an
 emergency's priority rules go, because a stopped daemon cannot expire them); the
 emergency stays in the store and start re-applies it unless it has expired
 (then it is lifted with an audit record).
+
+Attributes the fleet (control/mqtt/qoslink.py) relies on, kept stable: ``plan``
+(the Plan the kernel holds), ``backend`` (LinuxBackend or None), ``plan_only_reason``
+and ``_lock`` (held around every apply).
 """
 
 from __future__ import annotations
