@@ -108,6 +108,15 @@ def _blocklist(o: Obj) -> BlockList:
 
 
 def _dns(o: Obj) -> DnsSettings:
+    d = _dns_settings(o)
+    if d.log_allowed:
+        o.problems.add(o.locs.get("log_allowed", o.node.loc), f"{o.node.path}.log_allowed",
+                       "logging allowed queries is not supported: only blocks are logged (Art. 37); "
+                       "remove the key or set it to false")
+    return d
+
+
+def _dns_settings(o: Obj) -> DnsSettings:
     return DnsSettings(
         upstreams=o.get("upstreams", list_of(obj(_upstream)), ()) or (),
         lists=o.get("lists", list_of(obj(_blocklist)), ()) or (),
