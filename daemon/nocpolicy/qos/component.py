@@ -33,6 +33,7 @@ from ..policy.fields import as_bool, as_datetime, as_id, as_text, list_of
 from .counters import QosCollector, Usage, read_usage
 from .emergency import EmergencyStore, Record
 from .features import Features, detect
+from .kernel import has_net_admin
 from .plan import Emergency, Plan, Static, build_plan, build_static
 from .render import diff_lines, render_nft, render_tc
 
@@ -170,8 +171,8 @@ class Enforcer(Component):
         self.plan_only_reason = why
 
     def _cannot_enforce(self) -> str | None:
-        if os.geteuid() != 0:
-            return "not running as root (nft and tc need CAP_NET_ADMIN)"
+        if not has_net_admin():
+            return "no CAP_NET_ADMIN (run as root, or give the service AmbientCapabilities=CAP_NET_ADMIN)"
         for tool in ("nft", "tc", "ip"):
             if shutil.which(tool) is None:
                 return f"{tool} is not installed"

@@ -8,6 +8,7 @@ with ``-j``) -> :class:`KClass` records.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -16,6 +17,21 @@ from dataclasses import dataclass
 from ..errors import EnforcementError
 
 TIMEOUT = 60.0
+
+
+CAP_NET_ADMIN = 12
+
+
+def has_net_admin() -> bool:
+    """True when this process may change nft/tc: CAP_NET_ADMIN in its effective set (root or not)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.geteuid() == 0
 
 
 @dataclass(frozen=True)
