@@ -80,6 +80,7 @@ class DnsGuard(Component):
         self.workers = WorkerSet(ctx.options, self)
         self.policy = None
         self.optout_state: dict[str, tuple[bool, str]] = {}
+        self.worker_counts: dict[tuple, int] = {}     # worker process: block counts not yet reported
         self._started = False
 
     # -- lifecycle -------------------------------------------------------------------
@@ -190,6 +191,13 @@ class DnsGuard(Component):
         counts: dict[tuple, int] = {}
         for (lst, cls, _action, _cust, _client, _name, source), (_f, _l, n) in batch.items():
             counts[(lst, cls, source)] = counts.get((lst, cls, source), 0) + n
+        if self.ctx.options.extra.get("dns_worker"):       # reported to the main process instead
+            for k, n in counts.items():
+                self.worker_counts[k] = self.worker_counts.get(k, 0) + n
+            return
+        self.publish_counts(counts)
+
+    def publish_counts(self, counts: dict) -> None:
         for (lst, cls, source), n in counts.items():
             self.ctx.events.publish("block", {"list": lst, "class": cls, "count": n, "source": source})
 

@@ -109,6 +109,9 @@ class WorkerSet:
                             w.waiters = [(q, f) for q, f in w.waiters if not f.done()]
                         else:
                             w.stats = stats_from_json(msg)
+                            counts = {(a, b, c): n for a, b, c, n in msg.get("counts", [])}
+                            if counts:
+                                self.guard.publish_counts(counts)
             finally:
                 rc = await w.proc.wait()
             if self._stopping:
@@ -246,7 +249,9 @@ async def _worker_main(ns) -> int:
     async def report():
         while True:
             guard.engine.drain()
-            sys.stdout.write(json.dumps(stats_to_json(guard.stats)) + "\n")
+            counts, guard.worker_counts = guard.worker_counts, {}
+            doc = {**stats_to_json(guard.stats), "counts": [[*k, n] for k, n in counts.items()]}
+            sys.stdout.write(json.dumps(doc) + "\n")
             sys.stdout.flush()
             await asyncio.sleep(REPORT_EVERY)
 
