@@ -88,7 +88,7 @@ class DnsGuard(Component):
     async def prepare(self, policy, change):
         compiled = {}
         for bl in policy.dns.lists:
-            compiled[bl.id] = await self.lists.build(bl, policy.directory)
+            compiled[bl.id] = await self.lists.build(bl, policy.directory, background=self._started)
         list_set = ListSet.of(compiled[bl.id] for bl in policy.dns.lists)
         prefixes = await asyncio.to_thread(PrefixIndex.of_customers, policy.customers)
         records = await asyncio.to_thread(self.optouts.records)
@@ -220,7 +220,7 @@ class DnsGuard(Component):
         bl = policy.lists_by_id.get(list_id) if policy else None
         if bl is None:
             raise CommandError(f"unknown list {list_id!r}", status=404)
-        new = await self.lists.build(bl, policy.directory)
+        new = await self.lists.build(bl, policy.directory, background=True)
         if policy is not self.policy:      # a reload won the race; it has its own copy
             return self.lists.states[list_id].as_dict()
         if new is not self.lists.compiled.get(list_id):

@@ -72,12 +72,13 @@ def _is_ip(s: str) -> bool:
 CHUNK = 1 << 16
 
 
-def _lines(text: str):
+def _lines(text: str, pause: float = 0.0):
     """(line number, lower-cased line) in chunks of ~64 KB (~4,000 lines, ~2 ms of work).
 
     A list reload runs in a thread while the event loop answers queries: between chunks
-    the thread sleeps for 0 s, which hands the GIL to the event loop at once if it is
-    waiting (instead of after the 5 ms switch interval), and no single C call is long.
+    the thread sleeps for ``pause`` seconds (0 at start-up), which hands the GIL to the
+    event loop at once if it is waiting (instead of after the 5 ms switch interval) and,
+    with a pause, leaves the CPU to it; no single C call is long.
     """
     i, n, base = 0, len(text), 0
     while i < n:
@@ -88,14 +89,14 @@ def _lines(text: str):
         yield from enumerate(lines, base + 1)
         base += len(lines)
         i = j + 1
-        time.sleep(0)
+        time.sleep(pause)
 
 
-def parse_domains(text: str) -> tuple[DomainIndex, ParseReport]:
+def parse_domains(text: str, pause: float = 0.0) -> tuple[DomainIndex, ParseReport]:
     idx, rep = DomainIndex(), ParseReport()
     shards = idx.subtree.shards
     fullmatch = _NAME.fullmatch
-    for n, line in _lines(text):
+    for n, line in _lines(text, pause):
         s = line.strip()
         if not s or s[0] == "#":
             continue
@@ -110,7 +111,7 @@ def parse_domains(text: str) -> tuple[DomainIndex, ParseReport]:
             if _is_ip(s):
                 rep.skip("ip", n, line)
                 continue
-            shards[hash(s) & _MASK].add(s)
+            shards[hash(s) & _MASK][s] = None
         else:
             d = domain(s) if not s.isascii() else None
             if d:
@@ -121,7 +122,7 @@ def parse_domains(text: str) -> tuple[DomainIndex, ParseReport]:
     return idx, rep
 
 
-def parse_hosts(text: str) -> tuple[DomainIndex, ParseReport]:
+def parse_hosts(text: str, pause: float = 0.0) -> tuple[DomainIndex, ParseReport]:
     idx, rep = DomainIndex(), ParseReport()
     for n, line in enumerate(text.splitlines(), 1):
         s = line.split("#", 1)[0].strip()
@@ -143,11 +144,11 @@ def parse_hosts(text: str) -> tuple[DomainIndex, ParseReport]:
     return idx, rep
 
 
-def parse_maltrail(text: str) -> tuple[DomainIndex, ParseReport]:
+def parse_maltrail(text: str, pause: float = 0.0) -> tuple[DomainIndex, ParseReport]:
     idx, rep = DomainIndex(), ParseReport()
     shards = idx.subtree.shards
     fullmatch = _NAME.fullmatch
-    for n, line in _lines(text):
+    for n, line in _lines(text, pause):
         s = line.strip()
         if not s or s[0] == "#":
             continue
@@ -169,7 +170,7 @@ def parse_maltrail(text: str) -> tuple[DomainIndex, ParseReport]:
             if _is_ip(s):
                 rep.skip("ip", n, line)
             else:
-                shards[hash(s) & _MASK].add(s)
+                shards[hash(s) & _MASK][s] = None
         else:
             d = domain(s) if not s.isascii() else None
             if d:
@@ -204,7 +205,7 @@ def _rpz_records(text: str):
             yield start, (None if blank_owner else buf[0]), (buf if blank_owner else buf[1:])
 
 
-def parse_rpz(text: str) -> tuple[DomainIndex, ParseReport]:
+def parse_rpz(text: str, pause: float = 0.0) -> tuple[DomainIndex, ParseReport]:
     idx, rep = DomainIndex(), ParseReport()
     origin = ""
     owner = None
@@ -279,5 +280,6 @@ def _rpz_action(rtype: str, rdata: list[str]) -> str | None:
 PARSERS = {"domains": parse_domains, "hosts": parse_hosts, "rpz": parse_rpz, "maltrail": parse_maltrail}
 
 
-def parse(fmt: str, text: str) -> tuple[DomainIndex, ParseReport]:
-    return PARSERS[fmt](text)
+def parse(fmt: str, text: str, pause: float = 0.0) -> tuple[DomainIndex, ParseReport]:
+    """Parse ``text`` in format ``fmt``; ``pause`` > 0 yields the CPU between chunks (reloads)."""
+    return PARSERS[fmt](text, pause)
