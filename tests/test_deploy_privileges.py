@@ -50,22 +50,18 @@ def in_ns(ns: str, *argv: str, timeout: float = 30, check: bool = True) -> subpr
     return res
 
 
-# "user": the unit as shipped (User=nocpolicy). "root": the documented fallback drop-in
-# (User=root with the same two-capability bounding set), for enforcement until the qos
-# component accepts CAP_NET_ADMIN without uid 0.
-@pytest.fixture(scope="module", params=["user", "root"])
-def unprivileged(request):
-    uid = UID if request.param == "user" else 0
+@pytest.fixture(scope="module")
+def unprivileged():
+    uid = UID
     why = need_root_netns() or (None if shutil.which("setpriv") else "setpriv (util-linux) not installed")
     if why:
         pytest.skip(why)
-    if uid:
-        # The checkout and the venv must be readable by that uid (not so under a 0700 home).
-        probe = subprocess.run([*setpriv_argv(uid), "--", sys.executable, "-c", "import nocpolicy.app"],
-                               capture_output=True, text=True, timeout=60, cwd="/")
-        if probe.returncode != 0:
-            pytest.skip(f"uid {uid} cannot import nocpolicy from this checkout/venv "
-                        f"({probe.stderr.strip().splitlines()[-1:]}): run from a world-readable path")
+    # The checkout and the venv must be readable by that uid (not so under a 0700 home).
+    probe = subprocess.run([*setpriv_argv(uid), "--", sys.executable, "-c", "import nocpolicy.app"],
+                           capture_output=True, text=True, timeout=60, cwd="/")
+    if probe.returncode != 0:
+        pytest.skip(f"uid {uid} cannot import nocpolicy from this checkout/venv "
+                    f"({probe.stderr.strip().splitlines()[-1:]}): run from a world-readable path")
     ns = f"nocp-dep-{secrets.token_hex(3)}"
     work = Path(tempfile.mkdtemp(prefix="nocpolicy-priv-"))
     proc = log = None
@@ -97,7 +93,7 @@ def unprivileged(request):
             probe = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9753/readyz', timeout=2).status)"
             return in_ns(ns, sys.executable, "-c", probe, check=False).stdout.strip() == "200"
         wait_for(ready, 30, interval=0.2, what="unprivileged nocpolicyd ready")
-        yield {"ns": ns, "proc": proc, "state": state, "work": work, "uid": uid, "variant": request.param}
+        yield {"ns": ns, "proc": proc, "state": state, "work": work, "uid": uid}
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0, (work / "nocpolicyd.log").read_text(errors="replace")
     finally:
@@ -147,21 +143,10 @@ def test_answers_dns_on_port_53_without_root(unprivileged):
     assert "status: NXDOMAIN" in out, out
 
 
-QOS_EUID_BUG = ("qos/component.py _cannot_enforce() (and qos/features.py detect()) require euid 0 "
-                "instead of CAP_NET_ADMIN, so under nocpolicyd.service as shipped (User=nocpolicy + "
-                "CAP_NET_ADMIN) the Enforcer stays plan-only")
-
-
 def test_enforces_with_only_cap_net_admin(unprivileged):
+    """nftables and tc rules are installed with nothing but CAP_NET_ADMIN."""
     ns = unprivileged["ns"]
-    try:
-        assert metric(ns, "nocpolicy_enforcement_enforcing") == 1.0
-    except AssertionError:
-        if unprivileged["variant"] == "user":
-            pytest.xfail(QOS_EUID_BUG)
-        raise
-    # Once the qos component accepts CAP_NET_ADMIN, "user" passes here too: then delete
-    # QOS_EUID_BUG and the fallback drop-in in docs/operations.md.
+    assert metric(ns, "nocpolicy_enforcement_enforcing") == 1.0
     tables = in_ns(ns, "nft", "list", "tables").stdout
     assert "nocpolicy" in tables, tables
     qdisc = in_ns(ns, "tc", "qdisc", "show", "dev", "nocp-down0").stdout
