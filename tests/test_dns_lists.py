@@ -162,14 +162,35 @@ async def test_sources_shrink_guard_last_good_copy_and_runtime_additions(tmp_pat
     assert lst.match(suffixes("x.runtime.example"))
     src.write_text("".join(f"d{i}.example\n" for i in range(10)))   # shrinks by 90%: refused
     again = await mgr.build(_bl("feed.txt", max_shrink=0.5), str(pol))
+    mgr.adopt([_bl("feed.txt", max_shrink=0.5)], {"feed": again})
     assert again is lst and "shrink" in mgr.states["feed"].last_error and mgr.states["feed"].failures == 1
     src.write_text("".join(f"d{i}.example\n" for i in range(80)))   # -20%: accepted, runtime entry kept
     new = await mgr.build(_bl("feed.txt", max_shrink=0.5), str(pol))
+    mgr.adopt([_bl("feed.txt", max_shrink=0.5)], {"feed": new})
     assert len(new.index) == 81 and new.match(suffixes("runtime.example"))
     src.unlink()                                                      # source gone: a new manager
     mgr2 = ListManager(store, str(tmp_path / "state"))               # (restart) uses the last good copy
     lst2 = await mgr2.build(_bl("feed.txt"), str(pol))
+    mgr2.adopt([_bl("feed.txt")], {"feed": lst2})
     assert len(lst2.index) == 81 and mgr2.states["feed"].from_copy and mgr2.states["feed"].failures == 1
+    store.close()
+
+
+async def test_refused_policy_leaves_no_half_applied_list_state(tmp_path):
+    """prepare() builds, another component refuses the policy, commit never runs: a retry
+    must still see the new file (not "unchanged, keep the old list")."""
+    store = Store(tmp_path / "db.sqlite")
+    pol = tmp_path / "pol"
+    pol.mkdir()
+    (pol / "feed.txt").write_text("old.example\n")
+    mgr = ListManager(store, str(tmp_path / "state"))
+    first = await mgr.build(_bl("feed.txt"), str(pol))
+    mgr.adopt([_bl("feed.txt")], {"feed": first})
+    (pol / "feed.txt").write_text("old.example\nnew.example\n")
+    await mgr.build(_bl("feed.txt"), str(pol))                 # prepared, never committed
+    assert mgr.compiled["feed"] is first and mgr.states["feed"].entries == 1
+    retry = await mgr.build(_bl("feed.txt"), str(pol))
+    assert retry is not first and retry.match(suffixes("new.example"))
     store.close()
 
 

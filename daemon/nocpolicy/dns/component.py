@@ -223,11 +223,13 @@ class DnsGuard(Component):
         new = await self.lists.build(bl, policy.directory, background=True)
         if policy is not self.policy:      # a reload won the race; it has its own copy
             return self.lists.states[list_id].as_dict()
-        if new is not self.lists.compiled.get(list_id):
-            compiled = dict(self.lists.compiled)
-            compiled[list_id] = new
+        compiled = dict(self.lists.compiled)
+        changed = new is not compiled.get(list_id)
+        compiled[list_id] = new
+        if changed:
             self._retire(self.lists.compiled, compiled)
-            self.lists.adopt(policy.dns.lists, compiled)
+        self.lists.adopt(policy.dns.lists, compiled)      # also records failures of this attempt
+        if changed:
             self.engine.set_lists(ListSet.of(compiled[x.id] for x in policy.dns.lists))
             self.workers.notify({"op": "reload"})
         return self.lists.states[list_id].as_dict()

@@ -18,6 +18,7 @@ store and are re-applied on top of every new copy.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import gzip
 import hashlib
@@ -121,6 +122,8 @@ class ListManager:
         self.compiled: dict[str, CompiledList] = {}
         self._conf: dict[str, object] = {}
         self._base: dict[str, set[str]] = {}   # runtime additions also present in the source
+        self._staged: dict[str, ListState] = {}
+        self._staged_base: dict[str, set[str]] = {}
 
     # -- runtime additions -------------------------------------------------------
 
@@ -160,7 +163,10 @@ class ListManager:
 
     async def build(self, bl, policy_dir: str, *, background: bool = False) -> CompiledList:
         """A compiled list for policy list ``bl`` (reuses the current one when nothing changed)."""
-        st = self.states.get(bl.id) or ListState(bl.id, bl.source)
+        # work on a copy: the state is staged and only adopted with the list (commit), so a
+        # policy refused by another component leaves nothing half-applied here
+        cur = self.states.get(bl.id)
+        st = dataclasses.replace(cur, report=dict(cur.report)) if cur else ListState(bl.id, bl.source)
         st.source = bl.source
         st.last_attempt = time.time()
         old = self.compiled.get(bl.id)
@@ -173,7 +179,7 @@ class ListManager:
             st.last_error = str(exc)
             log.warning("list %s: %s; keeping the last good copy", bl.id, exc)
             if old is not None and same_conf:
-                self.states[bl.id] = st
+                self._staged[bl.id] = st
                 return old
             data = await asyncio.to_thread(self._read_copy, bl.id)
             sha = hashlib.sha256(data).hexdigest() if data is not None else None
@@ -181,7 +187,7 @@ class ListManager:
                 if old is not None:
                     data = None
                 else:
-                    self.states[bl.id] = st
+                    self._staged[bl.id] = st
                     return self._empty(bl)
             from_copy = True
         if data is None:  # settings changed, source unreachable, no copy: rebuild from the old entries
@@ -193,7 +199,7 @@ class ListManager:
                 st.last_success = time.time()
                 if not from_copy:
                     st.last_error = None
-                self.states[bl.id] = st
+                self._staged[bl.id] = st
                 return old
             index, rep = await self._run(_parse, bl.format, data, RELOAD_PAUSE if background else 0.0)
             report = rep.as_dict()
@@ -204,7 +210,7 @@ class ListManager:
                                  f"entries (more than max_shrink {bl.max_shrink:.0%}); keeping the old copy")
                 log.warning("list %s: %s", bl.id, st.last_error)
                 if old is not None:
-                    self.states[bl.id] = st
+                    self._staged[bl.id] = st
                     return old if same_conf else self._recompile(bl, old.index)
             if not from_copy:
                 await asyncio.to_thread(self._write_copy, bl.id, data)
@@ -215,7 +221,7 @@ class ListManager:
                 base_names.add(n)
             else:
                 index.subtree.add(n)
-        self._base[bl.id] = base_names
+        self._staged_base[bl.id] = base_names
         st.sha256, st.report, st.from_copy = sha, report, from_copy
         st.runtime = len(adds)
         st.entries = len(index)
@@ -224,7 +230,7 @@ class ListManager:
             st.last_error = None
         elif st.last_success is None:
             st.last_success = self._copy_time(bl.id)
-        self.states[bl.id] = st
+        self._staged[bl.id] = st
         return self._recompile(bl, index)
 
     async def _run(self, fn, *args):
@@ -243,6 +249,13 @@ class ListManager:
         """Commit: these compiled lists are now in force (sync, cannot fail)."""
         self.compiled = dict(compiled)
         self._conf = {bl.id: bl for bl in policy_lists}
+        for lid in compiled:
+            if lid in self._staged:
+                self.states[lid] = self._staged.pop(lid)
+            if lid in self._staged_base:
+                self._base[lid] = self._staged_base.pop(lid)
+        self._staged.clear()
+        self._staged_base.clear()
         for gone in set(self.states) - set(compiled):
             del self.states[gone]
 
