@@ -228,23 +228,28 @@ def part_blocked(work: Path, a) -> None:
     qfile = work / "blocked.q"
     qfile.write_text("".join(f"{n} A\n" for n in names))
     ub, ub_port = unbound(work, [], names)
-    us, port, _, _ = nocpolicyd(work, policy(work, ub_port, lst))
     try:
-        side_by_side("blocked names answered locally (1 process)",
-                     [("nocpolicyd", port), ("unbound local-zone", ub_port)], qfile, a.runs, a.seconds, a.max_qps)
-    finally:
-        us.stop()
-    if a.workers > 1:
-        us2, port2, _, _ = nocpolicyd(work, policy(work, ub_port, lst), workers=a.workers, tag="-w")
-        us1, port1, _, _ = nocpolicyd(work, policy(work, ub_port, lst), tag="-1")
+        us, port, _, _ = nocpolicyd(work, policy(work, ub_port, lst))
         try:
-            side_by_side(f"blocked names, --workers {a.workers} vs 1 (SO_REUSEPORT)",
-                         [(f"nocpolicyd --workers {a.workers}", port2), ("nocpolicyd --workers 1", port1),
-                          ("unbound local-zone", ub_port)], qfile, a.runs, a.seconds, a.max_qps)
+            side_by_side("blocked names answered locally (1 process)",
+                         [("nocpolicyd", port), ("unbound local-zone", ub_port)], qfile, a.runs, a.seconds,
+                         a.max_qps)
         finally:
-            us2.stop()
-            us1.stop()
-    ub.stop()
+            us.stop()
+        if a.workers > 1:
+            us2, port2, _, _ = nocpolicyd(work, policy(work, ub_port, lst), workers=a.workers, tag="-w")
+            try:
+                us1, port1, _, _ = nocpolicyd(work, policy(work, ub_port, lst), tag="-1")
+                try:
+                    side_by_side(f"blocked names, --workers {a.workers} vs 1 (SO_REUSEPORT)",
+                                 [(f"nocpolicyd --workers {a.workers}", port2), ("nocpolicyd --workers 1", port1),
+                                  ("unbound local-zone", ub_port)], qfile, a.runs, a.seconds, a.max_qps)
+                finally:
+                    us1.stop()
+            finally:
+                us2.stop()
+    finally:
+        ub.stop()
 
 
 def part_forwarded(work: Path, a) -> None:
@@ -255,8 +260,15 @@ def part_forwarded(work: Path, a) -> None:
     lst = work / "fwd-list.txt"
     lst.write_text("some-other-name.example\n")
     ub, ub_port = unbound(work, local, [])
-    dd, dd_port = dnsdist(work, ub_port)
-    us, port, _, _ = nocpolicyd(work, policy(work, ub_port, lst))
+    dd = us = None
+    try:
+        dd, dd_port = dnsdist(work, ub_port)
+        us, port, _, _ = nocpolicyd(work, policy(work, ub_port, lst))
+    except BaseException:
+        for p in (us, dd, ub):
+            if p is not None:
+                p.stop()
+        raise
     try:
         side_by_side("forwarded to unbound", [("nocpolicyd", port), ("dnsdist", dd_port)], qfile,
                      a.runs, a.seconds, a.max_qps)
@@ -305,8 +317,12 @@ def _ctl(p: Proc, *args) -> dict:
 
 def part_reload(work: Path, a) -> None:
     ub, ub_port = unbound(work, [], [])
-    pol = _big_policy(work, ub_port)
-    us, port, _, _ = nocpolicyd(work, pol)
+    try:
+        pol = _big_policy(work, ub_port)
+        us, port, _, _ = nocpolicyd(work, pol)
+    except BaseException:
+        ub.stop()
+        raise
     names = gzip.open(BIG, "rt").read().split()
     rnd = random.Random(1)
     qfile = work / "reload.q"
