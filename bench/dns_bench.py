@@ -141,6 +141,28 @@ setServerPolicy(firstAvailable)
     return p, port
 
 
+ECHO = """
+import asyncio, sys, uvloop
+class P(asyncio.DatagramProtocol):
+    def connection_made(self, t):
+        self.s = t.sendto
+    def datagram_received(self, d, a):
+        self.s(d[:2] + b"\\x81\\x83" + d[4:], a)
+async def main():
+    await asyncio.get_running_loop().create_datagram_endpoint(P, local_addr=("127.0.0.1", int(sys.argv[1])))
+    await asyncio.Event().wait()
+uvloop.run(main())
+"""
+
+
+def echo(work: Path) -> tuple[Proc, int]:
+    """The floor of any Python + uvloop responder: echo each query back as NXDOMAIN, no DNS work."""
+    port = free_port()
+    p = Proc([sys.executable, "-c", ECHO, str(port)], work / f"echo-{port}.log")
+    wait_udp(port)
+    return p, port
+
+
 def policy(work: Path, upstream: int, list_file: Path, fmt: str = "domains") -> Path:
     pol = Path(tempfile.mkdtemp(prefix=f"policies-{list_file.stem}-", dir=work))
     (pol / "lists").mkdir(parents=True)
@@ -230,12 +252,14 @@ def part_blocked(work: Path, a) -> None:
     ub, ub_port = unbound(work, [], names)
     try:
         us, port, _, _ = nocpolicyd(work, policy(work, ub_port, lst))
+        ec, ec_port = echo(work)
         try:
             side_by_side("blocked names answered locally (1 process)",
-                         [("nocpolicyd", port), ("unbound local-zone", ub_port)], qfile, a.runs, a.seconds,
-                         a.max_qps)
+                         [("nocpolicyd", port), ("python+uvloop echo (no work)", ec_port),
+                          ("unbound local-zone", ub_port)], qfile, a.runs, a.seconds, a.max_qps)
         finally:
             us.stop()
+            ec.stop()
         if a.workers > 1:
             us2, port2, _, _ = nocpolicyd(work, policy(work, ub_port, lst), workers=a.workers, tag="-w")
             try:
