@@ -41,6 +41,29 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 BIG = REPO.parent / "shared" / "data" / "maltrail" / "all-domains.txt.gz"
 BIN = Path(sys.executable).parent
+# CPU pinning (--pin): the server under test on one CPU, dnsperf and the upstream unbound on
+# another, the same for every tool; None = not pinned
+PIN: dict[str, str | None] = {"server": None, "harness": None}
+
+
+def pinned(role: str, argv: list) -> list:
+    cpus = PIN[role]
+    return ["taskset", "-c", cpus, *argv] if cpus else list(argv)
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process, its threads and its live child processes."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    try:
+        pids = [pid] + [int(c) for t in Path(f"/proc/{pid}/task").iterdir()
+                        for c in (t / "children").read_text().split()]
+        for p in pids:
+            f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(f[11]) + int(f[12])) / tick
+    except (OSError, ValueError):
+        pass
+    return total
 
 
 def free_port() -> int:
@@ -74,9 +97,9 @@ def wait_udp(port: int, timeout: float = 30.0) -> float:
 
 
 class Proc:
-    def __init__(self, argv, log: Path, **kw):
+    def __init__(self, argv, log: Path, role: str = "server", **kw):
         self.log = open(log, "wb")
-        self.p = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, **kw)
+        self.p = subprocess.Popen(pinned(role, argv), stdout=self.log, stderr=subprocess.STDOUT, **kw)
 
     def rss_mb(self) -> tuple[float, float]:
         st = Path(f"/proc/{self.p.pid}/status").read_text()
@@ -95,7 +118,7 @@ class Proc:
         self.log.close()
 
 
-def unbound(work: Path, local: list[str], zones_nx: list[str]) -> tuple[Proc, int]:
+def unbound(work: Path, local: list[str], zones_nx: list[str], role: str = "server") -> tuple[Proc, int]:
     port = free_port()
     d = work / f"unbound-{port}"
     d.mkdir()
@@ -123,7 +146,7 @@ def unbound(work: Path, local: list[str], zones_nx: list[str]) -> tuple[Proc, in
 remote-control:
     control-enable: no
 """)
-    p = Proc(["unbound", "-d", "-c", str(conf)], d / "log")
+    p = Proc(["unbound", "-d", "-c", str(conf)], d / "log", role)
     wait_udp(port)
     return p, port
 
@@ -138,6 +161,7 @@ setServerPolicy(firstAvailable)
 """)
     p = Proc(["dnsdist", "--supervised", "--disable-syslog", "-C", str(conf)], work / f"dnsdist-{port}.log")
     wait_udp(port)
+    p.threads = len(list(Path(f"/proc/{p.p.pid}/task").iterdir()))
     return p, port
 
 
@@ -207,8 +231,8 @@ def nocpolicyd(work: Path, pol: Path, workers: int = 1, tag: str = "") -> tuple[
 
 
 def dnsperf(port: int, qfile: Path, seconds: int, max_qps: int, clients: int = 4) -> dict:
-    out = subprocess.run(["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(qfile), "-l", str(seconds),
-                          "-Q", str(max_qps), "-c", str(clients), "-t", "2"],
+    out = subprocess.run(pinned("harness", ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(qfile), "-l", str(seconds),
+                          "-Q", str(max_qps), "-c", str(clients), "-t", "2"]),
                          capture_output=True, text=True, timeout=seconds + 30).stdout
     qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))
     lost = int(re.search(r"Queries lost:\s+(\d+)", out).group(1))
@@ -216,24 +240,30 @@ def dnsperf(port: int, qfile: Path, seconds: int, max_qps: int, clients: int = 4
     return {"qps": qps, "lost": lost, "avg_ms": float(lat.group(1)) * 1000 if lat else None}
 
 
-def side_by_side(label: str, targets: list[tuple[str, int]], qfile: Path, runs: int, seconds: int,
+def side_by_side(label: str, targets: list[tuple[str, int, Proc]], qfile: Path, runs: int, seconds: int,
                  max_qps: int) -> dict[str, float]:
-    res: dict[str, list[float]] = {name: [] for name, _ in targets}
-    lost: dict[str, int] = {name: 0 for name, _ in targets}
+    """dnsperf against each target in turn; qps and the target's CPU use (100% = one core)."""
+    res: dict[str, list[float]] = {name: [] for name, _, _ in targets}
+    cpu: dict[str, list[float]] = {name: [] for name, _, _ in targets}
+    lost: dict[str, int] = {name: 0 for name, _, _ in targets}
     for r in range(runs):
         order = targets if r % 2 == 0 else list(reversed(targets))
-        for name, port in order:
+        for name, port, proc in order:
+            c0, t0 = cpu_seconds(proc.p.pid), time.monotonic()
             d = dnsperf(port, qfile, seconds, max_qps)
+            cpu[name].append((cpu_seconds(proc.p.pid) - c0) / (time.monotonic() - t0) * 100)
             res[name].append(d["qps"])
             lost[name] += d["lost"]
     med = {name: statistics.median(v) for name, v in res.items()}
-    print(f"\n== {label}: dnsperf -l {seconds} -Q {max_qps}, {runs} runs, median qps")
+    pin = (f"server under test pinned to CPU {PIN['server']}, dnsperf and upstream to CPU {PIN['harness']}"
+           if PIN["server"] else "not pinned")
+    print(f"\n== {label}: dnsperf -l {seconds} -Q {max_qps} -c 4, {runs} runs, median qps ({pin})")
     base = targets[-1][0]
-    for name, _ in targets:
+    for name, _, _ in targets:
         runs_txt = ", ".join(f"{x / 1000:.0f}k" for x in res[name])
         ratio = med[name] / med[base] if med[base] else 0
-        print(f"  {name:<26} {med[name]:>10.0f} qps  (runs: {runs_txt}; lost {lost[name]})  "
-              f"ratio vs {base}: {ratio:.2f}")
+        print(f"  {name:<30} {med[name]:>8.0f} qps  ratio vs {base}: {ratio:.2f}  "
+              f"(CPU {statistics.median(cpu[name]):.0f}%; runs: {runs_txt}; lost {lost[name]})")
     return med
 
 
@@ -255,19 +285,21 @@ def part_blocked(work: Path, a) -> None:
         ec, ec_port = echo(work)
         try:
             side_by_side("blocked names answered locally (1 process)",
-                         [("nocpolicyd", port), ("python+uvloop echo (no work)", ec_port),
-                          ("unbound local-zone", ub_port)], qfile, a.runs, a.seconds, a.max_qps)
+                         [("nocpolicyd", port, us), ("python+uvloop echo (no work)", ec_port, ec),
+                          ("unbound local-zone", ub_port, ub)], qfile, a.runs, a.seconds, a.max_qps)
         finally:
             us.stop()
             ec.stop()
-        if a.workers > 1:
+        if a.workers > 1 and PIN["server"]:
+            print(f"\n(--workers {a.workers} not measured while pinned to one CPU: run with --pin none)")
+        elif a.workers > 1:
             us2, port2, _, _ = nocpolicyd(work, policy(work, ub_port, lst), workers=a.workers, tag="-w")
             try:
                 us1, port1, _, _ = nocpolicyd(work, policy(work, ub_port, lst), tag="-1")
                 try:
                     side_by_side(f"blocked names, --workers {a.workers} vs 1 (SO_REUSEPORT)",
-                                 [(f"nocpolicyd --workers {a.workers}", port2), ("nocpolicyd --workers 1", port1),
-                                  ("unbound local-zone", ub_port)], qfile, a.runs, a.seconds, a.max_qps)
+                                 [(f"nocpolicyd --workers {a.workers}", port2, us2),
+                                  ("nocpolicyd --workers 1", port1, us1), ("unbound local-zone", ub_port, ub)], qfile, a.runs, a.seconds, a.max_qps)
                 finally:
                     us1.stop()
             finally:
@@ -283,7 +315,7 @@ def part_forwarded(work: Path, a) -> None:
     qfile.write_text("".join(f"{n} A\n" for n in names))
     lst = work / "fwd-list.txt"
     lst.write_text("some-other-name.example\n")
-    ub, ub_port = unbound(work, local, [])
+    ub, ub_port = unbound(work, local, [], role="harness")    # the upstream: not under test
     dd = us = None
     try:
         dd, dd_port = dnsdist(work, ub_port)
@@ -294,13 +326,17 @@ def part_forwarded(work: Path, a) -> None:
                 p.stop()
         raise
     try:
-        side_by_side("forwarded to unbound", [("nocpolicyd", port), ("dnsdist", dd_port)], qfile,
+        print(f"\n(dnsdist: {dd.threads} threads, packet cache off, every query forwarded to the unbound "
+              "nocpolicyd forwards to; that unbound answers from local-data)")
+        side_by_side("forwarded to unbound", [("nocpolicyd", port, us), ("dnsdist", dd_port, dd)], qfile,
                      a.runs, a.seconds, a.max_qps)
-        if a.workers > 1:
+        if a.workers > 1 and PIN["server"]:
+            print(f"\n(--workers {a.workers} not measured while pinned to one CPU: run with --pin none)")
+        elif a.workers > 1:
             us.stop()
             us, port, _, _ = nocpolicyd(work, policy(work, ub_port, lst), workers=a.workers, tag="-w")
             side_by_side(f"forwarded, nocpolicyd --workers {a.workers}",
-                         [(f"nocpolicyd --workers {a.workers}", port), ("dnsdist", dd_port)], qfile,
+                         [(f"nocpolicyd --workers {a.workers}", port, us), ("dnsdist", dd_port, dd)], qfile,
                          a.runs, a.seconds, a.max_qps)
     finally:
         us.stop()
@@ -438,7 +474,15 @@ def main() -> int:
     p.add_argument("--max-qps", type=int, default=400_000, help="dnsperf -Q (bounds every run)")
     p.add_argument("--reload-qps", type=int, default=20_000)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--pin", default="none", help="SERVER_CPUS:HARNESS_CPUS for taskset: the server under "
+                   "test (every tool alike) on the first, dnsperf and the upstream unbound on the second; "
+                   "'none' for no pinning")
     a = p.parse_args()
+    if a.pin != "none":
+        if shutil.which("taskset") is None:
+            print("taskset is not installed (util-linux): use --pin none", file=sys.stderr)
+            return 2
+        PIN["server"], PIN["harness"] = a.pin.split(":")
     for tool in ("unbound", "dnsdist", "dnsperf"):
         if shutil.which(tool) is None:
             print(f"{tool} is not installed", file=sys.stderr)

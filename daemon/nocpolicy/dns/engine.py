@@ -63,6 +63,12 @@ class LocalAnswer:
 
 ANSWER_CACHE_MAX = 100_000     # per customer; cleared when full
 CACHEABLE = 512                # longer queries are answered but not cached
+ALLOWED_CACHE_MAX = 100_000    # queries no list matches (shared by every client); cleared when full
+
+
+def _everything(lists: ListSet) -> Subscriber:
+    """A subscriber every list applies to: a name it is not blocked for is blocked for nobody."""
+    return Subscriber(None, security=True, optional=frozenset(x.id for x in lists.optional))
 
 
 class Engine:
@@ -77,6 +83,10 @@ class Engine:
         self.answers: dict[str | None, dict[bytes, LocalAnswer]] = {}
         self.dirty: list[LocalAnswer] = []
         self.inspect_cnames = True
+        # query bytes (minus the ID) of names no list matches -> their parsed question: such a
+        # query is forwarded without parsing or judging again (still for every query)
+        self.allowed: dict[bytes, object] = {}
+        self._all = _everything(self.lists)
         self._sink: dict[str, bytes | None] = {}
         self.errors = 0
         self._last_error_log = 0.0
@@ -88,6 +98,8 @@ class Engine:
         self.lists, self.prefixes, self.subs = lists, prefixes, subs
         self.hostcache = {}
         self.answers = {}
+        self.allowed = {}
+        self._all = _everything(lists)
         self._sink = {}
         self.inspect_cnames = bool(lists.all())
 
@@ -95,11 +107,14 @@ class Engine:
         self.drain()
         self.lists = lists
         self.answers = {}
+        self.allowed = {}
+        self._all = _everything(lists)
 
     def invalidate(self) -> None:
         """Entries changed in place (list.update): forget cached answers."""
         self.drain()
         self.answers = {}
+        self.allowed = {}
 
     def set_subscriber(self, customer: str, sub: Subscriber) -> None:
         self.drain()
@@ -190,7 +205,19 @@ class Engine:
             send(answer(data, q, REFUSED, ede=18, text="unknown client"), addr)
             return
         name = q.name
-        v = judge_suffixes(sub, self.lists, suffixes(name)) if name else None
+        if not name:
+            v = None
+        else:
+            lists, sfx = self.lists, suffixes(name)
+            v = judge_suffixes(self._all, lists, sfx)
+            if v is None:                     # no list matches: allowed for every client
+                if len(data) <= CACHEABLE:
+                    allowed = self.allowed
+                    if len(allowed) >= ALLOWED_CACHE_MAX:
+                        allowed.clear()
+                    allowed[data[2:]] = q
+            else:                             # some list matches: does one apply to this client?
+                v = judge_suffixes(sub, lists, sfx)
         if v is None:
             self._forward(data, q, addr, sub, send, tcp, t0)
             return
@@ -227,9 +254,10 @@ class Engine:
             host = addr[0]
             cid = dirty_owner.hostcache.get(host, miss)
             if cid is not miss:
+                key = data[2:]
                 cache = dirty_owner.answers.get(cid)
                 if cache is not None:
-                    ent = cache.get(data[2:])
+                    ent = cache.get(key)
                     if ent is not None:
                         sendto(data[:2] + ent.resp, addr)
                         if not ent.n:
@@ -244,6 +272,17 @@ class Engine:
                             hist.total += d
                         else:
                             hist.observe(d)
+                        return
+                q = dirty_owner.allowed.get(key)
+                if q is not None:             # a name no list matches, seen before: forward
+                    subs = dirty_owner.subs
+                    sub = subs.get(cid) or subs[None]
+                    pool = dirty_owner.pool
+                    if pool is not None and not sub.refuse:
+                        try:
+                            pool.forward(Pending(data, q, addr, sub, sendto, False, t0))
+                        except Exception as exc:
+                            dirty_owner.failed(exc)
                         return
             try:
                 handle(data, addr, sendto, False)
@@ -300,7 +339,10 @@ class Engine:
         if resp is None:
             out = answer(data, q, SERVFAIL, ede=ede, text="no upstream answered")
         else:
-            if self.inspect_cnames and (resp[6] or resp[7]) and may_have_cname(resp, p.qend):
+            # a CNAME RR has the bytes 00 05 (its type) after the question: no such bytes, no
+            # CNAME, and the answer is not parsed
+            if (self.inspect_cnames and (resp[6] or resp[7]) and resp.find(b"\x00\x05", p.qend) >= 0
+                    and may_have_cname(resp, p.qend)):
                 lists, sub = self.lists, p.sub
                 for target in answer_cnames(resp):
                     v = judge_suffixes(sub, lists, suffixes(target)) if target else None

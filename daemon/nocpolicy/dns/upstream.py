@@ -30,6 +30,7 @@ SWEEP = 0.05
 DOWN_AFTER = 3
 DOWN_FOR = 5.0
 MAX_PENDING = 50_000
+_rand16 = random.getrandbits
 
 # on_reply(pending, answer bytes (upstream's ID) or None, EDE code when None)
 Reply = Callable[["Pending", bytes | None, int], None]
@@ -60,11 +61,16 @@ class Upstream(asyncio.DatagramProtocol):
         self.down_until = 0.0
         self.last_error: str | None = None
         self.ok = 0                 # answers received (plain int; drained into the stats)
+        self.on_reply = pool.on_reply
+        self._send = None           # transport.sendto, bound once
+        self._time = time.monotonic  # the loop's clock (uvloop: cached per loop iteration)
 
     # -- protocol --------------------------------------------------------------
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        self._send = transport.sendto
+        self._time = asyncio.get_running_loop().time
 
     def datagram_received(self, data: bytes, addr) -> None:
         if len(data) < 12:
@@ -84,7 +90,7 @@ class Upstream(asyncio.DatagramProtocol):
             self.pool.spawn_tcp(self, p)
             return
         self.ok += 1
-        self.pool.on_reply(p, data, 0)
+        self.on_reply(p, data, 0)
 
     def error_received(self, exc: Exception) -> None:
         # A connected UDP socket reports ICMP errors here, without saying which query.
@@ -111,15 +117,15 @@ class Upstream(asyncio.DatagramProtocol):
             self.down_until = time.monotonic() + DOWN_FOR
 
     def send(self, p: Pending) -> bool:
-        if self.transport is None or len(self.pending) >= MAX_PENDING:
-            return False
         pend = self.pending
-        qid = random.getrandbits(16)
+        if self.transport is None or len(pend) >= MAX_PENDING:
+            return False
+        qid = _rand16(16)
         while qid in pend:
-            qid = random.getrandbits(16)
-        p.deadline = time.monotonic() + self.timeout
+            qid = _rand16(16)
+        p.deadline = self._time() + self.timeout
         pend[qid] = p
-        self.transport.sendto(qid.to_bytes(2, "big") + p.data[2:])
+        self._send(qid.to_bytes(2, "big") + p.data[2:])
         return True
 
     def status(self) -> dict:
@@ -208,7 +214,7 @@ class UpstreamPool:
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(SWEEP)
-            now = time.monotonic()
+            now = asyncio.get_running_loop().time()
             for u in self.upstreams:
                 pend = u.pending
                 expired = []
