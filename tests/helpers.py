@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -18,6 +20,31 @@ REPO = Path(__file__).resolve().parent.parent
 POLICIES = REPO / "policies"
 SHARED_DATA = REPO.parent / "shared" / "data"
 BIN = Path(sys.executable).parent
+
+
+def sh(*argv: str, check: bool = True) -> str:
+    """Run a command (ip, nft, tc, ...); its stdout, or an AssertionError naming the command."""
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)}: {p.stderr}")
+    return p.stdout
+
+
+@contextlib.contextmanager
+def netns_with_veths(prefix: str, pairs: list[tuple[str, str]]):
+    """A uniquely named network namespace holding veth pairs (the first name of each is set up).
+
+    Yields the namespace name; the namespace (and its links) is deleted on exit.
+    """
+    name = f"{prefix}-{secrets.token_hex(4)}"
+    sh("ip", "netns", "add", name)
+    try:
+        for dev, peer in pairs:
+            sh("ip", "-n", name, "link", "add", dev, "type", "veth", "peer", "name", peer)
+            sh("ip", "-n", name, "link", "set", dev, "up")
+        yield name
+    finally:
+        sh("ip", "netns", "del", name, check=False)
 
 
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:

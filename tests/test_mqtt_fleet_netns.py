@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import secrets
-import subprocess
 
 import pytest
 
 from conftest import need_root_netns
-from helpers import DaemonProcess, wait_for
+from helpers import DaemonProcess, netns_with_veths, sh, wait_for
 from mosquitto_fixture import Mosquitto, Probe, fleet_acl
 
 pytestmark = [pytest.mark.netns,
@@ -19,24 +17,11 @@ CONTROLLER, AGENT = "noc-central", "edge-tokyo-1"     # edge-tokyo-1 is in the e
 PRIORITY = "203.0.113.128/25"                         # the earthquake profile's priority destination
 
 
-def sh(*argv: str, check: bool = True) -> str:
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)}: {p.stderr}")
-    return p.stdout
-
-
 @pytest.fixture
 def ns():
     """A namespace holding the example policy's shaped interface (veth nocp-down0)."""
-    name = f"nocpm-{secrets.token_hex(4)}"
-    sh("ip", "netns", "add", name)
-    try:
-        sh("ip", "-n", name, "link", "add", "nocp-down0", "type", "veth", "peer", "name", "nocp-peer0")
-        sh("ip", "-n", name, "link", "set", "nocp-down0", "up")
+    with netns_with_veths("nocpm", [("nocp-down0", "nocp-peer0")]) as name:
         yield name
-    finally:
-        sh("ip", "netns", "del", name, check=False)
 
 
 def test_agent_applies_emergency_plans_in_the_kernel(tmp_path, ns):

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-import subprocess
 
 import pytest
 import yaml
 
 from conftest import need_root_netns
-from helpers import wait_for
+from helpers import sh, wait_for
 
 
 def test_plan_only_when_interfaces_are_missing(daemon):
@@ -99,13 +98,6 @@ def test_reload_dry_run_prints_the_rule_diff(daemon):
 
 
 # -- stop / start on the real kernel -----------------------------------------------------
-
-
-def sh(*argv: str, check: bool = True) -> str:
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)}: {p.stderr}")
-    return p.stdout
 
 
 @pytest.fixture

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import secrets
-import subprocess
 
 import pytest
 
 from conftest import need_root_netns
+from helpers import netns_with_veths, sh
 from nocpolicy.errors import EnforcementError
 from nocpolicy.policy.load import load_policy
 from nocpolicy.qos.apply import LinuxBackend
@@ -19,25 +18,11 @@ from test_qos_render import GOLDEN
 pytestmark = pytest.mark.skipif(need_root_netns() is not None, reason=need_root_netns() or "")
 
 
-def sh(*argv: str, check: bool = True) -> str:
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)}: {p.stderr}")
-    return p.stdout
-
-
 @pytest.fixture
 def ns():
     """A namespace with the golden policy's interfaces (veth down0, down1)."""
-    name = f"nocpt-{secrets.token_hex(4)}"
-    sh("ip", "netns", "add", name)
-    try:
-        for i in (0, 1):
-            sh("ip", "-n", name, "link", "add", f"down{i}", "type", "veth", "peer", "name", f"peer{i}")
-            sh("ip", "-n", name, "link", "set", f"down{i}", "up")
+    with netns_with_veths("nocpt", [("down0", "peer0"), ("down1", "peer1")]) as name:
         yield name
-    finally:
-        sh("ip", "netns", "del", name, check=False)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from conftest import need_root_netns
-from helpers import wait_for
+from helpers import sh, wait_for
 
 pytestmark = pytest.mark.skipif(need_root_netns() is not None, reason=need_root_netns() or "")
 
@@ -33,13 +33,6 @@ FLOOD = 50_000_000          # the ordinary UDP flood (two streams): five times t
 PHASES = ("before", "during", "after", "before1", "during1", "after1")
 PORTS = {"cap": 5200, **{f"{flow}-{phase}": 5201 + 4 * i + j for i, phase in enumerate(PHASES)
                          for j, flow in enumerate(("bulk", "bulk2", "dest", "ps"))}}
-
-
-def sh(*argv: str, check: bool = True) -> str:
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)}: {p.stderr}")
-    return p.stdout
 
 
 @pytest.fixture
