@@ -41,6 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 BIG = REPO.parent / "shared" / "data" / "maltrail" / "all-domains.txt.gz"
 BIN = Path(sys.executable).parent
+OUTSTANDING = [100]   # dnsperf -q (--outstanding)
 # CPU pinning (--pin): the server under test on one CPU, dnsperf and the upstream unbound on
 # another, the same for every tool; None = not pinned
 PIN: dict[str, str | None] = {"server": None, "harness": None}
@@ -232,7 +233,7 @@ def nocpolicyd(work: Path, pol: Path, workers: int = 1, tag: str = "") -> tuple[
 
 def dnsperf(port: int, qfile: Path, seconds: int, max_qps: int, clients: int = 4) -> dict:
     out = subprocess.run(pinned("harness", ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(qfile), "-l", str(seconds),
-                          "-Q", str(max_qps), "-c", str(clients), "-t", "2"]),
+                          "-Q", str(max_qps), "-c", str(clients), "-q", str(OUTSTANDING[0]), "-t", "2"]),
                          capture_output=True, text=True, timeout=seconds + 30).stdout
     qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))
     lost = int(re.search(r"Queries lost:\s+(\d+)", out).group(1))
@@ -257,7 +258,7 @@ def side_by_side(label: str, targets: list[tuple[str, int, Proc]], qfile: Path, 
     med = {name: statistics.median(v) for name, v in res.items()}
     pin = (f"server under test pinned to CPU {PIN['server']}, dnsperf and upstream to CPU {PIN['harness']}"
            if PIN["server"] else "not pinned")
-    print(f"\n== {label}: dnsperf -l {seconds} -Q {max_qps} -c 4, {runs} runs, median qps ({pin})")
+    print(f"\n== {label}: dnsperf -l {seconds} -Q {max_qps} -c 4 -q {OUTSTANDING[0]}, {runs} runs, median qps ({pin})")
     base = targets[-1][0]
     for name, _, _ in targets:
         runs_txt = ", ".join(f"{x / 1000:.0f}k" for x in res[name])
@@ -477,7 +478,9 @@ def main() -> int:
     p.add_argument("--pin", default="none", help="SERVER_CPUS:HARNESS_CPUS for taskset: the server under "
                    "test (every tool alike) on the first, dnsperf and the upstream unbound on the second; "
                    "'none' for no pinning")
+    p.add_argument("--outstanding", type=int, default=100, help="dnsperf -q: queries in flight")
     a = p.parse_args()
+    OUTSTANDING[0] = a.outstanding
     if a.pin != "none":
         if shutil.which("taskset") is None:
             print("taskset is not installed (util-linux): use --pin none", file=sys.stderr)
