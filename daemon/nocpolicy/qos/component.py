@@ -11,9 +11,10 @@ emergency's priority rules go, because a stopped daemon cannot expire them); the
 emergency stays in the store and start re-applies it unless it has expired
 (then it is lifted with an audit record).
 
-Attributes the fleet (control/mqtt/qoslink.py) relies on, kept stable: ``plan``
-(the Plan the kernel holds), ``backend`` (LinuxBackend or None), ``plan_only_reason``
-and ``_lock`` (held around every apply).
+What the fleet (control/mqtt/qoslink.py) relies on, kept stable: ``plan`` (the
+Plan the kernel holds), ``backend`` (LinuxBackend or None), ``plan_only_reason``
+and ``adopt_plan()`` (apply a plan decided by the controller, under the same lock
+as every other apply, counted like them).
 """
 
 from __future__ import annotations
@@ -196,6 +197,13 @@ class Enforcer(Component):
         self.last_apply = result.as_dict()
         self.last_error = None
         return self.last_apply
+
+    async def adopt_plan(self, plan: Plan) -> dict:
+        """Apply a plan decided elsewhere (a fleet agent's retained plan) and hold it as current."""
+        async with self._lock:
+            result = await self._apply(plan)
+            self.plan = plan
+            return result or {}
 
     async def _apply_logged(self, plan: Plan, why: str) -> None:
         async with self._lock:

@@ -10,7 +10,6 @@ whatever the qos component provides.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from ...errors import EnforcementError, NocpolicyError
@@ -74,8 +73,8 @@ class RecordingApplier:
 class LinuxApplier:
     """Apply the plan's enforcement part with this node's qos Linux backend.
 
-    Shares the qos component's lock (no interleaving with its own applies) and
-    tells it which plan the kernel now holds, so its usage counters and status
+    Goes through ``Enforcer.adopt_plan``: no interleaving with the component's own
+    applies, errors counted in its metrics, and its usage counters and status
     describe the fleet plan.
     """
 
@@ -87,15 +86,11 @@ class LinuxApplier:
         enf = plan.get("enforcement")
         if enf is None:
             return "recorded", "plan carries no enforcement part (the controller has no qos plan)"
-        lock = getattr(self.qos, "_lock", None) or asyncio.Lock()
         try:
-            qplan = plan_from_json(enf)
-            async with lock:
-                res = await asyncio.to_thread(self.qos.backend.apply, qplan)
-                self.qos.plan = qplan
+            res = await self.qos.adopt_plan(plan_from_json(enf))
         except EnforcementError as exc:
             return "failed", str(exc)
-        steps = "; ".join(getattr(res, "steps", []) or [])
+        steps = "; ".join(res.get("steps") or [])
         return "applied", f"enforced with the Linux backend{': ' + steps if steps else ''}"
 
 
