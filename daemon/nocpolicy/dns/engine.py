@@ -281,8 +281,10 @@ class Engine:
                     sub = subs.get(cid) or subs[None]
                     pool = dirty_owner.pool
                     if pool is not None and not sub.refuse:
+                        p = Pending(data, q, addr, sub, sendto, False, t0)
                         try:
-                            pool.forward(Pending(data, q, addr, sub, sendto, False, t0))
+                            if pool.any_down or not pool.first(p):   # first: the usual case
+                                pool.forward(p)
                         except Exception as exc:
                             dirty_owner.failed(exc)
                         return

@@ -206,6 +206,17 @@ class UpstreamPool:
 
     _next = forward
 
+    def first(self, p: Pending) -> bool:
+        """Send to the first upstream when none is down (False: not sent, use forward())."""
+        ups = self.upstreams
+        if not ups:
+            return False
+        p.tried = 1
+        if ups[0].send(p):
+            return True
+        p.tried = 0
+        return False
+
     def retry(self, p: Pending, failed: Upstream) -> None:
         if p.tried < len(self.upstreams):
             self.stats.upstream_result(failed.id, "retry")
