@@ -164,3 +164,15 @@ def test_counters_survive_resets():
     _accumulate(acc, last, {("eth0", "default"): [150, 3, 1]})
     _accumulate(acc, last, {("eth0", "default"): [20, 1, 0]})      # rules replaced: the kernel counter restarted
     assert acc[("eth0", "default")] == [170, 4, 1]
+
+
+def test_lift_restores_exactly_the_normal_rules(daemon, router):
+    """Lifting leaves the kernel as it was before the declaration: same nft table, same tc tree."""
+    d = daemon(extra_args=["--enforce", "linux", "--netns", router])
+    table = lambda: sh("ip", "netns", "exec", router, "nft", "-s", "list", "table", "inet", "nocpolicy")  # noqa: E731
+    normal_table, normal_tree = table(), classes(router)
+    d.ctl("emergency", "declare", "--profile", "earthquake", "--reason", "drill", check=True)
+    assert table() != normal_table
+    d.ctl("emergency", "lift", "--reason", "drill over", check=True)
+    assert table() == normal_table
+    assert classes(router) == normal_tree
