@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -47,20 +48,41 @@ def netns_with_veths(prefix: str, pairs: list[tuple[str, str]]):
         sh("ip", "netns", "del", name, check=False)
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
-    """A port free for both TCP and UDP on host (DNS needs both)."""
+    """A port free for both TCP and UDP on host (DNS needs both).
+
+    Chosen below the kernel's ephemeral range: a port the kernel handed out with
+    ``bind(0)`` can be taken again by any outgoing connection (the daemon's own MQTT
+    client, say) before the server under test binds it. Never the same port twice
+    in one test process.
+    """
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    for _ in range(50):
-        with socket.socket(fam, socket.SOCK_STREAM) as t:
-            t.bind((host, 0))
-            port = t.getsockname()[1]
-            try:
-                with socket.socket(fam, socket.SOCK_DGRAM) as u:
-                    u.bind((host, port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port")
+    hi = _ephemeral_start()
+    lo = max(1024, hi - 12000)
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(lo, hi)
+        if port in _HANDED_OUT:
+            continue
+        try:
+            with socket.socket(fam, socket.SOCK_STREAM) as t, socket.socket(fam, socket.SOCK_DGRAM) as u:
+                t.bind((host, port))
+                u.bind((host, port))
+        except OSError:
+            continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free port in {lo}..{hi - 1}")
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):

@@ -155,7 +155,9 @@ def _measure(t, phase: str) -> dict:
     12 Mbit/s each (one to a priority destination, one from the public-safety customer) run meanwhile."""
     # two streams of different sizes: a drop-tail FIFO must not phase-lock with one paced flow
     bulk = iperf(t["snd"], "10.99.1.2", PORTS[f"bulk-{phase}"], 5, rate=FLOOD // 2, udp=True, streams=2)
-    bulk2 = iperf(t["snd"], "10.99.1.2", PORTS[f"bulk2-{phase}"], 5, rate=FLOOD // 4, udp=True, length=700)
+    # The public-safety flow goes to customer biz (192.0.2.66), whose traffic has its own cap class:
+    # flood that class too, or the flow would get through on HTB class sharing, not on priority.
+    bulk2 = iperf(t["snd"], "192.0.2.66", PORTS[f"bulk2-{phase}"], 5, rate=FLOOD // 4, udp=True, length=700)
     try:
         time.sleep(1.0)
         dest = iperf(t["snd"], "203.0.113.130", PORTS[f"dest-{phase}"], 3, rate=OFFERED)
