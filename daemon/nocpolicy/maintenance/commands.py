@@ -175,4 +175,3 @@ def build(comp) -> list[Command]:
     ]
 
 
-_ = as_text

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -311,4 +310,3 @@ class _Collector:
                                 value=len(self.comp.suspended()))
 
 
-_ = dt

@@ -18,7 +18,7 @@ from .control import ControlSettings, read_control
 from .detect import DetectSettings, read_detect
 from .dnsconf import DnsSettings, read_dns
 from .emergency import read_interfaces, read_profiles
-from .fields import Obj, Problems, convert, ids_unique, obj
+from .fields import Problems, convert, ids_unique, obj
 from .maintenance import MaintenanceSettings
 from .maintenance import reader as maintenance_reader
 from .model import Policy, Settings, read_settings
@@ -191,4 +191,3 @@ def check_references(policy: Policy, problems: Problems) -> None:
         elif not bl.source.lower().startswith(("http://", "https://")):
             problems.add(bl.locs.get("source", bl.loc), f"dns.lists[id={bl.id}].source",
                          f"{bl.source!r}: only local files and http(s) URLs are supported")
-    _ = (Obj, DnsSettings)

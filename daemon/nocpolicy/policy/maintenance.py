@@ -167,4 +167,3 @@ def reader(tz: str):
 # Readers shared with the maintenance commands (same validation for policy files and commands).
 read_reason = _reason
 read_scope = _scope
-_ = as_str
