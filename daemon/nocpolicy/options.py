@@ -23,6 +23,7 @@ class Options:
     log_format: str = "text"
     log_level: str = "info"
     workers: int = 1
+    dns_io: str = "auto"              # auto | batched | asyncio
     watch: bool = True
     role: str = "standalone"          # standalone | controller | agent
     node: str | None = None
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"admin API (default {DEFAULT_ADMIN})")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="DNS worker processes sharing the port with SO_REUSEPORT (default 1)")
+    p.add_argument("--dns-io", choices=("auto", "batched", "asyncio"), default="auto",
+                   help="UDP I/O of the DNS guard: batched (recvmmsg/sendmmsg, Linux), asyncio "
+                        "(one system call per packet, portable); auto picks batched where it works")
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     p.add_argument("--no-watch", dest="watch", action="store_false",
@@ -86,7 +90,8 @@ def parse_options(argv: list[str] | None = None) -> Options:
         policies=ns.policies, state_dir=ns.state_dir,
         dns_listen=ns.dns_listen or [parse_hostport(DEFAULT_DNS)],
         metrics_listen=ns.metrics_listen, admin_listen=ns.admin_listen,
-        log_format=ns.log_format, log_level=ns.log_level, workers=ns.workers, watch=ns.watch,
+        log_format=ns.log_format, log_level=ns.log_level, workers=ns.workers, dns_io=ns.dns_io,
+        watch=ns.watch,
         role=ns.role, node=ns.node, mqtt=ns.mqtt, mqtt_password_file=ns.mqtt_password_file,
         mqtt_ca=ns.mqtt_ca, mqtt_cert=ns.mqtt_cert, mqtt_key=ns.mqtt_key, enforce=ns.enforce,
         extra={"netns": ns.netns, "customer_metrics": ns.customer_metrics},

@@ -24,6 +24,7 @@ from .clients import PrefixIndex
 from .detections import DetectionLog
 from .engine import UNKNOWN_MODES, Engine
 from .lists import ListSet
+from .mmsg import batched_io
 from .optout import OptoutStore, effective
 from .server import Listeners
 from .sources import ListManager, check_names
@@ -78,6 +79,7 @@ class DnsGuard(Component):
         self.pool: UpstreamPool | None = None
         self.listeners: Listeners | None = None
         self.workers = WorkerSet(ctx.options, self)
+        self.batched = batched_io(ctx.options.dns_io)
         self.policy = None
         self.optout_state: dict[str, tuple[bool, str]] = {}
         self.worker_counts: dict[tuple, int] = {}     # worker process: block counts not yet reported
@@ -99,7 +101,8 @@ class DnsGuard(Component):
         old_ups = self.policy.dns.upstreams if self.policy else None
         new_pool = None
         if old_ups != policy.dns.upstreams:
-            new_pool = UpstreamPool(policy.dns.upstreams, self.stats, self.engine.reply)
+            new_pool = UpstreamPool(policy.dns.upstreams, self.stats, self.engine.reply,
+                                    batched=self.batched)
 
         def commit():
             self._retire(self.lists.compiled, compiled)
@@ -135,7 +138,7 @@ class DnsGuard(Component):
             await self.pool.open()
             self.engine.pool = self.pool
         self.listeners = Listeners(self.engine, self.ctx.options.dns_listen,
-                                   reuse_port=self.ctx.options.workers > 1)
+                                   reuse_port=self.ctx.options.workers > 1, batched=self.batched)
         await self.listeners.start()
         self._started = True
         self.tasks.spawn("detections", self._flush_loop())

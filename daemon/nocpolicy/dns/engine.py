@@ -39,6 +39,7 @@ from .wire import (
 log = logging.getLogger(__name__)
 
 _MISS = object()
+_perf = time.perf_counter
 _RCODE = {"nxdomain": NXDOMAIN, "nodata": NOERROR, "refused": REFUSED, "sinkhole": NOERROR}
 HOSTCACHE_MAX = 65536
 UNKNOWN_MODES = {"protect": Subscriber(None, security=True),
@@ -160,10 +161,10 @@ class Engine:
 
     # -- hot path ------------------------------------------------------------------
 
-    def handle(self, data: bytes, addr, send, tcp: bool) -> None:
-        """Answer ``data`` from ``addr``; ``send(bytes, addr)`` may be called now or later."""
-        t0 = time.perf_counter()
-        host = addr[0]
+    def handle(self, data: bytes, host: str, addr, send, tcp: bool, t0: float) -> None:
+        """Answer ``data`` (read at ``perf_counter()`` time ``t0``) from client address ``host``;
+        ``send(bytes, addr)`` may be called now or later (``addr`` is whatever the transport
+        needs to reach the client)."""
         cid = self.hostcache.get(host, _MISS)
         if cid is _MISS:
             cid = self._lookup(host)
@@ -221,7 +222,7 @@ class Engine:
             else:                             # some list matches: does one apply to this client?
                 v = judge_suffixes(sub, lists, sfx)
         if v is None:
-            self._forward(data, q, addr, sub, send, tcp, t0)
+            self._forward(data, q, host, addr, sub, send, tcp, t0)
             return
         out, rcode = self._local(data, q, v)
         ent = LocalAnswer(out[2:], rcode, v)
@@ -239,8 +240,9 @@ class Engine:
         stats.duration["local"].observe(time.perf_counter() - t0)
 
     def udp_handler(self, sendto):
-        """``datagram_received(data, addr)`` for one UDP socket: the cached-answer path inlined
-        (no method calls, locals only), everything else through :meth:`handle`."""
+        """``on_datagram(data, host, addr, t0)`` for one UDP socket (``t0``: ``perf_counter()``
+        when the datagram was read): the cached-answer and the seen-before forwarding paths
+        inlined (locals only), everything else through :meth:`handle`."""
         stats = self.stats
         rcodes = stats.rcodes
         hist = stats.duration["local"]
@@ -250,10 +252,8 @@ class Engine:
         dirty_owner = self
         miss = _MISS
 
-        def datagram_received(data: bytes, addr) -> None:
-            t0 = perf()
+        def on_datagram(data: bytes, host: str, addr, t0: float) -> None:
             stats.udp += 1
-            host = addr[0]
             cid = dirty_owner.hostcache.get(host, miss)
             if cid is not miss:
                 key = data[2:]
@@ -281,19 +281,22 @@ class Engine:
                     sub = subs.get(cid) or subs[None]
                     pool = dirty_owner.pool
                     if pool is not None and not sub.refuse:
-                        p = Pending(data, q, addr, sub, sendto, False, t0)
+                        p = Pending(data, q, host, addr, sub, sendto, False, t0)
                         try:
-                            if pool.any_down or not pool.first(p):   # first: the usual case
+                            up = pool.primary        # the first upstream; None while one is down
+                            if up is not None and up.send(p):
+                                p.tried = 1
+                            else:
                                 pool.forward(p)
                         except Exception as exc:
                             dirty_owner.failed(exc)
                         return
             try:
-                handle(data, addr, sendto, False)
+                handle(data, host, addr, sendto, False, t0)
             except Exception as exc:  # never let one packet stop the listener
                 dirty_owner.failed(exc)
 
-        return datagram_received
+        return on_datagram
 
     def _local(self, data, q, v: Verdict) -> tuple[bytes, int]:
         """The local answer for a blocking verdict."""
@@ -313,13 +316,13 @@ class Engine:
         rcode = _RCODE[action]
         return answer(data, q, rcode, ede=ede, text=f"{v.cls} list {v.list}", records=records, ancount=n), rcode
 
-    def _blocked(self, data, q, v: Verdict, addr, send, t0) -> None:
+    def _blocked(self, data, q, v: Verdict, host, addr, send, t0) -> None:
         """Answer a block found on the slow path (CNAME inspection): not cached."""
         stats = self.stats
         out, rcode = self._local(data, q, v)
         stats.rcodes[rcode] += 1
         stats.block(v.list, v.cls, v.action)
-        self.detections.note(v, addr[0])
+        self.detections.note(v, host)
         send(out, addr)
         stats.duration["local"].observe(time.perf_counter() - t0)
 
@@ -329,46 +332,49 @@ class Engine:
             b = self._sink[a] = _packed(a)
         return b
 
-    def _forward(self, data, q, addr, sub, send, tcp, t0) -> None:
+    def _forward(self, data, q, host, addr, sub, send, tcp, t0) -> None:
         pool = self.pool
         if pool is None:
             self.stats.rcodes[SERVFAIL] += 1
             send(answer(data, q, SERVFAIL, ede=22, text="no upstream configured"), addr)
             return
-        pool.forward(Pending(data, q, addr, sub, send, tcp, t0))
+        pool.forward(Pending(data, q, host, addr, sub, send, tcp, t0))
 
     def reply(self, p: Pending, resp: bytes | None, ede: int) -> None:
         """The upstream's answer (or None and an EDE code) for forwarded query ``p``."""
-        data, q = p.data, p.q
         if resp is None:
-            out = answer(data, q, SERVFAIL, ede=ede, text="no upstream answered")
+            out = answer(p.data, p.q, SERVFAIL, ede=ede, text="no upstream answered")
         else:
             # a CNAME RR has the bytes 00 05 (its type) after the question: no such bytes, no
             # CNAME, and the answer is not parsed
             if (self.inspect_cnames and (resp[6] or resp[7]) and resp.find(b"\x00\x05", p.qend) >= 0
-                    and may_have_cname(resp, p.qend)):
-                lists, sub = self.lists, p.sub
-                for target in answer_cnames(resp):
-                    v = judge_suffixes(sub, lists, suffixes(target)) if target else None
-                    if v is not None:
-                        v = Verdict(v.action, v.customer, v.list, v.cls, v.entry, v.name,
-                                    f"CNAME {target}: {v.reason}", v.sinkhole_a, v.sinkhole_aaaa,
-                                    via_cname=True)
-                        self._blocked(data, q, v, p.addr, p.send, p.t0)
-                        return
-            out = data[:2] + resp[2:]
-            if not p.tcp:
-                limit = q.edns or 512
+                    and may_have_cname(resp, p.qend) and self._cname_blocked(p, resp)):
+                return
+            out = p.data[:2] + resp[2:]
+            if not p.tcp and len(out) > 512:
+                limit = p.q.edns or 512
                 if len(out) > limit:
                     out = truncate_for_udp(out, limit)
         stats = self.stats
         stats.rcodes[out[3] & 0xF] += 1
         p.send(out, p.addr)
-        d = time.perf_counter() - p.t0
+        d = _perf() - p.t0
         hist = stats.duration["forwarded"]        # Histogram.observe, inlined
         hist.counts[bisect_left(BUCKETS, d)] += 1
         hist.total += d
-        hist.n += 1
+
+    def _cname_blocked(self, p: Pending, resp: bytes) -> bool:
+        """A CNAME in the answer leads to a name blocked for this client: answer that (True)."""
+        lists, sub = self.lists, p.sub
+        for target in answer_cnames(resp):
+            v = judge_suffixes(sub, lists, suffixes(target)) if target else None
+            if v is not None:
+                v = Verdict(v.action, v.customer, v.list, v.cls, v.entry, v.name,
+                            f"CNAME {target}: {v.reason}", v.sinkhole_a, v.sinkhole_aaaa,
+                            via_cname=True)
+                self._blocked(p.data, p.q, v, p.host, p.addr, p.send, p.t0)
+                return True
+        return False
 
     def failed(self, exc: BaseException) -> None:
         """An unexpected error on the query path: count it, log at most once a minute."""

@@ -1,6 +1,8 @@
 """DNS listeners: UDP and TCP on each configured address (IPv4 and IPv6).
 
-UDP: one DatagramProtocol per socket, 4 MB receive buffer. TCP (RFC 7766):
+UDP: one socket per address, 4 MB receive buffer, read and written in batches
+(mmsg.py: recvmmsg/sendmmsg) or, with ``--dns-io asyncio``, through an asyncio
+DatagramProtocol. TCP (RFC 7766):
 several queries per connection, answered possibly out of order, 2-byte length
 framing, idle timeout, a cap on concurrent connections. With ``reuse_port``
 several worker processes share the ports (SO_REUSEPORT). Nothing on the query
@@ -12,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 
 from ..errors import NocpolicyError
+from .mmsg import BatchedUdp
 
 RCVBUF = 4 * 1024 * 1024
 TCP_IDLE = 10.0
@@ -21,17 +25,19 @@ TCP_MAX_CONNECTIONS = 512
 
 
 class UdpListener(asyncio.DatagramProtocol):
+    """The portable listener (``--dns-io asyncio``): one system call per datagram."""
+
     def __init__(self, engine):
         self.engine = engine
         self.transport = None
+        self.on_datagram = None
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        # the engine's closure replaces the method: one call per datagram, locals only
-        self.datagram_received = self.engine.udp_handler(transport.sendto)
+        self.on_datagram = self.engine.udp_handler(transport.sendto)
 
-    def datagram_received(self, data: bytes, addr) -> None:  # replaced in connection_made
-        raise RuntimeError("not connected")
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.on_datagram(data, addr[0], addr, time.perf_counter())
 
     def error_received(self, exc) -> None:
         pass
@@ -79,7 +85,7 @@ class TcpConnection(asyncio.Protocol):
                 self.transport.close()
                 return
             try:
-                engine.handle(msg, self.peer, self.send, True)
+                engine.handle(msg, self.peer[0], self.peer, self.send, True, time.perf_counter())
             except Exception as exc:
                 engine.failed(exc)
         self._arm()
@@ -97,11 +103,12 @@ class TcpConnection(asyncio.Protocol):
 
 
 class Listeners:
-    def __init__(self, engine, addresses, *, reuse_port: bool = False):
+    def __init__(self, engine, addresses, *, reuse_port: bool = False, batched: bool = False):
         self.engine = engine
         self.addresses = list(addresses)
         self.reuse_port = reuse_port
-        self.udp: list[asyncio.DatagramTransport] = []
+        self.batched = batched
+        self.udp: list = []          # asyncio.DatagramTransport or mmsg.BatchedUdp
         self.tcp: list[asyncio.AbstractServer] = []
         self.tcp_conns: set[TcpConnection] = set()
 
@@ -122,8 +129,12 @@ class Listeners:
                 except OSError:
                     sock.close()
                     raise
-                transport, _ = await loop.create_datagram_endpoint(lambda: UdpListener(self.engine),
-                                                                   sock=sock)
+                if self.batched:
+                    transport = BatchedUdp(loop, sock, None)
+                    transport.on_datagram = self.engine.udp_handler(transport.sendto)
+                else:
+                    transport, _ = await loop.create_datagram_endpoint(lambda: UdpListener(self.engine),
+                                                                       sock=sock)
                 self.udp.append(transport)
                 server = await loop.create_server(lambda: TcpConnection(self.engine, self), host, port,
                                                   family=fam, reuse_address=True,

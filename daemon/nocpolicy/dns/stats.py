@@ -17,17 +17,15 @@ BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1
 
 
 class Histogram:
-    __slots__ = ("counts", "total", "n")
+    __slots__ = ("counts", "total")
 
     def __init__(self):
         self.counts = [0] * (len(BUCKETS) + 1)
         self.total = 0.0
-        self.n = 0
 
     def observe(self, seconds: float) -> None:
         self.counts[bisect.bisect_left(BUCKETS, seconds)] += 1
         self.total += seconds
-        self.n += 1
 
     def buckets(self) -> list[tuple[str, int]]:
         out, acc = [], 0

@@ -24,6 +24,8 @@ import socket
 import time
 from collections.abc import Callable
 
+from .mmsg import BatchedUdp
+
 log = logging.getLogger(__name__)
 
 SWEEP = 0.05
@@ -39,10 +41,11 @@ Reply = Callable[["Pending", bytes | None, int], None]
 class Pending:
     """One forwarded query and what is needed to answer its client."""
 
-    __slots__ = ("data", "qend", "q", "addr", "sub", "send", "tcp", "t0", "deadline", "tried", "err")
+    __slots__ = ("data", "qend", "q", "host", "addr", "sub", "send", "tcp", "t0", "deadline", "tried",
+                 "err")
 
-    def __init__(self, data, q, addr, sub, send, tcp, t0):
-        self.data, self.q, self.qend, self.addr, self.sub = data, q, q.qend, addr, sub
+    def __init__(self, data, q, host, addr, sub, send, tcp, t0):
+        self.data, self.q, self.qend, self.host, self.addr, self.sub = data, q, q.qend, host, addr, sub
         self.send, self.tcp, self.t0 = send, tcp, t0
         self.deadline = 0.0
         self.tried = 0
@@ -73,6 +76,9 @@ class Upstream(asyncio.DatagramProtocol):
         self._time = asyncio.get_running_loop().time
 
     def datagram_received(self, data: bytes, addr) -> None:
+        self.on_datagram(data, None, addr, 0.0)
+
+    def on_datagram(self, data: bytes, host, addr, t0: float) -> None:
         if len(data) < 12:
             return
         qid = (data[0] << 8) | data[1]
@@ -111,6 +117,7 @@ class Upstream(asyncio.DatagramProtocol):
         self.fails += 1
         if self.fails >= DOWN_AFTER:
             self.pool.any_down = True
+            self.pool.primary = None
             if not self.down_until:
                 log.warning("upstream %s (%s:%d) is down: %s", self.id, self.host, self.port,
                             self.last_error or result)
@@ -118,14 +125,14 @@ class Upstream(asyncio.DatagramProtocol):
 
     def send(self, p: Pending) -> bool:
         pend = self.pending
-        if self.transport is None or len(pend) >= MAX_PENDING:
+        if len(pend) >= MAX_PENDING or self.transport is None:
             return False
         qid = _rand16(16)
         while qid in pend:
             qid = _rand16(16)
         p.deadline = self._time() + self.timeout
         pend[qid] = p
-        self._send(qid.to_bytes(2, "big") + p.data[2:])
+        self._send(qid.to_bytes(2) + p.data[2:])
         return True
 
     def status(self) -> dict:
@@ -135,11 +142,13 @@ class Upstream(asyncio.DatagramProtocol):
 
 
 class UpstreamPool:
-    def __init__(self, confs, stats, on_reply: Reply):
+    def __init__(self, confs, stats, on_reply: Reply, *, batched: bool = False):
         self.confs = tuple(confs)
+        self.batched = batched
         self.stats = stats
         self.on_reply = on_reply
         self.any_down = False
+        self.primary: Upstream | None = None     # the first upstream while none is down
         self.upstreams: list[Upstream] = []
         self._tasks: set[asyncio.Task] = set()
         self._sweeper: asyncio.Task | None = None
@@ -151,11 +160,15 @@ class UpstreamPool:
             host, port = conf.address
             fam = socket.AF_INET6 if ":" in host else socket.AF_INET
             try:
-                await loop.create_datagram_endpoint(lambda u=u: u, remote_addr=(host, port), family=fam)
+                if self.batched:
+                    u.connection_made(_batched(loop, u, fam, host, port))
+                else:
+                    await loop.create_datagram_endpoint(lambda u=u: u, remote_addr=(host, port), family=fam)
             except OSError as exc:   # e.g. no IPv6 on this host: the upstream stays unusable
                 u.last_error = f"cannot open a socket: {exc.strerror or exc}"
                 log.warning("upstream %s: %s", conf.id, u.last_error)
             self.upstreams.append(u)
+        self.primary = self.upstreams[0] if self.upstreams else None
         self._sweeper = loop.create_task(self._sweep(), name="dns:upstream-sweeper")
 
     async def close(self) -> None:
@@ -192,6 +205,7 @@ class UpstreamPool:
         healthy = [u for u in ups if u.down_until < now and u.transport is not None]
         if len(healthy) == len(ups):
             self.any_down = False
+            self.primary = ups[0]
             return ups
         return healthy + [u for u in ups if u not in healthy and u.transport is not None]
 
@@ -205,17 +219,6 @@ class UpstreamPool:
         self.on_reply(p, None, p.err)
 
     _next = forward
-
-    def first(self, p: Pending) -> bool:
-        """Send to the first upstream when none is down (False: not sent, use forward())."""
-        ups = self.upstreams
-        if not ups:
-            return False
-        p.tried = 1
-        if ups[0].send(p):
-            return True
-        p.tried = 0
-        return False
 
     def retry(self, p: Pending, failed: Upstream) -> None:
         if p.tried < len(self.upstreams):
@@ -257,6 +260,20 @@ class UpstreamPool:
             return
         self.stats.upstream_result(u.id, "tcp_ok")
         self.on_reply(p, resp, 0)
+
+
+def _batched(loop, u: Upstream, fam: int, host: str, port: int) -> BatchedUdp:
+    """A connected UDP socket to one upstream, read and written in batches."""
+    sock = socket.socket(fam, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        sock.setblocking(False)
+        sock.connect((host, port))
+    except OSError:
+        sock.close()
+        raise
+    # answers may be as long as the client's EDNS size (up to 64 KiB): large receive slots
+    return BatchedUdp(loop, sock, u.on_datagram, on_error=u.error_received, rx_slot=65536, batch=32)
 
 
 async def tcp_query(host: str, port: int, data: bytes) -> bytes:

@@ -80,6 +80,7 @@ class WorkerSet:
         o = self.options
         argv = [sys.executable, "-m", "nocpolicy.dns.workers", "--policies", o.policies,
                 "--state-dir", o.state_dir, "--index", str(w.index), "--workers", str(o.workers),
+                "--dns-io", o.dns_io,
                 "--log-level", o.log_level]
         for host, port in self.guard.listeners.sockets():
             argv += ["--dns-listen", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
@@ -191,7 +192,8 @@ async def _worker_main(ns) -> int:
     from .component import DnsGuard
     from .verdict import Subscriber
     opts = Options(policies=ns.policies, state_dir=ns.state_dir, dns_listen=ns.dns_listen,
-                   workers=ns.workers, log_level=ns.log_level, extra={"dns_worker": True})
+                   workers=ns.workers, dns_io=ns.dns_io, log_level=ns.log_level,
+                   extra={"dns_worker": True})
     key = (Path(ns.state_dir) / "pseudonym.key").read_bytes()
     store = Store(Path(ns.state_dir) / "nocpolicy.db")
     holder: dict = {}
@@ -274,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dns-listen", type=_hostport, action="append", required=True)
     p.add_argument("--index", type=int, default=1)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--dns-io", choices=("auto", "batched", "asyncio"), default="auto")
     p.add_argument("--log-level", default="info")
     ns = p.parse_args(argv)
     setup_logging("text", ns.log_level)
