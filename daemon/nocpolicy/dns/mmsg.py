@@ -181,10 +181,10 @@ class BatchedUdp:
                 break
             t0 = perf()
             if self.connected:
-                for slot, ln in zip(slots, lens[14:n * 16:16]):
+                for slot, ln in zip(slots, lens[14:n * 16:16], strict=False):
                     handle(bytes(slot[:ln]), None, None, t0)
             else:
-                for slot, name, ln in zip(slots, names, lens[14:n * 16:16]):
+                for slot, name, ln in zip(slots, names, lens[14:n * 16:16], strict=False):
                     addr = bytes(name)
                     ip = addr[ipsl]
                     host = hosts.get(ip)
