@@ -24,7 +24,7 @@ from .clients import PrefixIndex
 from .detections import DetectionLog
 from .engine import UNKNOWN_MODES, Engine
 from .lists import ListSet
-from .mmsg import batched_io
+from .mmsg import BatchGroup, batched_io
 from .optout import OptoutStore, effective
 from .server import Listeners
 from .sources import ListManager, check_names
@@ -80,6 +80,7 @@ class DnsGuard(Component):
         self.listeners: Listeners | None = None
         self.workers = WorkerSet(ctx.options, self)
         self.batched = batched_io(ctx.options.dns_io)
+        self.io_group: BatchGroup | None = None     # the batched sockets, once started
         self.policy = None
         self.optout_state: dict[str, tuple[bool, str]] = {}
         self.worker_counts: dict[tuple, int] = {}     # worker process: block counts not yet reported
@@ -101,8 +102,7 @@ class DnsGuard(Component):
         old_ups = self.policy.dns.upstreams if self.policy else None
         new_pool = None
         if old_ups != policy.dns.upstreams:
-            new_pool = UpstreamPool(policy.dns.upstreams, self.stats, self.engine.reply,
-                                    batched=self.batched)
+            new_pool = UpstreamPool(policy.dns.upstreams, self.stats, self.engine.reply)
 
         def commit():
             self._retire(self.lists.compiled, compiled)
@@ -127,18 +127,20 @@ class DnsGuard(Component):
             self.tasks.spawn("retire-lists", _free_slowly(gone))
 
     async def _swap_pool(self, new: UpstreamPool, old: UpstreamPool | None) -> None:
-        await new.open()
+        await new.open(self.io_group)
         self.engine.pool = new
         if old is not None:
             await asyncio.sleep(5)   # let answers in flight arrive
             await old.close()
 
     async def start(self) -> None:
+        if self.batched:
+            self.io_group = BatchGroup(asyncio.get_running_loop())
         if self.pool is not None:
-            await self.pool.open()
+            await self.pool.open(self.io_group)
             self.engine.pool = self.pool
         self.listeners = Listeners(self.engine, self.ctx.options.dns_listen,
-                                   reuse_port=self.ctx.options.workers > 1, batched=self.batched)
+                                   reuse_port=self.ctx.options.workers > 1, batched=self.io_group)
         await self.listeners.start()
         self._started = True
         self.tasks.spawn("detections", self._flush_loop())

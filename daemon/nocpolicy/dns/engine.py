@@ -77,6 +77,7 @@ def _everything(lists: ListSet) -> Subscriber:
 class Engine:
     def __init__(self, stats, detections, pool=None):
         self.stats = stats
+        self._rcodes, self._forwarded = stats.rcodes, stats.duration["forwarded"]
         self.detections = detections
         self.pool = pool
         self.lists = ListSet()
@@ -351,15 +352,14 @@ class Engine:
                     and may_have_cname(resp, p.qend) and self._cname_blocked(p, resp)):
                 return
             out = p.data[:2] + resp[2:]
-            if not p.tcp and len(out) > 512:
+            if len(out) > 512 and not p.tcp:
                 limit = p.q.edns or 512
                 if len(out) > limit:
                     out = truncate_for_udp(out, limit)
-        stats = self.stats
-        stats.rcodes[out[3] & 0xF] += 1
+        self._rcodes[out[3] & 0xF] += 1
         p.send(out, p.addr)
         d = _perf() - p.t0
-        hist = stats.duration["forwarded"]        # Histogram.observe, inlined
+        hist = self._forwarded                    # Histogram.observe, inlined
         hist.counts[bisect_left(BUCKETS, d)] += 1
         hist.total += d
 

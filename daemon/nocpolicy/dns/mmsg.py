@@ -107,12 +107,37 @@ class _Ring:
         self.iovlens = [iovlen[i * 2 + 1:i * 2 + 2] for i in range(n)]
 
 
+class BatchGroup:
+    """The batched sockets of one DNS guard. After each batch one of them reads, every one
+    flushes what it has to send: a query read from a client leaves for the upstream at once,
+    not after the whole readable event."""
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.members: list[BatchedUdp] = []
+        self.scheduled = False
+
+    def schedule(self) -> None:
+        """Something was queued outside a read batch (a timer, a task): flush on the next pass."""
+        self.scheduled = True
+        self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.scheduled = False
+        for m in self.members:
+            if m.out:
+                m.flush()
+
+
 class BatchedUdp:
     """A bound (listener) or connected (upstream) UDP socket, read and written in batches."""
 
     def __init__(self, loop, sock: socket.socket, on_datagram, *, on_error=None,
-                 rx_slot: int = 4160, tx_slot: int = 4096, batch: int = BATCH):
+                 group: BatchGroup | None = None, rx_slot: int = 4160, tx_slot: int = 4096,
+                 batch: int = BATCH):
         self.loop, self.sock = loop, sock
+        self.group = group or BatchGroup(loop)
+        self.group.members.append(self)
         self.fd = sock.fileno()
         self.connected = _is_connected(sock)
         self.family = sock.family
@@ -125,10 +150,10 @@ class BatchedUdp:
         namelen = 0 if self.connected else self._namelen
         self.rx = _Ring(batch, rx_slot, namelen and NAME, namelen)
         self.tx = _Ring(batch, tx_slot, namelen, namelen)
-        self.out: list = []
+        self.out: list = []             # (data, addr) to send; emptied in place by flush()
+        self.sendto = _sender(self.out.append, self.group)
         self.hosts: dict[bytes, str] = {}
         self.send_drops = 0
-        self._flush_scheduled = False
         self._closed = False
         lib = _lib()
         self._recvmmsg, self._sendmmsg = lib.recvmmsg, lib.sendmmsg
@@ -136,13 +161,6 @@ class BatchedUdp:
         loop.add_reader(self.fd, self._readable)
 
     # -- the transport API the engine and the upstreams use ---------------------------------
-
-    def sendto(self, data: bytes, addr=None) -> None:
-        out = self.out
-        if not out and not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self.flush)
-        out.append((data, addr))
 
     def get_extra_info(self, name: str, default=None):
         if name == "sockname":
@@ -159,6 +177,7 @@ class BatchedUdp:
             return
         self.flush()
         self._closed = True
+        self.group.members.remove(self)
         self.loop.remove_reader(self.fd)
         self.sock.close()
 
@@ -169,7 +188,7 @@ class BatchedUdp:
         recvmmsg, handle = self._recvmmsg, self.on_datagram
         slots, names, hdr, lens = rx.slots, rx.namev, rx.hdr, rx.lens
         template, hosts, ipsl = rx.template, self.hosts, self._ip
-        perf = time.perf_counter
+        perf, group = time.perf_counter, self.group
         for _ in range(MAX_ROUNDS):
             hdr[:] = template                       # reset msg_namelen and msg_flags
             n = recvmmsg(fd, rx.addr, n_max, MSG_DONTWAIT, None)
@@ -193,8 +212,7 @@ class BatchedUdp:
                             hosts.clear()
                         host = hosts[ip] = socket.inet_ntop(self.family, ip)
                     handle(bytes(slot[:ln]), host, addr, t0)
-            if self.out:
-                self.flush()
+            group.flush()
             if n < n_max or self._closed:
                 break
 
@@ -205,12 +223,11 @@ class BatchedUdp:
     # -- writing --------------------------------------------------------------------------
 
     def flush(self) -> None:
-        self._flush_scheduled = False
         out = self.out
         if not out:
             return
-        self.out = []
         if self._closed:
+            out.clear()
             return
         tx, n_max = self.tx, self.batch
         size, slots, names, iovlens = tx.slot, tx.slots, tx.namev, tx.iovlens
@@ -231,6 +248,7 @@ class BatchedUdp:
                 k = 0
         if k:
             self._sendmmsg_all(k)
+        out.clear()        # (what an error callback queued during the loop was sent by it too)
 
     def _sendmmsg_all(self, count: int) -> None:
         sendmmsg, fd, base = self._sendmmsg, self.fd, self.tx.addr
@@ -262,6 +280,17 @@ class BatchedUdp:
             self.send_drops += 1
             if self.on_error is not None:
                 self.on_error(exc)
+
+
+def _sender(append, group: BatchGroup):
+    """``sendto(data, addr=None)`` of one transport: queue, and make sure a flush follows."""
+
+    def sendto(data: bytes, addr=None) -> None:
+        append((data, addr))
+        if not group.scheduled:
+            group.schedule()
+
+    return sendto
 
 
 def _is_connected(sock: socket.socket) -> bool:

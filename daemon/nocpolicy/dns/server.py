@@ -17,7 +17,7 @@ import socket
 import time
 
 from ..errors import NocpolicyError
-from .mmsg import BatchedUdp
+from .mmsg import BatchedUdp, BatchGroup
 
 RCVBUF = 4 * 1024 * 1024
 TCP_IDLE = 10.0
@@ -103,7 +103,7 @@ class TcpConnection(asyncio.Protocol):
 
 
 class Listeners:
-    def __init__(self, engine, addresses, *, reuse_port: bool = False, batched: bool = False):
+    def __init__(self, engine, addresses, *, reuse_port: bool = False, batched: BatchGroup | None = None):
         self.engine = engine
         self.addresses = list(addresses)
         self.reuse_port = reuse_port
@@ -130,7 +130,7 @@ class Listeners:
                     sock.close()
                     raise
                 if self.batched:
-                    transport = BatchedUdp(loop, sock, None)
+                    transport = BatchedUdp(loop, sock, None, group=self.batched)
                     transport.on_datagram = self.engine.udp_handler(transport.sendto)
                 else:
                     transport, _ = await loop.create_datagram_endpoint(lambda: UdpListener(self.engine),

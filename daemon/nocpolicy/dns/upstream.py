@@ -24,7 +24,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from .mmsg import BatchedUdp
+from .mmsg import BatchedUdp, BatchGroup
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,16 @@ class Pending:
                  "err")
 
     def __init__(self, data, q, host, addr, sub, send, tcp, t0):
-        self.data, self.q, self.qend, self.host, self.addr, self.sub = data, q, q.qend, host, addr, sub
-        self.send, self.tcp, self.t0 = send, tcp, t0
+        # one statement per attribute: cheaper than tuple assignment on this path
+        self.data = data
+        self.q = q
+        self.qend = q.qend
+        self.host = host
+        self.addr = addr
+        self.sub = sub
+        self.send = send
+        self.tcp = tcp
+        self.t0 = t0
         self.deadline = 0.0
         self.tried = 0
         self.err = 22
@@ -142,9 +150,8 @@ class Upstream(asyncio.DatagramProtocol):
 
 
 class UpstreamPool:
-    def __init__(self, confs, stats, on_reply: Reply, *, batched: bool = False):
+    def __init__(self, confs, stats, on_reply: Reply):
         self.confs = tuple(confs)
-        self.batched = batched
         self.stats = stats
         self.on_reply = on_reply
         self.any_down = False
@@ -153,15 +160,16 @@ class UpstreamPool:
         self._tasks: set[asyncio.Task] = set()
         self._sweeper: asyncio.Task | None = None
 
-    async def open(self) -> None:
+    async def open(self, batched: BatchGroup | None = None) -> None:
+        """Open a socket to each upstream: batched (into that group) or asyncio's."""
         loop = asyncio.get_running_loop()
         for i, conf in enumerate(self.confs):
             u = Upstream(self, i, conf)
             host, port = conf.address
             fam = socket.AF_INET6 if ":" in host else socket.AF_INET
             try:
-                if self.batched:
-                    u.connection_made(_batched(loop, u, fam, host, port))
+                if batched is not None:
+                    u.connection_made(_batched(loop, u, fam, host, port, batched))
                 else:
                     await loop.create_datagram_endpoint(lambda u=u: u, remote_addr=(host, port), family=fam)
             except OSError as exc:   # e.g. no IPv6 on this host: the upstream stays unusable
@@ -262,7 +270,7 @@ class UpstreamPool:
         self.on_reply(p, resp, 0)
 
 
-def _batched(loop, u: Upstream, fam: int, host: str, port: int) -> BatchedUdp:
+def _batched(loop, u: Upstream, fam: int, host: str, port: int, group: BatchGroup) -> BatchedUdp:
     """A connected UDP socket to one upstream, read and written in batches."""
     sock = socket.socket(fam, socket.SOCK_DGRAM)
     try:
@@ -273,7 +281,8 @@ def _batched(loop, u: Upstream, fam: int, host: str, port: int) -> BatchedUdp:
         sock.close()
         raise
     # answers may be as long as the client's EDNS size (up to 64 KiB): large receive slots
-    return BatchedUdp(loop, sock, u.on_datagram, on_error=u.error_received, rx_slot=65536, batch=32)
+    return BatchedUdp(loop, sock, u.on_datagram, on_error=u.error_received, group=group,
+                      rx_slot=65536, batch=32)
 
 
 async def tcp_query(host: str, port: int, data: bytes) -> bytes:
