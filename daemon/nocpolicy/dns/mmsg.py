@@ -48,7 +48,9 @@ _libc = None
 def _lib():
     global _libc
     if _libc is None:
-        lib = ctypes.CDLL(None, use_errno=True)
+        # PyDLL: called with the GIL held. The calls never block (MSG_DONTWAIT), and releasing the
+        # GIL at each one would hand it to any busy thread (a list build) for a switch interval.
+        lib = ctypes.PyDLL(None, use_errno=True)
         for fn in ("recvmmsg", "sendmmsg"):
             f = getattr(lib, fn)
             f.restype = ctypes.c_int
