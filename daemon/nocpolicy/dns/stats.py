@@ -68,9 +68,37 @@ class DnsCollector:
 
     def __init__(self, guard):
         self.guard = guard
+        self._drops: dict[int, tuple[object, int]] = {}   # id -> (transport, drops at last scrape)
+        self._drops_gone = 0                              # final drops of transports closed since
 
     def describe(self):
         return []
+
+    def send_drops(self) -> int:
+        """``send_drops`` summed over the listeners' and the upstreams' UDP transports.
+
+        Sockets come and go (a reload that changes the upstreams opens new ones and closes the
+        old ones): a transport seen at the previous scrape but gone now is read one last time
+        and its count kept, so the counter never goes down. asyncio's transports count nothing.
+        """
+        g = self.guard
+        found: list = list(getattr(g.listeners, "udp", None) or ())
+        pool = g.pool
+        if pool is not None:
+            found += [u.transport for u in pool.upstreams]
+        group = getattr(g, "io_group", None)
+        if group is not None:
+            found += list(getattr(group, "members", ()))
+        now: dict[int, tuple[object, int]] = {}
+        for t in found:
+            n = getattr(t, "send_drops", None)
+            if isinstance(n, int):
+                now[id(t)] = (t, n)
+        for key, (t, _) in self._drops.items():
+            if key not in now:
+                self._drops_gone += t.send_drops
+        self._drops = now
+        return self._drops_gone + sum(n for _, n in now.values())
 
     def collect(self):
         g = self.guard
@@ -115,6 +143,10 @@ class DnsCollector:
         for path, hist in durations.items():
             h.add_metric([path], hist.buckets(), hist.total)
         yield from (q, r, b, u, m, h)
+        sd = CounterMetricFamily("nocpolicy_dns_send_drops", "UDP answers or forwarded queries dropped "
+                                 "because the socket buffer was full or the kernel refused them")
+        sd.add_metric([], self.send_drops())
+        yield sd
         e = GaugeMetricFamily("nocpolicy_blocklist_entries", "Entries in force per list", labels=["list"])
         ts = GaugeMetricFamily("nocpolicy_blocklist_last_success_timestamp_seconds",
                                "When each list was last loaded or refreshed successfully", labels=["list"])
