@@ -135,7 +135,7 @@ class DnsGuard(Component):
 
     async def start(self) -> None:
         if self.batched:
-            self.io_group = BatchGroup(asyncio.get_running_loop())
+            self.io_group = BatchGroup(asyncio.get_running_loop(), self.stats)
         if self.pool is not None:
             await self.pool.open(self.io_group)
             self.engine.pool = self.pool

@@ -109,15 +109,21 @@ class _Ring:
         self.iovlens = [iovlen[i * 2 + 1:i * 2 + 2] for i in range(n)]
 
 
+class _Counters:
+    send_drops = 0
+
+
 class BatchGroup:
     """The batched sockets of one DNS guard. After each batch one of them reads, every one
     flushes what it has to send: a query read from a client leaves for the upstream at once,
     not after the whole readable event."""
 
-    def __init__(self, loop):
+    def __init__(self, loop, counters=None):
         self.loop = loop
         self.members: list[BatchedUdp] = []
         self.scheduled = False
+        # where datagrams that could not be sent are counted (``.send_drops``; DnsStats)
+        self.counters = counters if counters is not None else _Counters()
 
     def schedule(self) -> None:
         """Something was queued outside a read batch (a timer, a task): flush on the next pass."""
@@ -155,8 +161,8 @@ class BatchedUdp:
         self.out: list = []             # (data, addr) to send; emptied in place by flush()
         self.sendto = _sender(self.out.append, self.group)
         self.hosts: dict[bytes, str] = {}
-        self.send_drops = 0
         self._closed = False
+        self._rearm_scheduled = False
         lib = _lib()
         self._recvmmsg, self._sendmmsg = lib.recvmmsg, lib.sendmmsg
         sock.setblocking(False)
@@ -219,8 +225,19 @@ class BatchedUdp:
                 break
 
     def _error(self, err: int) -> None:
+        # uvloop (libuv) stops watching a socket once epoll reports an error on it (a connected
+        # socket after an ICMP port unreachable): watch it again on the next loop pass
+        if not self._rearm_scheduled:
+            self._rearm_scheduled = True
+            self.loop.call_soon(self._rearm)
         if self.on_error is not None:
             self.on_error(OSError(err, errno.errorcode.get(err, str(err))))
+
+    def _rearm(self) -> None:
+        self._rearm_scheduled = False
+        if not self._closed:
+            self.loop.remove_reader(self.fd)
+            self.loop.add_reader(self.fd, self._readable)
 
     # -- writing --------------------------------------------------------------------------
 
@@ -228,14 +245,15 @@ class BatchedUdp:
         out = self.out
         if not out:
             return
+        batch = out.copy()       # what an error callback queues meanwhile goes in the next flush
+        out.clear()
         if self._closed:
-            out.clear()
             return
         tx, n_max = self.tx, self.batch
         size, slots, names, iovlens = tx.slot, tx.slots, tx.namev, tx.iovlens
         connected = self.connected
         k = 0
-        for data, addr in out:
+        for data, addr in batch:
             ln = len(data)
             if ln > size:                            # rare: a long answer, sent on its own
                 self._send_one(data, addr)
@@ -250,7 +268,6 @@ class BatchedUdp:
                 k = 0
         if k:
             self._sendmmsg_all(k)
-        out.clear()        # (what an error callback queued during the loop was sent by it too)
 
     def _sendmmsg_all(self, count: int) -> None:
         sendmmsg, fd, base = self._sendmmsg, self.fd, self.tx.addr
@@ -264,10 +281,10 @@ class BatchedUdp:
             if err == errno.EINTR:
                 continue
             if err in (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS):
-                self.send_drops += count - start    # the socket buffer is full: UDP drops
+                self.group.counters.send_drops += count - start   # buffer full: UDP drops
                 return
             self._error(err)                         # this message is lost; go on with the rest
-            self.send_drops += 1
+            self.group.counters.send_drops += 1
             start += 1
 
     def _send_one(self, data: bytes, addr) -> None:
@@ -277,9 +294,9 @@ class BatchedUdp:
             else:
                 self.sock.sendto(data, _sockaddr(self.family, addr))
         except BlockingIOError:
-            self.send_drops += 1
+            self.group.counters.send_drops += 1
         except OSError as exc:
-            self.send_drops += 1
+            self.group.counters.send_drops += 1
             if self.on_error is not None:
                 self.on_error(exc)
 

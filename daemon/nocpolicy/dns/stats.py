@@ -47,7 +47,7 @@ class DnsStats:
         self.upstream: dict[tuple[str, str], int] = {}
         self.duration = {"local": Histogram(), "forwarded": Histogram()}
         self.malformed = 0
-        self.dropped = 0
+        self.send_drops = 0                # UDP datagrams the kernel would not take (batched I/O)
 
     def block(self, lst: str, cls: str, action: str, n: int = 1) -> None:
         key = (lst, cls, action)
@@ -60,7 +60,8 @@ class DnsStats:
     def snapshot(self) -> dict:
         return {"queries": {"udp": self.udp + self.queries["udp"], "tcp": self.queries["tcp"]},
                 "responses": {RCODE_NAMES.get(i, str(i)): n for i, n in enumerate(self.rcodes) if n},
-                "blocked": sum(self.blocked.values()), "malformed": self.malformed, "dropped": self.dropped}
+                "blocked": sum(self.blocked.values()), "malformed": self.malformed,
+                "send_drops": self.send_drops}
 
 
 class DnsCollector:
@@ -68,37 +69,9 @@ class DnsCollector:
 
     def __init__(self, guard):
         self.guard = guard
-        self._drops: dict[int, tuple[object, int]] = {}   # id -> (transport, drops at last scrape)
-        self._drops_gone = 0                              # final drops of transports closed since
 
     def describe(self):
         return []
-
-    def send_drops(self) -> int:
-        """``send_drops`` summed over the listeners' and the upstreams' UDP transports.
-
-        Sockets come and go (a reload that changes the upstreams opens new ones and closes the
-        old ones): a transport seen at the previous scrape but gone now is read one last time
-        and its count kept, so the counter never goes down. asyncio's transports count nothing.
-        """
-        g = self.guard
-        found: list = list(getattr(g.listeners, "udp", None) or ())
-        pool = g.pool
-        if pool is not None:
-            found += [u.transport for u in pool.upstreams]
-        group = getattr(g, "io_group", None)
-        if group is not None:
-            found += list(getattr(group, "members", ()))
-        now: dict[int, tuple[object, int]] = {}
-        for t in found:
-            n = getattr(t, "send_drops", None)
-            if isinstance(n, int):
-                now[id(t)] = (t, n)
-        for key, (t, _) in self._drops.items():
-            if key not in now:
-                self._drops_gone += t.send_drops
-        self._drops = now
-        return self._drops_gone + sum(n for _, n in now.values())
 
     def collect(self):
         g = self.guard
@@ -112,7 +85,7 @@ class DnsCollector:
         m = CounterMetricFamily("nocpolicy_dns_malformed", "Malformed packets answered FORMERR or dropped")
         queries, rcodes, blocked, upstream = {}, [0] * 16, {}, {}
         durations = {"local": Histogram(), "forwarded": Histogram()}
-        malformed = 0
+        malformed = send_drops = 0
         for s in stats_list:
             for k, v in s.queries.items():
                 queries[k] = queries.get(k, 0) + v
@@ -128,6 +101,7 @@ class DnsCollector:
                 agg.counts = [a + c for a, c in zip(agg.counts, h.counts, strict=True)]
                 agg.total += h.total
             malformed += s.malformed
+            send_drops += s.send_drops
         for k in ("udp", "tcp"):
             q.add_metric([k], queries.get(k, 0))
         for i, v in enumerate(rcodes):
@@ -145,7 +119,7 @@ class DnsCollector:
         yield from (q, r, b, u, m, h)
         sd = CounterMetricFamily("nocpolicy_dns_send_drops", "UDP answers or forwarded queries dropped "
                                  "because the socket buffer was full or the kernel refused them")
-        sd.add_metric([], self.send_drops())
+        sd.add_metric([], send_drops)
         yield sd
         e = GaugeMetricFamily("nocpolicy_blocklist_entries", "Entries in force per list", labels=["list"])
         ts = GaugeMetricFamily("nocpolicy_blocklist_last_success_timestamp_seconds",

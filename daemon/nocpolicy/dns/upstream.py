@@ -56,7 +56,7 @@ class Pending:
         self.tcp = tcp
         self.t0 = t0
         self.deadline = 0.0
-        self.tried = 0
+        self.tried = 0          # bit i set: upstream i was tried
         self.err = 22
 
 
@@ -168,10 +168,13 @@ class UpstreamPool:
             host, port = conf.address
             fam = socket.AF_INET6 if ":" in host else socket.AF_INET
             try:
+                sock = _connected_socket(fam, host, port)
                 if batched is not None:
-                    u.connection_made(_batched(loop, u, fam, host, port, batched))
+                    # answers may be as long as the client's EDNS size (up to 64 KiB): large slots
+                    u.connection_made(BatchedUdp(loop, sock, u.on_datagram, on_error=u.error_received,
+                                                 group=batched, rx_slot=65536))
                 else:
-                    await loop.create_datagram_endpoint(lambda u=u: u, remote_addr=(host, port), family=fam)
+                    await loop.create_datagram_endpoint(lambda u=u: u, sock=sock)
             except OSError as exc:   # e.g. no IPv6 on this host: the upstream stays unusable
                 u.last_error = f"cannot open a socket: {exc.strerror or exc}"
                 log.warning("upstream %s: %s", conf.id, u.last_error)
@@ -218,18 +221,20 @@ class UpstreamPool:
         return healthy + [u for u in ups if u not in healthy and u.transport is not None]
 
     def forward(self, p: Pending) -> None:
+        """Send to the first upstream in health order this query has not tried yet."""
         order = self._order() if self.any_down else self.upstreams
-        while p.tried < len(order):
-            u = order[p.tried]
-            p.tried += 1
-            if u.send(p):
-                return
+        for u in order:
+            bit = 1 << u.index
+            if not p.tried & bit:
+                p.tried |= bit
+                if u.send(p):
+                    return
         self.on_reply(p, None, p.err)
 
     _next = forward
 
     def retry(self, p: Pending, failed: Upstream) -> None:
-        if p.tried < len(self.upstreams):
+        if p.tried != (1 << len(self.upstreams)) - 1:
             self.stats.upstream_result(failed.id, "retry")
         self._next(p)
 
@@ -270,19 +275,18 @@ class UpstreamPool:
         self.on_reply(p, resp, 0)
 
 
-def _batched(loop, u: Upstream, fam: int, host: str, port: int, group: BatchGroup) -> BatchedUdp:
-    """A connected UDP socket to one upstream, read and written in batches."""
+def _connected_socket(fam: int, host: str, port: int) -> socket.socket:
+    """A UDP socket connected to one upstream (ICMP errors come back to it), 4 MB of buffer."""
     sock = socket.socket(fam, socket.SOCK_DGRAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
         sock.setblocking(False)
         sock.connect((host, port))
     except OSError:
         sock.close()
         raise
-    # answers may be as long as the client's EDNS size (up to 64 KiB): large receive slots
-    return BatchedUdp(loop, sock, u.on_datagram, on_error=u.error_received, group=group,
-                      rx_slot=65536, batch=32)
+    return sock
 
 
 async def tcp_query(host: str, port: int, data: bytes) -> bytes:
