@@ -100,6 +100,15 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
 
 
+def udp_exchange(port: int, wire: bytes, host: str = "127.0.0.1", timeout: float = 3.0) -> bytes:
+    """Send one raw datagram to host:port, return the first datagram that comes back."""
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.sendto(wire, (host, port))
+        return s.recv(65535)
+
+
 def copy_policies(dest: Path, src: Path = POLICIES) -> Path:
     target = dest / "policies"
     shutil.copytree(src, target)

@@ -31,7 +31,7 @@ import pytest
 
 from conftest import need_root_netns
 from dns_fixtures import Unbound, dns_policy
-from helpers import BIN, DaemonProcess, free_port, http_get, sh, wait_for
+from helpers import BIN, DaemonProcess, free_port, http_get, sh, udp_exchange, wait_for
 
 MODES = ("batched", "asyncio")
 BURST_IP = "192.0.2.99"
@@ -104,19 +104,12 @@ def test_forwarded_answer_keeps_id_and_letter_case(guard):
     d, _ = guard
     for qid in (0, 0x1234, 0xFFFF):
         wire = query_wire(qid, "mIxEdCaSe.ExAmPlE.oRg")
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.settimeout(3)
-            s.sendto(wire, ("127.0.0.1", d.dns_port))
-            raw = s.recv(4096)
+        raw = udp_exchange(d.dns_port, wire)
         assert raw[:2] == wire[:2]
         assert b"\x09mIxEdCaSe\x07ExAmPlE\x03oRg\x00" in raw
         r = dns.message.from_wire(raw)
         assert r.rcode() == dns.rcode.NOERROR and [str(x) for x in r.answer[0]] == ["192.0.2.81"]
-    blocked = query_wire(0xBEEF, "CSAM.Example")
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(3)
-        s.sendto(blocked, ("127.0.0.1", d.dns_port))
-        raw = s.recv(4096)
+    raw = udp_exchange(d.dns_port, query_wire(0xBEEF, "CSAM.Example"))
     assert raw[:2] == b"\xbe\xef" and b"\x04CSAM\x07Example\x00" in raw
 
 

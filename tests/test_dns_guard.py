@@ -15,7 +15,7 @@ import dns.rdatatype
 import pytest
 
 from dns_fixtures import Unbound, dns_policy
-from helpers import DaemonProcess, free_port, wait_for
+from helpers import DaemonProcess, free_port, udp_exchange, wait_for
 
 LOCAL_DATA = [
     "www.example.org. 300 IN A 192.0.2.80",
@@ -68,10 +68,7 @@ def test_forwarded_answer_preserves_id_case_and_edns(env):
     d, _ = env
     q = dns.message.make_query("mIxEdCaSe.ExAmPlE.oRg", "A", use_edns=0)
     wire = q.to_wire()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(3)
-        s.sendto(wire, ("127.0.0.1", d.dns_port))
-        raw = s.recv(4096)
+    raw = udp_exchange(d.dns_port, wire)
     assert raw[:2] == wire[:2]
     assert b"\x09mIxEdCaSe\x07ExAmPlE\x03oRg\x00" in raw
     r = dns.message.from_wire(raw)
