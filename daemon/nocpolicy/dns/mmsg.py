@@ -133,8 +133,7 @@ class BatchGroup:
     def flush(self) -> None:
         self.scheduled = False
         for m in self.members:
-            if m.out:
-                m.flush()
+            m.flush()
 
 
 class BatchedUdp:
@@ -158,8 +157,8 @@ class BatchedUdp:
         namelen = 0 if self.connected else self._namelen
         self.rx = _Ring(batch, rx_slot, namelen and NAME, namelen)
         self.tx = _Ring(batch, tx_slot, namelen, namelen)
-        self.out: list = []             # (data, addr) to send; emptied in place by flush()
-        self.sendto = _sender(self.out.append, self.group)
+        # sendto(data, addr=None) copies into the next send slot; flush() sends the slots
+        self.sendto, self.flush = self._sender()
         self.hosts: dict[bytes, str] = {}
         self._closed = False
         self._rearm_scheduled = False
@@ -207,20 +206,23 @@ class BatchedUdp:
                         self._error(err)
                 break
             t0 = perf()
-            if self.connected:
-                for slot, ln in zip(slots, lens[14:n * 16:16], strict=False):
-                    handle(bytes(slot[:ln]), None, None, t0)
-            else:
-                for slot, name, ln in zip(slots, names, lens[14:n * 16:16], strict=False):
-                    addr = bytes(name)
-                    ip = addr[ipsl]
-                    host = hosts.get(ip)
-                    if host is None:
-                        if len(hosts) >= HOSTS_MAX:
-                            hosts.clear()
-                        host = hosts[ip] = socket.inet_ntop(self.family, ip)
-                    handle(bytes(slot[:ln]), host, addr, t0)
-            group.flush()
+            group.scheduled = True     # the flush below covers what this batch sends
+            try:
+                if self.connected:
+                    for slot, ln in zip(slots, lens[14:n * 16:16], strict=False):
+                        handle(bytes(slot[:ln]), None, None, t0)
+                else:
+                    for slot, name, ln in zip(slots, names, lens[14:n * 16:16], strict=False):
+                        addr = bytes(name)
+                        ip = addr[ipsl]
+                        host = hosts.get(ip)
+                        if host is None:
+                            if len(hosts) >= HOSTS_MAX:
+                                hosts.clear()
+                            host = hosts[ip] = socket.inet_ntop(self.family, ip)
+                        handle(bytes(slot[:ln]), host, addr, t0)
+            finally:
+                group.flush()
             if n < n_max or self._closed:
                 break
 
@@ -241,33 +243,62 @@ class BatchedUdp:
 
     # -- writing --------------------------------------------------------------------------
 
-    def flush(self) -> None:
-        out = self.out
-        if not out:
-            return
-        batch = out.copy()       # what an error callback queues meanwhile goes in the next flush
-        out.clear()
-        if self._closed:
-            return
-        tx, n_max = self.tx, self.batch
+    def _sender(self):
+        """``sendto`` and ``flush`` of this socket, sharing the count of filled send slots.
+
+        ``sendto`` copies the datagram and its address straight into the next slot (no queue);
+        the slots go out with one ``sendmmsg`` when all are full or at the next flush, which
+        the group runs after every read batch (or, for a send from a timer or a task, on the
+        next pass of the loop). What is sent while a flush is running waits in ``later``.
+        """
+        tx, n_max, group = self.tx, self.batch, self.group
         size, slots, names, iovlens = tx.slot, tx.slots, tx.namev, tx.iovlens
         connected = self.connected
+        later: list = []
         k = 0
-        for data, addr in batch:
+        busy = False
+
+        def sendto(data: bytes, addr=None) -> None:
+            nonlocal k
             ln = len(data)
-            if ln > size:                            # rare: a long answer, sent on its own
-                self._send_one(data, addr)
-                continue
+            if ln > size or busy:
+                if ln > size:
+                    self._send_one(data, addr)   # rare: a long answer, sent on its own
+                else:
+                    later.append((data, addr))
+                return
             slots[k][:ln] = data
             iovlens[k][0] = ln
             if not connected:
                 names[k][:] = addr
             k += 1
             if k == n_max:
-                self._sendmmsg_all(k)
+                flush()
+            elif k == 1 and not group.scheduled:
+                group.schedule()
+
+        def flush() -> None:
+            nonlocal k, busy
+            if busy:
+                return
+            if self._closed:
                 k = 0
-        if k:
-            self._sendmmsg_all(k)
+                later.clear()
+                return
+            while k:
+                count, k = k, 0
+                busy = True
+                try:
+                    self._sendmmsg_all(count)
+                finally:
+                    busy = False
+                if later:           # queued by an error callback during the send
+                    items = later.copy()
+                    later.clear()
+                    for data, addr in items:
+                        sendto(data, addr)
+
+        return sendto, flush
 
     def _sendmmsg_all(self, count: int) -> None:
         sendmmsg, fd, base = self._sendmmsg, self.fd, self.tx.addr
@@ -299,17 +330,6 @@ class BatchedUdp:
             self.group.counters.send_drops += 1
             if self.on_error is not None:
                 self.on_error(exc)
-
-
-def _sender(append, group: BatchGroup):
-    """``sendto(data, addr=None)`` of one transport: queue, and make sure a flush follows."""
-
-    def sendto(data: bytes, addr=None) -> None:
-        append((data, addr))
-        if not group.scheduled:
-            group.schedule()
-
-    return sendto
 
 
 def _is_connected(sock: socket.socket) -> bool:
