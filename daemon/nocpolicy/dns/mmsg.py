@@ -2,17 +2,20 @@
 
 asyncio's datagram transports make one ``recvfrom`` and one ``sendto`` system
 call per packet, and on this path the system calls, not the DNS work, are most
-of the cost (a bare uvloop echo server reaches about 0.75x unbound). Here one
+of the cost (a bare uvloop echo server reaches about 0.8x unbound). Here one
 readable event reads up to ``BATCH`` datagrams with one call, and everything
 sent in one pass of the loop leaves with one call per socket.
 
-:class:`BatchedUdp` is a small transport: ``sendto(data, addr)`` queues (the
-queue is flushed at the end of the current read batch or, for sends from
-elsewhere, on the next loop iteration), received datagrams go to
-``on_datagram(data, host, addr, t0)`` where ``addr`` is the peer's raw
-``sockaddr`` bytes (opaque: it is only handed back to ``sendto``), ``host`` its
-address as text and ``t0`` the ``perf_counter()`` time the batch was read. For a connected socket (an upstream) ``addr`` is ``None`` and errors
-the kernel reports (ICMP port unreachable) go to ``on_error``.
+:class:`BatchedUdp` is a small transport: ``sendto(data, addr)`` copies the
+datagram into the next send slot; the slots go out when they are all full, at
+the end of the current read batch (:class:`BatchGroup`: every socket of the
+guard flushes) or, for sends from a timer or a task, on the next pass of the
+loop. Received datagrams go to ``on_datagram(data, host, addr, t0)`` where
+``addr`` is the peer's raw ``sockaddr`` bytes (opaque: it is only handed back
+to ``sendto``), ``host`` its address as text and ``t0`` the ``perf_counter()``
+time the batch was read. For a connected socket (an upstream) ``addr`` is
+``None`` and errors the kernel reports (ICMP port unreachable) go to
+``on_error``.
 
 Buffers are allocated once: each slot of the receive ring holds 4 KiB plus a
 little (a longer datagram arrives cut and is refused as an oversized query);
