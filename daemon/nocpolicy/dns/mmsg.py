@@ -147,7 +147,6 @@ class BatchedUdp:
                  batch: int = BATCH):
         self.loop, self.sock = loop, sock
         self.group = group or BatchGroup(loop)
-        self.group.members.append(self)
         self.fd = sock.fileno()
         self.connected = _is_connected(sock)
         self.family = sock.family
@@ -169,6 +168,7 @@ class BatchedUdp:
         self._recvmmsg, self._sendmmsg = lib.recvmmsg, lib.sendmmsg
         sock.setblocking(False)
         loop.add_reader(self.fd, self._readable)
+        self.group.members.append(self)      # last: a member is whole
 
     # -- the transport API the engine and the upstreams use ---------------------------------
 
