@@ -7,6 +7,8 @@ Parts (all on loopback, free ports, bounded in time and rate):
             the same names from local-zone always_nxdomain; also --workers 2.
   forwarded nocpolicyd forwarding to unbound (local-data) vs dnsdist forwarding to the
             same unbound.
+            Both mixes also run nocpolicyd --dns-io asyncio (one system call per datagram)
+            beside the default batched I/O, so the gain of batching shows in the same run.
   biglist   the 937k-domain Maltrail list: daemon start-to-ready time, list load, RSS.
   reload    the big list reloaded (file changed -> policy watcher) while dnsperf loads the
             daemon and a prober measures every answer: failures and stalls > 50 ms.
@@ -209,13 +211,14 @@ def policy(work: Path, upstream: int, list_file: Path, fmt: str = "domains") -> 
     return pol
 
 
-def nocpolicyd(work: Path, pol: Path, workers: int = 1, tag: str = "") -> tuple[Proc, int, int, float]:
+def nocpolicyd(work: Path, pol: Path, workers: int = 1, tag: str = "",
+               io: str = "auto") -> tuple[Proc, int, int, float]:
     port, mport, aport = free_port(), free_port(), free_port()
     state = work / f"state-{port}"
     t0 = time.monotonic()
     p = Proc([str(BIN / "nocpolicyd"), "--policies", str(pol), "--state-dir", str(state),
               "--dns-listen", f"127.0.0.1:{port}", "--metrics-listen", f"127.0.0.1:{mport}",
-              "--admin-listen", f"127.0.0.1:{aport}", "--workers", str(workers)],
+              "--admin-listen", f"127.0.0.1:{aport}", "--workers", str(workers), "--dns-io", io],
              work / f"nocpolicyd-{port}{tag}.log")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -283,13 +286,16 @@ def part_blocked(work: Path, a) -> None:
     ub, ub_port = unbound(work, [], names)
     try:
         us, port, _, _ = nocpolicyd(work, policy(work, ub_port, lst))
+        ua, aport, _, _ = nocpolicyd(work, policy(work, ub_port, lst), tag="-asyncio", io="asyncio")
         ec, ec_port = echo(work)
         try:
             side_by_side("blocked names answered locally (1 process)",
-                         [("nocpolicyd", port, us), ("python+uvloop echo (no work)", ec_port, ec),
+                         [("nocpolicyd", port, us), ("nocpolicyd --dns-io asyncio", aport, ua),
+                          ("python+uvloop echo (no work)", ec_port, ec),
                           ("unbound local-zone", ub_port, ub)], qfile, a.runs, a.seconds, a.max_qps)
         finally:
             us.stop()
+            ua.stop()
             ec.stop()
         if a.workers > 1 and PIN["server"]:
             print(f"\n(--workers {a.workers} not measured while pinned to one CPU: run with --pin none)")
@@ -317,20 +323,22 @@ def part_forwarded(work: Path, a) -> None:
     lst = work / "fwd-list.txt"
     lst.write_text("some-other-name.example\n")
     ub, ub_port = unbound(work, local, [], role="harness")    # the upstream: not under test
-    dd = us = None
+    dd = us = ua = None
     try:
         dd, dd_port = dnsdist(work, ub_port)
         us, port, _, _ = nocpolicyd(work, policy(work, ub_port, lst))
+        ua, aport, _, _ = nocpolicyd(work, policy(work, ub_port, lst), tag="-asyncio", io="asyncio")
     except BaseException:
-        for p in (us, dd, ub):
+        for p in (ua, us, dd, ub):
             if p is not None:
                 p.stop()
         raise
     try:
         print(f"\n(dnsdist: {dd.threads} threads, packet cache off, every query forwarded to the unbound "
               "nocpolicyd forwards to; that unbound answers from local-data)")
-        side_by_side("forwarded to unbound", [("nocpolicyd", port, us), ("dnsdist", dd_port, dd)], qfile,
-                     a.runs, a.seconds, a.max_qps)
+        side_by_side("forwarded to unbound", [("nocpolicyd", port, us), ("nocpolicyd --dns-io asyncio", aport, ua),
+                                              ("dnsdist", dd_port, dd)], qfile, a.runs, a.seconds, a.max_qps)
+        ua.stop()
         if a.workers > 1 and PIN["server"]:
             print(f"\n(--workers {a.workers} not measured while pinned to one CPU: run with --pin none)")
         elif a.workers > 1:
@@ -340,9 +348,8 @@ def part_forwarded(work: Path, a) -> None:
                          [(f"nocpolicyd --workers {a.workers}", port, us), ("dnsdist", dd_port, dd)], qfile,
                          a.runs, a.seconds, a.max_qps)
     finally:
-        us.stop()
-        dd.stop()
-        ub.stop()
+        for p in (ua, us, dd, ub):
+            p.stop()
 
 
 def _big_policy(work: Path, ub_port: int) -> Path:
