@@ -65,7 +65,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_contact_show)
 
     p = sub.add_parser("notices", help="the notice outbox")
-    p.add_argument("--state", help="pending, sending, sent, failed, superseded")
+    p.add_argument("--state", help="pending, sending, sent, failed, superseded, skipped (e-mail state)")
     p.add_argument("--window")
     p.add_argument("--limit", type=int, default=200)
     p.set_defaults(func=cmd_notices)
@@ -176,7 +176,8 @@ def cmd_contact_set(args, client) -> int:
     def render(out):
         c = out["contact"]
         print(f"{c['customer']}: fault contact version {c['version']} ({c['email'] or '-'}); "
-              f"{out['notices_retargeted']} undelivered notice(s) now go to it")
+              f"{out['notices_retargeted']} undelivered notice(s) now go to it"
+              + (f" ({out['mqtt_retargeted']} by MQTT)" if out.get("mqtt_retargeted") else ""))
     return run(client, args, "contact.set", payload, render)
 
 
@@ -203,5 +204,8 @@ def cmd_notices(args, client) -> int:
         for n in out["notices"]:
             print(f"{n['created'][:19]} {n['window_id']:<20} {n['kind']:<10} seq {n['sequence']:<3} "
                   f"{n['customer']:<10} {n['state']:<10} v{n['contact_version']} {n['recipient'] or '-'} "
-                  f"{n['message_id']} {n['last_error']}")
+                  f"{n['message_id']} {n['last_error']}"
+                  + (f" webhook:{n['webhook_state']}" if n.get("webhook_state") else "")
+                  + (f" mqtt:{n['mqtt_state']} {n['mqtt_topic']}"
+                     + (f" ({n['mqtt_error']})" if n.get("mqtt_error") else "") if n.get("mqtt_state") else ""))
     return run(client, args, "notices", payload, render)

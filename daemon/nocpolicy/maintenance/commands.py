@@ -7,7 +7,7 @@ import secrets
 
 from ..control.commands import Args, Command, Invocation
 from ..errors import CommandError
-from ..policy.customers import Contact
+from ..policy.customers import Contact, as_mqtt_topic
 from ..policy.fields import (
     as_bool,
     as_datetime,
@@ -15,13 +15,12 @@ from ..policy.fields import (
     as_id,
     as_int,
     as_str,
-    as_text,
     as_url,
     obj,
     one_of,
 )
 from ..policy.maintenance import IMPACTS, KINDS, Scope, read_reason, read_scope
-from . import contacts, outbox, webhooks, windows
+from . import contacts, mqttnotices, outbox, webhooks, windows
 from .lifecycle import STATES
 from .windows import WindowRecord
 
@@ -119,7 +118,7 @@ def build(comp) -> list[Command]:
         cid = args.req("customer", as_id)
         email = args.get("email", as_email, None)
         webhook = args.get("webhook", as_url("http", "https"), None)
-        topic = args.get("mqtt_topic", as_text, None)
+        topic = args.get("mqtt_topic", as_mqtt_topic, None)
         language = args.get("language", one_of("ja", "en", "ja+en"), None)
         reason = args.get("reason", as_str, "") or ""
         args.check()
@@ -135,11 +134,12 @@ def build(comp) -> list[Command]:
             new = contacts.add_version(db, cid, c, source="runtime", actor=inv.actor, reason=reason, now=now)
             moved = outbox.retarget(db, cid, new, now)
             webhooks.retarget(db, cid, new, now)
+            mqtt_moved = mqttnotices.retarget(db, cid, new, now)
             comp.ctx.store.audit(inv.actor, "contact.set", f"customer:{cid}",
                                  before.as_dict() if before else None, new.as_dict(), db=db)
         comp.poke()
         return {"contact": new.as_dict(), "previous_version": before.version if before else None,
-                "notices_retargeted": moved}
+                "notices_retargeted": moved, "mqtt_retargeted": mqtt_moved}
 
     async def contact_show(args: Args, inv: Invocation) -> dict:
         cid = args.req("customer", as_id)
@@ -151,7 +151,7 @@ def build(comp) -> list[Command]:
         return {"customer": cid, "current": hist[-1].as_dict(), "history": [h.as_dict() for h in hist]}
 
     async def notices(args: Args, inv: Invocation) -> dict:
-        state = args.get("state", one_of("pending", "sending", "sent", "failed", "superseded"), None)
+        state = args.get("state", one_of("pending", "sending", "sent", "failed", "superseded", "skipped"), None)
         wid = args.get("window", as_id, None)
         limit = args.get("limit", as_int, 200)
         args.check()

@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..component import Component
 from ..errors import NocpolicyError
-from . import commands, contacts, outbox, silences, webhooks, windows
+from . import commands, contacts, mqttnotices, outbox, silences, webhooks, windows
 from .lifecycle import FINAL, NOTICE_FOR, STATES
 from .schema import MIGRATIONS
 from .service import Change, Service
@@ -42,6 +42,9 @@ class Maintenance(Component):
         self.results = {(k, r): 0 for k in NOTICE_KINDS for r in RESULTS}
         self.hook_results = {r: 0 for r in RESULTS}
         self.hooks = webhooks.HookDelivery(ctx.store, ctx.clock, on_result=self._hook_counted)
+        self.mqtt_results = {r: 0 for r in mqttnotices.RESULTS}
+        self.mqtt = mqttnotices.MqttDelivery(ctx.store, ctx.clock, lambda: ctx.components.get("mqtt"),
+                                             on_result=self._mqtt_counted)
         self._wake_windows = asyncio.Event()
         self._wake_outbox = asyncio.Event()
         self._wake_silences = asyncio.Event()
@@ -187,10 +190,15 @@ class Maintenance(Component):
                 attempted += await self.hooks.run_once()
             except NocpolicyError as exc:
                 log.error("maintenance: webhook delivery failed: %s", exc)
+            try:
+                attempted += await self.mqtt.run_once()
+            except NocpolicyError as exc:
+                log.error("maintenance: MQTT notice delivery failed: %s", exc)
             if attempted >= outbox.BATCH:
                 continue                      # a backlog: next batch at once
             with self.ctx.store.transaction() as db:
-                due = [t for t in (outbox.next_due(db) if self.mailer else None, webhooks.next_due(db)) if t]
+                due = [t for t in (outbox.next_due(db) if self.mailer else None, webhooks.next_due(db),
+                                   mqttnotices.next_due(db)) if t]
             delay = (min(due) - self.ctx.clock.now()).total_seconds() if due else MAX_NAP
             await self._nap(self._wake_outbox, min(MAX_NAP, max(MIN_NAP, delay)))
 
@@ -238,6 +246,20 @@ class Maintenance(Component):
 
     def _hook_counted(self, kind: str, result: str) -> None:
         self.hook_results[result] = self.hook_results.get(result, 0) + 1
+
+    def _mqtt_counted(self, kind: str, result: str) -> None:
+        self.mqtt_results[result] = self.mqtt_results.get(result, 0) + 1
+
+    def mqtt_connected(self) -> None:
+        """Called by the MqttBridge when it (re)connects: MQTT notices waiting are due at once."""
+        try:
+            with self.ctx.store.transaction() as db:
+                n = mqttnotices.due_now(db, self.ctx.clock.now())
+        except NocpolicyError as exc:
+            log.error("maintenance: MQTT notices after reconnect: %s", exc)
+            return
+        if n:
+            self._wake_outbox.set()
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -300,6 +322,11 @@ class _Collector:
         for result, n in sorted(self.comp.hook_results.items()):
             h.add_metric([result], n)
         yield h
+        q = CounterMetricFamily("nocpolicy_notice_mqtt", "MQTT delivery attempts of notices to contacts' "
+                                "mqtt_topic by result (delivered, retry, failed)", labels=["result"])
+        for result, n in sorted(self.comp.mqtt_results.items()):
+            q.add_metric([result], n)
+        yield q
         yield GaugeMetricFamily("nocpolicy_notices_pending", "Notices waiting in the outbox (pending or sending)",
                                 value=pending)
         yield GaugeMetricFamily("nocpolicy_notice_oldest_pending_seconds",

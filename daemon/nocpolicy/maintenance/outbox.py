@@ -36,9 +36,17 @@ def backoff(attempts: int) -> float:
 
 def enqueue(db, data: NoticeData, contact: ContactVersion | None, now: dt.datetime, *,
             webhooks: bool = False) -> bool:
-    """Insert one notice row (False if that exact notice already exists); a webhook row too if enabled."""
+    """Insert one notice row (False if that exact notice already exists); a webhook row too if enabled,
+    an MQTT row when the contact has an ``mqtt_topic``."""
+    from . import mqttnotices  # here: mqttnotices builds on this module
     recipient = contact.email if contact else None
-    state, error = ("pending", "") if recipient else ("failed", "no e-mail fault contact on record")
+    topic = contact.mqtt_topic if contact else None
+    if recipient:
+        state, error = "pending", ""
+    elif topic:    # the MQTT row carries this notice; an e-mail row that can never be sent is no failure
+        state, error = "skipped", "no e-mail fault contact; delivered to the contact's mqtt_topic"
+    else:
+        state, error = "failed", "no e-mail fault contact on record"
     cur = db.execute(
         "INSERT OR IGNORE INTO mw_outbox (window_id, customer, kind, sequence, message_id, contact_version,"
         " recipient, state, next_attempt, last_error, created, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -55,6 +63,9 @@ def enqueue(db, data: NoticeData, contact: ContactVersion | None, now: dt.dateti
             db.execute("UPDATE mw_hook SET state='superseded', last_error=? WHERE state='pending' AND notice_id IN "
                        "(SELECT id FROM mw_outbox WHERE window_id=? AND customer=? AND sequence<?)",
                        (why, data.window_id, data.customer_id, data.sequence))
+            mqttnotices.supersede(db, data.window_id, data.customer_id, data.sequence, why)
+        if topic:
+            mqttnotices.add(db, cur.lastrowid, topic, now)
         if webhooks and contact is not None and contact.webhook:
             db.execute("INSERT INTO mw_hook (notice_id, url, state, next_attempt) VALUES (?,?,'pending',?)",
                        (cur.lastrowid, contact.webhook, now.isoformat()))
@@ -149,8 +160,10 @@ def retarget(db, customer: str, contact: ContactVersion, now: dt.datetime) -> in
 
 
 def listing(db, *, state: str | None = None, window: str | None = None, limit: int = 200) -> list[dict]:
-    sql = ("SELECT o.*, h.url AS webhook, h.state AS webhook_state, h.last_error AS webhook_error "
-           "FROM mw_outbox o LEFT JOIN mw_hook h ON h.notice_id=o.id WHERE 1=1")
+    sql = ("SELECT o.*, h.url AS webhook, h.state AS webhook_state, h.last_error AS webhook_error, "
+           "m.topic AS mqtt_topic, m.state AS mqtt_state, m.attempts AS mqtt_attempts, m.last_error AS mqtt_error "
+           "FROM mw_outbox o LEFT JOIN mw_hook h ON h.notice_id=o.id LEFT JOIN mw_mqtt m ON m.notice_id=o.id "
+           "WHERE 1=1")
     params: list = []
     if state:
         sql += " AND o.state=?"

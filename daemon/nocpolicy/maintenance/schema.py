@@ -81,4 +81,17 @@ MIGRATIONS = (
     );
     CREATE INDEX mw_hook_due ON mw_hook(state, next_attempt);
     """,
+    # 3: MQTT deliveries of notices (the contact's optional mqtt_topic), one per notice row
+    """
+    CREATE TABLE mw_mqtt (
+        notice_id     INTEGER PRIMARY KEY REFERENCES mw_outbox(id),
+        topic         TEXT NOT NULL,
+        state         TEXT NOT NULL,            -- pending | delivered | failed | superseded
+        attempts      INTEGER NOT NULL DEFAULT 0,
+        next_attempt  TEXT NOT NULL,
+        last_error    TEXT NOT NULL DEFAULT '',
+        delivered_at  TEXT
+    );
+    CREATE INDEX mw_mqtt_due ON mw_mqtt(state, next_attempt);
+    """,
 )

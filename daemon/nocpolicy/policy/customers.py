@@ -6,6 +6,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from .fields import (
+    Invalid,
     Obj,
     Problems,
     as_bool,
@@ -20,7 +21,7 @@ from .fields import (
     obj,
     one_of,
 )
-from .nodes import Loc
+from .nodes import Loc, Node
 
 Prefix = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -62,11 +63,37 @@ class Plan:
     locs: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
 
 
+MQTT_TOPIC_MAX = 65535       # bytes of UTF-8 (MQTT 3.1.1 / 5 string limit)
+# the daemon's own control plane (docs/mqtt.md): never a customer topic (a notice there could pass for a
+# command, a reply or a node's status)
+CONTROL_TOPICS = tuple(f"nocpolicy/v1/{leaf}/" for leaf in ("cmd", "reply", "nodes", "events"))
+
+
+def as_mqtt_topic(node: Node, _p=None) -> str:
+    """A topic to publish notices to: no wildcards, no NUL, not $-reserved nor in the control plane."""
+    s = as_str(node)
+    if not s:
+        raise Invalid("must not be empty")
+    if "+" in s or "#" in s:
+        raise Invalid(f"{s!r} contains an MQTT wildcard ('+' or '#'); a notice is published to one exact topic")
+    if "\x00" in s:
+        raise Invalid("contains a NUL character")
+    if len(s.encode("utf-8")) > MQTT_TOPIC_MAX:
+        raise Invalid(f"is {len(s.encode('utf-8'))} bytes of UTF-8; MQTT allows at most {MQTT_TOPIC_MAX}")
+    if s.startswith("$"):
+        raise Invalid(f"{s!r} starts with '$' (reserved by the broker, e.g. $SYS)")
+    for root in CONTROL_TOPICS:
+        if s.startswith(root) or s == root.rstrip("/"):
+            raise Invalid(f"{s!r} is inside the daemon's control plane ({root}...); choose another topic "
+                          "(e.g. nocpolicy/v1/contacts/<customer>)")
+    return s
+
+
 def _contact(o: Obj) -> Contact:
     c = Contact(
         email=o.get("email", as_email, None),
         webhook=o.get("webhook", as_url("http", "https"), None),
-        mqtt_topic=o.get("mqtt_topic", as_text, None),
+        mqtt_topic=o.get("mqtt_topic", as_mqtt_topic, None),
         language=o.get("language", one_of("ja", "en", "ja+en"), "ja+en") or "ja+en",
     )
     return c

@@ -141,6 +141,9 @@ class MqttBridge(Component):
     async def _on_connected(self) -> None:
         await self._publish_status()
         self._outbox_wake.set()
+        maintenance = self.ctx.components.get("maintenance")
+        if maintenance is not None and hasattr(maintenance, "mqtt_connected"):
+            maintenance.mqtt_connected()       # notices for contacts' mqtt_topic waiting for the link
         if self.controller:
             self.controller.replan(republish=True)
 
@@ -161,6 +164,27 @@ class MqttBridge(Component):
 
     async def _publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
         return await self.link.publish(topic, payload, retain=retain) if self.link else False
+
+    def notice_link_problem(self) -> str:
+        """Why a notice cannot be published now ("" when it can)."""
+        if self.cfg is None:
+            return "MQTT bridge disabled (nocpolicyd runs without --mqtt)"
+        if self.link is None or not self.link.connected.is_set():
+            why = self.link.last_error if self.link and self.link.last_error else "connecting"
+            return f"not connected to the broker {self.cfg.url} ({why})"
+        return ""
+
+    async def publish_notice(self, topic: str, payload: bytes) -> tuple[bool, str]:
+        """Publish a maintenance notice to a contact's topic: QoS 1, not retained.
+
+        True only once the broker acknowledged it (PUBACK); else False and the reason.
+        """
+        problem = self.notice_link_problem()
+        if problem:
+            return False, problem
+        if await self.link.publish(topic, payload, qos=1, retain=False):
+            return True, ""
+        return False, f"publish to the broker {self.cfg.url} not acknowledged ({self.link.last_error})"
 
     # -- status ------------------------------------------------------------------
 
