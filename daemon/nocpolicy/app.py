@@ -54,7 +54,8 @@ def component_types(options: Options) -> list[type[Component]]:
     from .dns.component import DnsGuard
     from .maintenance.component import Maintenance
     from .qos.component import Enforcer
-    return [DnsGuard, Detector, Enforcer, Maintenance, MqttBridge]
+    from .sessions.component import Sessions
+    return [Sessions, DnsGuard, Detector, Enforcer, Maintenance, MqttBridge]
 
 
 def ensure_secret(state_dir: str, name: str, size: int = 32) -> bytes:

@@ -48,6 +48,7 @@ class Customer:
     contact: Contact = Contact()
     security_optout: bool = False
     optional_lists: tuple[str, ...] = ()
+    logins: tuple[str, ...] = ()       # ids dynamic sessions name this customer by (docs/sessions.md)
     loc: Loc = field(default=Loc("?", 0), compare=False, repr=False)
     locs: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
 
@@ -111,6 +112,7 @@ def _customer(o: Obj) -> Customer:
         contact=o.get("contact", obj(_contact), Contact()) or Contact(),
         security_optout=o.get("security_optout", as_bool, False) or False,
         optional_lists=o.get("optional_lists", list_of(as_id, unique=True), ()) or (),
+        logins=o.get("logins", list_of(as_str, unique=True), ()) or (),
         loc=o.node.loc,
         locs=o.locs,
     )

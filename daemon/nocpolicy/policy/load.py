@@ -23,9 +23,10 @@ from .maintenance import MaintenanceSettings
 from .maintenance import reader as maintenance_reader
 from .model import Policy, Settings, read_settings
 from .nodes import Loc, Node, parse_yaml
+from .sessions import SessionSettings, check_sessions, load_secrets, read_sessions
 
 LIST_SECTIONS = ("customers", "plans", "emergency_profiles", "interfaces")
-MAP_SECTIONS = ("settings", "dns", "maintenance", "control", "detect")
+MAP_SECTIONS = ("settings", "dns", "maintenance", "control", "detect", "sessions")
 
 
 def policy_files(directory: str | os.PathLike) -> list[Path]:
@@ -111,14 +112,18 @@ def load_policy(directory: str | os.PathLike, *, now: dt.datetime | None = None)
         maintenance=single("maintenance", maintenance_reader(settings.timezone), MaintenanceSettings()),
         control=single("control", read_control, ControlSettings()),
         detect=single("detect", read_detect, DetectSettings()),
+        sessions=single("sessions", read_sessions, SessionSettings()),
     )
     check_references(policy, problems)
+    check_sessions(policy.sessions, problems)
+    sessions, secret_digests = load_secrets(policy.sessions, str(directory), problems)
     digests = list_digests(policy, problems)
     if problems:
         raise PolicyInvalid(sorted(problems, key=lambda p: (p.loc.file, p.loc.line, p.path)))
     # The version covers the local list files too: editing one is a policy change.
     raw.extend((f"list:{lid}", d.encode()) for lid, d in digests.items())
-    return dataclasses.replace(policy, version=content_version(raw), list_digests=digests)
+    raw.extend((k, d.encode()) for k, d in secret_digests.items())   # a rotated secret is a change
+    return dataclasses.replace(policy, version=content_version(raw), list_digests=digests, sessions=sessions)
 
 
 def list_digests(policy: Policy, problems: Problems) -> dict[str, str]:
