@@ -12,7 +12,7 @@ SECRET = "s3cret-bng1"
 
 
 def sessions_policy(workdir: Path, radius_port: int, extra: str = "", *, secret: str = SECRET,
-                    kea: str = "") -> Path:
+                    kea: str = "", grace: str = "60s") -> Path:
     pol = copy_policies(workdir)
     secret_file = pol / "bng1.secret"
     fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -26,16 +26,16 @@ sessions:
       - {{id: bng1, address: 127.0.0.0/8, secret_file: bng1.secret}}
     customer_from: {{attribute: User-Name, regex: '^(?P<id>[^@]+)@'}}
     interim_interval: 300
-    stale_grace: 60
+    stale_grace: {grace}
   nat_pools:
     - {{id: cgn1, public: 198.51.100.0/30, internal: 100.64.0.0/24, ports: 1024-65535, block_size: 1008}}
 {kea}{extra}""")
     return pol
 
 
-def start_daemon(workdir: Path, kea: str = "", extra: str = "") -> tuple[DaemonProcess, int]:
+def start_daemon(workdir: Path, kea: str = "", extra: str = "", grace: str = "60s") -> tuple[DaemonProcess, int]:
     port = free_port(kind=2)   # SOCK_DGRAM
-    pol = sessions_policy(workdir, port, extra, kea=kea)
+    pol = sessions_policy(workdir, port, extra, kea=kea, grace=grace)
     d = DaemonProcess(workdir, policies=pol).start()
     return d, port
 

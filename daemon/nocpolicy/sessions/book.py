@@ -59,8 +59,9 @@ class Book:
             if ev.kind == "update":
                 self.counts["no_start"] += 1
             self._open(ev, ops)
-        elif s.addrs != ev.info.addrs and ev.info.addrs:
-            self._close(s, ev.ts, "address-change", ops)   # a new address is a new session record
+        elif ev.info.addrs and not set(ev.info.addrs) <= set(s.addrs):
+            # a new address is a new session record (an update naming fewer attributes is not)
+            self._close(s, ev.ts, "address-change", ops)
             self._open(ev, ops)
         else:
             s.last = max(s.last, ev.ts)
