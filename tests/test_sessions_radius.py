@@ -8,10 +8,10 @@ import struct
 
 import pytest
 from pyrad import packet as rp
-from sessions_fixtures import SECRET, acct, radclient, start_daemon
 
 from helpers import DaemonProcess, wait_for
 from nocpolicy.sessions.radius import dictionary
+from sessions_fixtures import SECRET, acct, radclient, start_daemon
 
 pytestmark = pytest.mark.skipif(not __import__("shutil").which("radclient"),
                                 reason="radclient (freeradius-utils) not installed")
