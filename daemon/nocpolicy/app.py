@@ -213,7 +213,7 @@ class Daemon:
     async def _reload(self, source: str, dry_run: bool, actor: str) -> dict:
         old = self.policy
         try:
-            new = await asyncio.to_thread(load_policy, self.options.policies)
+            new = await asyncio.to_thread(load_policy, self.options.policies, previous=self.policy)
         except Exception as exc:  # PolicyInvalid, or a bug: refuse either way, keep serving
             if isinstance(exc, PolicyInvalid):
                 errors = [str(p) for p in exc.problems]

@@ -19,6 +19,7 @@ from .detect import DetectSettings, read_detect
 from .dnsconf import DnsSettings, read_dns
 from .emergency import read_interfaces, read_profiles
 from .fields import Problems, convert, ids_unique, obj
+from .inventory import InventorySettings, read_inventory, read_inventory_settings
 from .maintenance import MaintenanceSettings
 from .maintenance import reader as maintenance_reader
 from .model import Policy, Settings, read_settings
@@ -26,7 +27,7 @@ from .nodes import Loc, Node, parse_yaml
 from .sessions import SessionSettings, check_sessions, load_secrets, read_sessions
 
 LIST_SECTIONS = ("customers", "plans", "emergency_profiles", "interfaces")
-MAP_SECTIONS = ("settings", "dns", "maintenance", "control", "detect", "sessions")
+MAP_SECTIONS = ("settings", "dns", "maintenance", "control", "detect", "sessions", "inventory")
 
 
 def policy_files(directory: str | os.PathLike) -> list[Path]:
@@ -42,7 +43,8 @@ def content_version(files: list[tuple[str, bytes]]) -> str:
     return h.hexdigest()[:12]
 
 
-def load_policy(directory: str | os.PathLike, *, now: dt.datetime | None = None) -> Policy:
+def load_policy(directory: str | os.PathLike, *, now: dt.datetime | None = None,
+                previous: Policy | None = None) -> Policy:
     directory = Path(directory)
     problems = Problems()
     if not directory.is_dir():
@@ -98,13 +100,21 @@ def load_policy(directory: str | os.PathLike, *, now: dt.datetime | None = None)
         return tuple(out)
 
     settings = single("settings", obj(read_settings), Settings())
+    inventory = single("inventory", read_inventory_settings, InventorySettings())
+    inv_customers, inv_rows = (), {}
+    if inventory.file is not None:   # the CSV inventory (previous rows reused: a 1% change parses 1%)
+        inv_customers, inv_rows, inv_digest = read_inventory(
+            directory / inventory.file, str(directory / inventory.file), problems,
+            previous.inventory_rows if previous is not None else None)
+        raw.append((f"inventory:{inventory.file}", inv_digest.encode()))
     policy = Policy(
         directory=str(directory),
         version=content_version(raw),
         loaded_at=now or dt.datetime.now(dt.UTC),
         files=tuple(p.name for p in files),
         settings=settings,
-        customers=many("customers", cust.read_customers),
+        customers=many("customers", cust.read_customers) + inv_customers,
+        inventory_rows=inv_rows,
         plans=many("plans", cust.read_plans),
         dns=single("dns", read_dns, DnsSettings()),
         profiles=many("emergency_profiles", read_profiles),

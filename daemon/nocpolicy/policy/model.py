@@ -56,6 +56,7 @@ class Policy:
     detect: DetectSettings = DetectSettings()
     sessions: SessionSettings = SessionSettings()
     list_digests: dict[str, str] = field(default_factory=dict, hash=False)  # list id -> sha256 of its local file
+    inventory_rows: dict = field(default_factory=dict, hash=False, repr=False)  # CSV line -> Customer (reuse)
 
     @cached_property
     def customers_by_id(self) -> dict[str, Customer]:

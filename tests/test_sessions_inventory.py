@@ -1,0 +1,93 @@
+"""The CSV customer inventory: validation as file:line: column: reason, version, reuse, reload."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import DaemonProcess, copy_policies, wait_for
+from nocpolicy.errors import PolicyInvalid
+from nocpolicy.policy.load import load_policy
+
+HEADER = "id,name,plan,prefixes,logins,tags,nodes,contact\n"
+
+
+def with_inventory(tmp_path, rows: str):
+    pol = copy_policies(tmp_path)
+    (pol / "inventory.yaml").write_text("inventory:\n  file: customers.csv\n")
+    (pol / "customers.csv").write_text(HEADER + rows)
+    return pol
+
+
+ROWS = ('h0001,"Tanaka, Hiroshi",home-100m,10.77.0.0/30 2001:db8:a001::/48,tanaka@isp.example,'
+        'fiber-home,edge-tokyo-1,tanaka@example.jp\n'
+        "h0002,Suzuki,home-100m,,suzuki@isp.example suzuki2,,,mqtt:contacts/h0002\n"
+        "h0003,Sato,,10.77.0.8/30,,,,https://hooks.example/sato\n")
+
+
+def test_inventory_customers_join_the_policy(tmp_path):
+    p = load_policy(with_inventory(tmp_path, ROWS))
+    c = p.customers_by_id["h0001"]
+    assert c.name == "Tanaka, Hiroshi" and c.plan == "home-100m" and c.contact.email == "tanaka@example.jp"
+    assert [str(x) for x in c.prefixes] == ["10.77.0.0/30", "2001:db8:a001::/48"]
+    assert p.customers_by_id["h0002"].logins == ("suzuki@isp.example", "suzuki2")
+    assert p.customers_by_id["h0002"].contact.mqtt_topic == "contacts/h0002"
+    assert p.customer_for("10.77.0.9").id == "h0003"
+    assert "c1001" in p.customers_by_id              # the YAML customers are still there
+
+
+def test_every_bad_row_reported_as_file_line_column(tmp_path):
+    rows = ("h0001,Tanaka,home-100m,10.77.0.1/30,,,,\n"          # host bits
+            "h 2,Suzuki,,,,,,\n"                                     # bad id
+            "h0003,Sato,gold,,,,,\n"                                 # unknown plan
+            "h0004,Ito,,10.0.0.0/8,,,,not-a-contact\n"               # bad contact
+            "h0005,Kato,,,,,\n"                                      # a field short
+            "c1001,Dup,,,,,,\n")                                     # id taken by YAML
+    with pytest.raises(PolicyInvalid) as e:
+        load_policy(with_inventory(tmp_path, rows))
+    text = "\n".join(str(p) for p in e.value.problems)
+    csv = str(tmp_path / "policies" / "customers.csv")
+    assert f"{csv}:2: prefixes: '10.77.0.1/30' has host bits set" in text
+    assert f"{csv}:3: id: 'h 2' is not a valid id" in text
+    assert f"{csv}:4: customers[id=h0003].plan: unknown plan 'gold'" in text
+    assert f"{csv}:5: contact: 'not-a-contact' is not an e-mail address" in text
+    assert f"{csv}:6: (row): 7 fields, the header has 8" in text
+    assert f"{csv}:7: customers[id=c1001]: duplicate id 'c1001'" in text
+
+
+def test_header_checked(tmp_path):
+    pol = with_inventory(tmp_path, "")
+    (pol / "customers.csv").write_text("id,nom,plan\nx,y,z\n")
+    with pytest.raises(PolicyInvalid) as e:
+        load_policy(pol)
+    (p,) = e.value.problems
+    assert p.loc.line == 1 and "unknown column(s) 'nom'" in p.reason and "missing column(s) name" in p.reason
+
+
+def test_version_follows_the_csv_and_unchanged_rows_are_reused(tmp_path):
+    pol = with_inventory(tmp_path, ROWS)
+    a = load_policy(pol)
+    (pol / "customers.csv").write_text(HEADER + ROWS.replace("Sato", "Sato Taro"))
+    b = load_policy(pol, previous=a)
+    assert a.version != b.version
+    assert b.customers_by_id["h0003"].name == "Sato Taro"
+    assert b.customers_by_id["h0001"] is a.customers_by_id["h0001"]      # not parsed again
+    assert load_policy(pol, previous=b).version == b.version
+
+
+def test_hot_reload_of_the_csv(tmp_path):
+    pol = with_inventory(tmp_path, ROWS)
+    d = DaemonProcess(tmp_path, policies=pol).start()
+    try:
+        v0 = d.ctl_json("status")["policy"]["version"]
+        with open(pol / "customers.csv", "a") as f:
+            f.write("h0004,Ito,,10.77.0.64/30,,,,\n")
+        wait_for(lambda: d.ctl_json("status")["policy"]["version"] != v0, 30, what="reload after a CSV edit")
+        out = d.ctl_json("explain", "--client", "10.77.0.65", "--name", "example.com")
+        assert "h0004" in str(out)
+        with open(pol / "customers.csv", "a") as f:
+            f.write("h0005,Bad,,10.77.0.1/30,,,,\n")
+        wait_for(lambda: (d.ctl_json("status").get("last_error") or {}), 30, what="refused reload")
+        assert "customers.csv:6: prefixes" in str(d.ctl_json("status")["last_error"])
+        assert "h0004" in str(d.ctl_json("explain", "--client", "10.77.0.65", "--name", "example.com"))
+    finally:
+        d.stop()
