@@ -83,7 +83,8 @@ class AccountingProtocol(asyncio.DatagramProtocol):
         s = self.settings()
         try:
             pkt = radius.decode(data, client.secret, self.dictionary)
-            req = radius.interpret(pkt, radius.nas_name(pkt, client.id, host), self.clock(),
+            attrs = radius.attributes(pkt)
+            req = radius.interpret(pkt, attrs, radius.nas_name(attrs, client.id, host), self.clock(),
                                    s.interim_interval, s.customer_from)
         except radius.Rejected as exc:
             return self._drop("unknown", exc.why, f"from {client.id} ({host}): {exc}")

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import io
 import ipaddress
+import socket
 import struct
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from pyrad import packet as rp
+from pyrad import tools
 from pyrad.dictionary import Dictionary
 
 from ..policy.sessions import CustomerFrom
-from .model import Event, Net, SessionInfo, net_of
+from .model import Event, SessionInfo, net_of
 
 MAX_PACKET = 4096          # RFC 2865 section 3
 STATUS = {1: "start", 2: "stop", 3: "interim", 7: "accounting-on", 8: "accounting-off"}
@@ -76,9 +79,11 @@ TYPES = {int(parts[2]): (parts[1], parts[3]) for parts in
          (line.split() for line in DICTIONARY.splitlines()) if len(parts) == 4}
 
 
-def _check_lengths(pkt: rp.AcctPacket) -> None:
-    """RFC 2865 section 5 lengths of the attributes nocpolicy knows."""
-    for key, values in pkt.items():
+def attributes(pkt: rp.AcctPacket) -> dict:
+    """The first value of each attribute nocpolicy reads, decoded by pyrad's type decoders
+    (one pass over the raw attributes), after checking RFC 2865 section 5 lengths."""
+    out = {}
+    for key, values in OrderedDict.items(pkt):
         known = TYPES.get(key) if isinstance(key, int) else None
         if known is None:
             continue
@@ -88,11 +93,11 @@ def _check_lengths(pkt: rp.AcctPacket) -> None:
             if (n is not None and len(v) != n) or (kind == "ipv6prefix" and not 2 <= len(v) <= 18) \
                     or (kind == "string" and not v):
                 raise Rejected("bad-attribute", f"attribute {name} has length {len(v)}")
-
-
-def _one(pkt, name: str, default=None):
-    v = pkt.get(name)
-    return v[0] if v else default
+        try:
+            out[name] = tools.DecodeAttr(kind, values[0])
+        except (ValueError, struct.error, UnicodeDecodeError) as exc:
+            raise Rejected("bad-attribute", f"cannot read attribute {name}: {exc}") from None
+    return out
 
 
 def decode(data: bytes, secret: bytes, d: Dictionary) -> rp.AcctPacket:
@@ -112,7 +117,6 @@ def decode(data: bytes, secret: bytes, d: Dictionary) -> rp.AcctPacket:
         raise Rejected("unsupported", f"code {pkt.code} is not an Accounting-Request")
     if not pkt.VerifyAcctRequest():
         raise Rejected("bad-authenticator", "Request Authenticator does not verify (wrong shared secret?)")
-    _check_lengths(pkt)
     return pkt
 
 
@@ -122,49 +126,41 @@ def _prefix(raw) -> Net | None:
     return net_of(ipaddress.ip_network(raw, strict=False))
 
 
-def nas_name(pkt: rp.AcctPacket, client: str, source: str) -> str:
+def nas_name(attrs: dict, client: str, source: str) -> str:
     """Sessions are keyed by NAS: the client id plus the NAS-Identifier (or NAS address)."""
-    try:
-        ident = _one(pkt, "NAS-Identifier") or _one(pkt, "NAS-IP-Address") or _one(pkt, "NAS-IPv6-Address")
-    except (ValueError, struct.error, UnicodeDecodeError) as exc:
-        raise Rejected("bad-attribute", f"cannot read the NAS identity: {exc}") from None
+    ident = attrs.get("NAS-Identifier") or attrs.get("NAS-IP-Address") or attrs.get("NAS-IPv6-Address")
     return f"{client}/{ident or source}"
 
 
-def interpret(pkt: rp.AcctPacket, nas: str, now: float, default_interval: float,
+def interpret(pkt: rp.AcctPacket, attrs: dict, nas: str, now: float, default_interval: float,
               customer_from: CustomerFrom) -> Request:
     """What an authenticated request means (raises Rejected for a useless one)."""
-    try:
-        status = STATUS.get(_one(pkt, "Acct-Status-Type"))
-        sid = _one(pkt, "Acct-Session-Id", "")
-        login = _one(pkt, "User-Name", "")
-        klass = _one(pkt, "Class", b"").decode("utf-8", "replace")
-        calling = _one(pkt, "Calling-Station-Id", "")
-        ts = _one(pkt, "Event-Timestamp")
-        delay = _one(pkt, "Acct-Delay-Time", 0)
-        addrs = [_prefix(_one(pkt, "Framed-IPv6-Prefix")), _prefix(_one(pkt, "Delegated-IPv6-Prefix"))]
-        v4 = _one(pkt, "Framed-IP-Address")
-        elapsed = _one(pkt, "Acct-Session-Time")
-        interval = _one(pkt, "Acct-Interim-Interval") or default_interval
-        cause = TERMINATE.get(_one(pkt, "Acct-Terminate-Cause"), "")
-    except (ValueError, struct.error, UnicodeDecodeError, KeyError) as exc:
-        raise Rejected("bad-attribute", f"cannot read an attribute: {exc}") from None
+    a = attrs
+    status = STATUS.get(a.get("Acct-Status-Type"))
     if status is None:
         raise Rejected("unsupported", "missing or unknown Acct-Status-Type")
-    when = float(ts) if ts is not None else now - delay
-    if v4 is not None:
-        addrs.insert(0, net_of(f"{v4}/32"))
+    sid, login, calling = a.get("Acct-Session-Id", ""), a.get("User-Name", ""), a.get("Calling-Station-Id", "")
+    klass = a.get("Class", b"").decode("utf-8", "replace")
+    ts, elapsed = a.get("Event-Timestamp"), a.get("Acct-Session-Time")
+    when = float(ts) if ts is not None else now - a.get("Acct-Delay-Time", 0)
+    addrs = []
+    if "Framed-IP-Address" in a:
+        addrs.append((4, int.from_bytes(socket.inet_aton(a["Framed-IP-Address"]), "big"), 32))
+    for name in ("Framed-IPv6-Prefix", "Delegated-IPv6-Prefix"):
+        if name in a:
+            addrs.append(net_of(ipaddress.ip_network(a[name], strict=False)))
     value = {"User-Name": login, "Class": klass, "Calling-Station-Id": calling}[customer_from.attribute]
     info = SessionInfo("radius", nas, sid, customer_from.extract(value), login, calling, klass,
-                       tuple(a for a in addrs if a is not None), float(interval))
+                       tuple(addrs), float(a.get("Acct-Interim-Interval") or default_interval))
     if status in ("accounting-on", "accounting-off"):
-        return Request(status, Event("nas-off", info, when, reason=status), _reply(pkt))
+        return Request(status, Event("nas-off", info, when, reason=status), reply(pkt))
     if not sid:
         raise Rejected("bad-attribute", f"{status} without Acct-Session-Id")
     kind = {"start": "start", "interim": "update", "stop": "stop"}[status]
     return Request(status, Event(kind, info, when, float(elapsed) if elapsed is not None else None,
-                                 cause), _reply(pkt))
+                                 TERMINATE.get(a.get("Acct-Terminate-Cause"), "")), reply(pkt))
 
 
-def _reply(pkt: rp.AcctPacket) -> bytes:
+def reply(pkt: rp.AcctPacket) -> bytes:
+    """The Accounting-Response to ``pkt`` (with its Proxy-States), coded by pyrad."""
     return pkt.CreateReply().ReplyPacket()
