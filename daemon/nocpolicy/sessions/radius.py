@@ -120,12 +120,6 @@ def decode(data: bytes, secret: bytes, d: Dictionary) -> rp.AcctPacket:
     return pkt
 
 
-def _prefix(raw) -> Net | None:
-    if raw is None:
-        return None
-    return net_of(ipaddress.ip_network(raw, strict=False))
-
-
 def nas_name(attrs: dict, client: str, source: str) -> str:
     """Sessions are keyed by NAS: the client id plus the NAS-Identifier (or NAS address)."""
     ident = attrs.get("NAS-Identifier") or attrs.get("NAS-IP-Address") or attrs.get("NAS-IPv6-Address")
