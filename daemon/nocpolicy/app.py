@@ -55,7 +55,7 @@ def component_types(options: Options) -> list[type[Component]]:
     from .maintenance.component import Maintenance
     from .qos.component import Enforcer
     from .sessions.component import Sessions
-    return [Sessions, DnsGuard, Detector, Enforcer, Maintenance, MqttBridge]
+    return [DnsGuard, Sessions, Detector, Enforcer, Maintenance, MqttBridge]
 
 
 def ensure_secret(state_dir: str, name: str, size: int = 32) -> bytes:
