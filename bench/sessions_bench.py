@@ -182,81 +182,77 @@ while True:
 """
 
 
-def encode_requests(n: int, offset: int) -> list[bytes]:
-    """n distinct Accounting-Request Starts, encoded by pyrad (real RADIUS, real authenticators).
-    The Identifier is filled in per send (a request id is unique per socket in flight)."""
+def encode_requests(n: int, offset: int, sockets: int) -> list[list[bytes]]:
+    """n distinct Accounting-Request Starts encoded by pyrad (real RADIUS, real Request
+    Authenticators), dealt to ``sockets`` senders; on each sender the k-th packet has
+    Identifier k % 256 (unique among the at most 256 in flight)."""
     from pyrad import packet as rp
 
     from nocpolicy.sessions.radius import dictionary
     d = dictionary()
-    out = []
+    out: list[list[bytes]] = [[] for _ in range(sockets)]
     for i in range(n):
         k = offset + i
-        p = rp.AcctPacket(id=0, secret=SECRET.encode(), dict=d)
+        q = out[i % sockets]
+        p = rp.AcctPacket(id=len(q) % 256, secret=SECRET.encode(), dict=d)
         p["Acct-Status-Type"] = 1
         p["Acct-Session-Id"] = f"G{k}"
         p["User-Name"] = f"u{k}@isp.example"
         p["NAS-Identifier"] = "bng1"
         p["Framed-IP-Address"] = str(ipaddress.IPv4Address(int(ipaddress.IPv4Address("100.64.0.0")) + k))
-        out.append(p)
+        q.append(p.RequestPacket())
     return out
 
 
-def run_generator(port: int, packets: list, sockets: int = 16, window: int = 64,
-                  timeout: float = 120.0) -> tuple[float, int]:
-    """Send every packet (at most ``window`` outstanding per socket, ``sockets`` sockets); returns
-    (seconds, answers). An Accounting-Response is matched to its request by socket + Identifier."""
+def run_generator(port: int, queues: list[list[bytes]], window: int = 32,
+                  timeout: float = 300.0) -> tuple[float, int]:
+    """Send every packet, at most ``window`` outstanding per socket; an answer is matched by
+    socket + Identifier; unanswered requests are retransmitted (same bytes) after 3 s.
+    Returns (seconds, answers)."""
     import selectors
     sel = selectors.DefaultSelector()
-    socks = []
-    for _ in range(sockets):
+    senders = []
+    for q in queues:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.setblocking(False)
         s.connect(("127.0.0.1", port))
-        sel.register(s, selectors.EVENT_READ, len(socks))
-        socks.append({"sock": s, "free": list(range(256))[:window], "out": {}})
-    todo = list(reversed(packets))
-    wires = {}
+        sel.register(s, selectors.EVENT_READ, len(senders))
+        senders.append({"sock": s, "queue": q, "next": 0, "out": {}})
+    total = sum(len(q) for q in queues)
     answered = 0
 
     def fill(st):
-        while st["free"] and todo:
-            ident = st["free"].pop()
-            p = todo.pop()
-            p.id = ident
-            wire = p.RequestPacket()
-            st["out"][ident] = time.perf_counter()
-            wires[(id(st), ident)] = wire
+        while len(st["out"]) < window and st["next"] < len(st["queue"]):
+            wire = st["queue"][st["next"]]
+            st["next"] += 1
+            st["out"][wire[1]] = (time.perf_counter(), wire)
             try:
                 st["sock"].send(wire)
             except BlockingIOError:
                 pass
     t = time.perf_counter()
-    for st in socks:
+    for st in senders:
         fill(st)
     deadline = t + timeout
-    while answered < len(packets) and time.perf_counter() < deadline:
-        for key, _ in sel.select(1.0):
-            st = socks[key.data]
+    while answered < total and time.perf_counter() < deadline:
+        for key, _ in sel.select(0.5):
+            st = senders[key.data]
             while True:
                 try:
                     data = st["sock"].recv(4096)
                 except BlockingIOError:
                     break
-                ident = data[1]
-                if ident in st["out"]:
-                    del st["out"][ident]
-                    st["free"].append(ident)
+                if st["out"].pop(data[1], None) is not None:
                     answered += 1
             fill(st)
         now = time.perf_counter()
-        for st in socks:                       # retransmit after 3 s (identical bytes)
-            for ident, sent in list(st["out"].items()):
+        for st in senders:
+            for ident, (sent, wire) in list(st["out"].items()):
                 if now - sent > 3.0:
-                    st["out"][ident] = now
-                    st["sock"].send(wires[(id(st), ident)])
+                    st["out"][ident] = (now, wire)
+                    st["sock"].send(wire)
     took = time.perf_counter() - t
-    for st in socks:
+    for st in senders:
         st["sock"].close()
     return took, answered
 
@@ -295,9 +291,9 @@ def part_ingest(args) -> None:
                 if run % 2:
                     order.reverse()
                 for name, p, pid in order:
-                    pkts = encode_requests(n, (2 * run + (name == "pyrad-bare")) * n)
+                    queues = encode_requests(n, (2 * run + (name == "pyrad-bare")) * n, args.senders)
                     c0 = cpu_seconds(pid)
-                    took, ok = run_generator(p, pkts)
+                    took, ok = run_generator(p, queues, args.window)
                     cpu = cpu_seconds(pid) - c0
                     rec = (ok / took, ok / cpu if cpu else 0.0, ok, cpu / took)
                     (ours if name == "nocpolicyd" else theirs).append(rec)
@@ -389,7 +385,9 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--rows", type=int, default=1_000_000, help="inventory rows")
     ap.add_argument("--requests", type=int, default=30_000, help="accounting requests per run")
-    ap.add_argument("--parallel", type=int, default=512, help="radclient -p (outstanding requests)")
+    ap.add_argument("--parallel", type=int, default=64, help="radclient -p (outstanding requests)")
+    ap.add_argument("--senders", type=int, default=4, help="generator sockets")
+    ap.add_argument("--window", type=int, default=32, help="outstanding requests per generator socket")
     ap.add_argument("--history", type=int, default=10_000_000, help="whois history rows")
     ap.add_argument("--lookups", type=int, default=2000)
     args = ap.parse_args()

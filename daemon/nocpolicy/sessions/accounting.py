@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import socket
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
@@ -113,7 +114,17 @@ class AccountingProtocol(asyncio.DatagramProtocol):
             log.warning("radius accounting: dropped (%s): %s", why, message)
 
 
+RCVBUF = 8 * 1024 * 1024     # a NAS reboot replays thousands of requests at once
+
+
 async def listen(protocol: AccountingProtocol, host: str, port: int) -> asyncio.DatagramTransport:
     loop = asyncio.get_running_loop()
-    transport, _ = await loop.create_datagram_endpoint(lambda: protocol, local_addr=(host, port))
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)   # capped by net.core.rmem_max
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    transport, _ = await loop.create_datagram_endpoint(lambda: protocol, sock=sock)
     return transport
