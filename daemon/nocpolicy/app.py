@@ -57,6 +57,13 @@ def component_types(options: Options) -> list[type[Component]]:
     return [DnsGuard, Detector, Enforcer, Maintenance, MqttBridge]
 
 
+def wire(by_name: dict) -> None:
+    """Hand components the small typed interfaces they need of each other (Protocols), in one place."""
+    maintenance, mqtt = by_name.get("maintenance"), by_name.get("mqtt")
+    if maintenance is not None and mqtt is not None:
+        maintenance.set_notice_publisher(mqtt)      # NoticePublisher (nocpolicy.notices.publisher)
+
+
 def ensure_secret(state_dir: str, name: str, size: int = 32) -> bytes:
     path = Path(state_dir) / name
     if path.exists():
@@ -134,6 +141,7 @@ class Daemon:
             types = self._types if self._types is not None else component_types(opts)
             self.components = [t(ctx) for t in types]
             ctx.components.update({c.name: c for c in self.components})
+            wire(ctx.components)
             for c in self.components:
                 for cmd in c.commands():
                     self.commands.register(cmd)

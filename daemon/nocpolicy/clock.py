@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import time
 
@@ -47,3 +48,20 @@ class ManualClock:
         deadline = self._mono + max(0.0, seconds)
         while self._mono < deadline:
             await self._changed.wait()
+
+
+async def nap(clock, event: asyncio.Event, seconds: float) -> None:
+    """Sleep on ``clock`` for ``seconds`` or until ``event`` is set, whichever comes first; clears it."""
+    if event.is_set():
+        event.clear()
+        return
+    sleeper = asyncio.ensure_future(clock.sleep(seconds))
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (sleeper, waiter):
+            t.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(sleeper, waiter, return_exceptions=True)
+        event.clear()

@@ -20,7 +20,7 @@ from ..policy.fields import (
     one_of,
 )
 from ..policy.maintenance import IMPACTS, KINDS, Scope, read_reason, read_scope
-from . import contacts, mqttnotices, outbox, webhooks, windows
+from . import contacts, outbox, windows
 from .lifecycle import STATES
 from .windows import WindowRecord
 
@@ -132,14 +132,12 @@ def build(comp) -> list[Command]:
             before = contacts.current(db, cid)
             c = Contact(email, webhook, topic, language or (before.language if before else "ja+en"))
             new = contacts.add_version(db, cid, c, source="runtime", actor=inv.actor, reason=reason, now=now)
-            moved = outbox.retarget(db, cid, new, now)
-            webhooks.retarget(db, cid, new, now)
-            mqtt_moved = mqttnotices.retarget(db, cid, new, now)
+            moved = comp.notices.retarget(db, outbox.OPEN_NOTICES, (cid,), new, now)
             comp.ctx.store.audit(inv.actor, "contact.set", f"customer:{cid}",
                                  before.as_dict() if before else None, new.as_dict(), db=db)
         comp.poke()
         return {"contact": new.as_dict(), "previous_version": before.version if before else None,
-                "notices_retargeted": moved, "mqtt_retargeted": mqtt_moved}
+                "notices_retargeted": moved["email"], "mqtt_retargeted": moved["mqtt"]}
 
     async def contact_show(args: Args, inv: Invocation) -> dict:
         cid = args.req("customer", as_id)

@@ -31,8 +31,9 @@ class Change:
 
 
 class Service:
-    def __init__(self, store, clock, policy):
+    def __init__(self, store, clock, policy, notices):
         self.store, self.clock, self.policy = store, clock, policy   # policy: () -> Policy
+        self.notices = notices                                       # the notice Outbox (channels)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -214,7 +215,7 @@ class Service:
                 recipients=((contact.email,) if contact and contact.email else ()) + copy_to,
                 message_id=outbox.new_message_id(w.id, cid, kind, w.sequence, sender), created=now,
                 tz=policy.settings.timezone, languages=langs, urgent=w.urgent)
-            n += outbox.enqueue(db, data, contact, now, webhooks=policy.maintenance.webhooks)
+            n += outbox.enqueue(db, data, contact, now, self.notices)
         return n
 
 
