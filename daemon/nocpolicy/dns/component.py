@@ -18,7 +18,8 @@ import time
 
 from ..component import Component
 from ..control.commands import Command
-from ..errors import CommandError
+from ..errors import Invalid as InvalidRequest
+from ..errors import NotFound
 from ..policy.fields import Invalid, as_bool, as_duration, as_id, as_int, as_ip, as_str, list_of
 from .clients import PrefixIndex
 from .detections import DetectionLog
@@ -224,7 +225,7 @@ class DnsGuard(Component):
         policy = self.policy
         bl = policy.lists_by_id.get(list_id) if policy else None
         if bl is None:
-            raise CommandError(f"unknown list {list_id!r}", status=404)
+            raise NotFound(f"unknown list {list_id!r}")
         new = await self.lists.build(bl, policy.directory, background=True)
         if policy is not self.policy:      # a reload won the race; it has its own copy
             return self.lists.states[list_id].as_dict()
@@ -292,7 +293,7 @@ class DnsGuard(Component):
     def _customer(self, cid: str):
         c = self.policy.customers_by_id.get(cid) if self.policy else None
         if c is None:
-            raise CommandError(f"unknown customer {cid!r}", status=404, field="customer")
+            raise NotFound(f"unknown customer {cid!r}", field="customer")
         return c
 
     async def _cmd_optout_set(self, args, inv) -> dict:
@@ -368,14 +369,14 @@ class DnsGuard(Component):
         args.check()
         lst = self.lists.compiled.get(list_id)
         if lst is None:
-            raise CommandError(f"unknown list {list_id!r}", status=404, field="list")
+            raise NotFound(f"unknown list {list_id!r}", field="list")
         add_ok, add_bad = check_names(add)
         rm_ok, rm_bad = check_names(remove)
         if add_bad or rm_bad:
-            raise CommandError(f"not domain names: {', '.join(add_bad + rm_bad)}", status=400,
+            raise InvalidRequest(f"not domain names: {', '.join(add_bad + rm_bad)}",
                                field="add" if add_bad else "remove")
         if not add_ok and not rm_ok:
-            raise CommandError("nothing to do: give add and/or remove", status=400, field="add")
+            raise InvalidRequest("nothing to do: give add and/or remove", field="add")
         out = await asyncio.to_thread(self.lists.update, lst, add_ok, rm_ok, actor=inv.actor, reason=reason)
         self.engine.invalidate()
         await self.workers.sync({"op": "list.update", "list": list_id, "add": out["added"],

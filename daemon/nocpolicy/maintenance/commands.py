@@ -6,7 +6,7 @@ import datetime as dt
 import secrets
 
 from ..control.commands import Args, Command, Invocation
-from ..errors import CommandError
+from ..errors import CommandError, NotFound
 from ..policy.customers import Contact, as_mqtt_topic
 from ..policy.fields import (
     as_bool,
@@ -124,7 +124,7 @@ def build(comp) -> list[Command]:
         args.check()
         policy = comp.ctx.policy()
         if cid not in policy.customers_by_id:
-            raise CommandError(f"unknown customer {cid!r}", status=404, field="customer")
+            raise NotFound(f"unknown customer {cid!r}", field="customer")
         if not (email or webhook or topic):
             raise CommandError("a fault contact needs an email, webhook or mqtt_topic", field="email")
         now = svc.clock.now()
@@ -145,7 +145,7 @@ def build(comp) -> list[Command]:
         with comp.ctx.store.transaction() as db:
             hist = contacts.history(db, cid)
         if not hist:
-            raise CommandError(f"no fault contact on record for {cid!r}", status=404, field="customer")
+            raise NotFound(f"no fault contact on record for {cid!r}", field="customer")
         return {"customer": cid, "current": hist[-1].as_dict(), "history": [h.as_dict() for h in hist]}
 
     async def notices(args: Args, inv: Invocation) -> dict:
