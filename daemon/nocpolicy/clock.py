@@ -1,4 +1,14 @@
-"""Clocks passed in from one place: the system clock, and a manual one for tests."""
+"""Clocks passed in from one place: the system clock, and a manual one for tests.
+
+Every wall-clock or monotonic read in the daemon goes through this module:
+components use the clock they are handed (``ctx.clock``); code without one
+(module-level helpers, dataclass defaults, the store) calls ``utcnow()``,
+``wall()`` or ``monotonic()`` here. The one exception is the hot DNS path
+(dns/engine.py, dns/server.py, dns/mmsg.py, dns/upstream.py), which reads
+``time.perf_counter``/``time.monotonic`` directly for per-query latency and
+upstream hold-downs, where an extra call per packet would cost; those are
+durations, never timestamps. tests/test_clock_reads.py checks both rules.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +16,26 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
+
+
+def utcnow() -> dt.datetime:
+    """The system wall clock, aware UTC (for code that is not handed a clock)."""
+    return dt.datetime.now(dt.UTC)
+
+
+def wall() -> float:
+    """The system wall clock in seconds since the epoch."""
+    return time.time()
+
+
+def monotonic() -> float:
+    """Seconds on the system monotonic clock (durations, timeouts)."""
+    return time.monotonic()
+
+
+def monotonic_usec() -> int:
+    """Microseconds on CLOCK_MONOTONIC (systemd's MONOTONIC_USEC)."""
+    return time.monotonic_ns() // 1000
 
 
 class SystemClock:

@@ -14,8 +14,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import time
 
+from ..clock import monotonic, utcnow, wall
 from ..component import Component
 from ..control.commands import Command
 from ..errors import Invalid as InvalidRequest
@@ -45,7 +45,7 @@ def as_since(node, _p=None) -> dt.datetime:
     """An ISO time or a duration back from now (``24h``, ``7d``)."""
     v = node.value
     if isinstance(v, str) and v.strip()[:1].isdigit() and not v.strip()[4:5] == "-":
-        return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=as_duration(node))
+        return utcnow() - dt.timedelta(seconds=as_duration(node))
     from ..policy.fields import as_datetime
     return as_datetime(node)
 
@@ -184,7 +184,7 @@ class DnsGuard(Component):
                 except Exception as exc:  # the store is busy or broken: count, keep serving
                     self.detections.dropped += sum(v[2] for v in batch.values())
                     log.error("detection log write failed: %s", exc)
-            now = time.monotonic()
+            now = monotonic()
             if now - last_prune > PRUNE_EVERY and self.policy is not None:
                 last_prune = now
                 n = await asyncio.to_thread(self.detections.prune, self.policy.dns.detection_retention)
@@ -213,7 +213,7 @@ class DnsGuard(Component):
             policy = self.policy
             if policy is None:
                 continue
-            now = time.time()
+            now = wall()
             for bl in policy.dns.lists:
                 st = self.lists.states.get(bl.id)
                 last = (st.last_attempt or 0) if st else 0
