@@ -8,8 +8,9 @@ due times, attempts, the backoff, ``MAX_ATTEMPTS``, superseding, retargeting to 
 new fault contact and crash recovery.
 
 Exactly-once channels (``exactly_once = True``, e-mail) have each row claimed
-``sending`` (attempt counted, committed) before it is handed over; a crash leaves
-it ``sending`` and ``recover`` sends it again. At-least-once channels (webhook,
+``sending`` (committed) before it is handed over; the attempt is counted when its
+result is recorded. A crash leaves the row ``sending``; ``recover`` counts that
+interrupted attempt and sends it again. At-least-once channels (webhook,
 MQTT) record the attempt after it; a crash repeats it with the same message id.
 
 Enqueueing a notice for a customer's fault contact: the source writes its notice
@@ -181,7 +182,8 @@ class Outbox:
         """After a restart: rows left 'sending' go back to 'pending' to be delivered again (same id)."""
         n = 0
         for ch in self.channels:
-            n += db.execute(f"UPDATE {ch.table.name} SET state='pending', next_attempt=?, last_error="
+            n += db.execute(f"UPDATE {ch.table.name} SET state='pending', attempts=attempts+1, next_attempt=?, "
+                            "last_error="
                             "'interrupted while sending; sending again with the same Message-ID' "
                             "WHERE state='sending'", (now.isoformat(),)).rowcount
         return n
@@ -256,8 +258,7 @@ class Outbox:
             if row is None or row["state"] != "pending":
                 return None
             if ch.exactly_once and db.execute(
-                    f"UPDATE {t.name} SET state='sending', attempts=attempts+1, next_attempt=? "
-                    f"WHERE {t.key}=? AND state='pending'", (self.clock.now().isoformat(), key)).rowcount != 1:
+                    f"UPDATE {t.name} SET state='sending' WHERE {t.key}=? AND state='pending'", (key,)).rowcount != 1:
                 return None
         return row
 
