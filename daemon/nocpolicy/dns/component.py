@@ -142,6 +142,7 @@ class DnsGuard(Component):
         if engine.acl.allow != limits.access.allow:
             engine.set_access(AccessList(limits.access.allow, live=engine.acl.live))
         engine.tcp_conf = limits.tcp
+        engine.max_udp = limits.max_udp_size
         if self.detections.conf != limits.detection_log:
             self.detections.configure(limits.detection_log)
         self.keys.period = limits.detection_log.key_rotation

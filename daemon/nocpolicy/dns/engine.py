@@ -94,6 +94,7 @@ class Engine:
         self.acl = AccessList()
         self.limiter = RateLimiter(stats)
         self.limiter.customer_of = self.customer_of
+        self.max_udp = EDNS_SIZE           # dns.max_udp_size: client EDNS sizes are clamped to it
         self.tcp_conf = TcpLimits()        # dns.tcp (tcp.py reads it for each new connection)
         self.hostcache: dict[str, str | None] = {}
         self.answers: dict[str | None, dict[bytes, LocalAnswer]] = {}
@@ -431,7 +432,7 @@ class Engine:
                 return
             out = p.data[:2] + resp[2:]
             if len(out) > 512 and not p.tcp:
-                limit = min(p.q.edns, EDNS_SIZE) or 512    # never more than we advertise
+                limit = min(p.q.edns, self.max_udp) or 512    # clamped (1232: what we advertise)
                 if len(out) > limit:
                     out = truncate_for_udp(out, limit)
         self._rcodes[out[3] & 0xF] += 1

@@ -20,7 +20,7 @@ class RateLimit:
     """Per-source limits (unbound ip-ratelimit, dnsdist MaxQPSIPRule, BIND RRL slip)."""
 
     qps: int = 1000                 # queries per second per source prefix over UDP; 0: off
-    blocked_qps: int = 100          # blocked answers per second per source prefix over UDP; 0: off
+    blocked_qps: int = 500          # blocked answers per second per source prefix over UDP; 0: off
     slip: int = 2                   # every Nth limited query is answered TC=1; 0: drop them all
     ipv4_prefix: int = 32
     ipv6_prefix: int = 56
@@ -128,6 +128,7 @@ class GuardLimits:
     access: AccessControl = field(default_factory=AccessControl)
     tcp: TcpLimits = field(default_factory=TcpLimits)
     detection_log: DetectionLogConf = field(default_factory=DetectionLogConf)
+    max_udp_size: int = 1232        # a client's EDNS UDP size is clamped to this (what we advertise)
 
 
 def read_limits(o: Obj) -> GuardLimits:
@@ -137,6 +138,7 @@ def read_limits(o: Obj) -> GuardLimits:
         access=o.get("access_control", obj(_access), None) or AccessControl(),
         tcp=o.get("tcp", obj(_tcp), None) or TcpLimits(),
         detection_log=o.get("detection_log", obj(_detlog), None) or DetectionLogConf(),
+        max_udp_size=o.get("max_udp_size", int_range(512, 65535), 1232),
     )
 
 
