@@ -326,7 +326,7 @@ def test_detection_caps_and_store_cap(tmp_path):
     assert counters.get("detections_client_cap", 0) + counters.get("detections_interval_cap", 0) == 32
     # past the store cap the oldest rows go, and every row deleted is counted
     big = "x" * 200
-    for h in range(2000):
+    for _ in range(2000):
         now[0] += 3600
         log.note(Verdict("nxdomain", "c1", "cc", "security", f"{big}.example", f"{big}.example"), "192.0.2.1")
         log.write(log.take())
