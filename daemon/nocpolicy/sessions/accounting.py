@@ -12,10 +12,10 @@ import asyncio
 import ipaddress
 import logging
 import socket
-import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 
+from ..clock import monotonic, wall
 from ..policy.sessions import RadiusClient, RadiusSettings
 from . import radius
 from .book import Book
@@ -30,7 +30,7 @@ _PENDING = b""
 
 class AccountingProtocol(asyncio.DatagramProtocol):
     def __init__(self, settings: Callable[[], RadiusSettings], book: Book, commit: GroupCommit,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = wall):
         self.settings = settings
         self.book = book
         self.commit = commit
@@ -108,7 +108,7 @@ class AccountingProtocol(asyncio.DatagramProtocol):
 
     def _drop(self, status: str, why: str, message: str) -> None:
         self.counts[(status, why)] += 1
-        now = time.monotonic()
+        now = monotonic()
         if now - self._logged.get(why, -LOG_EVERY) >= LOG_EVERY:
             self._logged[why] = now
             log.warning("radius accounting: dropped (%s): %s", why, message)
