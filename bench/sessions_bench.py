@@ -267,9 +267,8 @@ def run_radclient(port: int, file: Path, parallel: int) -> tuple[float, int]:
 
 
 def part_ingest(args) -> None:
-    from sessions_fixtures import sessions_policy
-
     from helpers import DaemonProcess
+    from sessions_fixtures import sessions_policy
     n = args.requests
     with tempfile.TemporaryDirectory(prefix="nocp-ing-") as tmp:
         tmp = Path(tmp)

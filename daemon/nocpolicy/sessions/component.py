@@ -18,7 +18,7 @@ from typing import Protocol
 
 from ..component import Component
 from ..control.commands import Command
-from ..errors import CommandError, StoreError
+from ..errors import Invalid, NocpolicyError, StoreError
 from ..policy.fields import as_bool, as_datetime, as_id, as_str, int_range
 from ..policy.sessions import SessionSettings
 from .accounting import AccountingProtocol, listen
@@ -116,7 +116,7 @@ class Sessions(Component):
         try:
             return await listen(self.protocol, *where)
         except OSError as exc:
-            raise StoreError(f"RADIUS accounting cannot listen on {where[0]}:{where[1]}: "
+            raise NocpolicyError(f"RADIUS accounting cannot listen on {where[0]}:{where[1]}: "
                              f"{exc.strerror or exc}") from exc
 
     def _swap_transport(self, new, want) -> None:
@@ -260,7 +260,7 @@ class Sessions(Component):
             out = await asyncio.to_thread(whois, self.history, self.settings.nat_pools, address, ts, port)
         except ValueError as exc:
             self._count_whois("error")
-            raise CommandError(str(exc), status=400, field="address") from None
+            raise Invalid(str(exc), field="address") from None
         self._count_whois("unattributed" if "unattributed" in out else "found")
         return out
 
