@@ -155,3 +155,20 @@ def test_whois_through_cgnat(hist):
     assert out["nat"]["internal"] == str(internal) and out["matches"][0]["customer"] == "c9"
     other = whois(hist, [POOL], public, 150.0, lo - 1)      # the neighbour's block: nobody
     assert other["matches"] == [] and other["nat"]["internal"] != str(internal)
+
+
+def test_static_prefix_wins_a_conflict_and_is_counted():
+    from nocpolicy.sessions.lookup import ClientLookup
+    from nocpolicy.subscribers.prefixes import PrefixIndex
+    static = PrefixIndex([(ipaddress.ip_network("192.0.2.0/26"), "c1001")])
+    table = LiveTable()
+    book = Book(table)
+    book.static = static.lookup
+    book.apply(Event("start", info("a", customer="c77", addrs=("192.0.2.10/32",)), 1.0))
+    book.apply(Event("start", info("b", customer="c1001", addrs=("192.0.2.11/32",)), 1.0))   # its own: fine
+    book.apply(Event("start", info("c", customer="c78", addrs=("10.1.2.3/32",)), 1.0))
+    assert book.counts["conflict"] == 1
+    lookup = ClientLookup(static, table)
+    assert lookup.lookup("192.0.2.10") == "c1001"       # static wins
+    assert lookup.lookup("10.1.2.3") == "c78"
+    assert lookup.lookup("10.1.2.4") is None

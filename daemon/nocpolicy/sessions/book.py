@@ -13,7 +13,7 @@ import logging
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 
-from .model import Event, Live, Ops, net_key
+from .model import Event, Live, Ops, net_host, net_key, net_text
 from .table import LiveTable
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,9 @@ class Book:
         self.closed: OrderedDict[tuple[str, str], int] = OrderedDict()
         self.counts: Counter = Counter()     # no_start, duplicate_stop, stale, unattributed, full, displaced
         self.on_change: Callable[[Live | None, Live | None], None] = lambda old, new: None
+        # the static owner of an address (policy prefixes): a session inside another customer's
+        # static prefix is a conflict, which the static prefix wins
+        self.static: Callable[[str], str | None] = lambda host: None
 
     def apply(self, ev: Event) -> Ops:
         ops = Ops()
@@ -77,6 +80,7 @@ class Book:
         customer, implicit = self.resolve(i.customer)
         if customer is None:
             self.counts["unattributed"] += 1
+        self._check_static(i, customer)
         start = ev.ts - ev.elapsed if ev.elapsed else ev.ts
         s = Live(self.next_id, i.source, i.nas, i.sid, customer, i.addrs, start, ev.ts,
                  i.interval, i.login, implicit)
@@ -93,6 +97,14 @@ class Book:
         ops.addrs.extend((s.id, net_key(n), n[2], s.start) for n in s.addrs)
         self.on_change(None, s)
         return s
+
+    def _check_static(self, i, customer: str | None) -> None:
+        for n in i.addrs:
+            owner = self.static(net_host(n))
+            if owner is not None and owner != customer:
+                self.counts["conflict"] += 1
+                log.warning("session %s from %s: %s lies inside a static prefix of customer %s; the static "
+                            "prefix wins", i.sid, i.nas, net_text(n), owner)
 
     def _close(self, s: Live, ts: float, reason: str, ops: Ops) -> None:
         self.table.remove(s)

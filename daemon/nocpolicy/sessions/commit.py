@@ -1,6 +1,7 @@
 """Group commit: gather the writes of a few milliseconds of requests, make them
-durable in one transaction (one fsync), then run each request's ``done`` (send
-its Accounting-Response). A failed commit runs nobody's ``done``: the NAS
+durable in one transaction (one fsync), let ``after_write`` finish (the DNS
+workers confirm the changes), then run each request's ``done`` (send its
+Accounting-Response). A failed commit runs nobody's ``done``: the NAS
 retransmits, and ``on_failure`` lets the owner resynchronise from the store.
 """
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from ..errors import StoreError
 from .model import Ops
@@ -20,8 +21,10 @@ MAX_PENDING = 100_000        # requests waiting for a commit; beyond, new ones a
 
 class GroupCommit:
     def __init__(self, write: Callable[[Ops], None], *, delay: float = 0.003,
-                 on_failure: Callable[[Exception], None] = lambda exc: None):
+                 on_failure: Callable[[Exception], None] = lambda exc: None,
+                 after_write: Callable[[], Awaitable[None]] | None = None):
         self._write = write
+        self._after_write = after_write      # e.g. wait until every DNS worker has the changes
         self.delay = delay
         self._on_failure = on_failure
         self._pending: list[tuple[Ops, Callable[[], None] | None]] = []
@@ -59,6 +62,8 @@ class GroupCommit:
         try:
             if merged:
                 await asyncio.to_thread(self._write, merged)
+            if self._after_write is not None:
+                await self._after_write()
         except StoreError as exc:
             self.failures += 1
             log.error("session history: commit of %d request(s) failed, not answered: %s", len(batch), exc)

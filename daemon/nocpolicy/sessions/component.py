@@ -3,9 +3,10 @@
 Sources (the RADIUS accounting listener, Kea lease followers) turn input into
 events; the book applies them to the live table and yields store writes, which
 are group-committed before a RADIUS request is answered. Loops close stale
-sessions and prune history past the retention. Readers (the DNS guard, its
-ACL) get the table through :class:`SessionView`; changes are pushed to
-``listeners`` (callables taking ``(old, new)`` Live or None).
+sessions and prune history past the retention. Every change is pushed to the
+subscribers area (:class:`SessionFeed`, wired in app.py), which makes it part of
+the client lookup of the DNS guard in this process and in every DNS worker; a
+RADIUS request is answered once its change is durable and in every worker.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .history import History
 from .kea import LeaseFollower
 from .metrics import SessionsCollector
 from .model import Event, Live
+from .replica import Change
 from .table import LiveTable
 from .whois import whois
 
@@ -42,8 +44,24 @@ KEA_GRACE = 0.0              # a lease ends at its expiry time
 class SessionView(Protocol):
     """What readers (DNS guard, ACLs) may ask of the live sessions."""
 
-    def lookup(self, host: str) -> Live | None: ...
+    def customer_of(self, host: str) -> str | None: ...
     def contains(self, host: str) -> bool: ...
+
+
+class SessionFeed(Protocol):
+    """Where session changes go (the subscribers area, handed in app.py)."""
+
+    def use_sessions(self, live: SessionView) -> None:
+        """The live sessions to look client addresses up in (this process)."""
+
+    def static_owner(self, host: str) -> str | None:
+        """The customer whose static prefix holds ``host`` (conflicts: the static prefix wins)."""
+
+    def sessions_changed(self, changes: list[Change]) -> None:
+        """Sessions started or ended, already in the live table: push to readers now."""
+
+    async def replicate_sessions(self, changes: list[Change]) -> bool:
+        """Send the changes to the other processes (DNS workers); True once all applied them."""
 
 
 def resolver(policy) -> Callable[[str | None], tuple[str | None, bool]]:
@@ -72,13 +90,15 @@ class Sessions(Component):
         self.book.on_change = self._changed
         self.history = History(ctx.store)
         self.settings = SessionSettings()
-        self.commit = GroupCommit(self.history.write, on_failure=self._commit_failed)
+        self.commit = GroupCommit(self.history.write, on_failure=self._commit_failed,
+                                  after_write=self._replicate)
+        self.feed: SessionFeed | None = None
+        self._unreplicated: list[Change] = []
         self.protocol = AccountingProtocol(lambda: self.settings.radius, self.book, self.commit,
                                            clock=self._now)
         self.transport = None
         self.listen: tuple[str, int] | None = None
         self.followers: dict[str, LeaseFollower] = {}
-        self.listeners: list[Callable[[Live | None, Live | None], None]] = []
         self.whois_counts: dict[str, int] = {}
         self.pruned = 0
         self._started = False
@@ -86,9 +106,26 @@ class Sessions(Component):
     def _now(self) -> float:
         return self.ctx.clock.now().timestamp()
 
+    def connect(self, feed: SessionFeed) -> None:
+        """Push session changes to ``feed`` (app.py wires the subscribers area here)."""
+        self.feed = feed
+        feed.use_sessions(self.table)
+        self.book.static = feed.static_owner
+
     def _changed(self, old: Live | None, new: Live | None) -> None:
-        for fn in self.listeners:
-            fn(old, new)
+        changes = []
+        if old is not None:
+            changes.append(("-", old.addrs, old.customer, old.implicit))
+        if new is not None:
+            changes.append(("+", new.addrs, new.customer, new.implicit))
+        if self.feed is not None:
+            self._unreplicated += changes
+            self.feed.sessions_changed(changes)
+
+    async def _replicate(self) -> None:
+        changes, self._unreplicated = self._unreplicated, []
+        if changes and self.feed is not None and not await self.feed.replicate_sessions(changes):
+            log.warning("a DNS worker did not confirm %d session change(s) in time", len(changes))
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -129,6 +166,8 @@ class Sessions(Component):
     async def start(self) -> None:
         live, next_id = await asyncio.to_thread(self.history.open_sessions)
         self.book.restore(live, next_id)
+        if self.feed is not None and live:        # implicit customers of restored sessions
+            self.feed.sessions_changed([("+", s.addrs, s.customer, s.implicit) for s in live])
         if self.settings.radius is not None:
             self._swap_transport(await self._bind(self.settings.radius.listen), self.settings.radius.listen)
         self._started = True

@@ -24,6 +24,12 @@ def net_text(n: Net) -> str:
     return str(addr) if plen == full else f"{addr}/{plen}"
 
 
+def net_host(n: Net) -> str:
+    """The first address of a network, as text."""
+    fam, value, _ = n
+    return str(ipaddress.IPv4Address(value) if fam == 4 else ipaddress.IPv6Address(value))
+
+
 def net_key(n: Net) -> str:
     """Fixed-width text key of a network (what the history indexes)."""
     fam, value, plen = n

@@ -105,6 +105,10 @@ class LiveTable:
         hit = self.find(*p)
         return hit[0] if hit else None
 
+    def customer_of(self, host: str) -> str | None:
+        s = self.lookup(host)
+        return s.customer if s is not None else None
+
     def contains(self, host: str) -> bool:
         """Is ``host`` inside a live session's address or prefix? (cheap; for ACLs)"""
         return self.lookup(host) is not None
