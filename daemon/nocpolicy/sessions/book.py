@@ -82,8 +82,7 @@ class Book:
             self.counts["unattributed"] += 1
         self._check_static(i, customer)
         start = ev.ts - ev.elapsed if ev.elapsed else ev.ts
-        s = Live(self.next_id, i.source, i.nas, i.sid, customer, i.addrs, start, ev.ts,
-                 i.interval, i.login, implicit)
+        s = Live(self.next_id, i.source, i.nas, i.sid, customer, i.addrs, start, ev.ts, i.interval, implicit)
         self.next_id += 1
         self.closed.pop((i.nas, i.sid), None)
         for old in self.table.add(s):
@@ -91,7 +90,7 @@ class Book:
                 self.counts["displaced"] += 1
                 self._record_close(old, ev.ts, "displaced", ops)
                 self.on_change(old, None)
-        ops.inserts.append((s.id, s.source, s.nas, s.sid, customer, int(implicit), s.login, i.calling,
+        ops.inserts.append((s.id, s.source, s.nas, s.sid, customer, int(implicit), i.login, i.calling,
                             i.klass, s.start, None, s.last, s.interval, None,
                             " ".join(f"{fam}:{v}:{p}" for fam, v, p in s.addrs)))
         ops.addrs.extend((s.id, net_key(n), n[2], s.start) for n in s.addrs)

@@ -67,14 +67,15 @@ class SessionFeed(Protocol):
 def resolver(policy) -> Callable[[str | None], tuple[str | None, bool]]:
     """Extracted id -> (customer id, implicit?): a customer id, else a login of a customer,
     else the id itself as an implicit customer."""
-    ids = policy.customers_by_id
+    ids = {c.id: c.id for c in policy.customers}     # the policy's own string: shared, not copied
     logins = {login: c.id for c in policy.customers for login in c.logins}
 
     def resolve(extracted: str | None) -> tuple[str | None, bool]:
         if extracted is None:
             return None, False
-        if extracted in ids:
-            return extracted, False
+        known = ids.get(extracted)
+        if known is not None:
+            return known, False
         cid = logins.get(extracted)
         return (cid, False) if cid is not None else (extracted, True)
     return resolve

@@ -157,7 +157,7 @@ class History:
         rows = self._all("SELECT * FROM sessions WHERE stop IS NULL")
         top = self._all("SELECT MAX(id) FROM sessions")[0][0] or 0
         live = [Live(r["id"], r["source"], r["nas"], r["sid"], r["customer"], parse_addrs(r["addrs"]),
-                     r["start"], r["last"], r["interval"], r["login"], bool(r["implicit"])) for r in rows]
+                     r["start"], r["last"], r["interval"], bool(r["implicit"])) for r in rows]
         return live, top + 1
 
     def at(self, fam: int, ip: int, ts: float, limit: int = 8) -> list[tuple[dict, int]]:

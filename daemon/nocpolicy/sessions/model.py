@@ -81,12 +81,11 @@ class Live:
     start: float
     last: float
     interval: float
-    login: str = ""
-    implicit: bool = False
+    implicit: bool = False           # (the login stays in the history only: ~1M of these are live)
 
     def as_dict(self) -> dict:
         return {"id": self.id, "source": self.source, "nas": self.nas, "session_id": self.sid,
-                "customer": self.customer, "login": self.login,
+                "customer": self.customer,
                 "addresses": [net_text(n) for n in self.addrs], "start": self.start,
                 "last": self.last, "interval": self.interval}
 

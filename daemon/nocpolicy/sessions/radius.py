@@ -11,6 +11,7 @@ import io
 import ipaddress
 import socket
 import struct
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -123,7 +124,7 @@ def decode(data: bytes, secret: bytes, d: Dictionary) -> rp.AcctPacket:
 def nas_name(attrs: dict, client: str, source: str) -> str:
     """Sessions are keyed by NAS: the client id plus the NAS-Identifier (or NAS address)."""
     ident = attrs.get("NAS-Identifier") or attrs.get("NAS-IP-Address") or attrs.get("NAS-IPv6-Address")
-    return f"{client}/{ident or source}"
+    return sys.intern(f"{client}/{ident or source}")     # one string per NAS, shared by its sessions
 
 
 def interpret(pkt: rp.AcctPacket, attrs: dict, nas: str, now: float, default_interval: float,
