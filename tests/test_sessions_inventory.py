@@ -91,3 +91,24 @@ def test_hot_reload_of_the_csv(tmp_path):
         assert "h0004" in str(d.ctl_json("explain", "--client", "10.77.0.65", "--name", "example.com"))
     finally:
         d.stop()
+
+
+def test_prefix_index_updated_in_place_of_a_rebuild(tmp_path):
+    from nocpolicy.dns.clients import PrefixIndex, customers_delta
+    rows = "".join(f"h{i:04d},C{i},,10.77.{i // 64}.{(i % 64) * 4}/30,,,,\n" for i in range(500))
+    pol = with_inventory(tmp_path, rows)
+    a = load_policy(pol)
+    lines = (pol / "customers.csv").read_text().split("\n")
+    lines[5] = lines[5].replace("/30", "/31")                       # a prefix changes
+    lines[7] = lines[7].replace(",C6,", ",Renamed,")                 # only the name changes
+    del lines[9]                                                     # a customer leaves
+    lines.insert(10, "h9999,New,,10.99.0.0/24,,,,")                  # one joins
+    (pol / "customers.csv").write_text("\n".join(lines))
+    b = load_policy(pol, previous=a)
+    removed, added, changed = customers_delta(a.customers_by_id, b.customers)
+    assert changed == {"h0004", "h0006", "h0008", "h9999"}
+    idx = PrefixIndex.of_customers(a.customers).updated(removed, added)
+    fresh = PrefixIndex.of_customers(b.customers)
+    for host in ("10.77.0.16", "10.77.0.17", "10.77.0.18", "10.77.0.24", "10.77.0.32", "10.99.0.7", "10.1.1.1"):
+        assert idx.lookup(host) == fresh.lookup(host), host
+    assert idx.size == fresh.size
