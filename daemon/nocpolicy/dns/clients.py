@@ -55,28 +55,6 @@ class PrefixIndex:
         return new
 
 
-def customers_delta(old: dict, new) -> tuple[list, list, set]:
-    """What changed between ``old`` (customer id -> Customer) and the customers ``new``:
-    (removed prefix pairs, added prefix pairs, ids whose Customer changed). Customers reused
-    from the previous load (the CSV inventory keeps unchanged rows) compare by identity."""
-    removed, added, changed = [], [], set()
-    seen = set()
-    for c in new:
-        seen.add(c.id)
-        o = old.get(c.id)
-        if o is c:
-            continue
-        if o is None or o != c:
-            changed.add(c.id)
-            if o is None or o.prefixes != c.prefixes:
-                removed += [(p, c.id) for p in (o.prefixes if o is not None else ())]
-                added += [(p, c.id) for p in c.prefixes]
-    for cid, o in old.items():
-        if cid not in seen:
-            changed.add(cid)
-            removed += [(p, cid) for p in o.prefixes]
-    return removed, added, changed
-
     def lookup(self, host: str) -> str | None:
         """The value of the longest prefix containing ``host`` (an address string), or None."""
         try:
@@ -98,3 +76,26 @@ def customers_delta(old: dict, new) -> tuple[list, list, set]:
             if v is not None:
                 return v
         return None
+
+
+def customers_delta(old: dict, new) -> tuple[list, list, set]:
+    """What changed between ``old`` (customer id -> Customer) and the customers ``new``:
+    (removed prefix pairs, added prefix pairs, ids whose Customer changed). Customers reused
+    from the previous load (the CSV inventory keeps unchanged rows) compare by identity."""
+    removed, added, changed = [], [], set()
+    seen = set()
+    for c in new:
+        seen.add(c.id)
+        o = old.get(c.id)
+        if o is c:
+            continue
+        if o is None or o != c:
+            changed.add(c.id)
+            if o is None or o.prefixes != c.prefixes:
+                removed += [(p, c.id) for p in (o.prefixes if o is not None else ())]
+                added += [(p, c.id) for p in c.prefixes]
+    for cid, o in old.items():
+        if cid not in seen:
+            changed.add(cid)
+            removed += [(p, cid) for p in o.prefixes]
+    return removed, added, changed
