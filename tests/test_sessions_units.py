@@ -158,8 +158,9 @@ def test_whois_through_cgnat(hist):
 
 
 def test_static_prefix_wins_a_conflict_and_is_counted():
-    from nocpolicy.sessions.lookup import ClientLookup
     from nocpolicy.subscribers.prefixes import PrefixIndex
+
+    from nocpolicy.sessions.lookup import ClientLookup
     static = PrefixIndex([(ipaddress.ip_network("192.0.2.0/26"), "c1001")])
     table = LiveTable()
     book = Book(table)
@@ -172,3 +173,29 @@ def test_static_prefix_wins_a_conflict_and_is_counted():
     assert lookup.lookup("192.0.2.10") == "c1001"       # static wins
     assert lookup.lookup("10.1.2.3") == "c78"
     assert lookup.lookup("10.1.2.4") is None
+
+
+def test_worker_replica_follows_changes_and_loads_open_sessions(hist):
+    from nocpolicy.sessions.replica import AddressTable, change_from_json, change_to_json
+    book = Book(LiveTable())
+    changes = []
+    book.on_change = lambda old, new: changes.extend(
+        [("-", old.addrs, old.customer, old.implicit)] if old else []) or changes.extend(
+        [("+", new.addrs, new.customer, new.implicit)] if new else [])
+    book.resolve = lambda x: (x, x == "c77")
+    hist.write(book.apply(Event("start", info("a", customer="c77", addrs=("10.5.0.1/32", "2001:db8:9::/56")), 1.0)))
+    hist.write(book.apply(Event("start", info("b", customer="c1", addrs=("10.5.0.2/32",)), 1.0)))
+    replica = AddressTable()
+    for c in changes:
+        replica.apply(change_from_json(change_to_json(c)))   # as sent over the worker pipe
+    assert replica.customer_of("2001:db8:9:ff::1") == "c77" and replica.implicit == {"c77": 1}
+    assert replica.contains("10.5.0.2") and not replica.contains("10.5.0.3")
+    fresh = AddressTable()
+    assert fresh.load(hist.path) == 2 and fresh.customer_of("10.5.0.1") == "c77"
+    changes.clear()
+    hist.write(book.apply(Event("stop", info("a", customer="c77"), 5.0)))
+    for c in changes:
+        replica.apply(change_from_json(change_to_json(c)))
+    assert replica.customer_of("10.5.0.1") is None and replica.implicit == {}
+    with pytest.raises(ValueError):
+        change_from_json(["x", [], None, False])
