@@ -133,8 +133,9 @@ def mutate(wire: bytes, muts) -> bytes:
 def test_mutated_packets_never_break_the_listener(proto, real_packets, which, muts):
     p, loop = proto
     wire = mutate(real_packets[which], muts)
+    before = len(p.book.table)
     for w in (wire, resign(wire)):
         p.datagram_received(w, ("127.0.0.1", 5000))
     loop.run_until_complete(p.commit.flush())
     assert p.counts[("unknown", "error")] == 0, "an unexpected exception reached the listener"
-    assert len(p.book.table) <= 2
+    assert len(p.book.table) <= before + 2           # at most one session per accepted datagram
