@@ -8,6 +8,10 @@ answers and enforcement untouched (the component stays "running"; status and
 Who may run a command: the broker ACL ``pattern write nocpolicy/v1/cmd/%u/#``
 makes the identity level of ``cmd/<identity>/<verb>`` equal to the publisher's
 MQTT user name; the policy's ``control.grants`` then decide per verb.
+
+What it needs of other components arrives in app.py (``interfaces.py``): the qos
+component as a ``FleetQos`` (``qos``), and the callbacks to run when the broker
+link comes (back) up (``on_connected``). It offers ``NoticePublisher`` to them.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 
 from .. import __version__
 from ..component import Component
 from ..control.commands import Args, Command, Invocation
 from ..errors import NocpolicyError
+from ..interfaces import FleetQos
 from .agent import Agent
 from .broker import broker_config
 from .controller import Controller
@@ -64,6 +70,8 @@ class MqttBridge(Component):
         self._started = False
         self._stopping = False
         self._link_task = None
+        self.qos: FleetQos | None = None                    # handed in by app.wire
+        self._connected_callbacks: list[Callable[[], None]] = []
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -103,7 +111,7 @@ class MqttBridge(Component):
         if self.role == "agent":
             subs.append(plan_topic(self.node))
             self.agent = Agent(self.node, store=self.ctx.store, clock=self.ctx.clock,
-                               applier=make_applier(self.ctx), publish=self._publish)
+                               applier=make_applier(self.ctx.options.enforce, self.qos), publish=self._publish)
         will = (status_topic(self.node), dumps(self._status_doc("offline", "connection lost")))
         self.link = Link(self.cfg, f"nocpolicyd-{self.node}", subscriptions=subs,
                          on_connected=self._on_connected, on_message=self._on_message, will=will)
@@ -141,9 +149,8 @@ class MqttBridge(Component):
     async def _on_connected(self) -> None:
         await self._publish_status()
         self._outbox_wake.set()
-        maintenance = self.ctx.components.get("maintenance")
-        if maintenance is not None and hasattr(maintenance, "mqtt_connected"):
-            maintenance.mqtt_connected()       # notices for contacts' mqtt_topic waiting for the link
+        for callback in self._connected_callbacks:   # e.g. notices waiting for the link
+            callback()
         if self.controller:
             self.controller.replan(republish=True)
 
@@ -165,11 +172,19 @@ class MqttBridge(Component):
     async def _publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
         return await self.link.publish(topic, payload, retain=retain) if self.link else False
 
+    def on_connected(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (no arguments, not async) each time the broker link comes (back) up."""
+        self._connected_callbacks.append(callback)
+
+    @property
+    def connected(self) -> bool:
+        return self.link is not None and self.link.connected.is_set()
+
     def notice_link_problem(self) -> str:
         """Why a notice cannot be published now ("" when it can)."""
         if self.cfg is None:
             return "MQTT bridge disabled (nocpolicyd runs without --mqtt)"
-        if self.link is None or not self.link.connected.is_set():
+        if not self.connected:
             why = self.link.last_error if self.link and self.link.last_error else "connecting"
             return f"not connected to the broker {self.cfg.url} ({why})"
         return ""
@@ -225,7 +240,7 @@ class MqttBridge(Component):
 
     async def _detection_loop(self) -> None:
         while True:
-            interval = float(getattr(self.ctx.policy().dns, "detections_interval", None) or 60.0)
+            interval = float(self.ctx.policy().dns.detections_interval or 60.0)
             await self.ctx.clock.sleep(interval)
             doc = self.detections.flush(self.ctx.clock.now().isoformat(), interval)
             if doc is not None:
@@ -247,8 +262,8 @@ class MqttBridge(Component):
 
     async def _plan_content(self) -> dict:
         p = self.ctx.policy()
-        return {"policy": p.version if p else None, "emergency": await emergency_state(self.ctx),
-                "enforcement": enforcement_plan(self.ctx)}
+        return {"policy": p.version if p else None, "emergency": emergency_state(self.qos),
+                "enforcement": enforcement_plan(self.qos)}
 
     # -- wiring ------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..component import Component
 from ..errors import NocpolicyError
+from ..interfaces import NoticePublisher
 from . import commands, contacts, mqttnotices, outbox, silences, webhooks, windows
 from .lifecycle import FINAL, NOTICE_FOR, STATES
 from .schema import MIGRATIONS
@@ -43,7 +44,8 @@ class Maintenance(Component):
         self.hook_results = {r: 0 for r in RESULTS}
         self.hooks = webhooks.HookDelivery(ctx.store, ctx.clock, on_result=self._hook_counted)
         self.mqtt_results = {r: 0 for r in mqttnotices.RESULTS}
-        self.mqtt = mqttnotices.MqttDelivery(ctx.store, ctx.clock, lambda: ctx.components.get("mqtt"),
+        self.notice_publisher: NoticePublisher | None = None     # handed in by app.wire (the MQTT bridge)
+        self.mqtt = mqttnotices.MqttDelivery(ctx.store, ctx.clock, lambda: self.notice_publisher,
                                              on_result=self._mqtt_counted)
         self._wake_windows = asyncio.Event()
         self._wake_outbox = asyncio.Event()
