@@ -30,11 +30,12 @@ from .component import Component, Context
 from .control.admin import AdminApi
 from .control.commands import Args, Command, CommandRegistry, Invocation
 from .control.http import HttpServer
+from .control.metrics_http import metrics_handler
 from .control.token import ensure_token
 from .errors import NocpolicyError, PolicyInvalid
 from .events import EventBus
 from .logs import setup_logging
-from .metrics import ComponentCollector, CoreMetrics, EventBusCollector, metrics_handler
+from .metrics import ComponentCollector, CoreMetrics, EventBusCollector
 from .options import Options, parse_options
 from .policy.diff import PolicyChange, diff_policies
 from .policy.fields import as_bool, as_int
