@@ -150,7 +150,10 @@ class MqttBridge(Component):
         await self._publish_status()
         self._outbox_wake.set()
         for callback in self._connected_callbacks:   # e.g. notices waiting for the link
-            callback()
+            try:
+                callback()
+            except Exception:   # another component's bug must not stop the replan below
+                log.exception("mqtt: on_connected callback %r failed", callback)
         if self.controller:
             self.controller.replan(republish=True)
 
