@@ -18,8 +18,9 @@ from nocpolicy.component import Context
 from nocpolicy.events import EventBus
 from nocpolicy.fleet.component import MqttBridge
 from nocpolicy.fleet.qoslink import LinuxApplier, RecordingApplier, make_applier
-from nocpolicy.interfaces import FleetQos, NoticePublisher
+from nocpolicy.interfaces import FleetQos
 from nocpolicy.maintenance.component import Maintenance
+from nocpolicy.notices.publisher import NoticeLinkListener, NoticePublisher
 from nocpolicy.options import Options
 from nocpolicy.policy.load import load_policy
 from nocpolicy.qos.component import Enforcer
@@ -43,7 +44,8 @@ def members(proto) -> dict[str, object]:
     return out
 
 
-@pytest.mark.parametrize("proto, provider", [(NoticePublisher, MqttBridge), (FleetQos, Enforcer)])
+@pytest.mark.parametrize("proto, provider", [(NoticePublisher, MqttBridge), (FleetQos, Enforcer),
+                                             (NoticeLinkListener, Maintenance)])
 def test_the_real_provider_has_every_member_of_its_interface(ctx, proto, provider):
     component = provider(ctx)
     for name, declared in members(proto).items():
@@ -56,14 +58,14 @@ def test_wire_hands_each_consumer_its_provider(ctx):
     qos, maintenance, bridge = Enforcer(ctx), Maintenance(ctx), MqttBridge(ctx)
     wire([qos, maintenance, bridge])
     assert bridge.qos is qos
-    assert maintenance.notice_publisher is bridge
-    assert maintenance.mqtt_connected in bridge._connected_callbacks
+    assert maintenance.mqtt.publisher is bridge
+    assert bridge._link_listeners == [maintenance]
 
 
 def test_without_a_provider_the_consumer_gets_none_and_says_why(ctx):
     maintenance, bridge = Maintenance(ctx), MqttBridge(ctx)
     wire([maintenance])
-    assert maintenance.notice_publisher is None
+    assert maintenance.mqtt.publisher is None
     wire([bridge])
     assert bridge.qos is None
     applier = make_applier("auto", bridge.qos)      # an agent without qos records its plan

@@ -17,7 +17,6 @@ import os
 import secrets
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,7 +24,7 @@ import prometheus_client
 from prometheus_client import CollectorRegistry
 
 from . import __version__, sdnotify
-from .clock import SystemClock
+from .clock import SystemClock, utcnow, wall
 from .component import Component, Context
 from .control.admin import AdminApi
 from .control.commands import Args, Command, CommandRegistry, Invocation
@@ -62,9 +61,11 @@ def component_types(options: Options) -> list[type[Component]]:
 
 
 def wire(components: list[Component]) -> None:
-    """The one place components meet: each gets the typed interface (interfaces.py) it needs.
+    """The one place components meet: each is handed the typed interface it needs of another.
 
-    A component the daemon runs without (tests build partial lists) is handed None.
+    Protocols: ``interfaces.FleetQos``, ``notices.publisher.NoticePublisher`` and
+    ``NoticeLinkListener``. A component the daemon runs without (tests build partial
+    lists) is handed None, or nothing.
     """
     from .fleet.component import MqttBridge
     from .maintenance.component import Maintenance
@@ -75,8 +76,8 @@ def wire(components: list[Component]) -> None:
     if bridge is not None:
         bridge.qos = qos                                          # FleetQos
     if bridge is not None and maintenance is not None:
-        maintenance.notice_publisher = bridge                     # NoticePublisher
-        bridge.on_connected(maintenance.mqtt_connected)           # waiting MQTT notices are due
+        maintenance.set_notice_publisher(bridge)                  # NoticePublisher
+        bridge.add_link_listener(maintenance)                     # NoticeLinkListener
 
 
 def _first(components: list[Component], kind: type[T]) -> T | None:
@@ -115,7 +116,7 @@ class Daemon:
         self.registry = CollectorRegistry()
         self.metrics = CoreMetrics(self.registry)
         self.events = EventBus()
-        self.started_at = dt.datetime.now(dt.UTC)
+        self.started_at = utcnow()
         self.last_reload: dict = {}
         self.last_error: dict | None = None
         self.stop_event = asyncio.Event()
@@ -281,11 +282,11 @@ class Daemon:
         if old is not None and new.version == old.version:
             # Files back to the policy in force: an earlier refusal no longer applies. Otherwise
             # keep showing the last real change (the watcher often finds nothing new).
-            self.metrics.policy_unchanged(time.time())
+            self.metrics.policy_unchanged(wall())
             if self.last_error is not None:
                 self.last_error = None
                 self.last_reload = {"ok": True, "source": source, "version": new.version,
-                                    "at": dt.datetime.now(dt.UTC).isoformat(), "summary": "no change"}
+                                    "at": utcnow().isoformat(), "summary": "no change"}
             return {"ok": True, "changed": False, "version": new.version, "summary": "no change"}
         sdnotify.notify("RELOADING=1")
         try:
@@ -310,7 +311,7 @@ class Daemon:
                 commit()
         old = self.policy
         self.policy = policy
-        now = time.time()
+        now = wall()
         self.metrics.policy_loaded(policy.version, now)
         self.last_reload = {"ok": True, "source": source, "version": policy.version,
                             "at": dt.datetime.fromtimestamp(now, dt.UTC).isoformat(),
@@ -336,7 +337,7 @@ class Daemon:
 
     def _refused(self, source: str, errors: list[str]) -> dict:
         self.metrics.policy_refused()
-        at = dt.datetime.now(dt.UTC).isoformat()
+        at = utcnow().isoformat()
         self.last_error = {"source": source, "at": at, "errors": errors}
         self.last_reload = {"ok": False, "source": source, "at": at}
         for e in errors:

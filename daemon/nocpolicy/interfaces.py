@@ -1,37 +1,22 @@
 """What one component needs of another, as small typed Protocols (wired in ``app.wire``).
 
-Components do not look each other up by name or probe with ``hasattr``: each
-consumer declares here the few members it uses, and ``app.wire`` hands it the
+Components do not look each other up by name or probe with ``hasattr``: the
+consumer declares the few members it uses, and ``app.wire`` hands it the
 provider (or None when the daemon runs without it). Providers satisfy these
 structurally; this module imports nothing from the areas, so any layer may use it.
 
-================  ==============================  =====================================
-Protocol          provider                        consumer
-================  ==============================  =====================================
-NoticePublisher   fleet.component.MqttBridge      maintenance (notices to mqtt_topic)
-FleetQos          qos.component.Enforcer          fleet (controller plan, agent apply)
-================  ==============================  =====================================
-
-Plus one plain callback: the bridge calls what it was given with ``on_connected``
-(maintenance's ``mqtt_connected``) when its broker link comes (back) up.
+==================  ==========================  ==============================  ==========================
+Protocol            defined in                  provider                        consumer
+==================  ==========================  ==============================  ==========================
+FleetQos            here                        qos.component.Enforcer          fleet (plan, agent apply)
+NoticePublisher     notices/publisher.py        fleet.component.MqttBridge      maintenance (mqtt_topic)
+NoticeLinkListener  notices/publisher.py        maintenance.Maintenance         fleet (link back up)
+==================  ==========================  ==============================  ==========================
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
-
-
-class NoticePublisher(Protocol):
-    """Publishes a maintenance notice to a contact's MQTT topic (QoS 1, not retained)."""
-
-    @property
-    def connected(self) -> bool:
-        """The broker link is up now (a publish may still fail)."""
-        ...
-
-    async def publish_notice(self, topic: str, payload: bytes) -> tuple[bool, str]:
-        """(True, "") once the broker acknowledged it (PUBACK), else (False, why)."""
-        ...
 
 
 class FleetQos(Protocol):

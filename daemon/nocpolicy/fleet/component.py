@@ -9,9 +9,10 @@ Who may run a command: the broker ACL ``pattern write nocpolicy/v1/cmd/%u/#``
 makes the identity level of ``cmd/<identity>/<verb>`` equal to the publisher's
 MQTT user name; the policy's ``control.grants`` then decide per verb.
 
-What it needs of other components arrives in app.py (``interfaces.py``): the qos
-component as a ``FleetQos`` (``qos``), and the callbacks to run when the broker
-link comes (back) up (``on_connected``). It offers ``NoticePublisher`` to them.
+What it needs of other components arrives in app.py (``app.wire``): the qos
+component as an ``interfaces.FleetQos`` (``qos``), and the listeners to tell when
+the broker link comes (back) up (``add_link_listener``, a
+``notices.publisher.NoticeLinkListener``). It is their ``NoticePublisher``.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
 
 from .. import __version__
 from ..component import Component
 from ..control.commands import Args, Command, Invocation
 from ..errors import NocpolicyError
 from ..interfaces import FleetQos
+from ..notices.publisher import NoticeLinkListener
 from .agent import Agent
 from .broker import broker_config
 from .controller import Controller
@@ -71,7 +72,7 @@ class MqttBridge(Component):
         self._stopping = False
         self._link_task = None
         self.qos: FleetQos | None = None                    # handed in by app.wire
-        self._connected_callbacks: list[Callable[[], None]] = []
+        self._link_listeners: list[NoticeLinkListener] = []        # handed in by app.wire
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -149,11 +150,11 @@ class MqttBridge(Component):
     async def _on_connected(self) -> None:
         await self._publish_status()
         self._outbox_wake.set()
-        for callback in self._connected_callbacks:   # e.g. notices waiting for the link
+        for listener in self._link_listeners:   # notices waiting for the link are due now
             try:
-                callback()
+                listener.mqtt_connected()
             except Exception:   # another component's bug must not stop the replan below
-                log.exception("mqtt: on_connected callback %r failed", callback)
+                log.exception("mqtt: link listener %r failed", listener)
         if self.controller:
             self.controller.replan(republish=True)
 
@@ -175,9 +176,9 @@ class MqttBridge(Component):
     async def _publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
         return await self.link.publish(topic, payload, retain=retain) if self.link else False
 
-    def on_connected(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` (no arguments, not async) each time the broker link comes (back) up."""
-        self._connected_callbacks.append(callback)
+    def add_link_listener(self, listener: NoticeLinkListener) -> None:
+        """Call ``listener.mqtt_connected()`` each time the broker link comes (back) up."""
+        self._link_listeners.append(listener)
 
     @property
     def connected(self) -> bool:

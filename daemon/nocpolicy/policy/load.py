@@ -12,6 +12,7 @@ import hashlib
 import os
 from pathlib import Path
 
+from ..clock import utcnow
 from ..errors import PolicyInvalid
 from . import customers as cust
 from .control import ControlSettings, read_control
@@ -132,7 +133,7 @@ def _build(directory: Path, files: list[Path], raw: list[tuple[str, bytes]], sec
     return Policy(
         directory=str(directory),
         version=content_version(raw),
-        loaded_at=now or dt.datetime.now(dt.UTC),
+        loaded_at=now or utcnow(),
         files=tuple(p.name for p in files),
         settings=settings,
         customers=many("customers", cust.read_customers),
