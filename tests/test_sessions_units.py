@@ -160,7 +160,7 @@ def test_whois_through_cgnat(hist):
 def test_static_prefix_wins_a_conflict_and_is_counted():
     from nocpolicy.subscribers.prefixes import PrefixIndex
 
-    from nocpolicy.sessions.lookup import ClientLookup
+    from nocpolicy.subscribers.live import ClientLookup
     static = PrefixIndex([(ipaddress.ip_network("192.0.2.0/26"), "c1001")])
     table = LiveTable()
     book = Book(table)
@@ -176,7 +176,7 @@ def test_static_prefix_wins_a_conflict_and_is_counted():
 
 
 def test_worker_replica_follows_changes_and_loads_open_sessions(hist):
-    from nocpolicy.sessions.replica import AddressTable, change_from_json, change_to_json
+    from nocpolicy.subscribers.live import AddressTable, change_from_json, change_to_json
     book = Book(LiveTable())
     changes = []
     book.on_change = lambda old, new: changes.extend(

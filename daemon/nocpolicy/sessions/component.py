@@ -22,6 +22,7 @@ from ..control.commands import Command
 from ..errors import Invalid, NocpolicyError, StoreError
 from ..policy.fields import as_bool, as_datetime, as_id, as_str, int_range
 from ..policy.sessions import SessionSettings
+from ..subscribers.live import Change
 from .accounting import AccountingProtocol, listen
 from .book import Book
 from .commit import GroupCommit
@@ -29,7 +30,6 @@ from .history import History
 from .kea import LeaseFollower
 from .metrics import SessionsCollector
 from .model import Event, Live
-from .replica import Change
 from .table import LiveTable
 from .whois import whois
 

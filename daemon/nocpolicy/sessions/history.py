@@ -14,7 +14,8 @@ import threading
 
 from ..errors import StoreError
 from ..store import Store
-from .model import Live, Net, Ops, covering, net_text
+from ..subscribers.live import parse_addrs
+from .model import Live, Ops, covering, net_text
 
 MIGRATIONS = (
     """
@@ -58,12 +59,6 @@ COLUMNS = ("id", "source", "nas", "sid", "customer", "implicit", "login", "calli
            "start", "stop", "last", "interval", "ended", "addrs")
 
 
-def parse_addrs(text: str) -> tuple[Net, ...]:
-    out = []
-    for part in text.split():
-        fam, value, plen = part.split(":")
-        out.append((int(fam), int(value), int(plen)))
-    return tuple(out)
 
 
 def row_dict(r: sqlite3.Row) -> dict:

@@ -8,26 +8,8 @@ Only one owner (the Sessions component) changes it; readers call the lookups.
 
 from __future__ import annotations
 
-import socket
-
+from ..subscribers.live import parse_host
 from .model import Live, Net
-
-_inet_pton = socket.inet_pton
-
-
-def parse_host(host: str) -> tuple[int, int] | None:
-    """``(family, int)`` of an address string (IPv4-mapped IPv6 counts as IPv4), or None."""
-    try:
-        if ":" in host:
-            if "%" in host:
-                host = host.split("%", 1)[0]
-            ip = int.from_bytes(_inet_pton(socket.AF_INET6, host), "big")
-            if ip >> 32 == 0xFFFF:
-                return 4, ip & 0xFFFFFFFF
-            return 6, ip
-        return 4, int.from_bytes(_inet_pton(socket.AF_INET, host), "big")
-    except (OSError, ValueError):
-        return None
 
 
 class LiveTable:

@@ -1,20 +1,62 @@
-"""A DNS worker process's copy of the live session addresses (address -> customer id).
+"""Live sessions in the client lookup: addresses that sessions (sessions/, RADIUS and Kea)
+hold right now, next to the policy's static prefixes.
 
-The main process owns the sessions (sessions/component.py); every change is sent to
-each worker as a list of ``[op, addrs, customer, implicit]`` (op ``+`` or ``-``, addrs
-as ``[family, network int as text, prefix length]``) and applied here, before the
-main process answers the request that caused it. At start a worker reads the open
-sessions from the store.
+``ClientLookup`` is what the DNS engine looks clients up in: the static prefixes first
+(a session address inside another customer's static prefix is a conflict the static
+prefix wins; the sessions area counts it), then the live sessions, longest prefix first.
+In the main process the live sessions are the Sessions component's own table; a DNS
+worker keeps an ``AddressTable`` fed with the main process's changes (``Change``, sent
+as JSON over the worker pipe) and, when it starts, with the open sessions in the store.
 """
 
 from __future__ import annotations
 
+import socket
 import sqlite3
+from typing import Protocol
 
-from .model import Net
-from .table import parse_host
+Net = tuple[int, int, int]                                  # (4 | 6, network as int, prefix length)
+Change = tuple[str, tuple[Net, ...], str | None, bool]      # ("+" | "-", addrs, customer, implicit)
 
-Change = tuple[str, tuple[Net, ...], str | None, bool]
+_inet_pton = socket.inet_pton
+
+
+class LiveAddresses(Protocol):
+    def customer_of(self, host: str) -> str | None: ...
+    def contains(self, host: str) -> bool: ...
+
+
+def parse_host(host: str) -> tuple[int, int] | None:
+    """``(family, int)`` of an address string (IPv4-mapped IPv6 counts as IPv4), or None."""
+    try:
+        if ":" in host:
+            if "%" in host:
+                host = host.split("%", 1)[0]
+            ip = int.from_bytes(_inet_pton(socket.AF_INET6, host), "big")
+            if ip >> 32 == 0xFFFF:
+                return 4, ip & 0xFFFFFFFF
+            return 6, ip
+        return 4, int.from_bytes(_inet_pton(socket.AF_INET, host), "big")
+    except (OSError, ValueError):
+        return None
+
+
+class ClientLookup:
+    """Has the ``lookup(host) -> customer id | None`` of a static PrefixIndex, so the DNS
+    engine takes it in its place; ``static`` is the policy's index."""
+
+    __slots__ = ("static", "live", "size")
+
+    def __init__(self, static, live: LiveAddresses):
+        self.static = static
+        self.live = live
+        self.size = getattr(static, "size", 0)
+
+    def lookup(self, host: str) -> str | None:
+        cid = self.static.lookup(host)
+        if cid is not None:
+            return cid
+        return self.live.customer_of(host)
 
 
 def change_to_json(c: Change) -> list:
@@ -34,9 +76,17 @@ def change_from_json(x) -> Change:
     return op, tuple(nets), cid, bool(implicit)
 
 
+def parse_addrs(text: str) -> tuple[Net, ...]:
+    """The ``addrs`` column of the session history: ``fam:int:plen`` separated by spaces."""
+    out = []
+    for part in text.split():
+        fam, value, plen = part.split(":")
+        out.append((int(fam), int(value), int(plen)))
+    return tuple(out)
+
+
 class AddressTable:
-    """Longest-prefix lookup of live session addresses, like LiveTable but holding only
-    the customer id (what a worker needs)."""
+    """A DNS worker's copy of the live session addresses: address -> customer id."""
 
     def __init__(self):
         self._tables: dict[int, list[tuple[int, dict[int, str | None]]]] = {4: [], 6: []}
@@ -83,8 +133,7 @@ class AddressTable:
         return p is not None and any((p[1] >> shift) in d for shift, d in self._tables[p[0]])
 
     def load(self, db_path: str) -> int:
-        """The open sessions in the store (a worker starting)."""
-        from .history import parse_addrs
+        """The open sessions in the store (a worker starting); 0 when there is no history yet."""
         try:
             db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
             try:
@@ -92,7 +141,7 @@ class AddressTable:
             finally:
                 db.close()
         except sqlite3.Error:
-            return 0                 # no session table yet: nothing is live
+            return 0
         for cid, implicit, addrs in rows:
             self.apply(("+", parse_addrs(addrs), cid, bool(implicit)))
         return len(rows)
