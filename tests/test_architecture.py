@@ -214,3 +214,21 @@ def test_no_function_over_60_lines():
     assert not new, f"functions over {MAX_FUNCTION_LINES} lines (split them):\n" + "\n".join(new)
     gone = sorted(KNOWN_LONG - set(found))
     assert not gone, f"no longer over {MAX_FUNCTION_LINES} lines, delete them from KNOWN_LONG: {gone}"
+
+
+def test_the_clause_table_names_code_and_tests_that_exist():
+    """docs/architecture.md maps each clause to modules and tests: every one it names must exist."""
+    text = DOC.read_text(encoding="utf-8")
+    table = text.split("\n## Clauses, code and tests\n", 1)[1].split("\n## ", 1)[0]
+    missing = []
+    for path in re.findall(r"`((?:\w+/)+\w+\.py)`", table):
+        if not (PACKAGE / path).exists():
+            missing.append(f"daemon/nocpolicy/{path}")
+    last_file = None
+    for file, test in re.findall(r"`(test_\w+\.py)?(?:::(test_\w+))?`", table):
+        last_file = file or last_file
+        if file and not (ROOT / "tests" / file).exists():
+            missing.append(f"tests/{file}")
+        elif test and f"def {test}(" not in (ROOT / "tests" / last_file).read_text(encoding="utf-8"):
+            missing.append(f"tests/{last_file}::{test}")
+    assert not missing, f"{DOC.name} names what does not exist: {missing}"
