@@ -3,20 +3,37 @@
 Namespaces (random suffix, deleted in a finalizer)::
 
     snd: s0 10.99.0.2 + 198.51.100.130 (public-safety customer fire)
-    rtr: r0 10.99.0.1 | nocp-down0 10.99.1.1   <- HTB at 10 Mbit/s, nft classification
+    rtr: r0 10.99.0.1 | nocp-down0 10.99.1.1   <- HTB at 2 Mbit/s, nft classification
     rcv: v0 10.99.1.2 + 192.0.2.66 (bulk customer biz), 192.0.2.2 (capped customer home),
                         203.0.113.130 (priority destination)
 
 The real daemon runs with ``--enforce linux --netns rtr``; iperf3 servers run in rcv.
+
+What it proves: during an emergency two priority flows (to a priority destination; from the
+public-safety customer) get what they offer through a link that ordinary traffic floods, and
+without the emergency the same flows in the same flood do not. It must hold on a busy machine,
+so each phase is judged by what the kernels did in the interval the flows ran, not by luck:
+
+* the flows are constant-rate UDP probes, counted by nft counters in the receiver (delivered /
+  sent): a TCP flow's rate would measure congestion control on zero-delay veths, where an ACK
+  comes back within microseconds of the dequeue that freed a queue slot and the next segment takes
+  that slot (it got through a full drop-tail queue now and then: luck, not QoS);
+* the router's qdisc counters, read every 0.2 s meanwhile, must show the link full, the ordinary
+  queue standing at every reading and dropping at least as much as it let out (the flood arrived at
+  twice the link or more). A busy machine that could not keep the flood going fails this check,
+  and the phase is redone (at most ATTEMPTS times) rather than read as a result;
+* packets cross the router one per skb, as on a wire (no GSO: a 64 KB segment would count as one
+  packet in the leaf FIFO).
 """
 
 from __future__ import annotations
 
 import json
-import os
+import re
 import secrets
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -28,17 +45,18 @@ from helpers import sh, wait_for
 
 pytestmark = pytest.mark.skipif(need_root_netns() is not None, reason=need_root_netns() or "")
 
-LINK = "10mbit"
-LINK_BPS = 10_000_000
-OFFERED = 2_500_000           # each priority flow offers 2.5 Mbit/s (paced TCP)
-BULK_STREAMS = 32             # the ordinary flood: 32 unpaced TCP streams, far more than the link takes
+LINK = "2mbit"                # low enough that a busy machine can still flood it and keep it full
+LINK_BPS = 2_000_000
+CAP, CAP_BPS = "1mbit", 1_000_000   # the capped customer's plan rate (home-100m, made smaller here)
+OFFERED = 500_000             # each priority flow offers 0.5 Mbit/s (constant-rate UDP probe)
+FLOOD = 10_000_000            # the ordinary UDP flood (three streams, 12.5 Mbit/s in all): six times the link
 CAP_SECONDS = 40              # the capped customer sends until it shows at its cap and is measured
 FLOW_SECONDS = 3              # how long the two priority flows run, inside the flood
 ATTEMPTS = 3                  # a phase in which the machine could not keep the link saturated is redone
 DEFAULT_LEAF = "1:31"         # the default class (qos/plan.py DEFAULT), where all ordinary traffic goes here
 PHASES = [f"{p}{a}" for p in ("before", "during", "after") for a in range(ATTEMPTS)]
-PORTS = {"cap": 5200, **{f"{flow}-{phase}": 5201 + 3 * i + j for i, phase in enumerate(PHASES)
-                         for j, flow in enumerate(("bulk", "dest", "ps"))}}
+PORTS = {"cap": 5200, **{f"{flow}-{phase}": 5201 + 2 * i + j for i, phase in enumerate(PHASES)
+                         for j, flow in enumerate(("bulk", "bulk2"))}}
 
 
 @pytest.fixture
@@ -73,6 +91,7 @@ def topo():
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         wait_for(lambda: all(f":{p} " in sh("ip", "netns", "exec", rcv, "ss", "-ltn") for p in PORTS.values()),
                  10, what="iperf3 servers")
+        count_probes(rcv)
         yield {"snd": snd, "rtr": rtr, "rcv": rcv}
     finally:
         for s in servers:
@@ -94,15 +113,21 @@ def make_policies(policy_dir):
     cu = yaml.safe_load((policy_dir / "customers.yaml").read_text())
     for plan in cu["plans"]:
         if plan["id"] == "home-100m":
-            plan["down"], plan["emergency_down"] = "5mbit", "2mbit"
+            plan["down"], plan["emergency_down"] = CAP, "500kbit"
     (policy_dir / "customers.yaml").write_text(yaml.safe_dump(cu, allow_unicode=True))
     return policy_dir
 
 
 def iperf(snd: str, dst: str, port: int, seconds: float, *, rate: int | None = None, udp: bool = False,
-          bind: str | None = None, streams: int = 1, length: int = 1400) -> subprocess.Popen:
+          flood: bool = False, bind: str | None = None, streams: int = 1, length: int = 1400) -> subprocess.Popen:
+    """An iperf3 client in ``snd``: TCP, a UDP probe at ``rate`` (``udp``), or a UDP ``flood``."""
     argv = ["ip", "netns", "exec", snd, "iperf3", "-c", dst, "-p", str(port), "-t", str(seconds), "-J"]
-    argv += ["-u", "-l", str(length)] if udp else ["--connect-timeout", "3000", "--get-server-output"]
+    if flood:
+        # sends every 100 us rather than in 1 ms bursts: between bursts a drop-tail queue would have
+        # free slots for other traffic to slip into, however much the flood offers on average
+        argv += ["-u", "-l", str(length), "--pacing-timer", "100"]
+    else:
+        argv += ["--connect-timeout", "3000", "--get-server-output"] + (["-u", "-l", str(length)] if udp else [])
     argv += ["-P", str(streams)]
     if rate:
         argv += ["-b", str(rate)]
@@ -129,13 +154,16 @@ def kernel(rtr: str) -> dict:
     root = next(q for q in qdiscs if q.get("root"))
     leaf = next(q for q in qdiscs if q.get("parent") == DEFAULT_LEAF)
     return {"t": time.monotonic(), "link_bytes": root["bytes"], "link_packets": root["packets"], "qlen": leaf["qlen"],
-            "drops": leaf["drops"], "default_bytes": leaf["bytes"]}
+            "drops": leaf["drops"], "default_bytes": leaf["bytes"], "default_packets": leaf["packets"],
+            "root_qlen": root["qlen"]}
 
 
 def cap_bytes(rtr: str) -> int:
     """Bytes through the customer cap classes (1:100 and up); only the capped customer sends there."""
-    classes = json.loads(sh("ip", "netns", "exec", rtr, "tc", "-s", "-j", "class", "show", "dev", "nocp-down0"))
-    return sum(c["bytes"] for c in classes if int(c["handle"].split(":")[1], 16) >= 0x100)
+    out = sh("ip", "netns", "exec", rtr, "tc", "-s", "class", "show", "dev", "nocp-down0")   # htb has no -j here
+    sent = re.findall(r"^class htb 1:([0-9a-f]+) .*\n Sent (\d+) bytes", out, re.M)
+    assert sent, out
+    return sum(int(b) for minor, b in sent if int(minor, 16) >= 0x100)
 
 
 class Sampler(threading.Thread):
@@ -161,43 +189,59 @@ class Sampler(threading.Thread):
             "busy": (last["link_bytes"] - first["link_bytes"]) * 8 / secs / LINK_BPS,   # share of the link used
             "standing": sum(s["qlen"] > 0 for s in self.samples) / len(self.samples),   # queue never drained
             "drops": last["drops"] - first["drops"],                                    # demand beyond the link
+            "sent": last["default_packets"] - first["default_packets"],                 # what the leaf let out
             "ordinary": (last["default_bytes"] - first["default_bytes"]) * 8 / secs,    # bit/s of ordinary traffic
             "packet": (last["link_bytes"] - first["link_bytes"]) // max(1, last["link_packets"] - first["link_packets"]),
         }
 
 
 def saturated(k: dict) -> bool:
-    """The link was full and the ordinary queue stood and overflowed for the whole interval: only
-    then does a priority flow's rate say anything about QoS (and not about an idle moment)."""
-    return k["busy"] >= 0.9 and k["standing"] >= 0.9 and k["drops"] > 0
+    """The link was full, the ordinary queue stood at every reading, and it dropped at least as many
+    packets as it let out (ordinary traffic arrived at twice what it got, or more) over the interval
+    the priority flows ran: only then does their rate say anything about QoS. A busy machine that
+    could not keep the flood going fails this, and the phase is redone."""
+    return k["busy"] >= 0.9 and k["standing"] >= 0.9 and k["drops"] >= k["sent"] > 0
 
 
-def received(p: subprocess.Popen, *, may_fail: bool = False) -> float:
-    """Received bit/s; a starved flow whose control connection gave up counts as 0 when ``may_fail``."""
-    try:
-        out, _ = p.communicate(timeout=15)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        out, err = p.communicate()
-        if os.environ.get("QOS_DEBUG"):
-            print("iperf3 timed out:", p.args[4:], out[-300:], err[-300:])
-        if may_fail:
-            return 0.0
-        raise
-    data = json.loads(out or "{}")
-    if os.environ.get("QOS_DEBUG"):
-        print("iperf3:", p.args[4:], "->", json.dumps(data.get("end", data))[:400])
-    if "error" in data or "end" not in data:
-        if may_fail:
-            return 0.0
-        raise AssertionError(f"iperf3: {data.get('error', out[-300:])}")
-    # Bytes the receiver got within the test time, from the server's own 1 s intervals: a starved
-    # flow's control connection can be so late that the end-of-test total includes data drained
-    # from the send buffer long after the test time (it would look like the full rate).
-    intervals = (data.get("server_output_json") or {}).get("intervals") or []
-    secs = float(p.args[p.args.index("-t") + 1])
-    got = sum(i["sum"]["bytes"] for i in intervals if i["sum"]["end"] <= secs + 0.1)
-    return got * 8 / secs
+# A constant-rate UDP probe: what a priority flow offers, paced on the clock (a late sender catches up).
+PROBE = """
+import socket, sys, time
+dst, port, rate, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+if len(sys.argv) > 5:
+    s.bind((sys.argv[5], 0))
+payload, n = bytes(1372), 0                      # 1400-byte IP packets
+gap = (len(payload) + 28) * 8 / rate
+t0 = time.monotonic()
+while (now := time.monotonic()) < t0 + secs:
+    while n < int((now - t0) / gap) + 1:
+        s.sendto(payload, (dst, port))
+        n += 1
+    time.sleep(max(0.0, t0 + n * gap - time.monotonic()))
+print(n)
+"""
+PROBES = {"dest": ("203.0.113.130", 9001, None), "ps": ("192.0.2.66", 9002, "198.51.100.130")}
+
+
+def count_probes(rcv: str) -> None:
+    """Counters in the receiver's kernel for what each probe delivered (then dropped: no socket needed)."""
+    rules = "\n".join(f"ip daddr {dst} udp dport {port} counter name {name} drop"
+                       for name, (dst, port, _) in PROBES.items())
+    counters = "\n".join(f"counter {name} {{}}" for name in PROBES)
+    script = f"table inet qostest {{\n{counters}\nchain input {{ type filter hook input priority 0;\n{rules}\n}}\n}}\n"
+    subprocess.run(["ip", "netns", "exec", rcv, "nft", "-f", "-"], input=script, text=True, check=True)
+
+
+def delivered(rcv: str) -> dict[str, int]:
+    """Packets each probe got through to the receiver so far."""
+    out = sh("ip", "netns", "exec", rcv, "nft", "list", "counters", "table", "inet", "qostest")
+    return {name: int(n) for name, n in re.findall(r"counter (\w+) \{\s*packets (\d+)", out)}
+
+
+def probe(snd: str, name: str, seconds: float) -> subprocess.Popen:
+    dst, port, bind = PROBES[name]
+    argv = ["ip", "netns", "exec", snd, sys.executable, "-c", PROBE, dst, str(port), str(OFFERED), str(seconds)]
+    return subprocess.Popen(argv + ([bind] if bind else []), stdout=subprocess.PIPE, text=True)
 
 
 def measure(t, phase: str) -> dict:
@@ -206,35 +250,47 @@ def measure(t, phase: str) -> dict:
     for attempt in range(ATTEMPTS):
         r = _measure(t, f"{phase}{attempt}")
         r["attempts"] = attempt + 1
-        if saturated(r["kernel"]):
+        if valid(r):
             break
         print(f"{phase}: link not saturated on attempt {attempt + 1}, redone: {r['kernel']}")
     return r
 
 
+def valid(r: dict) -> bool:
+    """A phase says something about QoS only when the link was saturated while the probes ran and
+    each probe managed to send (nearly) what it offers."""
+    expected = OFFERED * FLOW_SECONDS / (1400 * 8)
+    return saturated(r["kernel"]) and all(n >= 0.8 * expected for n in r["sent"].values())
+
+
 def _measure(t, phase: str) -> dict:
-    """Unpaced TCP streams flood the ordinary class: TCP sends from its socket buffers on each ACK,
-    so the queue stays full even while a busy CPU does not run iperf3 (a UDP flood leaves gaps).
-    Once the kernel shows the ordinary queue standing and dropping, two TCP flows paced at OFFERED
-    (one to a priority destination, one from the public-safety customer) run FLOW_SECONDS."""
+    """A UDP flood (it does not back off) fills the ordinary class at six times the link; once the
+    kernel shows the ordinary queue standing and dropping, the two probes run FLOW_SECONDS."""
     base = kernel(t["rtr"])
-    bulk = iperf(t["snd"], "10.99.1.2", PORTS[f"bulk-{phase}"], FLOW_SECONDS + 12, streams=BULK_STREAMS)
+    # two streams of different sizes: a drop-tail FIFO must not phase-lock with one paced flow
+    bulk = iperf(t["snd"], "10.99.1.2", PORTS[f"bulk-{phase}"], FLOW_SECONDS + 12, rate=FLOOD // 2, flood=True,
+                 streams=2)
+    bulk2 = iperf(t["snd"], "192.0.2.66", PORTS[f"bulk2-{phase}"], FLOW_SECONDS + 12, rate=FLOOD // 4, flood=True,
+                  length=700)
     try:
         wait_for(lambda: (k := kernel(t["rtr"]))["qlen"] > 0 and k["drops"] > base["drops"], 10,
                  interval=0.1, what="the flood to fill the ordinary queue")
+        before = delivered(t["rcv"])
         sampler = Sampler(t["rtr"], FLOW_SECONDS)
         sampler.start()
-        dest = iperf(t["snd"], "203.0.113.130", PORTS[f"dest-{phase}"], FLOW_SECONDS, rate=OFFERED)
-        ps = iperf(t["snd"], "192.0.2.66", PORTS[f"ps-{phase}"], FLOW_SECONDS, rate=OFFERED, bind="198.51.100.130")
+        probes = {name: probe(t["snd"], name, FLOW_SECONDS) for name in PROBES}
         k = sampler.result()
-        if os.environ.get("QOS_DEBUG"):
-            print(phase, "classes:", sh("ip", "netns", "exec", t["rtr"], "tc", "-s", "class", "show", "dev", "nocp-down0"))
-            print(phase, "qdiscs:", sh("ip", "netns", "exec", t["rtr"], "tc", "-s", "qdisc", "show", "dev", "nocp-down0"))
-        stop(bulk)      # lets a starved flow's control connection through to report (its late data is not counted)
-        starved_ok = not phase.startswith("during")
-        return {"dest": received(dest, may_fail=starved_ok), "ps": received(ps, may_fail=starved_ok), "kernel": k}
+        sent = {name: int(p.communicate(timeout=30)[0]) for name, p in probes.items()}
+        for p in (bulk, bulk2):
+            stop(p)
+        # what got through, as a share of what was sent, once the router's queues are empty
+        wait_for(lambda: kernel(t["rtr"])["root_qlen"] == 0, 10, what="the router's queues to drain")
+        after = delivered(t["rcv"])
+        r = {name: (after[name] - before[name]) / sent[name] for name in PROBES}
+        return {**r, "sent": sent, "kernel": k}
     finally:
-        stop(bulk)
+        for p in (bulk, bulk2):
+            stop(p)
 
 
 def test_emergency_priority_on_a_saturated_link(topo, daemon, policy_dir):
@@ -244,7 +300,7 @@ def test_emergency_priority_on_a_saturated_link(topo, daemon, policy_dir):
     st = d.ctl_json("emergency", "status")
     assert st["enforced"] and st["backend"] == "linux" and st["netns"] == topo["rtr"]
 
-    # a capped customer stays at its cap (plan home-100m, made 5 Mbit/s here), even on an idle link
+    # a capped customer stays at its cap (plan home-100m, made CAP here), even on an idle link
     capped = iperf(topo["snd"], "192.0.2.2", PORTS["cap"], CAP_SECONDS)
     try:
         # while it sends, the customer shows as at its cap: two readings of the kernel counters, each
@@ -257,7 +313,7 @@ def test_emergency_priority_on_a_saturated_link(topo, daemon, policy_dir):
         cap = (cap_bytes(topo["rtr"]) - b0) * 8 / (time.monotonic() - t0)
     finally:
         stop(capped)
-    assert 2_500_000 < cap <= 5_000_000 * 1.1, cap
+    assert 0.5 * CAP_BPS < cap <= CAP_BPS * 1.1, cap
     assert d.metric("nocpolicy_customers_over_limit") is not None
 
     before = measure(topo, "before")
@@ -270,20 +326,20 @@ def test_emergency_priority_on_a_saturated_link(topo, daemon, policy_dir):
     d.ctl("emergency", "lift", "--reason", "test over", check=True)
     after = measure(topo, "after")
     phases = {"before": before, "during": during, "after": after}
-    report = {name: {"dest": round(r["dest"] / 1e6, 2), "ps": round(r["ps"] / 1e6, 2),
-                     "ordinary": round(r["kernel"]["ordinary"] / 1e6, 2), "busy": round(r["kernel"]["busy"], 2),
+    report = {name: {"dest": round(r["dest"], 2), "ps": round(r["ps"], 2), "sent": r["sent"],
+                     "ordinary_mbit": round(r["kernel"]["ordinary"] / 1e6, 2), "busy": round(r["kernel"]["busy"], 2),
                      "standing": round(r["kernel"]["standing"], 2), "drops": r["kernel"]["drops"],
-                     "packet": r["kernel"]["packet"],
-                     "attempts": r["attempts"]} for name, r in phases.items()}
-    print("Mbit/s:", report)
+                     "leaf_sent": r["kernel"]["sent"], "packet": r["kernel"]["packet"], "attempts": r["attempts"]}
+              for name, r in phases.items()}
+    print("share of each probe delivered, and the router's counters:", report)
     for r in phases.values():    # the queues held wire-sized packets (see topo: no GSO across the router)
         assert r["kernel"]["packet"] <= 1514, report
-    for r in phases.values():    # a result only counts when the kernel shows the link was full
-        assert saturated(r["kernel"]), f"the machine could not saturate the link in {ATTEMPTS} tries: {report}"
-    for flow in ("dest", "ps"):
-        assert during[flow] >= 0.8 * OFFERED, report       # the requirement, per flow
+    for r in phases.values():    # a result only counts when the link was full and the probes could send
+        assert valid(r), f"the machine could not saturate the link in {ATTEMPTS} tries: {report}"
+    for flow in PROBES:
+        assert during[flow] >= 0.8, report       # the requirement, per flow: at least 80% of what it offers
         # without an emergency the same flows, in the same full queue, do not get their share
-        assert before[flow] < 0.5 * OFFERED and after[flow] < 0.5 * OFFERED, report
+        assert before[flow] < 0.5 and after[flow] < 0.5, report
     # ordinary traffic kept at least its floor (20% of the link) in the interval the priority flows ran,
     # as the kernel counted it and as `nocpolicyctl usage` reports it over the phase
     assert during["kernel"]["ordinary"] >= 0.2 * LINK_BPS, report
@@ -291,8 +347,9 @@ def test_emergency_priority_on_a_saturated_link(topo, daemon, policy_dir):
 
     usage = d.ctl_json("usage")
     prio = [c for c in usage["classes"] if c["class"] == "priority"]
-    assert prio and prio[0]["bytes"] > 1_000_000       # two flows x 2.5 Mbit/s x 3 s went through it
-    assert d.metric("nocpolicy_class_bytes_total", {"interface": "nocp-down0", "class": "priority"}) > 1_000_000
+    probes_bytes = 0.8 * len(PROBES) * OFFERED / 8 * FLOW_SECONDS     # the probes went through it
+    assert prio and prio[0]["bytes"] > probes_bytes
+    assert d.metric("nocpolicy_class_bytes_total", {"interface": "nocp-down0", "class": "priority"}) > probes_bytes
     audit = d.ctl_json("audit", "--subject", "emergency:earthquake")["audit"]
     actions = [a["action"] for a in audit]
     assert "emergency.declare" in actions and "emergency.lift" in actions
