@@ -137,7 +137,7 @@ class DnsGuard(Component):
         return commit
 
     def _apply_limits(self, limits, exempt: frozenset) -> None:
-        """dns.ratelimit, dns.access_control, dns.tcp and dns.detection_log (issue 14)."""
+        """dns.ratelimit, dns.access_control, dns.tcp and dns.detection_log (the defences against hostile traffic)."""
         engine = self.engine
         engine.limiter.configure(limits.ratelimit, exempt)
         if engine.acl.allow != limits.access.allow:
