@@ -31,13 +31,11 @@ KNOWN_CYCLES: list[set[str]] = [
 ]
 # Functions over the limit on this branch, being split on other branches; "path:name". May only shrink.
 KNOWN_LONG: set[str] = {
-    "daemon/nocpolicy/app.py:run",
     "daemon/nocpolicy/dns/engine.py:handle",
     "daemon/nocpolicy/dns/engine.py:udp_handler",
     "daemon/nocpolicy/dns/sources.py:build",
     "daemon/nocpolicy/dns/stats.py:collect",
     "daemon/nocpolicy/dns/workers.py:_worker_main",
-    "daemon/nocpolicy/policy/load.py:load_policy",
 }
 
 
