@@ -33,6 +33,7 @@ from .control.token import ensure_token
 from .errors import NocpolicyError, PolicyInvalid
 from .events import EventBus
 from .logs import setup_logging
+from .loop import loop_factory
 from .metrics import ComponentCollector, CoreMetrics, EventBusCollector, metrics_handler
 from .options import Options, parse_options
 from .policy.diff import diff_policies
@@ -57,6 +58,23 @@ def component_types(options: Options) -> list[type[Component]]:
     return [DnsGuard, Detector, Enforcer, Maintenance, MqttBridge]
 
 
+def new_subscribers(ctx: Context) -> Component:
+    """The one owner of subscriber state, built before the components that read it (it is
+    started first and stopped last)."""
+    from .subscribers.component import Subscribers
+    return Subscribers(ctx)
+
+
+def connect(subscribers, components: list[Component]) -> list[Component]:
+    """Put the subscribers area first and hand components the typed interfaces they use of
+    each other (detect/guard.py: Guard), instead of lookups by name."""
+    components.insert(0, subscribers)
+    by_name = {c.name: c for c in components}
+    if "detect" in by_name and "dns" in by_name:
+        by_name["detect"].guard.connect(by_name["dns"])
+    return components
+
+
 def ensure_secret(state_dir: str, name: str, size: int = 32) -> bytes:
     path = Path(state_dir) / name
     if path.exists():
@@ -79,8 +97,10 @@ def prepare_state_dir(state_dir: str) -> tuple[str, bytes]:
 
 
 class Daemon:
-    def __init__(self, options: Options, *, clock=None, types: list[type[Component]] | None = None):
+    def __init__(self, options: Options, *, clock=None, types: list[type[Component]] | None = None,
+                 primary: bool = True):
         self.options = options
+        self.primary = primary      # False: a DNS worker process (no listeners, no policy records)
         self.clock = clock or SystemClock()
         self._types = types
         self.policy: Policy | None = None
@@ -123,6 +143,7 @@ class Daemon:
                       registry=self.registry, policy=lambda: self.policy,
                       secrets={"pseudonym": pseudonym},
                       commands=self.commands)
+        ctx.subscribers = new_subscribers(ctx)
         self.ctx = ctx
         self.registry.register(ComponentCollector(lambda: self.components))
         self.registry.register(EventBusCollector(self.events))
@@ -133,6 +154,7 @@ class Daemon:
         try:
             types = self._types if self._types is not None else component_types(opts)
             self.components = [t(ctx) for t in types]
+            connect(ctx.subscribers, self.components)
             ctx.components.update({c.name: c for c in self.components})
             for c in self.components:
                 for cmd in c.commands():
@@ -180,6 +202,8 @@ class Daemon:
             store.close()
 
     async def _start_http(self, token: str) -> None:
+        if not self.primary:
+            return
         api = AdminApi(self.commands, token)
         for name, (host, port), handler in (
                 ("metrics", self.options.metrics_listen, metrics_handler(self.registry, self.ready)),
@@ -274,6 +298,12 @@ class Daemon:
             log.info("policy %s -> %s (%s): %s", old.version, policy.version, source, change.describe(),
                      extra={"fields": {"event": "policy.reload", "old_version": old.version,
                                        "policy_version": policy.version, "source": source}})
+        if self.primary:
+            self._record(policy, old, change, source, actor)
+        self.events.publish("reload", {"ok": True, "version": policy.version, "source": source,
+                                       "summary": change.describe()})
+
+    def _record(self, policy: Policy, old: Policy | None, change, source: str, actor: str) -> None:
         try:
             self.ctx.store.put("policy.last_good", {"version": policy.version, "at": self.last_reload["at"]})
             if old is not None:
@@ -285,8 +315,6 @@ class Daemon:
         except NocpolicyError as exc:  # the new policy is in force; say loudly that the record is missing
             log.error("policy %s is in force but could not be recorded in the state store: %s",
                       policy.version, exc)
-        self.events.publish("reload", {"ok": True, "version": policy.version, "source": source,
-                                       "summary": change.describe()})
 
     def _refused(self, source: str, errors: list[str]) -> dict:
         self.metrics.policy_refused()
@@ -394,15 +422,6 @@ def _snapshot(directory: str, state_dir: str | None = None):
                 continue
             out.append((os.path.join(root, name), st.st_mtime_ns, st.st_size))
     return tuple(out)
-
-
-def loop_factory():
-    """uvloop when installed (faster DNS path), else the default asyncio loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 def main(argv: list[str] | None = None) -> int:

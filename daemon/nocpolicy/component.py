@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .policy.diff import PolicyChange
     from .policy.model import Policy
     from .store import Store
+    from .subscribers.api import SubscriberSource
 
 Commit = Callable[[], None]
 
@@ -43,6 +44,7 @@ class Context:
     secrets: dict[str, bytes] = field(default_factory=dict)   # e.g. pseudonym key
     commands: Any = None                                      # the CommandRegistry (MQTT dispatches through it)
     components: dict[str, Any] = field(default_factory=dict)  # name -> component, for cross-component calls
+    subscribers: SubscriberSource | None = None   # the one owner of subscriber state (set in app.py)
 
 
 class Component:

@@ -2,7 +2,8 @@
 
 Sockets live in server.py and upstream.py; this module decides and builds bytes.
 Everything the hot path touches is a plain attribute swapped whole on reload
-(``lists``, ``prefixes``, ``subs``), so a reload never pauses answers.
+(``lists``) or when the subscribers area pushes a new view (``prefixes``, ``subs``),
+so neither pauses answers.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import socket
 import time
 from bisect import bisect_left
 
-from .clients import PrefixIndex
+from ..subscribers.model import Change, Subscriber
+from ..subscribers.prefixes import PrefixIndex
+from ..subscribers.view import UNKNOWN_MODES, SubscriberView
 from .lists import ListSet, suffixes
 from .stats import BUCKETS
 from .upstream import Pending
-from .verdict import Subscriber, Verdict, judge, judge_suffixes
+from .verdict import Verdict, judge, judge_suffixes
 from .wire import (
     FORMERR,
     NOERROR,
@@ -42,9 +45,7 @@ _MISS = object()
 _perf = time.perf_counter
 _RCODE = {"nxdomain": NXDOMAIN, "nodata": NOERROR, "refused": REFUSED, "sinkhole": NOERROR}
 HOSTCACHE_MAX = 65536
-UNKNOWN_MODES = {"protect": Subscriber(None, security=True),
-                 "mandatory-only": Subscriber(None, security=False),
-                 "refuse": Subscriber(None, security=False, refuse=True)}
+__all__ = ["UNKNOWN_MODES", "Engine"]
 
 
 def _packed(addr: str | None) -> bytes | None:
@@ -97,15 +98,29 @@ class Engine:
 
     # -- state swaps (sync, cannot fail) -------------------------------------------
 
-    def swap(self, lists: ListSet, prefixes: PrefixIndex, subs: dict) -> None:
+    def swap(self, lists: ListSet) -> None:
+        """A new policy's lists (the subscriber view comes separately, through set_view)."""
         self.drain()
-        self.lists, self.prefixes, self.subs = lists, prefixes, subs
-        self.hostcache = {}
+        self.lists = lists
         self.answers = {}
         self.allowed = {}
         self._all = _everything(lists)
         self._sink = {}
         self.inspect_cnames = bool(lists.all())
+
+    def set_view(self, view: SubscriberView, change: Change) -> None:
+        """The subscribers area pushed a new view: the next query uses it."""
+        self.drain()
+        self.subs = view.by_id
+        if change.addresses:
+            self.prefixes = view.prefixes
+            self.hostcache = {}
+        if change.customers is None:
+            self.answers = {}
+        else:
+            answers = self.answers
+            for cid in change.customers:
+                answers.pop(cid, None)
 
     def set_lists(self, lists: ListSet) -> None:
         self.drain()
@@ -119,13 +134,6 @@ class Engine:
         self.drain()
         self.answers = {}
         self.allowed = {}
-
-    def set_subscriber(self, customer: str, sub: Subscriber) -> None:
-        self.drain()
-        subs = dict(self.subs)
-        subs[customer] = sub
-        self.subs = subs
-        self.answers.pop(customer, None)
 
     def drain(self) -> None:
         """Move the counts of cached answers into the stats and the detection log."""

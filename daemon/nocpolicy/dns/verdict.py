@@ -32,22 +32,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..subscribers.model import Subscriber
 from .lists import CompiledList, ListSet, normalize, suffixes
+
+__all__ = ["Subscriber", "Verdict", "explain", "judge", "judge_suffixes"]
 
 # RFC 8914 Extended DNS Error codes per class; 4 (Forged Answer) for sinkhole answers.
 EDE_FOR_CLASS = {"mandatory": 16, "security": 15, "optional": 17}
 EDE_FORGED = 4
 EDE_PROHIBITED = 18
-
-
-@dataclass(frozen=True, slots=True)
-class Subscriber:
-    """What the verdict needs to know about the client."""
-
-    customer: str | None                       # None: source outside every customer prefix
-    security: bool = True                      # security lists apply (not opted out)
-    optional: frozenset[str] = frozenset()     # optional list ids opted in to
-    refuse: bool = False                       # answer REFUSED to everything (unknown_clients: refuse)
 
 
 @dataclass(frozen=True, slots=True)
