@@ -181,22 +181,41 @@ class Engine:
         if cache is not None:
             ent = cache.get(data[2:])
             if ent is not None:               # a blocked name seen before: answer from the cache
-                send(data[:2] + ent.resp, addr)
-                if not ent.n:
-                    self.dirty.append(ent)
-                ent.n += 1
-                h = ent.hosts
-                h[host] = h.get(host, 0) + 1
-                stats = self.stats
-                stats.rcodes[ent.rcode] += 1
-                d = time.perf_counter() - t0
-                hist = stats.duration["local"]
-                if d < 0.0001:
-                    hist.counts[0] += 1
-                    hist.total += d
-                else:
-                    hist.observe(d)
+                self._send_cached(ent, data, host, addr, send, t0)
                 return
+        q = self._parse(data, addr, send)
+        if q is None:
+            return
+        sub = self.subs.get(cid) or self.subs[None]
+        if sub.refuse:
+            self.stats.rcodes[REFUSED] += 1
+            send(answer(data, q, REFUSED, ede=18, text="unknown client"), addr)
+            return
+        v = self._verdict(data, q, sub) if q.name else None
+        if v is None:
+            self._forward(data, q, host, addr, sub, send, tcp, t0)
+            return
+        self._answer_blocked(data, q, v, cid, host, addr, send, t0)
+
+    def _send_cached(self, ent: LocalAnswer, data: bytes, host: str, addr, send, t0: float) -> None:
+        send(data[:2] + ent.resp, addr)
+        if not ent.n:
+            self.dirty.append(ent)
+        ent.n += 1
+        h = ent.hosts
+        h[host] = h.get(host, 0) + 1
+        stats = self.stats
+        stats.rcodes[ent.rcode] += 1
+        d = time.perf_counter() - t0
+        hist = stats.duration["local"]
+        if d < 0.0001:
+            hist.counts[0] += 1
+            hist.total += d
+        else:
+            hist.observe(d)
+
+    def _parse(self, data: bytes, addr, send):
+        """The parsed query, or None once answered (FORMERR, NOTIMP) or dropped."""
         stats = self.stats
         try:
             q = parse_query(data)
@@ -206,36 +225,32 @@ class Engine:
             if r is not None:
                 stats.rcodes[FORMERR] += 1
                 send(r, addr)
-            return
+            return None
         if q.opcode:
             stats.rcodes[NOTIMP] += 1
             send(answer(data, q, NOTIMP), addr)
-            return
-        sub = self.subs.get(cid) or self.subs[None]
-        if sub.refuse:
-            stats.rcodes[REFUSED] += 1
-            send(answer(data, q, REFUSED, ede=18, text="unknown client"), addr)
-            return
-        name = q.name
-        if not name:
-            v = None
-        else:
-            lists, sfx = self.lists, suffixes(name)
-            v = judge_suffixes(self._all, lists, sfx)
-            if v is None:                     # no list matches: allowed for every client
-                if len(data) <= CACHEABLE:
-                    allowed = self.allowed
-                    if len(allowed) >= ALLOWED_CACHE_MAX:
-                        allowed.clear()
-                    allowed[data[2:]] = q
-            else:                             # some list matches: does one apply to this client?
-                v = judge_suffixes(sub, lists, sfx)
-        if v is None:
-            self._forward(data, q, host, addr, sub, send, tcp, t0)
-            return
+            return None
+        return q
+
+    def _verdict(self, data: bytes, q, sub: Subscriber) -> Verdict | None:
+        """The blocking verdict for ``sub``, or None; remembers queries no list matches."""
+        lists, sfx = self.lists, suffixes(q.name)
+        v = judge_suffixes(self._all, lists, sfx)
+        if v is None:                         # no list matches: allowed for every client
+            if len(data) <= CACHEABLE:
+                allowed = self.allowed
+                if len(allowed) >= ALLOWED_CACHE_MAX:
+                    allowed.clear()
+                allowed[data[2:]] = q
+            return None
+        return judge_suffixes(sub, lists, sfx)   # some list matches: does one apply to this client?
+
+    def _answer_blocked(self, data: bytes, q, v: Verdict, cid, host: str, addr, send, t0: float) -> None:
+        """Answer a block locally and cache the answer for this customer."""
         out, rcode = self._local(data, q, v)
         ent = LocalAnswer(out[2:], rcode, v)
         if len(data) <= CACHEABLE:
+            cache = self.answers.get(cid)
             if cache is None:
                 cache = self.answers[cid] = {}
             elif len(cache) >= ANSWER_CACHE_MAX:
@@ -245,6 +260,7 @@ class Engine:
         self.dirty.append(ent)
         ent.n = 1
         ent.hosts[host] = 1
+        stats = self.stats
         stats.rcodes[rcode] += 1
         stats.duration["local"].observe(time.perf_counter() - t0)
 
