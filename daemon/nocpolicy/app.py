@@ -17,14 +17,13 @@ import os
 import secrets
 import signal
 import sys
-import time
 from pathlib import Path
 
 import prometheus_client
 from prometheus_client import CollectorRegistry
 
 from . import __version__, sdnotify
-from .clock import SystemClock
+from .clock import SystemClock, utcnow, wall
 from .component import Component, Context
 from .control.admin import AdminApi
 from .control.commands import Args, Command, CommandRegistry, Invocation
@@ -50,9 +49,9 @@ WATCH_DEBOUNCE = 0.5     # files must be unchanged this long before a reload
 
 def component_types(options: Options) -> list[type[Component]]:
     """Every component, in start order (stop is the reverse). One visible list."""
-    from .control.mqtt.component import MqttBridge
     from .detect.component import Detector
     from .dns.component import DnsGuard
+    from .fleet.component import MqttBridge
     from .maintenance.component import Maintenance
     from .qos.component import Enforcer
     return [DnsGuard, Detector, Enforcer, Maintenance, MqttBridge]
@@ -65,14 +64,14 @@ def new_subscribers(ctx: Context) -> Component:
     return Subscribers(ctx)
 
 
-def connect(subscribers, components: list[Component]) -> list[Component]:
-    """Put the subscribers area first and hand components the typed interfaces they use of
-    each other (detect/guard.py: Guard), instead of lookups by name."""
-    components.insert(0, subscribers)
-    by_name = {c.name: c for c in components}
-    if "detect" in by_name and "dns" in by_name:
-        by_name["detect"].guard.connect(by_name["dns"])
-    return components
+def wire(by_name: dict) -> None:
+    """Hand components the small typed interfaces they need of each other (Protocols), in one place."""
+    maintenance, mqtt = by_name.get("maintenance"), by_name.get("mqtt")
+    if maintenance is not None and mqtt is not None:
+        maintenance.set_notice_publisher(mqtt)      # NoticePublisher (nocpolicy.notices.publisher)
+    detect, dns = by_name.get("detect"), by_name.get("dns")
+    if detect is not None and dns is not None:
+        detect.guard.connect(dns)                   # Guard (nocpolicy.detect.guard)
 
 
 def ensure_secret(state_dir: str, name: str, size: int = 32) -> bytes:
@@ -109,7 +108,7 @@ class Daemon:
         self.registry = CollectorRegistry()
         self.metrics = CoreMetrics(self.registry)
         self.events = EventBus()
-        self.started_at = dt.datetime.now(dt.UTC)
+        self.started_at = utcnow()
         self.last_reload: dict = {}
         self.last_error: dict | None = None
         self.stop_event = asyncio.Event()
@@ -153,9 +152,9 @@ class Daemon:
         self._install_signals()   # from here on SIGTERM during start-up still stops cleanly
         try:
             types = self._types if self._types is not None else component_types(opts)
-            self.components = [t(ctx) for t in types]
-            connect(ctx.subscribers, self.components)
+            self.components = [ctx.subscribers, *(t(ctx) for t in types)]
             ctx.components.update({c.name: c for c in self.components})
+            wire(ctx.components)
             for c in self.components:
                 for cmd in c.commands():
                     self.commands.register(cmd)
@@ -259,11 +258,11 @@ class Daemon:
         if old is not None and new.version == old.version:
             # Files back to the policy in force: an earlier refusal no longer applies. Otherwise
             # keep showing the last real change (the watcher often finds nothing new).
-            self.metrics.policy_unchanged(time.time())
+            self.metrics.policy_unchanged(wall())
             if self.last_error is not None:
                 self.last_error = None
                 self.last_reload = {"ok": True, "source": source, "version": new.version,
-                                    "at": dt.datetime.now(dt.UTC).isoformat(), "summary": "no change"}
+                                    "at": utcnow().isoformat(), "summary": "no change"}
             return {"ok": True, "changed": False, "version": new.version, "summary": "no change"}
         sdnotify.notify("RELOADING=1")
         try:
@@ -288,7 +287,7 @@ class Daemon:
                 commit()
         old = self.policy
         self.policy = policy
-        now = time.time()
+        now = wall()
         self.metrics.policy_loaded(policy.version, now)
         self.last_reload = {"ok": True, "source": source, "version": policy.version,
                             "at": dt.datetime.fromtimestamp(now, dt.UTC).isoformat(),
@@ -318,7 +317,7 @@ class Daemon:
 
     def _refused(self, source: str, errors: list[str]) -> dict:
         self.metrics.policy_refused()
-        at = dt.datetime.now(dt.UTC).isoformat()
+        at = utcnow().isoformat()
         self.last_error = {"source": source, "at": at, "errors": errors}
         self.last_reload = {"ok": False, "source": source, "at": at}
         for e in errors:

@@ -14,11 +14,12 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import time
 
+from ..clock import monotonic, utcnow, wall
 from ..component import Component
 from ..control.commands import Command
-from ..errors import CommandError
+from ..errors import Invalid as InvalidRequest
+from ..errors import NotFound
 from ..policy.fields import Invalid, as_bool, as_duration, as_id, as_int, as_ip, as_str, list_of
 from .detections import DetectionLog
 from .engine import Engine
@@ -43,7 +44,7 @@ def as_since(node, _p=None) -> dt.datetime:
     """An ISO time or a duration back from now (``24h``, ``7d``)."""
     v = node.value
     if isinstance(v, str) and v.strip()[:1].isdigit() and not v.strip()[4:5] == "-":
-        return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=as_duration(node))
+        return utcnow() - dt.timedelta(seconds=as_duration(node))
     from ..policy.fields import as_datetime
     return as_datetime(node)
 
@@ -181,7 +182,7 @@ class DnsGuard(Component):
                 except Exception as exc:  # the store is busy or broken: count, keep serving
                     self.detections.dropped += sum(v[2] for v in batch.values())
                     log.error("detection log write failed: %s", exc)
-            now = time.monotonic()
+            now = monotonic()
             if now - last_prune > PRUNE_EVERY and self.policy is not None:
                 last_prune = now
                 n = await asyncio.to_thread(self.detections.prune, self.policy.dns.detection_retention)
@@ -210,7 +211,7 @@ class DnsGuard(Component):
             policy = self.policy
             if policy is None:
                 continue
-            now = time.time()
+            now = wall()
             for bl in policy.dns.lists:
                 st = self.lists.states.get(bl.id)
                 last = (st.last_attempt or 0) if st else 0
@@ -222,7 +223,7 @@ class DnsGuard(Component):
         policy = self.policy
         bl = policy.lists_by_id.get(list_id) if policy else None
         if bl is None:
-            raise CommandError(f"unknown list {list_id!r}", status=404)
+            raise NotFound(f"unknown list {list_id!r}")
         new = await self.lists.build(bl, policy.directory, background=True)
         if policy is not self.policy:      # a reload won the race; it has its own copy
             return self.lists.states[list_id].as_dict()
@@ -255,7 +256,7 @@ class DnsGuard(Component):
         """Runtime entries the main process recorded (``list.update``), applied in a worker."""
         lst = self.lists.compiled.get(list_id)
         if lst is None:
-            raise CommandError(f"unknown list {list_id!r}", status=404, field="list")
+            raise NotFound(f"unknown list {list_id!r}", field="list")
         self.lists.apply(lst, add, remove)
         self.engine.invalidate()
 
@@ -337,14 +338,14 @@ class DnsGuard(Component):
         args.check()
         lst = self.lists.compiled.get(list_id)
         if lst is None:
-            raise CommandError(f"unknown list {list_id!r}", status=404, field="list")
+            raise NotFound(f"unknown list {list_id!r}", field="list")
         add_ok, add_bad = check_names(add)
         rm_ok, rm_bad = check_names(remove)
         if add_bad or rm_bad:
-            raise CommandError(f"not domain names: {', '.join(add_bad + rm_bad)}", status=400,
+            raise InvalidRequest(f"not domain names: {', '.join(add_bad + rm_bad)}",
                                field="add" if add_bad else "remove")
         if not add_ok and not rm_ok:
-            raise CommandError("nothing to do: give add and/or remove", status=400, field="add")
+            raise InvalidRequest("nothing to do: give add and/or remove", field="add")
         out = await asyncio.to_thread(self.lists.update, lst, add_ok, rm_ok, actor=inv.actor, reason=reason)
         self.engine.invalidate()     # (lists.update changed the index in place)
         await self.workers.sync({"op": "list.update", "list": list_id, "add": out["added"],

@@ -18,7 +18,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from ..component import Component
 from ..control.commands import Command
-from ..errors import CommandError
+from ..errors import NotFound
 from ..policy.fields import as_bool, as_id, as_str
 from .api import Replica, Watcher
 from .model import EVERYTHING, Change, Decision, Decisions
@@ -95,7 +95,7 @@ class Subscribers(Component):
     def _subscriber(self, cid: str):
         sub = self.view.get(cid) if cid is not None else None
         if sub is None:
-            raise CommandError(f"unknown customer {cid!r}", status=404, field="customer")
+            raise NotFound(f"unknown customer {cid!r}", field="customer")
         return sub
 
     async def _cmd_optout_set(self, args, inv) -> dict:
