@@ -58,10 +58,18 @@ def component_types(options: Options) -> list[type[Component]]:
 
 
 def new_subscribers(ctx: Context) -> Component:
-    """The one owner of subscriber state, built before the components that read it (it is
-    started first and stopped last)."""
+    """The one owner of subscriber state, built before the components that read it."""
     from .subscribers.component import Subscribers
     return Subscribers(ctx)
+
+
+def with_subscribers(components: list[Component], subscribers: Component) -> list[Component]:
+    """The component list with the subscribers area right after the DNS guard (first when
+    there is none). Its prepare and commit run with the others' (a commit is synchronous, so
+    the guard's new lists and the new subscriber view reach the next query together); it has
+    nothing to start or stop, and the guard stays first in start order and in status."""
+    at = next((i + 1 for i, c in enumerate(components) if c.name == "dns"), 0)
+    return [*components[:at], subscribers, *components[at:]]
 
 
 def wire(by_name: dict) -> None:
@@ -152,7 +160,7 @@ class Daemon:
         self._install_signals()   # from here on SIGTERM during start-up still stops cleanly
         try:
             types = self._types if self._types is not None else component_types(opts)
-            self.components = [ctx.subscribers, *(t(ctx) for t in types)]
+            self.components = with_subscribers([t(ctx) for t in types], ctx.subscribers)
             ctx.components.update({c.name: c for c in self.components})
             wire(ctx.components)
             for c in self.components:
