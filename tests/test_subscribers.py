@@ -181,15 +181,16 @@ def test_optout_at_the_admin_api_reaches_every_worker_and_detection(tmp_path):
         def workers():
             return d.ctl_json("status")["components"]["dns"].get("workers", [])
 
-        wait_for(lambda: len(workers()) == 2 and all(w["running"] for w in workers()), 20,
+        wait_for(lambda: len(workers()) == 2 and all(w["running"] for w in workers()), 60,
                  what="two worker processes")
 
         def blocked_everywhere(expect: bool) -> bool:
             # 48 fresh sockets: SO_REUSEPORT spreads them over the three processes
             return all((ede_codes(d, "www.bardubar.com") == [15]) is expect for _ in range(48))
 
-        wait_for(lambda: blocked_everywhere(True), 20, what="every process serving")
-        wait_for(lambda: all(w["udp_queries"] for w in workers()), 10, what="both workers answering")
+        # a worker process runs before it listens: query until both workers have answered some
+        wait_for(lambda: blocked_everywhere(True) and all(w["udp_queries"] for w in workers()), 60,
+                 what="both workers answering")
         d.ctl("optout", "on", "c-home", check=True)
         assert blocked_everywhere(False)                 # every process, on the very next queries
         # passive detection: the opted-out client's lookup first, then a protected client's
@@ -197,11 +198,18 @@ def test_optout_at_the_admin_api_reaches_every_worker_and_detection(tmp_path):
             f.write("[1764064800] unbound[1:0] info: 127.0.0.1 bardubar.com. A IN\n")
             f.write("[1764064800] unbound[1:0] info: 127.0.0.3 bardubar.com. A IN\n")
         wait_for(lambda: [r for r in d.ctl_json("detections", "--customer", "c-optin")["detections"]
-                          if r["source"] == "logfile"], 20, what="the protected client's detection")
+                          if r["source"] == "logfile"], 30, what="the protected client's detection")
         rows = d.ctl_json("detections", "--customer", "c-home")["detections"]
         assert [r for r in rows if r["source"] == "logfile"] == []
         d.ctl("optout", "off", "c-home", check=True)
         assert blocked_everywhere(True)
+        # a reload reaches the workers too (they run the daemon's own reload)
+        with open(pol / "lists" / "mandatory.txt", "a") as f:
+            f.write("reloaded.example\n")
+        d.ctl("reload", check=True)
+        wait_for(lambda: all(ede_codes(d, "reloaded.example") == [16] for _ in range(48)), 60,
+                 what="every process blocking the reloaded list's new name")
+        assert all(not w["restarts"] for w in workers())
     finally:
         d.stop()
         ub.stop()
