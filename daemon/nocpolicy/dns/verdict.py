@@ -9,16 +9,16 @@ Enforcement order (DESIGN.md section 4):
 Inside a class, lists are tried in policy order; the first list that matches
 (after its own ``allow`` exceptions) decides. A sinkhole answer carries EDE 4.
 
-Stable API (also used by passive detection, issue 8)::
+Stable API (passive detection is handed the running DnsGuard as detect/guard.py's
+``Guard``)::
 
-    guard = ctx.components["dns"]                 # the running DnsGuard
     v = guard.judge("192.0.2.10", "Evil.Example.")  # -> Verdict (customer found by longest prefix)
     if v.blocked:
         guard.record_detection(v, "192.0.2.10", "evil.example", source="passive")
 
 or, without a running guard (pure)::
 
-    from nocpolicy.dns.verdict import Subscriber, judge, explain
+    from nocpolicy.dns.verdict import Subscriber, judge, explain   # Subscriber: subscribers/model.py
     v = judge(Subscriber("c1001", security=True, optional=frozenset()), list_set, "evil.example")
 
 ``Verdict`` fields: ``action`` ("allow", "nxdomain", "nodata", "refused",
