@@ -9,6 +9,7 @@ misses the inlined UDP fast paths takes):
   blocked    first query for a blocked name: parse, find the subscriber, judge, answer
   forwarded  first query for an allowed name: parse, judge, hand to the upstream pool
   cached     a blocked name answered again from the per-customer cache (udp_handler)
+  forwarded-again  an allowed name seen before, forwarded unparsed (udp_handler)
 
     .venv/bin/python bench/engine_ab.py --base /tmp/base-checkout/daemon --rounds 7
 
@@ -118,6 +119,7 @@ def child() -> None:
                "forwarded": _rate(lambda q: eng.handle(q, host, None, send, False, 0.0), allowed)}
         on = eng.udp_handler(lambda data, addr: None)
         out["cached"] = _rate(lambda q: on(q, host, None, 0.0), blocked)
+        out["forwarded-again"] = _rate(lambda q: on(q, host, None, 0.0), allowed)
         print(json.dumps(out))
 
 
@@ -153,9 +155,9 @@ def main() -> None:
             b.append(run(str(REPO / "daemon")))
     print(f"engine A/B, {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}, {N} names per workload, "
           f"{len(a)} rounds, load average {os.getloadavg()[0]:.1f}")
-    for k in ("blocked", "forwarded", "cached"):
+    for k in ("blocked", "forwarded", "cached", "forwarded-again"):
         ma, mb = statistics.median(r[k] for r in a), statistics.median(r[k] for r in b)
-        print(f"  {k:<10} base {ma / 1e3:7.1f}k q/s   this tree {mb / 1e3:7.1f}k q/s   ratio {mb / ma:.3f}")
+        print(f"  {k:<16} base {ma / 1e3:7.1f}k q/s   this tree {mb / 1e3:7.1f}k q/s   ratio {mb / ma:.3f}")
 
 
 if __name__ == "__main__":

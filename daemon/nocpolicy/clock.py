@@ -4,8 +4,8 @@ Every wall-clock or monotonic read in the daemon goes through this module:
 components use the clock they are handed (``ctx.clock``); code without one
 (module-level helpers, dataclass defaults, the store) calls ``utcnow()``,
 ``wall()`` or ``monotonic()`` here. The one exception is the hot DNS path
-(dns/engine.py, dns/server.py, dns/mmsg.py, dns/upstream.py), which reads
-``time.perf_counter``/``time.monotonic`` directly for per-query latency and
+(dns/engine.py, dns/server.py, dns/tcp.py, dns/mmsg.py, dns/upstream.py), which reads
+``time.perf_counter``/``time.monotonic`` (or the event loop's ``loop.time()``, the clock its timers run on) directly for per-query latency and
 upstream hold-downs, where an extra call per packet would cost; those are
 durations, never timestamps. tests/test_clock_reads.py checks both rules.
 """

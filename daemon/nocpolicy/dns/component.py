@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+from pathlib import Path
 
 from ..clock import monotonic, utcnow, wall
 from ..component import Component
@@ -21,11 +22,14 @@ from ..control.commands import Command
 from ..errors import Invalid as InvalidRequest
 from ..errors import NotFound
 from ..policy.fields import Invalid, as_bool, as_duration, as_id, as_int, as_ip, as_str, list_of
+from .acl import AccessList
 from .detections import DetectionLog
 from .engine import Engine
+from .guardstats import GuardCollector
 from .link import MainLink
 from .lists import ListSet
 from .mmsg import BatchGroup, batched_io
+from .pseudonym import PseudonymKeys
 from .server import Listeners
 from .sources import ListManager, check_names
 from .stats import DnsCollector, DnsStats
@@ -56,6 +60,12 @@ def _name(node, _p=None) -> str:
     return s
 
 
+def exempt_customers(customers, tags) -> frozenset:
+    """Customers the per-source limits do not apply to: public safety, or one of ``tags``."""
+    tags = set(tags)
+    return frozenset(c.id for c in customers if c.public_safety or tags.intersection(c.tags))
+
+
 async def _free_slowly(indexes, step: int = 20_000) -> None:
     for idx in indexes:
         for container in (*idx.subtree.shards, idx.exact, idx.wild):
@@ -72,7 +82,10 @@ class DnsGuard(Component):
     def __init__(self, ctx):
         super().__init__(ctx)
         self.stats = DnsStats()
-        self.detections = DetectionLog(ctx.store, ctx.secrets.get("pseudonym", b"\0" * 32))
+        state_dir = getattr(ctx.options, "state_dir", None)
+        self.keys = PseudonymKeys(Path(state_dir) / "pseudonym.key" if state_dir else None,
+                                  rotate=not ctx.options.extra.get("dns_worker"))
+        self.detections = DetectionLog(ctx.store, self.keys, counters=self.stats.limits)
         self.lists = ListManager(ctx.store, ctx.options.state_dir)
         self.engine = Engine(self.stats, self.detections)
         self.pool: UpstreamPool | None = None
@@ -102,7 +115,11 @@ class DnsGuard(Component):
         if old_ups != policy.dns.upstreams:
             new_pool = UpstreamPool(policy.dns.upstreams, self.stats, self.engine.reply)
 
+        limits = policy.dns.limits
+        exempt = exempt_customers(policy.customers, limits.ratelimit.exempt_tags)
+
         def commit():
+            self._apply_limits(limits, exempt)
             self._retire(self.lists.compiled, compiled)
             self.lists.adopt(policy.dns.lists, compiled)
             self.engine.swap(list_set)
@@ -114,6 +131,18 @@ class DnsGuard(Component):
             if self._started:
                 self.workers.notify({"op": "reload"})
         return commit
+
+    def _apply_limits(self, limits, exempt: frozenset) -> None:
+        """dns.ratelimit, dns.access_control, dns.tcp and dns.detection_log (issue 14)."""
+        engine = self.engine
+        engine.limiter.configure(limits.ratelimit, exempt)
+        if engine.acl.allow != limits.access.allow:
+            engine.set_access(AccessList(limits.access.allow, live=engine.acl.live))
+        engine.tcp_conf = limits.tcp
+        engine.max_udp = limits.max_udp_size
+        if self.detections.conf != limits.detection_log:
+            self.detections.configure(limits.detection_log)
+        self.keys.period = limits.detection_log.key_rotation
 
     def _retire(self, old: dict, new: dict) -> None:
         """Free replaced list indexes a slice at a time: dropping a million-name set at once
@@ -141,6 +170,7 @@ class DnsGuard(Component):
         await self.listeners.start()
         self._started = True
         self.tasks.spawn("detections", self._flush_loop())
+        self.tasks.spawn("ratelimit-window", self._window_loop())
         self.tasks.spawn("refresh", self._refresh_loop())
         if self.link is not None:
             self.link.start(self.tasks)
@@ -169,6 +199,12 @@ class DnsGuard(Component):
 
     # -- background loops ------------------------------------------------------------
 
+    async def _window_loop(self) -> None:
+        """A new one-second rate-limit window, every second."""
+        while True:
+            await asyncio.sleep(1.0)
+            self.engine.limiter.tick()
+
     async def _flush_loop(self) -> None:
         last_prune = 0.0
         while True:
@@ -180,7 +216,7 @@ class DnsGuard(Component):
                 try:
                     await asyncio.to_thread(self.detections.write, batch)
                 except Exception as exc:  # the store is busy or broken: count, keep serving
-                    self.detections.dropped += sum(v[2] for v in batch.values())
+                    self.detections.drop("write_error", sum(v[2] for v in batch.values()))
                     log.error("detection log write failed: %s", exc)
             now = monotonic()
             if now - last_prune > PRUNE_EVERY and self.policy is not None:
@@ -193,7 +229,7 @@ class DnsGuard(Component):
         """Blocks of the last second as counts per list and class (no customer, client or name):
         the MQTT bridge folds them into its ``detections`` events (Art. 45(5))."""
         counts: dict[tuple, int] = {}
-        for (lst, cls, _action, _cust, _client, _name, source), (_f, _l, n) in batch.items():
+        for (lst, cls, _action, _cust, _client, _name, source, _entry), (_f, _l, n, _s) in batch.items():
             counts[(lst, cls, source)] = counts.get((lst, cls, source), 0) + n
         if self.ctx.options.extra.get("dns_worker"):       # reported to the main process instead
             for k, n in counts.items():
@@ -263,10 +299,13 @@ class DnsGuard(Component):
     # -- metrics and status ------------------------------------------------------------
 
     def collectors(self) -> list:
-        return [DnsCollector(self)]
+        return [DnsCollector(self), GuardCollector(self)]
 
     def all_stats(self) -> list:
         return [self.stats, *self.workers.stats()]
+
+    def key_age(self) -> float:
+        return self.keys.age()
 
     def list_states(self):
         return list(self.lists.states.values())

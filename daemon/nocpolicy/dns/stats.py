@@ -48,6 +48,7 @@ class DnsStats:
         self.duration = {"local": Histogram(), "forwarded": Histogram()}
         self.malformed = 0
         self.send_drops = 0                # UDP datagrams the kernel would not take (batched I/O)
+        self.limits: dict[str, int] = {}   # hostile-traffic defences by kind (guardstats.py)
 
     def block(self, lst: str, cls: str, action: str, n: int = 1) -> None:
         key = (lst, cls, action)
@@ -145,7 +146,7 @@ class DnsCollector:
 
 def stats_to_json(s: DnsStats) -> dict:
     return {"udp": s.udp, "queries": s.queries, "rcodes": s.rcodes, "malformed": s.malformed,
-            "send_drops": s.send_drops,
+            "send_drops": s.send_drops, "limits": s.limits,
             "blocked": [[*k, v] for k, v in s.blocked.items()],
             "upstream": [[*k, v] for k, v in s.upstream.items()],
             "duration": {k: [h.counts, h.total] for k, h in s.duration.items()}}
@@ -155,6 +156,7 @@ def stats_from_json(d: dict) -> DnsStats:
     s = DnsStats()
     s.udp, s.queries, s.rcodes, s.malformed = d["udp"], d["queries"], d["rcodes"], d["malformed"]
     s.send_drops = d.get("send_drops", 0)
+    s.limits = dict(d.get("limits") or {})
     s.blocked = {(a, b, c): v for a, b, c, v in d["blocked"]}
     s.upstream = {(a, b): v for a, b, v in d["upstream"]}
     for k, (counts, total) in d["duration"].items():
