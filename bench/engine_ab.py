@@ -77,6 +77,9 @@ async def _engine(tmp: Path):
     (tmp / "state").mkdir()
     lists = ListSet.of([await mgr.build(bl, policy.directory) for bl in policy.dns.lists])
     eng = Engine(DnsStats(), _Detections(), _Pool())
+    lim = getattr(eng, "limiter", None)
+    if lim is not None:          # one source sends everything here: measure the path, not the limits
+        lim.qps = lim.blocked_qps = lim.max_pending = 1 << 62
     if hasattr(eng, "set_view"):                      # subscribers area
         from nocpolicy.subscribers.model import EVERYTHING, Decisions
         from nocpolicy.subscribers.view import build_view

@@ -336,7 +336,6 @@ class Engine:
         rcodes, hist = stats.rcodes, stats.duration["local"]
         counts = hist.counts
         rl_keys, rl_key, rl_counts, rl_blocked, rl_over = lim.keys, lim.key, lim.counts, lim.blocked, lim.over
-        forward_seen = self._forward_seen
 
         def on_datagram(data: bytes, host: str, addr, t0: float) -> None:
             stats.udp += 1
@@ -370,35 +369,29 @@ class Engine:
                             hist.observe(d)
                         return
                 q = dirty_owner.allowed.get(key)
-                if q is not None and forward_seen(data, q, cid, host, addr, sendto, t0):
-                    return
+                if q is not None:             # a name no list matches, seen before: forward
+                    subs = dirty_owner.subs
+                    sub = subs.get(cid) or subs[None]
+                    pool = dirty_owner.pool
+                    if pool is not None and not sub.refuse:
+                        if lim.quota_full(host):
+                            return
+                        p = Pending(data, q, host, addr, sub, sendto, False, t0)
+                        try:
+                            up = pool.primary        # the first upstream; None while one is down
+                            if up is not None and up.send(p):
+                                p.tried = 1
+                            else:
+                                pool.forward(p)
+                        except Exception as exc:
+                            dirty_owner.failed(exc)
+                        return
             try:
                 handle(data, host, addr, sendto, False, t0)
             except Exception as exc:  # never let one packet stop the listener
                 dirty_owner.failed(exc)
 
         return on_datagram
-
-    def _forward_seen(self, data: bytes, q, cid, host: str, addr, sendto, t0: float) -> bool:
-        """Forward a UDP query for a name no list matches, seen before (not parsed or judged
-        again); False if it needs the full path (no upstream, a refused client)."""
-        subs = self.subs
-        sub = subs.get(cid) or subs[None]
-        pool = self.pool
-        if pool is None or sub.refuse:
-            return False
-        if self.limiter.quota_full(host):
-            return True
-        p = Pending(data, q, host, addr, sub, sendto, False, t0)
-        try:
-            up = pool.primary        # the first upstream; None while one is down
-            if up is not None and up.send(p):
-                p.tried = 1
-            else:
-                pool.forward(p)
-        except Exception as exc:
-            self.failed(exc)
-        return True
 
     def _local(self, data, q, v: Verdict) -> tuple[bytes, int]:
         """The local answer for a blocking verdict."""
