@@ -94,7 +94,7 @@ def test_hot_reload_of_the_csv(tmp_path):
 
 
 def test_prefix_index_updated_in_place_of_a_rebuild(tmp_path):
-    from nocpolicy.dns.clients import PrefixIndex, customers_delta
+    from nocpolicy.subscribers.prefixes import PrefixIndex, customers_delta
     rows = "".join(f"h{i:04d},C{i},,10.77.{i // 64}.{(i % 64) * 4}/30,,,,\n" for i in range(500))
     pol = with_inventory(tmp_path, rows)
     a = load_policy(pol)
