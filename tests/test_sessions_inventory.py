@@ -112,3 +112,22 @@ def test_prefix_index_updated_in_place_of_a_rebuild(tmp_path):
     for host in ("10.77.0.16", "10.77.0.17", "10.77.0.18", "10.77.0.24", "10.77.0.32", "10.99.0.7", "10.1.1.1"):
         assert idx.lookup(host) == fresh.lookup(host), host
     assert idx.size == fresh.size
+
+
+def test_reload_view_reuses_unchanged_customers(tmp_path):
+    from nocpolicy.subscribers.model import Decisions
+    from nocpolicy.subscribers.view import build_view, reload_view
+    rows = "".join(f"h{i:04d},C{i},,10.77.{i // 64}.{(i % 64) * 4}/30,,,,\n" for i in range(2000))
+    pol = with_inventory(tmp_path, rows)
+    a = load_policy(pol)
+    text = (pol / "customers.csv").read_text().replace("h0005,C5,,10.77.0.20/30", "h0005,C5,,10.88.0.0/24")
+    (pol / "customers.csv").write_text(text)
+    b = load_policy(pol, previous=a)
+    d = Decisions()
+    old = build_view(a.customers, "protect", d)
+    new = reload_view(old, b.customers, "protect", d)
+    fresh = build_view(b.customers, "protect", d)
+    assert new.by_id["h0006"] is old.by_id["h0006"]                   # untouched: the same object
+    assert new.by_id == fresh.by_id
+    for host in ("10.77.0.21", "10.88.0.9", "10.77.0.25", "192.0.2.1"):
+        assert new.customer_of(host) == fresh.customer_of(host), host
