@@ -430,6 +430,10 @@ def part_dns(args) -> None:
         pol_s = copy_policies(tmp / "s")
         pol_p = copy_policies(tmp / "p")
         (pol_p / "bench.yaml").write_text("customers:\n  - {id: bench, name: Bench, prefixes: [127.64.0.0/12]}\n")
+        for pol in (pol_s, pol_p):       # one source sends everything: no per-source rate limit
+            f = pol / "dns.yaml"
+            f.write_text(f.read_text().replace("  unknown_clients: protect",
+                                               "  ratelimit: {qps: 0, blocked_qps: 0}\n  unknown_clients: protect"))
         took = fill_open_sessions(tmp / "s" / "state" / "nocpolicy.db", n)
         print(f"dns: {n:,} open sessions written to the store in {took:.0f}s")
         ds = DaemonProcess(tmp / "s", policies=pol_s)
