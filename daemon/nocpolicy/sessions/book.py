@@ -119,7 +119,7 @@ class Book:
     def stale(self, now: float, grace: dict[str, float]) -> Ops:
         """Close every session not heard of within its interval plus its source's grace."""
         ops = Ops()
-        for s in list(self.table.by_key.values()):
+        for s in self.table.sessions():
             if s.interval and now - s.last > s.interval + grace.get(s.source, 600.0):
                 self.counts["stale"] += 1
                 self._close(s, s.last + s.interval, "stale", ops)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from ..component import Component
@@ -57,8 +57,9 @@ class SessionFeed(Protocol):
     def static_owner(self, host: str) -> str | None:
         """The customer whose static prefix holds ``host`` (conflicts: the static prefix wins)."""
 
-    def sessions_changed(self, changes: list[Change]) -> None:
-        """Sessions started or ended, already in the live table: push to readers now."""
+    def sessions_changed(self, changes: Iterable[Change]) -> None:
+        """Sessions started or ended, already in the live table: push to readers now
+        (``changes`` is read once: it may be a generator)."""
 
     async def replicate_sessions(self, changes: list[Change]) -> bool:
         """Send the changes to the other processes (DNS workers); True once all applied them."""
@@ -168,7 +169,8 @@ class Sessions(Component):
         live, next_id = await asyncio.to_thread(self.history.open_sessions)
         self.book.restore(live, next_id)
         if self.feed is not None and live:        # implicit customers of restored sessions
-            self.feed.sessions_changed([("+", s.addrs, s.customer, s.implicit) for s in live])
+            # a generator: no second list of a million change tuples at start (read once)
+            self.feed.sessions_changed(("+", s.addrs, s.customer, s.implicit) for s in live)
         if self.settings.radius is not None:
             self._swap_transport(await self._bind(self.settings.radius.listen), self.settings.radius.listen)
         self._started = True
@@ -211,7 +213,7 @@ class Sessions(Component):
 
     async def _resync(self) -> None:
         live, next_id = await asyncio.to_thread(self.history.open_sessions)
-        for s in list(self.table.by_key.values()):
+        for s in self.table.sessions():
             self.table.remove(s)
             self._changed(s, None)
         self.book.restore(live, next_id)

@@ -149,10 +149,22 @@ class History:
                 raise StoreError(f"session history: {exc}") from exc
 
     def open_sessions(self) -> tuple[list[Live], int]:
-        rows = self._all("SELECT * FROM sessions WHERE stop IS NULL")
+        """The sessions open in the store, read in chunks (no list of a million rows at once);
+        the few distinct source, NAS and interval values are shared, not one copy a session."""
+        live: list[Live] = []
+        shared: dict = {}
+        with self._rlock:
+            try:
+                cur = self._r.execute("SELECT id, source, nas, sid, customer, addrs, start, last, interval, "
+                                      "implicit FROM sessions WHERE stop IS NULL")
+                while rows := cur.fetchmany(10_000):
+                    for i, src, nas, sid, cid, addrs, start, last, interval, implicit in rows:
+                        live.append(Live(i, shared.setdefault(src, src), shared.setdefault(nas, nas), sid, cid,
+                                         parse_addrs(addrs), start, start if last == start else last,
+                                         shared.setdefault(interval, interval), bool(implicit)))
+            except sqlite3.Error as exc:
+                raise StoreError(f"session history: {exc}") from exc
         top = self._all("SELECT MAX(id) FROM sessions")[0][0] or 0
-        live = [Live(r["id"], r["source"], r["nas"], r["sid"], r["customer"], parse_addrs(r["addrs"]),
-                     r["start"], r["last"], r["interval"], bool(r["implicit"])) for r in rows]
         return live, top + 1
 
     def at(self, fam: int, ip: int, ts: float, limit: int = 8) -> list[tuple[dict, int]]:

@@ -15,7 +15,7 @@ class SessionsCollector:
 
     def collect(self):
         c = self.c
-        active = Counter(s.source for s in c.table.by_key.values())
+        active = Counter(s.source for s in c.table.sessions())
         g = GaugeMetricFamily("nocpolicy_sessions_active", "Live sessions by source", labels=["source"])
         for src in SOURCES:
             g.add_metric([src], active.get(src, 0))

@@ -68,20 +68,45 @@ class Event:
     reason: str = ""            # for stop: Acct-Terminate-Cause or "lease expired", ...
 
 
-@dataclass(slots=True)
-class Live:
-    """One active session in the live table."""
+def pack_addrs(addrs: tuple[Net, ...]) -> bytes:
+    """``addrs`` as one small bytes object: family, prefix length, then 4 or 16 address bytes
+    each (a tuple of tuples of ints costs ~300 bytes a session; this ~60)."""
+    return b"".join(bytes((fam, plen)) + value.to_bytes(4 if fam == 4 else 16, "big")
+                    for fam, value, plen in addrs)
 
-    id: int
-    source: str
-    nas: str
-    sid: str
-    customer: str | None
-    addrs: tuple[Net, ...]
-    start: float
-    last: float
-    interval: float
-    implicit: bool = False           # (the login stays in the history only: ~1M of these are live)
+
+def unpack_addrs(b: bytes) -> tuple[Net, ...]:
+    out, i = [], 0
+    while i < len(b):
+        fam, plen = b[i], b[i + 1]
+        w = 4 if fam == 4 else 16
+        out.append((fam, int.from_bytes(b[i + 2:i + 2 + w], "big"), plen))
+        i += 2 + w
+    return tuple(out)
+
+
+class Live:
+    """One active session in the live table. ~1M of these are live at once, so it is kept
+    small: slots, the addresses packed into bytes (``addrs`` unpacks them), and the login
+    stays in the history only."""
+
+    __slots__ = ("id", "source", "nas", "sid", "customer", "_addrs", "start", "last", "interval", "implicit")
+
+    def __init__(self, id: int, source: str, nas: str, sid: str, customer: str | None,
+                 addrs: tuple[Net, ...], start: float, last: float, interval: float,
+                 implicit: bool = False):
+        self.id, self.source, self.nas, self.sid, self.customer = id, source, nas, sid, customer
+        self._addrs = pack_addrs(addrs)
+        self.start, self.last, self.interval, self.implicit = start, last, interval, implicit
+
+    @property
+    def addrs(self) -> tuple[Net, ...]:
+        return unpack_addrs(self._addrs)
+
+    def __repr__(self) -> str:
+        return (f"Live(id={self.id}, source={self.source!r}, nas={self.nas!r}, sid={self.sid!r}, "
+                f"customer={self.customer!r}, addrs={self.addrs!r}, start={self.start}, last={self.last}, "
+                f"interval={self.interval}, implicit={self.implicit})")
 
     def as_dict(self) -> dict:
         return {"id": self.id, "source": self.source, "nas": self.nas, "session_id": self.sid,

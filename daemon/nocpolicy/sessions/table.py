@@ -14,28 +14,36 @@ from .model import Live, Net
 
 class LiveTable:
     def __init__(self):
-        self.by_key: dict[tuple[str, str], Live] = {}
+        # nas -> {session id: Live}: no (nas, sid) tuple per session (~1M are live)
+        self._by_nas: dict[str, dict[str, Live]] = {}
+        self._n = 0
         # family -> [(shift, {net >> shift: Live})], longest prefix (smallest shift) first
         self._tables: dict[int, list[tuple[int, dict[int, Live]]]] = {4: [], 6: []}
         self.version = 0            # bumped on every change: readers can cache by it
 
     def __len__(self) -> int:
-        return len(self.by_key)
+        return self._n
 
     def get(self, nas: str, sid: str) -> Live | None:
-        return self.by_key.get((nas, sid))
+        d = self._by_nas.get(nas)
+        return d.get(sid) if d is not None else None
 
     def by_nas(self, nas: str) -> list[Live]:
-        return [s for s in self.by_key.values() if s.nas == nas]
+        return list(self._by_nas.get(nas, {}).values())
+
+    def sessions(self) -> list[Live]:
+        """Every live session (a snapshot: the table may change while it is walked)."""
+        return [s for d in self._by_nas.values() for s in d.values()]
 
     def add(self, s: Live) -> list[Live]:
         """Add ``s``; returns the sessions it displaced (same key, or same address)."""
         displaced = []
-        old = self.by_key.get((s.nas, s.sid))
+        old = self.get(s.nas, s.sid)
         if old is not None:
             self.remove(old)
             displaced.append(old)
-        self.by_key[(s.nas, s.sid)] = s
+        self._by_nas.setdefault(s.nas, {})[s.sid] = s
+        self._n += 1
         for fam, value, plen in s.addrs:
             d = self._table(fam, plen)
             prev = d.get(value >> self._shift(fam, plen))
@@ -47,8 +55,12 @@ class LiveTable:
         return displaced
 
     def remove(self, s: Live) -> None:
-        if self.by_key.get((s.nas, s.sid)) is s:
-            del self.by_key[(s.nas, s.sid)]
+        by_sid = self._by_nas.get(s.nas)
+        if by_sid is not None and by_sid.get(s.sid) is s:
+            del by_sid[s.sid]
+            self._n -= 1
+            if not by_sid:
+                del self._by_nas[s.nas]
         for fam, value, plen in s.addrs:
             d = self._table(fam, plen)
             k = value >> self._shift(fam, plen)
@@ -96,4 +108,4 @@ class LiveTable:
         return self.lookup(host) is not None
 
     def items(self) -> list[tuple[Net, Live]]:
-        return [(n, s) for s in self.by_key.values() for n in s.addrs]
+        return [(n, s) for s in self.sessions() for n in s.addrs]
