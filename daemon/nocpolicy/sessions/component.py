@@ -20,6 +20,7 @@ from typing import Protocol
 from ..component import Component
 from ..control.commands import Command
 from ..errors import Invalid, NocpolicyError, StoreError
+from ..gcpause import gc_paused
 from ..policy.fields import as_bool, as_datetime, as_id, as_str, int_range
 from ..policy.sessions import SessionSettings
 from ..subscribers.live import Change
@@ -167,7 +168,8 @@ class Sessions(Component):
 
     async def start(self) -> None:
         live, next_id = await asyncio.to_thread(self.history.open_sessions)
-        self.book.restore(live, next_id)
+        with gc_paused():            # up to millions of sessions: see gcpause
+            self.book.restore(live, next_id)
         if self.feed is not None and live:        # implicit customers of restored sessions
             # a generator: no second list of a million change tuples at start (read once)
             self.feed.sessions_changed(("+", s.addrs, s.customer, s.implicit) for s in live)

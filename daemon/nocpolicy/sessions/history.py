@@ -13,6 +13,7 @@ import sqlite3
 import threading
 
 from ..errors import StoreError
+from ..gcpause import gc_paused
 from ..store import Store
 from ..subscribers.live import parse_addrs
 from .model import Live, Ops, covering, net_text
@@ -153,7 +154,7 @@ class History:
         the few distinct source, NAS and interval values are shared, not one copy a session."""
         live: list[Live] = []
         shared: dict = {}
-        with self._rlock:
+        with self._rlock, gc_paused():
             try:
                 cur = self._r.execute("SELECT id, source, nas, sid, customer, addrs, start, last, interval, "
                                       "implicit FROM sessions WHERE stop IS NULL")
