@@ -329,3 +329,16 @@ def test_watchdog_stays_quiet_for_another_pid(tmp_path):
         d.stop()
         notify.close()
         shutil.rmtree(sockdir, ignore_errors=True)
+
+
+def _bytes(v: str) -> int:
+    m = re.fullmatch(r"(\d+)([KMGT]?)", v)
+    assert m, f"MemoryMax={v} is not an absolute size"
+    return int(m.group(1)) * 1024 ** " KMGT".index(m.group(2) or " ")
+
+
+def test_unit_caps_memory_and_tasks():
+    """A flood or a leak is stopped by the kernel at a known ceiling, not by the router
+    running out of memory or PIDs (issue 14). Room for two 1M-name indexes during a reload."""
+    assert 512 * 1024 ** 2 <= _bytes(one("MemoryMax")) <= 8 * 1024 ** 3
+    assert 64 <= int(one("TasksMax")) <= 4096
