@@ -16,9 +16,12 @@ from .fields import (
     as_ip,
     as_str,
     as_text,
+    duration_range,
+    int_range,
     list_of,
     obj,
     one_of,
+    size_range,
 )
 from .nodes import Loc
 
@@ -49,6 +52,9 @@ class BlockList:
     max_shrink: float = 0.5        # a refresh losing more than this fraction is refused
     allow: tuple[str, ...] = ()    # exceptions (names and their subdomains)
     description: str = ""
+    max_size: int = 128 * 2**20    # bytes after gzip is undone; larger sources are refused
+    max_entries: int = 5_000_000   # a source with more entries is refused
+    fetch_timeout: float = 300.0   # overall deadline for one fetch (connect, redirects, body)
     loc: Loc = field(default=Loc("?", 0), compare=False, repr=False)
     locs: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
 
@@ -69,7 +75,7 @@ def _upstream(o: Obj) -> Upstream:
     return Upstream(
         id=o.req("id", as_id),
         address=o.req("address", as_hostport(53)),
-        timeout=o.get("timeout", as_duration, 2.0),
+        timeout=o.get("timeout", duration_range(0.01, 60.0), 2.0),
         loc=o.node.loc, locs=o.locs,
     )
 
@@ -91,10 +97,13 @@ def _blocklist(o: Obj) -> BlockList:
         action=o.get("action", one_of(*LIST_ACTIONS), "nxdomain"),
         sinkhole_a=o.get("sinkhole_a", as_ip, None),
         sinkhole_aaaa=o.get("sinkhole_aaaa", as_ip, None),
-        refresh=o.get("refresh", as_duration, 3600.0),
+        refresh=o.get("refresh", duration_range(10.0, 30 * 86400.0), 3600.0),
         max_shrink=o.get("max_shrink", as_fraction, 0.5),
         allow=o.get("allow", list_of(as_domain, unique=True), ()) or (),
         description=o.get("description", as_str, "") or "",
+        max_size=o.get("max_size", size_range(1024, 2**30), 128 * 2**20),
+        max_entries=o.get("max_entries", int_range(1, 50_000_000), 5_000_000),
+        fetch_timeout=o.get("fetch_timeout", duration_range(1.0, 3600.0), 300.0),
         loc=o.node.loc, locs=o.locs,
     )
     if bl.sinkhole_a is not None and bl.sinkhole_a.version != 4:
@@ -121,7 +130,7 @@ def _dns_settings(o: Obj) -> DnsSettings:
         upstreams=o.get("upstreams", list_of(obj(_upstream)), ()) or (),
         lists=o.get("lists", list_of(obj(_blocklist)), ()) or (),
         unknown_clients=o.get("unknown_clients", one_of("protect", "mandatory-only", "refuse"), "protect"),
-        detection_retention=o.get("detection_retention", as_duration, 30 * 86400.0),
+        detection_retention=o.get("detection_retention", duration_range(3600.0, 400 * 86400.0), 30 * 86400.0),
         log_allowed=bool(o.get("log_allowed", as_bool, False)),
         detections_interval=o.get("detections_interval", _interval, 60.0),
         loc=o.node.loc, locs=o.locs,
