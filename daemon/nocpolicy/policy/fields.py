@@ -169,7 +169,9 @@ def as_rate(node: Node, _p=None) -> int:
     """A bit rate like ``50mbit`` or ``1gbit`` (tc units, decimal), in bit/s."""
     v = node.value
     if isinstance(v, int) and not isinstance(v, bool):
-        if not 0 < v <= MAX_RATE:
+        if v <= 0:
+            raise Invalid("a rate must be positive")
+        if v > MAX_RATE:
             raise Invalid(f"{_short(v)} is outside 1..10tbit (bit/s)")
         return v
     if isinstance(v, str) and len(v) > 2 * _MAX_NUMBER_CHARS:
@@ -215,7 +217,7 @@ def as_duration(node: Node, _p=None) -> float:
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         secs = float(v) if abs(v) < 1e300 else float("inf")
         if secs != secs or secs < 0:
-            raise Invalid("a duration must be a number of seconds, not negative")
+            raise Invalid("a duration must not be negative")
     else:
         s = str(v).strip().replace(" ", "") if isinstance(v, str) else ""
         parts = _DUR_RE.findall(s)
