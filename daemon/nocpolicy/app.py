@@ -36,7 +36,7 @@ from .logs import setup_logging
 from .metrics import ComponentCollector, CoreMetrics, EventBusCollector, metrics_handler
 from .options import Options, parse_options
 from .policy.diff import diff_policies
-from .policy.fields import as_bool, as_int
+from .policy.fields import as_bool, int_range
 from .policy.load import load_policy
 from .policy.model import Policy
 from .store import Store
@@ -355,7 +355,7 @@ class Daemon:
                                      dry_run=dry, actor=inv.actor)
 
         async def audit(args: Args, inv: Invocation) -> dict:
-            limit = args.get("limit", as_int, 50)
+            limit = args.get("limit", int_range(1, 10_000), 50)
             subject = args.get("subject", lambda n, p=None: str(n.value), None)
             args.check()
             return {"audit": self.ctx.store.audit_log(subject=subject, limit=max(1, min(limit, 1000)))}

@@ -19,7 +19,7 @@ import time
 from ..component import Component
 from ..control.commands import Command
 from ..errors import CommandError
-from ..policy.fields import Invalid, as_bool, as_duration, as_id, as_int, as_ip, as_str, list_of
+from ..policy.fields import Invalid, as_bool, as_duration, as_id, as_ip, as_str, int_range, list_of
 from .clients import PrefixIndex
 from .detections import DetectionLog
 from .engine import UNKNOWN_MODES, Engine
@@ -337,7 +337,7 @@ class DnsGuard(Component):
     async def _cmd_detections(self, args, inv) -> dict:
         since = args.get("since", as_since, None)
         cid = args.get("customer", as_id, None)
-        limit = args.get("limit", as_int, 100)
+        limit = args.get("limit", int_range(1, 10_000), 100)
         summary = args.get("summary", as_bool, False)
         args.check()
         self.engine.drain()

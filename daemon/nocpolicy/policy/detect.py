@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .fields import Invalid, Obj, as_duration, as_text, int_range, list_of, obj, one_of
+from .fields import Invalid, Obj, as_text, duration_range, int_range, list_of, obj, one_of
 from .nodes import Loc
 
 ENFORCE = ("rpz", "nft", "events")
@@ -134,8 +134,8 @@ def _detect(o: Obj) -> DetectSettings:
         captures=o.get("capture", list_of(obj(_capture)), ()) or (),
         logfiles=o.get("logfiles", list_of(obj(_logfile)), ()) or (),
         enforce=o.get("enforce", list_of(one_of(*ENFORCE), unique=True), d.enforce) or (),
-        block_for=o.get("block_for", as_duration, d.block_for),
-        events_interval=o.get("events_interval", as_duration, d.events_interval),
+        block_for=o.get("block_for", duration_range(0.0, 90 * 86400.0), d.block_for),
+        events_interval=o.get("events_interval", duration_range(0.0, 86400.0), d.events_interval),
         rpz=o.get("rpz", obj(_rpz), d.rpz) or d.rpz,
         nft=o.get("nft", obj(_nft), d.nft) or d.nft,
         loc=o.node.loc,

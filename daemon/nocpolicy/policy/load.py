@@ -41,20 +41,17 @@ def content_version(files: list[tuple[str, bytes]]) -> str:
     return h.hexdigest()[:12]
 
 
-def load_policy(directory: str | os.PathLike, *, now: dt.datetime | None = None) -> Policy:
-    directory = Path(directory)
-    problems = Problems()
-    if not directory.is_dir():
-        raise PolicyInvalid([_top(str(directory), f"policy directory {directory} does not exist")])
-    try:
-        files = policy_files(directory)
-    except OSError as exc:
-        raise PolicyInvalid([_top(str(directory), f"cannot read the policy directory: {exc.strerror}")]) from None
-    if not files:
-        raise PolicyInvalid([_top(str(directory), "no *.yaml files in the policy directory")])
+def utf8_position(data: bytes, offset: int) -> tuple[int, int]:
+    """(line, column) of byte ``offset``, both from 1; the column counts characters."""
+    line_start = data.rfind(b"\n", 0, offset) + 1
+    col = len(data[line_start:offset].decode("utf-8", errors="replace")) + 1
+    return data.count(b"\n", 0, offset) + 1, col
 
+
+def _read_files(directory: Path, files: list[Path], sections: dict[str, list[Node]],
+                problems: Problems) -> list[tuple[str, bytes]]:
+    """Parse every file into ``sections``; the raw bytes are returned for the version hash."""
     raw: list[tuple[str, bytes]] = []
-    sections: dict[str, list[Node]] = {k: [] for k in LIST_SECTIONS + MAP_SECTIONS}
     for path in files:
         rel = str(directory / path.name)   # as the operator named the directory: clickable, greppable
         try:
@@ -66,7 +63,9 @@ def load_policy(directory: str | os.PathLike, *, now: dt.datetime | None = None)
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            problems.add(Loc(rel, 1), "", f"not UTF-8: {exc}")
+            line, col = utf8_position(data, exc.start)
+            problems.add(Loc(rel, line), "", f"not UTF-8: byte 0x{data[exc.start]:02x} at line {line}, "
+                         f"column {col} ({exc.reason})")
             continue
         root = parse_yaml(text, rel, problems)
         if root is None:
@@ -82,6 +81,23 @@ def load_policy(directory: str | os.PathLike, *, now: dt.datetime | None = None)
                 problems.add(node.key_loc, key, f"section already defined at {sections[key][0].key_loc}")
             else:
                 sections[key].append(node)
+    return raw
+
+
+def load_policy(directory: str | os.PathLike, *, now: dt.datetime | None = None) -> Policy:
+    directory = Path(directory)
+    problems = Problems()
+    if not directory.is_dir():
+        raise PolicyInvalid([_top(str(directory), f"policy directory {directory} does not exist")])
+    try:
+        files = policy_files(directory)
+    except OSError as exc:
+        raise PolicyInvalid([_top(str(directory), f"cannot read the policy directory: {exc.strerror}")]) from None
+    if not files:
+        raise PolicyInvalid([_top(str(directory), "no *.yaml files in the policy directory")])
+
+    sections: dict[str, list[Node]] = {k: [] for k in LIST_SECTIONS + MAP_SECTIONS}
+    raw = _read_files(directory, files, sections, problems)
 
     def single(name, reader, default):
         nodes = sections[name]
