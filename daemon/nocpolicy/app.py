@@ -262,6 +262,8 @@ class Daemon:
         for commit in commits:
             if commit is not None:
                 commit()
+        for c in self.components:      # a failing background loop gets its retry under the new policy now
+            c.tasks.kick()
         old = self.policy
         self.policy = policy
         now = time.time()

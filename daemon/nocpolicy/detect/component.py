@@ -113,8 +113,8 @@ class Detector(Component):
     async def start(self) -> None:
         await asyncio.to_thread(self._load_blocks)
         self._optouts = self.guard.optouts()
-        self.tasks.spawn("publisher", self._publisher())
-        self.tasks.spawn("housekeeping", self._housekeeping())
+        self.tasks.supervise("publisher", self._publisher)
+        self.tasks.supervise("housekeeping", self._housekeeping)
         self._started = True
         await self._start_inputs()
 

@@ -143,8 +143,8 @@ class DnsGuard(Component):
                                    reuse_port=self.ctx.options.workers > 1, batched=self.io_group)
         await self.listeners.start()
         self._started = True
-        self.tasks.spawn("detections", self._flush_loop())
-        self.tasks.spawn("refresh", self._refresh_loop())
+        self.tasks.supervise("detections", self._flush_loop)
+        self.tasks.supervise("refresh", self._refresh_loop)
         await self.workers.start()
         where = ", ".join(f"{h}:{p}" for h, p in self.listeners.sockets())
         self.set_state("running", f"listening on {where}" + (f", {self.ctx.options.workers} workers"
