@@ -5,8 +5,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 
 from nocpolicy.component import Component, Context
-from nocpolicy.control.http import Request
 from nocpolicy.metrics import ComponentCollector, CoreMetrics, metrics_handler
+from nocpolicy.web.plain import Request
 
 
 def test_policy_metrics_follow_loads_and_refusals():

@@ -28,7 +28,6 @@ from .clock import SystemClock
 from .component import Component, Context
 from .control.admin import AdminApi
 from .control.commands import Args, Command, CommandRegistry, Invocation
-from .control.http import HttpServer
 from .control.token import ensure_token
 from .errors import NocpolicyError, PolicyInvalid
 from .events import EventBus
@@ -40,6 +39,7 @@ from .policy.fields import as_bool, int_range
 from .policy.load import load_policy
 from .policy.model import Policy
 from .store import Store
+from .web.plain import HttpServer
 
 log = logging.getLogger("nocpolicy")
 
@@ -181,10 +181,10 @@ class Daemon:
 
     async def _start_http(self, token: str) -> None:
         api = AdminApi(self.commands, token)
-        for name, (host, port), handler in (
-                ("metrics", self.options.metrics_listen, metrics_handler(self.registry, self.ready)),
-                ("admin API", self.options.admin_listen, api.handle)):
-            server = HttpServer(name, host, port, handler)
+        for name, (host, port), handler, gate in (
+                ("metrics", self.options.metrics_listen, metrics_handler(self.registry, self.ready), None),
+                ("admin API", self.options.admin_listen, api.handle, api.authorize)):
+            server = HttpServer(name, host, port, handler, before_body=gate)
             try:
                 await server.start()
             except OSError as exc:

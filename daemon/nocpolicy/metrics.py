@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from . import __version__
-from .control.http import Request, Response
+from .web.plain import Request, Response
 
 # The classic text format every Prometheus 2.x/3.x scrapes; generate_latest() writes it
 # for our ASCII metric names whatever the prometheus-client version.
