@@ -25,7 +25,6 @@ import http.client
 import json
 import logging
 import os
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -34,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..clock import monotonic, utcnow, wall
 from ..errors import NocpolicyError
 from ..store import Store
 from .formats import domain, parse
@@ -144,13 +144,13 @@ class _LimitedRedirects(urllib.request.HTTPRedirectHandler):
 def _read_http(source: str, limits: FetchLimits) -> bytes:
     """GET with an overall deadline (checked between reads; one read waits at most the
     smaller of HTTP_TIMEOUT and the deadline) and a size cap on the raw body."""
-    end = time.monotonic() + limits.deadline
+    end = monotonic() + limits.deadline
     opener = urllib.request.build_opener(_LimitedRedirects(limits.redirects))
     req = urllib.request.Request(source, headers={"User-Agent": "nocpolicy"})
     out = bytearray()
     with opener.open(req, timeout=min(HTTP_TIMEOUT, limits.deadline)) as resp:
         while True:
-            if time.monotonic() > end:
+            if monotonic() > end:
                 raise SourceError(f"{source}: not fetched within fetch_timeout ({limits.deadline:g}s)")
             chunk = resp.read1(65536)
             if not chunk:
@@ -208,7 +208,7 @@ class ListManager:
     def update(self, lst: CompiledList, add: list[str], remove: list[str], *, actor: str,
                reason: str) -> dict:
         """Add/remove runtime entries (subtree semantics), persisted + audited, applied in place."""
-        now = dt.datetime.now(dt.UTC).isoformat()
+        now = utcnow().isoformat()
         have = set(self.additions(lst.id))
         added = [n for n in add if n not in have]
         removed = [n for n in remove if n in have]
@@ -242,7 +242,7 @@ class ListManager:
         cur = self.states.get(bl.id)
         st = dataclasses.replace(cur, report=dict(cur.report)) if cur else ListState(bl.id, bl.source)
         st.source = bl.source
-        st.last_attempt = time.time()
+        st.last_attempt = wall()
         self._staged[bl.id] = st
         old = self.compiled.get(bl.id)
         same_conf = old is not None and self._conf.get(bl.id) == bl
@@ -256,7 +256,7 @@ class ListManager:
             index, sha, report = old.index, st.sha256, st.report
         else:
             if same_conf and sha == st.sha256:
-                st.last_success = time.time()
+                st.last_success = wall()
                 if not from_copy:
                     st.last_error = None
                 return old
@@ -276,7 +276,7 @@ class ListManager:
         st.sha256, st.report, st.from_copy = sha, report, from_copy
         st.entries = len(index)
         if not from_copy:
-            st.last_success = time.time()
+            st.last_success = wall()
             st.last_error = None
         elif st.last_success is None:
             st.last_success = self._copy_time(bl.id)
@@ -355,7 +355,7 @@ class ListManager:
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(data)
         os.replace(tmp, path)
-        path.with_suffix(".json").write_text(json.dumps({"saved": time.time()}))
+        path.with_suffix(".json").write_text(json.dumps({"saved": wall()}))
 
     def _read_copy(self, list_id: str, max_size: int) -> bytes | None:
         try:

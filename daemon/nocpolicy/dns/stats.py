@@ -48,6 +48,7 @@ class DnsStats:
         self.duration = {"local": Histogram(), "forwarded": Histogram()}
         self.malformed = 0
         self.send_drops = 0                # UDP datagrams the kernel would not take (batched I/O)
+        self.limits: dict[str, int] = {}   # hostile-traffic defences by kind (guardstats.py)
 
     def block(self, lst: str, cls: str, action: str, n: int = 1) -> None:
         key = (lst, cls, action)
