@@ -104,7 +104,7 @@ class Listener:
             return _Refuse()
         h = _Handler(self._runner.server, loop=asyncio.get_running_loop(), keepalive_timeout=KEEPALIVE,
                      max_line_size=MAX_LINE, max_field_size=MAX_LINE, max_headers=MAX_HEADERS,
-                     lingering_time=LINGER)
+                     lingering_time=LINGER, access_log=None)
         self._open.add(h)
         return h
 
