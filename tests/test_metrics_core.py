@@ -5,7 +5,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 
 from nocpolicy.component import Component, Context
-from nocpolicy.metrics import ComponentCollector, CoreMetrics, metrics_handler
+from nocpolicy.control.metrics_http import metrics_handler
+from nocpolicy.metrics import ComponentCollector, CoreMetrics
 from nocpolicy.web.plain import Request
 
 
