@@ -160,10 +160,11 @@ def read_name(data: bytes, pos: int) -> tuple[str, int]:
             pos += 1
             break
         size += ln + 1
-        if size > MAX_NAME:
+        if size > 255:                                   # MAX_NAME (a literal: no global lookup here)
             raise WireError("name longer than 255 octets")
-        labels.append(data[pos + 1:pos + 1 + ln])
-        pos += 1 + ln
+        end_label = pos + 1 + ln
+        labels.append(data[pos + 1:end_label])
+        pos = end_label
     name = b".".join(labels).lower().decode("latin-1")
     return name, (end if end >= 0 else pos)
 
@@ -200,14 +201,26 @@ def answer_records(resp: bytes, max_rrs: int = MAX_ANSWER_RRS) -> list[tuple[int
 
 
 def answer_cnames(resp: bytes) -> list[str]:
-    """The CNAME targets in a response's answer section (slow path: only when there are answers)."""
+    """The CNAME targets in a response's answer section (slow path: only when there are answers).
+    Reads at most MAX_ANSWER_RRS records (bounded work; a real chain is a few links)."""
+    if len(resp) < 12:
+        return []
+    an = (resp[6] << 8) | resp[7]
+    if not an or resp[4] or resp[5] > 1:
+        return []
+    pos = 12
     out = []
-    for rtype, pos, _ in answer_records(resp):
-        if rtype == TYPE_CNAME:
-            try:
-                out.append(read_name(resp, pos)[0])
-            except WireError:
-                break
+    try:
+        if resp[5]:
+            pos = read_name(resp, pos)[1] + 4
+        for _ in range(an if an < MAX_ANSWER_RRS else MAX_ANSWER_RRS):
+            pos = read_name(resp, pos)[1]
+            rdlen = (resp[pos + 8] << 8) | resp[pos + 9]
+            if resp[pos] == 0 and resp[pos + 1] == TYPE_CNAME:
+                out.append(read_name(resp, pos + 10)[0])
+            pos += 10 + rdlen
+    except (WireError, IndexError):
+        return out
     return out
 
 
