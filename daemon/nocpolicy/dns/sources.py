@@ -220,6 +220,16 @@ class ListManager:
                            [(lst.id, n) for n in removed])
             self.store.audit(actor, "dns.list.update", f"list:{lst.id}", None,
                              {"added": added, "removed": removed, "reason": reason}, db=tx)
+        self.apply(lst, added, removed)
+        st = self.states.get(lst.id)
+        if st is not None:
+            st.runtime = len(have) + len(added) - len(removed)
+        return {"list": lst.id, "added": added, "removed": removed, "not_runtime_entries": not_runtime,
+                "entries": len(lst.index)}
+
+    def apply(self, lst: CompiledList, added: list[str], removed: list[str]) -> None:
+        """Apply runtime entries already recorded (by :meth:`update`, or by the main process
+        for a worker) to the list in place; a name also in the list's source stays."""
         base = self._base.get(lst.id, set())
         for n in added:
             lst.index.subtree.add(n)
@@ -228,10 +238,8 @@ class ListManager:
                 lst.index.subtree.discard(n)
         st = self.states.get(lst.id)
         if st is not None:
-            st.runtime = len(have) + len(added) - len(removed)
+            st.runtime = max(0, st.runtime + len(added) - len(removed))
             st.entries = len(lst.index)
-        return {"list": lst.id, "added": added, "removed": removed, "not_runtime_entries": not_runtime,
-                "entries": len(lst.index)}
 
     # -- loading -----------------------------------------------------------------
 
