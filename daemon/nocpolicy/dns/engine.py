@@ -12,6 +12,8 @@ import socket
 import time
 from bisect import bisect_left
 
+from .cache import Fetch
+from .cachepath import CachePath
 from .clients import PrefixIndex
 from .lists import ListSet, suffixes
 from .stats import BUCKETS
@@ -74,7 +76,7 @@ def _everything(lists: ListSet) -> Subscriber:
     return Subscriber(None, security=True, optional=frozenset(x.id for x in lists.optional))
 
 
-class Engine:
+class Engine(CachePath):
     def __init__(self, stats, detections, pool=None):
         self.stats = stats
         self._rcodes, self._forwarded = stats.rcodes, stats.duration["forwarded"]
@@ -94,6 +96,8 @@ class Engine:
         self._sink: dict[str, bytes | None] = {}
         self.errors = 0
         self._last_error_log = 0.0
+        self.acache = None           # cache.AnswerCache of upstream answers (None: off)
+        self.gen = 0                 # bumped on any list, policy or consent change (CNAME verdicts)
 
     # -- state swaps (sync, cannot fail) -------------------------------------------
 
@@ -106,6 +110,7 @@ class Engine:
         self._all = _everything(lists)
         self._sink = {}
         self.inspect_cnames = bool(lists.all())
+        self.gen += 1
 
     def set_lists(self, lists: ListSet) -> None:
         self.drain()
@@ -113,12 +118,14 @@ class Engine:
         self.answers = {}
         self.allowed = {}
         self._all = _everything(lists)
+        self.gen += 1
 
     def invalidate(self) -> None:
         """Entries changed in place (list.update): forget cached answers."""
         self.drain()
         self.answers = {}
         self.allowed = {}
+        self.gen += 1
 
     def set_subscriber(self, customer: str, sub: Subscriber) -> None:
         self.drain()
@@ -126,11 +133,14 @@ class Engine:
         subs[customer] = sub
         self.subs = subs
         self.answers.pop(customer, None)
+        self.gen += 1
 
     def drain(self) -> None:
         """Move the counts of cached answers into the stats and the detection log."""
         if self.pool is not None:
             self.pool.drain()
+        if self.acache is not None:
+            self.stats.cache = self.acache.counters()
         dirty, self.dirty = self.dirty, []
         stats, note = self.stats, self.detections.note_many
         for ent in dirty:
@@ -248,6 +258,8 @@ class Engine:
         rcodes = stats.rcodes
         hist = stats.duration["local"]
         counts = hist.counts
+        chist = stats.duration["cache"]
+        ccounts = chist.counts
         perf = time.perf_counter
         handle = self.handle
         dirty_owner = self
@@ -280,6 +292,26 @@ class Engine:
                 if q is not None:             # a name no list matches, seen before: forward
                     subs = dirty_owner.subs
                     sub = subs.get(cid) or subs[None]
+                    ac = dirty_owner.acache
+                    if ac is not None and not sub.refuse:
+                        v = ac.d.get(key)         # the answer cache: a fresh entry without CNAME
+                        if v is not None and t0 < v[1] and v[3] is None:
+                            w = v[0]
+                            sendto(data[:2] + w, addr)
+                            ac.hits += 1
+                            rcodes[w[1] & 15] += 1
+                            d = perf() - t0
+                            if d < 0.0001:
+                                ccounts[0] += 1
+                                chist.total += d
+                            else:
+                                chist.observe(d)
+                            return
+                        try:
+                            dirty_owner._forward(data, q, host, addr, sub, sendto, False, t0)
+                        except Exception as exc:
+                            dirty_owner.failed(exc)
+                        return
                     pool = dirty_owner.pool
                     if pool is not None and not sub.refuse:
                         p = Pending(data, q, host, addr, sub, sendto, False, t0)
@@ -339,10 +371,15 @@ class Engine:
             self.stats.rcodes[SERVFAIL] += 1
             send(answer(data, q, SERVFAIL, ede=22, text="no upstream configured"), addr)
             return
+        if self.acache is not None:
+            self.cached(data, q, host, addr, sub, send, tcp, t0)
+            return
         pool.forward(Pending(data, q, host, addr, sub, send, tcp, t0))
 
     def reply(self, p: Pending, resp: bytes | None, ede: int) -> None:
         """The upstream's answer (or None and an EDE code) for forwarded query ``p``."""
+        if p.__class__ is Fetch and not self.fetched(p, resp):
+            return
         if resp is None:
             out = answer(p.data, p.q, SERVFAIL, ede=ede, text="no upstream answered")
         else:

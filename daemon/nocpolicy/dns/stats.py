@@ -45,7 +45,8 @@ class DnsStats:
         self.rcodes = [0] * 16
         self.blocked: dict[tuple[str, str, str], int] = {}
         self.upstream: dict[tuple[str, str], int] = {}
-        self.duration = {"local": Histogram(), "forwarded": Histogram()}
+        self.duration = {"local": Histogram(), "forwarded": Histogram(), "cache": Histogram()}
+        self.cache: dict[str, int] = {}    # answer-cache counters (AnswerCache.counters), at drain
         self.malformed = 0
         self.send_drops = 0                # UDP datagrams the kernel would not take (batched I/O)
 
@@ -62,6 +63,31 @@ class DnsStats:
                 "responses": {RCODE_NAMES.get(i, str(i)): n for i, n in enumerate(self.rcodes) if n},
                 "blocked": sum(self.blocked.values()), "malformed": self.malformed,
                 "send_drops": self.send_drops}
+
+
+CACHE_COUNTERS = (("hits", "Queries answered from the answer cache (fresh entries)"),
+                  ("misses", "Cacheable queries forwarded because no fresh entry was cached"),
+                  ("evictions", "Entries evicted to stay within max_entries / max_bytes"),
+                  ("stale_answers", "Expired entries served because no upstream answered (RFC 8767)"),
+                  ("prefetches", "Popular entries refreshed shortly before they expired"))
+CACHE_GAUGES = (("entries", "Entries in the answer cache"),
+                ("bytes", "Estimated memory of the answer cache's entries"))
+
+
+def cache_metrics(stats_list):
+    """The answer cache's counters and gauges, summed over the processes (workers cache apart)."""
+    total: dict[str, int] = {}
+    for s in stats_list:
+        for k, v in s.cache.items():
+            total[k] = total.get(k, 0) + v
+    for name, doc in CACHE_COUNTERS:
+        c = CounterMetricFamily(f"nocpolicy_dns_cache_{name}", doc)
+        c.add_metric([], total.get(name, 0))
+        yield c
+    for name, doc in CACHE_GAUGES:
+        g = GaugeMetricFamily(f"nocpolicy_dns_cache_{name}", doc)
+        g.add_metric([], total.get(name, 0))
+        yield g
 
 
 class DnsCollector:
@@ -84,7 +110,7 @@ class DnsCollector:
                                 labels=["upstream", "result"])
         m = CounterMetricFamily("nocpolicy_dns_malformed", "Malformed packets answered FORMERR or dropped")
         queries, rcodes, blocked, upstream = {}, [0] * 16, {}, {}
-        durations = {"local": Histogram(), "forwarded": Histogram()}
+        durations = {"local": Histogram(), "forwarded": Histogram(), "cache": Histogram()}
         malformed = send_drops = 0
         for s in stats_list:
             for k, v in s.queries.items():
@@ -131,6 +157,7 @@ class DnsCollector:
             ts.add_metric([st.id], st.last_success or 0)
             f.add_metric([st.id], st.failures)
         yield from (e, ts, f)
+        yield from cache_metrics(stats_list)
         o = GaugeMetricFamily("nocpolicy_optout_customers", "Customers opted out of the security lists")
         o.add_metric([], g.optout_count())
         yield o

@@ -11,6 +11,7 @@ object per line:
   {"op": "reload"}                                  policy or lists changed
   {"op": "optout", "customer": ID, "on": BOOL}      effective at once in the worker
   {"op": "list.update", "list": ID, "add": [...], "remove": [...]}
+  {"op": "cache.flush", "name": NAME or null}       forget cached answers (each worker has its own cache)
 
 Workers report their counters every second on stdout (one JSON line); the
 main process adds them up at scrape time. A worker that exits is restarted
@@ -37,7 +38,7 @@ RESTART_AFTER = 1.0
 
 def stats_to_json(s: DnsStats) -> dict:
     return {"udp": s.udp, "queries": s.queries, "rcodes": s.rcodes, "malformed": s.malformed,
-            "send_drops": s.send_drops,
+            "send_drops": s.send_drops, "cache": s.cache,
             "blocked": [[*k, v] for k, v in s.blocked.items()],
             "upstream": [[*k, v] for k, v in s.upstream.items()],
             "duration": {k: [h.counts, h.total] for k, h in s.duration.items()}}
@@ -47,6 +48,7 @@ def stats_from_json(d: dict) -> DnsStats:
     s = DnsStats()
     s.udp, s.queries, s.rcodes, s.malformed = d["udp"], d["queries"], d["rcodes"], d["malformed"]
     s.send_drops = d.get("send_drops", 0)
+    s.cache = d.get("cache") or {}
     s.blocked = {(a, b, c): v for a, b, c, v in d["blocked"]}
     s.upstream = {(a, b): v for a, b, v in d["upstream"]}
     for k, (counts, total) in d["duration"].items():
@@ -244,6 +246,8 @@ async def _worker_main(ns) -> int:
                         for n in msg.get("remove", []):
                             lst.index.subtree.discard(n)
                         guard.engine.invalidate()
+                elif op == "cache.flush" and guard.engine.acache is not None:
+                    guard.engine.acache.flush(msg.get("name"))
             except Exception as exc:  # a bad message must not kill the worker
                 log.error("worker %d: control message failed: %s", ns.index, exc)
             with contextlib.suppress(Exception):
