@@ -156,7 +156,7 @@ def test_entrypoint_makes_a_private_password_file(tmp_path):
     assert args[args.index("--mqtt") + 1] == "mqtt://nocpolicyd@mosquitto:1883"
     assert args[:2] == ["--enforce", "off"]
     # The password file it makes is one nocpolicyd's reader accepts.
-    from nocpolicy.control.mqtt.broker import read_password_file
+    from nocpolicy.fleet.broker import read_password_file
     assert read_password_file(str(pw)) == "s3cret"
     # Other commands (nocpolicyctl ...) are left alone.
     out = subprocess.run([str(script), "echo", "status"], env=env, capture_output=True, text=True, timeout=10)
@@ -218,7 +218,7 @@ def test_compose_services_and_files(compose):
 
 
 def test_compose_wiring_matches_the_configs(compose):
-    from nocpolicy.control.mqtt.broker import parse_url
+    from nocpolicy.fleet.broker import parse_url
     from nocpolicy.options import parse_options
     services = compose["services"]
     env = services["nocpolicyd"]["environment"]

@@ -7,12 +7,12 @@ import os
 
 import pytest
 
-from nocpolicy.control.mqtt.broker import broker_config, parse_url, read_password_file
-from nocpolicy.control.mqtt.fleet import FleetTracker
-from nocpolicy.control.mqtt.outbox import DetectionCounts, Outbox, counts_only
-from nocpolicy.control.mqtt.plan import PlanInvalid, content_digest, parse_plan, plan_document
-from nocpolicy.control.mqtt.wire import NO_ID, BadRequest, node_of, parse_command
 from nocpolicy.errors import NocpolicyError
+from nocpolicy.fleet.broker import broker_config, parse_url, read_password_file
+from nocpolicy.fleet.fleet import FleetTracker
+from nocpolicy.fleet.outbox import DetectionCounts, Outbox, counts_only
+from nocpolicy.fleet.plan import PlanInvalid, content_digest, parse_plan, plan_document
+from nocpolicy.fleet.wire import NO_ID, BadRequest, node_of, parse_command
 from nocpolicy.options import Options
 from nocpolicy.policy.load import load_policy
 

@@ -49,9 +49,9 @@ WATCH_DEBOUNCE = 0.5     # files must be unchanged this long before a reload
 
 def component_types(options: Options) -> list[type[Component]]:
     """Every component, in start order (stop is the reverse). One visible list."""
-    from .control.mqtt.component import MqttBridge
     from .detect.component import Detector
     from .dns.component import DnsGuard
+    from .fleet.component import MqttBridge
     from .maintenance.component import Maintenance
     from .qos.component import Enforcer
     return [DnsGuard, Detector, Enforcer, Maintenance, MqttBridge]

@@ -11,7 +11,7 @@ emergency's priority rules go, because a stopped daemon cannot expire them); the
 emergency stays in the store and start re-applies it unless it has expired
 (then it is lifted with an audit record).
 
-What the fleet (control/mqtt/qoslink.py) relies on, kept stable: ``plan`` (the
+What the fleet (fleet/qoslink.py) relies on, kept stable: ``plan`` (the
 Plan the kernel holds), ``backend`` (LinuxBackend or None), ``plan_only_reason``
 and ``adopt_plan()`` (apply a plan decided by the controller, under the same lock
 as every other apply, counted like them).

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections import Counter
 
-from ... import __version__
+from .. import __version__
 from .plan import PlanInvalid, ack_document, parse_plan
 from .wire import ack_topic, dumps
 

@@ -12,7 +12,7 @@ import stat
 import urllib.parse
 from dataclasses import dataclass
 
-from ...errors import NocpolicyError
+from ..errors import NocpolicyError
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import json
 import logging
 from collections import Counter, OrderedDict
 
-from ...errors import CommandError
+from ..errors import CommandError
 from .wire import BadRequest, dumps, parse_command, reply, reply_topic
 
 log = logging.getLogger(__name__)

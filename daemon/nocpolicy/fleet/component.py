@@ -16,10 +16,10 @@ import asyncio
 import json
 import logging
 
-from ... import __version__
-from ...component import Component
-from ...control.commands import Args, Command, Invocation
-from ...errors import NocpolicyError
+from .. import __version__
+from ..component import Component
+from ..control.commands import Args, Command, Invocation
+from ..errors import NocpolicyError
 from .agent import Agent
 from .broker import broker_config
 from .controller import Controller

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from ...errors import EnforcementError, NocpolicyError
+from ..errors import EnforcementError, NocpolicyError
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def enforcement_plan(ctx) -> dict | None:
     if plan is None:
         return None
     try:
-        from ...qos.serial import plan_to_json
+        from ..qos.serial import plan_to_json
         return plan_to_json(plan)
     except Exception as exc:
         log.warning("fleet: qos plan cannot be serialised: %s", exc)
@@ -60,7 +60,7 @@ class RecordingApplier:
         enf = plan.get("enforcement")
         if enf is not None:
             try:
-                from ...qos.serial import plan_from_json
+                from ..qos.serial import plan_from_json
             except ImportError:
                 return "recorded", self.why
             try:
@@ -82,7 +82,7 @@ class LinuxApplier:
         self.qos = qos
 
     async def apply(self, plan: dict) -> tuple[str, str]:
-        from ...qos.serial import plan_from_json
+        from ..qos.serial import plan_from_json
         enf = plan.get("enforcement")
         if enf is None:
             return "recorded", "plan carries no enforcement part (the controller has no qos plan)"
