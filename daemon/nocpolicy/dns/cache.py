@@ -12,7 +12,7 @@ presence of EDNS, its buffer size and the DO bit all separate entries. A
 query from a lower-case client without EDNS options *is* its key (``data[2:]``):
 the engine's hot path looks that up directly, with no parsing.
 
-Value: a tuple ``(wire, renew, ttl0, cname)``:
+Value: a tuple ``(wire, renew, ttl0, cname, everyone)``:
 
 * ``wire`` -- the answer minus its ID, question lower-cased, EDNS options
   stripped (a cookie belongs to one client), TTLs as of grid second ``s``;
@@ -22,7 +22,10 @@ Value: a tuple ``(wire, renew, ttl0, cname)``:
   objects are shared by every entry of the same second (memory);
 * ``ttl0`` -- the TTL the entry was stored with (prefetch at its last 10 %);
 * ``cname`` -- None, or :class:`CnameInfo` (CNAME targets, verdicts per
-  subscriber of one engine generation).
+  subscriber of one engine generation);
+* ``everyone`` -- the engine generation in which the question name was found
+  on no list at all (so it is allowed for every client), or -1. The hot path
+  answers only entries whose ``everyone`` is the current generation.
 
 Tuples of bytes/floats/ints are untracked by the garbage collector: a million
 entries cost a collection nothing. Eviction is FIFO (first insertion), see
@@ -51,13 +54,14 @@ class Fetch(Pending):
     """A forwarded query whose answer goes into the cache (``key``). ``done``: the client has
     been answered already (stale answer, or a prefetch with no client)."""
 
-    __slots__ = ("key", "done", "timer")
+    __slots__ = ("key", "done", "timer", "everyone")
 
-    def __init__(self, data, q, host, addr, sub, send, tcp, t0, key: bytes):
+    def __init__(self, data, q, host, addr, sub, send, tcp, t0, key: bytes, everyone: int = -1):
         super().__init__(data, q, host, addr, sub, send, tcp, t0)
         self.key = key
         self.done = False
         self.timer = None
+        self.everyone = everyone
 
 
 class CnameInfo:
@@ -127,6 +131,20 @@ def scan(w: bytes) -> Shape:
     if pos != len(w):
         raise WireError("trailing bytes")
     return sh
+
+
+def single_ttl(w: bytes, qe: int) -> int:
+    """The TTL offset when the answer is one RR with a compressed owner name after the question
+    (ending at ``qe``), maybe followed by an OPT; -1 otherwise."""
+    if w[4:8] != b"\0\1\0\0" or len(w) < qe + 12 or w[qe] < 0xC0:
+        return -1
+    end = qe + 12 + ((w[qe + 10] << 8) | w[qe + 11])
+    ar = w[8:10]
+    if ar == b"\0\0" and end == len(w):
+        return qe + 6
+    if ar == b"\0\1" and w[end:end + 3] == b"\0\0\x29" and end + 11 <= len(w):
+        return qe + 6
+    return -1
 
 
 def with_ttls(w: bytes, offsets: list[int], fn) -> bytes:
@@ -228,7 +246,8 @@ class AnswerCache:
             return 0
         return max(c.min_ttl, min(sh.min_ttl, c.max_ttl))
 
-    def store(self, key: bytes, resp: bytes, qend: int, t: float, cnames: tuple[str, ...] = ()) -> bool:
+    def store(self, key: bytes, resp: bytes, qend: int, t: float, cnames: tuple[str, ...] = (),
+              everyone: int = -1) -> bool:
         """Keep the upstream's answer ``resp`` (with its ID) to the query of ``key``."""
         if len(resp) < 12 or resp[2] & 0x02 or len(resp) > _udp_limit(key) or not self.conf.enabled:
             return False                                 # truncated, or too large for its key
@@ -252,7 +271,9 @@ class AnswerCache:
         if ttl != sh.min_ttl:
             w = with_ttls(w, sh.ttl_offsets, lambda x, ttl=ttl: min(x, ttl))
         cname = CnameInfo(cnames) if cnames else None
-        self.d[key] = (w, self.renew_at(s), self._int(ttl), cname)
+        if everyone < 0 and old is not None:
+            everyone = old[4]                            # a refresh: the name is still the name
+        self.d[key] = (w, self.renew_at(s), self._int(ttl), cname, everyone)
         self.inserts += 1
         if old is None:
             self.fifo.append(key)
@@ -283,30 +304,45 @@ class AnswerCache:
         v = self.d.get(key)
         if v is None:
             return None
-        w, renew, ttl0, cname = v
-        if t < renew:
-            return w, cname, True, False
-        s = self.second(t)
-        s_old = int(round(renew - self.epoch)) - 1
-        delta = s - s_old
-        try:
-            sh = scan(w)
-        except (WireError, IndexError):
-            self._drop(key)
+        if t < v[1]:
+            return v[0], v[3], True, False
+        r = self.aged(key, v, t)
+        if r is None:
             return None
-        left = sh.min_ttl - delta
+        return r[0], v[3], r[1], r[2]
+
+    def aged(self, key: bytes, v: tuple, t: float):
+        """Entry ``v`` of ``key`` brought to time ``t`` (its TTLs rewritten, stored back):
+        ``(wire, fresh, prefetch)``, or None when it is gone (past the stale age, or junk)."""
+        w, renew, ttl0, cname, everyone = v
+        s = int(t - self.epoch)
+        delta = s - (int(round(renew - self.epoch)) - 1)
+        qe = len(key) - (11 if key[8:10] == b"\0\1" else 0)
+        off = single_ttl(w, qe)
+        if off >= 0:                                   # one RR (the common case): no scan
+            left = int.from_bytes(w[off:off + 4]) - delta
+            if left > 0:
+                w = w[:off] + left.to_bytes(4) + w[off + 4:]
+        else:
+            try:
+                sh = scan(w)
+            except (WireError, IndexError):
+                self._drop(key)
+                return None
+            left = sh.min_ttl - delta
+            if left > 0:
+                w = with_ttls(w, sh.ttl_offsets, lambda x: x - delta if x > delta else 0)
         if left <= 0:
             if -left > self.conf.serve_stale:
                 self._drop(key)
                 return None
-            return w, cname, False, False
-        w = with_ttls(w, sh.ttl_offsets, lambda x: x - delta if x > delta else 0)
-        self.d[key] = (w, self.renew_at(s), ttl0, cname)
+            return w, False, False
+        self.d[key] = (w, self.renew_at(s), ttl0, cname, everyone)
         pf = (self.conf.prefetch and left * 10 <= ttl0 and key not in self.prefetching
               and len(self.prefetching) < 1000)
         if pf:
             self.prefetching.add(key)
-        return w, cname, True, pf
+        return w, True, pf
 
     def stale_answer(self, key: bytes, t: float) -> bytes | None:
         """RFC 8767: the entry of ``key`` if it expired less than ``serve_stale`` ago (or is
@@ -314,7 +350,7 @@ class AnswerCache:
         v = self.d.get(key)
         if v is None or not self.conf.serve_stale:
             return None
-        w, renew, _ttl0, _cname = v
+        w, renew = v[0], v[1]
         if w[1] & 0xF == SERVFAIL:
             return None
         try:
@@ -330,6 +366,12 @@ class AnswerCache:
             opt = struct.pack("!HHH", 15, 2 + len(text), EDE_STALE) + text
             w = w[:sh.opt + 9] + len(opt).to_bytes(2) + opt
         return w
+
+    def mark(self, key: bytes, everyone: int) -> None:
+        """Note that the name of ``key`` is on no list in engine generation ``everyone``."""
+        v = self.d.get(key)
+        if v is not None and v[4] != everyone:
+            self.d[key] = (*v[:4], everyone)
 
     def _drop(self, key: bytes) -> None:
         v = self.d.pop(key, None)
@@ -374,7 +416,7 @@ def cache_entries(cache: AnswerCache, name: str, limit: int = 100) -> list[dict]
     wire = name_wire(name)
     now = cache.clock()
     out = []
-    for k, (w, renew, ttl0, cname) in list(cache.d.items()):
+    for k, (w, renew, ttl0, cname, _everyone) in list(cache.d.items()):
         if not k.startswith(wire, 10):
             continue
         qend = 12 + len(wire) + 4

@@ -45,14 +45,19 @@ class CachePath:
         if key is None:
             pool.forward(Pending(data, q, host, addr, sub, send, tcp, t0))
             return
+        # judged against every list by the engine just now (or seen so before): the hot path may
+        # answer this entry without judging again until the next list/policy/consent change
+        everyone = self.gen if self.allowed.get(data[2:]) is not None else -1
         hit = ac.lookup(key, t0)
         if hit is not None and hit[2]:
             wire, cname, _fresh, prefetch = hit
             if prefetch:
                 self._prefetch(key, t0)
+            if everyone >= 0:
+                ac.mark(key, everyone)
             self._serve(data, q, wire, cname, host, addr, sub, send, tcp, t0)
             return
-        p = Fetch(data, q, host, addr, sub, send, tcp, t0, key)
+        p = Fetch(data, q, host, addr, sub, send, tcp, t0, key, everyone)
         ac.misses += 1
         if hit is not None:          # expired: answer stale if the upstream keeps the client waiting
             p.timer = asyncio.get_running_loop().call_later(ac.conf.stale_after, self._stale_due, p)
@@ -92,16 +97,21 @@ class CachePath:
         return v
 
     def _prefetch(self, key: bytes, t0: float) -> None:
+        """Ask the upstream again for a popular entry near its end (no client waits for it)."""
+        ac = self.acache
         data = _rand16(16).to_bytes(2) + key
         try:
             q = parse_query(data)
-        except WireError:
-            self.acache.prefetching.discard(key)
-            return
-        p = Fetch(data, q, None, None, None, None, False, t0, key)
-        p.done = True
-        self.acache.prefetches += 1
-        self.pool.forward(p)
+            if self.pool is None:
+                raise WireError("no upstream")
+            p = Fetch(data, q, None, None, None, None, False, t0, key)
+            p.done = True
+            ac.prefetches += 1
+            self.pool.forward(p)
+        except Exception as exc:  # called from the hot path: never let it stop the listener
+            ac.prefetching.discard(key)
+            if not isinstance(exc, WireError):
+                self.failed(exc)
 
     def fetched(self, p: Fetch, resp: bytes | None) -> bool:
         """An answer (or None) for a cache-bound query: store it; True when the client still
@@ -119,7 +129,7 @@ class CachePath:
                 if ((resp[6] or resp[7]) and resp.find(b"\x00\x05", qend) >= 0
                         and may_have_cname(resp, qend)):
                     cn = tuple(t for t in answer_cnames(resp) if t)
-                ac.store(p.key, resp, qend, now, cn)
+                ac.store(p.key, resp, qend, now, cn, p.everyone if p.everyone == self.gen else -1)
         if p.done:
             return False
         if ac is not None and (resp is None or resp[3] & 0xF == SERVFAIL):

@@ -288,25 +288,39 @@ class Engine(CachePath):
                         else:
                             hist.observe(d)
                         return
+                ac = dirty_owner.acache
+                if ac is not None:                # the answer cache: fresh, no CNAME, a name on no
+                    v = ac.d.get(key)             # list in this generation (allowed for everyone)
+                    if (v is not None and v[4] == dirty_owner.gen and v[3] is None
+                            and (cid is not None or not dirty_owner.subs[None].refuse)):
+                        if t0 < v[1]:
+                            w = v[0]
+                        else:                     # TTLs one second or more old: rewrite them
+                            r = ac.aged(key, v, t0)
+                            if r is None or not r[1]:
+                                w = None          # gone or expired: the slow path decides
+                            else:
+                                w = r[0]
+                                if r[2]:
+                                    dirty_owner._prefetch(key, t0)
+                    else:
+                        w = None
+                    if w is not None:
+                        sendto(data[:2] + w, addr)
+                        ac.hits += 1
+                        rcodes[w[1] & 15] += 1
+                        d = perf() - t0
+                        if d < 0.0001:
+                            ccounts[0] += 1
+                            chist.total += d
+                        else:
+                            chist.observe(d)
+                        return
                 q = dirty_owner.allowed.get(key)
                 if q is not None:             # a name no list matches, seen before: forward
                     subs = dirty_owner.subs
                     sub = subs.get(cid) or subs[None]
-                    ac = dirty_owner.acache
                     if ac is not None and not sub.refuse:
-                        v = ac.d.get(key)         # the answer cache: a fresh entry without CNAME
-                        if v is not None and t0 < v[1] and v[3] is None:
-                            w = v[0]
-                            sendto(data[:2] + w, addr)
-                            ac.hits += 1
-                            rcodes[w[1] & 15] += 1
-                            d = perf() - t0
-                            if d < 0.0001:
-                                ccounts[0] += 1
-                                chist.total += d
-                            else:
-                                chist.observe(d)
-                            return
                         try:
                             dirty_owner._forward(data, q, host, addr, sub, sendto, False, t0)
                         except Exception as exc:
