@@ -28,8 +28,14 @@ Value: a tuple ``(wire, renew, ttl0, cname, everyone)``:
   answers only entries whose ``everyone`` is the current generation.
 
 Tuples of bytes/floats/ints are untracked by the garbage collector: a million
-entries cost a collection nothing. Eviction is FIFO (first insertion), see
-docs/dns.md for the numbers behind the choice.
+entries cost a collection nothing.
+
+Eviction is CLOCK (second chance) at no cost on a hit: keys wait in a queue in
+insertion order, with a marker (the ``renew`` float of that second) whenever
+the second changes. The key at the head is evicted unless its entry was
+re-rendered -- that is, hit -- after the second it was queued in; then it goes
+to the tail once more. Numbers behind the choice: bench/cache_eviction_sim.py,
+docs/dns.md.
 """
 
 from __future__ import annotations
@@ -202,7 +208,9 @@ class AnswerCache:
         self.conf = conf
         self.clock = clock
         self.d: dict[bytes, tuple] = {}
-        self.fifo: deque[bytes] = deque()
+        self.fifo: deque = deque()       # keys in queue order, and float markers (see _bound)
+        self._head_mark = 0.0             # the marker last passed at the head
+        self._tail_mark = 0.0             # the marker last queued at the tail
         self.bytes = 0
         self.epoch = clock()
         self.prefetching: set[bytes] = set()
@@ -276,23 +284,43 @@ class AnswerCache:
         self.d[key] = (w, self.renew_at(s), self._int(ttl), cname, everyone)
         self.inserts += 1
         if old is None:
-            self.fifo.append(key)
+            self._queue(key, s)
             self.bytes += len(key) + len(w) + ENTRY_OVERHEAD
-            self._bound()
+            self._bound(s)
         else:
             self.bytes += len(w) - len(old[0])
         return True
 
-    def _bound(self) -> None:
+    def _queue(self, key: bytes, s: int) -> None:
+        mark = self.renew_at(s)
+        if mark != self._tail_mark:
+            self.fifo.append(mark)
+            self._tail_mark = mark
+        self.fifo.append(key)
+
+    def _bound(self, s: int | None = None) -> None:
+        """Evict until within max_entries and max_bytes: CLOCK, see the module's docstring."""
         c, d, fifo = self.conf, self.d, self.fifo
+        if s is None:
+            s = self.second(self.clock())
+        chances = 0
         while fifo and (len(d) > c.max_entries or self.bytes > c.max_bytes):
             k = fifo.popleft()
-            v = d.pop(k, None)
-            if v is not None:
-                self.bytes -= len(k) + len(v[0]) + ENTRY_OVERHEAD
-                self.evictions += 1
+            if k.__class__ is float:
+                self._head_mark = k
+                continue
+            v = d.get(k)
+            if v is None:
+                continue
+            if v[1] > self._head_mark and chances < 64:   # hit since it was queued: once more
+                chances += 1
+                self._queue(k, s)
+                continue
+            del d[k]
+            self.bytes -= len(k) + len(v[0]) + ENTRY_OVERHEAD
+            self.evictions += 1
         if len(fifo) > 2 * len(d) + 1024:                # keys dropped by flush: compact
-            self.fifo = deque(k for k in fifo if k in d)
+            self.fifo = deque(k for k in fifo if k.__class__ is float or k in d)
 
     # -- looking up ----------------------------------------------------------------
 
@@ -385,6 +413,7 @@ class AnswerCache:
         if name is None:
             n = len(self.d)
             self.d, self.fifo, self.bytes = {}, deque(), 0
+            self._head_mark = self._tail_mark = 0.0
             self.prefetching = set()
             return n
         name = name.lower().rstrip(".")
