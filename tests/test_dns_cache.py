@@ -325,3 +325,54 @@ def test_cached_answers_equal_the_upstreams(env, name, bits, rdtype, edns, do, c
         assert _rrsets(a) == _rrsets(b)
         up = {(str(r.name).lower(), r.rdtype): r.ttl for r in b}
         assert all(r.ttl <= up[(str(r.name).lower(), r.rdtype)] for r in a)
+
+
+def test_workers_cache_apart_and_flush_reaches_every_worker(tmp_path):
+    ub = Unbound(tmp_path, ["w.example.org. 300 IN A 192.0.2.55"]).start()
+    d = DaemonProcess(tmp_path, policies=dns_policy(tmp_path, ub.port), extra_args=["--workers", "2"])
+    try:
+        d.start()
+
+        def both_cached():
+            for _ in range(16):           # fresh sockets: SO_REUSEPORT spreads them over both processes
+                assert ask(d.dns_port, "w.example.org").answer
+            procs = d.ctl_json("cache", "show")["processes"]
+            return len(procs) == 2 and all(p.get("entries", 0) >= 1 for p in procs)
+        wait_for(both_cached, 20, interval=0.2, what="the name cached in both processes")
+        out = d.ctl_json("cache", "flush")
+        assert out["workers_confirmed"] is True
+        wait_for(lambda: d.ctl_json("cache", "show")["total"]["entries"] == 0, 10, what="every cache empty")
+    finally:
+        d.stop()
+        ub.stop()
+
+
+def test_upstreams_system_reads_resolv_conf_and_skips_ourselves(tmp_path, policy_dir):
+    from types import SimpleNamespace
+
+    from nocpolicy.dns.component import DnsGuard
+    from nocpolicy.errors import PolicyInvalid
+    from nocpolicy.policy.dnsconf import system_upstreams
+    from nocpolicy.policy.load import load_policy
+    from nocpolicy.policy.nodes import Loc
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("# comment\nsearch example\nnameserver 127.0.0.1\nnameserver fe80::1%eth0\n"
+                    "nameserver not-an-address\nnameserver 192.0.2.53\nnameserver 192.0.2.54\n")
+    ups = system_upstreams(Loc("x", 1), str(conf))
+    assert [(u.id, u.address) for u in ups] == [("system-1", ("127.0.0.1", 53)), ("system-2", ("fe80::1", 53)),
+                                                ("system-3", ("192.0.2.53", 53))]
+    conf.write_text("search example\n")
+    with pytest.raises(Exception, match="names no usable nameserver"):
+        system_upstreams(Loc("x", 1), str(conf))
+    # the example policy uses it: the host's resolvers, as the C library would read them
+    p = load_policy(policy_dir)
+    want = [ln.split()[1].split("%")[0] for ln in open("/etc/resolv.conf") if ln.startswith("nameserver")][:3]
+    assert p.dns.upstreams_system and [u.address[0] for u in p.dns.upstreams] == want
+    # ...never nocpolicyd itself
+    fake = SimpleNamespace(ctx=SimpleNamespace(options=SimpleNamespace(dns_listen=[(p.dns.upstreams[0].address[0], 53)])))
+    assert p.dns.upstreams[0] not in DnsGuard._upstreams(fake, p)
+    (policy_dir / "dns.yaml").write_text((policy_dir / "dns.yaml").read_text().replace("upstreams: system",
+                                                                                       "upstreams: sytem"))
+    with pytest.raises(PolicyInvalid) as info:
+        load_policy(policy_dir)
+    assert any("dns.upstreams" in str(x) and "'system'" in str(x) for x in info.value.problems)

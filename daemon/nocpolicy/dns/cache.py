@@ -40,6 +40,7 @@ docs/dns.md.
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import time
 from collections import deque
@@ -408,8 +409,9 @@ class AnswerCache:
 
     # -- commands ------------------------------------------------------------------
 
-    def flush(self, name: str | None = None) -> int:
-        """Forget every entry (``name`` None) or those of ``name`` and the names below it."""
+    def flush(self, name: str | None = None, keys=None) -> int:
+        """Forget every entry (``name`` None) or those of ``name`` and the names below it
+        (among ``keys``, from :func:`candidates`, when given)."""
         if name is None:
             n = len(self.d)
             self.d, self.fifo, self.bytes = {}, deque(), 0
@@ -419,7 +421,8 @@ class AnswerCache:
         name = name.lower().rstrip(".")
         dot = "." + name
         wire = name_wire(name)
-        gone = [k for k in self.d if wire in k and ((x := _safe_name(k)) == name or x.endswith(dot))]
+        gone = [k for k in (self.d if keys is None else keys)
+                if wire in k and ((x := _safe_name(k)) == name or x.endswith(dot))]
         for k in gone:
             self._drop(k)
         self._bound()
@@ -440,14 +443,28 @@ def name_wire(name: str) -> bytes:
 RCODES = {0: "NOERROR", 2: "SERVFAIL", 3: "NXDOMAIN"}
 
 
-def cache_entries(cache: AnswerCache, name: str, limit: int = 100) -> list[dict]:
-    """What the cache holds for ``name`` exactly (``cache.show NAME``)."""
+async def candidates(cache: AnswerCache, name: str, chunk: int = 50_000) -> list[bytes]:
+    """Keys that may belong to ``name`` or a name below it, found a slice at a time (a million
+    keys at once would hold the event loop for a noticeable time)."""
+    wire = name_wire(name.lower().rstrip("."))
+    keys = list(cache.d)
+    out: list[bytes] = []
+    for i in range(0, len(keys), chunk):
+        out += [k for k in keys[i:i + chunk] if wire in k]
+        await asyncio.sleep(0)
+    return out
+
+
+def cache_entries(cache: AnswerCache, name: str, keys, limit: int = 100) -> list[dict]:
+    """What the cache holds for ``name`` exactly (``cache.show NAME``), among ``keys``."""
     wire = name_wire(name)
     now = cache.clock()
     out = []
-    for k, (w, renew, ttl0, cname, _everyone) in list(cache.d.items()):
-        if not k.startswith(wire, 10):
+    for k in keys:
+        v = cache.d.get(k)
+        if v is None or not k.startswith(wire, 10):
             continue
+        w, renew, ttl0, cname = v[:4]
         qend = 12 + len(wire) + 4
         opt = k[8:10] == b"\0\1"
         try:

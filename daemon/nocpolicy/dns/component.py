@@ -20,7 +20,7 @@ from ..component import Component
 from ..control.commands import Command
 from ..errors import CommandError
 from ..policy.fields import Invalid, as_bool, as_duration, as_id, as_int, as_ip, as_str, list_of
-from .cache import AnswerCache, cache_entries
+from .cache import AnswerCache, cache_entries, candidates
 from .clients import PrefixIndex
 from .detections import DetectionLog
 from .engine import UNKNOWN_MODES, Engine
@@ -426,7 +426,7 @@ class DnsGuard(Component):
         out["total"] = total
         if name is not None:
             out["name"] = name.lower().rstrip(".")
-            out["entries"] = cache_entries(ac, out["name"]) if ac else []
+            out["entries"] = cache_entries(ac, out["name"], await candidates(ac, out["name"])) if ac else []
         return out
 
     async def _cmd_cache_flush(self, args, inv) -> dict:
@@ -438,7 +438,7 @@ class DnsGuard(Component):
                 raise CommandError(f"not a domain name: {name!r}", status=400, field="name")
             name = ok[0]
         ac = self.engine.acache
-        n = ac.flush(name) if ac else 0
+        n = ac.flush(name, await candidates(ac, name) if name else None) if ac else 0
         confirmed = await self.workers.sync({"op": "cache.flush", "name": name})
         log.info("answer cache flushed by %s: %s (%d entries here)", inv.actor, name or "everything", n)
         return {"flushed": n, "name": name, "workers_confirmed": confirmed}

@@ -247,7 +247,9 @@ async def _worker_main(ns) -> int:
                             lst.index.subtree.discard(n)
                         guard.engine.invalidate()
                 elif op == "cache.flush" and guard.engine.acache is not None:
-                    guard.engine.acache.flush(msg.get("name"))
+                    from .cache import candidates
+                    ac, name = guard.engine.acache, msg.get("name")
+                    ac.flush(name, await candidates(ac, name) if name else None)
             except Exception as exc:  # a bad message must not kill the worker
                 log.error("worker %d: control message failed: %s", ns.index, exc)
             with contextlib.suppress(Exception):
