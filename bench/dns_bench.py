@@ -207,6 +207,11 @@ def policy(work: Path, upstream: int, list_file: Path, fmt: str = "domains") -> 
       format: {fmt}
       source: lists/{list_file.name}
       max_shrink: 0.9
+  # one client at full speed: limits on (their counting runs on every query) but never reached
+  ratelimit:
+    qps: 10000000
+    blocked_qps: 10000000
+    max_pending: 50000
 """)
     return pol
 

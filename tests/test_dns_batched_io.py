@@ -64,8 +64,10 @@ def guard(request, tmp_path_factory, unbound):
     """A nocpolicyd on 127.0.0.1 and [::1] with the given ``--dns-io``; yields (daemon, v6 port)."""
     tmp = tmp_path_factory.mktemp(f"io-{request.param}")
     v6 = free_port(host="::1")
-    d = DaemonProcess(tmp, policies=dns_policy(tmp, unbound.port),
-                      extra_args=["--dns-io", request.param, "--dns-listen", f"[::1]:{v6}"])
+    pol = dns_policy(tmp, unbound.port)
+    with open(pol / "dns.yaml", "a") as f:     # bursts from one source, answers past 4 KiB over UDP
+        f.write("  ratelimit:\n    qps: 1000000\n    blocked_qps: 1000000\n  max_udp_size: 65535\n")
+    d = DaemonProcess(tmp, policies=pol, extra_args=["--dns-io", request.param, "--dns-listen", f"[::1]:{v6}"])
     d.start()
     d.mode = request.param
     yield d, v6

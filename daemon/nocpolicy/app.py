@@ -17,14 +17,13 @@ import os
 import secrets
 import signal
 import sys
-import time
 from pathlib import Path
 
 import prometheus_client
 from prometheus_client import CollectorRegistry
 
 from . import __version__, sdnotify
-from .clock import SystemClock
+from .clock import SystemClock, utcnow, wall
 from .component import Component, Context
 from .control.admin import AdminApi
 from .control.commands import Args, Command, CommandRegistry, Invocation
@@ -55,6 +54,13 @@ def component_types(options: Options) -> list[type[Component]]:
     from .maintenance.component import Maintenance
     from .qos.component import Enforcer
     return [DnsGuard, Detector, Enforcer, Maintenance, MqttBridge]
+
+
+def wire(by_name: dict) -> None:
+    """Hand components the small typed interfaces they need of each other (Protocols), in one place."""
+    maintenance, mqtt = by_name.get("maintenance"), by_name.get("mqtt")
+    if maintenance is not None and mqtt is not None:
+        maintenance.set_notice_publisher(mqtt)      # NoticePublisher (nocpolicy.notices.publisher)
 
 
 def ensure_secret(state_dir: str, name: str, size: int = 32) -> bytes:
@@ -89,7 +95,7 @@ class Daemon:
         self.registry = CollectorRegistry()
         self.metrics = CoreMetrics(self.registry)
         self.events = EventBus()
-        self.started_at = dt.datetime.now(dt.UTC)
+        self.started_at = utcnow()
         self.last_reload: dict = {}
         self.last_error: dict | None = None
         self.stop_event = asyncio.Event()
@@ -134,6 +140,7 @@ class Daemon:
             types = self._types if self._types is not None else component_types(opts)
             self.components = [t(ctx) for t in types]
             ctx.components.update({c.name: c for c in self.components})
+            wire(ctx.components)
             for c in self.components:
                 for cmd in c.commands():
                     self.commands.register(cmd)
@@ -235,11 +242,11 @@ class Daemon:
         if old is not None and new.version == old.version:
             # Files back to the policy in force: an earlier refusal no longer applies. Otherwise
             # keep showing the last real change (the watcher often finds nothing new).
-            self.metrics.policy_unchanged(time.time())
+            self.metrics.policy_unchanged(wall())
             if self.last_error is not None:
                 self.last_error = None
                 self.last_reload = {"ok": True, "source": source, "version": new.version,
-                                    "at": dt.datetime.now(dt.UTC).isoformat(), "summary": "no change"}
+                                    "at": utcnow().isoformat(), "summary": "no change"}
             return {"ok": True, "changed": False, "version": new.version, "summary": "no change"}
         sdnotify.notify("RELOADING=1")
         try:
@@ -264,7 +271,7 @@ class Daemon:
                 commit()
         old = self.policy
         self.policy = policy
-        now = time.time()
+        now = wall()
         self.metrics.policy_loaded(policy.version, now)
         self.last_reload = {"ok": True, "source": source, "version": policy.version,
                             "at": dt.datetime.fromtimestamp(now, dt.UTC).isoformat(),
@@ -290,7 +297,7 @@ class Daemon:
 
     def _refused(self, source: str, errors: list[str]) -> dict:
         self.metrics.policy_refused()
-        at = dt.datetime.now(dt.UTC).isoformat()
+        at = utcnow().isoformat()
         self.last_error = {"source": source, "at": at, "errors": errors}
         self.last_reload = {"ok": False, "source": source, "at": at}
         for e in errors:

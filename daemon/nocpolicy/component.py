@@ -9,11 +9,11 @@ end (in reverse order of the component list).
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .clock import utcnow
 from .tasks import TaskSet
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ class Component:
         self.tasks = TaskSet(self.name, on_failure=self._task_failed)
         self.state = "new"            # new, running, failed, stopped, disabled
         self.detail = ""
-        self.since = dt.datetime.now(dt.UTC)
+        self.since = utcnow()
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -90,7 +90,7 @@ class Component:
 
     def set_state(self, state: str, detail: str = "") -> None:
         if state != self.state or detail != self.detail:
-            self.since = dt.datetime.now(dt.UTC)
+            self.since = utcnow()
         self.state, self.detail = state, detail
 
     def _task_failed(self, task: str, exc: BaseException) -> None:

@@ -26,5 +26,25 @@ class CommandError(NocpolicyError):
         super().__init__(message)
 
 
+class DomainError(NocpolicyError):
+    """A component refused a request; the control layer maps the kind to a status (400/404/409)."""
+
+    def __init__(self, message, field=None):
+        self.field = field
+        super().__init__(message)
+
+
+class Invalid(DomainError):
+    """The request itself is wrong (a field out of range, contradictory values): 400."""
+
+
+class NotFound(DomainError):
+    """What the request names does not exist: 404."""
+
+
+class Conflict(DomainError):
+    """The request is well-formed but the current state refuses it: 409."""
+
+
 class EnforcementError(NocpolicyError):
     """Applying rules to the kernel (or a router) failed."""

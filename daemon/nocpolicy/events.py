@@ -7,15 +7,16 @@ or absent consumer never blocks DNS answers or enforcement.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 from dataclasses import dataclass, field
+
+from .clock import utcnow
 
 
 @dataclass(frozen=True)
 class Event:
     kind: str            # reload, emergency, window, notice, detections, optout, ...
     payload: dict
-    ts: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat())
+    ts: str = field(default_factory=lambda: utcnow().isoformat())
 
 
 class EventBus:

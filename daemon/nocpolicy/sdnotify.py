@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
-import time
+
+from .clock import monotonic_usec
 
 
 def notify(*states: str) -> bool:
@@ -15,7 +16,7 @@ def notify(*states: str) -> bool:
         addr = "\0" + addr[1:]
     msg = "\n".join(states)
     if "RELOADING=1" in states:
-        msg += f"\nMONOTONIC_USEC={time.monotonic_ns() // 1000}"
+        msg += f"\nMONOTONIC_USEC={monotonic_usec()}"
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
             s.sendto(msg.encode(), addr)

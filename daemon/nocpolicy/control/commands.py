@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from ..errors import CommandError, NocpolicyError
+from ..errors import CommandError, Conflict, DomainError, Invalid, NocpolicyError, NotFound
 from ..policy.fields import Obj, Problems
 from ..policy.nodes import from_plain
 
@@ -47,6 +47,14 @@ class Command:
     handler: Handler
     summary: str
     mutating: bool = True
+
+
+STATUS_OF = ((Invalid, 400), (NotFound, 404), (Conflict, 409))
+
+
+def status_of(exc: DomainError) -> int:
+    """The HTTP-like status the control layer answers a component's refusal with."""
+    return next((status for kind, status in STATUS_OF if isinstance(exc, kind)), 409)
 
 
 class CommandRegistry:
@@ -83,6 +91,8 @@ class CommandRegistry:
             result = await cmd.handler(args, inv)
         except CommandError:
             raise
+        except DomainError as exc:
+            raise CommandError(str(exc), status=status_of(exc), field=exc.field) from exc
         except NocpolicyError as exc:
             raise CommandError(str(exc), status=409) from exc
         if cmd.mutating:

@@ -14,9 +14,9 @@ import logging
 import select
 import socket
 import threading
-import time
 from collections.abc import Callable
 
+from ..clock import monotonic
 from ..errors import NocpolicyError
 from .observation import Observation
 from .packets import bpf_program, observations
@@ -96,7 +96,7 @@ class LiveCapture:
         sock = self._sock.ins
         sock.setblocking(False)
         batch: list[Observation] = []
-        last = stats = time.monotonic()
+        last = stats = monotonic()
         port = self.port
         while not self._stop.is_set():
             r, _, _ = select.select([sock], [], [], 0.1)
@@ -113,7 +113,7 @@ class LiveCapture:
                     batch.extend(observations(frame, port))
                     if len(batch) >= BATCH:
                         break
-            now = time.monotonic()
+            now = monotonic()
             if batch and (len(batch) >= BATCH or now - last >= FLUSH_EVERY):
                 self.observed += len(batch)
                 try:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from pathlib import Path
 
+from ..clock import wall
 from ..errors import EnforcementError
 from ..policy.detect import RpzSettings
 from . import rpz
@@ -55,7 +55,7 @@ class RpzPublisher:
     def render(self, blocks, customers, optouts: set[str]) -> dict[str, tuple[str | None, str]]:
         """file name -> (zone name or None, text)."""
         s = self.settings
-        self.serial = max(self.serial + 1, int(time.time()))
+        self.serial = max(self.serial + 1, int(wall()))
         zones = rpz.zone_names(s.origin)
         security = rpz.security_published(s.views, customers, optouts)
         out = {}

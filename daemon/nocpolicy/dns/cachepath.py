@@ -26,9 +26,9 @@ _rand16 = random.getrandbits
 VERDICTS_PER_ENTRY = 256
 
 
-def _fit(out: bytes, q, tcp: bool) -> bytes:
+def _fit(out: bytes, q, tcp: bool, max_udp: int) -> bytes:
     if not tcp and len(out) > 512:
-        limit = q.edns or 512
+        limit = min(q.edns, max_udp) or 512       # clamped like forwarded answers (dns.max_udp_size)
         if len(out) > limit:
             return truncate_for_udp(out, limit)
     return out
@@ -43,7 +43,8 @@ class CachePath:
         ac, pool = self.acache, self.pool
         key = cache_key(data, q.qend)
         if key is None:
-            pool.forward(Pending(data, q, host, addr, sub, send, tcp, t0))
+            if not self.limiter.quota_full(host):
+                pool.forward(Pending(data, q, host, addr, sub, send, tcp, t0))
             return
         # judged against every list by the engine just now (or seen so before): the hot path may
         # answer this entry without judging again until the next list/policy/consent change
@@ -57,6 +58,8 @@ class CachePath:
                 ac.mark(key, everyone)
             self._serve(data, q, wire, cname, host, addr, sub, send, tcp, t0)
             return
+        if self.limiter.quota_full(host):         # too many of this source's queries upstream
+            return
         p = Fetch(data, q, host, addr, sub, send, tcp, t0, key, everyone)
         ac.misses += 1
         if hit is not None:          # expired: answer stale if the upstream keeps the client waiting
@@ -69,7 +72,7 @@ class CachePath:
             if v is not None:
                 self._blocked(data, q, v, host, addr, send, t0)
                 return
-        out = _fit(restore(data, q.qend, wire), q, tcp)
+        out = _fit(restore(data, q.qend, wire), q, tcp, self.max_udp)
         send(out, addr)
         self.acache.hits += 1
         stats = self.stats
@@ -123,7 +126,8 @@ class CachePath:
         now = _perf()
         if ac is not None:
             ac.prefetching.discard(p.key)
-            if resp is not None and len(resp) >= 12:
+            # kept only if it fits what a UDP client of this key may get (dns.max_udp_size too)
+            if resp is not None and 12 <= len(resp) <= (min(p.q.edns, self.max_udp) or 512):
                 cn: tuple = ()
                 qend = p.qend
                 if ((resp[6] or resp[7]) and resp.find(b"\x00\x05", qend) >= 0
@@ -157,7 +161,7 @@ class CachePath:
             if v is not None:
                 self._blocked(p.data, p.q, v, p.host, p.addr, p.send, p.t0)
                 return True
-        out = _fit(restore(p.data, p.qend, w), p.q, p.tcp)
+        out = _fit(restore(p.data, p.qend, w), p.q, p.tcp, self.max_udp)
         ac.stale += 1
         stats = self.stats
         stats.rcodes[out[3] & 0xF] += 1

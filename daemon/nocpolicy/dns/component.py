@@ -14,19 +14,24 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import time
+from pathlib import Path
 
+from ..clock import monotonic, utcnow, wall
 from ..component import Component
 from ..control.commands import Command
-from ..errors import CommandError
+from ..errors import Invalid as InvalidRequest
+from ..errors import NotFound
 from ..policy.fields import Invalid, as_bool, as_duration, as_id, as_int, as_ip, as_str, list_of
+from .acl import AccessList
 from .cache import AnswerCache, cache_entries, candidates
 from .clients import PrefixIndex
 from .detections import DetectionLog
 from .engine import UNKNOWN_MODES, Engine
+from .guardstats import GuardCollector
 from .lists import ListSet
 from .mmsg import BatchGroup, batched_io
 from .optout import OptoutStore, effective
+from .pseudonym import PseudonymKeys
 from .server import Listeners
 from .sources import ListManager, check_names
 from .stats import DnsCollector, DnsStats
@@ -45,7 +50,7 @@ def as_since(node, _p=None) -> dt.datetime:
     """An ISO time or a duration back from now (``24h``, ``7d``)."""
     v = node.value
     if isinstance(v, str) and v.strip()[:1].isdigit() and not v.strip()[4:5] == "-":
-        return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=as_duration(node))
+        return utcnow() - dt.timedelta(seconds=as_duration(node))
     from ..policy.fields import as_datetime
     return as_datetime(node)
 
@@ -55,6 +60,12 @@ def _name(node, _p=None) -> str:
     if not s:
         raise Invalid("must not be empty")
     return s
+
+
+def exempt_customers(customers, tags) -> frozenset:
+    """Customers the per-source limits do not apply to: public safety, or one of ``tags``."""
+    tags = set(tags)
+    return frozenset(c.id for c in customers if c.public_safety or tags.intersection(c.tags))
 
 
 async def _free_slowly(indexes, step: int = 20_000) -> None:
@@ -74,7 +85,10 @@ class DnsGuard(Component):
         super().__init__(ctx)
         self.stats = DnsStats()
         self.optouts = OptoutStore(ctx.store)
-        self.detections = DetectionLog(ctx.store, ctx.secrets.get("pseudonym", b"\0" * 32))
+        state_dir = getattr(ctx.options, "state_dir", None)
+        self.keys = PseudonymKeys(Path(state_dir) / "pseudonym.key" if state_dir else None,
+                                  rotate=not ctx.options.extra.get("dns_worker"))
+        self.detections = DetectionLog(ctx.store, self.keys, counters=self.stats.limits)
         self.lists = ListManager(ctx.store, ctx.options.state_dir)
         self.engine = Engine(self.stats, self.detections)
         self.pool: UpstreamPool | None = None
@@ -105,9 +119,15 @@ class DnsGuard(Component):
         if old_ups != policy.dns.upstreams:
             new_pool = UpstreamPool(self._upstreams(policy), self.stats, self.engine.reply)
         old_cache = self.policy.dns.cache if self.policy else None
-        new_cache = new_pool is not None or old_cache != policy.dns.cache
+        old_udp = self.policy.dns.limits.max_udp_size if self.policy else None
+        new_cache = (new_pool is not None or old_cache != policy.dns.cache
+                     or old_udp != policy.dns.limits.max_udp_size)    # stored answers fit the old size
+
+        limits = policy.dns.limits
+        exempt = exempt_customers(policy.customers, limits.ratelimit.exempt_tags)
 
         def commit():
+            self._apply_limits(limits, exempt)
             self._retire(self.lists.compiled, compiled)
             self.lists.adopt(policy.dns.lists, compiled)
             self.engine.swap(list_set, prefixes, subs)
@@ -136,6 +156,17 @@ class DnsGuard(Component):
                 log.warning("upstreams: system: skipping %s:%d from /etc/resolv.conf: nocpolicyd "
                             "itself listens there", *u.address)
         return keep
+    def _apply_limits(self, limits, exempt: frozenset) -> None:
+        """dns.ratelimit, dns.access_control, dns.tcp and dns.detection_log (issue 14)."""
+        engine = self.engine
+        engine.limiter.configure(limits.ratelimit, exempt)
+        if engine.acl.allow != limits.access.allow:
+            engine.set_access(AccessList(limits.access.allow, live=engine.acl.live))
+        engine.tcp_conf = limits.tcp
+        engine.max_udp = limits.max_udp_size
+        if self.detections.conf != limits.detection_log:
+            self.detections.configure(limits.detection_log)
+        self.keys.period = limits.detection_log.key_rotation
 
     def _retire(self, old: dict, new: dict) -> None:
         """Free replaced list indexes a slice at a time: dropping a million-name set at once
@@ -163,6 +194,7 @@ class DnsGuard(Component):
         await self.listeners.start()
         self._started = True
         self.tasks.spawn("detections", self._flush_loop())
+        self.tasks.spawn("ratelimit-window", self._window_loop())
         self.tasks.spawn("refresh", self._refresh_loop())
         await self.workers.start()
         where = ", ".join(f"{h}:{p}" for h, p in self.listeners.sockets())
@@ -189,6 +221,12 @@ class DnsGuard(Component):
 
     # -- background loops ------------------------------------------------------------
 
+    async def _window_loop(self) -> None:
+        """A new one-second rate-limit window, every second."""
+        while True:
+            await asyncio.sleep(1.0)
+            self.engine.limiter.tick()
+
     async def _flush_loop(self) -> None:
         last_prune = 0.0
         while True:
@@ -200,9 +238,9 @@ class DnsGuard(Component):
                 try:
                     await asyncio.to_thread(self.detections.write, batch)
                 except Exception as exc:  # the store is busy or broken: count, keep serving
-                    self.detections.dropped += sum(v[2] for v in batch.values())
+                    self.detections.drop("write_error", sum(v[2] for v in batch.values()))
                     log.error("detection log write failed: %s", exc)
-            now = time.monotonic()
+            now = monotonic()
             if now - last_prune > PRUNE_EVERY and self.policy is not None:
                 last_prune = now
                 n = await asyncio.to_thread(self.detections.prune, self.policy.dns.detection_retention)
@@ -213,7 +251,7 @@ class DnsGuard(Component):
         """Blocks of the last second as counts per list and class (no customer, client or name):
         the MQTT bridge folds them into its ``detections`` events (Art. 45(5))."""
         counts: dict[tuple, int] = {}
-        for (lst, cls, _action, _cust, _client, _name, source), (_f, _l, n) in batch.items():
+        for (lst, cls, _action, _cust, _client, _name, source, _entry), (_f, _l, n, _s) in batch.items():
             counts[(lst, cls, source)] = counts.get((lst, cls, source), 0) + n
         if self.ctx.options.extra.get("dns_worker"):       # reported to the main process instead
             for k, n in counts.items():
@@ -231,7 +269,7 @@ class DnsGuard(Component):
             policy = self.policy
             if policy is None:
                 continue
-            now = time.time()
+            now = wall()
             for bl in policy.dns.lists:
                 st = self.lists.states.get(bl.id)
                 last = (st.last_attempt or 0) if st else 0
@@ -243,7 +281,7 @@ class DnsGuard(Component):
         policy = self.policy
         bl = policy.lists_by_id.get(list_id) if policy else None
         if bl is None:
-            raise CommandError(f"unknown list {list_id!r}", status=404)
+            raise NotFound(f"unknown list {list_id!r}")
         new = await self.lists.build(bl, policy.directory, background=True)
         if policy is not self.policy:      # a reload won the race; it has its own copy
             return self.lists.states[list_id].as_dict()
@@ -275,10 +313,13 @@ class DnsGuard(Component):
     # -- metrics and status ------------------------------------------------------------
 
     def collectors(self) -> list:
-        return [DnsCollector(self)]
+        return [DnsCollector(self), GuardCollector(self)]
 
     def all_stats(self) -> list:
         return [self.stats, *self.workers.stats()]
+
+    def key_age(self) -> float:
+        return self.keys.age()
 
     def list_states(self):
         return list(self.lists.states.values())
@@ -317,7 +358,7 @@ class DnsGuard(Component):
     def _customer(self, cid: str):
         c = self.policy.customers_by_id.get(cid) if self.policy else None
         if c is None:
-            raise CommandError(f"unknown customer {cid!r}", status=404, field="customer")
+            raise NotFound(f"unknown customer {cid!r}", field="customer")
         return c
 
     async def _cmd_optout_set(self, args, inv) -> dict:
@@ -393,14 +434,14 @@ class DnsGuard(Component):
         args.check()
         lst = self.lists.compiled.get(list_id)
         if lst is None:
-            raise CommandError(f"unknown list {list_id!r}", status=404, field="list")
+            raise NotFound(f"unknown list {list_id!r}", field="list")
         add_ok, add_bad = check_names(add)
         rm_ok, rm_bad = check_names(remove)
         if add_bad or rm_bad:
-            raise CommandError(f"not domain names: {', '.join(add_bad + rm_bad)}", status=400,
+            raise InvalidRequest(f"not domain names: {', '.join(add_bad + rm_bad)}",
                                field="add" if add_bad else "remove")
         if not add_ok and not rm_ok:
-            raise CommandError("nothing to do: give add and/or remove", status=400, field="add")
+            raise InvalidRequest("nothing to do: give add and/or remove", field="add")
         out = await asyncio.to_thread(self.lists.update, lst, add_ok, rm_ok, actor=inv.actor, reason=reason)
         self.engine.invalidate()
         await self.workers.sync({"op": "list.update", "list": list_id, "add": out["added"],
@@ -435,7 +476,7 @@ class DnsGuard(Component):
         if name is not None:
             ok, bad = check_names([name])
             if bad:
-                raise CommandError(f"not a domain name: {name!r}", status=400, field="name")
+                raise InvalidRequest(f"not a domain name: {name!r}", field="name")
             name = ok[0]
         ac = self.engine.acache
         n = ac.flush(name, await candidates(ac, name) if name else None) if ac else 0

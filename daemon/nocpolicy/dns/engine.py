@@ -12,14 +12,18 @@ import socket
 import time
 from bisect import bisect_left
 
+from ..policy.dnsguard import TcpLimits
+from .acl import AccessList
 from .cache import Fetch
 from .cachepath import CachePath
 from .clients import PrefixIndex
 from .lists import ListSet, suffixes
+from .ratelimit import RateLimiter
 from .stats import BUCKETS
 from .upstream import Pending
 from .verdict import Subscriber, Verdict, judge, judge_suffixes
 from .wire import (
+    EDNS_SIZE,
     FORMERR,
     NOERROR,
     NOTIMP,
@@ -28,9 +32,11 @@ from .wire import (
     SERVFAIL,
     TYPE_A,
     TYPE_AAAA,
+    TYPE_ANY,
     WireError,
     answer,
     answer_cnames,
+    any_hinfo,
     error_reply,
     may_have_cname,
     parse_query,
@@ -47,6 +53,8 @@ HOSTCACHE_MAX = 65536
 UNKNOWN_MODES = {"protect": Subscriber(None, security=True),
                  "mandatory-only": Subscriber(None, security=False),
                  "refuse": Subscriber(None, security=False, refuse=True)}
+OUTSIDE = "\0outside"       # customer-cache value of a source the access list refuses
+_OUTSIDE_SUB = Subscriber(None, security=False, refuse=True)
 
 
 def _packed(addr: str | None) -> bytes | None:
@@ -84,7 +92,12 @@ class Engine(CachePath):
         self.pool = pool
         self.lists = ListSet()
         self.prefixes = PrefixIndex()
-        self.subs: dict[str | None, Subscriber] = {None: UNKNOWN_MODES["protect"]}
+        self.subs: dict[str | None, Subscriber] = {None: UNKNOWN_MODES["protect"], OUTSIDE: _OUTSIDE_SUB}
+        self.acl = AccessList()
+        self.limiter = RateLimiter(stats)
+        self.limiter.customer_of = self.customer_of
+        self.max_udp = EDNS_SIZE           # dns.max_udp_size: client EDNS sizes are clamped to it
+        self.tcp_conf = TcpLimits()        # dns.tcp (tcp.py reads it for each new connection)
         self.hostcache: dict[str, str | None] = {}
         self.answers: dict[str | None, dict[bytes, LocalAnswer]] = {}
         self.dirty: list[LocalAnswer] = []
@@ -103,7 +116,7 @@ class Engine(CachePath):
 
     def swap(self, lists: ListSet, prefixes: PrefixIndex, subs: dict) -> None:
         self.drain()
-        self.lists, self.prefixes, self.subs = lists, prefixes, subs
+        self.lists, self.prefixes, self.subs = lists, prefixes, {**subs, OUTSIDE: _OUTSIDE_SUB}
         self.hostcache = {}
         self.answers = {}
         self.allowed = {}
@@ -154,16 +167,31 @@ class Engine(CachePath):
     # -- slow-path API -------------------------------------------------------------
 
     def subscriber(self, host: str) -> Subscriber:
+        cid = self.customer_of(host)
+        return self.subs.get(cid) or self.subs[None]
+
+    def customer_of(self, host: str) -> str | None:
+        """The customer id of client address ``host`` (None: unknown, also outside the ACL)."""
         cid = self.hostcache.get(host, _MISS)
         if cid is _MISS:
             cid = self._lookup(host)
-        return self.subs.get(cid) or self.subs[None]
+        return None if cid is OUTSIDE else cid
+
+    def set_access(self, acl: AccessList) -> None:
+        self.acl = acl
+        self.forget_hosts()
+
+    def forget_hosts(self) -> None:
+        """Who a source is changed (sessions, access list): look every address up again."""
+        self.hostcache = {}
 
     def judge(self, host: str, name: str) -> Verdict:
         return judge(self.subscriber(host), self.lists, name)
 
     def _lookup(self, host: str):
         cid = self.prefixes.lookup(host)
+        if cid is None and not self.acl.allows(host):
+            cid = OUTSIDE
         cache = self.hostcache
         if len(cache) >= HOSTCACHE_MAX:
             cache.clear()
@@ -183,6 +211,8 @@ class Engine(CachePath):
         if cache is not None:
             ent = cache.get(data[2:])
             if ent is not None:               # a blocked name seen before: answer from the cache
+                if not tcp and self._blocked_over(host, data, addr, send):
+                    return
                 send(data[:2] + ent.resp, addr)
                 if not ent.n:
                     self.dirty.append(ent)
@@ -215,8 +245,7 @@ class Engine(CachePath):
             return
         sub = self.subs.get(cid) or self.subs[None]
         if sub.refuse:
-            stats.rcodes[REFUSED] += 1
-            send(answer(data, q, REFUSED, ede=18, text="unknown client"), addr)
+            self._refuse(data, q, addr, send, cid)
             return
         name = q.name
         if not name:
@@ -225,7 +254,7 @@ class Engine(CachePath):
             lists, sfx = self.lists, suffixes(name)
             v = judge_suffixes(self._all, lists, sfx)
             if v is None:                     # no list matches: allowed for every client
-                if len(data) <= CACHEABLE:
+                if len(data) <= CACHEABLE and q.qtype != TYPE_ANY:
                     allowed = self.allowed
                     if len(allowed) >= ALLOWED_CACHE_MAX:
                         allowed.clear()
@@ -233,7 +262,12 @@ class Engine(CachePath):
             else:                             # some list matches: does one apply to this client?
                 v = judge_suffixes(sub, lists, sfx)
         if v is None:
+            if q.qtype == TYPE_ANY and not tcp:
+                self._any(data, q, addr, send, t0)
+                return
             self._forward(data, q, host, addr, sub, send, tcp, t0)
+            return
+        if not tcp and self._blocked_over(host, data, addr, send):
             return
         out, rcode = self._local(data, q, v)
         ent = LocalAnswer(out[2:], rcode, v)
@@ -250,6 +284,34 @@ class Engine(CachePath):
         stats.rcodes[rcode] += 1
         stats.duration["local"].observe(time.perf_counter() - t0)
 
+    def _refuse(self, data, q, addr, send, cid) -> None:
+        self.stats.rcodes[REFUSED] += 1
+        if cid == OUTSIDE:
+            lim = self.stats.limits
+            lim["acl_refused"] = lim.get("acl_refused", 0) + 1
+            send(answer(data, q, REFUSED, ede=18, text="source not allowed to query"), addr)
+        else:
+            send(answer(data, q, REFUSED, ede=18, text="unknown client"), addr)
+
+    def _any(self, data, q, addr, send, t0) -> None:
+        """RFC 8482: an ANY query over UDP gets one synthesised HINFO record, not the whole
+        RRset collection (no amplification); over TCP it is forwarded."""
+        stats = self.stats
+        lim = stats.limits
+        lim["any_hinfo"] = lim.get("any_hinfo", 0) + 1
+        stats.rcodes[NOERROR] += 1
+        send(answer(data, q, NOERROR, records=any_hinfo(), ancount=1), addr)
+        stats.duration["local"].observe(time.perf_counter() - t0)
+
+    def _blocked_over(self, host, data, addr, send) -> bool:
+        """One more blocked answer for UDP source ``host``: True if its blocked-answer limit
+        dropped or slipped it."""
+        lim = self.limiter
+        k = lim.keys.get(host) or lim.key(host)
+        b = lim.blocked.get(k, 0) + 1
+        lim.blocked[k] = b
+        return b > lim.blocked_qps and lim.over(host, b, lim.blocked_qps, "blocked", data, addr, send)
+
     def udp_handler(self, sendto):
         """``on_datagram(data, host, addr, t0)`` for one UDP socket (``t0``: ``perf_counter()``
         when the datagram was read): the cached-answer and the seen-before forwarding paths
@@ -264,9 +326,16 @@ class Engine(CachePath):
         handle = self.handle
         dirty_owner = self
         miss = _MISS
+        lim = self.limiter
+        rl_keys, rl_key, rl_counts, rl_blocked, rl_over = lim.keys, lim.key, lim.counts, lim.blocked, lim.over
 
         def on_datagram(data: bytes, host: str, addr, t0: float) -> None:
             stats.udp += 1
+            k = rl_keys.get(host) or rl_key(host)     # per-source limits (ratelimit.py)
+            n = rl_counts.get(k, 0) + 1
+            rl_counts[k] = n
+            if n > lim.qps and rl_over(host, n, lim.qps, "queries", data, addr, sendto):
+                return
             cid = dirty_owner.hostcache.get(host, miss)
             if cid is not miss:
                 key = data[2:]
@@ -274,6 +343,11 @@ class Engine(CachePath):
                 if cache is not None:
                     ent = cache.get(key)
                     if ent is not None:
+                        b = rl_blocked.get(k, 0) + 1
+                        rl_blocked[k] = b
+                        if b > lim.blocked_qps and rl_over(host, b, lim.blocked_qps, "blocked", data, addr,
+                                                           sendto):
+                            return
                         sendto(data[:2] + ent.resp, addr)
                         if not ent.n:
                             dirty_owner.dirty.append(ent)
@@ -292,7 +366,7 @@ class Engine(CachePath):
                 if ac is not None:                # the answer cache: fresh, no CNAME, a name on no
                     v = ac.d.get(key)             # list in this generation (allowed for everyone)
                     if (v is not None and v[4] == dirty_owner.gen and v[3] is None
-                            and (cid is not None or not dirty_owner.subs[None].refuse)):
+                            and cid is not OUTSIDE and (cid is not None or not dirty_owner.subs[None].refuse)):
                         if t0 < v[1]:
                             w = v[0]
                         else:                     # TTLs one second or more old: rewrite them
@@ -328,6 +402,8 @@ class Engine(CachePath):
                         return
                     pool = dirty_owner.pool
                     if pool is not None and not sub.refuse:
+                        if lim.quota_full(host):
+                            return
                         p = Pending(data, q, host, addr, sub, sendto, False, t0)
                         try:
                             up = pool.primary        # the first upstream; None while one is down
@@ -385,15 +461,22 @@ class Engine(CachePath):
             self.stats.rcodes[SERVFAIL] += 1
             send(answer(data, q, SERVFAIL, ede=22, text="no upstream configured"), addr)
             return
-        if self.acache is not None:
+        if self.acache is not None:       # the cache, or forward (within the source's quota)
             self.cached(data, q, host, addr, sub, send, tcp, t0)
+            return
+        if self.limiter.quota_full(host):
             return
         pool.forward(Pending(data, q, host, addr, sub, send, tcp, t0))
 
     def reply(self, p: Pending, resp: bytes | None, ede: int) -> None:
         """The upstream's answer (or None and an EDE code) for forwarded query ``p``."""
-        if p.__class__ is Fetch and not self.fetched(p, resp):
-            return
+        if p.__class__ is Fetch:
+            if p.host is not None:            # None: a prefetch, no client's quota
+                self.limiter.release(p.host)
+            if not self.fetched(p, resp):
+                return
+        else:
+            self.limiter.release(p.host)
         if resp is None:
             out = answer(p.data, p.q, SERVFAIL, ede=ede, text="no upstream answered")
         else:
@@ -404,7 +487,7 @@ class Engine(CachePath):
                 return
             out = p.data[:2] + resp[2:]
             if len(out) > 512 and not p.tcp:
-                limit = p.q.edns or 512
+                limit = min(p.q.edns, self.max_udp) or 512    # clamped (1232: what we advertise)
                 if len(out) > limit:
                     out = truncate_for_udp(out, limit)
         self._rcodes[out[3] & 0xF] += 1

@@ -8,8 +8,7 @@ transaction. The guard applies a change on the very next query.
 
 from __future__ import annotations
 
-import datetime as dt
-
+from ..clock import utcnow
 from ..store import Store
 
 MIGRATIONS = (
@@ -34,7 +33,7 @@ class OptoutStore:
         return {r["customer"]: dict(r) for r in self.store.all("SELECT * FROM dns_optout")}
 
     def set(self, customer: str, optout: bool, *, reason: str, actor: str, before: bool) -> dict:
-        now = dt.datetime.now(dt.UTC).isoformat()
+        now = utcnow().isoformat()
         with self.store.transaction() as tx:
             tx.execute("INSERT INTO dns_optout (customer, optout, reason, actor, ts) VALUES (?,?,?,?,?) "
                        "ON CONFLICT(customer) DO UPDATE SET optout=excluded.optout, reason=excluded.reason, "

@@ -4,7 +4,7 @@ UDP: one socket per address, 4 MB receive buffer, read and written in batches
 (mmsg.py: recvmmsg/sendmmsg) or, with ``--dns-io asyncio``, through an asyncio
 DatagramProtocol. TCP (RFC 7766):
 several queries per connection, answered possibly out of order, 2-byte length
-framing, idle timeout, a cap on concurrent connections. With ``reuse_port``
+framing, idle timeout, caps on connections (tcp.py). With ``reuse_port``
 several worker processes share the ports (SO_REUSEPORT). Nothing on the query
 path may take the server down: an unexpected error is counted and logged.
 """
@@ -18,10 +18,9 @@ import time
 
 from ..errors import NocpolicyError
 from .mmsg import BatchedUdp, BatchGroup
+from .tcp import TcpConnection
 
 RCVBUF = 4 * 1024 * 1024
-TCP_IDLE = 10.0
-TCP_MAX_CONNECTIONS = 512
 
 
 class UdpListener(asyncio.DatagramProtocol):
@@ -43,65 +42,6 @@ class UdpListener(asyncio.DatagramProtocol):
         pass
 
 
-class TcpConnection(asyncio.Protocol):
-    def __init__(self, engine, server: Listeners):
-        self.engine, self.server = engine, server
-        self.buf = bytearray()
-        self.transport = None
-        self.peer = None
-        self._idle = None
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        self.peer = transport.get_extra_info("peername")
-        if len(self.server.tcp_conns) >= TCP_MAX_CONNECTIONS:
-            transport.close()
-            return
-        self.server.tcp_conns.add(self)
-        self._arm()
-
-    def _arm(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-        self._idle = asyncio.get_running_loop().call_later(TCP_IDLE, self._timeout)
-
-    def _timeout(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        engine = self.engine
-        while len(buf) >= 2:
-            n = (buf[0] << 8) | buf[1]
-            if len(buf) < 2 + n:
-                break
-            msg = bytes(buf[2:2 + n])
-            del buf[:2 + n]
-            engine.stats.queries["tcp"] += 1
-            if n < 12:
-                engine.stats.malformed += 1
-                self.transport.close()
-                return
-            try:
-                engine.handle(msg, self.peer[0], self.peer, self.send, True, time.perf_counter())
-            except Exception as exc:
-                engine.failed(exc)
-        self._arm()
-
-    def send(self, resp: bytes, addr=None) -> None:
-        t = self.transport
-        if t is not None and not t.is_closing():
-            t.write(len(resp).to_bytes(2, "big") + resp)
-
-    def connection_lost(self, exc) -> None:
-        self.transport = None
-        if self._idle is not None:
-            self._idle.cancel()
-        self.server.tcp_conns.discard(self)
-
-
 class Listeners:
     def __init__(self, engine, addresses, *, reuse_port: bool = False, batched: BatchGroup | None = None):
         self.engine = engine
@@ -111,6 +51,7 @@ class Listeners:
         self.udp: list = []          # asyncio.DatagramTransport or mmsg.BatchedUdp
         self.tcp: list[asyncio.AbstractServer] = []
         self.tcp_conns: set[TcpConnection] = set()
+        self.tcp_per_ip: dict[str, int] = {}
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

@@ -25,13 +25,13 @@ import hashlib
 import json
 import logging
 import os
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..clock import utcnow, wall
 from ..errors import NocpolicyError
 from ..store import Store
 from .formats import domain, parse
@@ -134,7 +134,7 @@ class ListManager:
     def update(self, lst: CompiledList, add: list[str], remove: list[str], *, actor: str,
                reason: str) -> dict:
         """Add/remove runtime entries (subtree semantics), persisted + audited, applied in place."""
-        now = dt.datetime.now(dt.UTC).isoformat()
+        now = utcnow().isoformat()
         have = set(self.additions(lst.id))
         added = [n for n in add if n not in have]
         removed = [n for n in remove if n in have]
@@ -168,7 +168,7 @@ class ListManager:
         cur = self.states.get(bl.id)
         st = dataclasses.replace(cur, report=dict(cur.report)) if cur else ListState(bl.id, bl.source)
         st.source = bl.source
-        st.last_attempt = time.time()
+        st.last_attempt = wall()
         old = self.compiled.get(bl.id)
         same_conf = old is not None and self._conf.get(bl.id) == bl
         try:
@@ -196,7 +196,7 @@ class ListManager:
             report = st.report
         else:
             if same_conf and sha == st.sha256:
-                st.last_success = time.time()
+                st.last_success = wall()
                 if not from_copy:
                     st.last_error = None
                 self._staged[bl.id] = st
@@ -226,7 +226,7 @@ class ListManager:
         st.runtime = len(adds)
         st.entries = len(index)
         if not from_copy:
-            st.last_success = time.time()
+            st.last_success = wall()
             st.last_error = None
         elif st.last_success is None:
             st.last_success = self._copy_time(bl.id)
@@ -279,7 +279,7 @@ class ListManager:
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(data)
         os.replace(tmp, path)
-        path.with_suffix(".json").write_text(json.dumps({"saved": time.time()}))
+        path.with_suffix(".json").write_text(json.dumps({"saved": wall()}))
 
     def _read_copy(self, list_id: str) -> bytes | None:
         try:

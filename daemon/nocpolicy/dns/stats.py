@@ -49,6 +49,7 @@ class DnsStats:
         self.cache: dict[str, int] = {}    # answer-cache counters (AnswerCache.counters), at drain
         self.malformed = 0
         self.send_drops = 0                # UDP datagrams the kernel would not take (batched I/O)
+        self.limits: dict[str, int] = {}   # hostile-traffic defences by kind (guardstats.py)
 
     def block(self, lst: str, cls: str, action: str, n: int = 1) -> None:
         key = (lst, cls, action)

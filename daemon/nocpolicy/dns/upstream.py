@@ -10,7 +10,8 @@ policy order; when every upstream has failed the caller gets ``None`` and an
 EDE code (22 No Reachable Authority after timeouts, 23 Network Error after
 errors). An upstream with 3 consecutive failures is "down" for 5 s (tried last).
 
-Answers with TC set are re-asked over TCP when the client itself came over TCP;
+Answers with TC set are re-asked over TCP when the client itself came over TCP (at most
+TCP_FALLBACK_MAX at once; past that the client gets the truncated answer);
 a UDP client gets the truncated answer and retries over TCP, as RFC 7766 wants.
 """
 
@@ -32,6 +33,7 @@ SWEEP = 0.05
 DOWN_AFTER = 3
 DOWN_FOR = 5.0
 MAX_PENDING = 50_000
+TCP_FALLBACK_MAX = 64       # upstream TCP re-asks at once (unbound: outgoing-num-tcp 10 per thread)
 _rand16 = random.getrandbits
 
 # on_reply(pending, answer bytes (upstream's ID) or None, EDE code when None)
@@ -101,7 +103,7 @@ class Upstream(asyncio.DatagramProtocol):
             self.down_until = 0.0
         if p.tcp and data[2] & 0x02:
             self.pool.stats.upstream_result(self.id, "truncated")
-            self.pool.spawn_tcp(self, p)
+            self.pool.spawn_tcp(self, p, data)
             return
         self.ok += 1
         self.on_reply(p, data, 0)
@@ -257,7 +259,13 @@ class UpstreamPool:
 
     # -- TCP -------------------------------------------------------------------
 
-    def spawn_tcp(self, u: Upstream, p: Pending) -> None:
+    def spawn_tcp(self, u: Upstream, p: Pending, truncated: bytes = b"") -> None:
+        if len(self._tasks) >= TCP_FALLBACK_MAX:
+            # as many re-asks in flight as we allow: the TCP client gets the truncated answer
+            lim = self.stats.limits
+            lim["tcp_fallback_cap"] = lim.get("tcp_fallback_cap", 0) + 1
+            self.on_reply(p, truncated or None, 22)
+            return
         t = asyncio.get_running_loop().create_task(self._tcp(u, p), name=f"dns:tcp-fallback:{u.id}")
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)

@@ -16,6 +16,7 @@ import struct
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
 TYPE_A, TYPE_CNAME, TYPE_AAAA, TYPE_OPT = 1, 5, 28, 41
+TYPE_HINFO, TYPE_ANY = 13, 255
 EDNS_SIZE = 1232          # what we advertise (DNS flag day 2020)
 MAX_QUERY = 4096          # larger "queries" are not queries
 SINKHOLE_TTL = 60
@@ -106,6 +107,12 @@ def answer(data: bytes, q: Query, rcode: int, *, ede: int | None = None, text: s
 def sinkhole_record(qtype: int, addr: bytes, ttl: int = SINKHOLE_TTL) -> bytes:
     """One answer RR pointing at the question name (compression pointer to offset 12)."""
     return b"\xc0\x0c" + struct.pack("!HHIH", qtype, 1, ttl, len(addr)) + addr
+
+
+def any_hinfo(ttl: int = 3600) -> bytes:
+    """RFC 8482 section 4.2: the answer to ANY is one HINFO record, CPU "RFC8482", OS ""."""
+    rdata = b"\x07RFC8482\x00"
+    return b"\xc0\x0c" + struct.pack("!HHIH", TYPE_HINFO, 1, ttl, len(rdata)) + rdata
 
 
 def error_reply(data: bytes, rcode: int) -> bytes | None:

@@ -38,7 +38,7 @@ RESTART_AFTER = 1.0
 
 def stats_to_json(s: DnsStats) -> dict:
     return {"udp": s.udp, "queries": s.queries, "rcodes": s.rcodes, "malformed": s.malformed,
-            "send_drops": s.send_drops, "cache": s.cache,
+            "send_drops": s.send_drops, "cache": s.cache, "limits": s.limits,
             "blocked": [[*k, v] for k, v in s.blocked.items()],
             "upstream": [[*k, v] for k, v in s.upstream.items()],
             "duration": {k: [h.counts, h.total] for k, h in s.duration.items()}}
@@ -49,6 +49,7 @@ def stats_from_json(d: dict) -> DnsStats:
     s.udp, s.queries, s.rcodes, s.malformed = d["udp"], d["queries"], d["rcodes"], d["malformed"]
     s.send_drops = d.get("send_drops", 0)
     s.cache = d.get("cache") or {}
+    s.limits = dict(d.get("limits") or {})
     s.blocked = {(a, b, c): v for a, b, c, v in d["blocked"]}
     s.upstream = {(a, b): v for a, b, v in d["upstream"]}
     for k, (counts, total) in d["duration"].items():

@@ -1,21 +1,24 @@
 """Maintenance and fault windows with lawful notices (Art. 24): the component wiring.
 
 Decisions live in deadline.py, lifecycle.py, scope.py and notice.py (pure);
-service.py changes windows and queues notices in one transaction; outbox.py
-delivers them; this module runs the two loops (timed transitions, delivery),
+service.py changes windows and queues notices in one transaction; the shared
+outbox loop (nocpolicy.notices.outbox) delivers them through the e-mail, webhook
+and MQTT channels; this module runs the loops (timed transitions, delivery, silences),
 syncs windows and contacts from the policy, and exposes commands and metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from ..clock import nap
 from ..component import Component
 from ..errors import NocpolicyError
+from ..notices.outbox import Outbox
+from ..notices.publisher import NoticePublisher
 from . import commands, contacts, mqttnotices, outbox, silences, webhooks, windows
 from .lifecycle import FINAL, NOTICE_FOR, STATES
 from .schema import MIGRATIONS
@@ -36,17 +39,17 @@ class Maintenance(Component):
     def __init__(self, ctx):
         super().__init__(ctx)
         ctx.store.migrate("maintenance", MIGRATIONS)
-        self.service = Service(ctx.store, ctx.clock, ctx.policy)
         self.mailer: Mailer | None = None
-        self.delivery = outbox.Delivery(ctx.store, ctx.clock, on_result=self._counted)
+        self.webhooks_enabled = False
+        self.mqtt = mqttnotices.MqttChannel()
+        channels = (outbox.EmailChannel(lambda: self.mailer),
+                    webhooks.HookChannel(lambda: self.webhooks_enabled), self.mqtt)
+        self.notices = Outbox(ctx.store, ctx.clock, channels, notice_table=outbox.TABLE, on_result=self._counted)
+        self.service = Service(ctx.store, ctx.clock, ctx.policy, self.notices)
         self.results = {(k, r): 0 for k in NOTICE_KINDS for r in RESULTS}
         self.hook_results = {r: 0 for r in RESULTS}
-        self.hooks = webhooks.HookDelivery(ctx.store, ctx.clock, on_result=self._hook_counted)
         self.mqtt_results = {r: 0 for r in mqttnotices.RESULTS}
-        self.mqtt = mqttnotices.MqttDelivery(ctx.store, ctx.clock, lambda: ctx.components.get("mqtt"),
-                                             on_result=self._mqtt_counted)
         self._wake_windows = asyncio.Event()
-        self._wake_outbox = asyncio.Event()
         self._wake_silences = asyncio.Event()
         self.alertmanager: silences.AlertmanagerClient | None = None
         self.silence_error = ""
@@ -69,6 +72,7 @@ class Maintenance(Component):
         def commit():
             self.mailer = mailer
             self.alertmanager = am
+            self.webhooks_enabled = m.webhooks
             self._sync(policy, plan)
         return commit
 
@@ -123,7 +127,7 @@ class Maintenance(Component):
                                              cv.as_dict(), db=db)
         except NocpolicyError as exc:
             log.error("maintenance: recording policy fault contacts failed: %s", exc)
-        svc = Service(self.ctx.store, self.ctx.clock, lambda: policy)
+        svc = Service(self.ctx.store, self.ctx.clock, lambda: policy, self.notices)
         for action, rec in plan:
             try:
                 if action == "create":
@@ -143,18 +147,18 @@ class Maintenance(Component):
 
     async def start(self) -> None:
         with self.ctx.store.transaction() as db:
-            n = outbox.recover(db, self.ctx.clock.now())
+            n = self.notices.recover(db, self.ctx.clock.now())
         if n:
             log.warning("maintenance: %d notice(s) were being sent when the daemon stopped; sending them again "
                         "with the same Message-ID", n)
         self.tasks.spawn("lifecycle", self._lifecycle_loop())
-        self.tasks.spawn("delivery", self._delivery_loop())
+        self.tasks.spawn("delivery", self.notices.run())
         self.tasks.spawn("silences", self._silence_loop())
         self.set_state("running", "" if self.mailer else "no SMTP configured: notices wait in the outbox")
 
     def poke(self) -> None:
         self._wake_windows.set()
-        self._wake_outbox.set()
+        self.notices.poke()
         self._wake_silences.set()
 
     def published(self, change: Change) -> None:
@@ -176,31 +180,7 @@ class Maintenance(Component):
                 log.error("maintenance: timed transitions failed: %s", exc)
             wake = self.service.next_wake()
             delay = MAX_NAP if wake is None else (wake - self.ctx.clock.now()).total_seconds()
-            await self._nap(self._wake_windows, min(MAX_NAP, max(MIN_NAP, delay)))
-
-    async def _delivery_loop(self) -> None:
-        while True:
-            attempted = 0
-            if self.mailer is not None:
-                try:
-                    attempted = await self.delivery.run_once(self.mailer)
-                except NocpolicyError as exc:
-                    log.error("maintenance: notice delivery failed: %s", exc)
-            try:
-                attempted += await self.hooks.run_once()
-            except NocpolicyError as exc:
-                log.error("maintenance: webhook delivery failed: %s", exc)
-            try:
-                attempted += await self.mqtt.run_once()
-            except NocpolicyError as exc:
-                log.error("maintenance: MQTT notice delivery failed: %s", exc)
-            if attempted >= outbox.BATCH:
-                continue                      # a backlog: next batch at once
-            with self.ctx.store.transaction() as db:
-                due = [t for t in (outbox.next_due(db) if self.mailer else None, webhooks.next_due(db),
-                                   mqttnotices.next_due(db)) if t]
-            delay = (min(due) - self.ctx.clock.now()).total_seconds() if due else MAX_NAP
-            await self._nap(self._wake_outbox, min(MAX_NAP, max(MIN_NAP, delay)))
+            await nap(self.ctx.clock, self._wake_windows, min(MAX_NAP, max(MIN_NAP, delay)))
 
     async def _silence_loop(self) -> None:
         """Keep Alertmanager silences in line with the open windows (when maintenance.alertmanager is set)."""
@@ -219,47 +199,32 @@ class Maintenance(Component):
                     if str(exc) != self.silence_error:
                         log.warning("maintenance: %s (will retry)", exc)
                     self.silence_error = str(exc)
-            await self._nap(self._wake_silences, MAX_NAP)
+            await nap(self.ctx.clock, self._wake_silences, MAX_NAP)
 
-    async def _nap(self, event: asyncio.Event, seconds: float) -> None:
-        if event.is_set():
-            event.clear()
+    def set_notice_publisher(self, publisher: NoticePublisher) -> None:
+        """app.py: MQTT notices go out through this publisher (the MQTT bridge)."""
+        self.mqtt.publisher = publisher
+
+    def _counted(self, channel, row: dict, result: str) -> None:
+        if channel.name == "webhook":
+            self.hook_results[result] = self.hook_results.get(result, 0) + 1
             return
-        sleeper = asyncio.ensure_future(self.ctx.clock.sleep(seconds))
-        waiter = asyncio.ensure_future(event.wait())
-        try:
-            await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in (sleeper, waiter):
-                t.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(sleeper, waiter, return_exceptions=True)
-            event.clear()
-
-    def _counted(self, row: dict, state: str) -> None:
-        key = (row["kind"], state)
+        if channel.name == "mqtt":
+            self.mqtt_results[result] = self.mqtt_results.get(result, 0) + 1
+            return
+        key = (row["kind"], result)
         self.results[key] = self.results.get(key, 0) + 1
         self.ctx.events.publish("notice", {"window": row["window_id"], "customer": row["customer"],
-                                           "kind": row["kind"], "sequence": row["sequence"], "result": state,
+                                           "kind": row["kind"], "sequence": row["sequence"], "result": result,
                                            "message_id": row["message_id"],
                                            "contact_version": row["contact_version"]})
 
-    def _hook_counted(self, kind: str, result: str) -> None:
-        self.hook_results[result] = self.hook_results.get(result, 0) + 1
-
-    def _mqtt_counted(self, kind: str, result: str) -> None:
-        self.mqtt_results[result] = self.mqtt_results.get(result, 0) + 1
-
     def mqtt_connected(self) -> None:
-        """Called by the MqttBridge when it (re)connects: MQTT notices waiting are due at once."""
+        """NoticeLinkListener: the MQTT bridge (re)connected, so MQTT notices waiting are due at once."""
         try:
-            with self.ctx.store.transaction() as db:
-                n = mqttnotices.due_now(db, self.ctx.clock.now())
+            self.notices.due_now(self.mqtt.name)
         except NocpolicyError as exc:
             log.error("maintenance: MQTT notices after reconnect: %s", exc)
-            return
-        if n:
-            self._wake_outbox.set()
 
     # -- reading -----------------------------------------------------------------------------------
 

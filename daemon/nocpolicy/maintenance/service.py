@@ -11,7 +11,7 @@ import datetime as dt
 import logging
 from dataclasses import dataclass, field
 
-from ..errors import CommandError
+from ..errors import Conflict, Invalid, NotFound
 from ..policy.model import Policy
 from . import contacts, outbox, windows
 from .deadline import check_notice
@@ -31,8 +31,9 @@ class Change:
 
 
 class Service:
-    def __init__(self, store, clock, policy):
+    def __init__(self, store, clock, policy, notices):
         self.store, self.clock, self.policy = store, clock, policy   # policy: () -> Policy
+        self.notices = notices                                       # the notice Outbox (channels)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -48,7 +49,7 @@ class Service:
         with self.store.transaction() as db:
             w = windows.load(db, window_id)
         if w is None:
-            raise CommandError(f"no maintenance window {window_id!r}", status=404)
+            raise NotFound(f"no maintenance window {window_id!r}")
         return w
 
     def customers_of(self, w: WindowRecord, policy: Policy | None = None) -> tuple[str, ...]:
@@ -70,17 +71,17 @@ class Service:
     def create(self, w: WindowRecord, actor: str) -> Change:
         now = self.clock.now()
         if w.end <= now:
-            raise CommandError(f"window {w.id} ended already ({w.end.isoformat()})", status=409)
+            raise Conflict(f"window {w.id} ended already ({w.end.isoformat()})")
         verdict = self.check(w, now)
         if not verdict.ok:
-            raise CommandError(f"window {w.id}: {verdict.reason}", status=409, field="start")
+            raise Conflict(f"window {w.id}: {verdict.reason}", field="start")
         if not self.customers_of(w):
-            raise CommandError(f"window {w.id}: the scope ({describe(w.scope)}) matches no customer", status=400,
+            raise Invalid(f"window {w.id}: the scope ({describe(w.scope)}) matches no customer",
                                field="scope")
         w = w.replace(state="scheduled", actor=actor, deadline=verdict.as_dict())
         with self.store.transaction() as db:
             if windows.load(db, w.id) is not None:
-                raise CommandError(f"maintenance window {w.id!r} exists already", status=409, field="id")
+                raise Conflict(f"maintenance window {w.id!r} exists already", field="id")
             windows.save(db, w, now)
             self.store.audit(actor, "maintenance.add", f"window:{w.id}", None, w.as_dict(), db=db)
             change = self._apply(db, w, "notify", now, actor)
@@ -100,23 +101,23 @@ class Service:
         now = self.clock.now()
         old = self.get(window_id)
         if old.state in FINAL:
-            raise CommandError(f"window {window_id} is {old.state}; nothing to update", status=409)
+            raise Conflict(f"window {window_id} is {old.state}; nothing to update")
         new = old.replace(**changes)
         if new.end <= new.start:
-            raise CommandError("end must be after start", status=400, field="end")
+            raise Invalid("end must be after start", field="end")
         if old.state == "active" and new.start != old.start:
-            raise CommandError(f"window {window_id} is active: its start cannot move (change the end, or "
-                               "cancel it to end it now)", status=409, field="start")
+            raise Conflict(f"window {window_id} is active: its start cannot move (change the end, or "
+                               "cancel it to end it now)", field="start")
         if new.end <= now:
-            raise CommandError(f"the new end {new.end.isoformat()} is in the past; cancel the window to end "
-                               "it now", status=409, field="end")
+            raise Conflict(f"the new end {new.end.isoformat()} is in the past; cancel the window to end "
+                               "it now", field="end")
         inside = old.start <= new.start and new.end <= old.end
         verdict = None
         if not inside and old.state != "active":
             verdict = self.check(new, now)
             if not verdict.ok:
-                raise CommandError(f"window {window_id}: the new period is not inside the announced one and "
-                                   f"{verdict.reason}", status=409, field="start")
+                raise Conflict(f"window {window_id}: the new period is not inside the announced one and "
+                                   f"{verdict.reason}", field="start")
         if new.start != old.start:
             new = new.replace(reminded=False)
         if verdict is not None:
@@ -134,7 +135,7 @@ class Service:
         try:
             next_state(w.state, "cancel")
         except TransitionRefused as exc:
-            raise CommandError(f"window {window_id}: {exc}", status=409) from None
+            raise Conflict(f"window {window_id}: {exc}") from None
         if w.state == "active":
             w = w.replace(end=max(now, w.start))
         with self.store.transaction() as db:
@@ -214,7 +215,7 @@ class Service:
                 recipients=((contact.email,) if contact and contact.email else ()) + copy_to,
                 message_id=outbox.new_message_id(w.id, cid, kind, w.sequence, sender), created=now,
                 tz=policy.settings.timezone, languages=langs, urgent=w.urgent)
-            n += outbox.enqueue(db, data, contact, now, webhooks=policy.maintenance.webhooks)
+            n += outbox.enqueue(db, data, contact, now, self.notices)
         return n
 
 

@@ -6,21 +6,21 @@ POSTs a JSON rendering of the notice (with the iCalendar text) and an
 after a crash in the middle of a POST the request is repeated with the same key,
 which receivers use to de-duplicate. 2xx is delivered; 408, 425, 429, 5xx and
 connection errors are retried with the outbox backoff; other 4xx fail at once.
+``HookChannel`` is this channel of the shared outbox loop (nocpolicy.notices.outbox).
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import logging
 import urllib.error
 import urllib.request
 
-from .contacts import ContactVersion
+from ..notices.outbox import Attempt, RowChannel, Table, no_session
 from .lifecycle import BCOP_STATUS
 from .notice import NoticeData, calendar
-from .outbox import MAX_ATTEMPTS, backoff, load_payload
+from .outbox import load_payload
 
 log = logging.getLogger(__name__)
 
@@ -59,47 +59,25 @@ def post(url: str, body: dict, key: str, timeout: float = 10.0) -> tuple[int | N
         return None, f"{getattr(exc, 'reason', exc)}"
 
 
-def next_due(db) -> dt.datetime | None:
-    r = db.execute("SELECT MIN(next_attempt) AS t FROM mw_hook WHERE state='pending'").fetchone()
-    return dt.datetime.fromisoformat(r["t"]) if r and r["t"] else None
+class HookChannel(RowChannel):
+    """``enabled()``: maintenance.webhooks (off by default: no outbound HTTP to customer-supplied URLs)."""
 
+    name = "webhook"
+    table = Table("mw_hook", "notice_id", "url", "sent", "sent_at",
+                  "SELECT mw_hook.*, o.payload, o.kind, o.message_id FROM mw_hook "
+                  "JOIN mw_outbox o ON o.id=mw_hook.notice_id WHERE")
 
-def retarget(db, customer: str, contact: ContactVersion, now: dt.datetime) -> int:
-    if not contact.webhook:
-        return 0
-    cur = db.execute("UPDATE mw_hook SET url=?, state='pending', attempts=0, next_attempt=?, last_error='' "
-                     "WHERE state IN ('pending','failed') AND notice_id IN (SELECT o.id FROM mw_outbox o JOIN "
-                     "mw_window w ON w.id=o.window_id WHERE o.customer=? AND w.state NOT IN ('completed',"
-                     "'cancelled'))", (contact.webhook, now.isoformat(), customer))
-    return cur.rowcount
+    def __init__(self, enabled):
+        self.enabled = enabled
 
+    def target(self, contact) -> str | None:
+        return contact.webhook if self.enabled() else None
 
-class HookDelivery:
-    def __init__(self, store, clock, on_result=None):
-        self.store, self.clock = store, clock
-        self.on_result = on_result or (lambda kind, result: None)
+    def session(self):
+        return no_session(self.deliver)
 
-    async def run_once(self, limit: int = 50) -> int:
-        with self.store.transaction() as db:
-            rows = [dict(r) for r in db.execute(
-                "SELECT h.*, o.payload, o.kind FROM mw_hook h JOIN mw_outbox o ON o.id=h.notice_id "
-                "WHERE h.state='pending' AND h.next_attempt<=? ORDER BY h.notice_id LIMIT ?",
-                (self.clock.now().isoformat(), limit)).fetchall()]
-        for row in rows:
-            data = load_payload(row["payload"])
-            status, error = await asyncio.to_thread(post, row["url"], payload(data), data.message_id)
-            result = classify(status)
-            attempts = row["attempts"] + 1
-            if result == "retry" and attempts >= MAX_ATTEMPTS:
-                result = "failed"
-            now = self.clock.now()
-            nxt = now + dt.timedelta(seconds=backoff(attempts)) if result == "retry" else now
-            with self.store.transaction() as db:
-                db.execute("UPDATE mw_hook SET state=?, attempts=?, next_attempt=?, last_error=?, status=?, "
-                           "sent_at=? WHERE notice_id=? AND state='pending'",
-                           ("pending" if result == "retry" else result, attempts, nxt.isoformat(), error, status,
-                            now.isoformat() if result == "sent" else None, row["notice_id"]))
-            if result != "sent":
-                log.warning("webhook for notice %s: %s (%s)", data.message_id, result, error)
-            self.on_result(row["kind"], result)
-        return len(rows)
+    async def deliver(self, row: dict) -> Attempt:
+        data = load_payload(row["payload"])
+        status, error = await asyncio.to_thread(post, row["url"], payload(data), data.message_id)
+        result = classify(status)
+        return Attempt(result == "sent", result == "retry", error, {"status": status})

@@ -81,8 +81,8 @@ def diff_policies(old: Policy | None, new: Policy) -> PolicyChange:
     single = []
     if old.settings != new.settings:
         single.append("settings")
-    dns_old = (old.dns.unknown_clients, old.dns.detection_retention, old.dns.log_allowed)
-    dns_new = (new.dns.unknown_clients, new.dns.detection_retention, new.dns.log_allowed)
+    dns_old = (old.dns.unknown_clients, old.dns.detection_retention, old.dns.log_allowed, old.dns.limits)
+    dns_new = (new.dns.unknown_clients, new.dns.detection_retention, new.dns.log_allowed, new.dns.limits)
     if dns_old != dns_new:
         single.append("dns")
     if (old.maintenance.notice, old.maintenance.smtp, old.maintenance.alertmanager) != \

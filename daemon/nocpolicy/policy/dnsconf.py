@@ -6,6 +6,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
+from .dnsguard import GuardLimits, check_limits, read_limits
 from .fields import (
     Invalid,
     Obj,
@@ -80,6 +81,7 @@ class DnsSettings:
     detection_retention: float = 30 * 86400.0
     log_allowed: bool = False
     detections_interval: float = 60.0     # MQTT: aggregated detection counts every ... (Art. 45(5))
+    limits: GuardLimits = field(default_factory=GuardLimits)   # hostile traffic (policy/dnsguard.py)
     loc: Loc = field(default=Loc("?", 0), compare=False, repr=False)
     locs: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
 
@@ -214,6 +216,7 @@ def _dns(o: Obj) -> DnsSettings:
         o.problems.add(o.locs.get("log_allowed", o.node.loc), f"{o.node.path}.log_allowed",
                        "logging allowed queries is not supported: only blocks are logged (Art. 37); "
                        "remove the key or set it to false")
+    check_limits(d.limits, d.detection_retention, o)
     return d
 
 
@@ -227,6 +230,7 @@ def _dns_settings(o: Obj) -> DnsSettings:
         detection_retention=o.get("detection_retention", as_duration, 30 * 86400.0),
         log_allowed=bool(o.get("log_allowed", as_bool, False)),
         detections_interval=o.get("detections_interval", _interval, 60.0),
+        limits=read_limits(o),
         loc=o.node.loc, locs=o.locs,
     )
 

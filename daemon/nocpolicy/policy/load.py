@@ -12,6 +12,7 @@ import hashlib
 import os
 from pathlib import Path
 
+from ..clock import utcnow
 from ..errors import PolicyInvalid
 from . import customers as cust
 from .control import ControlSettings, read_control
@@ -100,7 +101,7 @@ def load_policy(directory: str | os.PathLike, *, now: dt.datetime | None = None)
     policy = Policy(
         directory=str(directory),
         version=content_version(raw),
-        loaded_at=now or dt.datetime.now(dt.UTC),
+        loaded_at=now or utcnow(),
         files=tuple(p.name for p in files),
         settings=settings,
         customers=many("customers", cust.read_customers),

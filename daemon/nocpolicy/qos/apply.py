@@ -27,9 +27,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import time
 from dataclasses import asdict, dataclass, field
 
+from ..clock import monotonic
 from ..errors import EnforcementError
 from .kernel import KClass, Runner, htb_default, parse_classes, parse_qdiscs, rate_close
 from .plan import LINK, HtbClass, InterfaceTree, Plan
@@ -79,7 +79,7 @@ class LinuxBackend:
 
     def apply(self, plan: Plan) -> ApplyResult:
         """Make the kernel hold ``plan``; on any failure restore what it held and raise EnforcementError."""
-        t0 = time.monotonic()
+        t0 = monotonic()
         steps: list[str] = []
         self._check_interfaces(plan)
         old_nft = self._previous_nft()
@@ -110,7 +110,7 @@ class LinuxBackend:
             raise EnforcementError(f"{exc}; {notes}") from None
         self.current = plan
         self._nft_text = script
-        return ApplyResult(True, time.monotonic() - t0, len(pre) + len(post), len(script),
+        return ApplyResult(True, monotonic() - t0, len(pre) + len(post), len(script),
                            plan.emergency.profile if plan.emergency else None, steps)
 
     def remove(self, interfaces) -> None:

@@ -29,7 +29,7 @@ from prometheus_client import Histogram
 
 from ..component import Component
 from ..control.commands import Args, Command, Invocation
-from ..errors import CommandError, EnforcementError, NocpolicyError
+from ..errors import Conflict, DomainError, EnforcementError, Invalid, NocpolicyError
 from ..policy.fields import as_bool, as_datetime, as_id, as_text, list_of
 from .counters import QosCollector, Usage, read_usage
 from .emergency import EmergencyStore, Record
@@ -225,12 +225,12 @@ class Enforcer(Component):
         async with self._lock:
             now = self.ctx.clock.now()
             if until is not None and until <= now:
-                raise CommandError(f"until {until.isoformat()} is in the past", status=400, field="until")
+                raise Invalid(f"until {until.isoformat()} is in the past", field="until")
             try:
                 new = await asyncio.to_thread(build_plan, self.policy, Emergency(profile, tuple(scope), reason),
                                           leaf=self.features.leaf, static=self.static)
             except ValueError as exc:
-                raise CommandError(str(exc), status=400) from None
+                raise Invalid(str(exc)) from None
             added, removed = await asyncio.to_thread(diff_lines, self.plan, new)
             out = {"profile": profile, "enforced": self.backend is not None, "added": added, "removed": removed}
             if dry_run:
@@ -251,7 +251,7 @@ class Enforcer(Component):
         async with self._lock:
             rec = self.emergencies.active()
             if rec is None:
-                raise CommandError("no emergency is active", status=409)
+                raise Conflict("no emergency is active")
             new = build_plan(self.policy, None, leaf=self.features.leaf, static=self.static)
             added, removed = await asyncio.to_thread(diff_lines, self.plan, new)
             applied = await self._apply(new)
@@ -284,7 +284,7 @@ class Enforcer(Component):
             await self.ctx.clock.sleep(EXPIRY_CHECK)
             try:
                 await self._expire_if_due()
-            except (EnforcementError, CommandError) as exc:
+            except (EnforcementError, DomainError) as exc:
                 log.error("qos: expiry failed, will retry: %s", exc)
 
     # -- utilisation ---------------------------------------------------------------

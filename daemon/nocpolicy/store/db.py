@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from .. import clock
 from ..errors import StoreError
 
 CORE_MIGRATIONS: Sequence[str] = (
@@ -49,7 +50,7 @@ CORE_MIGRATIONS: Sequence[str] = (
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+    return clock.utcnow()
 
 
 def _json(value) -> str | None:
