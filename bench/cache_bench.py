@@ -31,6 +31,7 @@ import os
 import random
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -94,25 +95,31 @@ def part_zipf(work: Path, a) -> None:
     zipf_queries(qfile, names, QUERIES)
     lst = work / "zipf-list.txt"
     lst.write_text("some-other-name.example\n")
+    blk = work / "zipf-all-listed.txt"
+    blk.write_text("\n".join(names) + "\n")
     ub, ub_port = db.unbound(work, local, [], role="harness")
-    dd = us = None
+    dd = us = ub2 = None
     try:
         dd, dd_port = dnsdist_cached(work, ub_port)
         us, port, _, _ = db.nocpolicyd(work, cache_policy(work, ub_port, lst))
-        for prt in (dd_port, port):
+        ub2, port2, _, _ = db.nocpolicyd(work, cache_policy(work, ub_port, blk), tag="-blocked")
+        for prt in (dd_port, port, port2):
             warm(prt, qfile)
         c0 = cache_counts(us)
         print(f"\n(dnsdist {dd.threads} threads, packet cache 1M entries; both warmed with one pass through "
               f"{QUERIES} Zipf queries over {NAMES} names; nocpolicyd cache after warm-up: {c0['entries']} "
               f"entries, {c0['bytes'] / 2**20:.0f} MiB)")
-        db.side_by_side("Zipf s=1 over 200k names, answer caches", [("nocpolicyd (cache)", port, us),
-                        ("dnsdist (packet cache)", dd_port, dd)], qfile, a.runs, a.seconds, a.max_qps)
+        # reference in the same runs: the same names all on a block list, answered from the
+        # guard's per-customer blocked-answer table (the hot path the issue 4 figures measured)
+        db.side_by_side("Zipf s=1 over 200k names, answer caches", [
+            ("nocpolicyd (cache)", port, us), ("nocpolicyd, all names blocked", port2, ub2),
+            ("dnsdist (packet cache)", dd_port, dd)], qfile, a.runs, a.seconds, a.max_qps)
         c1 = cache_counts(us)
         hits, misses = c1["hits"] - c0["hits"], c1["misses"] - c0["misses"]
         print(f"  nocpolicyd during the measured runs: {hits} hits, {misses} misses "
               f"({100 * hits / max(1, hits + misses):.2f}% hit ratio)")
     finally:
-        for p in (us, dd, ub):
+        for p in (us, ub2, dd, ub):
             if p is not None:
                 p.stop()
 
@@ -248,7 +255,93 @@ def part_reload(work: Path, a) -> None:
         db.unbound, db.nocpolicyd = orig_unbound, orig_nocpolicyd
 
 
-PARTS = {"zipf": part_zipf, "memory": part_memory, "outage": part_outage, "reload": part_reload}
+def unbound_conf(work: Path, tag: str, body: str, role: str) -> tuple[db.Proc, int]:
+    """An unbound (cache on) with extra ``body`` lines in its server: section."""
+    port = db.free_port()
+    d = work / f"unbound-{tag}-{port}"
+    d.mkdir()
+    (d / "unbound.conf").write_text(f"""server:
+    interface: 127.0.0.1
+    port: {port}
+    do-daemonize: no
+    use-syslog: no
+    logfile: ""
+    verbosity: 0
+    username: ""
+    chroot: ""
+    directory: "{d}"
+    pidfile: "{d}/unbound.pid"
+    do-ip6: no
+    num-threads: 1
+    access-control: 127.0.0.0/8 allow
+    so-rcvbuf: 4m
+    do-not-query-localhost: no
+    msg-cache-size: 128m
+    rrset-cache-size: 256m
+{body}
+remote-control:
+    control-enable: no
+""")
+    p = db.Proc(["unbound", "-d", "-c", str(d / "unbound.conf")], d / "log", role)
+    db.wait_udp(port, timeout=600)
+    return p, port
+
+
+def part_system(work: Path, a) -> None:
+    """CPU of all server processes per answered query: nocpolicyd + unbound vs unbound + RPZ."""
+    import gzip
+    names = [f"h{i}.zipf-bench.example" for i in range(NAMES)]
+    listed = gzip.open(db.BIG, "rt").read().split()
+    rnd = random.Random(5)
+    cum = list(accumulate(1.0 / k for k in range(1, len(names) + 1)))
+    picks = rnd.choices(names, cum_weights=cum, k=300_000)
+    bad = rnd.sample(listed, 20_000)
+    qfile = work / "system.q"
+    qfile.write_text("".join(f"{rnd.choice(bad) if rnd.random() < 0.05 else x} A\n" for x in picks))
+    rpz = work / "big.rpz"
+    with open(rpz, "w") as f:
+        f.write("$TTL 300\n@ IN SOA localhost. root.localhost. 1 3600 600 86400 300\n@ IN NS localhost.\n")
+        for n in listed:
+            if n.replace(".", "").replace("-", "").replace("_", "").isalnum():
+                f.write(f"{n} CNAME .\n*.{n} CNAME .\n")
+    auth_body = "\n".join(f'    local-data: "{n}. 3600 IN A 198.18.{i // 250 % 250}.{i % 250 + 1}"'
+                           for i, n in enumerate(names)) + '\n    local-zone: "." static\n    module-config: "iterator"'
+    auth, auth_port = unbound_conf(work, "auth", auth_body, "harness")
+    fwd = f'forward-zone:\n    name: "."\n    forward-addr: 127.0.0.1@{auth_port}\nserver:'
+    procs = []
+    try:
+        t0 = time.monotonic()
+        u2, u2_port = unbound_conf(work, "rpz", f'    module-config: "respip iterator"\n{fwd}\nrpz:\n'
+                                   f'    name: rpz.bench.\n    zonefile: "{rpz}"\nserver:', "server")
+        procs.append(u2)
+        print(f"\n(unbound with the RPZ ready after {time.monotonic() - t0:.0f} s, RSS {u2.rss_mb()[0]:.0f} MB)")
+        u1, u1_port = unbound_conf(work, "up", f'    module-config: "iterator"\n{fwd}', "server")
+        procs.append(u1)
+        us, port, _, _ = db.nocpolicyd(work, cache_policy(work, u1_port, db.BIG))
+        procs.append(us)
+        for prt in (u2_port, port):
+            warm(prt, qfile, qps=20_000)
+        res = {"nocpolicyd + unbound": [], "unbound + RPZ": []}
+        for r in range(a.runs):
+            order = [("nocpolicyd + unbound", port, (us, u1)), ("unbound + RPZ", u2_port, (u2,))]
+            for name, prt, ps in (order if r % 2 == 0 else order[::-1]):
+                c0 = sum(db.cpu_seconds(p.p.pid) for p in ps)
+                d = db.dnsperf(prt, qfile, a.seconds, a.system_qps)
+                c1 = sum(db.cpu_seconds(p.p.pid) for p in ps)
+                res[name].append((c1 - c0) * 1e6 / max(1, d["qps"] * a.seconds))
+        med = {k: statistics.median(v) for k, v in res.items()}
+        print(f"== whole system, Zipf + 5 % listed names at -Q {a.system_qps}, CPU us per answered query "
+              f"(all server processes), median of {a.runs}")
+        for k, v in med.items():
+            print(f"  {k:<24} {v:6.1f} us  (runs: {', '.join(f'{x:.1f}' for x in res[k])})  ratio "
+                  f"{v / med['unbound + RPZ']:.2f}")
+    finally:
+        for p in procs:
+            p.stop()
+        auth.stop()
+
+
+PARTS = {"system": part_system, "zipf": part_zipf, "memory": part_memory, "outage": part_outage, "reload": part_reload}
 
 
 def main() -> int:
@@ -260,6 +353,7 @@ def main() -> int:
     p.add_argument("--max-qps", type=int, default=400_000)
     p.add_argument("--reload-qps", type=int, default=20_000)
     p.add_argument("--entries", type=int, default=1_000_000, help="memory part: distinct names")
+    p.add_argument("--system-qps", type=int, default=15_000, help="system part: dnsperf -Q (both sides)")
     p.add_argument("--pin", default="none", help="SERVER_CPUS:HARNESS_CPUS (see dns_bench.py)")
     a = p.parse_args()
     if a.pin != "none":
