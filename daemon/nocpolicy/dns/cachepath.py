@@ -66,6 +66,16 @@ class CachePath:
             p.timer = asyncio.get_running_loop().call_later(ac.conf.stale_after, self._stale_due, p)
         pool.forward(p)
 
+    def aged_wire(self, key: bytes, v: tuple, t0: float) -> bytes | None:
+        """The hot path's entry ``v`` a second or more old: its TTLs rewritten (and a prefetch
+        started when due), or None when it expired (the slow path decides: stale, forward)."""
+        r = self.acache.aged(key, v, t0)
+        if r is None or not r[1]:
+            return None
+        if r[2]:
+            self._prefetch(key, t0)
+        return r[0]
+
     def _serve(self, data, q, wire, cname, host, addr, sub, send, tcp, t0) -> None:
         if cname is not None:
             v = self.cname_verdict(cname, sub)

@@ -367,40 +367,23 @@ class Engine(CachePath):
                     v = ac.d.get(key)             # list in this generation (allowed for everyone)
                     if (v is not None and v[4] == dirty_owner.gen and v[3] is None
                             and cid is not OUTSIDE and (cid is not None or not dirty_owner.subs[None].refuse)):
-                        if t0 < v[1]:
-                            w = v[0]
-                        else:                     # TTLs one second or more old: rewrite them
-                            r = ac.aged(key, v, t0)
-                            if r is None or not r[1]:
-                                w = None          # gone or expired: the slow path decides
+                        w = v[0] if t0 < v[1] else dirty_owner.aged_wire(key, v, t0)  # TTLs rewritten
+                        if w is not None:
+                            sendto(data[:2] + w, addr)
+                            ac.hits += 1
+                            rcodes[w[1] & 15] += 1
+                            d = perf() - t0
+                            if d < 0.0001:
+                                ccounts[0] += 1
+                                chist.total += d
                             else:
-                                w = r[0]
-                                if r[2]:
-                                    dirty_owner._prefetch(key, t0)
-                    else:
-                        w = None
-                    if w is not None:
-                        sendto(data[:2] + w, addr)
-                        ac.hits += 1
-                        rcodes[w[1] & 15] += 1
-                        d = perf() - t0
-                        if d < 0.0001:
-                            ccounts[0] += 1
-                            chist.total += d
-                        else:
-                            chist.observe(d)
-                        return
+                                chist.observe(d)
+                            return
                 q = dirty_owner.allowed.get(key)
                 if q is not None:             # a name no list matches, seen before: forward
                     subs = dirty_owner.subs
                     sub = subs.get(cid) or subs[None]
-                    if ac is not None and not sub.refuse:
-                        try:
-                            dirty_owner._forward(data, q, host, addr, sub, sendto, False, t0)
-                        except Exception as exc:
-                            dirty_owner.failed(exc)
-                        return
-                    pool = dirty_owner.pool
+                    pool = dirty_owner.pool if ac is None else None   # cache on: handle() -> cached()
                     if pool is not None and not sub.refuse:
                         if lim.quota_full(host):
                             return
