@@ -334,8 +334,8 @@ def part_system(work: Path, a) -> None:
         print(f"== whole system, Zipf + 5 % listed names at -Q {a.system_qps}, CPU us per answered query "
               f"(all server processes), median of {a.runs}")
         for k, v in med.items():
-            print(f"  {k:<24} {v:6.1f} us  (runs: {', '.join(f'{x:.1f}' for x in res[k])})  ratio "
-                  f"{v / med['unbound + RPZ']:.2f}")
+            print(f"  {k:<24} {v:6.1f} us  (runs: {', '.join(f'{x:.1f}' for x in res[k])})  ratio vs "
+                  f"unbound + RPZ: {v / med['unbound + RPZ']:.2f}")
     finally:
         for p in procs:
             p.stop()
