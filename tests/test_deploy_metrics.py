@@ -183,10 +183,10 @@ def stack(tmp_path_factory):
         pytest.skip("prometheus not installed (Debian package prometheus; tests/run-all.sh)")
     work = tmp_path_factory.mktemp("metrics")
     pol = copy_policies(work)
-    # the example forwards to /etc/resolv.conf's resolvers: keep test traffic on loopback
+    # the example falls back to /etc/resolv.conf's resolver: keep test traffic on loopback
     dead = free_port()
     (pol / "dns.yaml").write_text((pol / "dns.yaml").read_text().replace(
-        "upstreams: system", f"upstreams: [{{id: local, address: 127.0.0.1:{dead}, timeout: 500ms}}]"))
+        "address: system", f"address: 127.0.0.1:{dead}"))
     d = DaemonProcess(work, policies=pol).start()
     # Traffic, so that per-list, per-upstream and latency series exist: a blocked name
     # (mandatory list) and a forwarded one (the example upstreams may not answer here:

@@ -364,9 +364,15 @@ def test_upstreams_system_reads_resolv_conf_and_skips_ourselves(tmp_path, policy
     conf.write_text("search example\n")
     with pytest.raises(Exception, match="names no usable nameserver"):
         system_upstreams(Loc("x", 1), str(conf))
-    # the example policy uses it: the host's resolvers, as the C library would read them
-    p = load_policy(policy_dir)
     want = [ln.split()[1].split("%")[0] for ln in open("/etc/resolv.conf") if ln.startswith("nameserver")][:3]
+    # the example policy: the local resolver, then the host's first resolver (`address: system`)
+    p = load_policy(policy_dir)
+    assert [u.address for u in p.dns.upstreams] == [("127.0.0.1", 53), (want[0], 53)]
+    assert [u.system for u in p.dns.upstreams] == [False, True]
+    example = (policy_dir / "dns.yaml").read_text()
+    (policy_dir / "dns.yaml").write_text(example.split("  upstreams:")[0] + "  upstreams: system\n"
+                                         + example.split("      timeout: 1500ms\n", 2)[2])
+    p = load_policy(policy_dir)             # `upstreams: system`: every nameserver, as the C library reads them
     assert p.dns.upstreams_system and [u.address[0] for u in p.dns.upstreams] == want
     # ...never nocpolicyd itself
     fake = SimpleNamespace(ctx=SimpleNamespace(options=SimpleNamespace(dns_listen=[(p.dns.upstreams[0].address[0], 53)])))

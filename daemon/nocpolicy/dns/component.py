@@ -146,11 +146,11 @@ class DnsGuard(Component):
     def _upstreams(self, policy) -> tuple:
         """The policy's upstreams; from /etc/resolv.conf (`system`) never nocpolicyd itself."""
         ups = policy.dns.upstreams
-        if not policy.dns.upstreams_system:
+        if not any(u.system for u in ups):
             return ups
         mine = {(h, p) for h, p in self.ctx.options.dns_listen}
         wild = {p for h, p in self.ctx.options.dns_listen if h in ("0.0.0.0", "::")}
-        keep = tuple(u for u in ups if u.address not in mine and u.address[1] not in wild)
+        keep = tuple(u for u in ups if not u.system or (u.address not in mine and u.address[1] not in wild))
         for u in ups:
             if u not in keep:
                 log.warning("upstreams: system: skipping %s:%d from /etc/resolv.conf: nocpolicyd "

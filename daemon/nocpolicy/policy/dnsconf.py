@@ -35,6 +35,7 @@ class Upstream:
     id: str
     address: tuple[str, int]
     timeout: float = 2.0
+    system: bool = False            # the address came from /etc/resolv.conf
     loc: Loc = field(default=Loc("?", 0), compare=False, repr=False)
     locs: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
 
@@ -87,12 +88,20 @@ class DnsSettings:
 
 
 def _upstream(o: Obj) -> Upstream:
+    system = isinstance(getattr(o.node.value.get("address"), "value", None), str) and \
+        o.node.value["address"].value.strip().lower() == "system"
     return Upstream(
         id=o.req("id", as_id),
-        address=o.req("address", as_hostport(53)),
+        address=o.req("address", _first_system if system else as_hostport(53)),
         timeout=o.get("timeout", as_duration, 2.0),
+        system=system,
         loc=o.node.loc, locs=o.locs,
     )
+
+
+def _first_system(node, _p=None) -> tuple[str, int]:
+    """``address: system``: the first nameserver of /etc/resolv.conf."""
+    return system_upstreams(node.loc)[0].address
 
 
 RESOLV_CONF = "/etc/resolv.conf"
@@ -114,7 +123,8 @@ def system_upstreams(loc: Loc, path: str = RESOLV_CONF) -> tuple[Upstream, ...]:
             ip = ipaddress.ip_address(parts[1].split("%", 1)[0])
         except ValueError:
             continue
-        out.append(Upstream(id=f"system-{len(out) + 1}", address=(str(ip), 53), timeout=SYSTEM_TIMEOUT, loc=loc))
+        out.append(Upstream(id=f"system-{len(out) + 1}", address=(str(ip), 53), timeout=SYSTEM_TIMEOUT,
+                            system=True, loc=loc))
         if len(out) == 3:
             break
     if not out:
