@@ -157,7 +157,7 @@ class DnsGuard(Component):
                             "itself listens there", *u.address)
         return keep
     def _apply_limits(self, limits, exempt: frozenset) -> None:
-        """dns.ratelimit, dns.access_control, dns.tcp and dns.detection_log (issue 14)."""
+        """dns.ratelimit, dns.access_control, dns.tcp and dns.detection_log (the defences against hostile traffic)."""
         engine = self.engine
         engine.limiter.configure(limits.ratelimit, exempt)
         if engine.acl.allow != limits.access.allow:

@@ -1,6 +1,6 @@
 """The DNS verdict: a PURE function of (subscriber state, lists, name) -> Verdict.
 
-Enforcement order (DESIGN.md section 4):
+Enforcement order (a customer's opt-out must never lift a mandatory list):
 
 1. **mandatory** lists (Art. 23(2), e.g. CSAM) -- always, for everybody; EDE 16 Censored;
 2. **security** lists (Art. 45(4), C&C) -- unless the customer opted out; EDE 15 Blocked;
@@ -9,7 +9,7 @@ Enforcement order (DESIGN.md section 4):
 Inside a class, lists are tried in policy order; the first list that matches
 (after its own ``allow`` exceptions) decides. A sinkhole answer carries EDE 4.
 
-Stable API (also used by passive detection, issue 8)::
+Stable API (also used by passive detection, detect/)::
 
     guard = ctx.components["dns"]                 # the running DnsGuard
     v = guard.judge("192.0.2.10", "Evil.Example.")  # -> Verdict (customer found by longest prefix)
