@@ -329,6 +329,27 @@ class Engine(CachePath):
         lim = self.limiter
         rl_keys, rl_key, rl_counts, rl_blocked, rl_over = lim.keys, lim.key, lim.counts, lim.blocked, lim.over
 
+        def cache_hit(ac, data: bytes, key: bytes, cid, addr, t0: float) -> bool:
+            """The answer cache: a fresh entry without CNAME whose name is on no list in this
+            generation (allowed for everyone) is sent at once."""
+            v = ac.d.get(key)
+            if (v is None or v[4] != dirty_owner.gen or v[3] is not None or cid is OUTSIDE
+                    or (cid is None and dirty_owner.subs[None].refuse)):
+                return False
+            w = v[0] if t0 < v[1] else dirty_owner.aged_wire(key, v, t0)    # TTLs rewritten
+            if w is None:
+                return False
+            sendto(data[:2] + w, addr)
+            ac.hits += 1
+            rcodes[w[1] & 15] += 1
+            d = perf() - t0
+            if d < 0.0001:
+                ccounts[0] += 1
+                chist.total += d
+            else:
+                chist.observe(d)
+            return True
+
         def on_datagram(data: bytes, host: str, addr, t0: float) -> None:
             stats.udp += 1
             k = rl_keys.get(host) or rl_key(host)     # per-source limits (ratelimit.py)
@@ -363,22 +384,8 @@ class Engine(CachePath):
                             hist.observe(d)
                         return
                 ac = dirty_owner.acache
-                if ac is not None:                # the answer cache: fresh, no CNAME, a name on no
-                    v = ac.d.get(key)             # list in this generation (allowed for everyone)
-                    if (v is not None and v[4] == dirty_owner.gen and v[3] is None
-                            and cid is not OUTSIDE and (cid is not None or not dirty_owner.subs[None].refuse)):
-                        w = v[0] if t0 < v[1] else dirty_owner.aged_wire(key, v, t0)  # TTLs rewritten
-                        if w is not None:
-                            sendto(data[:2] + w, addr)
-                            ac.hits += 1
-                            rcodes[w[1] & 15] += 1
-                            d = perf() - t0
-                            if d < 0.0001:
-                                ccounts[0] += 1
-                                chist.total += d
-                            else:
-                                chist.observe(d)
-                            return
+                if ac is not None and cache_hit(ac, data, key, cid, addr, t0):
+                    return
                 q = dirty_owner.allowed.get(key)
                 if q is not None:             # a name no list matches, seen before: forward
                     subs = dirty_owner.subs
