@@ -58,7 +58,8 @@ def component_types(options: Options) -> list[type[Component]]:
     from .fleet.component import MqttBridge
     from .maintenance.component import Maintenance
     from .qos.component import Enforcer
-    return [DnsGuard, Detector, Enforcer, Maintenance, MqttBridge]
+    from .sessions.component import Sessions
+    return [DnsGuard, Sessions, Detector, Enforcer, Maintenance, MqttBridge]
 
 
 def new_subscribers(ctx: Context) -> Component:
@@ -88,6 +89,8 @@ def wire(components: list[Component]) -> None:
     from .fleet.component import MqttBridge
     from .maintenance.component import Maintenance
     from .qos.component import Enforcer
+    from .sessions.component import Sessions
+    from .subscribers.component import Subscribers
     qos = _first(components, Enforcer)
     bridge = _first(components, MqttBridge)
     maintenance = _first(components, Maintenance)
@@ -99,6 +102,11 @@ def wire(components: list[Component]) -> None:
     detect, dns = _first(components, Detector), _first(components, DnsGuard)
     if detect is not None and dns is not None:
         detect.guard.connect(dns)                                 # Guard (nocpolicy.detect.guard)
+    sessions, subscribers = _first(components, Sessions), _first(components, Subscribers)
+    if sessions is not None and subscribers is not None:
+        sessions.connect(subscribers)                             # SessionFeed (nocpolicy.sessions.component)
+    if dns is not None and subscribers is not None:
+        dns.engine.acl.live = subscribers.session_holds           # the access list admits live sessions
 
 
 def _first(components: list[Component], kind: type[T]) -> T | None:
@@ -285,7 +293,7 @@ class Daemon:
     async def _reload(self, source: str, dry_run: bool, actor: str) -> dict:
         old = self.policy
         try:
-            new = await asyncio.to_thread(load_policy, self.options.policies)
+            new = await asyncio.to_thread(load_policy, self.options.policies, previous=self.policy)
         except Exception as exc:  # PolicyInvalid, or a bug: refuse either way, keep serving
             if isinstance(exc, PolicyInvalid):
                 errors = [str(p) for p in exc.problems]

@@ -12,6 +12,7 @@ next query anywhere sees it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 from prometheus_client.core import GaugeMetricFamily
@@ -21,9 +22,10 @@ from ..control.commands import Command
 from ..errors import NotFound
 from ..policy.fields import as_bool, as_id, as_str
 from .api import Replica, Watcher
+from .live import AddressTable, ClientLookup, change_from_json, change_to_json
 from .model import EVERYTHING, Change, Decision, Decisions
 from .optouts import OptoutStore, decisions_of
-from .view import SubscriberView, build_view, update_view
+from .view import SubscriberView, implicit_subscriber, reload_view, update_view
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,11 @@ class Subscribers(Component):
         self.decisions: Decisions | None = None        # loaded from the store at the first prepare
         self._watchers: list[Watcher] = []
         self._replicas: list[Replica] = []
+        # live sessions (sessions/): the Sessions component's table in the main process, a
+        # replica fed over the pipe in a DNS worker
+        self.live = AddressTable() if ctx.options.extra.get("dns_worker") else None
+        self._live_loaded = False
+        self._implicit: dict[str, int] = {}     # implicit customer -> its live sessions
 
     # -- the interface consumers are handed (api.SubscriberSource) ---------------------
 
@@ -50,6 +57,12 @@ class Subscribers(Component):
 
     def apply(self, d: Decision) -> None:
         """Apply a runtime decision to the view and push it (synchronous; no store write)."""
+        if d.kind == "sessions":                  # a DNS worker: the main process's session changes
+            changes = [change_from_json(x) for x in d.value]
+            for c in changes:
+                self.live.apply(c)
+            self.sessions_changed(changes)
+            return
         self.decisions = (self.decisions or Decisions()).with_(d)
         self._publish(update_view(self.view, self.decisions, (d.customer,)), Change.of(d.customer))
 
@@ -65,20 +78,76 @@ class Subscribers(Component):
         results = await asyncio.gather(*(r(d) for r in self._replicas))
         return all(results)
 
+    # -- live sessions (sessions/component.SessionFeed) -----------------------------------
+
+    def use_sessions(self, live) -> None:
+        self.live = live
+        self._publish(self._with_sessions(self.view), EVERYTHING)
+
+    def _with_sessions(self, view: SubscriberView) -> SubscriberView:
+        """``view`` whose address lookup covers the live sessions (static prefixes first) and
+        whose subscribers include the implicit customers of live sessions."""
+        if self.live is None:
+            return view
+        static = getattr(view.prefixes, "static", view.prefixes)
+        by_id = view.by_id
+        for cid in self._implicit:
+            if cid not in by_id:
+                by_id = by_id if by_id is not view.by_id else dict(by_id)
+                by_id[cid] = implicit_subscriber(cid, view.decisions)
+        return dataclasses.replace(view, by_id=by_id, prefixes=ClientLookup(static, self.live))
+
+    def static_owner(self, host: str) -> str | None:
+        prefixes = self.view.prefixes
+        return getattr(prefixes, "static", prefixes).lookup(host)
+
+    def session_holds(self, host: str) -> bool:
+        """Is ``host`` inside a live session (the DNS access list's hook)?"""
+        return self.live is not None and self.live.contains(host)
+
+    def sessions_changed(self, changes) -> None:
+        """Sessions started or ended (already in the live lookup): implicit customers get a
+        subscriber (added in place: nothing existing changes), then every watcher is told, so
+        the next query anywhere in this process sees it."""
+        by_id, touched = self.view.by_id, set()
+        for op, _addrs, cid, implicit in changes:
+            if cid is None:
+                continue
+            touched.add(cid)
+            if implicit:
+                n = self._implicit.get(cid, 0) + (1 if op == "+" else -1)
+                if n > 0:
+                    self._implicit[cid] = n
+                else:
+                    self._implicit.pop(cid, None)
+                if op == "+" and cid not in by_id:
+                    by_id[cid] = implicit_subscriber(cid, self.view.decisions or Decisions())
+        self._publish(self.view, Change(frozenset(touched), True))
+
+    async def replicate_sessions(self, changes) -> bool:
+        d = Decision("sessions", "*", [change_to_json(c) for c in changes])
+        return all(await asyncio.gather(*(r(d) for r in self._replicas)))
+
     # -- lifecycle -------------------------------------------------------------------
 
     async def prepare(self, policy, change):
         decisions = self.decisions
         if decisions is None:
             decisions = decisions_of(await asyncio.to_thread(self.optouts.records))
-        view = await asyncio.to_thread(build_view, policy.customers, policy.dns.unknown_clients, decisions)
+        if isinstance(self.live, AddressTable) and not self._live_loaded:    # a worker starting
+            n = await asyncio.to_thread(self.live.load, self.ctx.store.path)
+            self._live_loaded = True
+            self._implicit = dict(self.live.implicit)
+            log.info("%d live session(s) loaded", n)
+        view = await asyncio.to_thread(reload_view, self.view, policy.customers, policy.dns.unknown_clients,
+                                       decisions)
 
         def commit():
             new = view
             if self.decisions is not None and self.decisions is not decisions:   # decided meanwhile
                 new = update_view(view, self.decisions, view.customers)
             self.decisions = new.decisions
-            self._publish(new, EVERYTHING)
+            self._publish(self._with_sessions(new), EVERYTHING)
         return commit
 
     # -- commands and metrics ------------------------------------------------------------

@@ -44,7 +44,15 @@ def _as_bool(v: Any) -> bool:
 # Every kind of runtime decision and how its value is checked (values come from the state
 # store and, in worker processes, from the main process's pipe). Consent by purpose and
 # suspensions add a kind here and a rule in view.subscriber_of; consumers do not change.
-KINDS = {"optout": _as_bool}
+def _as_list(v: Any) -> list:
+    if not isinstance(v, list):
+        raise ValueError(f"must be a list, not {type(v).__name__}")
+    return v
+
+
+# "sessions": live-session changes sent to the DNS workers (sessions/replica.py); applied to
+# the address lookup, not kept among the decisions.
+KINDS = {"optout": _as_bool, "sessions": _as_list}
 
 
 @dataclass(frozen=True, slots=True)

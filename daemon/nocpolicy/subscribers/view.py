@@ -14,12 +14,19 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from .model import Decisions, Subscriber
-from .prefixes import PrefixIndex
+from .prefixes import PrefixIndex, customers_delta
 
 # What applies to a client outside every customer prefix (dns.unknown_clients).
 UNKNOWN_MODES = {"protect": Subscriber(None, security=True),
                  "mandatory-only": Subscriber(None, security=False),
                  "refuse": Subscriber(None, security=False, refuse=True)}
+
+
+def implicit_subscriber(cid: str, decisions: Decisions) -> Subscriber:
+    """A customer known only from a session (not in the policy): the policy's defaults (no
+    opt-out, no optional list) under the runtime decisions keyed by its id."""
+    rt = decisions.get("optout", cid)
+    return Subscriber(cid, security=not rt, optout_source="runtime" if rt is not None else "policy")
 
 
 def subscriber_of(c, decisions: Decisions) -> Subscriber:
@@ -70,6 +77,31 @@ def build_view(customers: Iterable, unknown_mode: str, decisions: Decisions) -> 
     return SubscriberView(by_id, PrefixIndex.of_customers(customers), {c.id: c for c in customers}, decisions)
 
 
+def reload_view(old: SubscriberView, customers: Iterable, unknown_mode: str,
+                decisions: Decisions) -> SubscriberView:
+    """The view for a new policy, reusing ``old`` where customers did not change: only the
+    changed customers' subscribers are rebuilt and only the prefix tables they touch are
+    copied (a CSV inventory reload that changes 1% of a million rows). Falls back to
+    :func:`build_view` when much changed."""
+    customers = tuple(customers)
+    static = getattr(old.prefixes, "static", old.prefixes)
+    if not old.customers or decisions is not old.decisions:
+        return build_view(customers, unknown_mode, decisions)
+    removed, added, changed = customers_delta(old.customers, customers)
+    if len(changed) > max(1000, len(customers) // 10):
+        return build_view(customers, unknown_mode, decisions)
+    by_cust = {c.id: c for c in customers}
+    by_id = dict(old.by_id)
+    by_id[None] = UNKNOWN_MODES[unknown_mode]
+    for cid in changed:
+        c = by_cust.get(cid)
+        if c is None:
+            by_id.pop(cid, None)
+        else:
+            by_id[cid] = subscriber_of(c, decisions)
+    return SubscriberView(by_id, static.updated(removed, added), by_cust, decisions)
+
+
 def update_view(view: SubscriberView, decisions: Decisions, touched: Iterable[str]) -> SubscriberView:
     """``view`` with the customers in ``touched`` rebuilt under ``decisions`` (pure)."""
     by_id = dict(view.by_id)
@@ -77,4 +109,6 @@ def update_view(view: SubscriberView, decisions: Decisions, touched: Iterable[st
         c = view.customers.get(cid)
         if c is not None:
             by_id[cid] = subscriber_of(c, decisions)
+        elif cid in by_id:                      # an implicit customer (a session's)
+            by_id[cid] = implicit_subscriber(cid, decisions)
     return SubscriberView(by_id, view.prefixes, view.customers, decisions)
