@@ -15,7 +15,7 @@ from bisect import bisect_left
 from ..policy.dnsguard import TcpLimits
 from .acl import AccessList
 from .clients import PrefixIndex
-from .lists import ListSet, suffixes
+from .lists import _MASK, ListSet, suffixes
 from .ratelimit import RateLimiter
 from .stats import BUCKETS
 from .upstream import Pending
@@ -41,6 +41,7 @@ from .wire import (
     sinkhole_record,
     truncate_for_udp,
 )
+from .zones import SAMPLES, ZONE_CACHE_MAX, ZoneAnswer, named, probes, zone_key
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,9 @@ class Engine:
         self.tcp_conf = TcpLimits()        # dns.tcp (tcp.py reads it for each new connection)
         self.hostcache: dict[str, str | None] = {}
         self.answers: dict[str | None, dict[bytes, LocalAnswer]] = {}
+        # blocked answers for every child of a parent name, per customer (zones.py: DGA floods)
+        self.zones: dict[str | None, dict[bytes, ZoneAnswer]] = {}
+        self._probes = probes(self.lists)
         self.dirty: list[LocalAnswer] = []
         self.inspect_cnames = True
         # query bytes (minus the ID) of names no list matches -> their parsed question: such a
@@ -114,24 +118,27 @@ class Engine:
         self.drain()
         self.lists, self.prefixes, self.subs = lists, prefixes, {**subs, OUTSIDE: _OUTSIDE_SUB}
         self.hostcache = {}
-        self.answers = {}
+        self.answers, self.zones = {}, {}
         self.allowed = {}
         self._all = _everything(lists)
+        self._probes = probes(lists)
         self._sink = {}
         self.inspect_cnames = bool(lists.all())
 
     def set_lists(self, lists: ListSet) -> None:
         self.drain()
         self.lists = lists
-        self.answers = {}
+        self.answers, self.zones = {}, {}
         self.allowed = {}
         self._all = _everything(lists)
+        self._probes = probes(lists)
 
     def invalidate(self) -> None:
         """Entries changed in place (list.update): forget cached answers."""
         self.drain()
-        self.answers = {}
+        self.answers, self.zones = {}, {}
         self.allowed = {}
+        self._probes = probes(self.lists)
 
     def set_subscriber(self, customer: str, sub: Subscriber) -> None:
         self.drain()
@@ -139,20 +146,33 @@ class Engine:
         subs[customer] = sub
         self.subs = subs
         self.answers.pop(customer, None)
+        self.zones.pop(customer, None)
 
     def drain(self) -> None:
         """Move the counts of cached answers into the stats and the detection log."""
         if self.pool is not None:
             self.pool.drain()
         dirty, self.dirty = self.dirty, []
-        stats, note = self.stats, self.detections.note_many
+        if not dirty:
+            return
+        counts: dict[tuple, int] = {}
+        items: list[tuple] = []
+        add = items.append
         for ent in dirty:
             v = ent.verdict
-            stats.block(v.list, v.cls, v.action, ent.n)
-            for host, n in ent.hosts.items():
-                note(v, host, n)
+            k = (v.list, v.cls, v.action)
+            counts[k] = counts.get(k, 0) + ent.n
+            if ent.__class__ is ZoneAnswer:       # client -> [count, names]
+                for host, (n, names) in ent.hosts.items():
+                    add((v, host, n, names))
+            else:                                 # LocalAnswer: client -> count
+                for host, n in ent.hosts.items():
+                    add((v, host, n, None))
             ent.n = 0
             ent.hosts = {}
+        for (lst, cls, action), n in counts.items():
+            self.stats.block(lst, cls, action, n)
+        self.detections.note_batch(items)
 
     # -- slow-path API -------------------------------------------------------------
 
@@ -219,6 +239,9 @@ class Engine:
                 else:
                     hist.observe(d)
                 return
+        zones = self.zones.get(cid)
+        if zones is not None and self._zone(zones, data, host, addr, send, tcp, t0):
+            return
         stats = self.stats
         try:
             q = parse_query(data)
@@ -260,19 +283,58 @@ class Engine:
         if not tcp and self._blocked_over(host, data, addr, send):
             return
         out, rcode = self._local(data, q, v)
-        ent = LocalAnswer(out[2:], rcode, v)
-        if len(data) <= CACHEABLE:
-            if cache is None:
-                cache = self.answers[cid] = {}
-            elif len(cache) >= ANSWER_CACHE_MAX:
-                cache.clear()
-            cache[data[2:]] = ent
         send(out, addr)
-        self.dirty.append(ent)
-        ent.n = 1
-        ent.hosts[host] = 1
+        self._remember(cid, data, q, v, out, rcode, host)
         stats.rcodes[rcode] += 1
         stats.duration["local"].observe(time.perf_counter() - t0)
+
+    def _remember(self, cid, data, q, v: Verdict, out: bytes, rcode: int, host: str) -> None:
+        """Count a blocked answer found on the full path and cache it: for its parent name when
+        that answer serves every child no list names (zones.py), else for this query alone."""
+        name, first = q.name, data[12]
+        if (len(data) <= CACHEABLE and name.find(".") == first and first < 64
+                and not named(name, *self._probes[:2])):
+            zones = self.zones.get(cid)
+            if zones is None:
+                zones = self.zones[cid] = {}
+            elif len(zones) >= ZONE_CACHE_MAX:
+                zones.clear()
+            ent = zones[zone_key(data)] = ZoneAnswer(out, q.qend, first, name[first + 1:], rcode, v, self._probes)
+            ent.count(host, name)
+        else:
+            ent = LocalAnswer(out[2:], rcode, v)
+            if len(data) <= CACHEABLE:
+                cache = self.answers.get(cid)
+                if cache is None:
+                    cache = self.answers[cid] = {}
+                elif len(cache) >= ANSWER_CACHE_MAX:
+                    cache.clear()
+                cache[data[2:]] = ent
+            ent.n = 1
+            ent.hosts[host] = 1
+        self.dirty.append(ent)
+
+    def _zone(self, zones: dict, data: bytes, host, addr, send, tcp: bool, t0: float) -> bool:
+        """A query for a child of a parent name blocked before (zones.py): answered (True)."""
+        key = zone_key(data)
+        z = zones.get(key) if key is not None else None
+        if z is None:
+            return False
+        name = z.child(data, *self._probes[:2])
+        if name is None:
+            return False
+        if not tcp and self._blocked_over(host, data, addr, send):
+            return True
+        send(z.reply(data), addr)
+        if z.count(host, name):
+            self.dirty.append(z)
+        stats = self.stats
+        stats.rcodes[z.rcode] += 1
+        d = _perf() - t0
+        hist = stats.duration["local"]
+        hist.counts[bisect_left(BUCKETS, d)] += 1
+        hist.total += d
+        return True
 
     def _refuse(self, data, q, addr, send, cid) -> None:
         self.stats.rcodes[REFUSED] += 1
@@ -316,6 +378,54 @@ class Engine:
         miss = _MISS
         lim = self.limiter
         rl_keys, rl_key, rl_counts, rl_blocked, rl_over = lim.keys, lim.key, lim.counts, lim.blocked, lim.over
+
+        def zone_answer(zones: dict, data: bytes, host: str, k: str, addr, t0: float) -> bool:
+            """ZoneAnswer.child/reply/count inlined (zones.py): True if answered here."""
+            ln = data[12] if len(data) > 17 else 0
+            if not 0 < ln < 64:
+                return False
+            z = zones.get(data[2:12] + data[13 + ln:])
+            if z is None or ln > z.room:
+                return False
+            if data.find(46, 13, 13 + ln) >= 0:          # a "." inside the label
+                return False
+            name = None
+            if not z.clean:                              # some list may name the child: look
+                name = data[13:13 + ln].lower().decode("latin-1") + z.dotparent
+                shards, dicts, _ = dirty_owner._probes    # (zones.named, inlined)
+                h = hash(name) & _MASK
+                for sh in shards:
+                    if name in sh[h]:
+                        return False
+                for dc in dicts:
+                    if name in dc:
+                        return False
+            b = rl_blocked.get(k, 0) + 1
+            rl_blocked[k] = b
+            if b > lim.blocked_qps and rl_over(host, b, lim.blocked_qps, "blocked", data, addr, sendto):
+                return True
+            sendto(data[:2] + z.hdr + data[12:13 + ln + z.qlen] + z.tail, addr)     # ZoneAnswer.reply
+            hs = z.hosts.get(host)
+            if hs is None:
+                z.hosts[host] = [1, [name or data[13:13 + ln].lower().decode("latin-1") + z.dotparent]]
+                if not z.n:
+                    dirty_owner.dirty.append(z)
+            else:
+                hs[0] += 1
+                s = hs[1]
+                if len(s) < SAMPLES:
+                    name = name or data[13:13 + ln].lower().decode("latin-1") + z.dotparent
+                    if name not in s:
+                        s.append(name)
+            z.n += 1
+            rcodes[z.rcode] += 1
+            d = perf() - t0
+            if d < 0.0001:
+                counts[0] += 1
+                hist.total += d
+            else:
+                hist.observe(d)
+            return True
 
         def on_datagram(data: bytes, host: str, addr, t0: float) -> None:
             stats.udp += 1
@@ -368,6 +478,9 @@ class Engine:
                         except Exception as exc:
                             dirty_owner.failed(exc)
                         return
+                zones = dirty_owner.zones.get(cid)
+                if zones is not None and zone_answer(zones, data, host, k, addr, t0):
+                    return
             try:
                 handle(data, host, addr, sendto, False, t0)
             except Exception as exc:  # never let one packet stop the listener

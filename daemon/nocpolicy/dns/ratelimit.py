@@ -6,6 +6,11 @@ dnsdist's ``MaxQPSIPRule`` and BIND's response-rate limiting (RRL) ``slip``.
   cleared every second by :meth:`tick`. Past ``qps`` the query is dropped, except every
   ``slip``-th limited query, which is answered with an empty TC=1 answer so that a real client
   behind the address retries over TCP (TCP is never rate limited: its source cannot be forged).
+  At most ``max(qps, SLIP_MIN)`` such answers per second per source: a flooder that sends its
+  next query as soon as it gets an answer (a closed loop, like dnsperf or a retrying stub)
+  would otherwise be fed half its rate in answers and keep the guard, and the socket buffer it
+  shares with every customer, saturated. Past that everything is dropped with no work but
+  counting (as unbound's ``ip-ratelimit`` and dnsdist's ``MaxQPSIPRule`` drop).
 * **Blocked answers per second per source prefix**, a separate and lower limit: an infected
   machine's C&C lookups are answered, logged and counted, but a flood of them is not.
 * **Exemptions** by customer (``public_safety: true`` or a tag in ``exempt_tags``).
@@ -23,6 +28,7 @@ import ipaddress
 from .wire import NOERROR, WireError, answer, parse_query
 
 KEYS_MAX = 65536
+SLIP_MIN = 100             # slipped (TC) answers per second per source allowed even under a low limit
 NEVER = 1 << 62            # "no limit": a count that is never reached
 
 
@@ -87,15 +93,15 @@ class RateLimiter:
         if self.exempt and self.customer_of(host) in self.exempt:
             limits["exempt"] = limits.get("exempt", 0) + 1
             return False
-        slip = self.slip
-        if slip and (n - limit) % slip == 0:
+        slip, m = self.slip, n - limit
+        if slip and m % slip == 0 and m <= (limit if limit > SLIP_MIN else SLIP_MIN) * slip:
             tc = truncated_reply(data)
             if tc is not None:
                 send(tc, addr)
-                k = kind + "_slipped"
+                k = _SLIPPED[kind]
                 limits[k] = limits.get(k, 0) + 1
                 return True
-        k = kind + "_dropped"
+        k = _DROPPED[kind]
         limits[k] = limits.get(k, 0) + 1
         return True
 
@@ -121,6 +127,10 @@ class RateLimiter:
             pend[k] = n - 1
         elif n:
             del pend[k]
+
+
+_SLIPPED = {"queries": "queries_slipped", "blocked": "blocked_slipped"}
+_DROPPED = {"queries": "queries_dropped", "blocked": "blocked_dropped"}
 
 
 def truncated_reply(data: bytes) -> bytes | None:
