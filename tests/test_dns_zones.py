@@ -68,7 +68,10 @@ def full_path(tmp_path, lists, data: bytes) -> bytes:
     return got
 
 
-def dga(n: int, parent: str, rng=random.Random(7)) -> list[str]:
+RNG = random.Random(7)
+
+
+def dga(n: int, parent: str, rng=RNG) -> list[str]:
     return ["".join(rng.choices(string.ascii_lowercase + string.digits, k=10)) + "." + parent for _ in range(n)]
 
 

@@ -10,7 +10,9 @@ dnsdist's ``MaxQPSIPRule`` and BIND's response-rate limiting (RRL) ``slip``.
   next query as soon as it gets an answer (a closed loop, like dnsperf or a retrying stub)
   would otherwise be fed half its rate in answers and keep the guard, and the socket buffer it
   shares with every customer, saturated. Past that everything is dropped with no work but
-  counting (as unbound's ``ip-ratelimit`` and dnsdist's ``MaxQPSIPRule`` drop).
+  counting (as unbound's ``ip-ratelimit`` and dnsdist's ``MaxQPSIPRule`` drop). Such a source
+  address is **muted** for the rest of the second: the batched listener (mmsg.py) drops its
+  datagrams as it reads them, before copying them or calling the engine, and only counts them.
 * **Blocked answers per second per source prefix**, a separate and lower limit: an infected
   machine's C&C lookups are answered, logged and counted, but a flood of them is not.
 * **Exemptions** by customer (``public_safety: true`` or a tag in ``exempt_tags``).
@@ -39,6 +41,7 @@ class RateLimiter:
         self.blocked: dict[str, int] = {}      # source key -> blocked answers in this second
         self.pending: dict[str, int] = {}      # source key -> queries waiting for the upstream
         self.keys: dict[str, str] = {}         # client address -> source key
+        self.muted: dict[str, int] = {}        # address -> datagrams dropped unread this second
         self.exempt: frozenset = frozenset()   # customer ids
         self.customer_of = lambda host: None
         self.configure(conf)
@@ -60,6 +63,12 @@ class RateLimiter:
         """Start a new one-second window (called every second)."""
         self.counts.clear()
         self.blocked.clear()
+        if self.muted:
+            n = sum(self.muted.values())
+            self.muted.clear()                 # in place: the listeners hold this dict
+            limits = self.stats.limits
+            limits["queries_dropped"] = limits.get("queries_dropped", 0) + n
+            self.stats.udp += n
 
     def key(self, host: str) -> str:
         """The source key of ``host``: the address itself, or its prefix when shorter."""
@@ -94,7 +103,7 @@ class RateLimiter:
             limits["exempt"] = limits.get("exempt", 0) + 1
             return False
         slip, m = self.slip, n - limit
-        if slip and m % slip == 0 and m <= (limit if limit > SLIP_MIN else SLIP_MIN) * slip:
+        if slip and m % slip == 0 and m <= self.slip_cap(limit) * slip:
             tc = truncated_reply(data)
             if tc is not None:
                 send(tc, addr)
@@ -103,7 +112,13 @@ class RateLimiter:
                 return True
         k = _DROPPED[kind]
         limits[k] = limits.get(k, 0) + 1
+        if kind == "queries" and (not slip or m > self.slip_cap(limit) * slip):
+            self.muted.setdefault(host, 0)     # nothing more is answered to it this second
         return True
+
+    @staticmethod
+    def slip_cap(limit: int) -> int:
+        return limit if limit > SLIP_MIN else SLIP_MIN
 
     def quota_full(self, host: str) -> bool:
         """Count one more pending upstream query for ``host``; True (and not counted) when its

@@ -25,10 +25,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .. import clock
+from ..errors import StoreError
 
 WAL_AUTOCHECKPOINT = 256          # pages (4 KiB each)
 WAL_LIMIT = 1024 * 1024           # bytes the -wal file is cut back to after a checkpoint
-from ..errors import StoreError
 
 CORE_MIGRATIONS: Sequence[str] = (
     # 1: audit trail
