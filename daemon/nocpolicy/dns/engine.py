@@ -364,20 +364,16 @@ class Engine:
         lim.blocked[k] = b
         return b > lim.blocked_qps and lim.over(host, b, lim.blocked_qps, "blocked", data, addr, send)
 
-    def udp_handler(self, sendto):
-        """``on_datagram(data, host, addr, t0)`` for one UDP socket (``t0``: ``perf_counter()``
-        when the datagram was read): the cached-answer and the seen-before forwarding paths
-        inlined (locals only), everything else through :meth:`handle`."""
+    def _zone_answerer(self, sendto):
+        """``zone_answer(zones, data, host, key, addr, t0) -> bool`` for one UDP socket: a child
+        of a parent blocked before answered from its ZoneAnswer (zones.py), the ZoneAnswer's
+        child/reply/count inlined (locals only). False: not answered, take the full path."""
         stats = self.stats
-        rcodes = stats.rcodes
-        hist = stats.duration["local"]
+        rcodes, hist, perf = stats.rcodes, stats.duration["local"], time.perf_counter
         counts = hist.counts
-        perf = time.perf_counter
-        handle = self.handle
         dirty_owner = self
-        miss = _MISS
         lim = self.limiter
-        rl_keys, rl_key, rl_counts, rl_blocked, rl_over = lim.keys, lim.key, lim.counts, lim.blocked, lim.over
+        rl_blocked, rl_over = lim.blocked, lim.over
 
         def zone_answer(zones: dict, data: bytes, host: str, k: str, addr, t0: float) -> bool:
             """ZoneAnswer.child/reply/count inlined (zones.py): True if answered here."""
@@ -426,6 +422,23 @@ class Engine:
             else:
                 hist.observe(d)
             return True
+        return zone_answer
+
+    def udp_handler(self, sendto):
+        """``on_datagram(data, host, addr, t0)`` for one UDP socket (``t0``: ``perf_counter()``
+        when the datagram was read): the cached-answer and the seen-before forwarding paths
+        inlined (locals only), everything else through :meth:`handle`."""
+        stats = self.stats
+        rcodes = stats.rcodes
+        hist = stats.duration["local"]
+        counts = hist.counts
+        perf = time.perf_counter
+        handle = self.handle
+        dirty_owner = self
+        miss = _MISS
+        lim = self.limiter
+        rl_keys, rl_key, rl_counts, rl_blocked, rl_over = lim.keys, lim.key, lim.counts, lim.blocked, lim.over
+        zone_answer = self._zone_answerer(sendto)
 
         def on_datagram(data: bytes, host: str, addr, t0: float) -> None:
             stats.udp += 1
