@@ -6,7 +6,8 @@ from prometheus_client import CollectorRegistry
 
 from nocpolicy.component import Component, Context
 from nocpolicy.control.http import Request
-from nocpolicy.metrics import ComponentCollector, CoreMetrics, metrics_handler
+from nocpolicy.control.metrics_http import metrics_handler
+from nocpolicy.metrics import ComponentCollector, CoreMetrics
 
 
 def test_policy_metrics_follow_loads_and_refusals():

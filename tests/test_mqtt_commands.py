@@ -22,7 +22,9 @@ USERS = {NODE: "node-pw", "noc-controller": "ctl-pw", "ti-feed": "feed-pw", "cus
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mqtt-cmd")
     broker = Mosquitto(tmp, USERS, fleet_acl(NODE, readers=["watcher"])).start()
-    d = DaemonProcess(tmp, extra_args=broker.daemon_args(NODE)).start()
+    # --no-watch: the tests edit the policy and reload explicitly, asserting changed=True; on a
+    # busy machine the file watcher sometimes reloaded first.
+    d = DaemonProcess(tmp, extra_args=broker.daemon_args(NODE) + ["--no-watch"]).start()
     probes = {u: Probe(broker, u).subscribe(f"nocpolicy/v1/reply/{u}/#")
               for u in ("noc-controller", "ti-feed", "customer-portal", "intruder")}
     watcher = Probe(broker, "watcher").subscribe("nocpolicy/v1/#")

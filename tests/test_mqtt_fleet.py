@@ -48,8 +48,11 @@ def fleet_env(tmp_path):
     (tmp_path / "ctl").mkdir()
     (tmp_path / "agent").mkdir()
     pol = fleet_policies(tmp_path / "ctl", SIMS)
+    # --no-watch: the tests reload explicitly after each edit; on a busy machine the file watcher
+    # sometimes got there first and the explicit reload then rightly reported "no change".
     ctl = DaemonProcess(tmp_path / "ctl", policies=pol,
-                        extra_args=broker.daemon_args(CONTROLLER) + ["--role", "controller", "--node", CONTROLLER])
+                        extra_args=broker.daemon_args(CONTROLLER) + ["--role", "controller", "--node", CONTROLLER,
+                                                                      "--no-watch"])
     agent_args = broker.daemon_args(AGENT) + ["--role", "agent", "--node", AGENT, "--enforce", "off"]
     swarm = Swarm(broker.port, SIMS, "sim-pw")
     started = []

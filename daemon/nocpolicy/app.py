@@ -18,6 +18,7 @@ import secrets
 import signal
 import sys
 from pathlib import Path
+from typing import TypeVar
 
 import prometheus_client
 from prometheus_client import CollectorRegistry
@@ -28,19 +29,22 @@ from .component import Component, Context
 from .control.admin import AdminApi
 from .control.commands import Args, Command, CommandRegistry, Invocation
 from .control.http import HttpServer
+from .control.metrics_http import metrics_handler
 from .control.token import ensure_token
 from .errors import NocpolicyError, PolicyInvalid
 from .events import EventBus
 from .logs import setup_logging
-from .metrics import ComponentCollector, CoreMetrics, EventBusCollector, metrics_handler
+from .metrics import ComponentCollector, CoreMetrics, EventBusCollector
 from .options import Options, parse_options
-from .policy.diff import diff_policies
+from .policy.diff import PolicyChange, diff_policies
 from .policy.fields import as_bool, as_int
 from .policy.load import load_policy
 from .policy.model import Policy
 from .store import Store
 
 log = logging.getLogger("nocpolicy")
+
+T = TypeVar("T")
 
 WATCH_INTERVAL = 1.0     # seconds between looks at the policy files
 WATCH_DEBOUNCE = 0.5     # files must be unchanged this long before a reload
@@ -56,11 +60,28 @@ def component_types(options: Options) -> list[type[Component]]:
     return [DnsGuard, Detector, Enforcer, Maintenance, MqttBridge]
 
 
-def wire(by_name: dict) -> None:
-    """Hand components the small typed interfaces they need of each other (Protocols), in one place."""
-    maintenance, mqtt = by_name.get("maintenance"), by_name.get("mqtt")
-    if maintenance is not None and mqtt is not None:
-        maintenance.set_notice_publisher(mqtt)      # NoticePublisher (nocpolicy.notices.publisher)
+def wire(components: list[Component]) -> None:
+    """The one place components meet: each is handed the typed interface it needs of another.
+
+    Protocols: ``interfaces.FleetQos``, ``notices.publisher.NoticePublisher`` and
+    ``NoticeLinkListener``. A component the daemon runs without (tests build partial
+    lists) is handed None, or nothing.
+    """
+    from .fleet.component import MqttBridge
+    from .maintenance.component import Maintenance
+    from .qos.component import Enforcer
+    qos = _first(components, Enforcer)
+    bridge = _first(components, MqttBridge)
+    maintenance = _first(components, Maintenance)
+    if bridge is not None:
+        bridge.qos = qos                                          # FleetQos
+    if bridge is not None and maintenance is not None:
+        maintenance.set_notice_publisher(bridge)                  # NoticePublisher
+        bridge.add_link_listener(maintenance)                     # NoticeLinkListener
+
+
+def _first(components: list[Component], kind: type[T]) -> T | None:
+    return next((c for c in components if isinstance(c, kind)), None)
 
 
 def ensure_secret(state_dir: str, name: str, size: int = 32) -> bytes:
@@ -107,6 +128,32 @@ class Daemon:
     # -- start / stop ------------------------------------------------------------
 
     async def run(self) -> int:
+        opened = self._open()
+        if isinstance(opened, int):
+            return opened
+        policy, token, store = opened
+        started: list[Component] = []
+        self._install_signals()   # from here on SIGTERM during start-up still stops cleanly
+        try:
+            change = await self._start_components(policy, started)
+            await self._start_http(token)
+            if self.stop_event.is_set():
+                return 0
+            self._ready = True
+            sdnotify.notify("READY=1", f"STATUS=policy {policy.version}")
+            log.info("nocpolicyd %s ready: policy %s from %s (%s)", __version__, policy.version,
+                     self.options.policies, change.describe(),
+                     extra={"fields": {"event": "ready", "policy_version": policy.version}})
+            await self._serve()
+            return 0
+        except NocpolicyError as exc:
+            log.error("cannot start: %s", exc)
+            return 1
+        finally:
+            await self._shutdown(started, store)
+
+    def _open(self) -> tuple[Policy, str, Store] | int:
+        """Policy, state directory, store and Context; or the exit code when one cannot be had."""
         opts = self.options
         try:
             policy = load_policy(opts.policies)
@@ -125,66 +172,59 @@ class Daemon:
         except NocpolicyError as exc:
             log.error("%s", exc)
             return 1
-        ctx = Context(options=opts, store=store, clock=self.clock, events=self.events,
-                      registry=self.registry, policy=lambda: self.policy,
-                      secrets={"pseudonym": pseudonym},
-                      commands=self.commands)
-        self.ctx = ctx
+        self.ctx = Context(options=opts, store=store, clock=self.clock, events=self.events,
+                           registry=self.registry, policy=lambda: self.policy,
+                           secrets={"pseudonym": pseudonym},
+                           commands=self.commands)
         self.registry.register(ComponentCollector(lambda: self.components))
         self.registry.register(EventBusCollector(self.events))
         for cmd in self._core_commands():
             self.commands.register(cmd)
-        started: list[Component] = []
-        self._install_signals()   # from here on SIGTERM during start-up still stops cleanly
-        try:
-            types = self._types if self._types is not None else component_types(opts)
-            self.components = [t(ctx) for t in types]
-            ctx.components.update({c.name: c for c in self.components})
-            wire(ctx.components)
-            for c in self.components:
-                for cmd in c.commands():
-                    self.commands.register(cmd)
-                for col in c.collectors():
-                    self.registry.register(col)
-            change = diff_policies(None, policy)
-            commits = [await c.prepare(policy, change) for c in self.components]
-            self._commit(policy, commits, change, source="start")
-            for c in self.components:
-                await c.start()
-                started.append(c)
-            await self._start_http(token)
-            if self.stop_event.is_set():
-                return 0
-            self._ready = True
-            sdnotify.notify("READY=1", f"STATUS=policy {policy.version}")
-            log.info("nocpolicyd %s ready: policy %s from %s (%s)", __version__, policy.version,
-                     opts.policies, change.describe(),
-                     extra={"fields": {"event": "ready", "policy_version": policy.version}})
-            async with asyncio.TaskGroup() as tg:
-                loops = [tg.create_task(self._reload_loop(), name="reload"),
-                         tg.create_task(self._watchdog_loop(), name="watchdog")]
-                if opts.watch:
-                    loops.append(tg.create_task(self._watch_loop(), name="watch"))
-                await self.stop_event.wait()
-                for t in loops:
-                    t.cancel()
-            return 0
-        except NocpolicyError as exc:
-            log.error("cannot start: %s", exc)
-            return 1
-        finally:
-            self._ready = False
-            sdnotify.notify("STOPPING=1")
-            log.info("stopping")
-            for server in reversed(self.http):
-                await server.stop()
-            for c in reversed(started):
-                try:
-                    await asyncio.wait_for(c.stop(), timeout=10)
-                    log.info("stopped %s", c.name)
-                except Exception as exc:  # keep stopping the others
-                    log.error("stopping %s failed: %s", c.name, exc)
-            store.close()
+        return policy, token, store
+
+    async def _start_components(self, policy: Policy, started: list[Component]) -> PolicyChange:
+        """Build and wire the components, prepare and commit the first policy, start them in order."""
+        types = self._types if self._types is not None else component_types(self.options)
+        self.components = [t(self.ctx) for t in types]
+        self.ctx.components.update({c.name: c for c in self.components})
+        wire(self.components)
+        for c in self.components:
+            for cmd in c.commands():
+                self.commands.register(cmd)
+            for col in c.collectors():
+                self.registry.register(col)
+        change = diff_policies(None, policy)
+        commits = [await c.prepare(policy, change) for c in self.components]
+        self._commit(policy, commits, change, source="start")
+        for c in self.components:
+            await c.start()
+            started.append(c)    # only these are stopped
+        return change
+
+    async def _serve(self) -> None:
+        """Reload, watchdog and (--watch) file-watch loops until stop is asked for."""
+        async with asyncio.TaskGroup() as tg:
+            loops = [tg.create_task(self._reload_loop(), name="reload"),
+                     tg.create_task(self._watchdog_loop(), name="watchdog")]
+            if self.options.watch:
+                loops.append(tg.create_task(self._watch_loop(), name="watch"))
+            await self.stop_event.wait()
+            for t in loops:
+                t.cancel()
+
+    async def _shutdown(self, started: list[Component], store: Store) -> None:
+        self._ready = False
+        sdnotify.notify("STOPPING=1")
+        log.info("stopping")
+        for server in reversed(self.http):
+            await server.stop()
+        for c in reversed(started):
+            try:
+                await asyncio.wait_for(c.stop(), timeout=10)
+                log.info("stopped %s", c.name)
+            except Exception as exc:  # keep stopping the others
+                log.error("stopping %s failed: %s", c.name, exc)
+        store.close()
 
     async def _start_http(self, token: str) -> None:
         api = AdminApi(self.commands, token)

@@ -1,4 +1,4 @@
-"""Daemon-level metrics and the /metrics, /healthz, /readyz endpoint.
+"""Daemon-level metrics (the /metrics, /healthz, /readyz endpoint is control/metrics_http.py).
 
 Every metric takes the registry passed in (tests build their own). Component
 metrics come from each component's ``collectors()``: hot-path counters are plain
@@ -7,11 +7,10 @@ integers exposed at scrape time, never a lock per increment.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 
 from . import __version__
-from .control.http import Request, Response
 
 # The classic text format every Prometheus 2.x/3.x scrapes; generate_latest() writes it
 # for our ASCII metric names whatever the prometheus-client version.
@@ -79,18 +78,3 @@ class EventBusCollector:
         from prometheus_client.core import CounterMetricFamily
         yield CounterMetricFamily("nocpolicy_events_dropped", "Events dropped because a consumer's queue "
                                   "was full", value=self._bus.dropped)
-
-
-def metrics_handler(registry: CollectorRegistry, ready):
-    async def handle(req: Request) -> Response:
-        if req.method != "GET":
-            return Response.of_json({"error": "use GET"}, 405)
-        if req.path == "/metrics":
-            return Response(200, generate_latest(registry), CONTENT_TYPE)
-        if req.path == "/healthz":
-            return Response.text("ok\n")
-        if req.path == "/readyz":
-            ok, why = ready()
-            return Response.text(("ready\n" if ok else f"not ready: {why}\n"), 200 if ok else 503)
-        return Response.text("see /metrics, /healthz, /readyz\n", 404)
-    return handle

@@ -8,6 +8,11 @@ answers and enforcement untouched (the component stays "running"; status and
 Who may run a command: the broker ACL ``pattern write nocpolicy/v1/cmd/%u/#``
 makes the identity level of ``cmd/<identity>/<verb>`` equal to the publisher's
 MQTT user name; the policy's ``control.grants`` then decide per verb.
+
+What it needs of other components arrives in app.py (``app.wire``): the qos
+component as an ``interfaces.FleetQos`` (``qos``), and the listeners to tell when
+the broker link comes (back) up (``add_link_listener``, a
+``notices.publisher.NoticeLinkListener``). It is their ``NoticePublisher``.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from .. import __version__
 from ..component import Component
 from ..control.commands import Args, Command, Invocation
 from ..errors import NocpolicyError
+from ..interfaces import FleetQos
+from ..notices.publisher import NoticeLinkListener
 from .agent import Agent
 from .broker import broker_config
 from .controller import Controller
@@ -64,6 +71,8 @@ class MqttBridge(Component):
         self._started = False
         self._stopping = False
         self._link_task = None
+        self.qos: FleetQos | None = None                    # handed in by app.wire
+        self._link_listeners: list[NoticeLinkListener] = []        # handed in by app.wire
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -103,7 +112,7 @@ class MqttBridge(Component):
         if self.role == "agent":
             subs.append(plan_topic(self.node))
             self.agent = Agent(self.node, store=self.ctx.store, clock=self.ctx.clock,
-                               applier=make_applier(self.ctx), publish=self._publish)
+                               applier=make_applier(self.ctx.options.enforce, self.qos), publish=self._publish)
         will = (status_topic(self.node), dumps(self._status_doc("offline", "connection lost")))
         self.link = Link(self.cfg, f"nocpolicyd-{self.node}", subscriptions=subs,
                          on_connected=self._on_connected, on_message=self._on_message, will=will)
@@ -141,9 +150,11 @@ class MqttBridge(Component):
     async def _on_connected(self) -> None:
         await self._publish_status()
         self._outbox_wake.set()
-        maintenance = self.ctx.components.get("maintenance")
-        if maintenance is not None and hasattr(maintenance, "mqtt_connected"):
-            maintenance.mqtt_connected()       # notices for contacts' mqtt_topic waiting for the link
+        for listener in self._link_listeners:   # notices waiting for the link are due now
+            try:
+                listener.mqtt_connected()
+            except Exception:   # another component's bug must not stop the replan below
+                log.exception("mqtt: link listener %r failed", listener)
         if self.controller:
             self.controller.replan(republish=True)
 
@@ -165,11 +176,19 @@ class MqttBridge(Component):
     async def _publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
         return await self.link.publish(topic, payload, retain=retain) if self.link else False
 
+    def add_link_listener(self, listener: NoticeLinkListener) -> None:
+        """Call ``listener.mqtt_connected()`` each time the broker link comes (back) up."""
+        self._link_listeners.append(listener)
+
+    @property
+    def connected(self) -> bool:
+        return self.link is not None and self.link.connected.is_set()
+
     def notice_link_problem(self) -> str:
         """Why a notice cannot be published now ("" when it can)."""
         if self.cfg is None:
             return "MQTT bridge disabled (nocpolicyd runs without --mqtt)"
-        if self.link is None or not self.link.connected.is_set():
+        if not self.connected:
             why = self.link.last_error if self.link and self.link.last_error else "connecting"
             return f"not connected to the broker {self.cfg.url} ({why})"
         return ""
@@ -225,7 +244,7 @@ class MqttBridge(Component):
 
     async def _detection_loop(self) -> None:
         while True:
-            interval = float(getattr(self.ctx.policy().dns, "detections_interval", None) or 60.0)
+            interval = float(self.ctx.policy().dns.detections_interval or 60.0)
             await self.ctx.clock.sleep(interval)
             doc = self.detections.flush(self.ctx.clock.now().isoformat(), interval)
             if doc is not None:
@@ -247,8 +266,8 @@ class MqttBridge(Component):
 
     async def _plan_content(self) -> dict:
         p = self.ctx.policy()
-        return {"policy": p.version if p else None, "emergency": await emergency_state(self.ctx),
-                "enforcement": enforcement_plan(self.ctx)}
+        return {"policy": p.version if p else None, "emergency": emergency_state(self.qos),
+                "enforcement": enforcement_plan(self.qos)}
 
     # -- wiring ------------------------------------------------------------------
 

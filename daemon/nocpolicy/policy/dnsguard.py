@@ -142,8 +142,10 @@ def read_limits(o: Obj) -> GuardLimits:
     )
 
 
-def check_limits(g: GuardLimits, retention: float, o: Obj) -> None:
+def check_limits(g: GuardLimits, retention: float | None, o: Obj) -> None:
     """Cross-field rule: the pseudonym key must rotate within the retention period."""
+    if retention is None or g.detection_log.key_rotation is None:
+        return  # the field itself was refused and reported already
     if g.detection_log.key_rotation >= retention:
         o.problems.add(o.locs.get("detection_log", o.node.loc), f"{o.node.path}.detection_log.key_rotation",
                        f"must be shorter than dns.detection_retention ({retention:g}s): a key that outlives "

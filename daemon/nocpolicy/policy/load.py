@@ -44,7 +44,21 @@ def content_version(files: list[tuple[str, bytes]]) -> str:
 
 def load_policy(directory: str | os.PathLike, *, now: dt.datetime | None = None) -> Policy:
     directory = Path(directory)
+    files = _policy_files_or_refuse(directory)
     problems = Problems()
+    raw, sections = _read_sections(directory, files, problems)
+    policy = _build(directory, files, raw, sections, problems, now)
+    check_references(policy, problems)
+    digests = list_digests(policy, problems)
+    if problems:
+        raise PolicyInvalid(sorted(problems, key=lambda p: (p.loc.file, p.loc.line, p.path)))
+    # The version covers the local list files too: editing one is a policy change.
+    raw.extend((f"list:{lid}", d.encode()) for lid, d in digests.items())
+    return dataclasses.replace(policy, version=content_version(raw), list_digests=digests)
+
+
+def _policy_files_or_refuse(directory: Path) -> list[Path]:
+    """The YAML files of the directory; PolicyInvalid when there is no such directory or no file."""
     if not directory.is_dir():
         raise PolicyInvalid([_top(str(directory), f"policy directory {directory} does not exist")])
     try:
@@ -53,7 +67,12 @@ def load_policy(directory: str | os.PathLike, *, now: dt.datetime | None = None)
         raise PolicyInvalid([_top(str(directory), f"cannot read the policy directory: {exc.strerror}")]) from None
     if not files:
         raise PolicyInvalid([_top(str(directory), "no *.yaml files in the policy directory")])
+    return files
 
+
+def _read_sections(directory: Path, files: list[Path], problems: Problems
+                   ) -> tuple[list[tuple[str, bytes]], dict[str, list[Node]]]:
+    """Every file's bytes (for the version) and its top-level sections, gathered by section name."""
     raw: list[tuple[str, bytes]] = []
     sections: dict[str, list[Node]] = {k: [] for k in LIST_SECTIONS + MAP_SECTIONS}
     for path in files:
@@ -64,17 +83,8 @@ def load_policy(directory: str | os.PathLike, *, now: dt.datetime | None = None)
             problems.add(Loc(rel, 1), "", f"cannot read: {exc.strerror}")
             continue
         raw.append((path.name, data))
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            problems.add(Loc(rel, 1), "", f"not UTF-8: {exc}")
-            continue
-        root = parse_yaml(text, rel, problems)
+        root = _parse_file(data, rel, problems)
         if root is None:
-            continue
-        if not isinstance(root.value, dict):
-            problems.add(root, "", "a policy file must be a mapping of sections "
-                         f"({', '.join(MAP_SECTIONS + LIST_SECTIONS)})")
             continue
         for key, node in root.value.items():
             if key not in sections:
@@ -83,7 +93,29 @@ def load_policy(directory: str | os.PathLike, *, now: dt.datetime | None = None)
                 problems.add(node.key_loc, key, f"section already defined at {sections[key][0].key_loc}")
             else:
                 sections[key].append(node)
+    return raw, sections
 
+
+def _parse_file(data: bytes, rel: str, problems: Problems) -> Node | None:
+    """One file's root mapping, or None (the reason added to ``problems``)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        problems.add(Loc(rel, 1), "", f"not UTF-8: {exc}")
+        return None
+    root = parse_yaml(text, rel, problems)
+    if root is None:
+        return None
+    if not isinstance(root.value, dict):
+        problems.add(root, "", "a policy file must be a mapping of sections "
+                     f"({', '.join(MAP_SECTIONS + LIST_SECTIONS)})")
+        return None
+    return root
+
+
+def _build(directory: Path, files: list[Path], raw: list[tuple[str, bytes]], sections: dict[str, list[Node]],
+           problems: Problems, now: dt.datetime | None) -> Policy:
+    """The Policy the sections describe; each section read by its module (problems collected)."""
     def single(name, reader, default):
         nodes = sections[name]
         if not nodes:
@@ -98,7 +130,7 @@ def load_policy(directory: str | os.PathLike, *, now: dt.datetime | None = None)
         return tuple(out)
 
     settings = single("settings", obj(read_settings), Settings())
-    policy = Policy(
+    return Policy(
         directory=str(directory),
         version=content_version(raw),
         loaded_at=now or utcnow(),
@@ -113,13 +145,6 @@ def load_policy(directory: str | os.PathLike, *, now: dt.datetime | None = None)
         control=single("control", read_control, ControlSettings()),
         detect=single("detect", read_detect, DetectSettings()),
     )
-    check_references(policy, problems)
-    digests = list_digests(policy, problems)
-    if problems:
-        raise PolicyInvalid(sorted(problems, key=lambda p: (p.loc.file, p.loc.line, p.path)))
-    # The version covers the local list files too: editing one is a policy change.
-    raw.extend((f"list:{lid}", d.encode()) for lid, d in digests.items())
-    return dataclasses.replace(policy, version=content_version(raw), list_digests=digests)
 
 
 def list_digests(policy: Policy, problems: Problems) -> dict[str, str]:

@@ -11,10 +11,10 @@ emergency's priority rules go, because a stopped daemon cannot expire them); the
 emergency stays in the store and start re-applies it unless it has expired
 (then it is lifted with an audit record).
 
-What the fleet (fleet/qoslink.py) relies on, kept stable: ``plan`` (the
-Plan the kernel holds), ``backend`` (LinuxBackend or None), ``plan_only_reason``
-and ``adopt_plan()`` (apply a plan decided by the controller, under the same lock
-as every other apply, counted like them).
+What the fleet relies on (``interfaces.FleetQos``, handed to it in app.py): ``plan``
+(the Plan the kernel holds), ``backend`` (LinuxBackend or None), ``plan_only_reason``,
+``active_emergency()`` and ``adopt_plan()`` (apply a plan decided by the controller,
+under the same lock as every other apply, counted like them).
 """
 
 from __future__ import annotations
@@ -214,6 +214,11 @@ class Enforcer(Component):
 
     # -- emergencies ---------------------------------------------------------------
 
+    def active_emergency(self) -> dict | None:
+        """The declared emergency as ``emergency.status`` shows it, or None (the fleet plan carries it)."""
+        rec = self.emergencies.active()
+        return rec.as_dict(self._max_duration(rec.profile)) if rec else None
+
     def _as_emergency(self, rec: Record) -> Emergency:
         return Emergency(rec.profile, rec.scope, rec.reason)
 
@@ -362,8 +367,7 @@ class Enforcer(Component):
 
     async def _cmd_status(self, args: Args, inv: Invocation) -> dict:
         args.check()
-        rec = self.emergencies.active()
-        return {"active": rec.as_dict(self._max_duration(rec.profile)) if rec else None,
+        return {"active": self.active_emergency(),
                 "enforced": self.backend is not None, "note": self._note(),
                 "backend": self.backend_name, "netns": self.netns, "features": self.features.as_dict(),
                 "interfaces": [{"name": t.name, "rate": t.rate, "classes": len(t.classes)}
