@@ -236,6 +236,7 @@ def scenario(work, label, pol, qfile, allowed, listed, a) -> dict:
         print(f"  state dir              +{(b1 - b0) / a.seconds:.0f} B/s ({(b1 - b0) / a.seconds * 60 / 1e6:.3f} MB "
               f"per minute; first half {g1 * 60 / 1e6:.3f}, second half {g2 * 60 / 1e6:.3f} MB/min; "
               f"{min(sizes) / 1e6:.2f}-{max(sizes) / 1e6:.2f} MB), detection rows +{(r1 - r0) / a.seconds:.2f}/s")
+        print(f"  state dir every 10 s   {', '.join(f'{x / 1e6:.2f}' for x in sizes[::10])} MB")
         print(f"  nocpolicyd RSS         {rss[0]:.0f} MB (peak {rss[1]:.0f} MB)")
         out = {"A %": ca.share(), "A p99": ca.pct(0.99), "B %": cb.share(), "B p99": cb.pct(0.99),
                "flood qps": f["sent"] / a.seconds, "limited qps": (l1 - l0) / a.seconds, "kernel drops": kdrops,
