@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Hostile traffic at the DNS guard (issue 14): one infected client floods, two customers must
+"""Hostile traffic at the DNS guard: one infected client floods, two customers must
 not notice. All on loopback, bounded in time and rate.
 
 Scenario (each run SECONDS long, default 30):

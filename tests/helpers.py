@@ -155,12 +155,25 @@ class DaemonProcess:
                 "--admin-listen", self.admin, *self.extra_args]
 
     def start(self, wait: bool = True) -> DaemonProcess:
-        self._log = open(self.log_path, "ab")
-        env = dict(os.environ, **(self.env or {}))
-        self.proc = subprocess.Popen(self.args(), cwd=self.workdir, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=env)
-        if wait:
-            self.wait_ready()
+        """Start the daemon; with ``wait``, until /readyz. A port another process took between
+        ``free_port()`` and the daemon's bind (other test runs share this machine) is not the
+        daemon's fault: the start is retried on fresh ports, at most twice."""
+        for attempt in range(3):
+            seen = len(self.log())
+            self._log = open(self.log_path, "ab")
+            env = dict(os.environ, **(self.env or {}))
+            self.proc = subprocess.Popen(self.args(), cwd=self.workdir, stdout=self._log,
+                                         stderr=subprocess.STDOUT, env=env)
+            if not wait:
+                return self
+            try:
+                self.wait_ready()
+                return self
+            except AssertionError:
+                if attempt == 2 or self.proc.poll() is None or "already in use" not in self.log()[seen:]:
+                    raise
+                self._log.close()
+                self.dns_port, self.metrics_port, self.admin_port = free_port(), free_port(), free_port()
         return self
 
     def wait_ready(self, timeout: float = 20.0) -> None:

@@ -21,6 +21,8 @@ from nocpolicy.options import Options
 from nocpolicy.policy.diff import diff_policies
 from nocpolicy.policy.load import load_policy
 from nocpolicy.store import Store
+from nocpolicy.subscribers.component import Subscribers
+from nocpolicy.subscribers.model import Decision
 
 
 def response(name: str, qid: int, *addrs: str) -> bytes:
@@ -61,10 +63,12 @@ async def det(tmp_path):
     ctx = Context(options=Options(state_dir=str(tmp_path / "state")), store=store, clock=clock,
                   events=EventBus(), registry=CollectorRegistry(), policy=lambda: policy,
                   secrets={"pseudonym": b"k" * 32})
+    ctx.subscribers = Subscribers(ctx)
     guard, detector = DnsGuard(ctx), Detector(ctx)
+    detector.guard.connect(guard)
     ctx.components.update(dns=guard, detect=detector)
     change = diff_policies(None, policy)
-    for c in (guard, detector):
+    for c in (ctx.subscribers, guard, detector):
         (await c.prepare(policy, change))()
     events = ctx.events.subscribe()
     yield detector, guard, clock, events, tmp_path
@@ -146,7 +150,7 @@ async def test_cname_chain_to_a_listed_name(det):
     assert (key[0], key[3], key[5]) == ("cc", "a", "node.cc.example")
     # customer b opts out (the real command): no detection through CNAMEs either
     reg = CommandRegistry()
-    for cmd in guard.commands():
+    for cmd in (*d.ctx.subscribers.commands(), *guard.commands()):
         reg.register(cmd)
     await reg.dispatch("optout.set", {"customer": "b", "on": True}, actor="test", source="test")
     d.pipeline.observe(Observation("dnstap", "198.51.100.3", "innocent.example", 1, True, 8, 9, wire))
@@ -166,7 +170,7 @@ async def test_optout_drops_security_address_blocks(det):
     d.pipeline.observe(r2)
     assert set(d.blocks.addrs) == {("a", "203.0.113.5"), ("a", "203.0.113.9")}     # never 0.0.0.0
     d.housekeeping()
-    guard.optout_state = {**guard.optout_state, "a": (True, "runtime")}
+    await d.ctx.subscribers.decide(Decision("optout", "a", True))     # pushed: no polling
     d.housekeeping()
     assert set(d.blocks.addrs) == {("a", "203.0.113.9")}     # mandatory stays
     assert d._nft_full

@@ -19,6 +19,7 @@ from nocpolicy.options import Options
 from nocpolicy.policy.diff import diff_policies
 from nocpolicy.policy.load import load_policy
 from nocpolicy.store import Store
+from nocpolicy.subscribers.component import Subscribers
 
 
 @pytest.fixture
@@ -32,9 +33,11 @@ async def guard(tmp_path):
                                   dns_listen=[("127.0.0.1", free_port())]),
                   store=store, clock=SystemClock(), events=EventBus(), registry=CollectorRegistry(),
                   policy=lambda: holder["p"], secrets={"pseudonym": b"s" * 32})
+    ctx.subscribers = Subscribers(ctx)
     g = DnsGuard(ctx)
     policy = load_policy(str(pol))
-    (await g.prepare(policy, diff_policies(None, policy)))()
+    for c in (ctx.subscribers, g):
+        (await c.prepare(policy, diff_policies(None, policy)))()
     holder["p"] = policy
     await g.start()
     g.test_policy_dir, g.test_holder = pol, holder

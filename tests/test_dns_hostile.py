@@ -1,4 +1,4 @@
-"""Hostile traffic at the DNS guard (issue 14, part A), on real sockets against a real nocpolicyd.
+"""Hostile traffic at the DNS guard, on real sockets against a real nocpolicyd.
 
 Per-source rate limits with slip, the blocked-answer limit, exemptions, the pending-upstream
 quota, TCP limits, EDNS clamping, RFC 8482 ANY, the access list, the detection log's bounds

@@ -10,13 +10,13 @@ import threading
 import pytest
 
 from dns_fixtures import MALTRAIL, RPZ
-from nocpolicy.dns.clients import PrefixIndex
 from nocpolicy.dns.formats import parse, parse_domains, parse_hosts, parse_maltrail, parse_rpz
 from nocpolicy.dns.lists import CompiledList, DomainIndex, ListSet, normalize, suffixes
 from nocpolicy.dns.sources import ListManager
 from nocpolicy.dns.verdict import Subscriber, explain, judge
 from nocpolicy.policy.dnsconf import BlockList
 from nocpolicy.store import Store
+from nocpolicy.subscribers.prefixes import PrefixIndex
 
 
 def m(index: DomainIndex, name: str):

@@ -16,7 +16,6 @@ import string
 import dns.message
 import dns.rcode
 
-from nocpolicy.dns.clients import PrefixIndex
 from nocpolicy.dns.detections import DetectionLog
 from nocpolicy.dns.engine import Engine
 from nocpolicy.dns.lists import CompiledList, DomainIndex, ListSet, NameSet
@@ -33,7 +32,7 @@ def engine(tmp_path, lists, store=None, limits: bool = False):
     """An engine with ``lists``; per-source limits off unless ``limits``."""
     store = store or Store(tmp_path / "db.sqlite")
     e = Engine(DnsStats(), DetectionLog(store, b"k" * 32))
-    e.swap(ListSet.of(lists), PrefixIndex(), dict(e.subs))
+    e.swap(ListSet.of(lists))
     if not limits:
         e.limiter.configure(RateLimit(qps=0, blocked_qps=0))
     return e

@@ -19,7 +19,7 @@ def jst(*a) -> dt.datetime:
 
 
 @pytest.mark.parametrize("start, last_day", [
-    (jst(2026, 1, 20, 1, 0), "2026-01-05"),        # the example in DESIGN.md: start - 14 days would be 01-06
+    (jst(2026, 1, 20, 1, 0), "2026-01-05"),        # the usual reading (first day not counted): start - 14 days would be 01-06, a day late
     (jst(2026, 1, 20, 0, 0), "2026-01-05"),        # midnight start: same calendar day
     (jst(2026, 1, 20, 23, 59), "2026-01-05"),
     (jst(2026, 3, 1, 2, 0), "2026-02-14"),         # month edge, February with 28 days

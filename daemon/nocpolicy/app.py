@@ -34,6 +34,7 @@ from .control.token import ensure_token
 from .errors import NocpolicyError, PolicyInvalid
 from .events import EventBus
 from .logs import setup_logging
+from .loop import loop_factory
 from .metrics import ComponentCollector, CoreMetrics, EventBusCollector
 from .options import Options, parse_options
 from .policy.diff import PolicyChange, diff_policies
@@ -57,19 +58,39 @@ def component_types(options: Options) -> list[type[Component]]:
     from .fleet.component import MqttBridge
     from .maintenance.component import Maintenance
     from .qos.component import Enforcer
-    return [DnsGuard, Detector, Enforcer, Maintenance, MqttBridge]
+    from .sessions.component import Sessions
+    return [DnsGuard, Sessions, Detector, Enforcer, Maintenance, MqttBridge]
+
+
+def new_subscribers(ctx: Context) -> Component:
+    """The one owner of subscriber state, built before the components that read it."""
+    from .subscribers.component import Subscribers
+    return Subscribers(ctx)
+
+
+def with_subscribers(components: list[Component], subscribers: Component) -> list[Component]:
+    """The component list with the subscribers area right after the DNS guard (first when
+    there is none). Its prepare and commit run with the others' (a commit is synchronous, so
+    the guard's new lists and the new subscriber view reach the next query together); it has
+    nothing to start or stop, and the guard stays first in start order and in status."""
+    at = next((i + 1 for i, c in enumerate(components) if c.name == "dns"), 0)
+    return [*components[:at], subscribers, *components[at:]]
 
 
 def wire(components: list[Component]) -> None:
     """The one place components meet: each is handed the typed interface it needs of another.
 
     Protocols: ``interfaces.FleetQos``, ``notices.publisher.NoticePublisher`` and
-    ``NoticeLinkListener``. A component the daemon runs without (tests build partial
+    ``NoticeLinkListener``, ``detect.guard.Guard``. A component the daemon runs without (tests build partial
     lists) is handed None, or nothing.
     """
+    from .detect.component import Detector
+    from .dns.component import DnsGuard
     from .fleet.component import MqttBridge
     from .maintenance.component import Maintenance
     from .qos.component import Enforcer
+    from .sessions.component import Sessions
+    from .subscribers.component import Subscribers
     qos = _first(components, Enforcer)
     bridge = _first(components, MqttBridge)
     maintenance = _first(components, Maintenance)
@@ -78,6 +99,14 @@ def wire(components: list[Component]) -> None:
     if bridge is not None and maintenance is not None:
         maintenance.set_notice_publisher(bridge)                  # NoticePublisher
         bridge.add_link_listener(maintenance)                     # NoticeLinkListener
+    detect, dns = _first(components, Detector), _first(components, DnsGuard)
+    if detect is not None and dns is not None:
+        detect.guard.connect(dns)                                 # Guard (nocpolicy.detect.guard)
+    sessions, subscribers = _first(components, Sessions), _first(components, Subscribers)
+    if sessions is not None and subscribers is not None:
+        sessions.connect(subscribers)                             # SessionFeed (nocpolicy.sessions.component)
+    if dns is not None and subscribers is not None:
+        dns.engine.acl.live = subscribers.session_holds           # the access list admits live sessions
 
 
 def _first(components: list[Component], kind: type[T]) -> T | None:
@@ -106,8 +135,10 @@ def prepare_state_dir(state_dir: str) -> tuple[str, bytes]:
 
 
 class Daemon:
-    def __init__(self, options: Options, *, clock=None, types: list[type[Component]] | None = None):
+    def __init__(self, options: Options, *, clock=None, types: list[type[Component]] | None = None,
+                 primary: bool = True):
         self.options = options
+        self.primary = primary      # False: a DNS worker process (no listeners, no policy records)
         self.clock = clock or SystemClock()
         self._types = types
         self.policy: Policy | None = None
@@ -176,6 +207,7 @@ class Daemon:
                            registry=self.registry, policy=lambda: self.policy,
                            secrets={"pseudonym": pseudonym},
                            commands=self.commands)
+        self.ctx.subscribers = new_subscribers(self.ctx)
         self.registry.register(ComponentCollector(lambda: self.components))
         self.registry.register(EventBusCollector(self.events))
         for cmd in self._core_commands():
@@ -185,7 +217,7 @@ class Daemon:
     async def _start_components(self, policy: Policy, started: list[Component]) -> PolicyChange:
         """Build and wire the components, prepare and commit the first policy, start them in order."""
         types = self._types if self._types is not None else component_types(self.options)
-        self.components = [t(self.ctx) for t in types]
+        self.components = with_subscribers([t(self.ctx) for t in types], self.ctx.subscribers)
         self.ctx.components.update({c.name: c for c in self.components})
         wire(self.components)
         for c in self.components:
@@ -227,6 +259,8 @@ class Daemon:
         store.close()
 
     async def _start_http(self, token: str) -> None:
+        if not self.primary:
+            return
         api = AdminApi(self.commands, token)
         for name, (host, port), handler in (
                 ("metrics", self.options.metrics_listen, metrics_handler(self.registry, self.ready)),
@@ -259,7 +293,7 @@ class Daemon:
     async def _reload(self, source: str, dry_run: bool, actor: str) -> dict:
         old = self.policy
         try:
-            new = await asyncio.to_thread(load_policy, self.options.policies)
+            new = await asyncio.to_thread(load_policy, self.options.policies, previous=self.policy)
         except Exception as exc:  # PolicyInvalid, or a bug: refuse either way, keep serving
             if isinstance(exc, PolicyInvalid):
                 errors = [str(p) for p in exc.problems]
@@ -321,6 +355,12 @@ class Daemon:
             log.info("policy %s -> %s (%s): %s", old.version, policy.version, source, change.describe(),
                      extra={"fields": {"event": "policy.reload", "old_version": old.version,
                                        "policy_version": policy.version, "source": source}})
+        if self.primary:
+            self._record(policy, old, change, source, actor)
+        self.events.publish("reload", {"ok": True, "version": policy.version, "source": source,
+                                       "summary": change.describe()})
+
+    def _record(self, policy: Policy, old: Policy | None, change, source: str, actor: str) -> None:
         try:
             self.ctx.store.put("policy.last_good", {"version": policy.version, "at": self.last_reload["at"]})
             if old is not None:
@@ -332,8 +372,6 @@ class Daemon:
         except NocpolicyError as exc:  # the new policy is in force; say loudly that the record is missing
             log.error("policy %s is in force but could not be recorded in the state store: %s",
                       policy.version, exc)
-        self.events.publish("reload", {"ok": True, "version": policy.version, "source": source,
-                                       "summary": change.describe()})
 
     def _refused(self, source: str, errors: list[str]) -> dict:
         self.metrics.policy_refused()
@@ -441,15 +479,6 @@ def _snapshot(directory: str, state_dir: str | None = None):
                 continue
             out.append((os.path.join(root, name), st.st_mtime_ns, st.st_size))
     return tuple(out)
-
-
-def loop_factory():
-    """uvloop when installed (faster DNS path), else the default asyncio loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,6 +43,9 @@ class Context:
     secrets: dict[str, bytes] = field(default_factory=dict)   # e.g. pseudonym key
     commands: Any = None                                      # the CommandRegistry (MQTT dispatches through it)
     components: dict[str, Any] = field(default_factory=dict)  # name -> component, for cross-component calls
+    # the one owner of subscriber state, a subscribers.api.SubscriberSource (set in app.py);
+    # typed loosely because component sits below subscribers in the layers
+    subscribers: Any = None
 
 
 class Component:

@@ -1,1 +1,1 @@
-"""passive C&C detection from resolver logs (issue 8)"""
+"""Passive C&C detection from the query logs of a resolver nocpolicy does not run (Art. 45(4))."""

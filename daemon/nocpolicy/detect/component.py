@@ -66,7 +66,7 @@ class Detector(Component):
         ctx.store.migrate("detect", MIGRATIONS)
         self.settings = DetectSettings()
         self.policy = None
-        self.guard = GuardAdapter(ctx.components)
+        self.guard = GuardAdapter()            # connected to the DNS guard in app.py
         self.blocks = ActiveBlocks()
         self.pipeline = Pipeline(self.guard, self._on_block)
         self.tap: TapServer | None = None
@@ -78,6 +78,7 @@ class Detector(Component):
         self._nft_full = False
         self._nft_pending: list[AddrBlock] = []
         self._optouts: frozenset[str] = frozenset()
+        self._view = ctx.subscribers.view
         self._event_base: dict[tuple[str, str, str], int] = {}
         self._log_tasks: list[asyncio.Task] = []
         self._saved: dict[tuple[str, str], float] = {}     # name block -> expiry last written to the store
@@ -85,6 +86,7 @@ class Detector(Component):
         self.failures = {"rpz": 0, "nft": 0}
         self.last_error = {"rpz": "", "nft": ""}
         self._started = False
+        ctx.subscribers.watch(self._subscribers_changed)     # opt-outs are pushed, never polled
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -112,7 +114,6 @@ class Detector(Component):
 
     async def start(self) -> None:
         await asyncio.to_thread(self._load_blocks)
-        self._optouts = self.guard.optouts()
         self.tasks.spawn("publisher", self._publisher())
         self.tasks.spawn("housekeeping", self._housekeeping())
         self._started = True
@@ -293,8 +294,25 @@ class Detector(Component):
             log.error("detect: nft: %s", exc)
 
     def _prefixes_of(self, customer: str):
-        c = self.policy.customers_by_id.get(customer) if self.policy else None
-        return c.prefixes if c else ()
+        sub = self._view.get(customer)
+        return sub.prefixes if sub else ()
+
+    def _subscribers_changed(self, view, change) -> None:
+        """A new subscriber view: a customer who just opted out loses their security address
+        blocks at once, and the RPZ ACL is rewritten."""
+        self._view = view
+        optouts = view.optouts
+        if optouts == self._optouts:
+            return
+        newly = set(optouts - self._optouts)
+        self._optouts = optouts
+        gone = self.blocks.drop_customer_security(newly)
+        for b in gone:
+            self.ctx.store.execute("DELETE FROM detect_blocks WHERE kind='addr' AND k1=? AND k2=?",
+                                   (b.customer, b.address))
+        self._nft_full = bool(gone) or self._nft_full
+        self._rpz_dirty = True
+        self._wake.set()
 
     async def _housekeeping(self) -> None:
         while True:
@@ -310,17 +328,6 @@ class Detector(Component):
         for b in addrs:
             self.ctx.store.execute("DELETE FROM detect_blocks WHERE kind='addr' AND k1=? AND k2=?", b.key)
         if names:
-            self._rpz_dirty = True
-            self._wake.set()
-        optouts = self.guard.optouts()
-        if optouts != self._optouts:
-            newly = set(optouts - self._optouts)
-            self._optouts = optouts
-            gone = self.blocks.drop_customer_security(newly)
-            for b in gone:
-                self.ctx.store.execute("DELETE FROM detect_blocks WHERE kind='addr' AND k1=? AND k2=?",
-                                       (b.customer, b.address))
-            self._nft_full = bool(gone) or self._nft_full
             self._rpz_dirty = True
             self._wake.set()
         s = self.settings

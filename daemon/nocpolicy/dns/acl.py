@@ -1,4 +1,4 @@
-"""Who may query the guard (issue 14), like unbound's ``access-control``.
+"""Who may query the guard (an open resolver is an amplifier), like unbound's ``access-control``.
 
 Allowed: loopback, every customer's prefixes (found by the customer lookup itself), the
 prefixes of ``dns.access_control.allow`` (the subscriber address pools, other networks we
@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 
-from .clients import PrefixIndex
+from ..subscribers.prefixes import PrefixIndex
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
@@ -24,7 +24,7 @@ class AccessList:
     def __init__(self, allow=(), live: Callable[[str], bool] | None = None):
         self.allow = tuple(allow)
         self.index = PrefixIndex((p, True) for p in (*LOOPBACK, *self.allow))
-        # hook for the session table (issue 15): live(address) -> True while a session holds it
+        # hook for the session table of dynamic addresses: live(address) -> True while a session holds it
         self.live = live
 
     def allows(self, host: str) -> bool:

@@ -1,8 +1,8 @@
 """DnsGuard: the DNS guard component (wiring only; decisions live in verdict.py).
 
-API for other components (stable; passive detection uses it)::
+API for other components (stable; passive detection is handed it as detect/guard.py's
+``Guard`` in app.py)::
 
-    guard = ctx.components["dns"]
     v = guard.judge("192.0.2.10", "evil.example")        # Verdict, see verdict.py
     if v.blocked:
         guard.record_detection(v, "192.0.2.10", "evil.example", source="passive")
@@ -23,19 +23,18 @@ from ..errors import Invalid as InvalidRequest
 from ..errors import NotFound
 from ..policy.fields import Invalid, as_bool, as_duration, as_id, as_int, as_ip, as_str, list_of
 from .acl import AccessList
-from .clients import PrefixIndex
 from .detections import DetectionLog
-from .engine import UNKNOWN_MODES, Engine
+from .engine import Engine
 from .guardstats import GuardCollector
+from .link import MainLink
 from .lists import ListSet
 from .mmsg import BatchGroup, batched_io
-from .optout import OptoutStore, effective
 from .pseudonym import PseudonymKeys
 from .server import Listeners
 from .sources import ListManager, check_names
 from .stats import DnsCollector, DnsStats
 from .upstream import UpstreamPool
-from .verdict import Subscriber, Verdict, explain
+from .verdict import Verdict, explain
 from .workers import WorkerSet
 
 log = logging.getLogger(__name__)
@@ -83,7 +82,6 @@ class DnsGuard(Component):
     def __init__(self, ctx):
         super().__init__(ctx)
         self.stats = DnsStats()
-        self.optouts = OptoutStore(ctx.store)
         state_dir = getattr(ctx.options, "state_dir", None)
         self.keys = PseudonymKeys(Path(state_dir) / "pseudonym.key" if state_dir else None,
                                   rotate=not ctx.options.extra.get("dns_worker"))
@@ -96,9 +94,14 @@ class DnsGuard(Component):
         self.batched = batched_io(ctx.options.dns_io)
         self.io_group: BatchGroup | None = None     # the batched sockets, once started
         self.policy = None
-        self.optout_state: dict[str, tuple[bool, str]] = {}
         self.worker_counts: dict[tuple, int] = {}     # worker process: block counts not yet reported
         self._started = False
+        # who each client is: pushed by the subscribers area (and sent on to the workers)
+        self.subscribers = ctx.subscribers
+        self.subscribers.watch(self.engine.set_view)
+        if self.workers.n:
+            self.subscribers.replicate_to(self.workers.replicate)
+        self.link = MainLink(self, self.subscribers) if ctx.options.extra.get("dns_worker") else None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -107,12 +110,6 @@ class DnsGuard(Component):
         for bl in policy.dns.lists:
             compiled[bl.id] = await self.lists.build(bl, policy.directory, background=self._started)
         list_set = ListSet.of(compiled[bl.id] for bl in policy.dns.lists)
-        prefixes = await asyncio.to_thread(PrefixIndex.of_customers, policy.customers)
-        records = await asyncio.to_thread(self.optouts.records)
-        state = effective(policy.customers, records)
-        subs = {None: UNKNOWN_MODES[policy.dns.unknown_clients]}
-        for c in policy.customers:
-            subs[c.id] = Subscriber(c.id, security=not state[c.id][0], optional=frozenset(c.optional_lists))
         old_ups = self.policy.dns.upstreams if self.policy else None
         new_pool = None
         if old_ups != policy.dns.upstreams:
@@ -125,8 +122,7 @@ class DnsGuard(Component):
             self._apply_limits(limits, exempt)
             self._retire(self.lists.compiled, compiled)
             self.lists.adopt(policy.dns.lists, compiled)
-            self.engine.swap(list_set, prefixes, subs)
-            self.optout_state = state
+            self.engine.swap(list_set)
             self.policy = policy
             if new_pool is not None:
                 old, self.pool = self.pool, new_pool
@@ -137,7 +133,7 @@ class DnsGuard(Component):
         return commit
 
     def _apply_limits(self, limits, exempt: frozenset) -> None:
-        """dns.ratelimit, dns.access_control, dns.tcp and dns.detection_log (issue 14)."""
+        """dns.ratelimit, dns.access_control, dns.tcp and dns.detection_log (the defences against hostile traffic)."""
         engine = self.engine
         engine.limiter.configure(limits.ratelimit, exempt)
         if engine.acl.allow != limits.access.allow:
@@ -176,6 +172,8 @@ class DnsGuard(Component):
         self.tasks.spawn("detections", self._flush_loop())
         self.tasks.spawn("ratelimit-window", self._window_loop())
         self.tasks.spawn("refresh", self._refresh_loop())
+        if self.link is not None:
+            self.link.start(self.tasks)
         await self.workers.start()
         where = ", ".join(f"{h}:{p}" for h, p in self.listeners.sockets())
         self.set_state("running", f"listening on {where}" + (f", {self.ctx.options.workers} workers"
@@ -290,6 +288,14 @@ class DnsGuard(Component):
                         v.sinkhole_a, v.sinkhole_aaaa, v.via_cname)
         self.detections.note(v, client, source)
 
+    def apply_entries(self, list_id: str, add: list[str], remove: list[str]) -> None:
+        """Runtime entries the main process recorded (``list.update``), applied in a worker."""
+        lst = self.lists.compiled.get(list_id)
+        if lst is None:
+            raise NotFound(f"unknown list {list_id!r}", field="list")
+        self.lists.apply(lst, add, remove)
+        self.engine.invalidate()
+
     # -- metrics and status ------------------------------------------------------------
 
     def collectors(self) -> list:
@@ -304,9 +310,6 @@ class DnsGuard(Component):
     def list_states(self):
         return list(self.lists.states.values())
 
-    def optout_count(self) -> int:
-        return sum(1 for v, _ in self.optout_state.values() if v)
-
     def status(self) -> dict:
         out = super().status()
         out["lists"] = {s.id: s.entries for s in self.list_states()}
@@ -320,46 +323,12 @@ class DnsGuard(Component):
 
     def commands(self) -> list[Command]:
         return [
-            Command("optout.set", self._cmd_optout_set, "security-list opt-out on/off for a customer"),
-            Command("optout.list", self._cmd_optout_list, "opt-out state of every customer", mutating=False),
             Command("explain", self._cmd_explain, "how the guard decides a name for a client", mutating=False),
             Command("detections", self._cmd_detections, "detection log (since, customer, limit, summary)",
                     mutating=False),
             Command("lists", self._cmd_lists, "status of every block list", mutating=False),
             Command("list.update", self._cmd_list_update, "add/remove runtime entries of a list"),
         ]
-
-    def _customer(self, cid: str):
-        c = self.policy.customers_by_id.get(cid) if self.policy else None
-        if c is None:
-            raise NotFound(f"unknown customer {cid!r}", field="customer")
-        return c
-
-    async def _cmd_optout_set(self, args, inv) -> dict:
-        cid = args.req("customer", as_id)
-        on = args.req("on", as_bool)
-        reason = args.get("reason", as_str, "") or ""
-        args.check()
-        c = self._customer(cid)
-        before = self.optout_state.get(cid, (c.security_optout, "policy"))[0]
-        rec = await asyncio.to_thread(self.optouts.set, cid, on, reason=reason, actor=inv.actor, before=before)
-        self.optout_state = {**self.optout_state, cid: (on, "runtime")}
-        self.engine.set_subscriber(cid, Subscriber(cid, security=not on, optional=frozenset(c.optional_lists)))
-        await self.workers.sync({"op": "optout", "customer": cid, "on": on})
-        log.info("customer %s security opt-out %s by %s", cid, "ON" if on else "OFF", inv.actor)
-        return {**rec, "before": before, "changed": before != on}
-
-    async def _cmd_optout_list(self, args, inv) -> dict:
-        args.check()
-        records = await asyncio.to_thread(self.optouts.records)
-        out = []
-        for c in self.policy.customers:
-            val, src = self.optout_state.get(c.id, (c.security_optout, "policy"))
-            r = records.get(c.id) or {}
-            out.append({"customer": c.id, "name": c.name, "optout": val, "source": src,
-                        "policy_value": c.security_optout, "reason": r.get("reason"),
-                        "actor": r.get("actor"), "since": r.get("ts")})
-        return {"customers": out, "opted_out": sum(1 for x in out if x["optout"])}
 
     async def _cmd_explain(self, args, inv) -> dict:
         client = args.req("client", as_ip)
@@ -371,7 +340,7 @@ class DnsGuard(Component):
         if sub.customer is None:
             out["unknown_client_treatment"] = self.policy.dns.unknown_clients
         else:
-            out["optout_source"] = self.optout_state.get(sub.customer, (False, "policy"))[1]
+            out["optout_source"] = sub.optout_source
         return out
 
     async def _cmd_detections(self, args, inv) -> dict:
@@ -417,7 +386,7 @@ class DnsGuard(Component):
         if not add_ok and not rm_ok:
             raise InvalidRequest("nothing to do: give add and/or remove", field="add")
         out = await asyncio.to_thread(self.lists.update, lst, add_ok, rm_ok, actor=inv.actor, reason=reason)
-        self.engine.invalidate()
+        self.engine.invalidate()     # (lists.update changed the index in place)
         await self.workers.sync({"op": "list.update", "list": list_id, "add": out["added"],
                                  "remove": out["removed"]})
         return out

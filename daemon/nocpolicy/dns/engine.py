@@ -2,7 +2,8 @@
 
 Sockets live in server.py and upstream.py; this module decides and builds bytes.
 Everything the hot path touches is a plain attribute swapped whole on reload
-(``lists``, ``prefixes``, ``subs``), so a reload never pauses answers.
+(``lists``) or when the subscribers area pushes a new view (``prefixes``, ``subs``),
+so neither pauses answers.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ import time
 from bisect import bisect_left
 
 from ..policy.dnsguard import TcpLimits
+from ..subscribers.model import Change, Subscriber
+from ..subscribers.prefixes import PrefixIndex
+from ..subscribers.view import UNKNOWN_MODES, SubscriberView
 from .acl import AccessList
-from .clients import PrefixIndex
 from .lists import _MASK, ListSet, suffixes
 from .ratelimit import RateLimiter
 from .stats import BUCKETS
 from .upstream import Pending
-from .verdict import Subscriber, Verdict, judge, judge_suffixes
+from .verdict import Verdict, judge, judge_suffixes
 from .wire import (
     EDNS_SIZE,
     FORMERR,
@@ -49,9 +52,7 @@ _MISS = object()
 _perf = time.perf_counter
 _RCODE = {"nxdomain": NXDOMAIN, "nodata": NOERROR, "refused": REFUSED, "sinkhole": NOERROR}
 HOSTCACHE_MAX = 65536
-UNKNOWN_MODES = {"protect": Subscriber(None, security=True),
-                 "mandatory-only": Subscriber(None, security=False),
-                 "refuse": Subscriber(None, security=False, refuse=True)}
+__all__ = ["OUTSIDE", "UNKNOWN_MODES", "Engine"]
 OUTSIDE = "\0outside"       # customer-cache value of a source the access list refuses
 _OUTSIDE_SUB = Subscriber(None, security=False, refuse=True)
 
@@ -114,16 +115,31 @@ class Engine:
 
     # -- state swaps (sync, cannot fail) -------------------------------------------
 
-    def swap(self, lists: ListSet, prefixes: PrefixIndex, subs: dict) -> None:
+    def swap(self, lists: ListSet) -> None:
+        """A new policy's lists (the subscriber view comes separately, through set_view)."""
         self.drain()
-        self.lists, self.prefixes, self.subs = lists, prefixes, {**subs, OUTSIDE: _OUTSIDE_SUB}
-        self.hostcache = {}
+        self.lists = lists
         self.answers, self.zones = {}, {}
         self.allowed = {}
         self._all = _everything(lists)
         self._probes = probes(lists)
         self._sink = {}
         self.inspect_cnames = bool(lists.all())
+
+    def set_view(self, view: SubscriberView, change: Change) -> None:
+        """The subscribers area pushed a new view: the next query uses it."""
+        self.drain()
+        self.subs = {**view.by_id, OUTSIDE: _OUTSIDE_SUB}
+        if change.addresses:
+            self.prefixes = view.prefixes
+            self.forget_hosts()
+        if change.customers is None:
+            self.answers, self.zones = {}, {}
+        else:
+            answers, zones = self.answers, self.zones
+            for cid in change.customers:
+                answers.pop(cid, None)
+                zones.pop(cid, None)
 
     def set_lists(self, lists: ListSet) -> None:
         self.drain()
@@ -139,14 +155,6 @@ class Engine:
         self.answers, self.zones = {}, {}
         self.allowed = {}
         self._probes = probes(self.lists)
-
-    def set_subscriber(self, customer: str, sub: Subscriber) -> None:
-        self.drain()
-        subs = dict(self.subs)
-        subs[customer] = sub
-        self.subs = subs
-        self.answers.pop(customer, None)
-        self.zones.pop(customer, None)
 
     def drain(self) -> None:
         """Move the counts of cached answers into the stats and the detection log."""
@@ -223,25 +231,48 @@ class Engine:
             if ent is not None:               # a blocked name seen before: answer from the cache
                 if not tcp and self._blocked_over(host, data, addr, send):
                     return
-                send(data[:2] + ent.resp, addr)
-                if not ent.n:
-                    self.dirty.append(ent)
-                ent.n += 1
-                h = ent.hosts
-                h[host] = h.get(host, 0) + 1
-                stats = self.stats
-                stats.rcodes[ent.rcode] += 1
-                d = time.perf_counter() - t0
-                hist = stats.duration["local"]
-                if d < 0.0001:
-                    hist.counts[0] += 1
-                    hist.total += d
-                else:
-                    hist.observe(d)
+                self._send_cached(ent, data, host, addr, send, t0)
                 return
         zones = self.zones.get(cid)
         if zones is not None and self._zone(zones, data, host, addr, send, tcp, t0):
             return
+        q = self._parse(data, addr, send)
+        if q is None:
+            return
+        sub = self.subs.get(cid) or self.subs[None]
+        if sub.refuse:
+            self._refuse(data, q, addr, send, cid)
+            return
+        v = self._verdict(data, q, sub) if q.name else None
+        if v is None:
+            if q.qtype == TYPE_ANY and not tcp:
+                self._any(data, q, addr, send, t0)
+                return
+            self._forward(data, q, host, addr, sub, send, tcp, t0)
+            return
+        if not tcp and self._blocked_over(host, data, addr, send):
+            return
+        self._answer_blocked(data, q, v, cid, host, addr, send, t0)
+
+    def _send_cached(self, ent: LocalAnswer, data: bytes, host: str, addr, send, t0: float) -> None:
+        send(data[:2] + ent.resp, addr)
+        if not ent.n:
+            self.dirty.append(ent)
+        ent.n += 1
+        h = ent.hosts
+        h[host] = h.get(host, 0) + 1
+        stats = self.stats
+        stats.rcodes[ent.rcode] += 1
+        d = time.perf_counter() - t0
+        hist = stats.duration["local"]
+        if d < 0.0001:
+            hist.counts[0] += 1
+            hist.total += d
+        else:
+            hist.observe(d)
+
+    def _parse(self, data: bytes, addr, send):
+        """The parsed query, or None once answered (FORMERR, NOTIMP) or dropped."""
         stats = self.stats
         try:
             q = parse_query(data)
@@ -251,40 +282,32 @@ class Engine:
             if r is not None:
                 stats.rcodes[FORMERR] += 1
                 send(r, addr)
-            return
+            return None
         if q.opcode:
             stats.rcodes[NOTIMP] += 1
             send(answer(data, q, NOTIMP), addr)
-            return
-        sub = self.subs.get(cid) or self.subs[None]
-        if sub.refuse:
-            self._refuse(data, q, addr, send, cid)
-            return
-        name = q.name
-        if not name:
-            v = None
-        else:
-            lists, sfx = self.lists, suffixes(name)
-            v = judge_suffixes(self._all, lists, sfx)
-            if v is None:                     # no list matches: allowed for every client
-                if len(data) <= CACHEABLE and q.qtype != TYPE_ANY:
-                    allowed = self.allowed
-                    if len(allowed) >= ALLOWED_CACHE_MAX:
-                        allowed.clear()
-                    allowed[data[2:]] = q
-            else:                             # some list matches: does one apply to this client?
-                v = judge_suffixes(sub, lists, sfx)
-        if v is None:
-            if q.qtype == TYPE_ANY and not tcp:
-                self._any(data, q, addr, send, t0)
-                return
-            self._forward(data, q, host, addr, sub, send, tcp, t0)
-            return
-        if not tcp and self._blocked_over(host, data, addr, send):
-            return
+            return None
+        return q
+
+    def _verdict(self, data: bytes, q, sub: Subscriber) -> Verdict | None:
+        """The blocking verdict for ``sub``, or None; remembers queries no list matches."""
+        lists, sfx = self.lists, suffixes(q.name)
+        v = judge_suffixes(self._all, lists, sfx)
+        if v is None:                         # no list matches: allowed for every client
+            if len(data) <= CACHEABLE and q.qtype != TYPE_ANY:
+                allowed = self.allowed
+                if len(allowed) >= ALLOWED_CACHE_MAX:
+                    allowed.clear()
+                allowed[data[2:]] = q
+            return None
+        return judge_suffixes(sub, lists, sfx)   # some list matches: does one apply to this client?
+
+    def _answer_blocked(self, data: bytes, q, v: Verdict, cid, host: str, addr, send, t0: float) -> None:
+        """Answer a block locally and cache the answer for this customer."""
         out, rcode = self._local(data, q, v)
         send(out, addr)
         self._remember(cid, data, q, v, out, rcode, host)
+        stats = self.stats
         stats.rcodes[rcode] += 1
         stats.duration["local"].observe(time.perf_counter() - t0)
 
@@ -428,23 +451,18 @@ class Engine:
         """``on_datagram(data, host, addr, t0)`` for one UDP socket (``t0``: ``perf_counter()``
         when the datagram was read): the cached-answer and the seen-before forwarding paths
         inlined (locals only), everything else through :meth:`handle`."""
-        stats = self.stats
-        rcodes = stats.rcodes
-        hist = stats.duration["local"]
+        # everything the closure touches, bound once as locals (set-up, not the hot path)
+        stats, perf, handle, dirty_owner, miss, lim = self.stats, time.perf_counter, self.handle, self, _MISS, \
+            self.limiter
+        rcodes, hist = stats.rcodes, stats.duration["local"]
         counts = hist.counts
-        perf = time.perf_counter
-        handle = self.handle
-        dirty_owner = self
-        miss = _MISS
-        lim = self.limiter
         rl_keys, rl_key, rl_counts, rl_blocked, rl_over = lim.keys, lim.key, lim.counts, lim.blocked, lim.over
         zone_answer = self._zone_answerer(sendto)
 
         def on_datagram(data: bytes, host: str, addr, t0: float) -> None:
             stats.udp += 1
             k = rl_keys.get(host) or rl_key(host)     # per-source limits (ratelimit.py)
-            n = rl_counts.get(k, 0) + 1
-            rl_counts[k] = n
+            n = rl_counts[k] = rl_counts.get(k, 0) + 1
             if n > lim.qps and rl_over(host, n, lim.qps, "queries", data, addr, sendto):
                 return
             cid = dirty_owner.hostcache.get(host, miss)
@@ -454,8 +472,7 @@ class Engine:
                 if cache is not None:
                     ent = cache.get(key)
                     if ent is not None:
-                        b = rl_blocked.get(k, 0) + 1
-                        rl_blocked[k] = b
+                        b = rl_blocked[k] = rl_blocked.get(k, 0) + 1
                         if b > lim.blocked_qps and rl_over(host, b, lim.blocked_qps, "blocked", data, addr,
                                                            sendto):
                             return

@@ -1,4 +1,4 @@
-"""Metrics of the defences against hostile traffic (issue 14), summed over the worker processes.
+"""Metrics of the defences against hostile traffic, summed over the worker processes.
 
 No customer, client or name labels (Art. 37): only the kind of limit. The counters are the
 plain dict ``DnsStats.limits`` that ratelimit.py, tcp.py, acl (engine), upstream.py and the

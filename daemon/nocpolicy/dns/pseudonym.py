@@ -1,4 +1,4 @@
-"""The pseudonym key of the detection log (Art. 37), rotated (issue 14).
+"""The pseudonym key of the detection log (Art. 37), rotated so that old pseudonyms cannot be linked to new ones.
 
 A pseudonym is HMAC-SHA256(key, client address), cut to 20 hex digits. Whoever holds the key
 can reverse it by trying every address of a prefix (a /16 takes well under a second), so the

@@ -1,4 +1,4 @@
-"""Per-source limits on the UDP query path (issue 14), modelled on unbound's ``ip-ratelimit``,
+"""Per-source limits on the UDP query path (one infected client must not starve the others), modelled on unbound's ``ip-ratelimit``,
 dnsdist's ``MaxQPSIPRule`` and BIND's response-rate limiting (RRL) ``slip``.
 
 * **Queries per second per source prefix** (IPv4 /32, IPv6 /56 by default: one customer's

@@ -146,6 +146,16 @@ class ListManager:
                            [(lst.id, n) for n in removed])
             self.store.audit(actor, "dns.list.update", f"list:{lst.id}", None,
                              {"added": added, "removed": removed, "reason": reason}, db=tx)
+        self.apply(lst, added, removed)
+        st = self.states.get(lst.id)
+        if st is not None:
+            st.runtime = len(have) + len(added) - len(removed)
+        return {"list": lst.id, "added": added, "removed": removed, "not_runtime_entries": not_runtime,
+                "entries": len(lst.index)}
+
+    def apply(self, lst: CompiledList, added: list[str], removed: list[str]) -> None:
+        """Apply runtime entries already recorded (by :meth:`update`, or by the main process
+        for a worker) to the list in place; a name also in the list's source stays."""
         base = self._base.get(lst.id, set())
         for n in added:
             lst.index.subtree.add(n)
@@ -154,10 +164,8 @@ class ListManager:
                 lst.index.subtree.discard(n)
         st = self.states.get(lst.id)
         if st is not None:
-            st.runtime = len(have) + len(added) - len(removed)
+            st.runtime = max(0, st.runtime + len(added) - len(removed))
             st.entries = len(lst.index)
-        return {"list": lst.id, "added": added, "removed": removed, "not_runtime_entries": not_runtime,
-                "entries": len(lst.index)}
 
     # -- loading -----------------------------------------------------------------
 
@@ -171,49 +179,65 @@ class ListManager:
         st.last_attempt = wall()
         old = self.compiled.get(bl.id)
         same_conf = old is not None and self._conf.get(bl.id) == bl
+        got = await self._fetch(bl, st, old, same_conf, policy_dir)
+        if isinstance(got, CompiledList):
+            return got
+        data, sha, from_copy = got
+        if data is None:  # settings changed, source unreachable, no copy: rebuild from the old entries
+            index, sha, report = old.index, st.sha256, st.report
+        else:
+            parsed = await self._parse_checked(bl, st, old, same_conf, data, sha, from_copy, background)
+            if isinstance(parsed, CompiledList):
+                return parsed
+            index, report = parsed
+        return await self._finish(bl, st, index, sha, report, from_copy)
+
+    async def _fetch(self, bl, st: ListState, old, same_conf: bool, policy_dir: str):
+        """``(data, sha256, from_copy)`` (data None: rebuild from the old entries), or the
+        compiled list to keep as it is."""
         try:
             data, sha = await self._run(_fetch_hashed, bl.source, policy_dir)
-            from_copy = False
+            return data, sha, False
         except SourceError as exc:
             st.failures += 1
             st.last_error = str(exc)
             log.warning("list %s: %s; keeping the last good copy", bl.id, exc)
-            if old is not None and same_conf:
-                self._staged[bl.id] = st
-                return old
-            data = await asyncio.to_thread(self._read_copy, bl.id)
-            sha = hashlib.sha256(data).hexdigest() if data is not None else None
-            if data is None:
-                if old is not None:
-                    data = None
-                else:
-                    self._staged[bl.id] = st
-                    return self._empty(bl)
-            from_copy = True
-        if data is None:  # settings changed, source unreachable, no copy: rebuild from the old entries
-            index = old.index
-            sha = st.sha256
-            report = st.report
-        else:
-            if same_conf and sha == st.sha256:
-                st.last_success = wall()
-                if not from_copy:
-                    st.last_error = None
-                self._staged[bl.id] = st
-                return old
-            index, rep = await self._run(_parse, bl.format, data, RELOAD_PAUSE if background else 0.0)
-            report = rep.as_dict()
-            prev = st.entries - st.runtime if st.entries else 0
-            if prev and len(index) < prev * (1.0 - bl.max_shrink) and not from_copy:
-                st.failures += 1
-                st.last_error = (f"refused: {bl.source} would shrink the list from {prev} to {len(index)} "
-                                 f"entries (more than max_shrink {bl.max_shrink:.0%}); keeping the old copy")
-                log.warning("list %s: %s", bl.id, st.last_error)
-                if old is not None:
-                    self._staged[bl.id] = st
-                    return old if same_conf else self._recompile(bl, old.index)
+        if old is not None and same_conf:
+            self._staged[bl.id] = st
+            return old
+        data = await asyncio.to_thread(self._read_copy, bl.id)
+        if data is None and old is None:
+            self._staged[bl.id] = st
+            return self._empty(bl)
+        return data, (hashlib.sha256(data).hexdigest() if data is not None else None), True
+
+    async def _parse_checked(self, bl, st: ListState, old, same_conf: bool, data: bytes, sha: str,
+                             from_copy: bool, background: bool):
+        """``(index, report)`` of new source bytes, or the compiled list to keep (unchanged
+        source, or a shrink the guard refuses)."""
+        if same_conf and sha == st.sha256:
+            st.last_success = wall()
             if not from_copy:
-                await asyncio.to_thread(self._write_copy, bl.id, data)
+                st.last_error = None
+            self._staged[bl.id] = st
+            return old
+        index, rep = await self._run(_parse, bl.format, data, RELOAD_PAUSE if background else 0.0)
+        prev = st.entries - st.runtime if st.entries else 0
+        if prev and len(index) < prev * (1.0 - bl.max_shrink) and not from_copy:
+            st.failures += 1
+            st.last_error = (f"refused: {bl.source} would shrink the list from {prev} to {len(index)} "
+                             f"entries (more than max_shrink {bl.max_shrink:.0%}); keeping the old copy")
+            log.warning("list %s: %s", bl.id, st.last_error)
+            if old is not None:
+                self._staged[bl.id] = st
+                return old if same_conf else self._recompile(bl, old.index)
+        if not from_copy:
+            await asyncio.to_thread(self._write_copy, bl.id, data)
+        return index, rep.as_dict()
+
+    async def _finish(self, bl, st: ListState, index: DomainIndex, sha, report: dict,
+                      from_copy: bool) -> CompiledList:
+        """Add the runtime entries, stage the state, compile."""
         base_names = set()
         adds = await asyncio.to_thread(self.additions, bl.id)   # the store lock may be busy
         for n in adds:

@@ -65,6 +65,67 @@ class DnsStats:
                 "send_drops": self.send_drops}
 
 
+def merge(stats_list) -> DnsStats:
+    """The counters of every process (main + DNS workers) added up."""
+    total = DnsStats()
+    for s in stats_list:
+        total.udp += s.udp
+        for k, v in s.queries.items():
+            total.queries[k] = total.queries.get(k, 0) + v
+        total.rcodes = [a + b for a, b in zip(total.rcodes, s.rcodes, strict=True)]
+        for k, v in s.blocked.items():
+            total.blocked[k] = total.blocked.get(k, 0) + v
+        for k, v in s.upstream.items():
+            total.upstream[k] = total.upstream.get(k, 0) + v
+        for k, h in s.duration.items():
+            agg = total.duration[k]
+            agg.counts = [a + c for a, c in zip(agg.counts, h.counts, strict=True)]
+            agg.total += h.total
+        total.malformed += s.malformed
+        total.send_drops += s.send_drops
+    return total
+
+
+def query_metrics(t: DnsStats):
+    q = CounterMetricFamily("nocpolicy_dns_queries", "DNS queries received", labels=["transport"])
+    for k in ("udp", "tcp"):
+        q.add_metric([k], t.queries.get(k, 0) + (t.udp if k == "udp" else 0))
+    r = CounterMetricFamily("nocpolicy_dns_responses", "DNS responses sent", labels=["rcode"])
+    for i, v in enumerate(t.rcodes):
+        if v or i in (0, 2, 3, 5):
+            r.add_metric([RCODE_NAMES.get(i, str(i))], v)
+    b = CounterMetricFamily("nocpolicy_dns_blocked", "Queries blocked", labels=["list", "class", "action"])
+    for (lst, cls, action), v in sorted(t.blocked.items()):
+        b.add_metric([lst, cls, action], v)
+    u = CounterMetricFamily("nocpolicy_dns_upstream_queries", "Queries sent upstream by result",
+                            labels=["upstream", "result"])
+    for (up, res), v in sorted(t.upstream.items()):
+        u.add_metric([up, res], v)
+    m = CounterMetricFamily("nocpolicy_dns_malformed", "Malformed packets answered FORMERR or dropped")
+    m.add_metric([], t.malformed)
+    h = HistogramMetricFamily("nocpolicy_dns_request_duration_seconds",
+                              "Time from query received to answer sent", labels=["path"])
+    for path, hist in t.duration.items():
+        h.add_metric([path], hist.buckets(), hist.total)
+    sd = CounterMetricFamily("nocpolicy_dns_send_drops", "UDP answers or forwarded queries dropped "
+                             "because the socket buffer was full or the kernel refused them")
+    sd.add_metric([], t.send_drops)
+    return q, r, b, u, m, h, sd
+
+
+def list_metrics(states):
+    e = GaugeMetricFamily("nocpolicy_blocklist_entries", "Entries in force per list", labels=["list"])
+    ts = GaugeMetricFamily("nocpolicy_blocklist_last_success_timestamp_seconds",
+                           "When each list was last loaded or refreshed successfully", labels=["list"])
+    f = CounterMetricFamily("nocpolicy_blocklist_refresh_failures", "Refreshes that failed or were "
+                            "refused (shrink guard); the last good copy stays in force", labels=["list"])
+    for st in states:
+        e.add_metric([st.id], st.entries)
+        ts.add_metric([st.id], st.last_success or 0)
+        f.add_metric([st.id], st.failures)
+    return e, ts, f
+
+
 class DnsCollector:
     """Computes every DNS metric at scrape time from the guard's plain integers."""
 
@@ -77,61 +138,29 @@ class DnsCollector:
     def collect(self):
         g = self.guard
         g.engine.drain()
-        stats_list = g.all_stats()
-        q = CounterMetricFamily("nocpolicy_dns_queries", "DNS queries received", labels=["transport"])
-        r = CounterMetricFamily("nocpolicy_dns_responses", "DNS responses sent", labels=["rcode"])
-        b = CounterMetricFamily("nocpolicy_dns_blocked", "Queries blocked", labels=["list", "class", "action"])
-        u = CounterMetricFamily("nocpolicy_dns_upstream_queries", "Queries sent upstream by result",
-                                labels=["upstream", "result"])
-        m = CounterMetricFamily("nocpolicy_dns_malformed", "Malformed packets answered FORMERR or dropped")
-        queries, rcodes, blocked, upstream = {}, [0] * 16, {}, {}
-        durations = {"local": Histogram(), "forwarded": Histogram()}
-        malformed = send_drops = 0
-        for s in stats_list:
-            for k, v in s.queries.items():
-                queries[k] = queries.get(k, 0) + v
-            queries["udp"] += s.udp
-            for i, v in enumerate(s.rcodes):
-                rcodes[i] += v
-            for k, v in s.blocked.items():
-                blocked[k] = blocked.get(k, 0) + v
-            for k, v in s.upstream.items():
-                upstream[k] = upstream.get(k, 0) + v
-            for k, h in s.duration.items():
-                agg = durations[k]
-                agg.counts = [a + c for a, c in zip(agg.counts, h.counts, strict=True)]
-                agg.total += h.total
-            malformed += s.malformed
-            send_drops += s.send_drops
-        for k in ("udp", "tcp"):
-            q.add_metric([k], queries.get(k, 0))
-        for i, v in enumerate(rcodes):
-            if v or i in (0, 2, 3, 5):
-                r.add_metric([RCODE_NAMES.get(i, str(i))], v)
-        for (lst, cls, action), v in sorted(blocked.items()):
-            b.add_metric([lst, cls, action], v)
-        for (up, res), v in sorted(upstream.items()):
-            u.add_metric([up, res], v)
-        m.add_metric([], malformed)
-        h = HistogramMetricFamily("nocpolicy_dns_request_duration_seconds",
-                                  "Time from query received to answer sent", labels=["path"])
-        for path, hist in durations.items():
-            h.add_metric([path], hist.buckets(), hist.total)
-        yield from (q, r, b, u, m, h)
-        sd = CounterMetricFamily("nocpolicy_dns_send_drops", "UDP answers or forwarded queries dropped "
-                                 "because the socket buffer was full or the kernel refused them")
-        sd.add_metric([], send_drops)
-        yield sd
-        e = GaugeMetricFamily("nocpolicy_blocklist_entries", "Entries in force per list", labels=["list"])
-        ts = GaugeMetricFamily("nocpolicy_blocklist_last_success_timestamp_seconds",
-                               "When each list was last loaded or refreshed successfully", labels=["list"])
-        f = CounterMetricFamily("nocpolicy_blocklist_refresh_failures", "Refreshes that failed or were "
-                                "refused (shrink guard); the last good copy stays in force", labels=["list"])
-        for st in g.list_states():
-            e.add_metric([st.id], st.entries)
-            ts.add_metric([st.id], st.last_success or 0)
-            f.add_metric([st.id], st.failures)
-        yield from (e, ts, f)
-        o = GaugeMetricFamily("nocpolicy_optout_customers", "Customers opted out of the security lists")
-        o.add_metric([], g.optout_count())
-        yield o
+        yield from query_metrics(merge(g.all_stats()))
+        yield from list_metrics(g.list_states())
+
+
+# -- between processes (DNS workers report their counters as one JSON line) ----------------
+
+def stats_to_json(s: DnsStats) -> dict:
+    return {"udp": s.udp, "queries": s.queries, "rcodes": s.rcodes, "malformed": s.malformed,
+            "send_drops": s.send_drops, "limits": s.limits,
+            "blocked": [[*k, v] for k, v in s.blocked.items()],
+            "upstream": [[*k, v] for k, v in s.upstream.items()],
+            "duration": {k: [h.counts, h.total] for k, h in s.duration.items()}}
+
+
+def stats_from_json(d: dict) -> DnsStats:
+    s = DnsStats()
+    s.udp, s.queries, s.rcodes, s.malformed = d["udp"], d["queries"], d["rcodes"], d["malformed"]
+    s.send_drops = d.get("send_drops", 0)
+    s.limits = dict(d.get("limits") or {})
+    s.blocked = {(a, b, c): v for a, b, c, v in d["blocked"]}
+    s.upstream = {(a, b): v for a, b, v in d["upstream"]}
+    for k, (counts, total) in d["duration"].items():
+        h = Histogram()
+        h.counts, h.total = counts, total
+        s.duration[k] = h
+    return s

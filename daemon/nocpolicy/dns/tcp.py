@@ -1,4 +1,4 @@
-"""DNS over TCP (RFC 7766) from clients, with the limits a hostile client meets (issue 14).
+"""DNS over TCP (RFC 7766) from clients, with the limits a hostile client meets.
 
 Several queries per connection, 2-byte length framing, answered as they are ready (possibly
 out of order). Limits (``dns.tcp`` in the policy; defaults in policy/dnsguard.py):

@@ -1,6 +1,6 @@
 """The DNS verdict: a PURE function of (subscriber state, lists, name) -> Verdict.
 
-Enforcement order (DESIGN.md section 4):
+Enforcement order (a customer's opt-out must never lift a mandatory list):
 
 1. **mandatory** lists (Art. 23(2), e.g. CSAM) -- always, for everybody; EDE 16 Censored;
 2. **security** lists (Art. 45(4), C&C) -- unless the customer opted out; EDE 15 Blocked;
@@ -9,16 +9,16 @@ Enforcement order (DESIGN.md section 4):
 Inside a class, lists are tried in policy order; the first list that matches
 (after its own ``allow`` exceptions) decides. A sinkhole answer carries EDE 4.
 
-Stable API (also used by passive detection, issue 8)::
+Stable API (passive detection is handed the running DnsGuard as detect/guard.py's
+``Guard``)::
 
-    guard = ctx.components["dns"]                 # the running DnsGuard
     v = guard.judge("192.0.2.10", "Evil.Example.")  # -> Verdict (customer found by longest prefix)
     if v.blocked:
         guard.record_detection(v, "192.0.2.10", "evil.example", source="passive")
 
 or, without a running guard (pure)::
 
-    from nocpolicy.dns.verdict import Subscriber, judge, explain
+    from nocpolicy.dns.verdict import Subscriber, judge, explain   # Subscriber: subscribers/model.py
     v = judge(Subscriber("c1001", security=True, optional=frozenset()), list_set, "evil.example")
 
 ``Verdict`` fields: ``action`` ("allow", "nxdomain", "nodata", "refused",
@@ -32,22 +32,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..subscribers.model import Subscriber
 from .lists import CompiledList, ListSet, normalize, suffixes
+
+__all__ = ["Subscriber", "Verdict", "explain", "judge", "judge_suffixes"]
 
 # RFC 8914 Extended DNS Error codes per class; 4 (Forged Answer) for sinkhole answers.
 EDE_FOR_CLASS = {"mandatory": 16, "security": 15, "optional": 17}
 EDE_FORGED = 4
 EDE_PROHIBITED = 18
-
-
-@dataclass(frozen=True, slots=True)
-class Subscriber:
-    """What the verdict needs to know about the client."""
-
-    customer: str | None                       # None: source outside every customer prefix
-    security: bool = True                      # security lists apply (not opted out)
-    optional: frozenset[str] = frozenset()     # optional list ids opted in to
-    refuse: bool = False                       # answer REFUSED to everything (unknown_clients: refuse)
 
 
 @dataclass(frozen=True, slots=True)

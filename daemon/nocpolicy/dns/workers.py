@@ -1,15 +1,16 @@
 """``--workers N``: N-1 extra DNS worker processes sharing the DNS ports (SO_REUSEPORT).
 
-Each worker is ``python -m nocpolicy.dns.workers`` running its own DnsGuard on
-its own event loop: it loads the policy and lists itself (the lists' last-good
-copies are shared under the state directory), reads opt-outs from the state
-store and writes its own detections there (SQLite WAL, several processes).
-The main process stays in charge of everything else (commands, metrics,
-reloads) and tells workers what changed over the worker's stdin, one JSON
-object per line:
+This module is the main process's side (the supervisor). Each worker is
+``python -m nocpolicy.worker``: the daemon's own start-up code running only the
+subscribers area and the DNS guard on its own event loop. It loads the policy and
+lists itself (the lists' last-good copies are shared under the state directory),
+reads runtime decisions from the state store at start and writes its own detections
+there (SQLite WAL, several processes). The main process stays in charge of everything
+else (commands, metrics, reloads) and tells workers what changed over the worker's
+stdin, one JSON object per line (dns/link.py is the worker's end):
 
-  {"op": "reload"}                                  policy or lists changed
-  {"op": "optout", "customer": ID, "on": BOOL}      effective at once in the worker
+  {"op": "reload"}                                          policy or lists changed
+  {"op": "decision", "kind": K, "customer": ID, "value": V} a runtime decision (opt-out)
   {"op": "list.update", "list": ID, "add": [...], "remove": [...]}
 
 Workers report their counters every second on stdout (one JSON line); the
@@ -19,7 +20,6 @@ after a second. Each worker holds its own copy of the lists (memory x N).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -27,34 +27,14 @@ import logging
 import os
 import sys
 
-from .stats import DnsStats, Histogram
+from ..subscribers.model import Decision
+from .stats import DnsStats, stats_from_json
 
 log = logging.getLogger(__name__)
 
-REPORT_EVERY = 1.0
 RESTART_AFTER = 1.0
-
-
-def stats_to_json(s: DnsStats) -> dict:
-    return {"udp": s.udp, "queries": s.queries, "rcodes": s.rcodes, "malformed": s.malformed,
-            "send_drops": s.send_drops, "limits": s.limits,
-            "blocked": [[*k, v] for k, v in s.blocked.items()],
-            "upstream": [[*k, v] for k, v in s.upstream.items()],
-            "duration": {k: [h.counts, h.total] for k, h in s.duration.items()}}
-
-
-def stats_from_json(d: dict) -> DnsStats:
-    s = DnsStats()
-    s.udp, s.queries, s.rcodes, s.malformed = d["udp"], d["queries"], d["rcodes"], d["malformed"]
-    s.send_drops = d.get("send_drops", 0)
-    s.limits = dict(d.get("limits") or {})
-    s.blocked = {(a, b, c): v for a, b, c, v in d["blocked"]}
-    s.upstream = {(a, b): v for a, b, v in d["upstream"]}
-    for k, (counts, total) in d["duration"].items():
-        h = Histogram()
-        h.counts, h.total = counts, total
-        s.duration[k] = h
-    return s
+# systemd's notify socket and watchdog belong to the main process alone
+_PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
 class Worker:
@@ -81,7 +61,7 @@ class WorkerSet:
 
     def _argv(self, w: Worker) -> list[str]:
         o = self.options
-        argv = [sys.executable, "-m", "nocpolicy.dns.workers", "--policies", o.policies,
+        argv = [sys.executable, "-m", "nocpolicy.worker", "--policies", o.policies,
                 "--state-dir", o.state_dir, "--index", str(w.index), "--workers", str(o.workers),
                 "--dns-io", o.dns_io,
                 "--log-level", o.log_level]
@@ -94,9 +74,10 @@ class WorkerSet:
             self._tasks.append(asyncio.get_running_loop().create_task(self._run(w), name=f"dns:worker{w.index}"))
 
     async def _run(self, w: Worker) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
         while not self._stopping:
             w.proc = await asyncio.create_subprocess_exec(*self._argv(w), stdin=asyncio.subprocess.PIPE,
-                                                          stdout=asyncio.subprocess.PIPE)
+                                                          stdout=asyncio.subprocess.PIPE, env=env)
             log.info("DNS worker %d started (pid %d)", w.index, w.proc.pid)
             try:
                 while True:
@@ -104,18 +85,7 @@ class WorkerSet:
                     if not line:
                         break
                     with contextlib.suppress(ValueError, KeyError, TypeError):
-                        msg = json.loads(line)
-                        if "ack" in msg:
-                            w.acked = max(w.acked, int(msg["ack"]))
-                            for seq, fut in list(w.waiters):
-                                if seq <= w.acked and not fut.done():
-                                    fut.set_result(True)
-                            w.waiters = [(q, f) for q, f in w.waiters if not f.done()]
-                        else:
-                            w.stats = stats_from_json(msg)
-                            counts = {(a, b, c): n for a, b, c, n in msg.get("counts", [])}
-                            if counts:
-                                self.guard.publish_counts(counts)
+                        self._received(w, json.loads(line))
             finally:
                 rc = await w.proc.wait()
             if self._stopping:
@@ -123,6 +93,20 @@ class WorkerSet:
             w.restarts += 1
             log.error("DNS worker %d exited with %s; restarting", w.index, rc)
             await asyncio.sleep(RESTART_AFTER)
+
+    def _received(self, w: Worker, msg: dict) -> None:
+        """One line from a worker: an acknowledgement or its counters."""
+        if "ack" in msg:
+            w.acked = max(w.acked, int(msg["ack"]))
+            for seq, fut in list(w.waiters):
+                if seq <= w.acked and not fut.done():
+                    fut.set_result(True)
+            w.waiters = [(q, f) for q, f in w.waiters if not f.done()]
+            return
+        w.stats = stats_from_json(msg)
+        counts = {(a, b, c): n for a, b, c, n in msg.get("counts", [])}
+        if counts:
+            self.guard.publish_counts(counts)
 
     def notify(self, msg: dict) -> list[asyncio.Future]:
         """Send a change to every worker; returns futures resolved when each has applied it."""
@@ -153,6 +137,10 @@ class WorkerSet:
             log.warning("%d DNS worker(s) did not confirm %s within %.1fs", len(pending), msg.get("op"), within)
         return not pending
 
+    async def replicate(self, d: Decision) -> bool:
+        """A runtime decision, applied by every worker before this returns (subscribers/api.Replica)."""
+        return await self.sync({"op": "decision", **d.as_json()})
+
     def stats(self) -> list[DnsStats]:
         return [w.stats for w in self.workers if w.stats is not None]
 
@@ -175,120 +163,3 @@ class WorkerSet:
             if w.proc is not None and w.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     w.proc.kill()
-
-
-# -- the worker process ------------------------------------------------------------------
-
-async def _worker_main(ns) -> int:
-    import signal
-    from pathlib import Path
-
-    from prometheus_client import CollectorRegistry
-
-    from ..clock import SystemClock
-    from ..component import Context
-    from ..events import EventBus
-    from ..options import Options
-    from ..policy.diff import diff_policies
-    from ..policy.load import load_policy
-    from ..store import Store
-    from .component import DnsGuard
-    from .verdict import Subscriber
-    opts = Options(policies=ns.policies, state_dir=ns.state_dir, dns_listen=ns.dns_listen,
-                   workers=ns.workers, dns_io=ns.dns_io, log_level=ns.log_level,
-                   extra={"dns_worker": True})
-    key = (Path(ns.state_dir) / "pseudonym.key").read_bytes()
-    store = Store(Path(ns.state_dir) / "nocpolicy.db")
-    holder: dict = {}
-    ctx = Context(options=opts, store=store, clock=SystemClock(), events=EventBus(),
-                  registry=CollectorRegistry(), policy=lambda: holder.get("policy"),
-                  secrets={"pseudonym": key})
-    guard = DnsGuard(ctx)
-    policy = load_policy(ns.policies)
-    (await guard.prepare(policy, diff_policies(None, policy)))()
-    holder["policy"] = policy
-    await guard.start()
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-
-    async def control():
-        reader = asyncio.StreamReader()
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        while True:
-            line = await reader.readline()
-            if not line:
-                stop.set()       # the main process is gone
-                return
-            msg = {}
-            try:
-                msg = json.loads(line)
-                op = msg["op"]
-                if op == "reload":
-                    new = await asyncio.to_thread(load_policy, ns.policies)
-                    old = holder["policy"]
-                    (await guard.prepare(new, diff_policies(old, new)))()
-                    holder["policy"] = new
-                elif op == "optout":
-                    cid, on = msg["customer"], bool(msg["on"])
-                    c = guard.policy.customers_by_id.get(cid)
-                    if c is not None:
-                        guard.optout_state = {**guard.optout_state, cid: (on, "runtime")}
-                        guard.engine.set_subscriber(cid, Subscriber(cid, security=not on,
-                                                                    optional=frozenset(c.optional_lists)))
-                elif op == "list.update":
-                    lst = guard.lists.compiled.get(msg["list"])
-                    if lst is not None:
-                        for n in msg.get("add", []):
-                            lst.index.subtree.add(n)
-                        for n in msg.get("remove", []):
-                            lst.index.subtree.discard(n)
-                        guard.engine.invalidate()
-            except Exception as exc:  # a bad message must not kill the worker
-                log.error("worker %d: control message failed: %s", ns.index, exc)
-            with contextlib.suppress(Exception):
-                sys.stdout.write(json.dumps({"ack": msg.get("seq", 0)}) + "\n")
-                sys.stdout.flush()
-
-    async def report():
-        while True:
-            guard.engine.drain()
-            counts, guard.worker_counts = guard.worker_counts, {}
-            doc = {**stats_to_json(guard.stats), "counts": [[*k, n] for k, n in counts.items()]}
-            sys.stdout.write(json.dumps(doc) + "\n")
-            sys.stdout.flush()
-            await asyncio.sleep(REPORT_EVERY)
-
-    tasks = [loop.create_task(control()), loop.create_task(report())]
-    await stop.wait()
-    for t in tasks:
-        t.cancel()
-    await guard.stop()
-    store.close()
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    from ..app import loop_factory
-    from ..logs import setup_logging
-    from ..options import _hostport
-    p = argparse.ArgumentParser(prog="nocpolicy-dns-worker")
-    p.add_argument("--policies", required=True)
-    p.add_argument("--state-dir", required=True)
-    p.add_argument("--dns-listen", type=_hostport, action="append", required=True)
-    p.add_argument("--index", type=int, default=1)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--dns-io", choices=("auto", "batched", "asyncio"), default="auto")
-    p.add_argument("--log-level", default="info")
-    ns = p.parse_args(argv)
-    setup_logging("text", ns.log_level)
-    logging.getLogger().handlers[0].setFormatter(
-        logging.Formatter(f"%(asctime)s %(levelname)-7s worker{ns.index} %(name)s: %(message)s"))
-    with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        return runner.run(_worker_main(ns))
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    sys.exit(main())

@@ -1,1 +1,1 @@
-"""MQTT control plane and fleet (issue 7)"""
+"""MQTT control plane and fleet: one controller, an agent per router, acknowledged state."""

@@ -1,1 +1,1 @@
-"""maintenance and fault windows, notices (issue 6)"""
+"""Maintenance and fault windows and their notices (Art. 24(1)(2)), fault contacts (Art. 24(3)(4))."""

@@ -48,6 +48,7 @@ class Customer:
     contact: Contact = Contact()
     security_optout: bool = False
     optional_lists: tuple[str, ...] = ()
+    logins: tuple[str, ...] = ()       # ids dynamic sessions name this customer by (docs/sessions.md)
     loc: Loc = field(default=Loc("?", 0), compare=False, repr=False)
     locs: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
 
@@ -111,6 +112,7 @@ def _customer(o: Obj) -> Customer:
         contact=o.get("contact", obj(_contact), Contact()) or Contact(),
         security_optout=o.get("security_optout", as_bool, False) or False,
         optional_lists=o.get("optional_lists", list_of(as_id, unique=True), ()) or (),
+        logins=o.get("logins", list_of(as_str, unique=True), ()) or (),
         loc=o.node.loc,
         locs=o.locs,
     )
@@ -143,15 +145,16 @@ def check_prefix_overlaps(customers, problems: Problems) -> None:
     for c in customers:
         for p in c.prefixes:
             owned.append((p, c))
-    for version in (4, 6):
-        entries = sorted(((p, c) for p, c in owned if p.version == version),
-                         key=lambda pc: (int(pc[0].network_address), -pc[0].prefixlen))
-        stack: list[tuple[Prefix, Customer]] = []
-        for p, c in entries:
-            while stack and not (int(stack[-1][0].network_address) <= int(p.network_address)
-                                 <= int(stack[-1][0].broadcast_address)):
+    for version, bits in ((4, 32), (6, 128)):
+        # first addresses sorted; the stack keeps each open prefix's last address as a plain int
+        # (ipaddress properties cost microseconds each: a million prefixes took seconds)
+        entries = sorted(((int(p.network_address), -p.prefixlen, p, c) for p, c in owned if p.version == version),
+                         key=lambda e: (e[0], e[1]))
+        stack: list[tuple[int, Prefix, Customer]] = []
+        for start, neg_len, p, c in entries:
+            while stack and not start <= stack[-1][0]:
                 stack.pop()
-            for q, d in stack:
+            for _, q, d in stack:
                 loc = c.locs.get("prefixes", c.loc)
                 if d is c:
                     why = "is listed twice" if q == p else f"lies inside {q} of the same customer (redundant)"
@@ -160,4 +163,4 @@ def check_prefix_overlaps(customers, problems: Problems) -> None:
                     problems.add(loc, f"customers[id={c.id}].prefixes",
                                  f"{p} overlaps {q} of customer {d.id!r} ({d.locs.get('prefixes', d.loc)})")
                 break
-            stack.append((p, c))
+            stack.append((start | ((1 << (bits + neg_len)) - 1), p, c))

@@ -1,4 +1,4 @@
-"""The DNS guard's defences against hostile traffic (issue 14): ``dns.ratelimit``,
+"""The DNS guard's defences against hostile traffic (an infected customer, forged packets, oversized inputs): ``dns.ratelimit``,
 ``dns.access_control``, ``dns.tcp`` and ``dns.detection_log``.
 
 Every value has a range; one outside it is refused with file:line (docs/policy.md).

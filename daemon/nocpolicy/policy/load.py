@@ -20,13 +20,15 @@ from .detect import DetectSettings, read_detect
 from .dnsconf import DnsSettings, read_dns
 from .emergency import read_interfaces, read_profiles
 from .fields import Problems, convert, ids_unique, obj
+from .inventory import InventorySettings, read_inventory, read_inventory_settings
 from .maintenance import MaintenanceSettings
 from .maintenance import reader as maintenance_reader
 from .model import Policy, Settings, read_settings
 from .nodes import Loc, Node, parse_yaml
+from .sessions import SessionSettings, check_sessions, load_secrets, read_sessions
 
 LIST_SECTIONS = ("customers", "plans", "emergency_profiles", "interfaces")
-MAP_SECTIONS = ("settings", "dns", "maintenance", "control", "detect")
+MAP_SECTIONS = ("settings", "dns", "maintenance", "control", "detect", "sessions", "inventory")
 
 
 def policy_files(directory: str | os.PathLike) -> list[Path]:
@@ -42,19 +44,23 @@ def content_version(files: list[tuple[str, bytes]]) -> str:
     return h.hexdigest()[:12]
 
 
-def load_policy(directory: str | os.PathLike, *, now: dt.datetime | None = None) -> Policy:
+def load_policy(directory: str | os.PathLike, *, now: dt.datetime | None = None,
+                previous: Policy | None = None) -> Policy:
     directory = Path(directory)
     files = _policy_files_or_refuse(directory)
     problems = Problems()
     raw, sections = _read_sections(directory, files, problems)
-    policy = _build(directory, files, raw, sections, problems, now)
+    policy = _build(directory, files, raw, sections, problems, now, previous)
     check_references(policy, problems)
+    check_sessions(policy.sessions, problems)
+    sessions, secret_digests = load_secrets(policy.sessions, str(directory), problems)
     digests = list_digests(policy, problems)
     if problems:
         raise PolicyInvalid(sorted(problems, key=lambda p: (p.loc.file, p.loc.line, p.path)))
-    # The version covers the local list files too: editing one is a policy change.
+    # The version covers the local list files (and RADIUS secrets) too: editing one is a policy change.
     raw.extend((f"list:{lid}", d.encode()) for lid, d in digests.items())
-    return dataclasses.replace(policy, version=content_version(raw), list_digests=digests)
+    raw.extend((k, d.encode()) for k, d in secret_digests.items())
+    return dataclasses.replace(policy, version=content_version(raw), list_digests=digests, sessions=sessions)
 
 
 def _policy_files_or_refuse(directory: Path) -> list[Path]:
@@ -114,7 +120,7 @@ def _parse_file(data: bytes, rel: str, problems: Problems) -> Node | None:
 
 
 def _build(directory: Path, files: list[Path], raw: list[tuple[str, bytes]], sections: dict[str, list[Node]],
-           problems: Problems, now: dt.datetime | None) -> Policy:
+           problems: Problems, now: dt.datetime | None, previous: Policy | None = None) -> Policy:
     """The Policy the sections describe; each section read by its module (problems collected)."""
     def single(name, reader, default):
         nodes = sections[name]
@@ -130,13 +136,21 @@ def _build(directory: Path, files: list[Path], raw: list[tuple[str, bytes]], sec
         return tuple(out)
 
     settings = single("settings", obj(read_settings), Settings())
+    inventory = single("inventory", read_inventory_settings, InventorySettings())
+    inv_customers, inv_rows = (), {}
+    if inventory.file is not None:   # the CSV inventory (previous rows reused: a 1% change parses 1%)
+        inv_customers, inv_rows, inv_digest = read_inventory(
+            directory / inventory.file, str(directory / inventory.file), problems,
+            previous.inventory_rows if previous is not None else None)
+        raw.append((f"inventory:{inventory.file}", inv_digest.encode()))
     return Policy(
         directory=str(directory),
         version=content_version(raw),
         loaded_at=now or utcnow(),
         files=tuple(p.name for p in files),
         settings=settings,
-        customers=many("customers", cust.read_customers),
+        customers=many("customers", cust.read_customers) + inv_customers,
+        inventory_rows=inv_rows,
         plans=many("plans", cust.read_plans),
         dns=single("dns", read_dns, DnsSettings()),
         profiles=many("emergency_profiles", read_profiles),
@@ -144,6 +158,7 @@ def _build(directory: Path, files: list[Path], raw: list[tuple[str, bytes]], sec
         maintenance=single("maintenance", maintenance_reader(settings.timezone), MaintenanceSettings()),
         control=single("control", read_control, ControlSettings()),
         detect=single("detect", read_detect, DetectSettings()),
+        sessions=single("sessions", read_sessions, SessionSettings()),
     )
 
 

@@ -16,6 +16,7 @@ from .emergency import Interface, Profile
 from .fields import Obj, as_id, as_text, as_timezone
 from .maintenance import MaintenanceSettings
 from .nodes import Loc
+from .sessions import SessionSettings
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,9 @@ class Policy:
     maintenance: MaintenanceSettings
     control: ControlSettings
     detect: DetectSettings = DetectSettings()
+    sessions: SessionSettings = SessionSettings()
     list_digests: dict[str, str] = field(default_factory=dict, hash=False)  # list id -> sha256 of its local file
+    inventory_rows: dict = field(default_factory=dict, hash=False, repr=False)  # CSV line -> Customer (reuse)
 
     @cached_property
     def customers_by_id(self) -> dict[str, Customer]:

@@ -1,6 +1,6 @@
 """Emergency priority and utilisation limits (Art. 23(1)): plan (pure) -> render (pure) -> apply (Linux).
 
-Stable API for router agents (issue 7)::
+Stable API for router agents (the fleet applies the same plan on every router)::
 
     from nocpolicy.qos import LinuxBackend, plan_from_json, plan_to_json
     data = plan_to_json(plan)                 # controller: JSON-ready dict (format nocpolicy.qos.plan/1)

@@ -1,15 +1,16 @@
-"""Security-list opt-out (Art. 45(4): "at any time"), persisted with an audit trail.
+"""Security-list opt-out decisions (Art. 45(4): "at any time"), persisted with an audit trail.
 
 Effective value for a customer: the runtime record in the state store if one
 exists (the customer's latest decision), else the policy's
 ``customers[].security_optout``. Every change writes an audit record in the same
-transaction. The guard applies a change on the very next query.
+transaction. The table keeps its historical name (``dns_optout``, migrations of
+``dns.optout``) so that existing state directories carry on.
 """
 
 from __future__ import annotations
 
-from ..clock import utcnow
 from ..store import Store
+from .model import Decisions
 
 MIGRATIONS = (
     """
@@ -25,15 +26,16 @@ MIGRATIONS = (
 
 
 class OptoutStore:
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, clock):
         self.store = store
+        self.clock = clock
         store.migrate("dns.optout", MIGRATIONS)
 
     def records(self) -> dict[str, dict]:
         return {r["customer"]: dict(r) for r in self.store.all("SELECT * FROM dns_optout")}
 
     def set(self, customer: str, optout: bool, *, reason: str, actor: str, before: bool) -> dict:
-        now = utcnow().isoformat()
+        now = self.clock.now().isoformat()
         with self.store.transaction() as tx:
             tx.execute("INSERT INTO dns_optout (customer, optout, reason, actor, ts) VALUES (?,?,?,?,?) "
                        "ON CONFLICT(customer) DO UPDATE SET optout=excluded.optout, reason=excluded.reason, "
@@ -43,10 +45,6 @@ class OptoutStore:
         return {"customer": customer, "optout": optout, "reason": reason, "actor": actor, "ts": now}
 
 
-def effective(policy_customers, records: dict[str, dict]) -> dict[str, tuple[bool, str]]:
-    """customer id -> (opted out?, where the value comes from: "runtime" | "policy")."""
-    out = {}
-    for c in policy_customers:
-        r = records.get(c.id)
-        out[c.id] = (bool(r["optout"]), "runtime") if r else (c.security_optout, "policy")
-    return out
+def decisions_of(records: dict[str, dict]) -> Decisions:
+    """The runtime decisions in the store, as Decisions."""
+    return Decisions({("optout", cid): bool(r["optout"]) for cid, r in records.items()})

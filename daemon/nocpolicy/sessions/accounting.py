@@ -1,0 +1,130 @@
+"""The RADIUS accounting listener (UDP): client check, duplicate detection, and the
+Accounting-Response sent only once the request's record is durable.
+
+A duplicate (same client address and port, Identifier and Request Authenticator,
+RFC 5080 section 2.2.2) is answered again from the reply cache without touching
+the book; one still waiting for its commit is ignored (its answer is coming).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+
+from ..clock import monotonic, wall
+from ..policy.sessions import RadiusClient, RadiusSettings
+from . import radius
+from .book import Book
+from .commit import GroupCommit
+
+log = logging.getLogger(__name__)
+
+REPLY_CACHE = 65_536          # answered requests remembered for duplicates
+LOG_EVERY = 10.0              # at most one log line per reason per 10 s
+_PENDING = b""
+
+
+class AccountingProtocol(asyncio.DatagramProtocol):
+    def __init__(self, settings: Callable[[], RadiusSettings], book: Book, commit: GroupCommit,
+                 clock: Callable[[], float] = wall):
+        self.settings = settings
+        self.book = book
+        self.commit = commit
+        self.clock = clock
+        self.dictionary = radius.dictionary()
+        self.transport: asyncio.DatagramTransport | None = None
+        self.replies: OrderedDict[tuple, bytes] = OrderedDict()
+        self.counts: Counter = Counter()          # (status, result) -> n
+        self._clients: dict[str, RadiusClient | None] = {}
+        self._clients_of: RadiusSettings | None = None
+        self._logged: dict[str, float] = {}
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def client(self, host: str) -> RadiusClient | None:
+        s = self.settings()
+        if s is not self._clients_of:
+            self._clients, self._clients_of = {}, s
+        if host not in self._clients:
+            if len(self._clients) > 10_000:
+                self._clients.clear()
+            ip = ipaddress.ip_address(host.split("%", 1)[0])
+            if ip.version == 6 and ip.ipv4_mapped:
+                ip = ip.ipv4_mapped
+            best = [c for c in s.clients if ip.version == c.prefix.version and ip in c.prefix]
+            self._clients[host] = max(best, key=lambda c: c.prefix.prefixlen) if best else None
+        return self._clients[host]
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        try:
+            self._received(data, addr)
+        except Exception as exc:      # a bug must not stop the listener: count, log, go on
+            self.counts[("unknown", "error")] += 1
+            log.exception("radius accounting: request from %s failed: %s", addr[0], exc)
+
+    def _received(self, data: bytes, addr) -> None:
+        host = addr[0]
+        client = self.client(host)
+        if client is None:
+            return self._drop("unknown", "unknown-client", f"request from {host}, not a configured NAS client")
+        key = (addr[0], addr[1], data[1:2], data[4:20])
+        cached = self.replies.get(key)
+        if cached is not None:
+            self.counts[("unknown", "duplicate")] += 1
+            if cached is not _PENDING:
+                self.transport.sendto(cached, addr)
+            return
+        if self.commit.full():
+            return self._drop("unknown", "overload", "too many requests waiting for the store")
+        s = self.settings()
+        try:
+            pkt = radius.decode(data, client.secret, self.dictionary)
+            attrs = radius.attributes(pkt)
+            req = radius.interpret(pkt, attrs, radius.nas_name(attrs, client.id, host), self.clock(),
+                                   s.interim_interval, s.customer_from)
+        except radius.Rejected as exc:
+            return self._drop("unknown", exc.why, f"from {client.id} ({host}): {exc}")
+        ops = self.book.apply(req.event)
+        self.replies[key] = _PENDING
+        self.counts[(req.status, "ok")] += 1
+        self.commit.submit(ops, lambda: self._answer(key, req.reply, addr))
+
+    def _answer(self, key: tuple, reply: bytes, addr) -> None:
+        self.replies[key] = reply
+        while len(self.replies) > REPLY_CACHE:
+            self.replies.popitem(last=False)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(reply, addr)
+
+    def forget_pending(self) -> None:
+        """After a failed commit: retransmissions must be processed again."""
+        for k in [k for k, v in self.replies.items() if v is _PENDING]:
+            del self.replies[k]
+
+    def _drop(self, status: str, why: str, message: str) -> None:
+        self.counts[(status, why)] += 1
+        now = monotonic()
+        if now - self._logged.get(why, -LOG_EVERY) >= LOG_EVERY:
+            self._logged[why] = now
+            log.warning("radius accounting: dropped (%s): %s", why, message)
+
+
+RCVBUF = 8 * 1024 * 1024     # a NAS reboot replays thousands of requests at once
+
+
+async def listen(protocol: AccountingProtocol, host: str, port: int) -> asyncio.DatagramTransport:
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)   # capped by net.core.rmem_max
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    transport, _ = await loop.create_datagram_endpoint(lambda: protocol, sock=sock)
+    return transport

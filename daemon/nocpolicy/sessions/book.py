@@ -1,0 +1,132 @@
+"""The session book: turns start/update/stop events into live-table changes and the
+store writes that record them. Pure (no I/O); the component commits the writes.
+
+Idempotent by design, so a repeated request never makes a second record:
+a Start for a session already open only refreshes it; an Update or Stop for a
+session never started opens one (counted as ``no_start``), a Stop for a
+session closed recently is a duplicate and changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+
+from .model import Event, Live, Ops, net_host, net_key, net_text
+from .table import LiveTable
+
+log = logging.getLogger(__name__)
+
+RECENTLY_CLOSED = 200_000         # remembered (nas, sid) of closed sessions, for duplicate Stops
+
+Resolver = Callable[[str | None], tuple[str | None, bool]]   # extracted id -> (customer, implicit)
+
+
+def _known_ids(extracted: str | None) -> tuple[str | None, bool]:
+    return extracted, extracted is not None
+
+
+class Book:
+    def __init__(self, table: LiveTable, *, next_id: int = 1, max_active: int = 2_000_000):
+        self.table = table
+        self.next_id = next_id
+        self.max_active = max_active
+        self.resolve: Resolver = _known_ids
+        self.closed: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self.counts: Counter = Counter()     # no_start, duplicate_stop, stale, unattributed, full, displaced
+        self.on_change: Callable[[Live | None, Live | None], None] = lambda old, new: None
+        # the static owner of an address (policy prefixes): a session inside another customer's
+        # static prefix is a conflict, which the static prefix wins
+        self.static: Callable[[str], str | None] = lambda host: None
+
+    def apply(self, ev: Event) -> Ops:
+        ops = Ops()
+        if ev.kind == "nas-off":
+            for s in self.table.by_nas(ev.info.nas):
+                self._close(s, ev.ts, ev.reason or "nas-off", ops)
+            return ops
+        s = self.table.get(ev.info.nas, ev.info.sid)
+        if ev.kind == "stop":
+            if s is not None:
+                self._close(s, ev.ts, ev.reason or "stop", ops)
+            elif (ev.info.nas, ev.info.sid) in self.closed:
+                self.counts["duplicate_stop"] += 1
+            else:
+                self.counts["no_start"] += 1
+                s = self._open(ev, ops)
+                if s is not None:
+                    self._close(s, ev.ts, ev.reason or "stop", ops)
+            return ops
+        if s is None:
+            if ev.kind == "update":
+                self.counts["no_start"] += 1
+            self._open(ev, ops)
+        elif ev.info.addrs and not set(ev.info.addrs) <= set(s.addrs):
+            # a new address is a new session record (an update naming fewer attributes is not)
+            self._close(s, ev.ts, "address-change", ops)
+            self._open(ev, ops)
+        else:
+            s.last = max(s.last, ev.ts)
+            ops.touches.append((s.last, s.id))
+        return ops
+
+    def _open(self, ev: Event, ops: Ops) -> Live | None:
+        i = ev.info
+        if len(self.table) >= self.max_active:
+            self.counts["full"] += 1
+            log.warning("live session table full (%d): session from %s not tracked", self.max_active, i.nas)
+            return None
+        customer, implicit = self.resolve(i.customer)
+        if customer is None:
+            self.counts["unattributed"] += 1
+        self._check_static(i, customer)
+        start = ev.ts - ev.elapsed if ev.elapsed else ev.ts
+        s = Live(self.next_id, i.source, i.nas, i.sid, customer, i.addrs, start, ev.ts, i.interval, implicit)
+        self.next_id += 1
+        self.closed.pop((i.nas, i.sid), None)
+        for old in self.table.add(s):
+            if old is not s:
+                self.counts["displaced"] += 1
+                self._record_close(old, ev.ts, "displaced", ops)
+                self.on_change(old, None)
+        ops.inserts.append((s.id, s.source, s.nas, s.sid, customer, int(implicit), i.login, i.calling,
+                            i.klass, s.start, None, s.last, s.interval, None,
+                            " ".join(f"{fam}:{v}:{p}" for fam, v, p in s.addrs)))
+        ops.addrs.extend((s.id, net_key(n), n[2], s.start) for n in s.addrs)
+        self.on_change(None, s)
+        return s
+
+    def _check_static(self, i, customer: str | None) -> None:
+        for n in i.addrs:
+            owner = self.static(net_host(n))
+            if owner is not None and owner != customer:
+                self.counts["conflict"] += 1
+                log.warning("session %s from %s: %s lies inside a static prefix of customer %s; the static "
+                            "prefix wins", i.sid, i.nas, net_text(n), owner)
+
+    def _close(self, s: Live, ts: float, reason: str, ops: Ops) -> None:
+        self.table.remove(s)
+        self._record_close(s, ts, reason, ops)
+        self.on_change(s, None)
+
+    def _record_close(self, s: Live, ts: float, reason: str, ops: Ops) -> None:
+        self.closed[(s.nas, s.sid)] = s.id
+        while len(self.closed) > RECENTLY_CLOSED:
+            self.closed.popitem(last=False)
+        ops.closes.append((max(ts, s.start), reason, s.id))
+
+    def stale(self, now: float, grace: dict[str, float]) -> Ops:
+        """Close every session not heard of within its interval plus its source's grace."""
+        ops = Ops()
+        for s in list(self.table.by_key.values()):
+            if s.interval and now - s.last > s.interval + grace.get(s.source, 600.0):
+                self.counts["stale"] += 1
+                self._close(s, s.last + s.interval, "stale", ops)
+        return ops
+
+    def restore(self, live: list[Live], next_id: int) -> None:
+        """Sessions open in the store when the daemon starts."""
+        for s in live:
+            self.table.add(s)
+        self.next_id = max(self.next_id, next_id)

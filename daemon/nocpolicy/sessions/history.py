@@ -1,0 +1,186 @@
+"""Session history in the state store: every session with its addresses, customer,
+login, NAS, start, stop and how it ended. Kept for the policy's retention.
+
+Writes go through their own connection with ``synchronous=FULL`` (fsync at each
+commit: an Accounting-Response promises the record survives a power cut) and are
+grouped (see commit.py); reads use another connection. Both are to the daemon's
+one database file (WAL), so backups and the store's migrations cover them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+from ..errors import StoreError
+from ..store import Store
+from ..subscribers.live import parse_addrs
+from .model import Live, Ops, covering, net_text
+
+MIGRATIONS = (
+    """
+    CREATE TABLE sessions (
+        id       INTEGER PRIMARY KEY,
+        source   TEXT NOT NULL,
+        nas      TEXT NOT NULL,
+        sid      TEXT NOT NULL,
+        customer TEXT,
+        implicit INTEGER NOT NULL DEFAULT 0,
+        login    TEXT NOT NULL DEFAULT '',
+        calling  TEXT NOT NULL DEFAULT '',
+        class    TEXT NOT NULL DEFAULT '',
+        start    REAL NOT NULL,
+        stop     REAL,
+        last     REAL NOT NULL,
+        interval REAL NOT NULL DEFAULT 0,
+        ended    TEXT,
+        addrs    TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX sessions_open ON sessions(id) WHERE stop IS NULL;
+    CREATE INDEX sessions_customer ON sessions(customer, start);
+    CREATE INDEX sessions_stop ON sessions(stop);
+    CREATE TABLE session_addrs (
+        net     TEXT NOT NULL,
+        start   REAL NOT NULL,
+        session INTEGER NOT NULL,
+        plen    INTEGER NOT NULL,
+        PRIMARY KEY (net, start, session)
+    ) WITHOUT ROWID;
+    CREATE INDEX session_addrs_session ON session_addrs(session);
+    CREATE TABLE session_plens (
+        fam  INTEGER NOT NULL,
+        plen INTEGER NOT NULL,
+        PRIMARY KEY (fam, plen)
+    );
+    """,
+)
+
+COLUMNS = ("id", "source", "nas", "sid", "customer", "implicit", "login", "calling", "class",
+           "start", "stop", "last", "interval", "ended", "addrs")
+
+
+
+
+def row_dict(r: sqlite3.Row) -> dict:
+    d = {k: r[k] for k in COLUMNS if k != "addrs"}
+    d["session_id"] = d.pop("sid")
+    d["implicit"] = bool(d["implicit"])
+    d["addresses"] = [net_text(n) for n in parse_addrs(r["addrs"])]
+    return d
+
+
+class History:
+    def __init__(self, store: Store):
+        store.migrate("sessions", MIGRATIONS)
+        self.path = store.path
+        self._w = self._connect(full=True)
+        self._r = self._connect(full=False)
+        self._rlock = threading.Lock()
+        self._wlock = threading.Lock()
+        self.plens: set[tuple[int, int]] = {(r[0], r[1]) for r in
+                                            self._r.execute("SELECT fam, plen FROM session_plens")}
+
+    def _connect(self, *, full: bool) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA busy_timeout=10000")
+            db.execute(f"PRAGMA synchronous={'FULL' if full else 'NORMAL'}")
+            return db
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the session history in {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._w.close()
+        self._r.close()
+
+    # -- writes (one transaction per group commit; called in a thread) ----------------
+
+    def write(self, ops: Ops) -> None:
+        new_plens = {(int(k[0]), plen) for _, k, plen, _ in ops.addrs} - self.plens
+        with self._wlock:
+            db = self._w
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                if ops.inserts:
+                    db.executemany(f"INSERT OR IGNORE INTO sessions ({','.join(COLUMNS)}) VALUES "
+                                   f"({','.join('?' * len(COLUMNS))})", ops.inserts)
+                if ops.addrs:
+                    db.executemany("INSERT OR IGNORE INTO session_addrs (session, net, plen, start) "
+                                   "VALUES (?,?,?,?)", ops.addrs)
+                if new_plens:
+                    db.executemany("INSERT OR IGNORE INTO session_plens VALUES (?,?)", sorted(new_plens))
+                if ops.touches:
+                    db.executemany("UPDATE sessions SET last=? WHERE id=? AND stop IS NULL", ops.touches)
+                if ops.closes:
+                    db.executemany("UPDATE sessions SET stop=?, ended=? WHERE id=? AND stop IS NULL",
+                                   ops.closes)
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise StoreError(f"cannot record sessions: {exc}") from exc
+        self.plens |= new_plens
+
+    def prune(self, before: float, limit: int = 50_000) -> int:
+        """Delete up to ``limit`` sessions that ended before ``before``; returns how many."""
+        with self._wlock:
+            db = self._w
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                ids = [r[0] for r in db.execute("SELECT id FROM sessions WHERE stop < ? LIMIT ?",
+                                                (before, limit))]
+                db.executemany("DELETE FROM session_addrs WHERE session=?", ((i,) for i in ids))
+                db.executemany("DELETE FROM sessions WHERE id=?", ((i,) for i in ids))
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise StoreError(f"cannot prune session history: {exc}") from exc
+        return len(ids)
+
+    # -- reads ------------------------------------------------------------------------
+
+    def _all(self, sql: str, params=()) -> list[sqlite3.Row]:
+        with self._rlock:
+            try:
+                return self._r.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"session history: {exc}") from exc
+
+    def open_sessions(self) -> tuple[list[Live], int]:
+        rows = self._all("SELECT * FROM sessions WHERE stop IS NULL")
+        top = self._all("SELECT MAX(id) FROM sessions")[0][0] or 0
+        live = [Live(r["id"], r["source"], r["nas"], r["sid"], r["customer"], parse_addrs(r["addrs"]),
+                     r["start"], r["last"], r["interval"], bool(r["implicit"])) for r in rows]
+        return live, top + 1
+
+    def at(self, fam: int, ip: int, ts: float, limit: int = 8) -> list[tuple[dict, int]]:
+        """Sessions whose address or prefix contained ``ip`` at ``ts``: (row, matched length),
+        longest prefix first."""
+        out = []
+        for f, plen in sorted(self.plens, key=lambda x: -x[1]):
+            if f != fam:
+                continue
+            key = (f"4{covering(fam, ip, plen)[1]:08x}" if fam == 4
+                   else f"6{covering(fam, ip, plen)[1]:032x}")
+            rows = self._all(
+                "SELECT s.* FROM session_addrs a JOIN sessions s ON s.id = a.session "
+                "WHERE a.net=? AND a.plen=? AND a.start<=? ORDER BY a.start DESC LIMIT ?",
+                (key, plen, ts, limit))
+            out += [(row_dict(r), plen) for r in rows if r["stop"] is None or r["stop"] >= ts]
+        return out
+
+    def list(self, *, customer: str | None, active: bool, limit: int) -> list[dict]:
+        where, params = [], []
+        if customer is not None:
+            where.append("customer=?")
+            params.append(customer)
+        if active:
+            where.append("stop IS NULL")
+        sql = "SELECT * FROM sessions" + (f" WHERE {' AND '.join(where)}" if where else "")
+        sql += " ORDER BY start DESC LIMIT ?"
+        return [row_dict(r) for r in self._all(sql, (*params, limit))]
+
+    def count(self) -> int:
+        return self._all("SELECT COUNT(*) FROM sessions")[0][0]

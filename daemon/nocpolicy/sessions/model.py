@@ -1,0 +1,109 @@
+"""What a session is, and the events the sources (RADIUS, Kea) turn their input into.
+
+Addresses are kept as ``(family, network int, prefix length)`` triples: cheap to
+hash, to index by prefix length, and to store as fixed-width hex keys.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+Net = tuple[int, int, int]          # (4 | 6, network as int, prefix length)
+
+
+def net_of(prefix: str | ipaddress.IPv4Network | ipaddress.IPv6Network) -> Net:
+    n = prefix if not isinstance(prefix, str) else ipaddress.ip_network(prefix, strict=False)
+    return (n.version, int(n.network_address), n.prefixlen)
+
+
+def net_text(n: Net) -> str:
+    fam, value, plen = n
+    addr = ipaddress.IPv4Address(value) if fam == 4 else ipaddress.IPv6Address(value)
+    full = 32 if fam == 4 else 128
+    return str(addr) if plen == full else f"{addr}/{plen}"
+
+
+def net_host(n: Net) -> str:
+    """The first address of a network, as text."""
+    fam, value, _ = n
+    return str(ipaddress.IPv4Address(value) if fam == 4 else ipaddress.IPv6Address(value))
+
+
+def net_key(n: Net) -> str:
+    """Fixed-width text key of a network (what the history indexes)."""
+    fam, value, plen = n
+    return f"4{value:08x}" if fam == 4 else f"6{value:032x}"
+
+
+def covering(fam: int, value: int, plen: int) -> Net:
+    bits = 32 if fam == 4 else 128
+    return (fam, (value >> (bits - plen)) << (bits - plen), plen)
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """What a source knows about a session when it starts (or is first seen)."""
+
+    source: str                 # radius | kea4 | kea6
+    nas: str                    # NAS id (RADIUS client id / NAS-Identifier) or the lease file
+    sid: str                    # Acct-Session-Id, or address|client for a lease
+    customer: str | None        # extracted id (None: unattributed)
+    login: str = ""
+    calling: str = ""
+    klass: str = ""
+    addrs: tuple[Net, ...] = ()
+    interval: float = 0.0       # expected interim/renew interval (0: none expected)
+
+
+@dataclass(frozen=True)
+class Event:
+    """``kind``: start | update | stop | nas-off. ``ts`` in seconds since the epoch;
+    ``elapsed`` is how long the session has run (RADIUS Acct-Session-Time), if known."""
+
+    kind: str
+    info: SessionInfo
+    ts: float
+    elapsed: float | None = None
+    reason: str = ""            # for stop: Acct-Terminate-Cause or "lease expired", ...
+
+
+@dataclass(slots=True)
+class Live:
+    """One active session in the live table."""
+
+    id: int
+    source: str
+    nas: str
+    sid: str
+    customer: str | None
+    addrs: tuple[Net, ...]
+    start: float
+    last: float
+    interval: float
+    implicit: bool = False           # (the login stays in the history only: ~1M of these are live)
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, "source": self.source, "nas": self.nas, "session_id": self.sid,
+                "customer": self.customer,
+                "addresses": [net_text(n) for n in self.addrs], "start": self.start,
+                "last": self.last, "interval": self.interval}
+
+
+@dataclass
+class Ops:
+    """Store writes one event produced (applied in one group commit)."""
+
+    inserts: list[tuple] = field(default_factory=list)     # session rows
+    addrs: list[tuple] = field(default_factory=list)       # (session, key, plen, start)
+    touches: list[tuple] = field(default_factory=list)     # (last, id)
+    closes: list[tuple] = field(default_factory=list)      # (stop, ended, id)
+
+    def __bool__(self) -> bool:
+        return bool(self.inserts or self.addrs or self.touches or self.closes)
+
+    def extend(self, other: Ops) -> None:
+        self.inserts += other.inserts
+        self.addrs += other.addrs
+        self.touches += other.touches
+        self.closes += other.closes

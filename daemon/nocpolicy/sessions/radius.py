@@ -1,0 +1,161 @@
+"""RADIUS accounting (RFC 2866, 2869, 4818) as pure functions over bytes.
+
+Packet coding is pyrad's; this module decides what a request means for the
+session book and maps pyrad's errors to :class:`Rejected` with a reason that
+names the problem (and a short ``why`` used as a metric label).
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import socket
+import struct
+import sys
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from pyrad import packet as rp
+from pyrad import tools
+from pyrad.dictionary import Dictionary
+
+from ..policy.sessions import CustomerFrom
+from .model import Event, SessionInfo, net_of
+
+MAX_PACKET = 4096          # RFC 2865 section 3
+STATUS = {1: "start", 2: "stop", 3: "interim", 7: "accounting-on", 8: "accounting-off"}
+
+# The attributes nocpolicy reads (RFC 2865/2866/2869/3162/4818), for pyrad's decoder.
+DICTIONARY = """
+ATTRIBUTE User-Name 1 string
+ATTRIBUTE NAS-IP-Address 4 ipaddr
+ATTRIBUTE NAS-Port 5 integer
+ATTRIBUTE Framed-IP-Address 8 ipaddr
+ATTRIBUTE Class 25 octets
+ATTRIBUTE Session-Timeout 27 integer
+ATTRIBUTE Called-Station-Id 30 string
+ATTRIBUTE Calling-Station-Id 31 string
+ATTRIBUTE NAS-Identifier 32 string
+ATTRIBUTE Proxy-State 33 octets
+ATTRIBUTE Acct-Status-Type 40 integer
+ATTRIBUTE Acct-Delay-Time 41 integer
+ATTRIBUTE Acct-Session-Id 44 string
+ATTRIBUTE Acct-Session-Time 46 integer
+ATTRIBUTE Acct-Terminate-Cause 49 integer
+ATTRIBUTE Event-Timestamp 55 date
+ATTRIBUTE NAS-Port-Type 61 integer
+ATTRIBUTE Acct-Interim-Interval 85 integer
+ATTRIBUTE NAS-IPv6-Address 95 ipv6addr
+ATTRIBUTE Framed-IPv6-Prefix 97 ipv6prefix
+ATTRIBUTE Delegated-IPv6-Prefix 123 ipv6prefix
+"""
+
+TERMINATE = {1: "user-request", 2: "lost-carrier", 3: "lost-service", 4: "idle-timeout",
+             5: "session-timeout", 6: "admin-reset", 7: "admin-reboot", 8: "port-error",
+             9: "nas-error", 10: "nas-request", 11: "nas-reboot", 15: "service-unavailable"}
+_FIXED = {"ipaddr": 4, "integer": 4, "date": 4, "ipv6addr": 16}
+
+
+def dictionary() -> Dictionary:
+    return Dictionary(io.StringIO(DICTIONARY))
+
+
+class Rejected(Exception):
+    """A request that is dropped: ``why`` is the metric label, the message says more."""
+
+    def __init__(self, why: str, message: str):
+        super().__init__(message)
+        self.why = why
+
+
+@dataclass(frozen=True)
+class Request:
+    status: str                # start | stop | interim | accounting-on | accounting-off
+    event: Event
+    reply: bytes               # the Accounting-Response to send once the event is durable
+
+
+# attribute code -> (name, type), from the dictionary above
+TYPES = {int(parts[2]): (parts[1], parts[3]) for parts in
+         (line.split() for line in DICTIONARY.splitlines()) if len(parts) == 4}
+
+
+def attributes(pkt: rp.AcctPacket) -> dict:
+    """The first value of each attribute nocpolicy reads, decoded by pyrad's type decoders
+    (one pass over the raw attributes), after checking RFC 2865 section 5 lengths."""
+    out = {}
+    for key, values in OrderedDict.items(pkt):
+        known = TYPES.get(key) if isinstance(key, int) else None
+        if known is None:
+            continue
+        name, kind = known
+        for v in values:
+            n = _FIXED.get(kind)
+            if (n is not None and len(v) != n) or (kind == "ipv6prefix" and not 2 <= len(v) <= 18) \
+                    or (kind == "string" and not v):
+                raise Rejected("bad-attribute", f"attribute {name} has length {len(v)}")
+        try:
+            out[name] = tools.DecodeAttr(kind, values[0])
+        except (ValueError, struct.error, UnicodeDecodeError) as exc:
+            raise Rejected("bad-attribute", f"cannot read attribute {name}: {exc}") from None
+    return out
+
+
+def decode(data: bytes, secret: bytes, d: Dictionary) -> rp.AcctPacket:
+    """Decode and authenticate an Accounting-Request (raises Rejected)."""
+    if len(data) < 20:
+        raise Rejected("malformed", f"truncated packet ({len(data)} bytes)")
+    if len(data) > MAX_PACKET:
+        raise Rejected("malformed", f"oversized packet ({len(data)} bytes, at most {MAX_PACKET})")
+    length = struct.unpack_from("!H", data, 2)[0]
+    if length > len(data):
+        raise Rejected("malformed", f"truncated packet: header says {length} bytes, got {len(data)}")
+    try:
+        pkt = rp.AcctPacket(packet=data, secret=secret, dict=d)
+    except (rp.PacketError, ValueError, struct.error, IndexError, KeyError) as exc:
+        raise Rejected("malformed", f"cannot decode: {exc}") from None
+    if pkt.code != rp.AccountingRequest:
+        raise Rejected("unsupported", f"code {pkt.code} is not an Accounting-Request")
+    if not pkt.VerifyAcctRequest():
+        raise Rejected("bad-authenticator", "Request Authenticator does not verify (wrong shared secret?)")
+    return pkt
+
+
+def nas_name(attrs: dict, client: str, source: str) -> str:
+    """Sessions are keyed by NAS: the client id plus the NAS-Identifier (or NAS address)."""
+    ident = attrs.get("NAS-Identifier") or attrs.get("NAS-IP-Address") or attrs.get("NAS-IPv6-Address")
+    return sys.intern(f"{client}/{ident or source}")     # one string per NAS, shared by its sessions
+
+
+def interpret(pkt: rp.AcctPacket, attrs: dict, nas: str, now: float, default_interval: float,
+              customer_from: CustomerFrom) -> Request:
+    """What an authenticated request means (raises Rejected for a useless one)."""
+    a = attrs
+    status = STATUS.get(a.get("Acct-Status-Type"))
+    if status is None:
+        raise Rejected("unsupported", "missing or unknown Acct-Status-Type")
+    sid, login, calling = a.get("Acct-Session-Id", ""), a.get("User-Name", ""), a.get("Calling-Station-Id", "")
+    klass = a.get("Class", b"").decode("utf-8", "replace")
+    ts, elapsed = a.get("Event-Timestamp"), a.get("Acct-Session-Time")
+    when = float(ts) if ts is not None else now - a.get("Acct-Delay-Time", 0)
+    addrs = []
+    if "Framed-IP-Address" in a:
+        addrs.append((4, int.from_bytes(socket.inet_aton(a["Framed-IP-Address"]), "big"), 32))
+    for name in ("Framed-IPv6-Prefix", "Delegated-IPv6-Prefix"):
+        if name in a:
+            addrs.append(net_of(ipaddress.ip_network(a[name], strict=False)))
+    value = {"User-Name": login, "Class": klass, "Calling-Station-Id": calling}[customer_from.attribute]
+    info = SessionInfo("radius", nas, sid, customer_from.extract(value), login, calling, klass,
+                       tuple(addrs), float(a.get("Acct-Interim-Interval") or default_interval))
+    if status in ("accounting-on", "accounting-off"):
+        return Request(status, Event("nas-off", info, when, reason=status), reply(pkt))
+    if not sid:
+        raise Rejected("bad-attribute", f"{status} without Acct-Session-Id")
+    kind = {"start": "start", "interim": "update", "stop": "stop"}[status]
+    return Request(status, Event(kind, info, when, float(elapsed) if elapsed is not None else None,
+                                 TERMINATE.get(a.get("Acct-Terminate-Cause"), "")), reply(pkt))
+
+
+def reply(pkt: rp.AcctPacket) -> bytes:
+    """The Accounting-Response to ``pkt`` (with its Proxy-States), coded by pyrad."""
+    return pkt.CreateReply().ReplyPacket()

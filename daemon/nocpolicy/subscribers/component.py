@@ -1,0 +1,205 @@
+"""Subscribers: the one owner of who a client is and what applies to it.
+
+Takes in the policy's customers (at every commit) and runtime decisions (opt-outs
+today, persisted in the state store with their audit), builds the immutable view with
+the pure functions of view.py, and pushes every new view to its watchers (the DNS
+engine, passive detection) -- nobody polls. In the main process a runtime decision is
+persisted, applied here, sent to every replica (the DNS worker processes, which apply
+it with :meth:`Subscribers.apply`, the same code) and only then acknowledged, so the
+next query anywhere sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+
+from prometheus_client.core import GaugeMetricFamily
+
+from ..component import Component
+from ..control.commands import Command
+from ..errors import NotFound
+from ..policy.fields import as_bool, as_id, as_str
+from .api import Replica, Watcher
+from .live import AddressTable, ClientLookup, change_from_json, change_to_json
+from .model import EVERYTHING, Change, Decision, Decisions
+from .optouts import OptoutStore, decisions_of
+from .view import SubscriberView, implicit_subscriber, reload_view, update_view
+
+log = logging.getLogger(__name__)
+
+
+class Subscribers(Component):
+    name = "subscribers"
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.optouts = OptoutStore(ctx.store, ctx.clock)
+        self.view = SubscriberView()
+        self.decisions: Decisions | None = None        # loaded from the store at the first prepare
+        self._watchers: list[Watcher] = []
+        self._replicas: list[Replica] = []
+        # live sessions (sessions/): the Sessions component's table in the main process, a
+        # replica fed over the pipe in a DNS worker
+        self.live = AddressTable() if ctx.options.extra.get("dns_worker") else None
+        self._live_loaded = False
+        self._implicit: dict[str, int] = {}     # implicit customer -> its live sessions
+
+    # -- the interface consumers are handed (api.SubscriberSource) ---------------------
+
+    def watch(self, fn: Watcher) -> None:
+        self._watchers.append(fn)
+        fn(self.view, EVERYTHING)
+
+    def replicate_to(self, fn: Replica) -> None:
+        self._replicas.append(fn)
+
+    def apply(self, d: Decision) -> None:
+        """Apply a runtime decision to the view and push it (synchronous; no store write)."""
+        if d.kind == "sessions":                  # a DNS worker: the main process's session changes
+            changes = [change_from_json(x) for x in d.value]
+            for c in changes:
+                self.live.apply(c)
+            self.sessions_changed(changes)
+            return
+        self.decisions = (self.decisions or Decisions()).with_(d)
+        self._publish(update_view(self.view, self.decisions, (d.customer,)), Change.of(d.customer))
+
+    def _publish(self, view: SubscriberView, change: Change) -> None:
+        self.view = view
+        for fn in self._watchers:
+            fn(view, change)
+
+    async def decide(self, d: Decision) -> bool:
+        """Apply a decision already persisted, here and in every replica; False if a replica
+        did not confirm in time."""
+        self.apply(d)
+        results = await asyncio.gather(*(r(d) for r in self._replicas))
+        return all(results)
+
+    # -- live sessions (sessions/component.SessionFeed) -----------------------------------
+
+    def use_sessions(self, live) -> None:
+        self.live = live
+        self._publish(self._with_sessions(self.view), EVERYTHING)
+
+    def _with_sessions(self, view: SubscriberView) -> SubscriberView:
+        """``view`` whose address lookup covers the live sessions (static prefixes first) and
+        whose subscribers include the implicit customers of live sessions."""
+        if self.live is None:
+            return view
+        static = getattr(view.prefixes, "static", view.prefixes)
+        by_id = view.by_id
+        for cid in self._implicit:
+            if cid not in by_id:
+                by_id = by_id if by_id is not view.by_id else dict(by_id)
+                by_id[cid] = implicit_subscriber(cid, view.decisions)
+        return dataclasses.replace(view, by_id=by_id, prefixes=ClientLookup(static, self.live))
+
+    def static_owner(self, host: str) -> str | None:
+        prefixes = self.view.prefixes
+        return getattr(prefixes, "static", prefixes).lookup(host)
+
+    def session_holds(self, host: str) -> bool:
+        """Is ``host`` inside a live session (the DNS access list's hook)?"""
+        return self.live is not None and self.live.contains(host)
+
+    def sessions_changed(self, changes) -> None:
+        """Sessions started or ended (already in the live lookup): implicit customers get a
+        subscriber (added in place: nothing existing changes), then every watcher is told, so
+        the next query anywhere in this process sees it."""
+        by_id, touched = self.view.by_id, set()
+        for op, _addrs, cid, implicit in changes:
+            if cid is None:
+                continue
+            touched.add(cid)
+            if implicit:
+                n = self._implicit.get(cid, 0) + (1 if op == "+" else -1)
+                if n > 0:
+                    self._implicit[cid] = n
+                else:
+                    self._implicit.pop(cid, None)
+                if op == "+" and cid not in by_id:
+                    by_id[cid] = implicit_subscriber(cid, self.view.decisions or Decisions())
+        self._publish(self.view, Change(frozenset(touched), True))
+
+    async def replicate_sessions(self, changes) -> bool:
+        d = Decision("sessions", "*", [change_to_json(c) for c in changes])
+        return all(await asyncio.gather(*(r(d) for r in self._replicas)))
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def prepare(self, policy, change):
+        decisions = self.decisions
+        if decisions is None:
+            decisions = decisions_of(await asyncio.to_thread(self.optouts.records))
+        if isinstance(self.live, AddressTable) and not self._live_loaded:    # a worker starting
+            n = await asyncio.to_thread(self.live.load, self.ctx.store.path)
+            self._live_loaded = True
+            self._implicit = dict(self.live.implicit)
+            log.info("%d live session(s) loaded", n)
+        view = await asyncio.to_thread(reload_view, self.view, policy.customers, policy.dns.unknown_clients,
+                                       decisions)
+
+        def commit():
+            new = view
+            if self.decisions is not None and self.decisions is not decisions:   # decided meanwhile
+                new = update_view(view, self.decisions, view.customers)
+            self.decisions = new.decisions
+            self._publish(self._with_sessions(new), EVERYTHING)
+        return commit
+
+    # -- commands and metrics ------------------------------------------------------------
+
+    def commands(self) -> list[Command]:
+        return [
+            Command("optout.set", self._cmd_optout_set, "security-list opt-out on/off for a customer"),
+            Command("optout.list", self._cmd_optout_list, "opt-out state of every customer", mutating=False),
+        ]
+
+    def collectors(self) -> list:
+        return [OptoutCollector(self)]
+
+    def _subscriber(self, cid: str):
+        sub = self.view.get(cid) if cid is not None else None
+        if sub is None:
+            raise NotFound(f"unknown customer {cid!r}", field="customer")
+        return sub
+
+    async def _cmd_optout_set(self, args, inv) -> dict:
+        cid = args.req("customer", as_id)
+        on = args.req("on", as_bool)
+        reason = args.get("reason", as_str, "") or ""
+        args.check()
+        before = self._subscriber(cid).opted_out
+        rec = await asyncio.to_thread(self.optouts.set, cid, on, reason=reason, actor=inv.actor, before=before)
+        await self.decide(Decision("optout", cid, on))
+        log.info("customer %s security opt-out %s by %s", cid, "ON" if on else "OFF", inv.actor)
+        return {**rec, "before": before, "changed": before != on}
+
+    async def _cmd_optout_list(self, args, inv) -> dict:
+        args.check()
+        records = await asyncio.to_thread(self.optouts.records)
+        view = self.view
+        out = []
+        for cid, c in view.customers.items():
+            sub = view.by_id[cid]
+            r = records.get(cid) or {}
+            out.append({"customer": cid, "name": c.name, "optout": sub.opted_out, "source": sub.optout_source,
+                        "policy_value": c.security_optout, "reason": r.get("reason"),
+                        "actor": r.get("actor"), "since": r.get("ts")})
+        return {"customers": out, "opted_out": sum(1 for x in out if x["optout"])}
+
+
+class OptoutCollector:
+    def __init__(self, subscribers: Subscribers):
+        self.subscribers = subscribers
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        o = GaugeMetricFamily("nocpolicy_optout_customers", "Customers opted out of the security lists")
+        o.add_metric([], len(self.subscribers.view.optouts))
+        yield o

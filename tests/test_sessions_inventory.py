@@ -1,0 +1,133 @@
+"""The CSV customer inventory: validation as file:line: column: reason, version, reuse, reload."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import DaemonProcess, copy_policies, wait_for
+from nocpolicy.errors import PolicyInvalid
+from nocpolicy.policy.load import load_policy
+
+HEADER = "id,name,plan,prefixes,logins,tags,nodes,contact\n"
+
+
+def with_inventory(tmp_path, rows: str):
+    pol = copy_policies(tmp_path)
+    (pol / "inventory.yaml").write_text("inventory:\n  file: customers.csv\n")
+    (pol / "customers.csv").write_text(HEADER + rows)
+    return pol
+
+
+ROWS = ('h0001,"Tanaka, Hiroshi",home-100m,10.77.0.0/30 2001:db8:a001::/48,tanaka@isp.example,'
+        'fiber-home,edge-tokyo-1,tanaka@example.jp\n'
+        "h0002,Suzuki,home-100m,,suzuki@isp.example suzuki2,,,mqtt:contacts/h0002\n"
+        "h0003,Sato,,10.77.0.8/30,,,,https://hooks.example/sato\n")
+
+
+def test_inventory_customers_join_the_policy(tmp_path):
+    p = load_policy(with_inventory(tmp_path, ROWS))
+    c = p.customers_by_id["h0001"]
+    assert c.name == "Tanaka, Hiroshi" and c.plan == "home-100m" and c.contact.email == "tanaka@example.jp"
+    assert [str(x) for x in c.prefixes] == ["10.77.0.0/30", "2001:db8:a001::/48"]
+    assert p.customers_by_id["h0002"].logins == ("suzuki@isp.example", "suzuki2")
+    assert p.customers_by_id["h0002"].contact.mqtt_topic == "contacts/h0002"
+    assert p.customer_for("10.77.0.9").id == "h0003"
+    assert "c1001" in p.customers_by_id              # the YAML customers are still there
+
+
+def test_every_bad_row_reported_as_file_line_column(tmp_path):
+    rows = ("h0001,Tanaka,home-100m,10.77.0.1/30,,,,\n"          # host bits
+            "h 2,Suzuki,,,,,,\n"                                     # bad id
+            "h0003,Sato,gold,,,,,\n"                                 # unknown plan
+            "h0004,Ito,,10.0.0.0/8,,,,not-a-contact\n"               # bad contact
+            "h0005,Kato,,,,,\n"                                      # a field short
+            "c1001,Dup,,,,,,\n")                                     # id taken by YAML
+    with pytest.raises(PolicyInvalid) as e:
+        load_policy(with_inventory(tmp_path, rows))
+    text = "\n".join(str(p) for p in e.value.problems)
+    csv = str(tmp_path / "policies" / "customers.csv")
+    assert f"{csv}:2: prefixes: '10.77.0.1/30' has host bits set" in text
+    assert f"{csv}:3: id: 'h 2' is not a valid id" in text
+    assert f"{csv}:4: customers[id=h0003].plan: unknown plan 'gold'" in text
+    assert f"{csv}:5: contact: 'not-a-contact' is not an e-mail address" in text
+    assert f"{csv}:6: (row): 7 fields, the header has 8" in text
+    assert f"{csv}:7: customers[id=c1001]: duplicate id 'c1001'" in text
+
+
+def test_header_checked(tmp_path):
+    pol = with_inventory(tmp_path, "")
+    (pol / "customers.csv").write_text("id,nom,plan\nx,y,z\n")
+    with pytest.raises(PolicyInvalid) as e:
+        load_policy(pol)
+    (p,) = e.value.problems
+    assert p.loc.line == 1 and "unknown column(s) 'nom'" in p.reason and "missing column(s) name" in p.reason
+
+
+def test_version_follows_the_csv_and_unchanged_rows_are_reused(tmp_path):
+    pol = with_inventory(tmp_path, ROWS)
+    a = load_policy(pol)
+    (pol / "customers.csv").write_text(HEADER + ROWS.replace("Sato", "Sato Taro"))
+    b = load_policy(pol, previous=a)
+    assert a.version != b.version
+    assert b.customers_by_id["h0003"].name == "Sato Taro"
+    assert b.customers_by_id["h0001"] is a.customers_by_id["h0001"]      # not parsed again
+    assert load_policy(pol, previous=b).version == b.version
+
+
+def test_hot_reload_of_the_csv(tmp_path):
+    pol = with_inventory(tmp_path, ROWS)
+    d = DaemonProcess(tmp_path, policies=pol).start()
+    try:
+        v0 = d.ctl_json("status")["policy"]["version"]
+        with open(pol / "customers.csv", "a") as f:
+            f.write("h0004,Ito,,10.77.0.64/30,,,,\n")
+        wait_for(lambda: d.ctl_json("status")["policy"]["version"] != v0, 30, what="reload after a CSV edit")
+        out = d.ctl_json("explain", "--client", "10.77.0.65", "--name", "example.com")
+        assert "h0004" in str(out)
+        with open(pol / "customers.csv", "a") as f:
+            f.write("h0005,Bad,,10.77.0.1/30,,,,\n")
+        wait_for(lambda: (d.ctl_json("status").get("last_error") or {}), 30, what="refused reload")
+        assert "customers.csv:6: prefixes" in str(d.ctl_json("status")["last_error"])
+        assert "h0004" in str(d.ctl_json("explain", "--client", "10.77.0.65", "--name", "example.com"))
+    finally:
+        d.stop()
+
+
+def test_prefix_index_updated_in_place_of_a_rebuild(tmp_path):
+    from nocpolicy.subscribers.prefixes import PrefixIndex, customers_delta
+    rows = "".join(f"h{i:04d},C{i},,10.77.{i // 64}.{(i % 64) * 4}/30,,,,\n" for i in range(500))
+    pol = with_inventory(tmp_path, rows)
+    a = load_policy(pol)
+    lines = (pol / "customers.csv").read_text().split("\n")
+    lines[5] = lines[5].replace("/30", "/31")                       # a prefix changes
+    lines[7] = lines[7].replace(",C6,", ",Renamed,")                 # only the name changes
+    del lines[9]                                                     # a customer leaves
+    lines.insert(10, "h9999,New,,10.99.0.0/24,,,,")                  # one joins
+    (pol / "customers.csv").write_text("\n".join(lines))
+    b = load_policy(pol, previous=a)
+    removed, added, changed = customers_delta(a.customers_by_id, b.customers)
+    assert changed == {"h0004", "h0006", "h0008", "h9999"}
+    idx = PrefixIndex.of_customers(a.customers).updated(removed, added)
+    fresh = PrefixIndex.of_customers(b.customers)
+    for host in ("10.77.0.16", "10.77.0.17", "10.77.0.18", "10.77.0.24", "10.77.0.32", "10.99.0.7", "10.1.1.1"):
+        assert idx.lookup(host) == fresh.lookup(host), host
+    assert idx.size == fresh.size
+
+
+def test_reload_view_reuses_unchanged_customers(tmp_path):
+    from nocpolicy.subscribers.model import Decisions
+    from nocpolicy.subscribers.view import build_view, reload_view
+    rows = "".join(f"h{i:04d},C{i},,10.77.{i // 64}.{(i % 64) * 4}/30,,,,\n" for i in range(2000))
+    pol = with_inventory(tmp_path, rows)
+    a = load_policy(pol)
+    text = (pol / "customers.csv").read_text().replace("h0005,C5,,10.77.0.20/30", "h0005,C5,,10.88.0.0/24")
+    (pol / "customers.csv").write_text(text)
+    b = load_policy(pol, previous=a)
+    d = Decisions()
+    old = build_view(a.customers, "protect", d)
+    new = reload_view(old, b.customers, "protect", d)
+    fresh = build_view(b.customers, "protect", d)
+    assert new.by_id["h0006"] is old.by_id["h0006"]                   # untouched: the same object
+    assert new.by_id == fresh.by_id
+    for host in ("10.77.0.21", "10.88.0.9", "10.77.0.25", "192.0.2.1"):
+        assert new.customer_of(host) == fresh.customer_of(host), host

@@ -1,0 +1,201 @@
+"""Session book, live table, history/whois and CGNAT mapping: pure parts and the real store."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from nocpolicy.policy.sessions import NatPool
+from nocpolicy.sessions.book import Book
+from nocpolicy.sessions.history import History
+from nocpolicy.sessions.model import Event, SessionInfo, net_of
+from nocpolicy.sessions.table import LiveTable
+from nocpolicy.sessions.whois import nat_forward, nat_reverse, whois
+from nocpolicy.store import Store
+
+
+def info(sid="S1", customer="c1", addrs=("203.0.113.7/32",), nas="bng1/a", interval=300.0, source="radius"):
+    return SessionInfo(source, nas, sid, customer, login=f"{customer}@isp", addrs=tuple(net_of(a) for a in addrs),
+                       interval=interval)
+
+
+@pytest.fixture
+def hist(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    h = History(store)
+    yield h
+    h.close()
+    store.close()
+
+
+def test_start_stop_recorded_once_and_lookup_follows(hist):
+    table = LiveTable()
+    book = Book(table)
+    hist.write(book.apply(Event("start", info(addrs=("203.0.113.7/32", "2001:db8:77:100::/56")), 1000.0)))
+    assert table.lookup("203.0.113.7").customer == "c1"
+    assert table.lookup("2001:db8:77:1ab::5").customer == "c1"        # inside the delegated prefix
+    assert table.contains("::ffff:203.0.113.7")
+    assert not table.contains("203.0.113.8")
+    # a repeated Start (retransmission with a new Identifier) makes no second record
+    assert not book.apply(Event("start", info(addrs=("203.0.113.7/32", "2001:db8:77:100::/56")), 1001.0)).inserts
+    hist.write(book.apply(Event("stop", info(), 2000.0, reason="user-request")))
+    assert not table.contains("203.0.113.7")
+    assert not book.apply(Event("stop", info(), 2001.0))             # duplicate Stop: nothing written
+    assert book.counts["duplicate_stop"] == 1
+    rows = hist.list(customer="c1", active=False, limit=10)
+    assert len(rows) == 1 and rows[0]["stop"] == 2000.0 and rows[0]["ended"] == "user-request"
+
+
+def test_stop_without_start_is_recorded_and_counted(hist):
+    book = Book(LiveTable())
+    hist.write(book.apply(Event("stop", info(sid="X"), 5000.0, elapsed=600.0)))
+    assert book.counts["no_start"] == 1
+    (row,) = hist.list(customer="c1", active=False, limit=10)
+    assert (row["start"], row["stop"]) == (4400.0, 5000.0)
+    assert whois(hist, (), "203.0.113.7", 4500.0, None)["matches"][0]["customer"] == "c1"
+
+
+def test_accounting_on_closes_only_that_nas(hist):
+    table = LiveTable()
+    book = Book(table)
+    hist.write(book.apply(Event("start", info("a", addrs=("10.0.0.1/32",)), 1.0)))
+    hist.write(book.apply(Event("start", info("b", addrs=("10.0.0.2/32",), nas="bng2/x"), 1.0)))
+    hist.write(book.apply(Event("nas-off", info("", nas="bng1/a"), 50.0, reason="accounting-on")))
+    assert not table.contains("10.0.0.1") and table.contains("10.0.0.2")
+    assert hist.list(customer=None, active=True, limit=10)[0]["session_id"] == "b"
+
+
+def test_stale_sessions_closed_after_interval_plus_grace(hist):
+    table = LiveTable()
+    book = Book(table)
+    hist.write(book.apply(Event("start", info(interval=300.0), 1000.0)))
+    assert not book.stale(1000.0 + 300 + 59, {"radius": 60.0})
+    ops = book.stale(1000.0 + 300 + 61, {"radius": 60.0})
+    hist.write(ops)
+    assert not table.contains("203.0.113.7") and book.counts["stale"] == 1
+    (row,) = hist.list(customer="c1", active=False, limit=5)
+    assert row["ended"] == "stale" and row["stop"] == 1300.0
+
+
+def test_new_session_on_same_address_displaces_the_old(hist):
+    table = LiveTable()
+    book = Book(table)
+    hist.write(book.apply(Event("start", info("a", customer="c1"), 1.0)))
+    hist.write(book.apply(Event("start", info("b", customer="c2"), 10.0)))
+    assert table.lookup("203.0.113.7").customer == "c2"
+    assert whois(hist, (), "203.0.113.7", 5.0, None)["matches"][0]["customer"] == "c1"
+    assert whois(hist, (), "203.0.113.7", 11.0, None)["matches"][0]["customer"] == "c2"
+
+
+def test_implicit_and_unattributed_customers():
+    book = Book(LiveTable())
+    known = {"c1"}
+    book.resolve = lambda x: (None, False) if x is None else (x, x not in known)
+    book.apply(Event("start", info("a", customer="c77"), 1.0))
+    book.apply(Event("start", info("b", customer=None, addrs=("10.9.9.9/32",)), 1.0))
+    assert book.table.lookup("203.0.113.7").implicit
+    assert book.table.lookup("10.9.9.9").customer is None
+    assert book.counts["unattributed"] == 1
+
+
+def test_table_bounded():
+    book = Book(LiveTable(), max_active=2)
+    for i in range(3):
+        book.apply(Event("start", info(str(i), addrs=(f"10.0.0.{i}/32",)), 1.0))
+    assert len(book.table) == 2 and book.counts["full"] == 1
+
+
+def test_whois_history_across_time_and_restart(hist, tmp_path):
+    book = Book(LiveTable())
+    hist.write(book.apply(Event("start", info("a", customer="c1"), 100.0)))
+    hist.write(book.apply(Event("stop", info("a", customer="c1"), 200.0)))
+    hist.write(book.apply(Event("start", info("b", customer="c2"), 300.0)))
+    assert whois(hist, (), "203.0.113.7", 150.0, None)["matches"][0]["customer"] == "c1"
+    out = whois(hist, (), "203.0.113.7", 250.0, None)
+    assert out["matches"] == [] and "no session" in out["unattributed"]
+    live, next_id = hist.open_sessions()
+    assert [s.customer for s in live] == ["c2"] and next_id == 3
+
+
+def test_prune_deletes_only_sessions_ended_before_the_cutoff(hist):
+    book = Book(LiveTable())
+    hist.write(book.apply(Event("start", info("a"), 100.0)))
+    hist.write(book.apply(Event("stop", info("a"), 200.0)))
+    hist.write(book.apply(Event("start", info("b", addrs=("10.1.1.1/32",)), 100.0)))
+    assert hist.prune(before=300.0) == 1
+    assert [r["session_id"] for r in hist.list(customer=None, active=False, limit=10)] == ["b"]
+    assert whois(hist, (), "203.0.113.7", 150.0, None)["matches"] == []
+
+
+POOL = NatPool("cgn1", ipaddress.ip_network("198.51.100.0/30"), ipaddress.ip_network("100.64.0.0/24"),
+               1024, 65535, 1008)
+
+
+def test_cgnat_port_blocks_round_trip():
+    assert POOL.blocks_per_address == 64
+    for k in (0, 1, 63, 64, 200, 255):
+        internal = POOL.internal.network_address + k
+        public, (lo, hi) = nat_forward(POOL, internal)
+        for port in (lo, hi, (lo + hi) // 2):
+            _, hit, why = nat_reverse([POOL], ipaddress.ip_address(public), port)
+            assert hit is not None and hit.internal == str(internal), why
+    _, hit, why = nat_reverse([POOL], ipaddress.ip_address("198.51.100.1"), None)
+    assert hit is None and "--port" in why
+    _, hit, why = nat_reverse([POOL], ipaddress.ip_address("198.51.100.3"), 1023)
+    assert hit is None and "outside" in why
+
+
+def test_whois_through_cgnat(hist):
+    book = Book(LiveTable())
+    internal = POOL.internal.network_address + 70          # public .1, second block
+    hist.write(book.apply(Event("start", info("a", customer="c9", addrs=(f"{internal}/32",)), 100.0)))
+    public, (lo, _) = nat_forward(POOL, internal)
+    out = whois(hist, [POOL], public, 150.0, lo + 5)
+    assert out["nat"]["internal"] == str(internal) and out["matches"][0]["customer"] == "c9"
+    other = whois(hist, [POOL], public, 150.0, lo - 1)      # the neighbour's block: nobody
+    assert other["matches"] == [] and other["nat"]["internal"] != str(internal)
+
+
+def test_static_prefix_wins_a_conflict_and_is_counted():
+    from nocpolicy.subscribers.prefixes import PrefixIndex
+
+    from nocpolicy.subscribers.live import ClientLookup
+    static = PrefixIndex([(ipaddress.ip_network("192.0.2.0/26"), "c1001")])
+    table = LiveTable()
+    book = Book(table)
+    book.static = static.lookup
+    book.apply(Event("start", info("a", customer="c77", addrs=("192.0.2.10/32",)), 1.0))
+    book.apply(Event("start", info("b", customer="c1001", addrs=("192.0.2.11/32",)), 1.0))   # its own: fine
+    book.apply(Event("start", info("c", customer="c78", addrs=("10.1.2.3/32",)), 1.0))
+    assert book.counts["conflict"] == 1
+    lookup = ClientLookup(static, table)
+    assert lookup.lookup("192.0.2.10") == "c1001"       # static wins
+    assert lookup.lookup("10.1.2.3") == "c78"
+    assert lookup.lookup("10.1.2.4") is None
+
+
+def test_worker_replica_follows_changes_and_loads_open_sessions(hist):
+    from nocpolicy.subscribers.live import AddressTable, change_from_json, change_to_json
+    book = Book(LiveTable())
+    changes = []
+    book.on_change = lambda old, new: changes.extend(
+        [("-", old.addrs, old.customer, old.implicit)] if old else []) or changes.extend(
+        [("+", new.addrs, new.customer, new.implicit)] if new else [])
+    book.resolve = lambda x: (x, x == "c77")
+    hist.write(book.apply(Event("start", info("a", customer="c77", addrs=("10.5.0.1/32", "2001:db8:9::/56")), 1.0)))
+    hist.write(book.apply(Event("start", info("b", customer="c1", addrs=("10.5.0.2/32",)), 1.0)))
+    replica = AddressTable()
+    for c in changes:
+        replica.apply(change_from_json(change_to_json(c)))   # as sent over the worker pipe
+    assert replica.customer_of("2001:db8:9:ff::1") == "c77" and replica.implicit == {"c77": 1}
+    assert replica.contains("10.5.0.2") and not replica.contains("10.5.0.3")
+    fresh = AddressTable()
+    assert fresh.load(hist.path) == 2 and fresh.customer_of("10.5.0.1") == "c77"
+    changes.clear()
+    hist.write(book.apply(Event("stop", info("a", customer="c77"), 5.0)))
+    for c in changes:
+        replica.apply(change_from_json(change_to_json(c)))
+    assert replica.customer_of("10.5.0.1") is None and replica.implicit == {}
+    with pytest.raises(ValueError):
+        change_from_json(["x", [], None, False])
