@@ -271,8 +271,10 @@ def side_by_side(label: str, targets: list[tuple[str, int, Proc]], qfile: Path, 
     for name, _, _ in targets:
         runs_txt = ", ".join(f"{x / 1000:.0f}k" for x in res[name])
         ratio = med[name] / med[base] if med[base] else 0
+        per_q = statistics.median(c / 100 * 1e6 / q for c, q in zip(cpu[name], res[name], strict=True) if q)
         print(f"  {name:<30} {med[name]:>8.0f} qps  ratio vs {base}: {ratio:.2f}  "
-              f"(CPU {statistics.median(cpu[name]):.0f}%; runs: {runs_txt}; lost {lost[name]})")
+              f"(CPU {statistics.median(cpu[name]):.0f}%, {per_q:.1f} us CPU/answer; runs: {runs_txt}; "
+              f"lost {lost[name]})")
     return med
 
 

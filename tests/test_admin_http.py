@@ -9,9 +9,9 @@ import pytest
 
 from nocpolicy.control.admin import AdminApi
 from nocpolicy.control.commands import Args, Command, CommandRegistry, Invocation
-from nocpolicy.control.http import MAX_BODY, HttpServer
 from nocpolicy.errors import CommandError, NocpolicyError
 from nocpolicy.policy.fields import as_bool, as_id, as_str
+from nocpolicy.web.plain import MAX_BODY, HttpServer
 
 TOKEN = "s3cret-token"
 
@@ -34,7 +34,8 @@ async def server():
 
     reg = CommandRegistry()
     reg.register(Command("optout.set", optout, "set an opt-out"))
-    srv = HttpServer("admin API", "127.0.0.1", 0, AdminApi(reg, TOKEN).handle)
+    api = AdminApi(reg, TOKEN)
+    srv = HttpServer("admin API", "127.0.0.1", 0, api.handle, before_body=api.authorize)
     await srv.start()
     srv.seen = seen
     yield srv
@@ -93,22 +94,22 @@ async def test_refusals_and_routing(server):
     assert status == 404 and "known: optout.set" in out["error"]
     assert (await request(server.port, post("/v1/cmd/optout.set", b"not json")))[0] == 400
     assert (await request(server.port, post("/v1/cmd/optout.set", b"[1, 2]")))[0] == 400
-    get = f"GET /v1/cmd/optout.set HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
+    get = f"GET /v1/cmd/optout.set HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
     assert (await request(server.port, get))[0] == 405
-    status, out = await request(server.port, f"GET /v1/commands HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    status, out = await request(server.port, f"GET /v1/commands HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
                                 .encode())
     assert status == 200 and out["commands"][0]["name"] == "optout.set"
 
 
 async def test_bad_http_is_answered_not_crashed(server):
     assert (await request(server.port, b"NONSENSE\r\n\r\n"))[0] == 400
-    neg = f"POST /v1/cmd/optout.set HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: -1\r\n\r\n"
+    neg = f"POST /v1/cmd/optout.set HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: -1\r\n\r\n"
     status, out = await request(server.port, neg.encode())
     assert status == 400 and out["error"] == "bad Content-Length"
-    chunked = f"POST /v1/cmd/optout.set HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunked = f"POST /v1/cmd/optout.set HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\n\r\n"
     status, out = await request(server.port, chunked.encode() + b"5\r\nhello\r\n0\r\n\r\n")
     assert status == 400 and "Content-Length" in out["error"]
-    huge = f"POST /v1/cmd/x HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {MAX_BODY + 1}\r\n\r\n"
+    huge = f"POST /v1/cmd/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {MAX_BODY + 1}\r\n\r\n"
     assert (await request(server.port, huge.encode()))[0] == 413
     header_flood = b"GET / HTTP/1.1\r\n" + b"X-Pad: " + b"a" * 70000 + b"\r\n\r\n"
     assert (await request(server.port, header_flood))[0] == 413

@@ -17,9 +17,9 @@ from helpers import REPO, DaemonProcess, copy_policies
 SCRIPT = REPO / "deploy" / "backup" / "nocpolicy-backup"
 
 
-def run_backup(state: Path, dest: Path, keep: int = 14) -> subprocess.CompletedProcess:
+def run_backup(state: Path, dest: Path, keep: int = 14, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPT), "--state-dir", str(state), "--dest", str(dest),
-                           "--keep", str(keep)], capture_output=True, text=True, timeout=60)
+                           "--keep", str(keep), *extra], capture_output=True, text=True, timeout=60)
 
 
 def opted_out(d: DaemonProcess) -> set[str]:
@@ -45,7 +45,7 @@ def test_backup_while_running_then_restore(tmp_path):
         writer = threading.Thread(target=churn)
         writer.start()
         try:
-            res = run_backup(live.state_dir, tmp_path / "backups")
+            res = run_backup(live.state_dir, tmp_path / "backups", 14, "--with-pseudonym-key")
         finally:
             stop.set()
             writer.join(30)
@@ -89,3 +89,17 @@ def test_backup_keeps_the_newest_and_refuses_a_wrong_directory(tmp_path):
     assert kept == made[1:], "the oldest of three is pruned with --keep 2"
     res = run_backup(tmp_path / "nowhere", tmp_path / "backups")
     assert res.returncode != 0 and "does not exist" in res.stderr
+
+
+def test_backup_leaves_the_pseudonym_key_out_unless_asked(tmp_path):
+    """With the key, a pseudonym over a customer prefix is reversed by brute force, so a
+    backup (copied off the machine) does not carry it by default (issue 14)."""
+    d = DaemonProcess(tmp_path).start()
+    try:
+        res = run_backup(d.state_dir, tmp_path / "backups")
+    finally:
+        d.stop()
+    assert res.returncode == 0, res.stderr
+    bundle = Path(res.stdout.strip())
+    assert (d.state_dir / "pseudonym.key").is_file()
+    assert sorted(p.name for p in bundle.iterdir()) == ["nocpolicy.db"]

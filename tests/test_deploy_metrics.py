@@ -25,7 +25,7 @@ import dns.query
 import pytest
 import yaml
 
-from helpers import REPO, DaemonProcess, free_port, http_get, wait_for
+from helpers import REPO, DaemonProcess, copy_policies, free_port, http_get, wait_for
 
 DEPLOY = REPO / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "nocpolicy-dashboard.json"
@@ -182,7 +182,12 @@ def stack(tmp_path_factory):
     if shutil.which("prometheus") is None:
         pytest.skip("prometheus not installed (Debian package prometheus; tests/run-all.sh)")
     work = tmp_path_factory.mktemp("metrics")
-    d = DaemonProcess(work).start()
+    pol = copy_policies(work)
+    # the example falls back to /etc/resolv.conf's resolver: keep test traffic on loopback
+    dead = free_port()
+    (pol / "dns.yaml").write_text((pol / "dns.yaml").read_text().replace(
+        "address: system", f"address: 127.0.0.1:{dead}"))
+    d = DaemonProcess(work, policies=pol).start()
     # Traffic, so that per-list, per-upstream and latency series exist: a blocked name
     # (mandatory list) and a forwarded one (the example upstreams may not answer here:
     # a timeout is a result too).

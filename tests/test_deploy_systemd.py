@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -209,29 +210,43 @@ def test_sysusers_creates_the_service_user(tmp_path):
 
 
 class NotifySocket:
-    """The datagram socket systemd would bind for NOTIFY_SOCKET."""
+    """The datagram socket systemd would bind for NOTIFY_SOCKET. Like systemd, it reads
+    continuously (a thread), so the daemon's queue to it never fills (max_dgram_qlen is 10)."""
 
     def __init__(self, path: Path):
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
-        self.sock.setblocking(False)   # drain() takes what has arrived; callers poll with wait_for
+        self.sock.settimeout(0.05)
         self.messages: list[dict[str, str]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
-    def drain(self) -> list[dict[str, str]]:
-        while True:
+    def _read(self) -> None:
+        while not self._stop.is_set():
             try:
                 data = self.sock.recv(4096)
             except (TimeoutError, BlockingIOError):
-                return self.messages
+                continue
+            except OSError:
+                return
             fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
-            self.messages.append(fields)
+            with self._lock:
+                self.messages.append(fields)
+
+    def drain(self) -> list[dict[str, str]]:
+        with self._lock:
+            return list(self.messages)
 
     def seen(self, key: str, value: str = "1", after: int = 0) -> int:
         """How many messages from index ``after`` on carry key=value."""
         return sum(1 for m in self.drain()[after:] if m.get(key) == value)
 
     def close(self) -> None:
+        self._stop.set()
+        self._reader.join(2)
         self.sock.close()
 
 
@@ -329,3 +344,16 @@ def test_watchdog_stays_quiet_for_another_pid(tmp_path):
         d.stop()
         notify.close()
         shutil.rmtree(sockdir, ignore_errors=True)
+
+
+def _bytes(v: str) -> int:
+    m = re.fullmatch(r"(\d+)([KMGT]?)", v)
+    assert m, f"MemoryMax={v} is not an absolute size"
+    return int(m.group(1)) * 1024 ** " KMGT".index(m.group(2) or " ")
+
+
+def test_unit_caps_memory_and_tasks():
+    """A flood or a leak is stopped by the kernel at a known ceiling, not by the router
+    running out of memory or PIDs (issue 14). Room for two 1M-name indexes during a reload."""
+    assert 512 * 1024 ** 2 <= _bytes(one("MemoryMax")) <= 8 * 1024 ** 3
+    assert 64 <= int(one("TasksMax")) <= 4096

@@ -125,8 +125,9 @@ class Harness:
         return out
 
 
-async def until(pred, limit: float = 10.0, what: str = "condition"):
-    """Poll with a deadline (async twin of helpers.wait_for)."""
+async def until(pred, limit: float = 30.0, what: str = "condition"):
+    """Poll with a deadline (async twin of helpers.wait_for); generous, because a busy machine
+    can hold the event loop for seconds and the deadline only bounds a failing run."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         value = pred()

@@ -5,9 +5,9 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 
 from nocpolicy.component import Component, Context
-from nocpolicy.control.http import Request
 from nocpolicy.control.metrics_http import metrics_handler
 from nocpolicy.metrics import ComponentCollector, CoreMetrics
+from nocpolicy.web.plain import Request
 
 
 def test_policy_metrics_follow_loads_and_refusals():

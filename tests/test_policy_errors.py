@@ -386,7 +386,7 @@ CASES = [
           groups: [a, b]
         """}, [("settings.yaml:6: control.grants[0].verbs", "expected at least 1 item(s)"),
                ("settings.yaml:7: control.groups", "expected a mapping of group name")]),
-    ("not-utf8", {"zz.yaml": None}, [("zz.yaml:1: (top)", "not UTF-8")]),
+    ("not-utf8", {"zz.yaml": None}, [("zz.yaml:2: (top)", "not UTF-8: byte 0xff at line 2, column 9")]),
 ]
 
 

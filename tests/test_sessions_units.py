@@ -158,9 +158,8 @@ def test_whois_through_cgnat(hist):
 
 
 def test_static_prefix_wins_a_conflict_and_is_counted():
-    from nocpolicy.subscribers.prefixes import PrefixIndex
-
     from nocpolicy.subscribers.live import ClientLookup
+    from nocpolicy.subscribers.prefixes import PrefixIndex
     static = PrefixIndex([(ipaddress.ip_network("192.0.2.0/26"), "c1001")])
     table = LiveTable()
     book = Book(table)

@@ -28,7 +28,6 @@ from .clock import SystemClock, utcnow, wall
 from .component import Component, Context
 from .control.admin import AdminApi
 from .control.commands import Args, Command, CommandRegistry, Invocation
-from .control.http import HttpServer
 from .control.metrics_http import metrics_handler
 from .control.token import ensure_token
 from .errors import NocpolicyError, PolicyInvalid
@@ -38,10 +37,11 @@ from .loop import loop_factory
 from .metrics import ComponentCollector, CoreMetrics, EventBusCollector
 from .options import Options, parse_options
 from .policy.diff import PolicyChange, diff_policies
-from .policy.fields import as_bool, as_int
+from .policy.fields import as_bool, int_range
 from .policy.load import load_policy
 from .policy.model import Policy
 from .store import Store
+from .web.plain import HttpServer
 
 log = logging.getLogger("nocpolicy")
 
@@ -262,10 +262,10 @@ class Daemon:
         if not self.primary:
             return
         api = AdminApi(self.commands, token)
-        for name, (host, port), handler in (
-                ("metrics", self.options.metrics_listen, metrics_handler(self.registry, self.ready)),
-                ("admin API", self.options.admin_listen, api.handle)):
-            server = HttpServer(name, host, port, handler)
+        for name, (host, port), handler, gate in (
+                ("metrics", self.options.metrics_listen, metrics_handler(self.registry, self.ready), None),
+                ("admin API", self.options.admin_listen, api.handle, api.authorize)):
+            server = HttpServer(name, host, port, handler, before_body=gate)
             try:
                 await server.start()
             except OSError as exc:
@@ -343,6 +343,8 @@ class Daemon:
         for commit in commits:
             if commit is not None:
                 commit()
+        for c in self.components:      # a failing background loop gets its retry under the new policy now
+            c.tasks.kick()
         old = self.policy
         self.policy = policy
         now = wall()
@@ -440,7 +442,7 @@ class Daemon:
                                      dry_run=dry, actor=inv.actor)
 
         async def audit(args: Args, inv: Invocation) -> dict:
-            limit = args.get("limit", as_int, 50)
+            limit = args.get("limit", int_range(1, 10_000), 50)
             subject = args.get("subject", lambda n, p=None: str(n.value), None)
             args.check()
             return {"audit": self.ctx.store.audit_log(subject=subject, limit=max(1, min(limit, 1000)))}

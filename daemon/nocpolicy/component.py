@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .store import Store
 
 Commit = Callable[[], None]
+TASK_FAILED = "task "      # prefix of the detail of a failure reported by a background task
 
 
 @dataclass
@@ -53,7 +54,7 @@ class Component:
 
     def __init__(self, ctx: Context):
         self.ctx = ctx
-        self.tasks = TaskSet(self.name, on_failure=self._task_failed)
+        self.tasks = TaskSet(self.name, on_failure=self._task_failed, on_recovery=self._task_recovered)
         self.state = "new"            # new, running, failed, stopped, disabled
         self.detail = ""
         self.since = utcnow()
@@ -97,4 +98,9 @@ class Component:
         self.state, self.detail = state, detail
 
     def _task_failed(self, task: str, exc: BaseException) -> None:
-        self.set_state("failed", f"{task}: {exc}")
+        self.set_state("failed", f"{TASK_FAILED}{task}: {type(exc).__name__}: {exc}")
+
+    def _task_recovered(self) -> None:
+        """Every failing task runs again: a failure that came from a task is over."""
+        if self.state == "failed" and self.detail.startswith(TASK_FAILED):
+            self.set_state("running")

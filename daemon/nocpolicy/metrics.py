@@ -8,7 +8,7 @@ integers exposed at scrape time, never a lock per increment.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from . import __version__
 
@@ -65,9 +65,14 @@ class ComponentCollector:
     def collect(self):
         g = GaugeMetricFamily("nocpolicy_component_up", "1 if the component is running (or disabled by "
                               "policy), 0 if failed or stopped", labels=["component"])
+        restarts = CounterMetricFamily("nocpolicy_task_restarts", "Background loops restarted after a failure "
+                                       "(the traceback is in the log)", labels=["component", "task"])
         for c in self._components():
             g.add_metric([c.name], 1.0 if c.up else 0.0)
+            for task, n in sorted(c.tasks.restarts.items()):
+                restarts.add_metric([c.name, task], float(n))
         yield g
+        yield restarts
 
 
 class EventBusCollector:
@@ -75,6 +80,5 @@ class EventBusCollector:
         self._bus = bus
 
     def collect(self):
-        from prometheus_client.core import CounterMetricFamily
         yield CounterMetricFamily("nocpolicy_events_dropped", "Events dropped because a consumer's queue "
                                   "was full", value=self._bus.dropped)

@@ -19,9 +19,10 @@ def notify(*states: str) -> bool:
         msg += f"\nMONOTONIC_USEC={monotonic_usec()}"
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.sendto(msg.encode(), addr)
+            s.setblocking(False)      # called on the event loop: a reader that stopped reading
+            s.sendto(msg.encode(), addr)   # (a full queue) costs a dropped message, never a stall
         return True
-    except OSError:
+    except OSError:                   # BlockingIOError included
         return False
 
 

@@ -1,4 +1,4 @@
-"""nocpolicyctl: optout, explain, detections, lists, list-update (DNS guard)."""
+"""nocpolicyctl: optout, explain, detections, lists, list-update, cache (DNS guard)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ def register(sub) -> None:
     p.add_argument("--remove", nargs="+", default=[], metavar="NAME")
     p.add_argument("--reason", default="")
     p.set_defaults(func=cmd_list_update)
+    register_cache(sub)
 
 
 def cmd_optout(args, client) -> int:
@@ -127,3 +128,42 @@ def cmd_list_update(args, client) -> int:
         return 0
     payload = {"list": args.list, "add": args.add, "remove": args.remove, "reason": args.reason}
     return run(client, args, "list.update", payload, render)
+
+
+def register_cache(sub) -> None:
+    p = sub.add_parser("cache", help="the DNS answer cache: show counters (or a name's entries), flush")
+    p.add_argument("action", choices=("show", "flush"))
+    p.add_argument("name", nargs="?", help="show: the entries of this name; flush: this name and the "
+                   "names below it (default: everything)")
+    p.set_defaults(func=cmd_cache)
+
+
+def cmd_cache(args, client) -> int:
+    payload = {"name": args.name} if args.name else {}
+    if args.action == "flush":
+        def render_flush(out):
+            what = f"{out['name']} and below" if out["name"] else "everything"
+            print(f"flushed {what}: {out['flushed']} entries"
+                  + ("" if out["workers_confirmed"] else " (some workers did not confirm)"))
+            return 0
+        return run(client, args, "cache.flush", payload, render_flush)
+
+    def render(out):
+        if not out["enabled"]:
+            print("answer cache: off (dns.cache.enabled: false)")
+        t = out["total"]
+        print(f"entries {t.get('entries', 0)}  bytes {t.get('bytes', 0)}  hits {t.get('hits', 0)}  "
+              f"misses {t.get('misses', 0)}  stale {t.get('stale_answers', 0)}  "
+              f"prefetches {t.get('prefetches', 0)}  evictions {t.get('evictions', 0)}")
+        if len(out["processes"]) > 1:
+            for p in out["processes"]:
+                print(f"  worker {p['worker']}: entries {p.get('entries', 0)} hits {p.get('hits', 0)}")
+        for e in out.get("entries", []):
+            flags = " ".join(f for f in ("rd", "cd", "ad", "do") if e[f])
+            print(f"{out['name']}  type {e['type']}  {e['rcode']}  answers {e['answers']}  ttl {e['ttl_left']}/"
+                  f"{e['ttl']}{'  stale ' + str(e['stale_for']) + 's' if e['stale_for'] else ''}  "
+                  f"edns {e['udp_size'] or 'no'}  [{flags}]{'  cname ' + ','.join(e['cnames']) if e['cnames'] else ''}")
+        if "entries" in out and not out["entries"]:
+            print(f"nothing cached for {out['name']} (in this process)")
+        return 0
+    return run(client, args, "cache.show", payload, render)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 
 from ..errors import CommandError
+from ..web.plain import Request, Response
 from .commands import CommandRegistry
-from .http import Request, Response
 from .token import token_matches
 
 log = logging.getLogger(__name__)
@@ -23,11 +23,18 @@ class AdminApi:
         self.registry = registry
         self.token = token
 
+    def authorize(self, req: Request) -> Response | None:
+        """401 unless the bearer token matches; checked on the request head, before any body is read."""
+        if token_matches(self.token, req.headers.get("authorization")):
+            return None
+        resp = Response.of_json({"error": "missing or wrong bearer token (see <state-dir>/admin.token)"}, 401)
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="nocpolicy"'
+        return resp
+
     async def handle(self, req: Request) -> Response:
-        if not token_matches(self.token, req.headers.get("authorization")):
-            resp = Response.of_json({"error": "missing or wrong bearer token (see <state-dir>/admin.token)"}, 401)
-            resp.headers["WWW-Authenticate"] = 'Bearer realm="nocpolicy"'
-            return resp
+        denied = self.authorize(req)
+        if denied is not None:
+            return denied
         if req.path == "/v1/status" and req.method == "GET":
             return await self._run("status", {})
         if req.path == "/v1/commands" and req.method == "GET":

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, generate_latest
 
 from ..metrics import CONTENT_TYPE
-from .http import Request, Response
+from ..web.plain import Request, Response
 
 
 def metrics_handler(registry: CollectorRegistry, ready):

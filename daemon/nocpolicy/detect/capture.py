@@ -55,10 +55,13 @@ def _big_buffer(sock: socket.socket) -> None:
 
 
 class LiveCapture:
-    def __init__(self, interface: str, port: int, sink: Callable[[list[Observation]], None]):
+    def __init__(self, interface: str, port: int, sink: Callable[[list[Observation]], None],
+                 resolver: Callable[[str], bool] = lambda a: True):
         self.interface, self.port, self.sink = interface, port, sink
+        self.resolver = resolver        # is this address a resolver whose responses we believe?
         self.frames = 0
         self.observed = 0
+        self.foreign = 0                # responses from an address that is not a resolver: dropped
         self.kernel_drops = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -110,7 +113,11 @@ class LiveCapture:
                         self._stop.set()
                         break
                     self.frames += 1
-                    batch.extend(observations(frame, port))
+                    for obs in observations(frame, port):
+                        if obs.response and not self.resolver(obs.server):
+                            self.foreign += 1
+                        else:
+                            batch.append(obs)
                     if len(batch) >= BATCH:
                         break
             now = monotonic()

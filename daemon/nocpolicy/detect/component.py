@@ -38,6 +38,7 @@ from .observation import SOURCES, Observation
 from .pipeline import Pipeline
 from .publish import RpzPublisher
 from .tapserver import TapServer
+from .trust import Trust, build_trust, local_addresses
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class Detector(Component):
         self.captures: list = []
         self.logs: list[LogSource] = []
         self.rpz: RpzPublisher | None = None
+        self.trust = Trust(frozenset(), frozenset())
+        self.refused_addrs = 0                # answer addresses never blocked (see detect/trust.py)
         self._wake = asyncio.Event()
         self._rpz_dirty = False
         self._nft_full = False
@@ -100,10 +103,11 @@ class Detector(Component):
         for cap in s.captures:
             if not _interface_exists(cap.interface):
                 raise NocpolicyError(f"{cap.loc}: detect.capture: interface {cap.interface!r} does not exist")
+        trust = build_trust(policy, await asyncio.to_thread(local_addresses) if s.enabled else frozenset())
 
         def commit():
             old = self.settings
-            self.settings, self.policy = s, policy
+            self.settings, self.policy, self.trust = s, policy, trust
             if self._started:
                 if old != s:
                     self.tasks.spawn("reconfigure", self._reconfigure(old))
@@ -114,8 +118,8 @@ class Detector(Component):
 
     async def start(self) -> None:
         await asyncio.to_thread(self._load_blocks)
-        self.tasks.spawn("publisher", self._publisher())
-        self.tasks.spawn("housekeeping", self._housekeeping())
+        self.tasks.supervise("publisher", self._publisher)
+        self.tasks.supervise("housekeeping", self._housekeeping)
         self._started = True
         await self._start_inputs()
 
@@ -145,14 +149,15 @@ class Detector(Component):
         if not self.guard.available():
             problems.append("the DNS guard is not available")
         if s.dnstap_socket and not problems:
-            self.tap = TapServer(s.dnstap_socket, self._tap_message)
+            self.tap = TapServer(s.dnstap_socket, self.pipeline.observe, convert=tap_observation)
             try:
                 await self.tap.start()
             except NocpolicyError as exc:
                 problems.append(str(exc))
                 self.tap = None
         for cap in s.captures if not problems else ():
-            c = LiveCapture(cap.interface, cap.port, self.pipeline.observe_many)
+            c = LiveCapture(cap.interface, cap.port, self.pipeline.observe_many,
+                            resolver=lambda a: self.trust.resolver(a))
             try:
                 c.start(asyncio.get_running_loop())
                 self.captures.append(c)
@@ -192,19 +197,6 @@ class Detector(Component):
 
     # -- inputs ----------------------------------------------------------------------
 
-    def _tap_message(self, msg) -> None:
-        wire = msg.query_message if msg.type == 5 else msg.response_message
-        if wire is None or msg.query_address is None:
-            return
-        try:
-            q = question(wire)
-        except MessageError:
-            self.tap.errors += 1
-            return
-        response = msg.type == 6
-        self.pipeline.observe(Observation("dnstap", msg.query_address, q.name, q.qtype, response,
-                                          msg.query_port, q.id, wire if response else None))
-
     # -- detections ------------------------------------------------------------------
 
     def _on_block(self, v, obs: Observation) -> None:
@@ -224,7 +216,8 @@ class Detector(Component):
         if "nft" in s.enforce and obs.response and obs.wire and v.customer:
             addrs, _ = answer_addresses(obs.wire)
             for a in addrs:
-                if a in NOT_BLOCKABLE or a in (v.sinkhole_a, v.sinkhole_aaaa):
+                if a in NOT_BLOCKABLE or a in (v.sinkhole_a, v.sinkhole_aaaa) or not self.trust.blockable(a):
+                    self.refused_addrs += 1
                     continue
                 ab = AddrBlock(v.customer, a, v.cls, v.list, expires)
                 if self.blocks.add_addr(ab, s.block_for):
@@ -349,13 +342,15 @@ class Detector(Component):
     # -- status, metrics, commands ---------------------------------------------------
 
     def input_stats(self) -> dict:
-        out: dict = {"observed": dict(self.pipeline.observed)}
+        out: dict = {"observed": dict(self.pipeline.observed), "unpaired_responses": self.pipeline.unpaired,
+                     "never_blocked_addresses": self.refused_addrs}
         if self.tap is not None:
             t = self.tap
             out["dnstap"] = {"socket": t.path, "connections": t.connections, "frames": t.frames,
                              "ignored": t.ignored, "errors": t.errors}
         out["capture"] = [{"interface": c.interface, "frames": c.frames, "observed": c.observed,
-                           "kernel_drops": c.kernel_drops} for c in self.captures]
+                           "foreign_responses": c.foreign, "kernel_drops": c.kernel_drops}
+                          for c in self.captures]
         out["logfiles"] = [src.stats() for src in self.logs]
         return out
 
@@ -441,6 +436,28 @@ class DetectCollector:
                                     "because capture did not keep up")
         drops.add_metric([], sum(c.kernel_drops for c in d.captures))
         yield drops
+        refused = CounterMetricFamily("nocpolicy_detect_refused", "Passive inputs not believed or not acted "
+                                      "on: responses from an address that is not a resolver (foreign), "
+                                      "responses that pair with no query seen (unpaired), answer addresses "
+                                      "that are never blocked (never_block)", labels=["reason"])
+        refused.add_metric(["foreign"], sum(c.foreign for c in d.captures))
+        refused.add_metric(["unpaired"], d.pipeline.unpaired)
+        refused.add_metric(["never_block"], d.refused_addrs)
+        yield refused
+
+
+def tap_observation(msg) -> Observation | None:
+    """A dnstap client query/response as an observation (pure: runs in the tap's parser thread)."""
+    wire = msg.query_message if msg.type == 5 else msg.response_message
+    if wire is None or msg.query_address is None:
+        return None
+    try:
+        q = question(wire)
+    except MessageError:
+        return None
+    response = msg.type == 6
+    return Observation("dnstap", msg.query_address, q.name, q.qtype, response, msg.query_port, q.id,
+                       wire if response else None)
 
 
 def _interface_exists(name: str) -> bool:

@@ -1,15 +1,25 @@
-"""DNS messages as seen passively: the question and CNAME targets by hand (every message,
-with the DNS guard's wire readers), the addresses with dnslib (slow path, only for
-responses to names that are blocked).
+"""DNS messages as seen passively, by hand with the DNS guard's wire readers: the
+question (every message), CNAME targets and answer addresses (responses only).
 
-Both queries and responses are accepted (a passive observer sees both).
+Both queries and responses are accepted (a passive observer sees both). The work per
+message is bounded whatever it holds: names are read with backward pointers only and
+at most 255 octets (dns/wire.read_name), at most MAX_ANSWER_RRS answer records are read.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
-from ..dns.wire import WireError, answer_cnames, read_name
+from ..dns.wire import (
+    TYPE_A,
+    TYPE_AAAA,
+    TYPE_CNAME,
+    WireError,
+    answer_cnames,
+    answer_records,
+    read_name,
+)
 
 QTYPES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA",
           33: "SRV", 64: "SVCB", 65: "HTTPS", 255: "ANY"}
@@ -57,15 +67,17 @@ def cname_targets(data: bytes) -> list[str]:
 
 def answer_addresses(data: bytes) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(A/AAAA addresses, CNAME targets) in a response's answer section; ((), ()) if unreadable."""
-    import dnslib  # slow path only
-    try:
-        rec = dnslib.DNSRecord.parse(data)
-    except (dnslib.DNSError, ValueError, IndexError, KeyError, UnicodeError):
+    if len(data) < 12 or not (data[2] & 0x80):
         return (), ()
     addrs, cnames = [], []
-    for rr in rec.rr:
-        if rr.rtype in (dnslib.QTYPE.A, dnslib.QTYPE.AAAA):
-            addrs.append(str(rr.rdata))
-        elif rr.rtype == dnslib.QTYPE.CNAME:
-            cnames.append(str(rr.rdata).lower().rstrip("."))
+    for rtype, pos, rdlen in answer_records(data):
+        if rtype == TYPE_A and rdlen == 4:
+            addrs.append(str(ipaddress.IPv4Address(bytes(data[pos:pos + 4]))))
+        elif rtype == TYPE_AAAA and rdlen == 16:
+            addrs.append(str(ipaddress.IPv6Address(bytes(data[pos:pos + 16]))))
+        elif rtype == TYPE_CNAME:
+            try:
+                cnames.append(read_name(data, pos)[0])
+            except WireError:
+                break
     return tuple(dict.fromkeys(addrs)), tuple(cnames)

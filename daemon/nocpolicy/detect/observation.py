@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SOURCES = ("dnstap", "capture", "logfile")
+FORGEABLE = ("capture",)         # responses from these must pair with a query seen earlier
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +18,7 @@ class Observation:
     port: int | None = None      # client port, with ``qid`` pairs a response with its query
     qid: int | None = None
     wire: bytes | None = None    # the response message, for its answers (nft blocking)
+    server: str | None = None    # capture: the resolver side (query destination, response source)
 
     @property
     def key(self) -> tuple | None:

@@ -15,6 +15,7 @@ from .observation import Observation
 
 ETH_IPV4, ETH_IPV6, ETH_VLAN = 0x0800, 0x86DD, 0x8100
 UDP, TCP = 17, 6
+MAX_MESSAGES = 16         # DNS messages read from one TCP segment (bounded work per frame)
 
 
 def bpf_program(port: int) -> list[tuple[int, int, int, int]]:
@@ -95,7 +96,7 @@ def dns_payloads(frame: bytes, port: int = 53):
         msgs = []
         pos = 0
         # whole DNS messages at the start of a segment (no reassembly across segments)
-        while pos + 2 <= len(data):
+        while pos + 2 <= len(data) and len(msgs) < MAX_MESSAGES:
             ln = (data[pos] << 8) | data[pos + 1]
             if ln == 0 or pos + 2 + ln > len(data):
                 break
@@ -121,7 +122,7 @@ def observations(frame: bytes, port: int = 53) -> list[Observation]:
         except MessageError:
             continue
         if q.response and sport == port:
-            out.append(Observation("capture", dst, q.name, q.qtype, True, dport, q.id, msg))
+            out.append(Observation("capture", dst, q.name, q.qtype, True, dport, q.id, msg, server=src))
         elif not q.response and dport == port:
-            out.append(Observation("capture", src, q.name, q.qtype, False, sport, q.id))
+            out.append(Observation("capture", src, q.name, q.qtype, False, sport, q.id, server=dst))
     return out

@@ -8,6 +8,12 @@ was not seen (a resolver logging responses only) is judged on its own.
 
 Like the inline guard, a response whose CNAME chain reaches a listed name is a
 detection of that name (``via_cname``) even when the query name is not listed.
+
+Captured responses can be forged by anyone on the path, so for those sources
+(``FORGEABLE``) a response counts only when it pairs with a query seen earlier:
+same client address and port, ID and question (name and type), answered by the
+server the query went to; each query is paired once. Anything else is dropped and
+counted (``unpaired``): it neither detects nor blocks anything.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from .message import cname_targets
-from .observation import SOURCES, Observation
+from .observation import FORGEABLE, SOURCES, Observation
 
 REMEMBER = 16384         # lookups kept for pairing a response with its query
 
@@ -30,6 +36,8 @@ class Pipeline:
         self.observed = dict.fromkeys(SOURCES, 0)
         self.detected: dict[tuple[str, str, str], int] = {}     # (source, list, class) -> count
         self.errors = 0
+        self.unpaired = 0
+        self.queries: OrderedDict[tuple, tuple] = OrderedDict()  # key -> (hit, server, qtype, answered)
 
     def observe_many(self, batch: list[Observation]) -> None:
         for obs in batch:
@@ -38,6 +46,9 @@ class Pipeline:
     def observe(self, obs: Observation) -> None:
         self.observed[obs.source] = self.observed.get(obs.source, 0) + 1
         key = obs.key
+        if obs.source in FORGEABLE:
+            self._forgeable(obs, key)
+            return
         if key is not None:
             seen = self.recent.get(key, _MISS)
             if seen is not _MISS:
@@ -60,6 +71,31 @@ class Pipeline:
                 self._cnames(obs, key)
             return
         self._detected(hit, obs, obs.name)
+
+    def _forgeable(self, obs: Observation, key) -> None:
+        if obs.response:
+            q = self.queries.get(key) if key is not None else None
+            if q is None or q[1:] != (obs.server, obs.qtype, False):
+                self.unpaired += 1
+                return
+            self.queries[key] = (*q[:3], True)          # paired once: a second response is not
+            if q[0] is not None:
+                self.on_block(q[0], obs)
+            elif obs.wire is not None:
+                self._cnames(obs, None)
+            return
+        if key is None or not obs.name:
+            return
+        if key in self.queries:            # a retransmission: one lookup
+            self.queries.move_to_end(key)
+            return
+        v = self.guard.judge(obs.client, obs.name)
+        hit = v if (v.blocked and v.list is not None) else None
+        self.queries[key] = (hit, obs.server, obs.qtype, False)
+        if len(self.queries) > REMEMBER:
+            self.queries.popitem(last=False)
+        if hit is not None:
+            self._detected(hit, obs, obs.name)
 
     def _detected(self, hit, obs: Observation, name: str) -> None:
         self.guard.record(hit, obs.client, name, obs.source)

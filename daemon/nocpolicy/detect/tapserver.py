@@ -1,8 +1,9 @@
 """The dnstap listener: a unix socket speaking bidirectional Frame Streams.
 
 Each decoded CLIENT_QUERY / CLIENT_RESPONSE is handed to ``sink`` as a
-:class:`~.dnstap.TapMessage`; other message types (resolver-to-authority
-traffic) are counted and ignored. A connection that breaks the protocol is
+:class:`~.dnstap.TapMessage` (or as what ``convert`` makes of it); other message
+types (resolver-to-authority traffic) are counted and ignored. Frames are decoded,
+and converted, in one parser thread, off the event loop: the loop only moves bytes. A connection that breaks the protocol is
 closed and counted; the listener keeps serving the others.
 """
 
@@ -14,6 +15,7 @@ import logging
 import os
 import stat
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import NocpolicyError
@@ -25,9 +27,12 @@ log = logging.getLogger(__name__)
 
 
 class TapServer:
-    def __init__(self, path: str, sink: Callable[[dnstap.TapMessage], None], *, mode: int = 0o660):
+    def __init__(self, path: str, sink: Callable, *, mode: int = 0o660,
+                 convert: Callable[[dnstap.TapMessage], object | None] | None = None):
         self.path = path
         self.sink = sink
+        self.convert = convert
+        self._pool: ThreadPoolExecutor | None = None
         self.mode = mode
         self.server: asyncio.base_events.Server | None = None
         self.connections = 0          # currently connected senders
@@ -54,6 +59,9 @@ class TapServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.server.wait_closed(), 2)
             self.server = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
         _remove(self.path)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -70,8 +78,9 @@ class TapServer:
                 if out.reply:
                     writer.write(out.reply)
                     await writer.drain()
-                for frame in out.frames:
-                    self._frame(frame)
+                if out.frames:
+                    for item in await self._decode(out.frames):
+                        self.sink(item)
                 if out.finished:
                     break
         except FrameError as exc:
@@ -86,18 +95,37 @@ class TapServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    def _frame(self, frame: bytes) -> None:
+    async def _decode(self, frames: list[bytes]) -> list:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="dnstap")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._decode_all, frames)
+
+    def _decode_all(self, frames: list[bytes]) -> list:
+        """Runs in the parser thread (one: the counters have one writer)."""
+        out = []
+        for frame in frames:
+            item = self._frame(frame)
+            if item is not None:
+                out.append(item)
+        return out
+
+    def _frame(self, frame: bytes):
         self.frames += 1
         try:
             msg = dnstap.decode(frame)
         except DecodeError as exc:
             self.errors += 1
             log.debug("dnstap: undecodable frame: %s", exc)
-            return
+            return None
         if msg is None or msg.type not in (dnstap.CLIENT_QUERY, dnstap.CLIENT_RESPONSE):
             self.ignored += 1
-            return
-        self.sink(msg)
+            return None
+        if self.convert is None:
+            return msg
+        item = self.convert(msg)
+        if item is None:
+            self.errors += 1
+        return item
 
 
 def _clear_socket_path(path: str) -> None:

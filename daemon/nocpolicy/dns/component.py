@@ -21,8 +21,9 @@ from ..component import Component
 from ..control.commands import Command
 from ..errors import Invalid as InvalidRequest
 from ..errors import NotFound
-from ..policy.fields import Invalid, as_bool, as_duration, as_id, as_int, as_ip, as_str, list_of
+from ..policy.fields import Invalid, as_bool, as_duration, as_id, as_ip, as_str, int_range, list_of
 from .acl import AccessList
+from .cache import AnswerCache, cache_entries, candidates
 from .detections import DetectionLog
 from .engine import Engine
 from .guardstats import GuardCollector
@@ -113,7 +114,11 @@ class DnsGuard(Component):
         old_ups = self.policy.dns.upstreams if self.policy else None
         new_pool = None
         if old_ups != policy.dns.upstreams:
-            new_pool = UpstreamPool(policy.dns.upstreams, self.stats, self.engine.reply)
+            new_pool = UpstreamPool(self._upstreams(policy), self.stats, self.engine.reply)
+        old_cache = self.policy.dns.cache if self.policy else None
+        old_udp = self.policy.dns.limits.max_udp_size if self.policy else None
+        new_cache = (new_pool is not None or old_cache != policy.dns.cache
+                     or old_udp != policy.dns.limits.max_udp_size)    # stored answers fit the old size
 
         limits = policy.dns.limits
         exempt = exempt_customers(policy.customers, limits.ratelimit.exempt_tags)
@@ -124,6 +129,8 @@ class DnsGuard(Component):
             self.lists.adopt(policy.dns.lists, compiled)
             self.engine.swap(list_set)
             self.policy = policy
+            if new_cache:      # new settings or other upstreams: start afresh
+                self.engine.acache = AnswerCache(policy.dns.cache) if policy.dns.cache.enabled else None
             if new_pool is not None:
                 old, self.pool = self.pool, new_pool
                 if self._started:
@@ -132,6 +139,19 @@ class DnsGuard(Component):
                 self.workers.notify({"op": "reload"})
         return commit
 
+    def _upstreams(self, policy) -> tuple:
+        """The policy's upstreams; from /etc/resolv.conf (`system`) never nocpolicyd itself."""
+        ups = policy.dns.upstreams
+        if not any(u.system for u in ups):
+            return ups
+        mine = {(h, p) for h, p in self.ctx.options.dns_listen}
+        wild = {p for h, p in self.ctx.options.dns_listen if h in ("0.0.0.0", "::")}
+        keep = tuple(u for u in ups if not u.system or (u.address not in mine and u.address[1] not in wild))
+        for u in ups:
+            if u not in keep:
+                log.warning("upstreams: system: skipping %s:%d from /etc/resolv.conf: nocpolicyd "
+                            "itself listens there", *u.address)
+        return keep
     def _apply_limits(self, limits, exempt: frozenset) -> None:
         """dns.ratelimit, dns.access_control, dns.tcp and dns.detection_log (the defences against hostile traffic)."""
         engine = self.engine
@@ -169,9 +189,9 @@ class DnsGuard(Component):
                                    reuse_port=self.ctx.options.workers > 1, batched=self.io_group)
         await self.listeners.start()
         self._started = True
-        self.tasks.spawn("detections", self._flush_loop())
-        self.tasks.spawn("ratelimit-window", self._window_loop())
-        self.tasks.spawn("refresh", self._refresh_loop())
+        self.tasks.supervise("detections", self._flush_loop)
+        self.tasks.supervise("ratelimit-window", self._window_loop)
+        self.tasks.supervise("refresh", self._refresh_loop)
         if self.link is not None:
             self.link.start(self.tasks)
         await self.workers.start()
@@ -315,6 +335,8 @@ class DnsGuard(Component):
         out["lists"] = {s.id: s.entries for s in self.list_states()}
         out["upstreams"] = self.pool.status() if self.pool else []
         out["queries"] = self.stats.snapshot()
+        if self.engine.acache is not None:
+            out["cache"] = self.engine.acache.counters()
         if self.workers.n:
             out["workers"] = self.workers.status()
         return out
@@ -328,6 +350,10 @@ class DnsGuard(Component):
                     mutating=False),
             Command("lists", self._cmd_lists, "status of every block list", mutating=False),
             Command("list.update", self._cmd_list_update, "add/remove runtime entries of a list"),
+            Command("cache.show", self._cmd_cache_show, "answer cache: settings, counters, entries of a name",
+                    mutating=False),
+            Command("cache.flush", self._cmd_cache_flush, "forget cached answers (all, or of a name and "
+                    "the names below it)"),
         ]
 
     async def _cmd_explain(self, args, inv) -> dict:
@@ -346,7 +372,7 @@ class DnsGuard(Component):
     async def _cmd_detections(self, args, inv) -> dict:
         since = args.get("since", as_since, None)
         cid = args.get("customer", as_id, None)
-        limit = args.get("limit", as_int, 100)
+        limit = args.get("limit", int_range(1, 10_000), 100)
         summary = args.get("summary", as_bool, False)
         args.check()
         self.engine.drain()
@@ -390,3 +416,45 @@ class DnsGuard(Component):
         await self.workers.sync({"op": "list.update", "list": list_id, "add": out["added"],
                                  "remove": out["removed"]})
         return out
+
+    async def flush_cache(self, name: str | None) -> int:
+        """Forget this process's cached answers (of ``name`` and below, or all); the count."""
+        ac = self.engine.acache
+        if ac is None:
+            return 0
+        return ac.flush(name, await candidates(ac, name) if name else None)
+
+    async def _cmd_cache_show(self, args, inv) -> dict:
+        name = args.get("name", _name, None)
+        args.check()
+        self.engine.drain()
+        conf = self.policy.dns.cache
+        ac = self.engine.acache
+        out = {"enabled": ac is not None, "settings": {k: getattr(conf, k) for k in conf.__dataclass_fields__},
+               "processes": [{"worker": 0, **(ac.counters() if ac else {})}]}
+        for w in self.workers.workers:
+            if w.stats is not None:
+                out["processes"].append({"worker": w.index, **w.stats.cache})
+        total: dict = {}
+        for p in out["processes"]:
+            for k, v in p.items():
+                if k != "worker":
+                    total[k] = total.get(k, 0) + v
+        out["total"] = total
+        if name is not None:
+            out["name"] = name.lower().rstrip(".")
+            out["entries"] = cache_entries(ac, out["name"], await candidates(ac, out["name"])) if ac else []
+        return out
+
+    async def _cmd_cache_flush(self, args, inv) -> dict:
+        name = args.get("name", _name, None)
+        args.check()
+        if name is not None:
+            ok, bad = check_names([name])
+            if bad:
+                raise InvalidRequest(f"not a domain name: {name!r}", field="name")
+            name = ok[0]
+        n = await self.flush_cache(name)
+        confirmed = await self.workers.sync({"op": "cache.flush", "name": name})
+        log.info("answer cache flushed by %s: %s (%d entries here)", inv.actor, name or "everything", n)
+        return {"flushed": n, "name": name, "workers_confirmed": confirmed}

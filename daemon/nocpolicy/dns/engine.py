@@ -18,6 +18,8 @@ from ..subscribers.model import Change, Subscriber
 from ..subscribers.prefixes import PrefixIndex
 from ..subscribers.view import UNKNOWN_MODES, SubscriberView
 from .acl import AccessList
+from .cache import Fetch
+from .cachepath import CachePath
 from .lists import _MASK, ListSet, suffixes
 from .ratelimit import RateLimiter
 from .stats import BUCKETS
@@ -84,7 +86,7 @@ def _everything(lists: ListSet) -> Subscriber:
     return Subscriber(None, security=True, optional=frozenset(x.id for x in lists.optional))
 
 
-class Engine:
+class Engine(CachePath):
     def __init__(self, stats, detections, pool=None):
         self.stats = stats
         self._rcodes, self._forwarded = stats.rcodes, stats.duration["forwarded"]
@@ -112,6 +114,8 @@ class Engine:
         self._sink: dict[str, bytes | None] = {}
         self.errors = 0
         self._last_error_log = 0.0
+        self.acache = None           # cache.AnswerCache of upstream answers (None: off)
+        self.gen = 0                 # bumped on any list, policy or consent change (CNAME verdicts)
 
     # -- state swaps (sync, cannot fail) -------------------------------------------
 
@@ -125,10 +129,12 @@ class Engine:
         self._probes = probes(lists)
         self._sink = {}
         self.inspect_cnames = bool(lists.all())
+        self.gen += 1
 
     def set_view(self, view: SubscriberView, change: Change) -> None:
         """The subscribers area pushed a new view: the next query uses it."""
         self.drain()
+        self.gen += 1
         self.subs = {**view.by_id, OUTSIDE: _OUTSIDE_SUB}
         if change.addresses:
             self.prefixes = view.prefixes
@@ -148,6 +154,7 @@ class Engine:
         self.allowed = {}
         self._all = _everything(lists)
         self._probes = probes(lists)
+        self.gen += 1
 
     def invalidate(self) -> None:
         """Entries changed in place (list.update): forget cached answers."""
@@ -155,11 +162,14 @@ class Engine:
         self.answers, self.zones = {}, {}
         self.allowed = {}
         self._probes = probes(self.lists)
+        self.gen += 1
 
     def drain(self) -> None:
         """Move the counts of cached answers into the stats and the detection log."""
         if self.pool is not None:
             self.pool.drain()
+        if self.acache is not None:
+            self.stats.cache = self.acache.counters()
         dirty, self.dirty = self.dirty, []
         if not dirty:
             return
@@ -458,6 +468,29 @@ class Engine:
         counts = hist.counts
         rl_keys, rl_key, rl_counts, rl_blocked, rl_over = lim.keys, lim.key, lim.counts, lim.blocked, lim.over
         zone_answer = self._zone_answerer(sendto)
+        chist = stats.duration["cache"]
+        ccounts = chist.counts
+
+        def cache_hit(ac, data: bytes, key: bytes, cid, addr, t0: float) -> bool:
+            """The answer cache: a fresh entry without CNAME whose name is on no list in this
+            generation (allowed for everyone) is sent at once."""
+            v = ac.d.get(key)
+            if (v is None or v[4] != dirty_owner.gen or v[3] is not None or cid is OUTSIDE
+                    or (cid is None and dirty_owner.subs[None].refuse)):
+                return False
+            w = v[0] if t0 < v[1] else dirty_owner.aged_wire(key, v, t0)    # TTLs rewritten
+            if w is None:
+                return False
+            sendto(data[:2] + w, addr)
+            ac.hits += 1
+            rcodes[w[1] & 15] += 1
+            d = perf() - t0
+            if d < 0.0001:
+                ccounts[0] += 1
+                chist.total += d
+            else:
+                chist.observe(d)
+            return True
 
         def on_datagram(data: bytes, host: str, addr, t0: float) -> None:
             stats.udp += 1
@@ -490,11 +523,14 @@ class Engine:
                         else:
                             hist.observe(d)
                         return
+                ac = dirty_owner.acache
+                if ac is not None and cache_hit(ac, data, key, cid, addr, t0):
+                    return
                 q = dirty_owner.allowed.get(key)
                 if q is not None:             # a name no list matches, seen before: forward
                     subs = dirty_owner.subs
                     sub = subs.get(cid) or subs[None]
-                    pool = dirty_owner.pool
+                    pool = dirty_owner.pool if ac is None else None   # cache on: handle() -> cached()
                     if pool is not None and not sub.refuse:
                         if lim.quota_full(host):
                             return
@@ -558,13 +594,22 @@ class Engine:
             self.stats.rcodes[SERVFAIL] += 1
             send(answer(data, q, SERVFAIL, ede=22, text="no upstream configured"), addr)
             return
+        if self.acache is not None:       # the cache, or forward (within the source's quota)
+            self.cached(data, q, host, addr, sub, send, tcp, t0)
+            return
         if self.limiter.quota_full(host):
             return
         pool.forward(Pending(data, q, host, addr, sub, send, tcp, t0))
 
     def reply(self, p: Pending, resp: bytes | None, ede: int) -> None:
         """The upstream's answer (or None and an EDE code) for forwarded query ``p``."""
-        self.limiter.release(p.host)
+        if p.__class__ is Fetch:
+            if p.host is not None:            # None: a prefetch, no client's quota
+                self.limiter.release(p.host)
+            if not self.fetched(p, resp):
+                return
+        else:
+            self.limiter.release(p.host)
         if resp is None:
             out = answer(p.data, p.q, SERVFAIL, ede=ede, text="no upstream answered")
         else:

@@ -8,6 +8,7 @@ them with the same code the main process uses::
   {"op": "reload", "seq": N}                                 the daemon's own reload
   {"op": "decision", "kind": K, "customer": ID, "value": V, "seq": N}   Subscribers.apply
   {"op": "list.update", "list": ID, "add": [...], "remove": [...], "seq": N}
+  {"op": "cache.flush", "name": NAME or null, "seq": N}      forget cached answers (own cache)
 
 and answers each with ``{"ack": N}`` once applied. Every second it reports its
 counters on stdout. End of input (the main process is gone) stops the worker as a
@@ -69,6 +70,8 @@ class MainLink:
                 self.subscribers.apply(Decision.from_json(msg))
             elif op == "list.update":
                 self.guard.apply_entries(msg["list"], msg.get("add", []), msg.get("remove", []))
+            elif op == "cache.flush":
+                await self.guard.flush_cache(msg.get("name"))
             else:
                 raise ValueError(f"unknown op {op!r}")
         except Exception as exc:  # a bad message must not kill the worker

@@ -20,18 +20,20 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-import gzip
 import hashlib
+import http.client
 import json
 import logging
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..clock import utcnow, wall
+from ..clock import monotonic, utcnow, wall
 from ..errors import NocpolicyError
 from ..store import Store
 from .formats import domain, parse
@@ -54,7 +56,9 @@ MIGRATIONS = (
 
 HTTP_TIMEOUT = 30.0
 RELOAD_PAUSE = 0.001      # per ~64 KB parsed while serving: ~0.25 s more for a million names
-MAX_SOURCE_BYTES = 256 * 1024 * 1024
+MAX_SOURCE_BYTES = 128 * 1024 * 1024   # default max_size (after gzip is undone)
+FETCH_DEADLINE = 300.0                  # default fetch_timeout: the whole fetch, redirects included
+MAX_REDIRECTS = 3                       # hops; https never redirects down to http
 
 
 class SourceError(NocpolicyError):
@@ -85,29 +89,99 @@ class ListState:
                 "parse": self.report}
 
 
-def fetch(source: str, policy_dir: str) -> bytes:
-    """The raw bytes of a source (blocking: run in a thread). gzip is undone."""
+@dataclass(frozen=True)
+class FetchLimits:
+    """What one fetch may cost: bytes after gzip is undone, wall time, redirects."""
+
+    max_bytes: int = MAX_SOURCE_BYTES
+    deadline: float = FETCH_DEADLINE
+    redirects: int = MAX_REDIRECTS
+
+    @classmethod
+    def of(cls, bl) -> FetchLimits:
+        return cls(bl.max_size, bl.fetch_timeout)
+
+
+def fetch(source: str, policy_dir: str, limits: FetchLimits = FetchLimits()) -> bytes:
+    """The raw bytes of a source (blocking: run in a thread). gzip is undone, within ``limits``."""
     try:
         if "://" in source:
-            req = urllib.request.Request(source, headers={"User-Agent": "nocpolicy"})
-            with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT) as resp:
-                data = resp.read(MAX_SOURCE_BYTES + 1)
+            data = _read_http(source, limits)
         else:
-            data = (Path(policy_dir) / source).read_bytes()
+            with open(Path(policy_dir) / source, "rb") as f:
+                data = f.read(limits.max_bytes + 1)
     except urllib.error.HTTPError as exc:
         raise SourceError(f"{source}: HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
         raise SourceError(f"{source}: {exc.reason}") from None
-    except OSError as exc:
-        raise SourceError(f"{source}: {exc.strerror or exc}") from None
-    if len(data) > MAX_SOURCE_BYTES:
-        raise SourceError(f"{source}: larger than {MAX_SOURCE_BYTES} bytes")
+    except (OSError, http.client.HTTPException) as exc:
+        raise SourceError(f"{source}: {getattr(exc, 'strerror', None) or exc}") from None
+    if len(data) > limits.max_bytes:
+        raise SourceError(f"{source}: larger than max_size ({limits.max_bytes} bytes)")
     if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as exc:
-            raise SourceError(f"{source}: bad gzip data: {exc}") from None
+        data = gunzip(data, limits.max_bytes, source)
     return data
+
+
+class _LimitedRedirects(urllib.request.HTTPRedirectHandler):
+    """At most ``max_redirections`` hops, http(s) only, never from https down to http."""
+
+    def __init__(self, limit: int):
+        self.max_redirections = limit
+        self.max_repeats = min(self.max_repeats, limit)
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = urllib.parse.urlsplit(urllib.parse.urljoin(req.full_url, newurl))
+        if new.scheme not in ("http", "https") or (req.type == "https" and new.scheme != "https"):
+            raise urllib.error.HTTPError(req.full_url, code, f"redirect to {new.scheme}:// refused",
+                                         headers, fp)
+        if len(getattr(req, "redirect_dict", {})) >= self.max_redirections:
+            raise urllib.error.HTTPError(req.full_url, code,
+                                         f"more than {self.max_redirections} redirects", headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _read_http(source: str, limits: FetchLimits) -> bytes:
+    """GET with an overall deadline (checked between reads; one read waits at most the
+    smaller of HTTP_TIMEOUT and the deadline) and a size cap on the raw body."""
+    end = monotonic() + limits.deadline
+    opener = urllib.request.build_opener(_LimitedRedirects(limits.redirects))
+    req = urllib.request.Request(source, headers={"User-Agent": "nocpolicy"})
+    out = bytearray()
+    with opener.open(req, timeout=min(HTTP_TIMEOUT, limits.deadline)) as resp:
+        while True:
+            if monotonic() > end:
+                raise SourceError(f"{source}: not fetched within fetch_timeout ({limits.deadline:g}s)")
+            chunk = resp.read1(65536)
+            if not chunk:
+                return bytes(out)
+            out += chunk
+            if len(out) > limits.max_bytes:
+                return bytes(out)          # refused by the caller, with the size in the message
+
+
+def gunzip(data: bytes, limit: int, source: str = "source") -> bytes:
+    """Undo gzip (several members allowed), refusing output beyond ``limit`` bytes as soon
+    as it is reached: a gzip bomb costs at most ``limit`` bytes of memory."""
+    out = bytearray()
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    buf = data
+    try:
+        while True:
+            out += d.decompress(buf, limit + 1 - len(out))
+            if len(out) > limit:
+                raise SourceError(f"{source}: larger than max_size ({limit} bytes) once gunzipped")
+            if d.eof:
+                buf = d.unused_data
+                if not buf.strip(b"\0"):
+                    return bytes(out)
+                d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            else:
+                buf = d.unconsumed_tail
+                if not buf:
+                    raise SourceError(f"{source}: bad gzip data: truncated")
+    except zlib.error as exc:
+        raise SourceError(f"{source}: bad gzip data: {exc}") from None
 
 
 class ListManager:
@@ -177,67 +251,62 @@ class ListManager:
         st = dataclasses.replace(cur, report=dict(cur.report)) if cur else ListState(bl.id, bl.source)
         st.source = bl.source
         st.last_attempt = wall()
+        self._staged[bl.id] = st
         old = self.compiled.get(bl.id)
         same_conf = old is not None and self._conf.get(bl.id) == bl
-        got = await self._fetch(bl, st, old, same_conf, policy_dir)
+        got = await self._fetch_or_copy(bl, st, policy_dir, old if same_conf else None)
         if isinstance(got, CompiledList):
             return got
         data, sha, from_copy = got
         if data is None:  # settings changed, source unreachable, no copy: rebuild from the old entries
+            if old is None:
+                return self._empty(bl)
             index, sha, report = old.index, st.sha256, st.report
         else:
-            parsed = await self._parse_checked(bl, st, old, same_conf, data, sha, from_copy, background)
-            if isinstance(parsed, CompiledList):
-                return parsed
-            index, report = parsed
-        return await self._finish(bl, st, index, sha, report, from_copy)
+            if same_conf and sha == st.sha256:
+                st.last_success = wall()
+                if not from_copy:
+                    st.last_error = None
+                return old
+            index, rep = await self._run(_parse, bl.format, data, RELOAD_PAUSE if background else 0.0)
+            report = rep.as_dict()
+            refused = _refusal(bl, st, len(index), from_copy)
+            if refused:
+                st.failures += 1
+                st.last_error = refused
+                log.warning("list %s: %s", bl.id, refused)
+                if old is None:
+                    return self._empty(bl)
+                return old if same_conf else self._recompile(bl, old.index)
+            if not from_copy:
+                await asyncio.to_thread(self._write_copy, bl.id, data)
+        await self._add_runtime(bl, index)
+        st.sha256, st.report, st.from_copy = sha, report, from_copy
+        st.entries = len(index)
+        if not from_copy:
+            st.last_success = wall()
+            st.last_error = None
+        elif st.last_success is None:
+            st.last_success = self._copy_time(bl.id)
+        return self._recompile(bl, index)
 
-    async def _fetch(self, bl, st: ListState, old, same_conf: bool, policy_dir: str):
-        """``(data, sha256, from_copy)`` (data None: rebuild from the old entries), or the
-        compiled list to keep as it is."""
+    async def _fetch_or_copy(self, bl, st: ListState, policy_dir: str, keep: CompiledList | None):
+        """(data, sha, from_copy), or the list to keep as it is when the source failed."""
         try:
-            data, sha = await self._run(_fetch_hashed, bl.source, policy_dir)
+            data, sha = await self._run(_fetch_hashed, bl.source, policy_dir, FetchLimits.of(bl))
             return data, sha, False
         except SourceError as exc:
             st.failures += 1
             st.last_error = str(exc)
             log.warning("list %s: %s; keeping the last good copy", bl.id, exc)
-        if old is not None and same_conf:
-            self._staged[bl.id] = st
-            return old
-        data = await asyncio.to_thread(self._read_copy, bl.id)
-        if data is None and old is None:
-            self._staged[bl.id] = st
-            return self._empty(bl)
-        return data, (hashlib.sha256(data).hexdigest() if data is not None else None), True
+        if keep is not None:
+            return keep
+        data = await asyncio.to_thread(self._read_copy, bl.id, bl.max_size)
+        sha = hashlib.sha256(data).hexdigest() if data is not None else None
+        return data, sha, True
 
-    async def _parse_checked(self, bl, st: ListState, old, same_conf: bool, data: bytes, sha: str,
-                             from_copy: bool, background: bool):
-        """``(index, report)`` of new source bytes, or the compiled list to keep (unchanged
-        source, or a shrink the guard refuses)."""
-        if same_conf and sha == st.sha256:
-            st.last_success = wall()
-            if not from_copy:
-                st.last_error = None
-            self._staged[bl.id] = st
-            return old
-        index, rep = await self._run(_parse, bl.format, data, RELOAD_PAUSE if background else 0.0)
-        prev = st.entries - st.runtime if st.entries else 0
-        if prev and len(index) < prev * (1.0 - bl.max_shrink) and not from_copy:
-            st.failures += 1
-            st.last_error = (f"refused: {bl.source} would shrink the list from {prev} to {len(index)} "
-                             f"entries (more than max_shrink {bl.max_shrink:.0%}); keeping the old copy")
-            log.warning("list %s: %s", bl.id, st.last_error)
-            if old is not None:
-                self._staged[bl.id] = st
-                return old if same_conf else self._recompile(bl, old.index)
-        if not from_copy:
-            await asyncio.to_thread(self._write_copy, bl.id, data)
-        return index, rep.as_dict()
-
-    async def _finish(self, bl, st: ListState, index: DomainIndex, sha, report: dict,
-                      from_copy: bool) -> CompiledList:
-        """Add the runtime entries, stage the state, compile."""
+    async def _add_runtime(self, bl, index: DomainIndex) -> None:
+        """Re-apply the runtime additions on top of a new copy."""
         base_names = set()
         adds = await asyncio.to_thread(self.additions, bl.id)   # the store lock may be busy
         for n in adds:
@@ -246,16 +315,7 @@ class ListManager:
             else:
                 index.subtree.add(n)
         self._staged_base[bl.id] = base_names
-        st.sha256, st.report, st.from_copy = sha, report, from_copy
-        st.runtime = len(adds)
-        st.entries = len(index)
-        if not from_copy:
-            st.last_success = wall()
-            st.last_error = None
-        elif st.last_success is None:
-            st.last_success = self._copy_time(bl.id)
-        self._staged[bl.id] = st
-        return self._recompile(bl, index)
+        self._staged[bl.id].runtime = len(adds)
 
     async def _run(self, fn, *args):
         if self._pool is None:
@@ -305,11 +365,13 @@ class ListManager:
         os.replace(tmp, path)
         path.with_suffix(".json").write_text(json.dumps({"saved": wall()}))
 
-    def _read_copy(self, list_id: str) -> bytes | None:
+    def _read_copy(self, list_id: str, max_size: int) -> bytes | None:
         try:
-            return self._copy_path(list_id).read_bytes()
+            with open(self._copy_path(list_id), "rb") as f:
+                data = f.read(max_size + 1)
         except OSError:
             return None
+        return data if len(data) <= max_size else None
 
     def _copy_time(self, list_id: str) -> float | None:
         try:
@@ -318,13 +380,25 @@ class ListManager:
             return None
 
 
-def _fetch_hashed(source: str, policy_dir: str) -> tuple[bytes, str]:
-    data = fetch(source, policy_dir)
+def _fetch_hashed(source: str, policy_dir: str, limits: FetchLimits) -> tuple[bytes, str]:
+    data = fetch(source, policy_dir, limits)
     return data, hashlib.sha256(data).hexdigest()
 
 
 def _parse(fmt: str, data: bytes, pause: float = 0.0):
     return parse(fmt, data.decode("utf-8", errors="replace"), pause)
+
+
+def _refusal(bl, st: ListState, entries: int, from_copy: bool) -> str | None:
+    """Why a freshly parsed copy must not replace the list in force (None: it may)."""
+    if entries > bl.max_entries:
+        return (f"refused: {bl.source} has {entries} entries, more than max_entries {bl.max_entries}; "
+                "keeping the old copy")
+    prev = st.entries - st.runtime if st.entries else 0
+    if prev and entries < prev * (1.0 - bl.max_shrink) and not from_copy:
+        return (f"refused: {bl.source} would shrink the list from {prev} to {entries} "
+                f"entries (more than max_shrink {bl.max_shrink:.0%}); keeping the old copy")
+    return None
 
 
 def check_names(names) -> tuple[list[str], list[str]]:

@@ -45,7 +45,8 @@ class DnsStats:
         self.rcodes = [0] * 16
         self.blocked: dict[tuple[str, str, str], int] = {}
         self.upstream: dict[tuple[str, str], int] = {}
-        self.duration = {"local": Histogram(), "forwarded": Histogram()}
+        self.duration = {"local": Histogram(), "forwarded": Histogram(), "cache": Histogram()}
+        self.cache: dict[str, int] = {}    # answer-cache counters (AnswerCache.counters), at drain
         self.malformed = 0
         self.send_drops = 0                # UDP datagrams the kernel would not take (batched I/O)
         self.limits: dict[str, int] = {}   # hostile-traffic defences by kind (guardstats.py)
@@ -126,6 +127,31 @@ def list_metrics(states):
     return e, ts, f
 
 
+CACHE_COUNTERS = (("hits", "Queries answered from the answer cache (fresh entries)"),
+                  ("misses", "Cacheable queries forwarded because no fresh entry was cached"),
+                  ("evictions", "Entries evicted to stay within max_entries / max_bytes"),
+                  ("stale_answers", "Expired entries served because no upstream answered (RFC 8767)"),
+                  ("prefetches", "Popular entries refreshed shortly before they expired"))
+CACHE_GAUGES = (("entries", "Entries in the answer cache"),
+                ("bytes", "Estimated memory of the answer cache's entries"))
+
+
+def cache_metrics(stats_list):
+    """The answer cache's counters and gauges, summed over the processes (workers cache apart)."""
+    total: dict[str, int] = {}
+    for s in stats_list:
+        for k, v in s.cache.items():
+            total[k] = total.get(k, 0) + v
+    for name, doc in CACHE_COUNTERS:
+        c = CounterMetricFamily(f"nocpolicy_dns_cache_{name}", doc)
+        c.add_metric([], total.get(name, 0))
+        yield c
+    for name, doc in CACHE_GAUGES:
+        g = GaugeMetricFamily(f"nocpolicy_dns_cache_{name}", doc)
+        g.add_metric([], total.get(name, 0))
+        yield g
+
+
 class DnsCollector:
     """Computes every DNS metric at scrape time from the guard's plain integers."""
 
@@ -138,15 +164,17 @@ class DnsCollector:
     def collect(self):
         g = self.guard
         g.engine.drain()
-        yield from query_metrics(merge(g.all_stats()))
+        stats_list = g.all_stats()
+        yield from query_metrics(merge(stats_list))
         yield from list_metrics(g.list_states())
+        yield from cache_metrics(stats_list)
 
 
 # -- between processes (DNS workers report their counters as one JSON line) ----------------
 
 def stats_to_json(s: DnsStats) -> dict:
     return {"udp": s.udp, "queries": s.queries, "rcodes": s.rcodes, "malformed": s.malformed,
-            "send_drops": s.send_drops, "limits": s.limits,
+            "send_drops": s.send_drops, "limits": s.limits, "cache": s.cache,
             "blocked": [[*k, v] for k, v in s.blocked.items()],
             "upstream": [[*k, v] for k, v in s.upstream.items()],
             "duration": {k: [h.counts, h.total] for k, h in s.duration.items()}}
@@ -157,6 +185,7 @@ def stats_from_json(d: dict) -> DnsStats:
     s.udp, s.queries, s.rcodes, s.malformed = d["udp"], d["queries"], d["rcodes"], d["malformed"]
     s.send_drops = d.get("send_drops", 0)
     s.limits = dict(d.get("limits") or {})
+    s.cache = dict(d.get("cache") or {})
     s.blocked = {(a, b, c): v for a, b, c, v in d["blocked"]}
     s.upstream = {(a, b): v for a, b, v in d["upstream"]}
     for k, (counts, total) in d["duration"].items():

@@ -126,11 +126,19 @@ def with_id(resp: bytes, qid: int) -> bytes:
     return qid.to_bytes(2, "big") + resp[2:]
 
 
+MAX_NAME = 255            # octets of a name on the wire (RFC 1035 2.3.4), checked while decoding
+MAX_ANSWER_RRS = 64       # answer records read from one response (CNAME chains, addresses)
+
+
 def read_name(data: bytes, pos: int) -> tuple[str, int]:
-    """A possibly compressed name at ``pos``: (lower-case name, position after it). WireError on junk."""
+    """A possibly compressed name at ``pos``: (lower-case name, position after it). WireError on junk.
+
+    Bounded work whatever the input: a pointer must point strictly backward (before the
+    pointer itself, so no loop is possible) and the name may not pass 255 octets, checked
+    label by label, so a crafted name costs at most 127 labels and 127 jumps."""
     labels = []
     end = -1
-    jumps = 0
+    size = 1                   # the root label
     n = len(data)
     while True:
         if pos >= n:
@@ -141,44 +149,76 @@ def read_name(data: bytes, pos: int) -> tuple[str, int]:
                 raise WireError("truncated pointer")
             if end < 0:
                 end = pos + 2
-            pos = ((ln & 0x3F) << 8) | data[pos + 1]
-            jumps += 1
-            if jumps > 64:
-                raise WireError("compression loop")
+            target = ((ln & 0x3F) << 8) | data[pos + 1]
+            if target >= pos:
+                raise WireError("compression pointer does not point backward")
+            pos = target
             continue
         if ln > 63:
             raise WireError("bad label type")
         if ln == 0:
             pos += 1
             break
-        labels.append(data[pos + 1:pos + 1 + ln])
-        pos += 1 + ln
+        size += ln + 1
+        if size > 255:                                   # MAX_NAME (a literal: no global lookup here)
+            raise WireError("name longer than 255 octets")
+        end_label = pos + 1 + ln
+        labels.append(data[pos + 1:end_label])
+        pos = end_label
     name = b".".join(labels).lower().decode("latin-1")
     return name, (end if end >= 0 else pos)
 
 
-def answer_cnames(resp: bytes) -> list[str]:
-    """The CNAME targets in a response's answer section (slow path: only when there are answers)."""
+def answer_records(resp: bytes, max_rrs: int = MAX_ANSWER_RRS) -> list[tuple[int, int, int]]:
+    """(type, rdata offset, rdata length) of the first ``max_rrs`` answer records; stops at the
+    first malformed one. Bounded: at most ``max_rrs`` records and one bounded name each."""
     if len(resp) < 12:
         return []
     qd = (resp[4] << 8) | resp[5]
-    an = (resp[6] << 8) | resp[7]
-    if not an:
-        return []
+    an = min((resp[6] << 8) | resp[7], max_rrs)
+    out: list[tuple[int, int, int]] = []
+    if not an or qd > 1:
+        return out
     pos = 12
-    out = []
     try:
-        for _ in range(qd):
+        if qd:
             _, pos = read_name(resp, pos)
             pos += 4
         for _ in range(an):
             _, pos = read_name(resp, pos)
+            if pos + 10 > len(resp):
+                break
             rtype = (resp[pos] << 8) | resp[pos + 1]
             rdlen = (resp[pos + 8] << 8) | resp[pos + 9]
             pos += 10
-            if rtype == TYPE_CNAME:
-                out.append(read_name(resp, pos)[0])
+            if pos + rdlen > len(resp):
+                break
+            out.append((rtype, pos, rdlen))
             pos += rdlen
+    except WireError:
+        pass
+    return out
+
+
+def answer_cnames(resp: bytes) -> list[str]:
+    """The CNAME targets in a response's answer section (slow path: only when there are answers).
+    Reads at most MAX_ANSWER_RRS records (bounded work; a real chain is a few links)."""
+    if len(resp) < 12:
+        return []
+    an = (resp[6] << 8) | resp[7]
+    if not an or resp[4] or resp[5] > 1:
+        return []
+    pos = 12
+    out = []
+    try:
+        if resp[5]:
+            pos = read_name(resp, pos)[1] + 4
+        for _ in range(an if an < MAX_ANSWER_RRS else MAX_ANSWER_RRS):
+            pos = read_name(resp, pos)[1]
+            rdlen = (resp[pos + 8] << 8) | resp[pos + 9]
+            if resp[pos] == 0 and resp[pos + 1] == TYPE_CNAME:
+                out.append(read_name(resp, pos + 10)[0])
+            pos += 10 + rdlen
     except (WireError, IndexError):
         return out
     return out

@@ -118,13 +118,14 @@ class MqttBridge(Component):
                          on_connected=self._on_connected, on_message=self._on_message, will=will)
         self._events = self.ctx.events.subscribe(maxsize=10000)
         self._link_task = self.tasks.spawn("link", self.link.run())
-        self.tasks.spawn("events", self._event_pump())
-        self.tasks.spawn("outbox", self._outbox_loop())
-        self.tasks.spawn("detections", self._detection_loop())
+        self.tasks.supervise("events", self._event_pump)
+        self.tasks.supervise("outbox", self._outbox_loop)
+        self.tasks.supervise("detections", self._detection_loop)
+        self.tasks.supervise("refusal-audit", self._refusal_audit_loop)
         if self.agent:
-            self.tasks.spawn("agent", self.agent.run())
+            self.tasks.supervise("agent", self.agent.run)
         if self.controller:
-            self.tasks.spawn("controller", self.controller.run())
+            self.tasks.supervise("controller", self.controller.run)
         self._started = True
         self.set_state("running", f"{self.role} {self.node} via {self.cfg.url}")
 
@@ -144,6 +145,7 @@ class MqttBridge(Component):
         if self._events is not None:
             self.ctx.events.unsubscribe(self._events)
         await super().stop()
+        self.inbox.flush_audit(everything=True)
 
     # -- broker callbacks --------------------------------------------------------
 
@@ -162,7 +164,7 @@ class MqttBridge(Component):
         topic = msg.topic.value
         payload = msg.payload if isinstance(msg.payload, bytes) else str(msg.payload or "").encode()
         if topic.startswith("nocpolicy/v1/cmd/"):
-            self.inbox.accept(topic, payload)
+            self.inbox.accept(topic, payload, retained=bool(msg.retain))
         elif topic == status_topic(self.node):
             if _state_of(payload) == "offline" and not self._stopping:
                 self.tasks.spawn("status", self._publish_status())
@@ -249,6 +251,11 @@ class MqttBridge(Component):
             doc = self.detections.flush(self.ctx.clock.now().isoformat(), interval)
             if doc is not None:
                 self._emit(event_topic("detections"), {"node": self.node, **doc})
+
+    async def _refusal_audit_loop(self) -> None:
+        while True:
+            await self.ctx.clock.sleep(60.0)
+            self.inbox.flush_audit()
 
     async def _outbox_loop(self) -> None:
         while True:

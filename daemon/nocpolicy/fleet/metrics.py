@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-COMMAND_RESULTS = ("ok", "refused", "invalid", "failed", "busy")
+COMMAND_RESULTS = ("ok", "refused", "invalid", "failed", "busy", "retained", "too_large", "rate_limited")
 APPLY_RESULTS = ("applied", "recorded", "failed")
 
 

@@ -13,9 +13,9 @@ from ..policy.fields import (
     as_datetime,
     as_email,
     as_id,
-    as_int,
     as_str,
     as_url,
+    int_range,
     obj,
     one_of,
 )
@@ -154,7 +154,7 @@ class _Handlers:
     async def notices(self, args: Args, inv: Invocation) -> dict:
         state = args.get("state", one_of("pending", "sending", "sent", "failed", "superseded", "skipped"), None)
         wid = args.get("window", as_id, None)
-        limit = args.get("limit", as_int, 200)
+        limit = args.get("limit", int_range(1, 10_000), 200)
         args.check()
         with self.comp.ctx.store.transaction() as db:
             rows = outbox.listing(db, state=state, window=wid, limit=max(1, min(limit, 5000)))

@@ -151,9 +151,9 @@ class Maintenance(Component):
         if n:
             log.warning("maintenance: %d notice(s) were being sent when the daemon stopped; sending them again "
                         "with the same Message-ID", n)
-        self.tasks.spawn("lifecycle", self._lifecycle_loop())
-        self.tasks.spawn("delivery", self.notices.run())
-        self.tasks.spawn("silences", self._silence_loop())
+        self.tasks.supervise("lifecycle", self._lifecycle_loop)
+        self.tasks.supervise("delivery", self.notices.run)
+        self.tasks.supervise("silences", self._silence_loop)
         self.set_state("running", "" if self.mailer else "no SMTP configured: notices wait in the outbox")
 
     def poke(self) -> None:

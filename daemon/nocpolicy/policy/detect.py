@@ -6,7 +6,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .fields import Invalid, Obj, as_duration, as_text, int_range, list_of, obj, one_of
+from .fields import (
+    Invalid,
+    Obj,
+    as_ip,
+    as_prefix,
+    as_text,
+    duration_range,
+    int_range,
+    list_of,
+    obj,
+    one_of,
+)
 from .nodes import Loc
 
 ENFORCE = ("rpz", "nft", "events")
@@ -57,6 +68,8 @@ class DetectSettings:
     events_interval: float = 60.0
     rpz: RpzSettings = RpzSettings()
     nft: NftSettings = NftSettings()
+    resolvers: tuple = ()          # capture: responses only from these (none: upstreams + own addresses)
+    never_block: tuple = ()        # prefixes never added to the nft address blocks
     loc: Loc = field(default=Loc("?", 0), compare=False, repr=False)
 
     @property
@@ -134,10 +147,12 @@ def _detect(o: Obj) -> DetectSettings:
         captures=o.get("capture", list_of(obj(_capture)), ()) or (),
         logfiles=o.get("logfiles", list_of(obj(_logfile)), ()) or (),
         enforce=o.get("enforce", list_of(one_of(*ENFORCE), unique=True), d.enforce) or (),
-        block_for=o.get("block_for", as_duration, d.block_for),
-        events_interval=o.get("events_interval", as_duration, d.events_interval),
+        block_for=o.get("block_for", duration_range(0.0, 90 * 86400.0), d.block_for),
+        events_interval=o.get("events_interval", duration_range(0.0, 86400.0), d.events_interval),
         rpz=o.get("rpz", obj(_rpz), d.rpz) or d.rpz,
         nft=o.get("nft", obj(_nft), d.nft) or d.nft,
+        resolvers=o.get("resolvers", list_of(as_ip, unique=True), ()) or (),
+        never_block=o.get("never_block", list_of(as_prefix, unique=True), ()) or (),
         loc=o.node.loc,
     )
     if s.block_for is not None and s.block_for < 1:

@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 from .customers import Prefix
 from .fields import (
     Obj,
-    as_duration,
     as_fraction,
     as_id,
     as_prefix,
     as_rate,
     as_str,
     as_text,
+    duration_range,
     int_range,
     list_of,
     obj,
@@ -105,7 +105,7 @@ def _profile(o: Obj) -> Profile:
         customer_cap=o.get("customer_cap", as_rate, None),
         network_control=o.get("network_control", list_of(one_of(*NETWORK_CONTROL), unique=True),
                               ("dns", "ntp", "bgp")),
-        max_duration=o.get("max_duration", as_duration, None),
+        max_duration=o.get("max_duration", duration_range(60.0, 90 * 86400.0), None),
         loc=o.node.loc, locs=o.locs,
         **prio,
     )

@@ -171,7 +171,11 @@ def as_rate(node: Node, _p=None) -> int:
     if isinstance(v, int) and not isinstance(v, bool):
         if v <= 0:
             raise Invalid("a rate must be positive")
+        if v > MAX_RATE:
+            raise Invalid(f"{_short(v)} is outside 1..10tbit (bit/s)")
         return v
+    if isinstance(v, str) and len(v) > 2 * _MAX_NUMBER_CHARS:
+        raise Invalid(f"{_short(v)} is not a sane rate (at most 10tbit)")
     m = _RATE_RE.match(str(v)) if isinstance(v, str) else None
     if m and m.group(2).lower() in _AMBIGUOUS_RATE_UNITS:
         unit = m.group(2).lower()
@@ -182,6 +186,8 @@ def as_rate(node: Node, _p=None) -> int:
     bits = int(float(m.group(1)) * _RATE_UNITS[m.group(2).lower()])
     if bits <= 0:
         raise Invalid("a rate must be positive")
+    if bits > MAX_RATE:
+        raise Invalid(f"{_short(v)} is beyond the highest rate accepted (10tbit)")
     return bits
 
 
@@ -189,18 +195,78 @@ _DUR_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DUR_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 
 
+# Hard ceilings for every value read by the converters below, whatever the field:
+# a typo (a 26-digit duration) is refused where it is written instead of overflowing
+# a timer or a C int later. Fields with a narrower sane range say so (docs/policy.md).
+MAX_DURATION = 10 * 365 * 86400.0       # 10 years
+MAX_RATE = 10**13                        # 10 Tbit/s
+MAX_SIZE = 2**40                         # 1 TiB
+_MAX_NUMBER_CHARS = 24
+
+
+def _duration_text(seconds: float) -> str:
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= n and seconds % n == 0:
+            return f"{int(seconds // n)}{unit}"
+    return f"{seconds:g}s"
+
+
 def as_duration(node: Node, _p=None) -> float:
-    """A duration like ``30s``, ``5m``, ``1h30m``, ``30d``; a bare number is seconds."""
+    """A duration like ``30s``, ``5m``, ``1h30m``, ``30d``; a bare number is seconds (0..10 years)."""
     v = node.value
     if isinstance(v, (int, float)) and not isinstance(v, bool):
-        if v < 0:
+        secs = float(v) if abs(v) < 1e300 else float("inf")
+        if secs != secs or secs < 0:
             raise Invalid("a duration must not be negative")
-        return float(v)
-    s = str(v).strip().replace(" ", "") if isinstance(v, str) else ""
-    parts = _DUR_RE.findall(s)
-    if not s or "".join(a + b for a, b in parts) != s:
-        raise Invalid(f"{v!r} is not a duration (examples: 500ms, 30s, 5m, 1h, 30d)")
-    return sum(float(a) * _DUR_UNITS[b] for a, b in parts)
+    else:
+        s = str(v).strip().replace(" ", "") if isinstance(v, str) else ""
+        parts = _DUR_RE.findall(s)
+        if not s or "".join(a + b for a, b in parts) != s:
+            raise Invalid(f"{v!r} is not a duration (examples: 500ms, 30s, 5m, 1h, 30d)")
+        if any(len(a) > _MAX_NUMBER_CHARS for a, _ in parts):
+            secs = float("inf")
+        else:
+            secs = sum(float(a) * _DUR_UNITS[b] for a, b in parts)
+    if secs > MAX_DURATION:
+        raise Invalid(f"{_short(v)} is beyond the longest duration accepted anywhere (3650d)")
+    return secs
+
+
+def duration_range(lo: float, hi: float) -> Conv:
+    """A duration within ``lo..hi`` seconds (the field's documented sane range)."""
+    def conv(node: Node, _p=None) -> float:
+        v = as_duration(node)
+        if not lo <= v <= hi:
+            raise Invalid(f"{_short(node.value)} is outside {_duration_text(lo)}..{_duration_text(hi)}")
+        return v
+    return conv
+
+
+def _short(v) -> str:
+    s = repr(v)
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 10**6, "mb": 10**6, "mib": 2**20,
+               "g": 10**9, "gb": 10**9, "gib": 2**30}
+_SIZE_RE = re.compile(r"^\s*(\d{1,15}(?:\.\d{1,6})?)\s*([a-zA-Z]*)\s*$")
+
+
+def size_range(lo: int, hi: int) -> Conv:
+    """A size in bytes like ``64MiB``, ``500kB`` or a bare integer, within ``lo..hi``."""
+    def conv(node: Node, _p=None) -> int:
+        v = node.value
+        if isinstance(v, int) and not isinstance(v, bool):
+            n = v
+        else:
+            m = _SIZE_RE.match(v) if isinstance(v, str) else None
+            if not m or m.group(2).lower() not in _SIZE_UNITS:
+                raise Invalid(f"{_short(v)} is not a size (examples: 500kB, 64MiB, 1GiB)")
+            n = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+        if not lo <= n <= min(hi, MAX_SIZE):
+            raise Invalid(f"{_short(v)} is outside {lo}..{hi} bytes")
+        return n
+    return conv
 
 
 def as_prefix(node: Node, _p=None) -> ipaddress.IPv4Network | ipaddress.IPv6Network:

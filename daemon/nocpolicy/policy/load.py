@@ -102,12 +102,21 @@ def _read_sections(directory: Path, files: list[Path], problems: Problems
     return raw, sections
 
 
+def utf8_position(data: bytes, offset: int) -> tuple[int, int]:
+    """(line, column) of byte ``offset``, both from 1; the column counts characters."""
+    line_start = data.rfind(b"\n", 0, offset) + 1
+    col = len(data[line_start:offset].decode("utf-8", errors="replace")) + 1
+    return data.count(b"\n", 0, offset) + 1, col
+
+
 def _parse_file(data: bytes, rel: str, problems: Problems) -> Node | None:
     """One file's root mapping, or None (the reason added to ``problems``)."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        problems.add(Loc(rel, 1), "", f"not UTF-8: {exc}")
+        line, col = utf8_position(data, exc.start)
+        problems.add(Loc(rel, line), "", f"not UTF-8: byte 0x{data[exc.start]:02x} at line {line}, "
+                     f"column {col} ({exc.reason})")
         return None
     root = parse_yaml(text, rel, problems)
     if root is None:

@@ -9,13 +9,13 @@ from .customers import Prefix
 from .fields import (
     Obj,
     as_bool,
-    as_duration,
     as_email,
     as_id,
     as_prefix,
     as_str,
     as_text,
     as_url,
+    duration_range,
     int_range,
     list_of,
     obj,
@@ -86,7 +86,7 @@ class MaintenanceSettings:
 def _rules(o: Obj) -> NoticeRules:
     return NoticeRules(
         planned_days=o.get("planned_days", int_range(14, 365), 14),
-        reminder_before=o.get("reminder_before", as_duration, 86400.0),
+        reminder_before=o.get("reminder_before", duration_range(0.0, 30 * 86400.0), 86400.0),
         languages=o.get("languages", list_of(one_of("ja", "en"), min_items=1, unique=True), ("ja", "en")),
     )
 
@@ -100,7 +100,7 @@ def _smtp(o: Obj) -> Smtp:
         username=o.get("username", as_text, None),
         password_file=o.get("password_file", as_text, None),
         sender=o.get("from", as_email, "noc@localhost"),
-        timeout=o.get("timeout", as_duration, 30.0),
+        timeout=o.get("timeout", duration_range(1.0, 600.0), 30.0),
         copy_to=o.get("copy_to", list_of(as_email, unique=True), ()) or (),
         ca_file=o.get("ca_file", as_text, None),
     )

@@ -81,12 +81,69 @@ def parse_yaml(text: str, file: str, problems: list[Problem]) -> Node | None:
         return None
     if root is None:
         return Node({}, Loc(file, 1), "")
+    refused = alias_budget(root, MAX_ALIAS_NODES)
+    if refused is not None:
+        line, reason = refused
+        problems.append(Problem(Loc(file, line), "", reason))
+        return None
     try:
         return _convert(root, file, "", loader, problems)
     except RecursionError:
         problems.append(Problem(Loc(file, root.start_mark.line + 1), "",
                                 "YAML nests too deeply (a recursive alias?)"))
         return None
+
+
+# Aliases may add at most this many nodes to a file once expanded. A file without
+# aliases has no limit here (its size is its cost); a "billion laughs" of a few
+# hundred bytes is refused before anything is expanded.
+MAX_ALIAS_NODES = 100_000
+
+
+def _children(ynode) -> list:
+    if isinstance(ynode, yaml.MappingNode):
+        return [n for pair in ynode.value for n in pair]
+    if isinstance(ynode, yaml.SequenceNode):
+        return list(ynode.value)
+    return []
+
+
+def alias_budget(root, budget: int) -> tuple[int, str] | None:
+    """(line, reason) if expanding the aliases of the composed graph ``root`` would add
+    more than ``budget`` nodes, or if an alias refers to its own ancestor; else None.
+
+    Walks the graph once, each node once (sizes memoised), so the cost is that of the
+    file as written, not of its expansion."""
+    size: dict[int, int] = {}            # id(node) -> nodes once expanded (finished nodes)
+    open_ = {id(root)}                   # the current path: a child on it is a cycle
+    stack = [(root, iter(_children(root)))]
+    running = [1]
+    extra = 0
+    while stack:
+        node, it = stack[-1]
+        child = next(it, None)
+        if child is None:
+            stack.pop()
+            open_.discard(id(node))
+            n = running.pop()
+            size[id(node)] = n
+            if running:
+                running[-1] += n
+            continue
+        line = node.start_mark.line + 1
+        if id(child) in open_:
+            return line, "a YAML alias refers to a node that contains it (a recursive alias)"
+        if id(child) in size:            # a second reference: an alias
+            extra += size[id(child)]
+            running[-1] += size[id(child)]
+            if extra > budget:
+                return line, (f"YAML aliases here expand the file by more than {budget} nodes "
+                              "(an alias bomb?); refused before expanding them")
+            continue
+        open_.add(id(child))
+        stack.append((child, iter(_children(child))))
+        running.append(1)
+    return None
 
 
 def _compose(loader_class, text: str):

@@ -30,7 +30,7 @@ from prometheus_client import Histogram
 from ..component import Component
 from ..control.commands import Args, Command, Invocation
 from ..errors import Conflict, DomainError, EnforcementError, Invalid, NocpolicyError
-from ..policy.fields import as_bool, as_datetime, as_id, as_text, list_of
+from ..policy.fields import MAX_DURATION, as_bool, as_datetime, as_id, as_text, list_of
 from .counters import QosCollector, Usage, read_usage
 from .emergency import EmergencyStore, Record
 from .features import Features, detect
@@ -114,11 +114,11 @@ class Enforcer(Component):
                 raise NocpolicyError(f"qos: cannot apply the rules: {exc}") from None
             self.set_state("running", f"enforcing on {', '.join(t.name for t in self.plan.interfaces)} "
                                       f"({self.features.detail}){' in netns ' + self.netns if self.netns else ''}")
-            self.tasks.spawn("counters", self._counter_loop())
+            self.tasks.supervise("counters", self._counter_loop)
         else:
             await self._expire_if_due()
             self.set_state("disabled", f"plan-only, nothing is enforced: {self.plan_only_reason}")
-        self.tasks.spawn("expiry", self._expiry_loop())
+        self.tasks.supervise("expiry", self._expiry_loop)
 
     async def stop(self) -> None:
         await self.tasks.close()
@@ -227,30 +227,50 @@ class Enforcer(Component):
         return p.max_duration if p else None
 
     async def declare(self, *, profile: str, scope, reason: str, until, actor: str, dry_run: bool) -> dict:
+        """All or nothing: everything that can be refused is checked before the kernel or the
+        store changes; a store failure after the apply puts the previous rules back."""
         async with self._lock:
             now = self.ctx.clock.now()
             if until is not None and until <= now:
                 raise Invalid(f"until {until.isoformat()} is in the past", field="until")
             try:
                 new = await asyncio.to_thread(build_plan, self.policy, Emergency(profile, tuple(scope), reason),
-                                          leaf=self.features.leaf, static=self.static)
+                                              leaf=self.features.leaf, static=self.static)
             except ValueError as exc:
                 raise Invalid(str(exc)) from None
+            maxdur = self._max_duration(profile)
+            if maxdur is not None and not 0 < maxdur <= MAX_DURATION:
+                raise Invalid(f"profile {profile}: max_duration {maxdur:g}s is outside the sane range "
+                              "(fix the policy)", field="profile")
             added, removed = await asyncio.to_thread(diff_lines, self.plan, new)
             out = {"profile": profile, "enforced": self.backend is not None, "added": added, "removed": removed}
             if dry_run:
                 return {**out, "dry_run": True, "nft": render_nft(new)}
             before = self.emergencies.active()
             applied = await self._apply(new)
-            rec = self.emergencies.declare(
-                profile=profile, scope=scope, reason=reason, actor=actor, now=now, until=until,
-                audit_before={"emergency": before.as_dict(), "rules_removed": removed} if before else None,
-                audit_after={"reason": reason, "scope": list(scope), "until": until.isoformat() if until else None,
-                             "rules_added": added, "rules_removed": removed, "enforced": self.backend is not None})
+            try:
+                rec = self.emergencies.declare(
+                    profile=profile, scope=scope, reason=reason, actor=actor, now=now, until=until,
+                    audit_before={"emergency": before.as_dict(), "rules_removed": removed} if before else None,
+                    audit_after={"reason": reason, "scope": list(scope),
+                                 "until": until.isoformat() if until else None, "rules_added": added,
+                                 "rules_removed": removed, "enforced": self.backend is not None})
+            except Exception:
+                await self._restore(self.plan)
+                raise
             self.plan = new
             info = rec.as_dict(self._max_duration(profile))
             self.ctx.events.publish("emergency", {"action": "declare", **info, "enforced": self.backend is not None})
             return {**out, "emergency": info, "apply": applied, "note": self._note()}
+
+    async def _restore(self, plan: Plan | None) -> None:
+        """Put ``plan`` back in the kernel after a later step of a command failed."""
+        if plan is None:
+            return
+        try:
+            await self._apply(plan)
+        except EnforcementError as exc:
+            log.error("qos: could not put the previous rules back: %s", exc)
 
     async def lift(self, *, actor: str, reason: str, action: str = "emergency.lift") -> dict:
         async with self._lock:
@@ -260,10 +280,14 @@ class Enforcer(Component):
             new = build_plan(self.policy, None, leaf=self.features.leaf, static=self.static)
             added, removed = await asyncio.to_thread(diff_lines, self.plan, new)
             applied = await self._apply(new)
-            self.emergencies.end(rec, actor=actor, reason=reason, now=self.ctx.clock.now(), action=action,
-                                 audit_before={"emergency": rec.as_dict(self._max_duration(rec.profile))},
-                                 audit_after={"reason": reason, "rules_added": added, "rules_removed": removed,
-                                              "enforced": self.backend is not None})
+            try:
+                self.emergencies.end(rec, actor=actor, reason=reason, now=self.ctx.clock.now(), action=action,
+                                     audit_before={"emergency": rec.as_dict(self._max_duration(rec.profile))},
+                                     audit_after={"reason": reason, "rules_added": added,
+                                                  "rules_removed": removed, "enforced": self.backend is not None})
+            except Exception:
+                await self._restore(self.plan)
+                raise
             self.plan = new
             self.ctx.events.publish("emergency", {"action": "expire" if action == "emergency.expire" else "lift",
                                                   "profile": rec.profile, "id": rec.id, "reason": reason})

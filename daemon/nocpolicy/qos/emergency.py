@@ -31,6 +31,18 @@ MIGRATIONS = (
 )
 
 
+def ends_at(declared: dt.datetime, until: dt.datetime | None, max_duration: float | None) -> dt.datetime | None:
+    """The earlier of ``until`` and declared + ``max_duration``. A max_duration that would
+    run past the calendar (a profile from before the policy's ranges) counts as none."""
+    limits = [t for t in (until,) if t is not None]
+    if max_duration:
+        try:
+            limits.append(declared + dt.timedelta(seconds=max_duration))
+        except OverflowError:
+            pass
+    return min(limits) if limits else None
+
+
 @dataclass(frozen=True)
 class Record:
     id: int
@@ -42,10 +54,7 @@ class Record:
     until: dt.datetime | None
 
     def ends_at(self, max_duration: float | None) -> dt.datetime | None:
-        limits = [t for t in (self.until,) if t is not None]
-        if max_duration:
-            limits.append(self.declared_at + dt.timedelta(seconds=max_duration))
-        return min(limits) if limits else None
+        return ends_at(self.declared_at, self.until, max_duration)
 
     def as_dict(self, max_duration: float | None = None) -> dict:
         end = self.ends_at(max_duration)
