@@ -457,18 +457,11 @@ class Engine(CachePath):
             return True
         return zone_answer
 
-    def udp_handler(self, sendto):
-        """``on_datagram(data, host, addr, t0)`` for one UDP socket (``t0``: ``perf_counter()``
-        when the datagram was read): the cached-answer and the seen-before forwarding paths
-        inlined (locals only), everything else through :meth:`handle`."""
-        # everything the closure touches, bound once as locals (set-up, not the hot path)
-        stats, perf, handle, dirty_owner, miss, lim = self.stats, time.perf_counter, self.handle, self, _MISS, \
-            self.limiter
-        rcodes, hist = stats.rcodes, stats.duration["local"]
-        counts = hist.counts
-        rl_keys, rl_key, rl_counts, rl_blocked, rl_over = lim.keys, lim.key, lim.counts, lim.blocked, lim.over
-        zone_answer = self._zone_answerer(sendto)
-        chist = stats.duration["cache"]
+    def _cache_hitter(self, sendto):
+        """``cache_hit(ac, data, key, cid, addr, t0) -> bool`` for one UDP socket: the answer
+        cache's hit path (locals bound once, like :meth:`udp_handler`)."""
+        dirty_owner, perf, rcodes = self, time.perf_counter, self.stats.rcodes
+        chist = self.stats.duration["cache"]
         ccounts = chist.counts
 
         def cache_hit(ac, data: bytes, key: bytes, cid, addr, t0: float) -> bool:
@@ -491,6 +484,49 @@ class Engine(CachePath):
             else:
                 chist.observe(d)
             return True
+
+        return cache_hit
+
+    def _seen_forwarder(self, sendto):
+        """``forward_seen(q, data, host, addr, cid, t0) -> bool`` for one UDP socket: a name no
+        list matches, seen before, goes straight to the first upstream (without the answer
+        cache; with it, :meth:`handle` answers from the cache or forwards)."""
+        dirty_owner, lim = self, self.limiter
+
+        def forward_seen(q, data: bytes, host: str, addr, cid, t0: float) -> bool:
+            subs = dirty_owner.subs
+            sub = subs.get(cid) or subs[None]
+            pool = dirty_owner.pool
+            if pool is None or sub.refuse:
+                return False
+            if lim.quota_full(host):
+                return True
+            p = Pending(data, q, host, addr, sub, sendto, False, t0)
+            try:
+                up = pool.primary        # the first upstream; None while one is down
+                if up is not None and up.send(p):
+                    p.tried = 1
+                else:
+                    pool.forward(p)
+            except Exception as exc:
+                dirty_owner.failed(exc)
+            return True
+
+        return forward_seen
+
+    def udp_handler(self, sendto):
+        """``on_datagram(data, host, addr, t0)`` for one UDP socket (``t0``: ``perf_counter()``
+        when the datagram was read): the cached-answer and the seen-before forwarding paths
+        inlined (locals only), everything else through :meth:`handle`."""
+        # everything the closure touches, bound once as locals (set-up, not the hot path)
+        stats, perf, handle, dirty_owner, miss, lim = self.stats, time.perf_counter, self.handle, self, _MISS, \
+            self.limiter
+        rcodes, hist = stats.rcodes, stats.duration["local"]
+        counts = hist.counts
+        rl_keys, rl_key, rl_counts, rl_blocked, rl_over = lim.keys, lim.key, lim.counts, lim.blocked, lim.over
+        zone_answer = self._zone_answerer(sendto)
+        cache_hit = self._cache_hitter(sendto)
+        forward_seen = self._seen_forwarder(sendto)
 
         def on_datagram(data: bytes, host: str, addr, t0: float) -> None:
             stats.udp += 1
@@ -527,23 +563,8 @@ class Engine(CachePath):
                 if ac is not None and cache_hit(ac, data, key, cid, addr, t0):
                     return
                 q = dirty_owner.allowed.get(key)
-                if q is not None:             # a name no list matches, seen before: forward
-                    subs = dirty_owner.subs
-                    sub = subs.get(cid) or subs[None]
-                    pool = dirty_owner.pool if ac is None else None   # cache on: handle() -> cached()
-                    if pool is not None and not sub.refuse:
-                        if lim.quota_full(host):
-                            return
-                        p = Pending(data, q, host, addr, sub, sendto, False, t0)
-                        try:
-                            up = pool.primary        # the first upstream; None while one is down
-                            if up is not None and up.send(p):
-                                p.tried = 1
-                            else:
-                                pool.forward(p)
-                        except Exception as exc:
-                            dirty_owner.failed(exc)
-                        return
+                if q is not None and ac is None and forward_seen(q, data, host, addr, cid, t0):
+                    return                    # a name no list matches, seen before: forwarded
                 zones = dirty_owner.zones.get(cid)
                 if zones is not None and zone_answer(zones, data, host, k, addr, t0):
                     return
