@@ -9,17 +9,26 @@ Scenario (each run SECONDS long, default 30):
 * customer A (127.0.0.3) sends 200 qps of allowed names (forwarded to unbound);
 * customer B (127.0.0.4) sends 200 qps of listed names (blocked locally).
 
-Reported per run: for A and B the share answered and p50/p99/max latency; for the flooder the
-qps it sent and the qps the guard limited; growth of the state directory (bytes/s, detection
-rows/s); the daemon's RSS. Then the same run with the flooder repeating 100 listed names.
-Last, with rate limiting off, dnsperf alone: the DGA mix vs the repeated mix (throughput ratio).
+Each scenario starts a fresh daemon and first runs the two customers alone for --control
+seconds (the same-run control: what the busy machine gives them with no flooder), then with
+the flooder. Reported per run: for A and B the share answered and p50/p99/max latency; for the
+flooder the qps it sent and the qps the guard limited; datagrams the kernel dropped because
+the guard's socket buffer was full (/proc/net/udp); growth of the state directory (bytes/s,
+detection rows/s, sampled every second: first and second half of the flood); the daemon's
+RSS. Then the same with the flooder repeating 100 listed names. --runs repeats everything;
+the summary gives medians. Last, with rate limiting off, dnsperf alone: the DGA mix vs the
+repeated mix (throughput ratio), optionally side by side with another checkout of the daemon
+(--baseline DIR: its ``daemon`` directory goes first on PYTHONPATH) for an A/B.
 
-    .venv/bin/python bench/hostile_bench.py [--seconds 30] [--names 10000]
+    .venv/bin/python bench/hostile_bench.py [--seconds 30] [--names 10000] [--runs 3]
+    .venv/bin/python bench/hostile_bench.py --parts throughput --baseline /tmp/main-checkout
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import random
 import re
 import select
@@ -36,7 +45,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dns_bench import load_avg, nocpolicyd, unbound  # noqa: E402
+from dns_bench import cpu_seconds, load_avg, nocpolicyd, unbound  # noqa: E402
 
 RATE = 200
 
@@ -81,11 +90,16 @@ class Customer(threading.Thread):
         self.total = n
         s.close()
 
-    def report(self, label: str) -> str:
+    def pct(self, q: float) -> float:
         lat = sorted(self.lat) or [0.0]
-        p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000   # noqa: E731
-        return (f"  {label:<22} answered {len(self.lat)}/{self.total} ({100 * len(self.lat) / self.total:.2f}%)  "
-                f"p50 {p(0.5):.2f} ms  p99 {p(0.99):.2f} ms  max {lat[-1] * 1000:.1f} ms")
+        return lat[min(len(lat) - 1, int(q * len(lat)))] * 1000
+
+    def share(self) -> float:
+        return 100 * len(self.lat) / self.total
+
+    def report(self, label: str) -> str:
+        return (f"  {label:<26} answered {len(self.lat)}/{self.total} ({self.share():.2f}%)  "
+                f"p50 {self.pct(0.5):.2f} ms  p99 {self.pct(0.99):.2f} ms  max {self.pct(1.0):.1f} ms")
 
 
 def dir_bytes(d: Path) -> int:
@@ -137,58 +151,157 @@ def policy(work: Path, ub_port: int, listed: list[str], limits: str) -> Path:
     return pol
 
 
-def scenario(work, label, pol, qfile, allowed, listed, a) -> None:
+def udp_drops(port: int) -> int:
+    """Datagrams the kernel dropped at the guard's UDP socket (receive buffer full)."""
+    for f in ("/proc/net/udp", "/proc/net/udp6"):
+        for line in Path(f).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[1].endswith(f":{port:04X}"):
+                return int(cols[-1])
+    return 0
+
+
+class DirSampler(threading.Thread):
+    """The state directory's size every second (bounded by the scenario's duration)."""
+
+    def __init__(self, d: Path, seconds: float):
+        super().__init__(daemon=True)
+        self.d, self.seconds, self.sizes = d, seconds, []
+
+    def run(self) -> None:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < self.seconds:
+            self.sizes.append(dir_bytes(self.d))
+            time.sleep(1)
+
+
+@contextlib.contextmanager
+def code(path: str | None):
+    """Daemons started inside run the code of ``path``/daemon (None: this tree)."""
+    old = os.environ.get("PYTHONPATH")
+    if path:
+        os.environ["PYTHONPATH"] = str(Path(path) / "daemon")
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+def customers(port: int, allowed, listed, seconds: float) -> tuple[Customer, Customer]:
+    ca = Customer("127.0.0.3", port, allowed, seconds)
+    cb = Customer("127.0.0.4", port, listed, seconds)
+    ca.start()
+    cb.start()
+    ca.join(seconds + 30)
+    cb.join(seconds + 30)
+    return ca, cb
+
+
+def scenario(work, label, pol, qfile, allowed, listed, a) -> dict:
     d, port, mport, _ = nocpolicyd(work, pol, tag=f"-{label[:3]}")
     try:
         time.sleep(1)
+        ctl = customers(port, allowed, listed, a.control) if a.control else None
         b0, r0, l0 = dir_bytes(d.state), rows(d.state), metric(mport, "nocpolicy_dns_ratelimited_total")
-        ca = Customer("127.0.0.3", port, allowed, a.seconds)
-        cb = Customer("127.0.0.4", port, listed, a.seconds)
-        ca.start()
-        cb.start()
-        f = dnsperf("127.0.0.2", port, qfile, a.seconds, a.max_qps)
-        ca.join(a.seconds + 30)
-        cb.join(a.seconds + 30)
+        k0, load0 = udp_drops(port), load_avg()
+        sampler = DirSampler(d.state, a.seconds)
+        sampler.start()
+        box: dict = {}
+        flood = threading.Thread(target=lambda: box.update(dnsperf("127.0.0.2", port, qfile, a.seconds, a.max_qps)))
+        flood.start()
+        ca, cb = customers(port, allowed, listed, a.seconds)
+        flood.join(a.seconds + 90)
+        f = box
         time.sleep(2.5)                                    # the last detection batch written
         b1, r1, l1 = dir_bytes(d.state), rows(d.state), metric(mport, "nocpolicy_dns_ratelimited_total")
+        kdrops = udp_drops(port) - k0
         rss = d.rss_mb()
+        sizes = sampler.sizes or [b0]
+        half = len(sizes) // 2
+        g1 = (sizes[half] - sizes[0]) / max(1, half)
+        g2 = (sizes[-1] - sizes[half]) / max(1, len(sizes) - 1 - half)
         print(f"\n== {label}: flooder dnsperf -Q {a.max_qps} for {a.seconds}s + 2 customers at {RATE} qps "
-              f"(load {load_avg()})")
+              f"(load before {load0}, after {load_avg()})")
+        if ctl:
+            print(ctl[0].report(f"control A, no flood ({a.control}s)"))
+            print(ctl[1].report(f"control B, no flood ({a.control}s)"))
         print(ca.report("customer A (allowed)"))
         print(cb.report("customer B (listed)"))
         print(f"  flooder                sent {f['sent'] / a.seconds:.0f} qps, answered {f['qps']:.0f} qps, "
-              f"limited {(l1 - l0) / a.seconds:.0f} qps (dropped or TC)")
+              f"limited {(l1 - l0) / a.seconds:.0f} qps (dropped or TC); kernel dropped {kdrops} datagrams "
+              f"at the guard's socket (buffer full)")
         print(f"  state dir              +{(b1 - b0) / a.seconds:.0f} B/s ({(b1 - b0) / a.seconds * 60 / 1e6:.3f} MB "
-              f"per minute), detection rows +{(r1 - r0) / a.seconds:.2f}/s")
+              f"per minute; first half {g1 * 60 / 1e6:.3f}, second half {g2 * 60 / 1e6:.3f} MB/min; "
+              f"{min(sizes) / 1e6:.2f}-{max(sizes) / 1e6:.2f} MB), detection rows +{(r1 - r0) / a.seconds:.2f}/s")
+        print(f"  state dir every 10 s   {', '.join(f'{x / 1e6:.2f}' for x in sizes[::10])} MB")
         print(f"  nocpolicyd RSS         {rss[0]:.0f} MB (peak {rss[1]:.0f} MB)")
+        out = {"A %": ca.share(), "A p99": ca.pct(0.99), "B %": cb.share(), "B p99": cb.pct(0.99),
+               "flood qps": f["sent"] / a.seconds, "limited qps": (l1 - l0) / a.seconds, "kernel drops": kdrops,
+               "MB/min": (b1 - b0) / a.seconds * 60 / 1e6, "MB/min 2nd half": g2 * 60 / 1e6}
+        if ctl:
+            out.update({"ctl A p99": ctl[0].pct(0.99), "ctl B p99": ctl[1].pct(0.99),
+                        "ctl A %": ctl[0].share(), "ctl B %": ctl[1].share()})
+        return out
     finally:
         d.stop()
 
 
 def throughput(work, pol, qfiles, a) -> None:
-    res: dict[str, list[float]] = {k: [] for k in qfiles}
-    d, port, _, _ = nocpolicyd(work, pol, tag="-off")
+    variants = [("this tree", None)] + ([("baseline", a.baseline)] if a.baseline else [])
+    res: dict[tuple, list[float]] = {(v, k): [] for v, _ in variants for k in qfiles}
+    cpu: dict[tuple, list[float]] = {(v, k): [] for v, _ in variants for k in qfiles}
+    daemons = []
     try:
+        for v, path in variants:
+            with code(path):
+                daemons.append((v, *nocpolicyd(work, pol, tag=f"-off-{len(daemons)}")[:2]))
         for r in range(a.runs):
-            for k, q in (qfiles.items() if r % 2 == 0 else reversed(qfiles.items())):
-                res[k].append(dnsperf("127.0.0.2", port, q, a.tp_seconds, a.max_qps)["qps"])
+            order = [(v, d, port, k, q) for v, d, port in daemons for k, q in qfiles.items()]
+            for v, d, port, k, q in (order if r % 2 == 0 else reversed(order)):
+                c0 = cpu_seconds(d.p.pid)
+                out = dnsperf("127.0.0.2", port, q, a.tp_seconds, a.max_qps)
+                res[(v, k)].append(out["qps"])
+                cpu[(v, k)].append((cpu_seconds(d.p.pid) - c0) / max(1, out["completed"]) * 1e6)
     finally:
-        d.stop()
-    med = {k: statistics.median(v) for k, v in res.items()}
-    print(f"\n== rate limiting off, dnsperf alone from one client, {a.runs} runs x {a.tp_seconds}s, median qps")
-    for k, v in med.items():
-        print(f"  {k:<28} {v:>8.0f} qps  (runs: {', '.join(f'{x / 1000:.0f}k' for x in res[k])})")
-    print(f"  ratio DGA / repeated: {med['DGA mix'] / med['repeated 100 names']:.2f} (target >= 0.9)")
+        for _v, d, _p in daemons:
+            d.stop()
+    med = {k: statistics.median(x) for k, x in res.items()}
+    us = {k: statistics.median(x) for k, x in cpu.items()}
+    print(f"\n== rate limiting off, dnsperf alone from one client, {a.runs} runs x {a.tp_seconds}s, medians "
+          f"(load {load_avg()}); CPU: the daemon's user+system time per answered query")
+    for (v, k), x in med.items():
+        print(f"  {v:<10} {k:<20} {x:>8.0f} qps, {us[(v, k)]:5.1f} us CPU/query  "
+              f"(runs: {', '.join(f'{y / 1000:.1f}k' for y in res[(v, k)])})")
+    for v, _ in variants:
+        dga, repd = (v, "DGA mix"), (v, "repeated 100 names")
+        print(f"  {v:<10} ratio DGA / repeated: {med[dga] / med[repd]:.2f} in qps, {us[repd] / us[dga]:.2f} in "
+              "queries per CPU second (target >= 0.9)")
+
+
+def summary(label: str, runs: list[dict]) -> None:
+    if not runs:
+        return
+    print(f"\n== {label}: medians of {len(runs)} runs")
+    for k in runs[0]:
+        vals = [r[k] for r in runs]
+        print(f"  {k:<18} {statistics.median(vals):>10.2f}   (runs: {', '.join(f'{x:.2f}' for x in vals)})")
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=int, default=30)
+    p.add_argument("--control", type=int, default=10, help="seconds of customers alone before each flood")
     p.add_argument("--tp-seconds", type=int, default=8)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--names", type=int, default=10_000, help="listed C&C names")
     p.add_argument("--max-qps", type=int, default=400_000)
+    p.add_argument("--parts", default="dga,repeated,throughput")
+    p.add_argument("--baseline", help="another checkout (its daemon/ directory) for the throughput A/B")
     a = p.parse_args()
+    parts = set(a.parts.split(","))
     rng = random.Random(14)
     with tempfile.TemporaryDirectory(prefix="hostile-bench-") as tmp:
         work = Path(tmp)
@@ -202,10 +315,19 @@ def main() -> int:
             rep = work / "repeated.q"
             rep.write_text("".join(f"{n} A\n" for n in listed[:100]))
             on = policy(work, ub_port, listed, "")
-            scenario(work, "DGA flood, rate limiting on (defaults)", on, dga, allowed, listed[100:], a)
-            scenario(work, "repeated 100 listed names, rate limiting on", on, rep, allowed, listed[100:], a)
-            off = policy(work, ub_port, listed, "  ratelimit:\n    qps: 0\n    blocked_qps: 0\n")
-            throughput(work, off, {"DGA mix": dga, "repeated 100 names": rep}, a)
+            res: dict[str, list] = {"dga": [], "repeated": []}
+            for _ in range(a.runs if parts & {"dga", "repeated"} else 0):
+                if "dga" in parts:
+                    res["dga"].append(scenario(work, "DGA flood, rate limiting on (defaults)", on, dga, allowed,
+                                               listed[100:], a))
+                if "repeated" in parts:
+                    res["repeated"].append(scenario(work, "repeated 100 listed names, rate limiting on", on, rep,
+                                                    allowed, listed[100:], a))
+            summary("DGA flood", res["dga"])
+            summary("repeated 100 listed names", res["repeated"])
+            if "throughput" in parts:
+                off = policy(work, ub_port, listed, "  ratelimit:\n    qps: 0\n    blocked_qps: 0\n")
+                throughput(work, off, {"DGA mix": dga, "repeated 100 names": rep}, a)
         finally:
             ub.stop()
     return 0

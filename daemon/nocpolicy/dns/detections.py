@@ -11,7 +11,9 @@ Bounds, each drop counted by reason in ``counters`` (``nocpolicy_dns_detections_
 * ``per_interval``: rows per interval, all clients (``interval_cap``);
 * :data:`MAX_PENDING` distinct keys waiting for the next write (``pending``);
 * ``store_max``: bytes the state store may use; past it the oldest detection rows are
-  deleted (``nocpolicy_dns_detection_rows_evicted_total``), so the file stops growing.
+  deleted (``nocpolicy_dns_detection_rows_evicted_total``), so the file stops growing. The
+  write-ahead log beside it is checkpointed and truncated every ``STORE_CHECK_EVERY``
+  seconds (store/db.py: it stays under about a MiB).
 
 The hot path only counts into a dict; a background task hands the batch to :meth:`write`
 (in a thread) every second. The client address becomes an HMAC-SHA256 pseudonym at write
@@ -114,19 +116,33 @@ class DetectionLog:
         """Hot path: remember one block (v is a Verdict)."""
         self.note_many(v, client, 1, source)
 
-    def note_many(self, v, client: str, n: int, source: str = "dns") -> None:
-        """``n`` identical blocks within the last batch (from the engine's answer cache)."""
-        key = (v.list, v.cls, v.action, v.customer, client, v.entry or v.name, source)
-        p = self.pending.get(key)
+    def note_many(self, v, client: str, n: int, source: str = "dns", names: list | None = None) -> None:
+        """``n`` blocks of one entry within the last batch (from the engine's answer caches),
+        for ``names`` (default: the verdict's name)."""
+        self.note_batch([(v, client, n, names or None)], source)
+
+    def note_batch(self, items: list, source: str = "dns") -> None:
+        """Many :meth:`note_many` at once (the engine's drain, every second): ``items`` of
+        ``(verdict, client, n, names or None)``. One clock read; the per-item work inlined."""
         t = self.now()
-        if p is not None:
+        pending, admit, cap = self.pending, self._admit, self.conf.samples
+        for v, client, n, names in items:
+            key = (v.list, v.cls, v.action, v.customer, client, v.entry or v.name, source)
+            p = pending.get(key)
+            if names is None:
+                names = (v.name,)
+            if p is None:
+                if not admit(key, client, t, n):
+                    continue
+                p = pending[key] = [t, t, 0, [names[0]]]
             p[1] = t
             p[2] += n
             s = p[3]
-            if len(s) < self.conf.samples and v.name not in s:
-                s.append(v.name)
-        elif self._admit(key, client, t, n):
-            self.pending[key] = [t, t, n, [v.name]]
+            for name in names:
+                if len(s) >= cap:
+                    break
+                if name not in s:
+                    s.append(name)
 
     def _admit(self, key: tuple, client: str, t: float, n: int) -> bool:
         """A key not pending: may it become a row of this interval (caps)?"""
@@ -180,6 +196,7 @@ class DetectionLog:
             if now - self._checked >= STORE_CHECK_EVERY:
                 self._checked = now
                 self.enforce_store_max()
+                self.store.checkpoint()          # the WAL back to zero bytes (store/db.py)
         return n
 
     def _write(self, batch: dict) -> int:

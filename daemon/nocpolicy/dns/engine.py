@@ -20,7 +20,7 @@ from ..subscribers.view import UNKNOWN_MODES, SubscriberView
 from .acl import AccessList
 from .cache import Fetch
 from .cachepath import CachePath
-from .lists import ListSet, suffixes
+from .lists import _MASK, ListSet, suffixes
 from .ratelimit import RateLimiter
 from .stats import BUCKETS
 from .upstream import Pending
@@ -46,6 +46,7 @@ from .wire import (
     sinkhole_record,
     truncate_for_udp,
 )
+from .zones import SAMPLES, ZONE_CACHE_MAX, ZoneAnswer, named, probes, zone_key
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,9 @@ class Engine(CachePath):
         self.tcp_conf = TcpLimits()        # dns.tcp (tcp.py reads it for each new connection)
         self.hostcache: dict[str, str | None] = {}
         self.answers: dict[str | None, dict[bytes, LocalAnswer]] = {}
+        # blocked answers for every child of a parent name, per customer (zones.py: DGA floods)
+        self.zones: dict[str | None, dict[bytes, ZoneAnswer]] = {}
+        self._probes = probes(self.lists)
         self.dirty: list[LocalAnswer] = []
         self.inspect_cnames = True
         # query bytes (minus the ID) of names no list matches -> their parsed question: such a
@@ -119,9 +123,10 @@ class Engine(CachePath):
         """A new policy's lists (the subscriber view comes separately, through set_view)."""
         self.drain()
         self.lists = lists
-        self.answers = {}
+        self.answers, self.zones = {}, {}
         self.allowed = {}
         self._all = _everything(lists)
+        self._probes = probes(lists)
         self._sink = {}
         self.inspect_cnames = bool(lists.all())
         self.gen += 1
@@ -135,25 +140,28 @@ class Engine(CachePath):
             self.prefixes = view.prefixes
             self.forget_hosts()
         if change.customers is None:
-            self.answers = {}
+            self.answers, self.zones = {}, {}
         else:
-            answers = self.answers
+            answers, zones = self.answers, self.zones
             for cid in change.customers:
                 answers.pop(cid, None)
+                zones.pop(cid, None)
 
     def set_lists(self, lists: ListSet) -> None:
         self.drain()
         self.lists = lists
-        self.answers = {}
+        self.answers, self.zones = {}, {}
         self.allowed = {}
         self._all = _everything(lists)
+        self._probes = probes(lists)
         self.gen += 1
 
     def invalidate(self) -> None:
         """Entries changed in place (list.update): forget cached answers."""
         self.drain()
-        self.answers = {}
+        self.answers, self.zones = {}, {}
         self.allowed = {}
+        self._probes = probes(self.lists)
         self.gen += 1
 
     def drain(self) -> None:
@@ -163,14 +171,26 @@ class Engine(CachePath):
         if self.acache is not None:
             self.stats.cache = self.acache.counters()
         dirty, self.dirty = self.dirty, []
-        stats, note = self.stats, self.detections.note_many
+        if not dirty:
+            return
+        counts: dict[tuple, int] = {}
+        items: list[tuple] = []
+        add = items.append
         for ent in dirty:
             v = ent.verdict
-            stats.block(v.list, v.cls, v.action, ent.n)
-            for host, n in ent.hosts.items():
-                note(v, host, n)
+            k = (v.list, v.cls, v.action)
+            counts[k] = counts.get(k, 0) + ent.n
+            if ent.__class__ is ZoneAnswer:       # client -> [count, names]
+                for host, (n, names) in ent.hosts.items():
+                    add((v, host, n, names))
+            else:                                 # LocalAnswer: client -> count
+                for host, n in ent.hosts.items():
+                    add((v, host, n, None))
             ent.n = 0
             ent.hosts = {}
+        for (lst, cls, action), n in counts.items():
+            self.stats.block(lst, cls, action, n)
+        self.detections.note_batch(items)
 
     # -- slow-path API -------------------------------------------------------------
 
@@ -223,6 +243,9 @@ class Engine(CachePath):
                     return
                 self._send_cached(ent, data, host, addr, send, t0)
                 return
+        zones = self.zones.get(cid)
+        if zones is not None and self._zone(zones, data, host, addr, send, tcp, t0):
+            return
         q = self._parse(data, addr, send)
         if q is None:
             return
@@ -292,21 +315,59 @@ class Engine(CachePath):
     def _answer_blocked(self, data: bytes, q, v: Verdict, cid, host: str, addr, send, t0: float) -> None:
         """Answer a block locally and cache the answer for this customer."""
         out, rcode = self._local(data, q, v)
-        ent = LocalAnswer(out[2:], rcode, v)
-        if len(data) <= CACHEABLE:
-            cache = self.answers.get(cid)
-            if cache is None:
-                cache = self.answers[cid] = {}
-            elif len(cache) >= ANSWER_CACHE_MAX:
-                cache.clear()
-            cache[data[2:]] = ent
         send(out, addr)
-        self.dirty.append(ent)
-        ent.n = 1
-        ent.hosts[host] = 1
+        self._remember(cid, data, q, v, out, rcode, host)
         stats = self.stats
         stats.rcodes[rcode] += 1
         stats.duration["local"].observe(time.perf_counter() - t0)
+
+    def _remember(self, cid, data, q, v: Verdict, out: bytes, rcode: int, host: str) -> None:
+        """Count a blocked answer found on the full path and cache it: for its parent name when
+        that answer serves every child no list names (zones.py), else for this query alone."""
+        name, first = q.name, data[12]
+        if (len(data) <= CACHEABLE and name.find(".") == first and first < 64
+                and not named(name, *self._probes[:2])):
+            zones = self.zones.get(cid)
+            if zones is None:
+                zones = self.zones[cid] = {}
+            elif len(zones) >= ZONE_CACHE_MAX:
+                zones.clear()
+            ent = zones[zone_key(data)] = ZoneAnswer(out, q.qend, first, name[first + 1:], rcode, v, self._probes)
+            ent.count(host, name)
+        else:
+            ent = LocalAnswer(out[2:], rcode, v)
+            if len(data) <= CACHEABLE:
+                cache = self.answers.get(cid)
+                if cache is None:
+                    cache = self.answers[cid] = {}
+                elif len(cache) >= ANSWER_CACHE_MAX:
+                    cache.clear()
+                cache[data[2:]] = ent
+            ent.n = 1
+            ent.hosts[host] = 1
+        self.dirty.append(ent)
+
+    def _zone(self, zones: dict, data: bytes, host, addr, send, tcp: bool, t0: float) -> bool:
+        """A query for a child of a parent name blocked before (zones.py): answered (True)."""
+        key = zone_key(data)
+        z = zones.get(key) if key is not None else None
+        if z is None:
+            return False
+        name = z.child(data, *self._probes[:2])
+        if name is None:
+            return False
+        if not tcp and self._blocked_over(host, data, addr, send):
+            return True
+        send(z.reply(data), addr)
+        if z.count(host, name):
+            self.dirty.append(z)
+        stats = self.stats
+        stats.rcodes[z.rcode] += 1
+        d = _perf() - t0
+        hist = stats.duration["local"]
+        hist.counts[bisect_left(BUCKETS, d)] += 1
+        hist.total += d
+        return True
 
     def _refuse(self, data, q, addr, send, cid) -> None:
         self.stats.rcodes[REFUSED] += 1
@@ -336,17 +397,71 @@ class Engine(CachePath):
         lim.blocked[k] = b
         return b > lim.blocked_qps and lim.over(host, b, lim.blocked_qps, "blocked", data, addr, send)
 
-    def udp_handler(self, sendto):
-        """``on_datagram(data, host, addr, t0)`` for one UDP socket (``t0``: ``perf_counter()``
-        when the datagram was read): the cached-answer and the seen-before forwarding paths
-        inlined (locals only), everything else through :meth:`handle`."""
-        # everything the closure touches, bound once as locals (set-up, not the hot path)
-        stats, perf, handle, dirty_owner, miss, lim = self.stats, time.perf_counter, self.handle, self, _MISS, \
-            self.limiter
-        rcodes, hist = stats.rcodes, stats.duration["local"]
+    def _zone_answerer(self, sendto):
+        """``zone_answer(zones, data, host, key, addr, t0) -> bool`` for one UDP socket: a child
+        of a parent blocked before answered from its ZoneAnswer (zones.py), the ZoneAnswer's
+        child/reply/count inlined (locals only). False: not answered, take the full path."""
+        stats = self.stats
+        rcodes, hist, perf = stats.rcodes, stats.duration["local"], time.perf_counter
         counts = hist.counts
-        rl_keys, rl_key, rl_counts, rl_blocked, rl_over = lim.keys, lim.key, lim.counts, lim.blocked, lim.over
-        chist = stats.duration["cache"]
+        dirty_owner = self
+        lim = self.limiter
+        rl_blocked, rl_over = lim.blocked, lim.over
+
+        def zone_answer(zones: dict, data: bytes, host: str, k: str, addr, t0: float) -> bool:
+            """ZoneAnswer.child/reply/count inlined (zones.py): True if answered here."""
+            ln = data[12] if len(data) > 17 else 0
+            if not 0 < ln < 64:
+                return False
+            z = zones.get(data[2:12] + data[13 + ln:])
+            if z is None or ln > z.room:
+                return False
+            if data.find(46, 13, 13 + ln) >= 0:          # a "." inside the label
+                return False
+            name = None
+            if not z.clean:                              # some list may name the child: look
+                name = data[13:13 + ln].lower().decode("latin-1") + z.dotparent
+                shards, dicts, _ = dirty_owner._probes    # (zones.named, inlined)
+                h = hash(name) & _MASK
+                for sh in shards:
+                    if name in sh[h]:
+                        return False
+                for dc in dicts:
+                    if name in dc:
+                        return False
+            b = rl_blocked.get(k, 0) + 1
+            rl_blocked[k] = b
+            if b > lim.blocked_qps and rl_over(host, b, lim.blocked_qps, "blocked", data, addr, sendto):
+                return True
+            sendto(data[:2] + z.hdr + data[12:13 + ln + z.qlen] + z.tail, addr)     # ZoneAnswer.reply
+            hs = z.hosts.get(host)
+            if hs is None:
+                z.hosts[host] = [1, [name or data[13:13 + ln].lower().decode("latin-1") + z.dotparent]]
+                if not z.n:
+                    dirty_owner.dirty.append(z)
+            else:
+                hs[0] += 1
+                s = hs[1]
+                if len(s) < SAMPLES:
+                    name = name or data[13:13 + ln].lower().decode("latin-1") + z.dotparent
+                    if name not in s:
+                        s.append(name)
+            z.n += 1
+            rcodes[z.rcode] += 1
+            d = perf() - t0
+            if d < 0.0001:
+                counts[0] += 1
+                hist.total += d
+            else:
+                hist.observe(d)
+            return True
+        return zone_answer
+
+    def _cache_hitter(self, sendto):
+        """``cache_hit(ac, data, key, cid, addr, t0) -> bool`` for one UDP socket: the answer
+        cache's hit path (locals bound once, like :meth:`udp_handler`)."""
+        dirty_owner, perf, rcodes = self, time.perf_counter, self.stats.rcodes
+        chist = self.stats.duration["cache"]
         ccounts = chist.counts
 
         def cache_hit(ac, data: bytes, key: bytes, cid, addr, t0: float) -> bool:
@@ -369,6 +484,49 @@ class Engine(CachePath):
             else:
                 chist.observe(d)
             return True
+
+        return cache_hit
+
+    def _seen_forwarder(self, sendto):
+        """``forward_seen(q, data, host, addr, cid, t0) -> bool`` for one UDP socket: a name no
+        list matches, seen before, goes straight to the first upstream (without the answer
+        cache; with it, :meth:`handle` answers from the cache or forwards)."""
+        dirty_owner, lim = self, self.limiter
+
+        def forward_seen(q, data: bytes, host: str, addr, cid, t0: float) -> bool:
+            subs = dirty_owner.subs
+            sub = subs.get(cid) or subs[None]
+            pool = dirty_owner.pool
+            if pool is None or sub.refuse:
+                return False
+            if lim.quota_full(host):
+                return True
+            p = Pending(data, q, host, addr, sub, sendto, False, t0)
+            try:
+                up = pool.primary        # the first upstream; None while one is down
+                if up is not None and up.send(p):
+                    p.tried = 1
+                else:
+                    pool.forward(p)
+            except Exception as exc:
+                dirty_owner.failed(exc)
+            return True
+
+        return forward_seen
+
+    def udp_handler(self, sendto):
+        """``on_datagram(data, host, addr, t0)`` for one UDP socket (``t0``: ``perf_counter()``
+        when the datagram was read): the cached-answer and the seen-before forwarding paths
+        inlined (locals only), everything else through :meth:`handle`."""
+        # everything the closure touches, bound once as locals (set-up, not the hot path)
+        stats, perf, handle, dirty_owner, miss, lim = self.stats, time.perf_counter, self.handle, self, _MISS, \
+            self.limiter
+        rcodes, hist = stats.rcodes, stats.duration["local"]
+        counts = hist.counts
+        rl_keys, rl_key, rl_counts, rl_blocked, rl_over = lim.keys, lim.key, lim.counts, lim.blocked, lim.over
+        zone_answer = self._zone_answerer(sendto)
+        cache_hit = self._cache_hitter(sendto)
+        forward_seen = self._seen_forwarder(sendto)
 
         def on_datagram(data: bytes, host: str, addr, t0: float) -> None:
             stats.udp += 1
@@ -405,23 +563,11 @@ class Engine(CachePath):
                 if ac is not None and cache_hit(ac, data, key, cid, addr, t0):
                     return
                 q = dirty_owner.allowed.get(key)
-                if q is not None:             # a name no list matches, seen before: forward
-                    subs = dirty_owner.subs
-                    sub = subs.get(cid) or subs[None]
-                    pool = dirty_owner.pool if ac is None else None   # cache on: handle() -> cached()
-                    if pool is not None and not sub.refuse:
-                        if lim.quota_full(host):
-                            return
-                        p = Pending(data, q, host, addr, sub, sendto, False, t0)
-                        try:
-                            up = pool.primary        # the first upstream; None while one is down
-                            if up is not None and up.send(p):
-                                p.tried = 1
-                            else:
-                                pool.forward(p)
-                        except Exception as exc:
-                            dirty_owner.failed(exc)
-                        return
+                if q is not None and ac is None and forward_seen(q, data, host, addr, cid, t0):
+                    return                    # a name no list matches, seen before: forwarded
+                zones = dirty_owner.zones.get(cid)
+                if zones is not None and zone_answer(zones, data, host, k, addr, t0):
+                    return
             try:
                 handle(data, host, addr, sendto, False, t0)
             except Exception as exc:  # never let one packet stop the listener

@@ -26,7 +26,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from .lists import _MASK, DomainIndex
+from .lists import DomainIndex
 
 _NAME = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?)*")
 _HOSTS_IGNORE = frozenset({"localhost", "localhost.localdomain", "local", "broadcasthost",
@@ -107,7 +107,7 @@ def _add_subtree(idx: DomainIndex, rep: ParseReport, s: str, n: int, line: str) 
         if _is_ip(s):
             rep.skip("ip", n, line)
         else:
-            idx.subtree.shards[hash(s) & _MASK][s] = None
+            idx.subtree.add(s)
     else:
         d = domain(s) if not s.isascii() else None
         if d:

@@ -162,6 +162,9 @@ class BatchedUdp:
         # sendto(data, addr=None) copies into the next send slot; flush() sends the slots
         self.sendto, self.flush = self._sender()
         self.hosts: dict[bytes, str] = {}
+        # a listener's rate limiter fills this (ratelimit.py): address -> datagrams dropped here,
+        # unread, for the rest of the current second
+        self.muted: dict[str, int] = {}
         self._closed = False
         self._rearm_scheduled = False
         lib = _lib()
@@ -197,7 +200,7 @@ class BatchedUdp:
         rx, n_max, fd = self.rx, self.batch, self.fd
         recvmmsg, handle = self._recvmmsg, self.on_datagram
         slots, names, hdr, lens = rx.slots, rx.namev, rx.hdr, rx.lens
-        template, hosts, ipsl = rx.template, self.hosts, self._ip
+        template, hosts, ipsl, muted = rx.template, self.hosts, self._ip, self.muted
         perf, group = time.perf_counter, self.group
         for _ in range(MAX_ROUNDS):
             hdr[:] = template                       # reset msg_namelen and msg_flags
@@ -223,6 +226,10 @@ class BatchedUdp:
                             if len(hosts) >= HOSTS_MAX:
                                 hosts.clear()
                             host = hosts[ip] = socket.inet_ntop(self.family, ip)
+                        m = muted.get(host)
+                        if m is not None:          # over its limit this second: dropped unread
+                            muted[host] = m + 1
+                            continue
                         handle(bytes(slot[:ln]), host, addr, t0)
             finally:
                 group.flush()

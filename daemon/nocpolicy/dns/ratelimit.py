@@ -6,6 +6,13 @@ dnsdist's ``MaxQPSIPRule`` and BIND's response-rate limiting (RRL) ``slip``.
   cleared every second by :meth:`tick`. Past ``qps`` the query is dropped, except every
   ``slip``-th limited query, which is answered with an empty TC=1 answer so that a real client
   behind the address retries over TCP (TCP is never rate limited: its source cannot be forged).
+  At most ``max(qps, SLIP_MIN)`` such answers per second per source: a flooder that sends its
+  next query as soon as it gets an answer (a closed loop, like dnsperf or a retrying stub)
+  would otherwise be fed half its rate in answers and keep the guard, and the socket buffer it
+  shares with every customer, saturated. Past that everything is dropped with no work but
+  counting (as unbound's ``ip-ratelimit`` and dnsdist's ``MaxQPSIPRule`` drop). Such a source
+  address is **muted** for the rest of the second: the batched listener (mmsg.py) drops its
+  datagrams as it reads them, before copying them or calling the engine, and only counts them.
 * **Blocked answers per second per source prefix**, a separate and lower limit: an infected
   machine's C&C lookups are answered, logged and counted, but a flood of them is not.
 * **Exemptions** by customer (``public_safety: true`` or a tag in ``exempt_tags``).
@@ -23,6 +30,7 @@ import ipaddress
 from .wire import NOERROR, WireError, answer, parse_query
 
 KEYS_MAX = 65536
+SLIP_MIN = 100             # slipped (TC) answers per second per source allowed even under a low limit
 NEVER = 1 << 62            # "no limit": a count that is never reached
 
 
@@ -33,6 +41,7 @@ class RateLimiter:
         self.blocked: dict[str, int] = {}      # source key -> blocked answers in this second
         self.pending: dict[str, int] = {}      # source key -> queries waiting for the upstream
         self.keys: dict[str, str] = {}         # client address -> source key
+        self.muted: dict[str, int] = {}        # address -> datagrams dropped unread this second
         self.exempt: frozenset = frozenset()   # customer ids
         self.customer_of = lambda host: None
         self.configure(conf)
@@ -54,6 +63,12 @@ class RateLimiter:
         """Start a new one-second window (called every second)."""
         self.counts.clear()
         self.blocked.clear()
+        if self.muted:
+            n = sum(self.muted.values())
+            self.muted.clear()                 # in place: the listeners hold this dict
+            limits = self.stats.limits
+            limits["queries_dropped"] = limits.get("queries_dropped", 0) + n
+            self.stats.udp += n
 
     def key(self, host: str) -> str:
         """The source key of ``host``: the address itself, or its prefix when shorter."""
@@ -87,17 +102,23 @@ class RateLimiter:
         if self.exempt and self.customer_of(host) in self.exempt:
             limits["exempt"] = limits.get("exempt", 0) + 1
             return False
-        slip = self.slip
-        if slip and (n - limit) % slip == 0:
+        slip, m = self.slip, n - limit
+        if slip and m % slip == 0 and m <= self.slip_cap(limit) * slip:
             tc = truncated_reply(data)
             if tc is not None:
                 send(tc, addr)
-                k = kind + "_slipped"
+                k = _SLIPPED[kind]
                 limits[k] = limits.get(k, 0) + 1
                 return True
-        k = kind + "_dropped"
+        k = _DROPPED[kind]
         limits[k] = limits.get(k, 0) + 1
+        if kind == "queries" and (not slip or m > self.slip_cap(limit) * slip):
+            self.muted.setdefault(host, 0)     # nothing more is answered to it this second
         return True
+
+    @staticmethod
+    def slip_cap(limit: int) -> int:
+        return limit if limit > SLIP_MIN else SLIP_MIN
 
     def quota_full(self, host: str) -> bool:
         """Count one more pending upstream query for ``host``; True (and not counted) when its
@@ -121,6 +142,10 @@ class RateLimiter:
             pend[k] = n - 1
         elif n:
             del pend[k]
+
+
+_SLIPPED = {"queries": "queries_slipped", "blocked": "blocked_slipped"}
+_DROPPED = {"queries": "queries_dropped", "blocked": "blocked_dropped"}
 
 
 def truncated_reply(data: bytes) -> bytes | None:

@@ -73,6 +73,7 @@ class Listeners:
                 if self.batched:
                     transport = BatchedUdp(loop, sock, None, group=self.batched)
                     transport.on_datagram = self.engine.udp_handler(transport.sendto)
+                    transport.muted = self.engine.limiter.muted    # sources dropped unread
                 else:
                     transport, _ = await loop.create_datagram_endpoint(lambda: UdpListener(self.engine),
                                                                        sock=sock)

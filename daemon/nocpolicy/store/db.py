@@ -4,6 +4,13 @@ Each component owns its tables and registers its migrations under its own name
 (``store.migrate("dns", DNS_MIGRATIONS)``), so components evolve their schema
 independently. Migrations are applied in order inside one transaction each and
 recorded in ``schema_migrations``. The ``audit`` table refuses UPDATE and DELETE.
+
+The write-ahead log is kept small: SQLite checkpoints it every ``WAL_AUTOCHECKPOINT`` pages
+(1 MiB instead of its 4 MiB default) and cuts the file back to ``WAL_LIMIT`` bytes when it
+starts over (``journal_size_limit``), and :meth:`Store.checkpoint` (run every few seconds by
+the busiest writer, the DNS detection log) copies it into the database and truncates it to
+zero, so the state directory is the database plus at most about a MiB of log, even under a
+steady stream of small writes (issue 14).
 """
 
 from __future__ import annotations
@@ -19,6 +26,9 @@ from pathlib import Path
 
 from .. import clock
 from ..errors import StoreError
+
+WAL_AUTOCHECKPOINT = 256          # pages (4 KiB each)
+WAL_LIMIT = 1024 * 1024           # bytes the -wal file is cut back to after a checkpoint
 
 CORE_MIGRATIONS: Sequence[str] = (
     # 1: audit trail
@@ -82,6 +92,8 @@ class Store:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA busy_timeout=10000")
+            self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
+            self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
             self._db.execute("""CREATE TABLE IF NOT EXISTS schema_migrations (
                 component TEXT NOT NULL, version INTEGER NOT NULL, applied TEXT NOT NULL,
                 PRIMARY KEY (component, version))""")
@@ -154,6 +166,19 @@ class Store:
     def one(self, sql: str, params=()) -> sqlite3.Row | None:
         with self._lock:
             return self.execute(sql, params).fetchone()
+
+    def checkpoint(self) -> bool:
+        """Copy the write-ahead log into the database and truncate it to zero bytes, without
+        waiting: False if a reader (another process) kept it from finishing (the next one will)."""
+        with self._lock:
+            try:
+                self._db.execute("PRAGMA busy_timeout=0")
+                busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            except sqlite3.Error:
+                busy = 1
+            finally:
+                self._db.execute("PRAGMA busy_timeout=10000")
+        return not busy
 
     # -- audit -----------------------------------------------------------------------
 
