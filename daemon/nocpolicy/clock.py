@@ -80,12 +80,19 @@ class ManualClock:
             await self._changed.wait()
 
 
+async def _sleep_until(clock, deadline: float) -> None:
+    await clock.sleep(deadline - clock.monotonic())
+
+
 async def nap(clock, event: asyncio.Event, seconds: float) -> None:
     """Sleep on ``clock`` for ``seconds`` or until ``event`` is set, whichever comes first; clears it."""
     if event.is_set():
         event.clear()
         return
-    sleeper = asyncio.ensure_future(clock.sleep(seconds))
+    # The deadline is fixed now, not when the sleeper first runs: a clock that moves in
+    # between (a test's ManualClock.advance) must not push the wake-up further away.
+    deadline = clock.monotonic() + seconds
+    sleeper = asyncio.ensure_future(_sleep_until(clock, deadline))
     waiter = asyncio.ensure_future(event.wait())
     try:
         await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
