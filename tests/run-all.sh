@@ -8,7 +8,7 @@ SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 DEB_PACKAGES=(python3-venv python3-dev gcc iproute2 nftables iperf3 unbound dnsutils dnsperf dnsdist
               mosquitto mosquitto-clients prometheus prometheus-alertmanager systemd docker-compose
-              freeradius-utils kea-dhcp4-server isc-dhcp-client)
+              freeradius-utils kea-dhcp4-server isc-dhcp-client chromium chromium-driver)
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

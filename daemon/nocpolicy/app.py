@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import faulthandler
 import logging
 import os
 import secrets
@@ -486,6 +487,7 @@ def _snapshot(directory: str, state_dir: str | None = None):
 def main(argv: list[str] | None = None) -> int:
     options = parse_options(argv)
     setup_logging(options.log_format, options.log_level)
+    faulthandler.enable()    # a crash in C code (ctypes, uvloop, sqlite) leaves every thread's stack in the log
     # No `_created` series: Prometheus does not use them and they double every counter.
     prometheus_client.disable_created_metrics()
     try:

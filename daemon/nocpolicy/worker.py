@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import os
 import sys
@@ -37,6 +38,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     ns = parse(argv)
     setup_logging("text", ns.log_level)
+    faulthandler.enable()
     logging.getLogger().handlers[0].setFormatter(
         logging.Formatter(f"%(asctime)s %(levelname)-7s worker{ns.index} %(name)s: %(message)s"))
     opts = Options(policies=ns.policies, state_dir=ns.state_dir, dns_listen=ns.dns_listen,
