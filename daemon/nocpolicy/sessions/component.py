@@ -167,12 +167,10 @@ class Sessions(Component):
             self.protocol.transport = new
 
     async def start(self) -> None:
-        live, next_id = await asyncio.to_thread(self.history.open_sessions)
-        with gc_paused():            # up to millions of sessions: see gcpause
-            self.book.restore(live, next_id)
-        if self.feed is not None and live:        # implicit customers of restored sessions
-            # a generator: no second list of a million change tuples at start (read once)
-            self.feed.sessions_changed(("+", s.addrs, s.customer, s.implicit) for s in live)
+        await self._restore()
+        if self.feed is not None and len(self.table):        # implicit customers of restored sessions
+            # a generator: no list of a million change tuples at start (read once)
+            self.feed.sessions_changed(self.table.changes("+"))
         if self.settings.radius is not None:
             self._swap_transport(await self._bind(self.settings.radius.listen), self.settings.radius.listen)
         self._started = True
@@ -213,14 +211,26 @@ class Sessions(Component):
         self.protocol.forget_pending()
         self.tasks.spawn("resync", self._resync())
 
+    async def _restore(self) -> None:
+        """Load the sessions open in the store into the live table, a chunk at a time (read in
+        a thread, added here: the table has one owner, this loop)."""
+        rows = self.history.open_rows()
+        while True:
+            chunk = await asyncio.to_thread(next, rows, None)
+            if not isinstance(chunk, list):
+                self.book.next_id = max(self.book.next_id, chunk or 1)
+                return
+            with gc_paused():            # up to millions of sessions: see gcpause
+                self.book.restore_rows(chunk)
+
     async def _resync(self) -> None:
-        live, next_id = await asyncio.to_thread(self.history.open_sessions)
-        for s in self.table.sessions():
-            self.table.remove(s)
-            self._changed(s, None)
-        self.book.restore(live, next_id)
-        for s in live:
-            self._changed(None, s)
+        gone = list(self.table.changes("-"))
+        self.table.clear()
+        await self._restore()
+        if self.feed is not None:
+            changes = gone + list(self.table.changes("+"))
+            self._unreplicated += changes
+            self.feed.sessions_changed(changes)
 
     # -- sources ---------------------------------------------------------------------
 

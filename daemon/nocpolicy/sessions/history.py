@@ -180,6 +180,25 @@ class History:
         top = self._all("SELECT MAX(id) FROM sessions")[0][0] or 0
         return live, top + 1
 
+    def open_rows(self, chunk: int = 10_000):
+        """The sessions open in the store, ``chunk`` raw rows at a time (for
+        :meth:`Book.restore_rows`), then ``MAX(id) + 1`` as the last item. Its own read-only
+        connection: each chunk may be read in another thread, one at a time."""
+        try:
+            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False, timeout=10.0)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the session history in {self.path}: {exc}") from exc
+        try:
+            cur = db.execute("SELECT id, source, nas, sid, customer, addrs, start, last, interval, implicit "
+                             "FROM sessions WHERE stop IS NULL")
+            while rows := cur.fetchmany(chunk):
+                yield rows
+            yield (db.execute("SELECT MAX(id) FROM sessions").fetchone()[0] or 0) + 1
+        except sqlite3.Error as exc:
+            raise StoreError(f"session history: {exc}") from exc
+        finally:
+            db.close()
+
     def at(self, fam: int, ip: int, ts: float, limit: int = 8) -> list[tuple[dict, int]]:
         """Sessions whose address or prefix contained ``ip`` at ``ts``: (row, matched length),
         longest prefix first."""

@@ -86,11 +86,12 @@ def unpack_addrs(b: bytes) -> tuple[Net, ...]:
 
 
 class Live:
-    """One active session in the live table. ~1M of these are live at once, so it is kept
-    small: slots, the addresses packed into bytes (``addrs`` unpacks them), and the login
-    stays in the history only."""
+    """One active session as the book and readers see it: a small value object. The live
+    table does not keep these (it keeps columns, see table.py); it builds one when asked
+    and hands back the same object while its caller still holds it."""
 
-    __slots__ = ("id", "source", "nas", "sid", "customer", "_addrs", "start", "last", "interval", "implicit")
+    __slots__ = ("id", "source", "nas", "sid", "customer", "_addrs", "start", "last", "interval", "implicit",
+                 "__weakref__")
 
     def __init__(self, id: int, source: str, nas: str, sid: str, customer: str | None,
                  addrs: tuple[Net, ...], start: float, last: float, interval: float,
@@ -98,6 +99,15 @@ class Live:
         self.id, self.source, self.nas, self.sid, self.customer = id, source, nas, sid, customer
         self._addrs = pack_addrs(addrs)
         self.start, self.last, self.interval, self.implicit = start, last, interval, implicit
+
+    @classmethod
+    def packed(cls, id: int, source: str, nas: str, sid: str, customer: str | None, addrs: bytes,
+               start: float, last: float, interval: float, implicit: bool) -> Live:
+        """A session whose addresses are already packed (:func:`pack_addrs`)."""
+        s = cls.__new__(cls)
+        s.id, s.source, s.nas, s.sid, s.customer = id, source, nas, sid, customer
+        s._addrs, s.start, s.last, s.interval, s.implicit = addrs, start, last, interval, implicit
+        return s
 
     @property
     def addrs(self) -> tuple[Net, ...]:
