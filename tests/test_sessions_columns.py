@@ -39,6 +39,12 @@ def test_intmap_matches_a_dict_under_random_sets_and_pops():
             assert all(m.get(x) == ref.get(x) for x in pool)
     assert sorted(m.items()) == sorted(ref.items())
     assert 0 not in IntMap() and IntMap(1000).get(7, "none") == "none"
+    narrow = IntMap(wide=False)                  # IPv4 keys: 32-bit slots
+    for k in range(0, 1 << 32, 1 << 20):
+        narrow[k] = k >> 20
+    narrow.reserve(100_000)
+    assert len(narrow) == 4096 and narrow.get(0xFFF00000) == 4095 and narrow.pop(1 << 20) == 1
+    assert narrow.get(1 << 20) is None and len(narrow) == 4095
 
 
 def _session(i: int, nas: str, sid: str, customer: str | None, addrs, implicit=False) -> Live:
@@ -52,12 +58,14 @@ def test_table_matches_a_plain_model_under_random_starts_and_stops():
     t = LiveTable()
     v4 = [(4, int(ipaddress.IPv4Address("100.64.0.0")) + k, 32) for k in range(60)]
     v6 = [(6, (0x20010DB8 << 96) | (k << 72), 56) for k in range(60)]
+    v128 = [(6, (0x20010DB8 << 96) | (7 << 80) | k, 128) for k in range(20)]
     model: dict[tuple[str, str], Live] = {}
     for i in range(1, 3000):
         key = (f"bng{rnd.randrange(3)}/x", f"S{rnd.randrange(80)}")
         if rnd.random() < 0.6:
+            shape = rnd.choice([[v4, v6], [v4, v6, v6], [v6], [v6, v4], [v128], [v4, v4]])   # columns or not
             s = _session(i, *key, rnd.choice([f"c{rnd.randrange(50)}", None]),
-                         [rnd.choice(v4), rnd.choice(v6)], implicit=rnd.random() < 0.5)
+                         list(dict.fromkeys(rnd.choice(x) for x in shape)), implicit=rnd.random() < 0.5)
             gone = {x.id for x in t.add(s)}
             expect = {x.id for x in model.values() if x.sid == s.sid and x.nas == s.nas
                       or set(x.addrs) & set(s.addrs)}
@@ -68,8 +76,8 @@ def test_table_matches_a_plain_model_under_random_starts_and_stops():
             t.remove(model.pop(key))
         assert len(t) == len(model)
         if i % 50 == 0:
-            _check(t, model, v4 + v6)
-    _check(t, model, v4 + v6)
+            _check(t, model, v4 + v6 + v128)
+    _check(t, model, v4 + v6 + v128)
 
 
 def _check(t: LiveTable, model: dict, nets) -> None:
@@ -118,6 +126,8 @@ def test_restore_rows_rebuilds_the_table_and_shares_policy_customer_ids(hist):
     fresh = Book(LiveTable())
     fresh.resolve = lambda x: (policy_id, False) if x == "c4" else (x, True)
     chunks = list(hist.open_rows(chunk=7))
+    assert chunks.pop(0) == 24
+    fresh.table.reserve(24)
     assert chunks[-1] == 26 and [len(c) for c in chunks[:-1]] == [7, 7, 7, 3]
     for c in chunks[:-1]:
         fresh.restore_rows(c)

@@ -14,7 +14,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 
 from ..subscribers.live import parse_addrs
-from .model import Event, Live, Ops, net_host, net_key, net_text, pack_addrs
+from .model import Event, Live, Ops, net_host, net_key, net_text
 from .table import LiveTable
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ class Book:
             if cid is not None and not implicit:
                 known = resolve(cid)[0]
                 cid = known if known == cid else cid
-            put(i, shared.setdefault(src, src), shared.setdefault(nas, nas), sid, cid, pack_addrs(parse_addrs(addrs)),
+            put(i, shared.setdefault(src, src), shared.setdefault(nas, nas), sid, cid, parse_addrs(addrs),
                 start, start if last == start else last, shared.setdefault(interval, interval), bool(implicit))
             if i >= self.next_id:
                 self.next_id = i + 1

@@ -215,6 +215,7 @@ class Sessions(Component):
         """Load the sessions open in the store into the live table, a chunk at a time (read in
         a thread, added here: the table has one owner, this loop)."""
         rows = self.history.open_rows()
+        self.table.reserve(await asyncio.to_thread(next, rows))
         while True:
             chunk = await asyncio.to_thread(next, rows, None)
             if not isinstance(chunk, list):

@@ -181,14 +181,15 @@ class History:
         return live, top + 1
 
     def open_rows(self, chunk: int = 10_000):
-        """The sessions open in the store, ``chunk`` raw rows at a time (for
-        :meth:`Book.restore_rows`), then ``MAX(id) + 1`` as the last item. Its own read-only
-        connection: each chunk may be read in another thread, one at a time."""
+        """How many sessions are open in the store, then those sessions ``chunk`` raw rows at a
+        time (for :meth:`Book.restore_rows`), then ``MAX(id) + 1`` as the last item. Its own
+        read-only connection: each item may be read in another thread, one at a time."""
         try:
             db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False, timeout=10.0)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the session history in {self.path}: {exc}") from exc
         try:
+            yield db.execute("SELECT COUNT(*) FROM sessions WHERE stop IS NULL").fetchone()[0]
             cur = db.execute("SELECT id, source, nas, sid, customer, addrs, start, last, interval, implicit "
                              "FROM sessions WHERE stop IS NULL")
             while rows := cur.fetchmany(chunk):

@@ -16,18 +16,30 @@ MAX_LOAD = 0.6
 
 
 class IntMap:
-    __slots__ = ("_keys", "_vals", "_bits", "_mask", "_n")
+    __slots__ = ("_keys", "_vals", "_bits", "_mask", "_n", "_kind")
 
-    def __init__(self, capacity: int = 8):
+    def __init__(self, capacity: int = 8, *, wide: bool = True):
+        self._kind = "Q" if wide else "I"        # narrow: keys < 2**32 (IPv4), 8 bytes a slot
+        self._alloc(self._bits_for(capacity))
+
+    @staticmethod
+    def _bits_for(capacity: int) -> int:
         bits = 3
         while (1 << bits) * MAX_LOAD < capacity:
             bits += 1
-        self._alloc(bits)
+        return bits
+
+    def reserve(self, capacity: int) -> None:
+        """Room for ``capacity`` entries without growing (one allocation, not a doubling
+        series: a bulk load leaves no freed arrays behind)."""
+        bits = self._bits_for(capacity)
+        if bits > self._bits:
+            self._rehash(bits)
 
     def _alloc(self, bits: int) -> None:
         size = 1 << bits
         self._bits, self._mask, self._n = bits, size - 1, 0
-        self._keys = array("Q", bytes(8 * size))
+        self._keys = array(self._kind, bytes(array(self._kind).itemsize * size))
         self._vals = array("i", [_EMPTY]) * size
 
     def __len__(self) -> int:
@@ -87,8 +99,11 @@ class IntMap:
         return v
 
     def _grow(self) -> None:
+        self._rehash(self._bits + 1)
+
+    def _rehash(self, bits: int) -> None:
         keys, vals = self._keys, self._vals
-        self._alloc(self._bits + 1)
+        self._alloc(bits)
         for k, v in zip(keys, vals, strict=True):
             if v != _EMPTY:
                 self[k] = v

@@ -2,9 +2,11 @@
 
 Up to millions of sessions are live at once, so the table keeps them as columns, not
 one object each: a session is a *slot*; its id, start, last update, interval, NAS and
-source are entries of ``array``s, its session id, customer id and packed addresses
-entries of three lists (the strings are the ones the source or the store gave; NAS,
-source and policy customer strings are shared). The indexes are :class:`IntMap`s (two
+source are entries of ``array``s, and so are its addresses in the usual shape (an IPv4
+address, then up to two IPv6 prefixes of /64 or shorter: 23 bytes; any other shape is
+kept packed in a small dict); its session id and customer id are entries of two lists
+(the strings the source or the store gave; NAS, source and policy customer strings are
+shared). The indexes are :class:`IntMap`s (two
 arrays, no int objects): ``hash((nas, sid)) -> slot`` and, per (family, prefix length),
 ``network >> shift -> slot`` (a dict only for IPv6 keys wider than 64 bits: /65../128).
 About 300 bytes a session with an IPv4 address and a delegated prefix, against ~600 for
@@ -25,10 +27,12 @@ from collections.abc import Iterator
 
 from ..subscribers.live import parse_host
 from .intmap import IntMap
-from .model import Live, Net, unpack_addrs
+from .model import Live, Net, pack_addrs
 
 _M64 = (1 << 64) - 1
 _IMPLICIT = 0x80               # flag bit; the low 7 bits are the source's code
+_NONE = 0xFF                   # prefix length of an absent address column
+_LOW64 = (1 << 64) - 1
 
 
 class LiveTable:
@@ -43,7 +47,10 @@ class LiveTable:
         self._flags = array("B")
         self._sids: list[str | None] = []          # None: a free slot
         self._cust: list[str | None] = []
-        self._addrs: list[bytes | None] = []
+        # addresses: IPv4 value + length, two IPv6 (high 64 bits + length); _NONE: absent
+        self._a4, self._a6, self._b6 = array("I"), array("Q"), array("Q")
+        self._p4, self._p6, self._q6 = array("B"), array("B"), array("B")
+        self._more: dict[int, tuple[Net, ...]] = {}      # slot -> addresses of another shape
         self._free = array("i")
         self._n = 0
         self._keys = IntMap()                      # hash((nas, sid)) -> slot
@@ -54,7 +61,17 @@ class LiveTable:
         # family -> [(shift, {net >> shift: slot})], longest prefix (smallest shift) first
         self._tables: dict[int, list[tuple[int, IntMap | dict]]] = {4: [], 6: []}
         self._held: weakref.WeakValueDictionary[int, Live] = weakref.WeakValueDictionary()
+        self._expect = 8
         self.version += 1
+
+    def reserve(self, n: int) -> None:
+        """About ``n`` sessions are coming (a restore): size the indexes once."""
+        self._expect = max(self._expect, n)
+        self._keys.reserve(n)
+        for tables in self._tables.values():
+            for _, d in tables:
+                if isinstance(d, IntMap):
+                    d.reserve(n)
 
     def __len__(self) -> int:
         return self._n
@@ -89,7 +106,7 @@ class LiveTable:
             return s
         flags = self._flags[slot]
         return Live.packed(self._ids[slot], self._sources[flags & 0x7F], self._nas_names[self._nas[slot]],
-                           self._sids[slot], self._cust[slot], self._addrs[slot], self._start[slot],
+                           self._sids[slot], self._cust[slot], pack_addrs(self._addrs_of(slot)), self._start[slot],
                            self._last[slot], self._interval[slot], bool(flags & _IMPLICIT))
 
     def get(self, nas: str, sid: str) -> Live | None:
@@ -125,7 +142,7 @@ class LiveTable:
     def changes(self, op: str) -> Iterator[tuple[str, tuple[Net, ...], str | None, bool]]:
         """``(op, addrs, customer, implicit)`` of every live session, one at a time."""
         for i in self._slots():
-            yield op, unpack_addrs(self._addrs[i]), self._cust[i], bool(self._flags[i] & _IMPLICIT)
+            yield op, self._addrs_of(i), self._cust[i], bool(self._flags[i] & _IMPLICIT)
 
     def has_customer(self, cid: str) -> bool:
         """Does a live session name customer ``cid``? (a scan: for operator commands)"""
@@ -135,21 +152,21 @@ class LiveTable:
 
     def add(self, s: Live) -> list[Live]:
         """Add ``s``; returns the sessions it displaced (same key, or same address)."""
-        slot, displaced = self.put(s.id, s.source, s.nas, s.sid, s.customer, s._addrs, s.start, s.last,
+        slot, displaced = self.put(s.id, s.source, s.nas, s.sid, s.customer, s.addrs, s.start, s.last,
                                    s.interval, s.implicit)
         self._held[slot] = s
         return displaced
 
-    def put(self, id: int, source: str, nas: str, sid: str, customer: str | None, addrs: bytes,
+    def put(self, id: int, source: str, nas: str, sid: str, customer: str | None, addrs: tuple[Net, ...],
             start: float, last: float, interval: float, implicit: bool) -> tuple[int, list[Live]]:
-        """Add a session from its fields (``addrs`` packed); returns (its slot, displaced)."""
+        """Add a session from its fields; returns (its slot, the sessions it displaced)."""
         displaced = []
         old = self._slot(nas, sid)
         if old is not None:
             displaced.append(self._live(old))
             self._remove_slot(old)
         slot = self._new_slot(id, source, nas, sid, customer, addrs, start, last, interval, implicit)
-        for fam, value, plen in unpack_addrs(addrs):
+        for fam, value, plen in addrs:
             shift = (32 if fam == 4 else 128) - plen
             d = self._table(fam, shift)
             prev = d.get(value >> shift)
@@ -167,7 +184,7 @@ class LiveTable:
             slot = self._free.pop()
             self._ids[slot], self._nas[slot], self._flags[slot] = id, nas_code, flags
             self._start[slot], self._last[slot], self._interval[slot] = start, last, interval
-            self._sids[slot], self._cust[slot], self._addrs[slot] = sid, customer, addrs
+            self._sids[slot], self._cust[slot] = sid, customer
         else:
             slot = len(self._sids)
             self._ids.append(id)
@@ -178,7 +195,11 @@ class LiveTable:
             self._interval.append(interval)
             self._sids.append(sid)
             self._cust.append(customer)
-            self._addrs.append(addrs)
+            for col in (self._a4, self._a6, self._b6):
+                col.append(0)
+            for col in (self._p4, self._p6, self._q6):
+                col.append(_NONE)
+        self._set_addrs(slot, addrs)
         h = hash((nas, sid)) & _M64
         if self._keys.get(h) is None:
             self._keys[h] = slot
@@ -199,8 +220,41 @@ class LiveTable:
             self._remove_slot(slot)
         self.version += 1
 
+    def _set_addrs(self, slot: int, addrs: tuple[Net, ...]) -> None:
+        """Into the columns when ``addrs`` has the usual shape, else into ``_more``."""
+        i, n = 0, len(addrs)
+        p4 = p6 = q6 = _NONE
+        if n and addrs[0][0] == 4:
+            self._a4[slot], p4 = addrs[0][1], addrs[0][2]
+            i = 1
+        for a, p in ((self._a6, 6), (self._b6, 7)):
+            if i < n and addrs[i][0] == 6 and addrs[i][2] <= 64 and not addrs[i][1] & _LOW64:
+                a[slot] = addrs[i][1] >> 64
+                if p == 6:
+                    p6 = addrs[i][2]
+                else:
+                    q6 = addrs[i][2]
+                i += 1
+        if i < n:
+            self._more[slot] = addrs
+            p4 = p6 = q6 = _NONE
+        self._p4[slot], self._p6[slot], self._q6[slot] = p4, p6, q6
+
+    def _addrs_of(self, slot: int) -> tuple[Net, ...]:
+        more = self._more.get(slot) if self._more else None
+        if more is not None:
+            return more
+        out = []
+        if self._p4[slot] != _NONE:
+            out.append((4, self._a4[slot], self._p4[slot]))
+        if self._p6[slot] != _NONE:
+            out.append((6, self._a6[slot] << 64, self._p6[slot]))
+        if self._q6[slot] != _NONE:
+            out.append((6, self._b6[slot] << 64, self._q6[slot]))
+        return tuple(out)
+
     def _remove_slot(self, slot: int) -> None:
-        for fam, value, plen in unpack_addrs(self._addrs[slot]):
+        for fam, value, plen in self._addrs_of(slot):
             shift = (32 if fam == 4 else 128) - plen
             d = self._table(fam, shift)
             if d.get(value >> shift) == slot:
@@ -211,7 +265,10 @@ class LiveTable:
             self._keys.pop(h)
         else:
             self._collide.pop((nas, sid), None)
-        self._sids[slot] = self._cust[slot] = self._addrs[slot] = None
+        self._sids[slot] = self._cust[slot] = None
+        self._p4[slot] = self._p6[slot] = self._q6[slot] = _NONE
+        if self._more:
+            self._more.pop(slot, None)
         self._held.pop(slot, None)
         self._free.append(slot)
         self._n -= 1
@@ -221,7 +278,7 @@ class LiveTable:
         for sh, d in tables:
             if sh == shift:
                 return d
-        d = IntMap() if fam == 4 or shift >= 64 else {}
+        d = IntMap(self._expect, wide=fam == 6) if fam == 4 or shift >= 64 else {}
         tables.append((shift, d))
         tables.sort(key=lambda t: t[0])
         return d
