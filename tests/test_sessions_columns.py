@@ -148,3 +148,17 @@ def test_implicit_customer_has_no_subscriber_until_a_decision_names_it():
     decided = update_view(view, Decisions().with_(Decision("optout", "u77", True)), ("u77",))
     assert decided.by_id["u77"].opted_out and decided.subscriber("10.9.0.1").opted_out
     assert decided.optouts == {"u77"}
+
+
+def test_short_strings_keep_every_string_and_long_ones_aside():
+    from nocpolicy.sessions.strcol import ShortStrings
+    col = ShortStrings()
+    values = ["", "S1", "0A0B0C0D-00000001", "x" * 24, "y" * 25, "10.20.0.5|02:aa:00:00:00:02",
+              "セッション-1", "nul\0inside", "\udcff"]
+    for v in values:
+        col.append(v)
+    assert [col[i] for i in range(len(values))] == values
+    col[4] = "short now"
+    col[1] = "z" * 40
+    col.drop(2)
+    assert col[4] == "short now" and col[1] == "z" * 40 and col[2] == "" and len(col) == len(values)

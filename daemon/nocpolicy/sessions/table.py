@@ -4,9 +4,8 @@ Up to millions of sessions are live at once, so the table keeps them as columns,
 one object each: a session is a *slot*; its id, start, last update, interval, NAS and
 source are entries of ``array``s, and so are its addresses in the usual shape (an IPv4
 address, then up to two IPv6 prefixes of /64 or shorter: 23 bytes; any other shape is
-kept packed in a small dict); its session id and customer id are entries of two lists
-(the strings the source or the store gave; NAS, source and policy customer strings are
-shared). The indexes are :class:`IntMap`s (two
+kept in a small dict) and its session id (up to 24 bytes: :class:`ShortStrings`); its
+customer id is an entry of a list (the policy's own string for a policy customer). The indexes are :class:`IntMap`s (two
 arrays, no int objects): ``hash((nas, sid)) -> slot`` and, per (family, prefix length),
 ``network >> shift -> slot`` (a dict only for IPv6 keys wider than 64 bits: /65../128).
 About 300 bytes a session with an IPv4 address and a delegated prefix, against ~600 for
@@ -28,6 +27,7 @@ from collections.abc import Iterator
 from ..subscribers.live import parse_host
 from .intmap import IntMap
 from .model import Live, Net, pack_addrs
+from .strcol import ShortStrings
 
 _M64 = (1 << 64) - 1
 _IMPLICIT = 0x80               # flag bit; the low 7 bits are the source's code
@@ -45,7 +45,7 @@ class LiveTable:
         self._ids, self._nas = array("q"), array("I")
         self._start, self._last, self._interval = array("d"), array("d"), array("d")
         self._flags = array("B")
-        self._sids: list[str | None] = []          # None: a free slot
+        self._sids = ShortStrings()                # Acct-Session-Id or lease key (ids 0: a free slot)
         self._cust: list[str | None] = []
         # addresses: IPv4 value + length, two IPv6 (high 64 bits + length); _NONE: absent
         self._a4, self._a6, self._b6 = array("I"), array("Q"), array("Q")
@@ -114,30 +114,30 @@ class LiveTable:
         return self._live(slot) if slot is not None else None
 
     def _slots(self) -> list[int]:
-        return [i for i, sid in enumerate(self._sids) if sid is not None]
+        return [i for i, x in enumerate(self._ids) if x]
 
     def by_nas(self, nas: str) -> list[Live]:
         code = self._nas_code.get(nas)
         if code is None:
             return []
-        sids = self._sids
-        return [self._live(i) for i, c in enumerate(self._nas) if c == code and sids[i] is not None]
+        ids = self._ids
+        return [self._live(i) for i, c in enumerate(self._nas) if c == code and ids[i]]
 
     def sessions(self) -> list[Live]:
         """Every live session (a snapshot: the table may change while it is walked)."""
         return [self._live(i) for i in self._slots()]
 
     def count_by_source(self) -> Counter:
-        flags, sids = self._flags, self._sids
-        codes = Counter(flags[i] & 0x7F for i, sid in enumerate(sids) if sid is not None)
+        flags = self._flags
+        codes = Counter(flags[i] & 0x7F for i, x in enumerate(self._ids) if x)
         return Counter({self._sources[c]: n for c, n in codes.items()})
 
     def stale(self, now: float, grace: dict[str, float]) -> list[Live]:
         """The sessions not heard of within their interval plus their source's grace."""
         g = [grace.get(src, 600.0) for src in self._sources]
-        flags, sids, interval = self._flags, self._sids, self._interval
+        flags, ids, interval = self._flags, self._ids, self._interval
         return [self._live(i) for i, last in enumerate(self._last)
-                if interval[i] and now - last > interval[i] + g[flags[i] & 0x7F] and sids[i] is not None]
+                if interval[i] and now - last > interval[i] + g[flags[i] & 0x7F] and ids[i]]
 
     def changes(self, op: str) -> Iterator[tuple[str, tuple[Net, ...], str | None, bool]]:
         """``(op, addrs, customer, implicit)`` of every live session, one at a time."""
@@ -186,7 +186,7 @@ class LiveTable:
             self._start[slot], self._last[slot], self._interval[slot] = start, last, interval
             self._sids[slot], self._cust[slot] = sid, customer
         else:
-            slot = len(self._sids)
+            slot = len(self._ids)
             self._ids.append(id)
             self._nas.append(nas_code)
             self._flags.append(flags)
@@ -265,7 +265,9 @@ class LiveTable:
             self._keys.pop(h)
         else:
             self._collide.pop((nas, sid), None)
-        self._sids[slot] = self._cust[slot] = None
+        self._sids.drop(slot)
+        self._cust[slot] = None
+        self._ids[slot] = 0
         self._p4[slot] = self._p6[slot] = self._q6[slot] = _NONE
         if self._more:
             self._more.pop(slot, None)
