@@ -162,3 +162,13 @@ def test_short_strings_keep_every_string_and_long_ones_aside():
     col[1] = "z" * 40
     col.drop(2)
     assert col[4] == "short now" and col[1] == "z" * 40 and col[2] == "" and len(col) == len(values)
+
+
+def test_dns_engine_builds_implicit_subscribers_and_keeps_a_bounded_number():
+    from nocpolicy.dns import engine
+    subs = engine._Subscribers({None: engine.UNKNOWN_MODES["refuse"]})
+    assert subs["u1"].customer == "u1" and subs["u1"].security and not subs["u1"].refuse
+    assert subs[None].refuse                                  # unknown clients keep their mode
+    for k in range(engine.IMPLICIT_KEPT + 10):
+        assert subs[f"x{k}"].customer == f"x{k}"
+    assert len(subs) == engine.IMPLICIT_KEPT + 1             # None + the kept ones, no more

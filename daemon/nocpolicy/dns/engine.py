@@ -58,17 +58,27 @@ __all__ = ["OUTSIDE", "UNKNOWN_MODES", "Engine"]
 OUTSIDE = "\0outside"       # customer-cache value of a source the access list refuses
 _OUTSIDE_SUB = Subscriber(None, security=False, refuse=True)
 _NO_DECISIONS = Decisions()
+IMPLICIT_KEPT = 65_536      # implicit customers' subscribers kept between two views
 
 
 class _Subscribers(dict):
     """Customer id -> subscriber. An id without an entry is an implicit customer (known only
-    from a live session, no runtime decision): the policy's defaults, built when asked, so
-    a million of them cost no memory (sessions/, issue 15)."""
+    from a live session, no runtime decision): the policy's defaults, built when first asked
+    and kept for the next query while fewer than ``IMPLICIT_KEPT`` are (the map is rebuilt at
+    every new view), so a million implicit customers cost no memory (sessions/, issue 15)."""
 
-    __slots__ = ()
+    __slots__ = ("_kept",)
+
+    def __init__(self, by_id):
+        super().__init__(by_id)
+        self._kept = 0
 
     def __missing__(self, cid):
-        return implicit_subscriber(cid, _NO_DECISIONS)
+        sub = implicit_subscriber(cid, _NO_DECISIONS)
+        if self._kept < IMPLICIT_KEPT:
+            self._kept += 1
+            self[cid] = sub
+        return sub
 
 
 def _packed(addr: str | None) -> bytes | None:

@@ -12,6 +12,7 @@ RADIUS request is answered once its change is durable and in every worker.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterable
@@ -40,6 +41,16 @@ STALE_EVERY = 10.0
 PRUNE_EVERY = 3600.0
 KEA_POLL = 0.5
 KEA_GRACE = 0.0              # a lease ends at its expiry time
+
+
+def trim_heap() -> None:
+    """Give the heap memory a bulk load freed back to the system (glibc's ``malloc_trim``;
+    nothing elsewhere). A restore of a million sessions leaves tens of MB of freed chunks
+    (the rows read, the columns' growth) that glibc would otherwise keep."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class SessionView(Protocol):
@@ -220,6 +231,7 @@ class Sessions(Component):
             chunk = await asyncio.to_thread(next, rows, None)
             if not isinstance(chunk, list):
                 self.book.next_id = max(self.book.next_id, chunk or 1)
+                trim_heap()
                 return
             with gc_paused():            # up to millions of sessions: see gcpause
                 self.book.restore_rows(chunk)
