@@ -329,10 +329,10 @@ SELECT i + 1, 'radius', 'bng1/bng1', 'S' || i, printf('h%07d', i % :addrs), 0, '
 FROM seq
 """
 FILL_ADDRS_SQL = """
-INSERT INTO session_addrs (net, start, session, plen)
-SELECT printf('4%08x', :base + (id - 1) % :addrs), start, id, 32 FROM sessions
+INSERT INTO session_addrs (net, start, session, plen, stop)
+SELECT printf('4%08x', :base + (id - 1) % :addrs), start, id, 32, stop FROM sessions
 UNION ALL
-SELECT '620010db8' || printf('%06x', (id - 1) % :addrs) || '000000000000000000', start, id, 56 FROM sessions
+SELECT '620010db8' || printf('%06x', (id - 1) % :addrs) || '000000000000000000', start, id, 56, stop FROM sessions
 """
 
 

@@ -172,3 +172,31 @@ def test_dns_engine_builds_implicit_subscribers_and_keeps_a_bounded_number():
     for k in range(engine.IMPLICIT_KEPT + 10):
         assert subs[f"x{k}"].customer == f"x{k}"
     assert len(subs) == engine.IMPLICIT_KEPT + 1             # None + the kept ones, no more
+
+
+def test_whois_reads_only_matching_sessions_and_upgrades_an_older_history(tmp_path):
+    from nocpolicy.sessions import history as hmod
+    from nocpolicy.sessions.whois import whois
+    store = Store(tmp_path / "db.sqlite")
+    store.migrate("sessions", hmod.MIGRATIONS[:1])            # a history written before the stop column
+    old = store.path
+    import sqlite3
+    db = sqlite3.connect(old)
+    db.execute("INSERT INTO sessions (id, source, nas, sid, customer, start, stop, last, addrs) "
+               "VALUES (1, 'radius', 'bng1/a', 'S0', 'c0', 10.0, 20.0, 10.0, '4:3405803783:32')")
+    db.execute("INSERT INTO session_addrs VALUES ('4cb007107', 10.0, 1, 32)")
+    db.execute("INSERT INTO session_plens VALUES (4, 32)")
+    db.commit()
+    db.close()
+    h = History(store)                                         # migrates: adds session_addrs.stop
+    book = Book(LiveTable(), next_id=2)
+    info = SessionInfo("radius", "bng1/a", "S1", "c1", addrs=(net_of("203.0.113.7/32"),))
+    h.write(book.apply(Event("start", info, 100.0)))
+    h.write(book.apply(Event("stop", info, 200.0)))
+    assert [m["customer"] for m in whois(h, (), "203.0.113.7", 150.0, None)["matches"]] == ["c1"]
+    assert whois(h, (), "203.0.113.7", 250.0, None)["matches"] == []
+    assert [m["customer"] for m in whois(h, (), "203.0.113.7", 15.0, None)["matches"]] == ["c0"]   # old row
+    assert whois(h, (), "203.0.113.7", 50.0, None)["matches"] == []
+    assert h._all("SELECT stop FROM session_addrs WHERE session=2")[0][0] == 200.0
+    h.close()
+    store.close()
