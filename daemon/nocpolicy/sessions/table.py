@@ -26,7 +26,7 @@ from collections.abc import Iterator
 
 from ..subscribers.live import parse_host
 from .intmap import IntMap
-from .model import Live, Net, pack_addrs
+from .model import Live, Net
 from .strcol import ShortStrings
 
 _M64 = (1 << 64) - 1
@@ -105,9 +105,9 @@ class LiveTable:
         if s is not None and s.id == self._ids[slot]:
             return s
         flags = self._flags[slot]
-        return Live.packed(self._ids[slot], self._sources[flags & 0x7F], self._nas_names[self._nas[slot]],
-                           self._sids[slot], self._cust[slot], pack_addrs(self._addrs_of(slot)), self._start[slot],
-                           self._last[slot], self._interval[slot], bool(flags & _IMPLICIT))
+        return Live.make(self._ids[slot], self._sources[flags & 0x7F], self._nas_names[self._nas[slot]],
+                         self._sids[slot], self._cust[slot], self._addrs_of(slot), self._start[slot],
+                         self._last[slot], self._interval[slot], bool(flags & _IMPLICIT))
 
     def get(self, nas: str, sid: str) -> Live | None:
         slot = self._slot(nas, sid)
