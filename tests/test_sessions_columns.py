@@ -154,7 +154,7 @@ def test_short_strings_keep_every_string_and_long_ones_aside():
     from nocpolicy.sessions.strcol import ShortStrings
     col = ShortStrings()
     values = ["", "S1", "0A0B0C0D-00000001", "x" * 24, "y" * 25, "10.20.0.5|02:aa:00:00:00:02",
-              "セッション-1", "nul\0inside", "\udcff"]
+              "セッション-1", "nul\0inside", "\udcff", b"\xff\xfe not UTF-8"]
     for v in values:
         col.append(v)
     assert [col[i] for i in range(len(values))] == values

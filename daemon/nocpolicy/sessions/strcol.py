@@ -16,7 +16,7 @@ class ShortStrings:
     def __init__(self):
         self._w0, self._w1, self._w2 = array("Q"), array("Q"), array("Q")
         self._len = array("B")
-        self._long: dict[int, str] = {}
+        self._long: dict[int, str | bytes] = {}
 
     def __len__(self) -> int:
         return len(self._len)
@@ -27,8 +27,10 @@ class ShortStrings:
         self[len(self._len) - 1] = s
 
     def __setitem__(self, i: int, s: str) -> None:
-        b = s.encode("utf-8", "surrogatepass")
-        if len(b) > WIDTH:
+        # not a str (pyrad hands over the raw bytes of a string attribute that is not
+        # UTF-8): kept as it is, like a long one
+        b = s.encode("utf-8", "surrogatepass") if isinstance(s, str) else None
+        if b is None or len(b) > WIDTH:
             self._long[i] = s
             self._len[i] = _LONG
             return
