@@ -200,3 +200,18 @@ def test_whois_reads_only_matching_sessions_and_upgrades_an_older_history(tmp_pa
     assert h._all("SELECT stop FROM session_addrs WHERE session=2")[0][0] == 200.0
     h.close()
     store.close()
+
+
+def test_stale_sweep_walks_the_table_only_when_a_session_may_be_due():
+    t = LiveTable()
+    book = Book(t)
+    for k, interval in enumerate((300.0, 86400.0, 0.0)):
+        info = SessionInfo("radius", "bng1/a", f"S{k}", "c1", addrs=(net_of(f"10.1.0.{k}/32"),), interval=interval)
+        book.apply(Event("start", info, 1000.0))
+    assert not book.stale(1000.0 + 300 + 600, {"radius": 600.0})          # not yet (strictly later)
+    assert [c[2] for c in book.stale(1901.0, {"radius": 600.0}).closes] == [1]
+    assert t._due == 1000.0 + 86400                                          # the next one that can be due
+    assert not book.stale(50_000.0, {"radius": 600.0}) and len(t) == 2
+    late = SessionInfo("radius", "bng1/a", "S9", "c1", addrs=(net_of("10.1.0.9/32"),), interval=60.0)
+    book.apply(Event("start", late, 40_000.0))                               # lowers the bound again
+    assert [c[2] for c in book.stale(50_000.0, {"radius": 600.0}).closes] == [4]

@@ -19,6 +19,7 @@ component) changes the table; readers call the lookups.
 
 from __future__ import annotations
 
+import math
 import weakref
 from array import array
 from collections import Counter
@@ -62,6 +63,7 @@ class LiveTable:
         self._tables: dict[int, list[tuple[int, IntMap | dict]]] = {4: [], 6: []}
         self._held: weakref.WeakValueDictionary[int, Live] = weakref.WeakValueDictionary()
         self._expect = 8
+        self._due = math.inf        # no session's last + interval is earlier (a lower bound)
         self.version += 1
 
     def reserve(self, n: int) -> None:
@@ -133,11 +135,22 @@ class LiveTable:
         return Counter({self._sources[c]: n for c, n in codes.items()})
 
     def stale(self, now: float, grace: dict[str, float]) -> list[Live]:
-        """The sessions not heard of within their interval plus their source's grace."""
+        """The sessions not heard of within their interval plus their source's grace. The
+        columns are walked only when the earliest ``last + interval`` says one may be due
+        (a million sessions cost a sweep ~0.5 s of CPU)."""
         g = [grace.get(src, 600.0) for src in self._sources]
+        if now - min(g, default=600.0) <= self._due:
+            return []
         flags, ids, interval = self._flags, self._ids, self._interval
-        return [self._live(i) for i, last in enumerate(self._last)
-                if interval[i] and now - last > interval[i] + g[flags[i] & 0x7F] and ids[i]]
+        out, due = [], math.inf
+        for i, last in enumerate(self._last):
+            if interval[i] and ids[i]:
+                if now - last > interval[i] + g[flags[i] & 0x7F]:
+                    out.append(self._live(i))
+                elif last + interval[i] < due:
+                    due = last + interval[i]
+        self._due = due
+        return out
 
     def changes(self, op: str) -> Iterator[tuple[str, tuple[Net, ...], str | None, bool]]:
         """``(op, addrs, customer, implicit)`` of every live session, one at a time."""
@@ -200,6 +213,8 @@ class LiveTable:
             for col in (self._p4, self._p6, self._q6):
                 col.append(_NONE)
         self._set_addrs(slot, addrs)
+        if interval and last + interval < self._due:
+            self._due = last + interval
         h = hash((nas, sid)) & _M64
         if self._keys.get(h) is None:
             self._keys[h] = slot
