@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from ..gcpause import gc_paused
-from .model import Decisions, Subscriber
+from .model import Decisions, Subscriber, suspended_of
 from .prefixes import PrefixIndex, customers_delta
 
 # What applies to a client outside every customer prefix (dns.unknown_clients).
@@ -27,7 +27,8 @@ def implicit_subscriber(cid: str, decisions: Decisions) -> Subscriber:
     """A customer known only from a session (not in the policy): the policy's defaults (no
     opt-out, no optional list) under the runtime decisions keyed by its id."""
     rt = decisions.get("optout", cid)
-    return Subscriber(cid, security=not rt, optout_source="runtime" if rt is not None else "policy")
+    return Subscriber(cid, security=not rt, optout_source="runtime" if rt is not None else "policy",
+                      suspension=suspended_of(decisions.get("suspension", cid)))
 
 
 def subscriber_of(c, decisions: Decisions) -> Subscriber:
@@ -36,7 +37,7 @@ def subscriber_of(c, decisions: Decisions) -> Subscriber:
     optout, source = (bool(rt), "runtime") if rt is not None else (c.security_optout, "policy")
     return Subscriber(c.id, security=not optout, optional=frozenset(c.optional_lists), plan=c.plan,
                       tags=frozenset(c.tags), nodes=frozenset(c.nodes), prefixes=tuple(c.prefixes),
-                      optout_source=source)
+                      optout_source=source, suspension=suspended_of(decisions.get("suspension", c.id)))
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,11 @@ class SubscriberView:
     def optouts(self) -> frozenset[str]:
         """Customers opted out of the security lists."""
         return frozenset(cid for cid, s in self.by_id.items() if s.opted_out)
+
+    @cached_property
+    def suspended(self) -> dict[str, Subscriber]:
+        """Customers under an active suspension (Art. 25)."""
+        return {cid: s for cid, s in self.by_id.items() if cid is not None and s.suspension is not None}
 
 
 def build_view(customers: Iterable, unknown_mode: str, decisions: Decisions) -> SubscriberView:
