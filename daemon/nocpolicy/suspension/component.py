@@ -72,11 +72,16 @@ class Suspensions(Component):
         await super().stop()
 
     async def _run(self) -> None:
+        retried = False
         while True:
-            await self.tick()
+            n = await self.tick()
             rows = await asyncio.to_thread(self.service.open_rows)
             when = next_due(rows)
             delay = MAX_NAP if when is None else (when - self.ctx.clock.now()).total_seconds()
+            if delay <= 0 and (n or not retried):     # became due meanwhile: at once (once more if none went)
+                retried = n == 0
+                continue
+            retried = False
             await nap(self.ctx.clock, self._wake, min(MAX_NAP, max(MIN_NAP, delay)))
 
     def wake(self) -> None:
