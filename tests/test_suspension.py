@@ -199,3 +199,26 @@ async def test_two_months_then_terminable_and_survives_restart(env):
         assert addresses(await r.ask("www.example.test")) == ["198.51.100.7"]
     finally:
         await r.stop()
+
+
+async def test_abolition_announce_checks_three_months_and_notifies_every_customer(env):
+    pol, state, sink, page_port = env
+    r = await start_daemon(pol, state, ManualClock(T0), page_port)       # 2026-03-02 09:00 JST
+    try:
+        with pytest.raises(CommandError, match="2026-03-01") as e:      # 06-02 needed notice by 03-01
+            await r.cmd("abolition.announce", scope={"plans": ["home"]}, date="2026-06-02", reason="end of ADSL")
+        assert (e.value.status, e.value.field) == (409, "date")
+        with pytest.raises(CommandError) as e:
+            await r.cmd("abolition.announce", scope={"tags": ["nobody"]}, date="2026-07-01", reason="x")
+        assert e.value.field == "scope"
+        out = await r.cmd("abolition.announce", scope={"plans": ["home"]}, date="2026-06-03",
+                          reason="end of the Home plan", service="Home plan")
+        assert out["customers"] == ["c-home", "c-two", "c-nocontact"] and out["notices_queued"] == 3
+        assert out["deadline"]["deadline"]["last_day"] == "2026-03-02"
+        await until(lambda: mails(sink, "home@customer.example") and mails(sink, "two@customer.example"),
+                    what="abolition notices")
+        body = text_of(mails(sink, "home@customer.example")[0])
+        assert "2026-06-03" in body and "Home plan" in body and "サービス廃止" in body
+        assert r.metric("nocpolicy_suspension_notices", kind="abolition", state="failed") == 1   # no contact
+    finally:
+        await r.stop()
