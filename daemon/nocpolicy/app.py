@@ -105,6 +105,8 @@ def wire(components: list[Component]) -> None:
     suspensions = _first(components, Suspensions)
     if suspensions is not None and maintenance is not None:
         suspensions.use_post(maintenance)                         # LetterPost (notices/publisher.py)
+    if suspensions is not None:
+        suspensions.enforcer = qos                                # SuspensionEnforcer (or None)
     detect, dns = _first(components, Detector), _first(components, DnsGuard)
     if detect is not None and dns is not None:
         detect.guard.connect(dns)                                 # Guard (nocpolicy.detect.guard)

@@ -76,6 +76,8 @@ class Enforcer(Component):
                                        "Time to apply and verify an enforcement plan",
                                        buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
                                        registry=ctx.registry)
+        self.walled = None                         # walled.WalledTable once a backend is chosen
+        self._walled_lock = asyncio.Lock()
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -102,6 +104,7 @@ class Enforcer(Component):
             self.policy, self.plan, self.static = policy, plan, static
             if self.state in ("running", "disabled", "failed") and self.backend is not None:
                 self.tasks.spawn("apply", self._apply_logged(plan, "reload"))
+                self.tasks.spawn("walled", self.enforce_suspensions())    # suspension.* may have changed
         return commit
 
     async def start(self) -> None:
@@ -115,6 +118,7 @@ class Enforcer(Component):
             self.set_state("running", f"enforcing on {', '.join(t.name for t in self.plan.interfaces)} "
                                       f"({self.features.detail}){' in netns ' + self.netns if self.netns else ''}")
             self.tasks.supervise("counters", self._counter_loop)
+            await self.enforce_suspensions()
         else:
             await self._expire_if_due()
             self.set_state("disabled", f"plan-only, nothing is enforced: {self.plan_only_reason}")
@@ -213,6 +217,26 @@ class Enforcer(Component):
                 pass   # rolled back; counted and shown in status
 
     # -- emergencies ---------------------------------------------------------------
+
+    async def enforce_suspensions(self) -> dict:
+        """SuspensionEnforcer (interfaces.py): make table inet nocpolicy_suspend match the suspensions in
+        the subscriber view now (walled-garden and block: drop all but DNS, the notice page, the allow
+        list). Failures are logged and counted, the previous rules stay; the answer says what happened."""
+        from .walled import WalledTable, walled_plan
+        if self.backend is None or self.ctx.subscribers is None or self.policy is None:
+            return {"enforced": False, "reason": self.plan_only_reason or "no enforcement backend"}
+        if self.walled is None:
+            self.walled = WalledTable(self.backend.runner)
+        plan = walled_plan(self.policy, self.ctx.subscribers.view)
+        async with self._walled_lock:
+            try:
+                await asyncio.to_thread(self.walled.apply, plan)
+            except EnforcementError as exc:
+                self.errors += 1
+                self.last_error = str(exc)
+                log.error("qos: suspensions not enforced in nftables: %s", exc)
+                return {"enforced": False, "reason": str(exc)}
+        return {"enforced": True, "walled_prefixes": len(plan.walled), "blocked_prefixes": len(plan.blocked)}
 
     def active_emergency(self) -> dict | None:
         """The declared emergency as ``emergency.status`` shows it, or None (the fleet plan carries it)."""

@@ -54,8 +54,8 @@ async def suspend(comp, args, inv) -> dict:
     r = _request(args)
     sub = _customer(comp, r.customer)
     row = await asyncio.to_thread(comp.service.suspend, r, sub, inv.actor, notices=comp.post is not None)
-    await comp.pushed(row, "add")
-    return {"suspension": _show(row)}
+    nft = await comp.pushed(row, "add")
+    return {"suspension": _show(row), "nftables": nft}
 
 
 async def resume(comp, args, inv) -> dict:
@@ -66,8 +66,8 @@ async def resume(comp, args, inv) -> dict:
     row = comp.service.the_open(cid)
     event = "end" if row["state"] == "active" else "cancel"
     new = await asyncio.to_thread(comp.service.transition, row, event, inv.actor, reason)
-    await comp.pushed(new, event)
-    return {"suspension": _show(new), "event": event}
+    nft = await comp.pushed(new, event)
+    return {"suspension": _show(new), "event": event, "nftables": nft}
 
 
 async def listing(comp, args, inv) -> dict:

@@ -17,6 +17,7 @@ from prometheus_client.core import GaugeMetricFamily
 from ..clock import nap
 from ..component import Component
 from ..errors import NocpolicyError
+from ..interfaces import SuspensionEnforcer
 from ..notices.publisher import LetterPost
 from ..subscribers.model import MODES, Decision
 from ..subscribers.suspensions import decision_value
@@ -39,6 +40,7 @@ class Suspensions(Component):
     def __init__(self, ctx):
         super().__init__(ctx)
         self.post: LetterPost | None = None
+        self.enforcer: SuspensionEnforcer | None = None     # qos: the walled garden in nftables
         self.channel = letters.LetterChannel(lambda: self.post.letter_mailer() if self.post else None)
         self.service = Service(ctx.store, ctx.clock, ctx.policy, self._sender)
         self._wake = asyncio.Event()
@@ -100,12 +102,15 @@ class Suspensions(Component):
             n += 1
         return n
 
-    async def pushed(self, row: dict, event: str) -> None:
-        """Tell the subscribers area (and so every reader) and the control plane what changed."""
-        if event in ("start", "add") and row["state"] == "active":
-            await self.ctx.subscribers.decide(Decision("suspension", row["customer"], decision_value(row)))
-        elif event in ("end", "cancel"):
-            await self.ctx.subscribers.decide(Decision("suspension", row["customer"], None))
+    async def pushed(self, row: dict, event: str) -> dict | None:
+        """Tell the subscribers area (and so every reader: DNS at once), then nftables (awaited), and
+        the control plane what changed; returns what nftables said (None: nothing to enforce)."""
+        nft = None
+        if (event in ("start", "add") and row["state"] == "active") or event in ("end", "cancel"):
+            value = decision_value(row) if row["state"] == "active" else None
+            await self.ctx.subscribers.decide(Decision("suspension", row["customer"], value))
+            if self.enforcer is not None:
+                nft = await self.enforcer.enforce_suspensions()
         if self.post is not None:
             self.post.poke_notices()
         self.ctx.events.publish("suspension", {"id": row["id"], "customer": row["customer"], "event": event,
@@ -115,6 +120,7 @@ class Suspensions(Component):
             log.warning("customer %s: suspension %d unresolved: terminable under Art. 27(1) since %s",
                         row["customer"], row["id"], row["terminable_at"])
         self.wake()
+        return nft
 
     # -- commands and metrics ----------------------------------------------------------------------
 
