@@ -12,16 +12,16 @@ from pathlib import Path
 import dns.edns
 import dns.message
 import dns.query
+
 from dns_fixtures import Unbound, dns_policy
 from helpers import free_port
-from test_maintenance_smtp import smtp_yaml, until
-
 from nocpolicy.app import Daemon
 from nocpolicy.clock import ManualClock
 from nocpolicy.dns.component import DnsGuard
 from nocpolicy.maintenance.component import Maintenance
 from nocpolicy.options import Options
 from nocpolicy.suspension.component import Suspensions
+from test_maintenance_smtp import smtp_yaml, until
 
 T0 = dt.datetime(2026, 3, 2, 0, 0, tzinfo=dt.UTC)          # 09:00 JST
 PAGE_A = "192.0.2.80"

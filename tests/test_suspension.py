@@ -7,7 +7,10 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+
 from helpers import free_port
+from nocpolicy.clock import ManualClock
+from nocpolicy.errors import CommandError
 from suspension_fixtures import (
     PAGE_A,
     PAGE_AAAA,
@@ -21,9 +24,6 @@ from suspension_fixtures import (
     until,
 )
 from test_maintenance_smtp import SmtpSink
-
-from nocpolicy.clock import ManualClock
-from nocpolicy.errors import CommandError
 
 HOUR = dt.timedelta(hours=1)
 

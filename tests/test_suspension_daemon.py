@@ -11,6 +11,7 @@ import urllib.request
 import dns.message
 import dns.query
 import pytest
+
 from helpers import DaemonProcess, free_port, wait_for
 from suspension_fixtures import PAGE_A, UNBOUND_DATA, Unbound, addresses, ede, policy_dir
 from test_maintenance_smtp import SmtpSink

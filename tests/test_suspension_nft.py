@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import need_root_netns
 from helpers import BIN, copy_policies, free_port, sh, wait_for
-from test_qos_render import golden
-
 from nocpolicy.policy.load import load_policy
 from nocpolicy.qos.walled import WalledPlan, render_walled, walled_plan
 from nocpolicy.subscribers.model import Decision, Decisions
 from nocpolicy.subscribers.view import build_view, update_view
+from test_qos_render import golden
 
 SUSPENSION = {"suspension": {"notice_page": {"listen": "192.0.2.1:80"}, "allow": ["pay.test"],
                              "allow_addresses": ["203.0.113.60/32"], "provider": "Test ISP",

@@ -9,7 +9,14 @@ import pytest
 
 from nocpolicy.errors import Conflict, Invalid
 from nocpolicy.maintenance.deadline import check_months_notice, last_notice_day_months, months_after
-from nocpolicy.suspension.rules import Request, check_request, due_event, next_due, overlaps, terminable_at
+from nocpolicy.suspension.rules import (
+    Request,
+    check_request,
+    due_event,
+    next_due,
+    overlaps,
+    terminable_at,
+)
 
 D = dt.date
 JST = dt.timezone(dt.timedelta(hours=9))

@@ -11,7 +11,17 @@ from ..control.commands import Command
 from ..errors import Conflict, Invalid, NotFound
 from ..maintenance import contacts
 from ..maintenance.deadline import check_months_notice
-from ..policy.fields import as_bool, as_datetime, as_id, as_rate, as_str, as_text, list_of, obj, one_of
+from ..policy.fields import (
+    as_bool,
+    as_datetime,
+    as_id,
+    as_rate,
+    as_str,
+    as_text,
+    list_of,
+    obj,
+    one_of,
+)
 from ..subscribers.model import CAUSES, MODES
 from . import letters
 from .rules import Request
