@@ -27,7 +27,8 @@ def implicit_subscriber(cid: str, decisions: Decisions) -> Subscriber:
     """A customer known only from a session (not in the policy): the policy's defaults (no
     opt-out, no optional list) under the runtime decisions keyed by its id."""
     rt = decisions.get("optout", cid)
-    return Subscriber(cid, security=not rt, optout_source="runtime" if rt is not None else "policy")
+    return Subscriber(cid, security=not rt, optout_source="runtime" if rt is not None else "policy",
+                      rate_cap=decisions.get("ratecap", cid))
 
 
 def subscriber_of(c, decisions: Decisions) -> Subscriber:
@@ -36,7 +37,7 @@ def subscriber_of(c, decisions: Decisions) -> Subscriber:
     optout, source = (bool(rt), "runtime") if rt is not None else (c.security_optout, "policy")
     return Subscriber(c.id, security=not optout, optional=frozenset(c.optional_lists), plan=c.plan,
                       tags=frozenset(c.tags), nodes=frozenset(c.nodes), prefixes=tuple(c.prefixes),
-                      optout_source=source)
+                      optout_source=source, rate_cap=decisions.get("ratecap", c.id))
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,13 @@ class SubscriberView:
 
     def subscriber(self, host: str) -> Subscriber:
         return self.by_id.get(self.prefixes.lookup(host)) or self.by_id[None]
+
+    def live_addresses(self) -> list[tuple[tuple[int, int, int], str]]:
+        """Every live session address with its customer: ``((family, network int, prefix length),
+        customer id)``. A snapshot of the sessions as of now (call it on the event loop); empty
+        without sessions."""
+        live = getattr(self.prefixes, "live", None)
+        return list(live.addresses()) if live is not None else []
 
     @cached_property
     def optouts(self) -> frozenset[str]:
