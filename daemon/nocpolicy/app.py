@@ -113,6 +113,8 @@ def wire(components: list[Component]) -> None:
     sessions, subscribers = _first(components, Sessions), _first(components, Subscribers)
     if sessions is not None and subscribers is not None:
         sessions.connect(subscribers)                             # SessionFeed (nocpolicy.sessions.component)
+    if qos is not None and subscribers is not None:
+        qos.use_subscribers(subscribers)                          # SubscriberSource (subscribers.api)
     if dns is not None and subscribers is not None:
         dns.engine.acl.live = subscribers.session_holds           # the access list admits live sessions
 

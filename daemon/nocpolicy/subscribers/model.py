@@ -24,6 +24,8 @@ class Subscriber:
     nodes: frozenset[str] = frozenset()
     prefixes: tuple[Prefix, ...] = ()          # the customer's static prefixes (policy)
     optout_source: str = "policy"              # where ``security`` comes from: "policy" | "runtime"
+    rate_cap: int | None = None                # a runtime decision caps both directions (bit/s; qos reads
+                                               # it: the lower of it and the plan's caps applies)
     suspension: Suspended | None = None        # an active suspension (Art. 25), None: not suspended
 
     @property
@@ -96,9 +98,19 @@ def _as_list(v: Any) -> list:
     return v
 
 
+def _as_rate(v: Any) -> int | None:
+    if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 8_000 <= v <= 10**13):
+        raise ValueError(f"must be a rate in bit/s (8000..1e13) or null, not {v!r}")
+    return v
+
+
+# "ratecap": cap a customer's traffic in both directions at a rate (bit/s; null lifts it), e.g.
+# a throttle suspension; qos applies the lower of it and the plan's caps.
 # "sessions": live-session changes sent to the DNS workers (sessions/replica.py); applied to
 # the address lookup, not kept among the decisions.
-KINDS = {"optout": _as_bool, "sessions": _as_list, "suspension": _as_suspension}
+# "suspension": the customer's active suspension (Art. 25; suspension/), null when lifted; a
+# throttle suspension also caps the rate (view.subscriber_of).
+KINDS = {"optout": _as_bool, "ratecap": _as_rate, "sessions": _as_list, "suspension": _as_suspension}
 
 
 @dataclass(frozen=True, slots=True)
