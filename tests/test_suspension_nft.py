@@ -89,6 +89,7 @@ def topo(tmp_path):
             root = tmp_path / addr
             root.mkdir()
             (root / "index.html").write_text(f"<html><body><h1>{text}</h1></body></html>")
+            (root / "big.bin").write_bytes(bytes(400_000))
             procs.append(subprocess.Popen(["ip", "netns", "exec", web, sys.executable, "-m", "http.server", "80",
                                            "--bind", addr, "--directory", str(root)],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
@@ -225,5 +226,26 @@ def test_walled_garden_block_and_resume_in_namespaces(topo, tmp_path):
         assert r.returncode == 0, r.stderr
         assert fetch(cust, "http://203.0.113.60/") is None
         assert "open relay" in (fetch(cust, "http://pay.test/") or "")
+        assert d.ctl("resume", "c1001").returncode == 0
+
+        # throttle: DNS and forwarding as usual, downloads capped at --rate by the qos cap classes
+        r = d.ctl("suspend", "c1001", "--cause", "obligations", "--mode", "throttle", "--rate", "1mbit",
+                  "--reason", "fair use", "--urgent", "--justification", "congestion")
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: "ceil 1Mbit" in sh("ip", "netns", "exec", rtr, "tc", "class", "show", "dev", "nocp-down0"),
+                 30, what="a 1 Mbit/s cap class")
+        assert "REAL TEST SITE" in (fetch(cust, "http://site.test/") or "")
+        speed = download_speed(cust, "http://203.0.113.50/big.bin")
+        assert speed <= 1.3 * 1_000_000 / 8, f"{speed * 8 / 1e6:.2f} Mbit/s through a 1 Mbit/s throttle"
+        assert d.ctl("resume", "c1001").returncode == 0
+        wait_for(lambda: "ceil 1Mbit" not in sh("ip", "netns", "exec", rtr, "tc", "class", "show", "dev",
+                                                "nocp-down0"), 30, what="the throttle lifted")
     finally:
         d.stop()
+
+
+def download_speed(ns: str, url: str) -> float:
+    """Bytes per second curl measured for one download from inside ``ns`` (busy machines only slow it)."""
+    r = subprocess.run(["ip", "netns", "exec", ns, "curl", "-s", "-o", "/dev/null", "-m", "60", "-w",
+                        "%{speed_download}", url], capture_output=True, text=True, check=True)
+    return float(r.stdout)
