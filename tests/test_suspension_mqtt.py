@@ -4,6 +4,7 @@ audited with the MQTT identity, bad input answered naming the field."""
 from __future__ import annotations
 
 import pytest
+
 from helpers import DaemonProcess, wait_for
 from mosquitto_fixture import Mosquitto, Probe, fleet_acl
 from test_mqtt_commands import NODE, USERS, command

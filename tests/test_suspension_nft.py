@@ -7,6 +7,7 @@ notice page with the customer's reason and period; after ``resume`` the same URL
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import secrets
 import subprocess
@@ -249,3 +250,15 @@ def download_speed(ns: str, url: str) -> float:
     r = subprocess.run(["ip", "netns", "exec", ns, "curl", "-s", "-o", "/dev/null", "-m", "60", "-w",
                         "%{speed_download}", url], capture_output=True, text=True, check=True)
     return float(r.stdout)
+
+
+def test_live_session_addresses_of_suspended_customers_are_walled(tmp_path):
+    pol = copy_policies(tmp_path)
+    (pol / "suspension.yaml").write_text(yaml.safe_dump(SUSPENSION))
+    policy = load_policy(pol)
+    view = update_view(build_view(policy.customers, "protect", Decisions()),
+                       Decisions().with_(suspended("c1001", "walled-garden")), ("c1001",))
+    live = [((4, int(ipaddress.IPv4Address("100.64.3.7")), 32), "c1001"),
+            ((4, int(ipaddress.IPv4Address("192.0.2.9")), 32), "c1001"),      # inside its static /26
+            ((4, int(ipaddress.IPv4Address("100.64.3.8")), 32), "c1002")]     # not suspended
+    assert walled_plan(policy, view, live).walled == ("192.0.2.0/26", "2001:db8:1001::/48", "100.64.3.7/32")

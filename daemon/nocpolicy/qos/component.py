@@ -261,7 +261,7 @@ class Enforcer(Component):
             self._dirty.clear()
             self._last_rerender = self.ctx.clock.monotonic()
             await self.rerender()
-
+            await self.enforce_suspensions()     # a suspended customer's session came or went
     async def rerender(self) -> str:
         """Plan from the current policy and view and apply it if it differs (render -> apply ->
         read back, rolled back on failure). A refused plan (the class limit) or a failed apply
@@ -309,7 +309,8 @@ class Enforcer(Component):
             return {"enforced": False, "reason": self.plan_only_reason or "no enforcement backend"}
         if self.walled is None:
             self.walled = WalledTable(self.backend.runner)
-        plan = walled_plan(self.policy, self.ctx.subscribers.view)
+        view = self.ctx.subscribers.view
+        plan = walled_plan(self.policy, view, view.live_addresses())      # snapshot on the event loop
         async with self._walled_lock:
             try:
                 await asyncio.to_thread(self.walled.apply, plan)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from ..errors import EnforcementError
 from .kernel import Runner
 from .render import _set
+from .subjects import net_text
 
 TABLE = "nocpolicy_suspend"
 
@@ -39,18 +40,33 @@ class WalledPlan:
         return not self.walled and not self.blocked
 
 
-def walled_plan(policy, view) -> WalledPlan:
-    """Who is walled in or blocked now and where they may still go (pure)."""
+def walled_plan(policy, view, live=None) -> WalledPlan:
+    """Who is walled in or blocked now and where they may still go (pure): the suspended customers'
+    static prefixes and the addresses their live sessions hold (``live``: ``view.live_addresses()``,
+    a snapshot taken on the event loop; an address inside the customer's static prefix is skipped)."""
     walled, blocked = [], []
+    sessions: dict[str, list] = {}
+    for net, cid in (live if live is not None else view.live_addresses()):
+        if cid in view.suspended:
+            sessions.setdefault(cid, []).append(net)
     for sub in sorted(view.suspended.values(), key=lambda s: s.customer):
         mode = sub.suspension.mode
         target = walled if mode == "walled-garden" else blocked if mode == "block" else None
         if target is not None:
-            target += [str(p) for p in sub.prefixes]
+            target += [str(p) for p in sub.prefixes] + _live(sub.prefixes, sessions.get(sub.customer, ()))
     s = policy.suspension
     page = [str(ipaddress.ip_network(a)) for a in s.notice_page.addresses]
     garden = page + [str(p) for p in s.allow_addresses]
     return WalledPlan(tuple(walled), tuple(blocked), tuple(dict.fromkeys(garden)), tuple(page))
+
+
+def _live(static, nets) -> list[str]:
+    out = []
+    for n in sorted(nets):
+        net = ipaddress.ip_network(net_text(n))
+        if not any(net.version == p.version and net.subnet_of(p) for p in static):
+            out.append(str(net))
+    return out
 
 
 def _split(prefixes) -> tuple[list[str], list[str]]:

@@ -122,6 +122,17 @@ class Suspensions(Component):
         self.wake()
         return nft
 
+    def status(self) -> dict:
+        d = super().status()
+        try:
+            with self.ctx.store.transaction() as db:
+                d["suspensions"] = {r["state"]: r["n"] for r in db.execute(
+                    "SELECT state, COUNT(*) AS n FROM sp_suspension GROUP BY state").fetchall()}
+        except NocpolicyError:
+            return d
+        d["notice_page"] = f"{self.page.host}:{self.page.port}" if self.page is not None else None
+        return d
+
     # -- commands and metrics ----------------------------------------------------------------------
 
     def commands(self):
