@@ -129,6 +129,7 @@ async def test_bad_input_is_refused_naming_the_field(env):
         await refused(400, "rate", "above the customer's plan", mode="throttle", rate="50mbit")
         await refused(400, "mode", "one of", mode="slow")
         await refused(400, "cause", "one of", cause="late")
+        await refused(400, "reason", "at most 500", reason="未" * 501)
         await refused(400, "until", "after the start", until="2026-03-02T12:00+09:00")
         await refused(409, "customer", "no fault contact", customer="c-nocontact")
         await r.cmd("suspension.suspend", **{**base, "until": "2026-03-10T00:00+09:00"})

@@ -115,3 +115,24 @@ def test_due_events_and_overlaps():
     assert overlaps(t("2026-03-03T23:00:00+00:00"), None, [row]) is row
     assert overlaps(t("2026-03-04T00:00:00+00:00"), None, [row]) is None
     assert overlaps(t("2026-03-01T00:00:00+00:00"), t("2026-03-03T00:00:00+00:00"), [row]) is None
+
+
+def test_walled_answer_cuts_a_long_reason_on_a_character_boundary():
+    import dns.edns
+    import dns.message
+
+    from nocpolicy.dns.walled import WalledGarden
+    from nocpolicy.dns.wire import parse_query
+    from nocpolicy.subscribers.model import Suspended
+    q = dns.message.make_query("www.example.test", "A", use_edns=0)
+    data = q.to_wire()
+    w = WalledGarden(a=bytes([192, 0, 2, 80]), allow=frozenset({"pay.example"}))
+    s = Suspended(1, "walled-garden", "nonpayment", "未払い" * 100, "2026-03-02T00:00:00+00:00")
+    r = dns.message.from_wire(w.answer(data, parse_query(data), s))
+    (opt,) = [o for o in r.options if isinstance(o, dns.edns.EDEOption)]
+    assert opt.code == 17 and opt.text.startswith("suspended (nonpayment): 未払い") and len(opt.text.encode()) <= 200
+    assert [rr.to_text() for rrset in r.answer for rr in rrset] == ["192.0.2.80"] and r.answer[0].ttl == 0
+    assert w.allowed(s, ["shop.pay.example", "pay.example", "example"])
+    assert not w.allowed(s, ["www.example.test", "example.test", "test"])
+    assert not w.allowed(Suspended(1, "block", "nonpayment", "r", "t"), ["pay.example", "example"])
+    assert w.allowed(Suspended(1, "throttle", "nonpayment", "r", "t", rate=10**6), ["www.example.test"])

@@ -42,5 +42,6 @@ class WalledGarden:
         """The local answer: the notice page's address (A/AAAA) or NODATA, EDE 17 with the reason."""
         addr = self.a if q.qtype == TYPE_A else self.aaaa if q.qtype == TYPE_AAAA else None
         records, n = (sinkhole_record(q.qtype, addr, TTL), 1) if addr is not None else (b"", 0)
-        text = f"suspended ({s.cause}): {s.reason}"
+        # EDE extra text is UTF-8 (RFC 8914); wire.opt_rr keeps 200 bytes: cut on a character boundary
+        text = f"suspended ({s.cause}): {s.reason}".encode()[:200].decode(errors="ignore")
         return answer(data, q, NOERROR, ede=EDE_FILTERED, text=text, records=records, ancount=n)

@@ -48,10 +48,19 @@ def _customer(comp, cid: str):
     return sub
 
 
-def _request(args) -> Request:
-    tz = "Asia/Tokyo"
+MAX_REASON = 500         # characters: shown in letters, on the page and (cut to 200 bytes) in DNS EDE text
+
+
+def _reason(node, _p=None) -> str:
+    s = as_text(node)
+    if len(s) > MAX_REASON:
+        raise Invalid(f"at most {MAX_REASON} characters (this one has {len(s)})")
+    return s
+
+
+def _request(args, tz: str) -> Request:
     r = Request(customer=args.req("customer", as_id), cause=args.req("cause", one_of(*CAUSES)),
-                mode=args.req("mode", one_of(*MODES)), reason=args.req("reason", as_text),
+                mode=args.req("mode", one_of(*MODES)), reason=args.req("reason", _reason),
                 start=args.get("from", lambda n, p=None: as_datetime(n, p, tz), None),
                 end=args.get("until", lambda n, p=None: as_datetime(n, p, tz), None),
                 rate=args.get("rate", as_rate, None), urgent=args.get("urgent", as_bool, False) or False,
@@ -61,7 +70,7 @@ def _request(args) -> Request:
 
 
 async def suspend(comp, args, inv) -> dict:
-    r = _request(args)
+    r = _request(args, comp.ctx.policy().settings.timezone)
     sub = _customer(comp, r.customer)
     row = await asyncio.to_thread(comp.service.suspend, r, sub, inv.actor, notices=comp.post is not None)
     nft = await comp.pushed(row, "add")
@@ -70,7 +79,7 @@ async def suspend(comp, args, inv) -> dict:
 
 async def resume(comp, args, inv) -> dict:
     cid = args.req("customer", as_id)
-    reason = args.get("reason", as_str, "") or ""
+    reason = args.get("reason", _reason, "") or ""
     args.check()
     _customer(comp, cid)
     row = comp.service.the_open(cid)
@@ -94,7 +103,7 @@ async def listing(comp, args, inv) -> dict:
 
 async def terminate(comp, args, inv) -> dict:
     cid = args.req("customer", as_id)
-    reason = args.req("reason", as_text)
+    reason = args.req("reason", _reason)
     args.check()
     _customer(comp, cid)
     row = comp.service.the_open(cid, ("active",))
@@ -137,8 +146,8 @@ def affected(policy, scope: dict) -> list:
 async def abolition(comp, args, inv) -> dict:
     scope = args.req("scope", obj(_scope))
     effective = args.req("date", _date)
-    reason = args.req("reason", as_text)
-    service = args.get("service", as_text, None)
+    reason = args.req("reason", _reason)
+    service = args.get("service", _reason, None)
     args.check()
     policy = comp.ctx.policy()
     s = policy.suspension
