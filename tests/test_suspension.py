@@ -212,6 +212,9 @@ async def test_abolition_announce_checks_three_months_and_notifies_every_custome
         with pytest.raises(CommandError) as e:
             await r.cmd("abolition.announce", scope={"tags": ["nobody"]}, date="2026-07-01", reason="x")
         assert e.value.field == "scope"
+        with pytest.raises(CommandError, match="not a date") as e:
+            await r.cmd("abolition.announce", scope={"plans": ["home"]}, date="July 1st", reason="x")
+        assert (e.value.status, e.value.field) == (400, "date")
         out = await r.cmd("abolition.announce", scope={"plans": ["home"]}, date="2026-06-03",
                           reason="end of the Home plan", service="Home plan")
         assert out["customers"] == ["c-home", "c-two", "c-nocontact"] and out["notices_queued"] == 3

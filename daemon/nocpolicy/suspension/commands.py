@@ -11,6 +11,7 @@ from ..control.commands import Command
 from ..errors import Conflict, Invalid, NotFound
 from ..maintenance import contacts
 from ..maintenance.deadline import check_months_notice
+from ..policy.fields import Invalid as BadValue  # a converter's refusal: Args names the field
 from ..policy.fields import (
     as_bool,
     as_datetime,
@@ -52,9 +53,17 @@ MAX_REASON = 500         # characters: shown in letters, on the page and (cut to
 
 
 def _reason(node, _p=None) -> str:
-    s = as_text(node)
+    return _bounded(as_text(node))
+
+
+def _note(node, _p=None) -> str:
+    """An optional note (may be empty), bounded like a reason."""
+    return _bounded(as_str(node).strip())
+
+
+def _bounded(s: str) -> str:
     if len(s) > MAX_REASON:
-        raise Invalid(f"at most {MAX_REASON} characters (this one has {len(s)})")
+        raise BadValue(f"at most {MAX_REASON} characters (this one has {len(s)})")
     return s
 
 
@@ -64,7 +73,7 @@ def _request(args, tz: str) -> Request:
                 start=args.get("from", lambda n, p=None: as_datetime(n, p, tz), None),
                 end=args.get("until", lambda n, p=None: as_datetime(n, p, tz), None),
                 rate=args.get("rate", as_rate, None), urgent=args.get("urgent", as_bool, False) or False,
-                justification=args.get("justification", as_str, "") or "")
+                justification=args.get("justification", _note, "") or "")
     args.check()
     return r
 
@@ -79,7 +88,7 @@ async def suspend(comp, args, inv) -> dict:
 
 async def resume(comp, args, inv) -> dict:
     cid = args.req("customer", as_id)
-    reason = args.get("reason", _reason, "") or ""
+    reason = args.get("reason", _note, "") or ""
     args.check()
     _customer(comp, cid)
     row = comp.service.the_open(cid)
@@ -134,7 +143,7 @@ def _date(node, _p=None) -> dt.date:
     try:
         return dt.date.fromisoformat(s)
     except ValueError:
-        raise Invalid(f"{s!r} is not a date (YYYY-MM-DD)") from None
+        raise BadValue(f"{s!r} is not a date (YYYY-MM-DD)") from None
 
 
 def affected(policy, scope: dict) -> list:
