@@ -244,7 +244,7 @@ class Enforcer(Component):
         """The policy-and-subscribers part of the plan (pure; run in a thread). Class ids of the
         plan in force are kept (a session adds or removes one class, renumbers none)."""
         subjects = subjects_of(policy, self._view, live) if self._view is not None else None
-        return build_static(policy, subjects, self.static)
+        return build_static(policy, subjects, self.static, redirect=self.features.redirect)
 
     async def _rerender_loop(self) -> None:
         """Re-render on view changes, at most once per ``rerender_interval``: a burst of changes
@@ -381,6 +381,19 @@ class Enforcer(Component):
             return f"plan-only: nothing is enforced ({self.plan_only_reason})"
         return "enforced in the kernel"
 
+    def directions(self) -> dict[str, str]:
+        """Per direction, whether its caps reach the kernel (and if not, why)."""
+        if self.backend is None:
+            off = f"not enforced: plan-only ({self.plan_only_reason})"
+            return {"download": off, "upload": off}
+        if self.plan is not None and self.plan.uploads:
+            up = f"enforced (ifb, {self.plan.redirect} redirect, {len(self.plan.up_caps)} prefix filter(s))"
+        elif self.features.upload_missing():
+            up = f"not enforced: {self.features.upload_missing()}"
+        else:
+            up = "not enforced: no customer has an up cap below the link rate"
+        return {"download": "enforced", "upload": up}
+
     async def _expire_if_due(self) -> None:
         rec = self.emergencies.active()
         if rec is None:
@@ -442,7 +455,8 @@ class Enforcer(Component):
     def status(self) -> dict:
         return {**super().status(), "backend": self.backend_name, "netns": self.netns,
                 "features": self.features.as_dict(), "emergency": self.active_profile(),
-                "errors": self.errors, "last_error": self.last_error, "rerenders": dict(self.rerenders)}
+                "errors": self.errors, "last_error": self.last_error, "rerenders": dict(self.rerenders),
+                "directions": self.directions()}
 
     def commands(self) -> list[Command]:
         return [
@@ -474,7 +488,7 @@ class Enforcer(Component):
     async def _cmd_status(self, args: Args, inv: Invocation) -> dict:
         args.check()
         return {"active": self.active_emergency(),
-                "enforced": self.backend is not None, "note": self._note(),
+                "enforced": self.backend is not None, "note": self._note(), "directions": self.directions(),
                 "backend": self.backend_name, "netns": self.netns, "features": self.features.as_dict(),
                 "interfaces": [{"name": t.name, "rate": t.rate, "classes": len(t.classes)}
                                for t in (self.plan.interfaces if self.plan else ())],
@@ -485,7 +499,7 @@ class Enforcer(Component):
         args.check()
         await self.refresh_usage()
         u = self._usage
-        return {"enforced": self.backend is not None, "note": self._note(),
+        return {"enforced": self.backend is not None, "note": self._note(), "directions": self.directions(),
                 "classes": [{"interface": i, "class": c, "bytes": v[0], "packets": v[1], "drops": v[2]}
                             for (i, c), v in sorted(self._class_acc.items())],
                 "customers": [{"customer": k, "bytes": v[0], "packets": v[1]}
