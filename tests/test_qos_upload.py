@@ -74,6 +74,17 @@ filter parent 1: protocol ipv6 pref 11 u32 chain 0 fh 800::800 order 2048 key ht
     assert found == {("192.0.2.0/26", 0x100), ("100.64.3.7", 0x101), ("2001:db8:1::/48", 0x100)}
 
 
+def test_plan_only_says_no_direction_is_enforced(daemon):
+    """The embedded default (nocp-down0 does not exist): usage and status say, per direction,
+    that nothing reaches the kernel."""
+    d = daemon(extra_args=["--enforce", "auto"])
+    dirs = d.ctl_json("usage")["directions"]
+    assert dirs["download"].startswith("not enforced: plan-only") and dirs["upload"] == dirs["download"]
+    assert d.ctl_json("status")["components"]["qos"]["directions"] == dirs
+    out = d.ctl("emergency", "status", check=True).stdout
+    assert "upload caps: not enforced: plan-only" in out and "download caps: not enforced" in out
+
+
 # -- the Linux backend in a namespace ---------------------------------------------------------
 
 
@@ -224,6 +235,9 @@ def test_real_uploads_are_capped(tmp_path, topo):
         capped, drops = measured(rtr, ifb, minor, lambda: upload(cust, "192.0.2.2", 5301))
         # the default class carries the uncapped customer's upload, measured the same way
         free, _ = measured(rtr, ifb, 0x31, lambda: upload(cust, "192.0.2.66", 5302))
+        up = {c["customer"]: c["bytes"] for c in d.ctl_json("usage")["customers_up"]}
+        assert up["c1001"] >= CAP_BPS / 8 * SECONDS * 0.5, up    # usage counts the capped upload
+        assert "upload caps: enforced (ifb, u32 redirect" in d.ctl("usage", check=True).stdout
     finally:
         d.stop()
     print(f"upload: capped customer {capped / 1e6:.3f} Mbit/s ({drops} drops), uncapped {free / 1e6:.3f} Mbit/s")

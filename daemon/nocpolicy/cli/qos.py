@@ -101,6 +101,8 @@ def cmd_usage(args, client) -> int:
                   f"{c['drops']:>8} drops")
         for c in out["customers"]:
             print(f"  customer {c['customer']:<12} {c['bytes']:>14} bytes {c['packets']:>10} pkts")
+        for c in out.get("customers_up", []):
+            print(f"  customer {c['customer']:<12} {c['bytes']:>14} bytes {c['packets']:>10} pkts uploaded")
         print(f"customers at their cap: {', '.join(out['over_limit']) or 'none'}")
         return 0
     return run(client, args, "usage", {}, render)

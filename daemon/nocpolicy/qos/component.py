@@ -78,6 +78,8 @@ class Enforcer(Component):
         self._usage = Usage()
         self._class_acc: dict = {}
         self._cust_acc: dict = {}
+        self._cust_up_acc: dict = {}
+        self._last_cust_up: dict = {}
         self._last_raw: dict = {}
         self._last_cust: dict = {}
         self.apply_seconds = Histogram("nocpolicy_enforcement_apply_duration_seconds",
@@ -429,6 +431,7 @@ class Enforcer(Component):
             return
         _accumulate(self._class_acc, self._last_raw, u.classes)
         _accumulate(self._cust_acc, self._last_cust, u.customers)
+        _accumulate(self._cust_up_acc, self._last_cust_up, u.customers_up)
         self._usage = u
 
     def class_totals(self) -> dict:
@@ -504,6 +507,8 @@ class Enforcer(Component):
                             for (i, c), v in sorted(self._class_acc.items())],
                 "customers": [{"customer": k, "bytes": v[0], "packets": v[1]}
                               for k, v in sorted(self._cust_acc.items())],
+                "customers_up": [{"customer": k, "bytes": v[0], "packets": v[1]}
+                                 for k, v in sorted(self._cust_up_acc.items())],
                 "over_limit": u.over_limit}
 
     def rendered(self) -> dict:
