@@ -58,6 +58,21 @@ def test_upload_plan_content(policy):
     assert ifb_name("a-very-long-if0").startswith("nqup") and len(ifb_name("a-very-long-if0")) <= 15
 
 
+def test_past_the_u32_limit_live_addresses_go_uncapped_not_the_plan(policy):
+    """The u32 list is linear (4000 prefixes per family): past it, live addresses (last) get no
+    upload cap and the count shows; static prefixes and the download plan are untouched."""
+    from nocpolicy.qos.plan import build_static
+    from nocpolicy.qos.subjects import Subject, subjects_of
+    from nocpolicy.qos.upload import MAX_UP_PREFIXES
+    base = subjects_of(policy)
+    live = tuple(Subject(f"s{i:05d}", (f"100.64.{i >> 8}.{i & 255}",), "home") for i in range(MAX_UP_PREFIXES))
+    st = build_static(policy, (*base, *live), redirect="u32")
+    v4 = [e.prefix for e in st.up_caps if ":" not in e.prefix]
+    assert len(v4) == MAX_UP_PREFIXES and st.up_dropped == 1
+    assert v4[0] == "192.0.2.0/26", "static prefixes are kept first"
+    assert len(st.normal_caps) == len(build_static(policy, (*base, *live)).normal_caps)
+
+
 def test_parse_filters_reads_back_prefixes():
     out = """filter parent 1: protocol ip pref 10 u32 chain 0
 filter parent 1: protocol ip pref 10 u32 chain 0 fh 800: ht divisor 1

@@ -390,6 +390,9 @@ class Enforcer(Component):
             return {"download": off, "upload": off}
         if self.plan is not None and self.plan.uploads:
             up = f"enforced (ifb, {self.plan.redirect} redirect, {len(self.plan.up_caps)} prefix filter(s))"
+            dropped = self.static.up_dropped if self.static is not None else 0
+            if dropped:
+                up = f"partly enforced: {dropped} address(es) past the u32 filter limit have no upload cap; {up}"
         elif self.features.upload_missing():
             up = f"not enforced: {self.features.upload_missing()}"
         else:

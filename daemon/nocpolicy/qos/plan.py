@@ -240,6 +240,7 @@ class Static:
     up_caps: tuple[Entry, ...] = ()
     up_index: dict = field(default_factory=dict)
     redirect: str = ""
+    up_dropped: int = 0                    # addresses past the u32 list limit: no upload cap
 
 
 def build_static(policy, subjects: tuple[Subject, ...] | None = None, previous: Static | None = None,
@@ -276,16 +277,27 @@ def _with_uploads(policy, st: Static, previous: Static | None, redirect: str) ->
     index, order, shared_by = cap_classes(policy, up, present, previous.up_index if previous is not None else None)
     if not order:
         return st                  # no up cap below a link rate: nothing to shape
-    entries = tuple(Entry(p, index[(s.customer, up[s.customer]["up"])], f"customer {s.customer}")
-                    for s in st.subjects if (s.customer, up[s.customer]["up"]) in index for p in s.prefixes)
-    for fam in (4, 6):
-        n = sum(1 for e in entries if family(e.prefix) == fam)
-        if n > MAX_UP_PREFIXES:
-            from ..errors import EnforcementError
-            raise EnforcementError(f"upload caps: {n} IPv{fam} prefixes to classify, the u32 filter list "
-                                   f"allows {MAX_UP_PREFIXES} per family")
+    entries, dropped = _up_entries(policy, st.subjects, up, index)
     uploads = tuple(upload_tree(i, order, shared_by) for i in policy.interfaces)
-    return dataclasses.replace(st, uploads=uploads, up_caps=entries, up_index=index, redirect=redirect)
+    return dataclasses.replace(st, uploads=uploads, up_caps=entries, up_index=index, redirect=redirect,
+                               up_dropped=dropped)
+
+
+def _up_entries(policy, subjects, up: dict, index: dict) -> tuple[tuple[Entry, ...], int]:
+    """The source filters, static prefixes first, then live addresses, at most
+    :data:`MAX_UP_PREFIXES` per family (the u32 list is linear); returns them and how many
+    addresses were left without an upload cap (they fall into the default class)."""
+    static = {str(p) for c in policy.customers for p in c.prefixes}
+    entries = [Entry(p, index[(s.customer, up[s.customer]["up"])], f"customer {s.customer}")
+               for s in subjects if (s.customer, up[s.customer]["up"]) in index for p in s.prefixes]
+    entries.sort(key=lambda e: e.prefix not in static)           # stable: static first, order kept
+    kept, count = [], {4: 0, 6: 0}
+    for e in entries:
+        fam = family(e.prefix)
+        if count[fam] < MAX_UP_PREFIXES:
+            count[fam] += 1
+            kept.append(e)
+    return tuple(kept), len(entries) - len(kept)
 
 
 def upload_tree(iface, order: list[tuple[str, int, int]], shared_by: int) -> Upload:
