@@ -78,6 +78,8 @@ class Enforcer(Component):
         self._usage = Usage()
         self._class_acc: dict = {}
         self._cust_acc: dict = {}
+        self._cust_up_acc: dict = {}
+        self._last_cust_up: dict = {}
         self._last_raw: dict = {}
         self._last_cust: dict = {}
         self.apply_seconds = Histogram("nocpolicy_enforcement_apply_duration_seconds",
@@ -248,7 +250,7 @@ class Enforcer(Component):
         """The policy-and-subscribers part of the plan (pure; run in a thread). Class ids of the
         plan in force are kept (a session adds or removes one class, renumbers none)."""
         subjects = subjects_of(policy, self._view, live) if self._view is not None else None
-        return build_static(policy, subjects, self.static)
+        return build_static(policy, subjects, self.static, redirect=self.features.redirect)
 
     async def _rerender_loop(self) -> None:
         """Re-render on view changes, at most once per ``rerender_interval``: a burst of changes
@@ -406,6 +408,22 @@ class Enforcer(Component):
             return f"plan-only: nothing is enforced ({self.plan_only_reason})"
         return "enforced in the kernel"
 
+    def directions(self) -> dict[str, str]:
+        """Per direction, whether its caps reach the kernel (and if not, why)."""
+        if self.backend is None:
+            off = f"not enforced: plan-only ({self.plan_only_reason})"
+            return {"download": off, "upload": off}
+        if self.plan is not None and self.plan.uploads:
+            up = f"enforced (ifb, {self.plan.redirect} redirect, {len(self.plan.up_caps)} prefix filter(s))"
+            dropped = self.static.up_dropped if self.static is not None else 0
+            if dropped:
+                up = f"partly enforced: {dropped} address(es) past the u32 filter limit have no upload cap; {up}"
+        elif self.features.upload_missing():
+            up = f"not enforced: {self.features.upload_missing()}"
+        else:
+            up = "not enforced: no customer has an up cap below the link rate"
+        return {"download": "enforced", "upload": up}
+
     async def _expire_if_due(self) -> None:
         rec = self.emergencies.active()
         if rec is None:
@@ -441,6 +459,7 @@ class Enforcer(Component):
             return
         _accumulate(self._class_acc, self._last_raw, u.classes)
         _accumulate(self._cust_acc, self._last_cust, u.customers)
+        _accumulate(self._cust_up_acc, self._last_cust_up, u.customers_up)
         self._usage = u
 
     def class_totals(self) -> dict:
@@ -467,7 +486,8 @@ class Enforcer(Component):
     def status(self) -> dict:
         return {**super().status(), "backend": self.backend_name, "netns": self.netns,
                 "features": self.features.as_dict(), "emergency": self.active_profile(),
-                "errors": self.errors, "last_error": self.last_error, "rerenders": dict(self.rerenders)}
+                "errors": self.errors, "last_error": self.last_error, "rerenders": dict(self.rerenders),
+                "directions": self.directions()}
 
     def commands(self) -> list[Command]:
         return [
@@ -499,7 +519,7 @@ class Enforcer(Component):
     async def _cmd_status(self, args: Args, inv: Invocation) -> dict:
         args.check()
         return {"active": self.active_emergency(),
-                "enforced": self.backend is not None, "note": self._note(),
+                "enforced": self.backend is not None, "note": self._note(), "directions": self.directions(),
                 "backend": self.backend_name, "netns": self.netns, "features": self.features.as_dict(),
                 "interfaces": [{"name": t.name, "rate": t.rate, "classes": len(t.classes)}
                                for t in (self.plan.interfaces if self.plan else ())],
@@ -510,11 +530,13 @@ class Enforcer(Component):
         args.check()
         await self.refresh_usage()
         u = self._usage
-        return {"enforced": self.backend is not None, "note": self._note(),
+        return {"enforced": self.backend is not None, "note": self._note(), "directions": self.directions(),
                 "classes": [{"interface": i, "class": c, "bytes": v[0], "packets": v[1], "drops": v[2]}
                             for (i, c), v in sorted(self._class_acc.items())],
                 "customers": [{"customer": k, "bytes": v[0], "packets": v[1]}
                               for k, v in sorted(self._cust_acc.items())],
+                "customers_up": [{"customer": k, "bytes": v[0], "packets": v[1]}
+                                 for k, v in sorted(self._cust_up_acc.items())],
                 "over_limit": u.over_limit}
 
     def rendered(self) -> dict:

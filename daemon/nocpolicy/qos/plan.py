@@ -25,6 +25,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from .subjects import Subject, subjects_of
+from .upload import MAX_UP_PREFIXES, Upload, ifb_name
 
 LINK, NETCTL, PRIORITY, ORDINARY, DEFAULT = 0x1, 0x10, 0x20, 0x30, 0x31
 FIRST_CUSTOMER_CLASS = 0x100
@@ -94,13 +95,16 @@ class Plan:
     caps: tuple[Entry, ...]                # customer prefix -> class, normal times
     emergency: EmergencyPlan | None = None
     class_names: dict = field(default_factory=dict, compare=False, repr=False)
+    uploads: tuple[Upload, ...] = ()       # upload shaping: one ifb tree per interface (upload.py)
+    up_caps: tuple[Entry, ...] = ()        # customer source prefix -> upload class (u32 filters)
+    redirect: str = ""                     # ingress -> ifb classifier: matchall | u32 ("" without uploads)
 
     def tc_part(self) -> tuple:
         """What the tc tree depends on: equal parts mean no tc command is needed."""
-        return (self.leaf, self.interfaces)
+        return (self.leaf, self.interfaces, self.uploads, self.up_caps, self.redirect)
 
     def names(self) -> dict[int, str]:
-        """class minor -> class name (customer classes included)."""
+        """class minor -> class name of the download trees (customer classes included)."""
         if not self.class_names:
             out = {}
             for t in self.interfaces:
@@ -232,11 +236,18 @@ class Static:
     caps_by_customer: dict
     normal_caps: tuple[Entry, ...]
     subjects: tuple[Subject, ...] = ()
+    uploads: tuple[Upload, ...] = ()
+    up_caps: tuple[Entry, ...] = ()
+    up_index: dict = field(default_factory=dict)
+    redirect: str = ""
+    up_dropped: int = 0                    # addresses past the u32 list limit: no upload cap
 
 
-def build_static(policy, subjects: tuple[Subject, ...] | None = None, previous: Static | None = None) -> Static:
+def build_static(policy, subjects: tuple[Subject, ...] | None = None, previous: Static | None = None,
+                 redirect: str | None = None) -> Static:
     """``subjects`` default to the policy's customers and static prefixes; ``previous`` (the
-    Static in force) keeps class ids stable (see :func:`cap_classes`)."""
+    Static in force) keeps class ids stable (see :func:`cap_classes`); ``redirect`` (matchall or
+    u32: what the kernel has) shapes uploads too, None leaves them alone."""
     subjects = subjects_of(policy) if subjects is None else subjects
     caps_by_customer = _customer_caps(policy, subjects)
     present = {s.customer for s in subjects if s.prefixes}
@@ -249,7 +260,57 @@ def build_static(policy, subjects: tuple[Subject, ...] | None = None, previous: 
     trees = tuple(build_tree(policy, i, order, first, shared_by) for i in policy.interfaces)
     netctl = tuple(sorted({s for p in policy.profiles for s in p.network_control} or {"dns", "ntp", "bgp"}))
     st = Static(trees, netctl, index, caps_by_customer, (), subjects)
-    return dataclasses.replace(st, normal_caps=_cap_entries(st, "normal"))
+    st = dataclasses.replace(st, normal_caps=_cap_entries(st, "normal"))
+    if redirect:
+        st = _with_uploads(policy, st, previous, redirect)
+    return st
+
+
+def _with_uploads(policy, st: Static, previous: Static | None, redirect: str) -> Static:
+    """``st`` with upload shaping: an ifb tree per interface with a class per customer ``up``
+    cap (the lower of the plan's ``up`` and a runtime ``rate_cap``), and the filters."""
+    up = {}
+    for s in st.subjects:
+        plan = policy.plans_by_id.get(s.plan) if s.plan else None
+        up[s.customer] = {"up": _lower(plan.up if plan else None, s.rate_cap)}
+    present = {s.customer for s in st.subjects if s.prefixes}
+    index, order, shared_by = cap_classes(policy, up, present, previous.up_index if previous is not None else None)
+    if not order:
+        return st                  # no up cap below a link rate: nothing to shape
+    entries, dropped = _up_entries(policy, st.subjects, up, index)
+    uploads = tuple(upload_tree(i, order, shared_by) for i in policy.interfaces)
+    return dataclasses.replace(st, uploads=uploads, up_caps=entries, up_index=index, redirect=redirect,
+                               up_dropped=dropped)
+
+
+def _up_entries(policy, subjects, up: dict, index: dict) -> tuple[tuple[Entry, ...], int]:
+    """The source filters, static prefixes first, then live addresses, at most
+    :data:`MAX_UP_PREFIXES` per family (the u32 list is linear); returns them and how many
+    addresses were left without an upload cap (they fall into the default class)."""
+    static = {str(p) for c in policy.customers for p in c.prefixes}
+    entries = [Entry(p, index[(s.customer, up[s.customer]["up"])], f"customer {s.customer}")
+               for s in subjects if (s.customer, up[s.customer]["up"]) in index for p in s.prefixes]
+    entries.sort(key=lambda e: e.prefix not in static)           # stable: static first, order kept
+    kept, count = [], {4: 0, 6: 0}
+    for e in entries:
+        fam = family(e.prefix)
+        if count[fam] < MAX_UP_PREFIXES:
+            count[fam] += 1
+            kept.append(e)
+    return tuple(kept), len(entries) - len(kept)
+
+
+def upload_tree(iface, order: list[tuple[str, int, int]], shared_by: int) -> Upload:
+    """The ifb tree for uploads arriving on ``iface``: link, default, a class per up cap."""
+    link = iface.rate
+    per_customer = max(MIN_RATE, (link // 2) // max(1, shared_by))
+    classes = [HtbClass(LINK, 0, "link", link, link, 0, False),
+               HtbClass(DEFAULT, LINK, "default", max(MIN_RATE, link // 2), link, 2, True)]
+    for cid, cap, minor in order:
+        ceil = min(cap, link)
+        classes.append(HtbClass(minor, LINK, f"up:{cid}", min(per_customer, ceil), ceil, 2, True))
+    ifb = ifb_name(iface.name)
+    return Upload(iface.name, ifb, InterfaceTree(ifb, link, tuple(classes)))
 
 
 def _cap_entries(st: Static, key: str) -> tuple[Entry, ...]:
@@ -263,7 +324,8 @@ def _cap_entries(st: Static, key: str) -> tuple[Entry, ...]:
 
 
 def build_plan(policy, emergency: Emergency | None = None, *, leaf: str = "pfifo",
-               static: Static | None = None, subjects: tuple[Subject, ...] | None = None) -> Plan:
+               static: Static | None = None, subjects: tuple[Subject, ...] | None = None,
+               redirect: str | None = None) -> Plan:
     """(Policy, subjects, the emergency in force) -> Plan. Pure; raises ValueError for an unknown
     profile/scope, EnforcementError past the class limit.
 
@@ -271,10 +333,10 @@ def build_plan(policy, emergency: Emergency | None = None, *, leaf: str = "pfifo
     the policy's customers with their static prefixes. ``static`` (from :func:`build_static` of
     the same policy and subjects) saves rebuilding the tc tree.
     """
-    st = static or build_static(policy, subjects)
+    st = static or build_static(policy, subjects, redirect=redirect)
     em = _emergency_plan(policy, st, emergency) if emergency is not None else None
     return Plan(leaf=leaf, interfaces=st.trees, network_control=st.network_control, caps=st.normal_caps,
-                emergency=em)
+                emergency=em, uploads=st.uploads, up_caps=st.up_caps, redirect=st.redirect)
 
 
 def _emergency_plan(policy, st: Static, emergency: Emergency) -> EmergencyPlan:
