@@ -249,11 +249,49 @@ def test_walled_garden_block_and_resume_in_namespaces(topo, tmp_path):
         assert "REAL TEST SITE" in (fetch(cust, "http://site.test/") or "")
         speed = download_speed(cust, "http://203.0.113.50/big.bin")
         assert speed <= 1.3 * 1_000_000 / 8, f"{speed * 8 / 1e6:.2f} Mbit/s through a 1 Mbit/s throttle"
+        wait_for(lambda: json.loads(d.ctl("usage").stdout)["directions"]["upload"].startswith("enforced"), 30,
+                 what="upload caps enforced (ifb)")
+        speed = upload_speed(topo, "203.0.113.50")
+        assert speed <= 1.3 * 1_000_000 / 8, f"{speed * 8 / 1e6:.2f} Mbit/s up through a 1 Mbit/s throttle"
         assert d.ctl("resume", "c1001").returncode == 0
         wait_for(lambda: "ceil 1Mbit" not in sh("ip", "netns", "exec", rtr, "tc", "class", "show", "dev",
                                                 "nocp-down0"), 30, what="the throttle lifted")
     finally:
         d.stop()
+
+
+SINK = """
+import socket, sys
+s = socket.create_server((sys.argv[1], 9000))
+print("ready", flush=True)
+c, _ = s.accept()
+n = 0
+while (b := c.recv(65536)):
+    n += len(b)
+c.sendall(str(n).encode())
+c.close()
+"""
+
+SEND = """
+import socket, sys, time
+c = socket.create_connection((sys.argv[1], 9000), timeout=60)
+t0 = time.monotonic()
+c.sendall(bytes(400_000))
+c.shutdown(socket.SHUT_WR)
+assert int(c.recv(64)) == 400_000
+print(f"{400_000 / (time.monotonic() - t0):.0f}")
+"""
+
+
+def upload_speed(topo: dict, dst: str) -> float:
+    """Bytes per second of one 400 KB upload from the customer to ``dst`` in the web namespace."""
+    sink = subprocess.Popen(["ip", "netns", "exec", topo["web"], sys.executable, "-c", SINK, dst],
+                            stdout=subprocess.PIPE, text=True)
+    topo["procs"].append(sink)
+    assert sink.stdout.readline().strip() == "ready"
+    r = subprocess.run(["ip", "netns", "exec", topo["cust"], sys.executable, "-c", SEND, dst],
+                       capture_output=True, text=True, check=True, timeout=90)
+    return float(r.stdout)
 
 
 def download_speed(ns: str, url: str) -> float:
