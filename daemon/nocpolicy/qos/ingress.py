@@ -85,7 +85,7 @@ def filter_changes(runner: Runner, plan: Plan) -> tuple[list[Change], list[Chang
         if stale:
             pre.append(("\n".join(_del(up.ifb, p) for p in stale), None))
         lines = filter_lines(up, plan.up_caps, new)
-        if lines:                   # (deleting a pref drops its hash table too)
+        if lines:
             used = sorted({int(m) for m in re.findall(r" pref (\d+) ", "\n".join(lines))})
             pre.append(("\n".join(lines), "\n".join(_del(up.ifb, p) for p in used)))
         if old is not None:

@@ -25,7 +25,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from .subjects import Subject, subjects_of
-from .upload import MAX_UP_PREFIXES, Upload, ifb_name, v4_host
+from .upload import MAX_UP_PREFIXES, Upload, ifb_name
 
 LINK, NETCTL, PRIORITY, ORDINARY, DEFAULT = 0x1, 0x10, 0x20, 0x30, 0x31
 FIRST_CUSTOMER_CLASS = 0x100
@@ -285,17 +285,17 @@ def _with_uploads(policy, st: Static, previous: Static | None, redirect: str) ->
 
 def _up_entries(policy, subjects, up: dict, index: dict) -> tuple[tuple[Entry, ...], int]:
     """The source filters, static prefixes first, then live addresses, at most
-    :data:`MAX_UP_PREFIXES` per u32 list (IPv6, IPv4 networks, each IPv4 host bucket); returns
-    them and how many addresses were left without an upload cap (they fall into the default class)."""
+    :data:`MAX_UP_PREFIXES` per family (the u32 list is linear); returns them and how many
+    addresses were left without an upload cap (they fall into the default class)."""
     static = {str(p) for c in policy.customers for p in c.prefixes}
     entries = [Entry(p, index[(s.customer, up[s.customer]["up"])], f"customer {s.customer}")
                for s in subjects if (s.customer, up[s.customer]["up"]) in index for p in s.prefixes]
     entries.sort(key=lambda e: e.prefix not in static)           # stable: static first, order kept
-    kept, count = [], {}
+    kept, count = [], {4: 0, 6: 0}
     for e in entries:
-        key = v4_host(e.prefix) if family(e.prefix) == 4 else "v6"
-        if count.get(key, 0) < MAX_UP_PREFIXES:
-            count[key] = count.get(key, 0) + 1
+        fam = family(e.prefix)
+        if count[fam] < MAX_UP_PREFIXES:
+            count[fam] += 1
             kept.append(e)
     return tuple(kept), len(entries) - len(kept)
 
