@@ -181,3 +181,48 @@ def test_radius_sessions_reach_the_kernel_and_a_storm_coalesces(tmp_path, router
         wait_for(lambda: "100.64.3.7" not in caps4(router), 30, what="the stopped session out of caps4")
     finally:
         d.stop()
+
+
+# -- the component: a re-render past the class limit keeps the plan in force ---------------------
+
+
+async def test_a_rerender_past_the_class_limit_keeps_the_plan_in_force(tmp_path):
+    from prometheus_client import CollectorRegistry
+
+    from helpers import copy_policies
+    from nocpolicy.clock import SystemClock
+    from nocpolicy.component import Context
+    from nocpolicy.events import EventBus
+    from nocpolicy.options import Options
+    from nocpolicy.policy.customers import Customer
+    from nocpolicy.qos.component import Enforcer
+    from nocpolicy.store import Store
+    from nocpolicy.subscribers.model import EVERYTHING
+
+    base = load_policy(copy_policies(tmp_path))
+    extra = tuple(Customer(id=f"d{i:05d}", name=f"dynamic {i}", plan="home-100m") for i in range(MAX_CAP_CLASSES))
+    policy = dataclasses.replace(base, customers=(*base.customers, *extra))
+    store = Store(tmp_path / "state.db")
+    ctx = Context(options=Options(policies=str(tmp_path / "policies"), state_dir=str(tmp_path), enforce="off"),
+                  store=store, clock=SystemClock(), events=EventBus(), registry=CollectorRegistry(),
+                  policy=lambda: policy)
+    try:
+        q = Enforcer(ctx)
+        (await q.prepare(policy, None))()
+        few = view_with(policy, [(f"d{i:05d}", [f"100.64.{i >> 8}.{i & 255}/32"]) for i in range(3)])
+        q._view_changed(few, EVERYTHING)                  # what the subscribers area pushes
+        assert await q.rerender() == "applied"
+        good = q.plan
+        assert sum(1 for c in good.interfaces[0].classes if c.name.startswith("cap:d")) == 3
+        # every dynamic customer comes online: more cap classes than HTB has ids
+        allof = view_with(policy, [(c.id, [f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}/32"])
+                                   for i, c in enumerate(extra)])
+        q._view_changed(allof, EVERYTHING)
+        assert await q.rerender() == "refused"
+        assert q.plan is good, "the plan in force must stay"
+        assert "too many customer cap classes" in q.last_error and q.rerenders["refused"] == 1
+        assert q.status()["rerenders"]["refused"] == 1
+        q._view_changed(few, EVERYTHING)                  # sessions end again: planning resumes
+        assert await q.rerender() == "unchanged"
+    finally:
+        store.close()

@@ -131,6 +131,12 @@ def test_apply_verify_reapply_and_remove(ns, policy):
     b.apply(build_plan(more, redirect="u32"))
     prefs, found = parse_filters(ex(ns, "tc", "filter", "show", "dev", "down0-up", "parent", "1:"))
     assert prefs == {20, 21} and ("192.0.2.128/28", 0x100) in found and len(found) == 3
+    # generations swap back and forth (a re-render per second does that all day)
+    for i in range(4):
+        plan = build_plan(more if i % 2 else policy, redirect="u32")
+        b.apply(plan)
+        _, found = parse_filters(ex(ns, "tc", "filter", "show", "dev", "down0-up", "parent", "1:"))
+        assert len(found) == len(plan.up_caps) and LinuxBackend(ns).apply(plan).tc_commands == 0
     # the policy drops every up cap: the redirect and the ifb devices go
     b.apply(build_plan(load_policy(str(GOLDEN / "policy")), redirect="u32"))
     assert "down0-up" not in ex(ns, "ip", "link", "show")

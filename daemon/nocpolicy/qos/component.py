@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 COUNTER_INTERVAL = 10.0
 RERENDER_INTERVAL = 1.0       # at most one re-render per second on subscriber changes (bursts coalesce)
+RERENDER_RETRY = 10.0         # after an apply the kernel refused (rolled back), try again this much later
 EXPIRY_CHECK = 1.0
 NETNS_ENV = "NOCPOLICY_NETNS"
 
@@ -262,8 +263,12 @@ class Enforcer(Component):
                 await self.ctx.clock.sleep(wait)
             self._dirty.clear()
             self._last_rerender = self.ctx.clock.monotonic()
-            await self.rerender()
+            outcome = await self.rerender()
             await self.enforce_suspensions()     # a suspended customer's session came or went
+            if outcome == "failed":              # changes meanwhile coalesce into the retry
+                await self.ctx.clock.sleep(RERENDER_RETRY)
+                self._dirty.set()
+
     async def rerender(self) -> str:
         """Plan from the current policy and view and apply it if it differs (render -> apply ->
         read back, rolled back on failure). A refused plan (the class limit) or a failed apply
