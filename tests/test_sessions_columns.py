@@ -91,6 +91,7 @@ def _check(t: LiveTable, model: dict, nets) -> None:
         got = t.get(nas, sid)
         assert (got.id, got.customer, got.addrs, got.implicit) == (s.id, s.customer, s.addrs, s.implicit)
     assert sorted(x.id for x in t.sessions()) == sorted(x.id for x in model.values())
+    assert sorted(t.addresses()) == sorted((n, s.customer) for s in model.values() if s.customer for n in s.addrs)
 
 
 def test_touch_keeps_last_and_a_stale_sweep_reads_it():

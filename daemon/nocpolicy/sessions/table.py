@@ -329,6 +329,11 @@ class LiveTable:
         p = parse_host(host)
         return p is not None and self._find_slot(*p) is not None
 
+    def addresses(self) -> list[tuple[Net, str]]:
+        """Every live address with its customer (attributed sessions only; subscribers.live.LiveAddresses)."""
+        cust = self._cust
+        return [(n, cust[i]) for i in self._slots() if cust[i] for n in self._addrs_of(i)]
+
     def items(self) -> list[tuple[Net, Live]]:
         return [(n, s) for s in self.sessions() for n in s.addrs]
 
