@@ -209,6 +209,7 @@ class Outbox:
 
     async def run(self) -> None:
         """Forever: deliver what is due, then nap until the next due row, a poke, or MAX_NAP."""
+        again = 0      # rounds run at once in a row because rows came due meanwhile (bounded: no spin)
         while True:
             attempted = 0
             for ch in self.channels:
@@ -220,7 +221,12 @@ class Outbox:
                     log.error("notices: %s delivery failed: %s", ch.name, exc)
             if attempted >= BATCH:
                 continue                      # a backlog: next batch at once
-            await nap(self.clock, self._wake, min(MAX_NAP, max(MIN_NAP, self.delay())))
+            delay = self.delay()
+            if attempted and delay <= 0 and again < 8:
+                again += 1
+                continue                      # came due while this round was delivering: at once
+            again = 0
+            await nap(self.clock, self._wake, min(MAX_NAP, max(MIN_NAP, delay)))
 
     def delay(self) -> float:
         with self.store.transaction() as db:
