@@ -24,6 +24,12 @@ class Subscriber:
     nodes: frozenset[str] = frozenset()
     prefixes: tuple[Prefix, ...] = ()          # the customer's static prefixes (policy)
     optout_source: str = "policy"              # where ``security`` comes from: "policy" | "runtime"
+    consent: frozenset[str] = frozenset(("cc-blocking", "analysis"))   # purposes on (consent.PURPOSES)
+
+    def consents(self, purpose: str) -> bool:
+        """Is ``purpose`` on for this client (Art. 45(1)(2)(4)(5)); an unknown client has the
+        defaults (blocking and analysis on, nothing handed to ICT-ISAC)."""
+        return purpose in self.consent
 
     @property
     def id(self) -> str | None:
@@ -50,9 +56,19 @@ def _as_list(v: Any) -> list:
     return v
 
 
+# The purposes a customer consents to, each with its default and the clause it comes from
+# (Art. 45): cc-blocking replaces the opt-out (on = blocked), analysis feeds the summaries,
+# isac-source and isac-probe let records go to ICT-ISAC (off unless consented).
+PURPOSES = {"cc-blocking": True, "analysis": True, "isac-source": False, "isac-probe": False}
+CLAUSES = {"cc-blocking": "45(4)", "analysis": "45(5)", "isac-source": "45(1)", "isac-probe": "45(2)"}
+
+
 # "sessions": live-session changes sent to the DNS workers (sessions/replica.py); applied to
-# the address lookup, not kept among the decisions.
-KINDS = {"optout": _as_bool, "sessions": _as_list}
+# the address lookup, not kept among the decisions. "consent:<purpose>" is a customer's
+# consent to one purpose (true/false); "optout" is the old form of consent:cc-blocking (the
+# opposite value; a decision from an older peer still applies).
+CONSENT = "consent:"
+KINDS = {"optout": _as_bool, **{CONSENT + p: _as_bool for p in PURPOSES}, "sessions": _as_list}
 
 
 @dataclass(frozen=True, slots=True)
