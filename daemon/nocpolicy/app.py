@@ -29,6 +29,7 @@ from .clock import SystemClock, utcnow, wall
 from .component import Component, Context
 from .control.admin import AdminApi
 from .control.commands import Args, Command, CommandRegistry, Invocation
+from .control.customer import customer_listener
 from .control.metrics_http import metrics_handler
 from .control.token import ensure_token
 from .errors import NocpolicyError, PolicyInvalid
@@ -155,7 +156,7 @@ class Daemon:
         self.reload_event = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._ready = False
-        self.http: list[HttpServer] = []
+        self.http: list = []            # HttpServer and the customer page's Listener
 
     # -- start / stop ------------------------------------------------------------
 
@@ -272,6 +273,14 @@ class Daemon:
             except OSError as exc:
                 raise NocpolicyError(f"{name} cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
             self.http.append(server)
+        page = customer_listener(self.options, self.commands)          # off unless --customer-listen
+        if page is not None:
+            try:
+                await page.start()
+            except OSError as exc:
+                raise NocpolicyError(f"customer page cannot listen on {page.host}:{page.port}: "
+                                     f"{exc.strerror or exc}") from exc
+            self.http.append(page)
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()

@@ -380,8 +380,12 @@ class DnsGuard(Component):
         await asyncio.to_thread(self.detections.write, batch)
         limit = max(1, min(limit, 10_000))
         if summary:
+            # analysis summaries (Art. 45(5)) leave out customers who withdrew consent to analysis
+            view = self.subscribers.view
             rows = await asyncio.to_thread(self.detections.summary, since=since, customer=cid)
-            return {"summary": rows}
+            kept = [r for r in rows if r["customer"] is None or view.get(r["customer"]) is None
+                    or view.get(r["customer"]).consents("analysis")]
+            return {"summary": kept, "excluded_no_analysis_consent": len(rows) - len(kept)}
         rows = await asyncio.to_thread(self.detections.query, since=since, customer=cid, limit=limit)
         return {"detections": rows, "dropped": self.detections.dropped}
 
