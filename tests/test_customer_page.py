@@ -21,7 +21,6 @@ import pytest
 from browser import chromium, missing
 from dns_fixtures import Unbound, dns_policy
 from helpers import DaemonProcess, free_port, wait_for
-
 from nocpolicy.web.customerlinks import link_query
 
 pytestmark = pytest.mark.skipif(missing() is not None, reason=missing() or "")

@@ -245,3 +245,23 @@ def test_mqtts_with_client_certificates_as_identities(tmp_path):
             p.close()
         d.stop()
         broker.stop()
+
+
+def test_consent_over_mqtt_is_recorded_with_the_mqtt_channel(env):
+    """Consent by purpose from the portal's MQTT identity: recorded as channel mqtt, audited,
+    shown by consent.show; not granted to the feed."""
+    broker, d, probes, _ = env
+    r = command(broker, probes, "customer-portal", "consent.set",
+                {"customer": "c1003", "purpose": "isac-probe", "on": True, "wording": "I agree (v2 text)",
+                 "channel": "phone"})
+    assert r["ok"] and r["result"]["channel"] == "mqtt" and r["result"]["changed"] is True, r
+    r = command(broker, probes, "ti-feed", "consent.set", {"customer": "c1003", "purpose": "analysis", "on": False})
+    assert r["status"] == 403
+    r = command(broker, probes, "customer-portal", "consent.set",
+                {"customer": "c1003", "purpose": "marketing", "on": True})
+    assert r["status"] == 400 and r["field"] == "purpose"
+    shown = {p["purpose"]: p for p in d.ctl_json("consent", "show", "c1003")["purposes"]}
+    assert shown["isac-probe"]["on"] is True and shown["isac-probe"]["channel"] == "mqtt"
+    assert shown["isac-probe"]["actor"] == "mqtt:customer-portal" and shown["analysis"]["on"] is True
+    audit = d.ctl_json("audit", "--subject", "customer:c1003")["audit"]
+    assert audit[0]["action"] == "consent.set" and audit[0]["after"]["wording"] == "I agree (v2 text)"
