@@ -142,3 +142,70 @@ def test_decisions_survive_a_restart_and_old_optouts_carry_over(tmp_path):
     finally:
         d.stop()
         ub.stop()
+
+
+# -- ICT-ISAC exports: the consent gate ----------------------------------------------------
+
+def test_isac_export_only_writes_consented_records(env, tmp_path):
+    d = env
+    assert api(d, "consent.set", {"customer": "c-optin", "purpose": "isac-probe", "on": True,
+                                  "wording": "I agree to share attack records (form v3)"})[0] == 200
+    granted = purposes(d, "c-optin")["isac-probe"]["since"]
+    later = "2099-01-01T00:00:00+09:00"
+    before = "2020-01-01T00:00:00+09:00"                # c-optin had not consented yet then
+    rows = [
+        {"time": later, "victim": "c-optin", "source_address": "198.51.100.7", "source_port": "4444", "kind": "syn"},
+        {"time": later, "victim_address": "127.0.0.3", "victim_port": "22", "source_address": "198.51.100.8",
+         "source_port": "5555"},                                    # attributed by its static prefix
+        {"time": before, "victim": "c-optin", "source_address": "203.0.113.91"},      # before the consent
+        {"time": later, "victim": "c-home", "source_address": "203.0.113.92"},        # never consented
+        {"time": later, "victim_address": "192.0.2.200", "source_address": "203.0.113.93"},   # nobody's
+        {"time": later, "victim": "c-gone", "source_address": "203.0.113.94"},        # unknown customer
+    ]
+    f = tmp_path / "attacks.json"
+    f.write_text(json.dumps({"records": rows}))
+    out = d.ctl("isac-export", str(f), check=True).stdout
+    assert "2 of 6 record(s) written" in out
+    man = d.ctl_json("isac-export", str(f))
+    assert man["excluded"] == {"no-consent": 2, "unattributed": 1, "unknown-customer": 1}
+    assert (man["received"], man["exported"], man["purpose"]) == (6, 2, "isac-probe")
+    data = (d.state_dir / "exports" / man["file"]).read_bytes()
+    import hashlib
+    import os
+    import stat
+    assert hashlib.sha256(data).hexdigest() == man["sha256"]
+    lines = [json.loads(x) for x in data.decode().splitlines()]
+    assert [x["source_address"] for x in lines] == ["198.51.100.7", "198.51.100.8"]
+    assert all("c-optin" not in json.dumps(x) for x in lines)      # records, not accounts
+    manifest = json.loads((d.state_dir / "exports" / f"{man['id']}.manifest.json").read_text())
+    assert manifest["sha256"] == man["sha256"] and manifest["excluded_total"] == 4
+    for p in (d.state_dir / "exports").iterdir():
+        assert stat.S_IMODE(os.stat(p).st_mode) == 0o600
+    # records without consent are never written anywhere: files, database, audit, log
+    for root, _, files in os.walk(d.workdir):
+        for name in files:
+            blob = (os.path.join(root, name))
+            if "policies" in blob or blob.endswith("attacks.json"):
+                continue
+            content = open(blob, "rb").read()
+            for addr in (b"203.0.113.91", b"203.0.113.92", b"203.0.113.93", b"203.0.113.94"):
+                assert addr not in content, (blob, addr)
+    audit = d.ctl_json("audit", "--subject", f"export:{man['id']}")["audit"]
+    assert audit[0]["action"] == "isac.export" and audit[0]["after"]["exported"] == 2
+    assert granted
+    assert d.metric("nocpolicy_isac_export_records_total", {"result": "no-consent"}) >= 2
+
+
+def test_isac_export_refuses_bad_records_naming_line_and_field(env, tmp_path):
+    d = env
+    f = tmp_path / "bad.csv"
+    f.write_text("time,victim,source_address,source_port\n"
+                 "2026-07-01T09:00:00+09:00,c-optin,198.51.100.7,80\n"
+                 "2026-07-01T09:00:00,c-optin,198.51.100.7,80\n"
+                 "2026-07-01T09:00:00+09:00,c-optin,not-an-ip,99999\n")
+    res = d.ctl("isac-export", str(f))
+    assert res.returncode == 1
+    assert "bad.csv:3: time:" in res.stderr and "bad.csv:4: source_address:" in res.stderr
+    assert "bad.csv:4: source_port:" in res.stderr
+    status, body = api(d, "isac.export", {"text": "[]", "purpose": "marketing"})
+    assert status == 400 and body["field"] == "purpose"

@@ -57,11 +57,12 @@ def component_types(options: Options) -> list[type[Component]]:
     """Every component, in start order (stop is the reverse). One visible list."""
     from .detect.component import Detector
     from .dns.component import DnsGuard
+    from .exports.component import Exports
     from .fleet.component import MqttBridge
     from .maintenance.component import Maintenance
     from .qos.component import Enforcer
     from .sessions.component import Sessions
-    return [DnsGuard, Sessions, Detector, Enforcer, Maintenance, MqttBridge]
+    return [DnsGuard, Sessions, Detector, Enforcer, Maintenance, Exports, MqttBridge]
 
 
 def new_subscribers(ctx: Context) -> Component:
@@ -86,8 +87,10 @@ def wire(components: list[Component]) -> None:
     ``NoticeLinkListener``, ``detect.guard.Guard``. A component the daemon runs without (tests build partial
     lists) is handed None, or nothing.
     """
+    from .advisories.attribution import Attribution
     from .detect.component import Detector
     from .dns.component import DnsGuard
+    from .exports.component import Exports
     from .fleet.component import MqttBridge
     from .maintenance.component import Maintenance
     from .qos.component import Enforcer
@@ -109,6 +112,11 @@ def wire(components: list[Component]) -> None:
         sessions.connect(subscribers)                             # SessionFeed (nocpolicy.sessions.component)
     if dns is not None and subscribers is not None:
         dns.engine.acl.live = subscribers.session_holds           # the access list admits live sessions
+    attribution = Attribution(subscribers.static_owner if subscribers is not None else None,
+                              sessions.whois_at if sessions is not None else None)
+    exports = _first(components, Exports)
+    if exports is not None:
+        exports.attribution = attribution                         # who had an address (advisories.attribution)
 
 
 def _first(components: list[Component], kind: type[T]) -> T | None:

@@ -21,6 +21,7 @@ def register(sub) -> None:
                    help="how the customer asked (default operator)")
     q.add_argument("--wording", default="", help="the reason, or the wording shown to the customer (audited)")
     q.set_defaults(func=cmd_set)
+    register_isac(sub)
 
 
 def cmd_show(args, client) -> int:
@@ -43,3 +44,37 @@ def cmd_set(args, client) -> int:
     payload = {"customer": args.customer, "purpose": args.purpose, "on": args.state == "on",
                "channel": args.channel, "wording": args.wording}
     return run(client, args, "consent.set", payload, render)
+
+
+def register_isac(sub) -> None:
+    p = sub.add_parser("isac-export", help="export attack records for ICT-ISAC: only those whose victim "
+                       "consented (Art. 45(1)(2)); prints the manifest")
+    p.add_argument("file", help="attack records, CSV or JSON (docs/advisories.md)")
+    p.add_argument("--purpose", choices=("isac-probe", "isac-source"), default="isac-probe")
+    p.add_argument("--format", choices=("auto", "csv", "json"), default="auto")
+    p.set_defaults(func=cmd_isac_export)
+
+
+def read_file(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"nocpolicyctl: cannot read {path}: {getattr(exc, 'strerror', None) or exc}")
+        return None
+
+
+def cmd_isac_export(args, client) -> int:
+    text = read_file(args.file)
+    if text is None:
+        return 2
+
+    def render(out):
+        ex = out["excluded"]
+        print(f"export {out['id']} ({out['purpose']}): {out['exported']} of {out['received']} record(s) written")
+        print(f"excluded: {ex['no-consent']} without consent, {ex['unattributed']} unattributed, "
+              f"{ex['unknown-customer']} unknown customer")
+        print(f"file     {out['path']}\nsha256   {out['sha256']}\nmanifest {out['manifest']}")
+        return 0
+    payload = {"text": text, "format": args.format, "purpose": args.purpose, "source": args.file.rsplit("/", 1)[-1]}
+    return run(client, args, "isac.export", payload, render)

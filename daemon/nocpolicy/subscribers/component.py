@@ -21,9 +21,9 @@ from ..component import Component
 from ..control.commands import Command
 from .api import Replica, Watcher
 from .commands import ConsentCommands, describe_consent, not_found
-from .consent import ConsentStore, decisions_of
+from .consent import ConsentStore, consented_at, decisions_of
 from .live import AddressTable, ClientLookup, change_from_json, change_to_json
-from .model import CONSENT, EVERYTHING, Change, Decision, Decisions
+from .model import CONSENT, EVERYTHING, PURPOSES, Change, Decision, Decisions
 from .view import SubscriberView, implicit_subscriber, reload_view, update_view
 
 log = logging.getLogger(__name__)
@@ -170,6 +170,16 @@ class Subscribers(Component):
         sub = self._subscriber(cid)
         latest = await asyncio.to_thread(self.consents.latest, cid)
         return describe_consent(sub, latest, self.view.customers.get(cid))
+
+    def consent_at(self, pairs, purpose: str):
+        """A pure ``consent_at(customer, time) -> bool`` for ``purpose`` over the consent
+        history of the customers in ``pairs`` (read now: blocking, run it in a thread)."""
+        history = self.consents.history(pairs)
+        default = PURPOSES[purpose]
+
+        def at(cid: str, when) -> bool:
+            return consented_at(history.get((cid, purpose)), when, default)
+        return at
 
     async def set_consent(self, cid: str, purpose: str, on: bool, *, actor: str, channel: str, wording: str,
                           action: str = "consent.set") -> dict:
