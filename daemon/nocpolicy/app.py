@@ -55,6 +55,7 @@ WATCH_DEBOUNCE = 0.5     # files must be unchanged this long before a reload
 
 def component_types(options: Options) -> list[type[Component]]:
     """Every component, in start order (stop is the reverse). One visible list."""
+    from .advisories.component import Advisories
     from .detect.component import Detector
     from .dns.component import DnsGuard
     from .exports.component import Exports
@@ -62,7 +63,7 @@ def component_types(options: Options) -> list[type[Component]]:
     from .maintenance.component import Maintenance
     from .qos.component import Enforcer
     from .sessions.component import Sessions
-    return [DnsGuard, Sessions, Detector, Enforcer, Maintenance, Exports, MqttBridge]
+    return [DnsGuard, Sessions, Detector, Enforcer, Maintenance, Advisories, Exports, MqttBridge]
 
 
 def new_subscribers(ctx: Context) -> Component:
@@ -88,6 +89,7 @@ def wire(components: list[Component]) -> None:
     lists) is handed None, or nothing.
     """
     from .advisories.attribution import Attribution
+    from .advisories.component import Advisories
     from .detect.component import Detector
     from .dns.component import DnsGuard
     from .exports.component import Exports
@@ -114,9 +116,13 @@ def wire(components: list[Component]) -> None:
         dns.engine.acl.live = subscribers.session_holds           # the access list admits live sessions
     attribution = Attribution(subscribers.static_owner if subscribers is not None else None,
                               sessions.whois_at if sessions is not None else None)
-    exports = _first(components, Exports)
+    exports, advisories = _first(components, Exports), _first(components, Advisories)
     if exports is not None:
         exports.attribution = attribution                         # who had an address (advisories.attribution)
+    if advisories is not None:
+        advisories.attribution = attribution
+        if maintenance is not None:
+            advisories.mailer = lambda: maintenance.mailer        # alerts go through the notices' SMTP relay
 
 
 def _first(components: list[Component], kind: type[T]) -> T | None:

@@ -1,4 +1,4 @@
-"""nocpolicyctl consent show|set (Art. 45 consent by purpose)."""
+"""nocpolicyctl consent show|set, isac-export, advisory import|resolve, advisories (Art. 45)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ def register(sub) -> None:
     q.add_argument("--wording", default="", help="the reason, or the wording shown to the customer (audited)")
     q.set_defaults(func=cmd_set)
     register_isac(sub)
+    register_advisories(sub)
 
 
 def cmd_show(args, client) -> int:
@@ -78,3 +79,71 @@ def cmd_isac_export(args, client) -> int:
         return 0
     payload = {"text": text, "format": args.format, "purpose": args.purpose, "source": args.file.rsplit("/", 1)[-1]}
     return run(client, args, "isac.export", payload, render)
+
+
+def register_advisories(sub) -> None:
+    p = sub.add_parser("advisory", help="NICT advisories (Art. 45(3)): import FILE, or resolve CASE")
+    s = p.add_subparsers(dest="advisory_cmd", metavar="import|resolve", required=True)
+    q = s.add_parser("import", help="import advisories from a CSV or JSON file (docs/advisories.md)")
+    q.add_argument("file")
+    q.add_argument("--format", choices=("auto", "csv", "json"), default="auto")
+    q.set_defaults(func=cmd_advisory_import)
+    q = s.add_parser("resolve", help="resolve (or --close) an advisory case")
+    q.add_argument("case", type=int)
+    q.add_argument("--close", action="store_true", help="close instead (e.g. a false report)")
+    q.add_argument("--reason", default="")
+    q.set_defaults(func=cmd_advisory_resolve)
+    p = sub.add_parser("advisories", help="advisory cases and their alerts (--summary: counts)")
+    p.add_argument("--summary", action="store_true")
+    p.add_argument("--state", choices=("open", "notified", "resolved", "unattributable", "closed"))
+    p.add_argument("--customer")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_advisories)
+
+
+def cmd_advisory_import(args, client) -> int:
+    text = read_file(args.file)
+    if text is None:
+        return 2
+
+    def render(out):
+        print(f"{out['received']} advisories: {out['new_cases']} new case(s), {out['attached']} joined an open "
+              f"case, {out['duplicate']} duplicate(s), {out['unattributable']} unattributable; "
+              f"{out['alerts_queued']} alert(s) queued, {out['alerts_without_contact']} without an e-mail contact")
+        return 0
+    payload = {"text": text, "format": args.format, "source": args.file.rsplit("/", 1)[-1]}
+    return run(client, args, "advisory.import", payload, render)
+
+
+def cmd_advisory_resolve(args, client) -> int:
+    def render(out):
+        print(f"case {out['case']}: {out['before']} -> {out['state']}")
+        return 0
+    payload = {"case": args.case, "state": "closed" if args.close else "resolved", "reason": args.reason}
+    return run(client, args, "advisory.resolve", payload, render)
+
+
+def cmd_advisories(args, client) -> int:
+    if args.summary:
+        def render_summary(out):
+            print(f"{'STATE':<15} {'SOURCE':<7} {'CASES':>6} {'REPORTS':>8}")
+            for r in out["cases"]:
+                print(f"{r['state']:<15} {r['source']:<7} {r['cases']:>6} {r['reports']:>8}")
+            print("alerts: " + (", ".join(f"{k} {v}" for k, v in sorted(out["alerts"].items())) or "none"))
+            return 0
+        return run(client, args, "advisories", {"summary": True}, render_summary)
+
+    def render(out):
+        print(f"{'CASE':>6} {'STATE':<14} {'CUSTOMER':<12} {'SOURCE':<7} {'FINDING':<20} {'N':>4} "
+              f"{'FIRST SEEN':<26} ALERT")
+        for c in out["cases"]:
+            alert = c["alert_state"] or "-"
+            if c.get("alert_error"):
+                alert += f" ({c['alert_error']})"
+            print(f"{c['id']:>6} {c['state']:<14} {c['customer'] or '-':<12} {c['source']:<7} {c['finding']:<20} "
+                  f"{c['reports']:>4} {c['first_seen']:<26} {alert}"
+                  + (f"  reason: {c['reason']}" if c["reason"] else ""))
+        return 0
+    payload = {"limit": args.limit, **({"state": args.state} if args.state else {}),
+               **({"customer": args.customer} if args.customer else {})}
+    return run(client, args, "advisories", payload, render)

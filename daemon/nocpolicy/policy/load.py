@@ -16,6 +16,7 @@ from ..clock import utcnow
 from ..errors import PolicyInvalid
 from ..gcpause import gc_paused
 from . import customers as cust
+from .advisories import AdvisorySettings, read_advisories
 from .control import ControlSettings, read_control
 from .detect import DetectSettings, read_detect
 from .dnsconf import DnsSettings, read_dns
@@ -29,7 +30,7 @@ from .nodes import Loc, Node, parse_yaml
 from .sessions import SessionSettings, check_sessions, load_secrets, read_sessions
 
 LIST_SECTIONS = ("customers", "plans", "emergency_profiles", "interfaces")
-MAP_SECTIONS = ("settings", "dns", "maintenance", "control", "detect", "sessions", "inventory")
+MAP_SECTIONS = ("settings", "dns", "maintenance", "control", "detect", "sessions", "inventory", "advisories")
 
 
 def policy_files(directory: str | os.PathLike) -> list[Path]:
@@ -173,6 +174,7 @@ def _build(directory: Path, files: list[Path], raw: list[tuple[str, bytes]], sec
         control=single("control", read_control, ControlSettings()),
         detect=single("detect", read_detect, DetectSettings()),
         sessions=single("sessions", read_sessions, SessionSettings()),
+        advisories=single("advisories", read_advisories, AdvisorySettings()),
     )
 
 
