@@ -7,6 +7,7 @@ for another customer)."""
 from __future__ import annotations
 
 import os
+import re
 import stat
 import time
 import urllib.error
@@ -72,6 +73,8 @@ def test_customer_switches_cc_blocking_off_and_on(env):
         assert driver.find_element("id", "state-cc-blocking").text == "On"
         assert driver.find_element("id", "state-isac-source").text == "Off"     # off unless consented
         assert driver.find_element("tag name", "html").get_attribute("lang") == "en"
+        blocked = driver.find_element("id", "blocked").text          # the query above, counted per day and list
+        assert re.search(r"\d{4}-\d\d-\d\d cc [1-9]", blocked), blocked
         click_and_wait(driver, "set-cc-blocking", "state-cc-blocking", "Off")
         assert "effective now" in driver.find_element("id", "done").text
         ede, addrs = answer(d)                                     # the very next query: forwarded

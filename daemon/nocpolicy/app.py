@@ -287,7 +287,8 @@ class Daemon:
             except OSError as exc:
                 raise NocpolicyError(f"{name} cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
             self.http.append(server)
-        page = customer_listener(self.options, self.commands)          # off unless --customer-listen
+        page = customer_listener(self.options, self.commands,          # off unless --customer-listen
+                                 tz=lambda: self.policy.settings.timezone)
         if page is not None:
             try:
                 await page.start()

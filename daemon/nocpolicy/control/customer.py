@@ -19,7 +19,7 @@ from .commands import CommandRegistry
 ACTOR = "portal"
 
 
-def customer_listener(options, registry: CommandRegistry) -> Listener | None:
+def customer_listener(options, registry: CommandRegistry, tz=lambda: "Asia/Tokyo") -> Listener | None:
     if options.customer_listen is None:
         return None
     path = options.customer_link_key or str(Path(options.state_dir) / "customer-link.key")
@@ -40,7 +40,7 @@ def customer_listener(options, registry: CommandRegistry) -> Listener | None:
     async def dispatch(name: str, args: dict) -> dict:
         return await registry.dispatch(name, args, actor=ACTOR, source="portal")
 
-    page = CustomerPage(key, dispatch, tls=context is not None)
+    page = CustomerPage(key, dispatch, tls=context is not None, tz=tz)
     host, port = options.customer_listen
     listener = Listener("customer page", host, port, page.app(), ssl=context)
     listener.page = page

@@ -14,6 +14,7 @@ actor ``portal`` on the channel ``portal``.
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 import logging
 import secrets
@@ -22,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import jinja2
 from aiohttp import web
@@ -89,8 +91,9 @@ def templates() -> jinja2.Environment:
 
 
 class CustomerPage:
-    def __init__(self, key: bytes, dispatch: Dispatch, *, tls: bool = False, now: Callable[[], float] = time.time):
-        self.key, self.dispatch, self.tls, self.now = key, dispatch, tls, now
+    def __init__(self, key: bytes, dispatch: Dispatch, *, tls: bool = False, now: Callable[[], float] = time.time,
+                 tz: Callable[[], str] = lambda: "Asia/Tokyo"):
+        self.key, self.dispatch, self.tls, self.now, self.tz = key, dispatch, tls, now, tz
         self.sessions = Sessions(now)
         self.env = templates()
         self.refused = {"invalid": 0, "expired": 0, "csrf": 0, "session": 0, "other-customer": 0}
@@ -153,8 +156,9 @@ class CustomerPage:
     async def _blocked(self, cid: str) -> list[dict]:
         rows = (await self.dispatch("detections", {"customer": cid, "since": "14d", "limit": 10_000}))
         counts: dict[tuple[str, str], int] = {}
+        zone = ZoneInfo(self.tz())
         for r in rows.get("detections", []):
-            k = (str(r["ts"])[:10], r["list"])
+            k = (dt.datetime.fromisoformat(str(r["ts"])).astimezone(zone).date().isoformat(), r["list"])
             counts[k] = counts.get(k, 0) + int(r.get("count") or 1)
         return [{"day": d, "list": lst, "count": n} for (d, lst), n in sorted(counts.items(), reverse=True)]
 
