@@ -141,3 +141,47 @@ def test_missing_csrf_and_replayed_cookie_are_refused(env):
     assert d.ctl_json("consent", "show", "c-optin")["purposes"] == before
     home = {p["purpose"]: p["on"] for p in d.ctl_json("consent", "show", "c-home")["purposes"]}
     assert home["analysis"] is True and home["isac-source"] is False        # nothing changed
+
+
+def test_tls_secure_cookie_and_a_bad_key_file(tmp_path):
+    """Under TLS (certificate files) the session cookie is also Secure; a key file that is too
+    short stops the start with a message naming it; without --customer-listen nothing listens
+    and no key is made."""
+    import ssl
+    import subprocess
+
+    cert, keyf = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=127.0.0.1", "-keyout", str(keyf), "-out", str(cert)], check=True, capture_output=True)
+    link_key = tmp_path / "portal.key"
+    link_key.write_text("a" * 64 + "\n")
+    port = free_port()
+    d = DaemonProcess(tmp_path, extra_args=["--customer-listen", f"127.0.0.1:{port}", "--customer-link-key",
+                                            str(link_key), "--customer-tls-cert", str(cert),
+                                            "--customer-tls-key", str(keyf)])
+    try:
+        d.start()
+        assert stat.S_IMODE(os.stat(link_key).st_mode) == 0o600                  # repaired
+        ctx = ssl.create_default_context(cafile=str(cert))
+        ctx.check_hostname = False
+        url = f"https://127.0.0.1:{port}/login?{link_query(b'a' * 64, 'c1001', int(time.time()) + 60)}"
+        with urllib.request.urlopen(url, context=ctx, timeout=10) as resp:
+            cookie = resp.headers["Set-Cookie"]
+        assert "nocp_customer=" in cookie and "Secure" in cookie and "HttpOnly" in cookie
+        assert "SameSite=Strict" in cookie
+    finally:
+        d.stop()
+    link_key.write_text("short\n")
+    (tmp_path / "again").mkdir()
+    (tmp_path / "plain").mkdir()
+    d2 = DaemonProcess(tmp_path / "again", extra_args=["--customer-listen", f"127.0.0.1:{free_port()}", "--customer-link-key",
+                                                      str(link_key)])
+    d2.start(wait=False)
+    assert d2.proc.wait(30) == 1
+    assert f"link key {link_key}" in d2.log() and "at least 32 bytes" in d2.log()
+    plain = DaemonProcess(tmp_path / "plain").start()
+    try:
+        assert not (plain.state_dir / "customer-link.key").exists()
+        assert "customer page" not in plain.log()
+    finally:
+        plain.stop()
