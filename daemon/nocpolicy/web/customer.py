@@ -181,8 +181,12 @@ class CustomerPage:
         s.changes += 1
         t = TEXT[s.lang or "ja"]
         title, words = t["purposes"][purpose]
-        await self.dispatch("consent.set", {"customer": s.customer, "purpose": purpose, "on": on == "on",
-                                            "wording": f"[{s.lang}] {title}: {words}"})
+        try:
+            await self.dispatch("consent.set", {"customer": s.customer, "purpose": purpose, "on": on == "on",
+                                                "wording": f"[{s.lang}] {title}: {words}"})
+        except Exception as exc:         # e.g. the customer left the policy meanwhile: say so, change nothing
+            log.warning("customer page: consent change refused: %s", exc)
+            return self.refuse(request, "invalid", "err_session", 409)
         s.done = t["changed"].format(purpose=title, state=t[on])
         raise web.HTTPSeeOther("./", headers=HEADERS)
 
