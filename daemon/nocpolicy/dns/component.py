@@ -249,7 +249,11 @@ class DnsGuard(Component):
         """Blocks of the last second as counts per list and class (no customer, client or name):
         the MQTT bridge folds them into its ``detections`` events (Art. 45(5))."""
         counts: dict[tuple, int] = {}
-        for (lst, cls, _action, _cust, _client, _name, source, _entry), (_f, _l, n, _s) in batch.items():
+        view = self.subscribers.view
+        for (lst, cls, _action, cust, _client, _name, source, _entry), (_f, _l, n, _s) in batch.items():
+            sub = view.get(cust) if cust is not None else None
+            if sub is not None and not sub.consents("analysis"):
+                continue            # withdrew consent to analysis (Art. 45(5)): not in the platform's counts
             counts[(lst, cls, source)] = counts.get((lst, cls, source), 0) + n
         if self.ctx.options.extra.get("dns_worker"):       # reported to the main process instead
             for k, n in counts.items():
