@@ -6,7 +6,9 @@ cases with their reason, alerts in the contact's language, states, metrics."""
 from __future__ import annotations
 
 import datetime as dt
+import http.server
 import json
+import threading
 import urllib.request
 
 import pytest
@@ -22,18 +24,39 @@ from test_maintenance_smtp import SmtpSink, smtp_yaml
 T0 = dt.datetime(2026, 7, 1, 9, 30, tzinfo=dt.timezone(dt.timedelta(hours=9)))
 
 
+class Hooks(http.server.BaseHTTPRequestHandler):
+    """A webhook receiver on loopback: keeps (Idempotency-Key, JSON body) of every POST."""
+
+    received: list = []
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        Hooks.received.append((self.headers["Idempotency-Key"], json.loads(body)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("advisories")
+    hooks = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hooks)
+    threading.Thread(target=hooks.serve_forever, daemon=True).start()
     with SmtpSink() as sink:
         radius_port = free_port(kind=2)
         pol = sessions_policy(tmp, radius_port, "\nadvisories:\n  dedup_window: 7d\n")
-        (pol / "maintenance.yaml").write_text(smtp_yaml(sink.port))
+        (pol / "maintenance.yaml").write_text(smtp_yaml(sink.port, "  webhooks: true\n"))
+        customers = pol / "customers.yaml"          # c1002's webhook: the receiver above, on loopback
+        customers.write_text(customers.read_text().replace("https://hooks.sakura-design.example/noc",
+                                                           f"http://127.0.0.1:{hooks.server_port}/hook"))
         d = DaemonProcess(tmp, policies=pol).start()
         res = radclient(radius_port, acct("Start", "adv-1", user="c1002@isp.example", ip="10.77.0.9"))
         assert res.returncode == 0, res.stderr
         yield d, sink
         d.stop()
+    hooks.shutdown()
 
 
 def adv(aid, source, address, time, service, finding, port=None):
@@ -72,6 +95,12 @@ def test_import_attributes_deduplicates_and_alerts_in_the_contacts_language(env,
     assert en["Subject"] == "Security advisory about a device on your line" and "open-proxy" in en.get_content()
     both = by_rcpt["noc@sakura-design.example"].get_content()
     assert "NICTER" in both and "What to do" in both and "マルウェア" in both
+    # c1002's contact also has a webhook: the same alert, keyed by its Message-ID
+    wait_for(lambda: Hooks.received, 30, what="the webhook alert")
+    key, hook = Hooks.received[0]
+    assert key == hook["message_id"] == by_rcpt["noc@sakura-design.example"]["Message-ID"]
+    assert (hook["account"], hook["finding"], hook["address"]) == ("c1002", "malware-mirai", "10.77.0.9")
+    assert "What to do" in hook["text"] and "マルウェア" in hook["text"]
     wait_for(lambda: len(d.ctl_json("advisories", "--state", "notified")["cases"]) == 4, 30,
              what="four cases notified")
     cases = d.ctl_json("advisories")["cases"]
@@ -95,7 +124,7 @@ def test_import_attributes_deduplicates_and_alerts_in_the_contacts_language(env,
     assert d.ctl("advisory", "resolve", str(first["id"])).returncode == 1          # already resolved
     audit = d.ctl_json("audit", "--subject", f"advisory-case:{first['id']}")["audit"]
     assert audit[0]["after"] == {"state": "resolved", "reason": "password changed"}
-    assert len(sink.messages) == 4
+    assert len(sink.messages) == 4 and len(Hooks.received) == 1
 
 
 def test_bad_import_is_refused_whole_naming_line_and_field(env, tmp_path):

@@ -68,10 +68,25 @@ MIGRATIONS = (
     );
     CREATE INDEX adv_alert_due ON adv_alert(state, next_attempt);
     """,
+    # 2: webhook deliveries of alerts (the contact's webhook, with maintenance.webhooks on)
+    """
+    CREATE TABLE adv_hook (
+        alert_id     INTEGER PRIMARY KEY REFERENCES adv_alert(id),
+        url          TEXT NOT NULL,
+        state        TEXT NOT NULL,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        next_attempt TEXT NOT NULL,
+        last_error   TEXT NOT NULL DEFAULT '',
+        status       INTEGER,
+        sent_at      TEXT
+    );
+    CREATE INDEX adv_hook_due ON adv_hook(state, next_attempt);
+    """,
 )
 
 FINISHED = ("resolved", "closed", "unattributable")
-Contact = Callable[[object, str], tuple[str | None, str, int | None]]     # (db, customer) -> (email, lang, version)
+# (db, customer) -> (email, language, contact version, webhook URL or None)
+Contact = Callable[[object, str], tuple[str | None, str, int | None, str | None]]
 
 
 @dataclass
@@ -106,8 +121,9 @@ def matching_case(cases: list[dict], t: str, window: float) -> dict | None:
 class Importer:
     """One import, inside one transaction (``db``)."""
 
-    def __init__(self, db, now: dt.datetime, window: float, contact_of: Contact, domain: str):
+    def __init__(self, db, now: dt.datetime, window: float, contact_of: Contact, domain: str, hooks: bool = False):
         self.db, self.now, self.window, self.contact_of, self.domain = db, now.isoformat(), window, contact_of, domain
+        self.hooks = hooks              # maintenance.webhooks: alerts also go to the contact's webhook
         self.result = ImportResult()
         self.open: dict[tuple[str, str], list[dict]] = {}
         self.touched: dict[int, dict] = {}
@@ -163,13 +179,22 @@ class Importer:
         return case
 
     def _alert(self, case_id: int, customer: str) -> None:
-        email, language, version = self.contact_of(self.db, customer)
-        state, error = ("pending", "") if email else ("failed", "no e-mail fault contact on record")
-        mid = f"<advisory-{case_id}-{secrets.token_hex(4)}@{self.domain}>"
-        self.db.execute("INSERT INTO adv_alert (case_id, customer, message_id, recipient, language, contact_version,"
-                        " state, next_attempt, last_error, created) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                        (case_id, customer, mid, email, language, version, state, self.now, error, self.now))
+        email, language, version, hook = self.contact_of(self.db, customer)
+        hook = hook if self.hooks else None
         if email:
+            state, error = "pending", ""
+        elif hook:
+            state, error = "skipped", "no e-mail fault contact; delivered to the contact's webhook"
+        else:
+            state, error = "failed", "no e-mail fault contact on record"
+        mid = f"<advisory-{case_id}-{secrets.token_hex(4)}@{self.domain}>"
+        cur = self.db.execute("INSERT INTO adv_alert (case_id, customer, message_id, recipient, language,"
+                              " contact_version, state, next_attempt, last_error, created) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                              (case_id, customer, mid, email, language, version, state, self.now, error, self.now))
+        if hook:
+            self.db.execute("INSERT INTO adv_hook (alert_id, url, state, next_attempt) VALUES (?,?,'pending',?)",
+                            (cur.lastrowid, hook, self.now))
+        if email or hook:
             self.result.alerts_queued += 1
         else:
             self.result.alerts_without_contact += 1
@@ -183,7 +208,9 @@ class Importer:
 
 def listing(db, *, state: str | None, customer: str | None, limit: int) -> list[dict]:
     sql = ("SELECT c.*, a.state AS alert_state, a.recipient AS alert_to, a.last_error AS alert_error, "
-           "a.sent_at AS alert_sent_at FROM adv_case c LEFT JOIN adv_alert a ON a.case_id = c.id WHERE 1=1")
+           "a.sent_at AS alert_sent_at, h.url AS webhook, h.state AS webhook_state, h.last_error AS webhook_error "
+           "FROM adv_case c LEFT JOIN adv_alert a ON a.case_id = c.id LEFT JOIN adv_hook h ON h.alert_id = a.id "
+           "WHERE 1=1")
     params: list = []
     if state:
         sql += " AND c.state = ?"
@@ -211,6 +238,8 @@ def prune(db, before: dt.datetime) -> int:
     for i in range(0, len(ids), 500):
         chunk = ids[i:i + 500]
         marks = ",".join("?" * len(chunk))
+        db.execute(f"DELETE FROM adv_hook WHERE alert_id IN (SELECT id FROM adv_alert WHERE case_id IN ({marks}))",
+                   chunk)
         for table, col in (("adv_advisory", "case_id"), ("adv_alert", "case_id"), ("adv_case", "id")):
             db.execute(f"DELETE FROM {table} WHERE {col} IN ({marks})", chunk)
     return len(ids)

@@ -24,7 +24,7 @@ from ..errors import Conflict, Invalid, NotFound
 from ..notices.outbox import Outbox
 from ..policy.fields import as_bool, as_id, as_str, int_range
 from . import cases
-from .delivery import AlertChannel
+from .delivery import AlertChannel, AlertHookChannel
 from .model import SOURCES, STATES, parse_advisories
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,8 @@ class Advisories(Component):
         self.mailer = None                         # () -> Mailer | None, from app.wire (maintenance.smtp)
         self.channel = AlertChannel(lambda: self.mailer() if self.mailer else None,
                                     lambda: ctx.policy().settings)
-        self.outbox = Outbox(ctx.store, ctx.clock, (self.channel,), notice_table="adv_alert",
-                             on_result=self._delivered)
+        self.outbox = Outbox(ctx.store, ctx.clock, (self.channel, AlertHookChannel(lambda: ctx.policy().settings)),
+                             notice_table="adv_alert", on_result=self._delivered)
         self.received = {(s, r): 0 for s in SOURCES for r in ("new", "attached", "duplicate", "unattributable")}
         self.alerts = {"sent": 0, "retry": 0, "failed": 0}
         self._lock = asyncio.Lock()
@@ -57,7 +57,7 @@ class Advisories(Component):
 
     def _delivered(self, channel, row: dict, result: str) -> None:
         self.alerts[result if result in self.alerts else "sent"] += 1
-        if result == "sent":
+        if result == "sent":           # e-mail or webhook: the customer has been told
             with self.ctx.store.transaction() as db:
                 db.execute("UPDATE adv_case SET state='notified', updated=? WHERE id=? AND state='open'",
                            (self.ctx.clock.now().isoformat(), row["case_id"]))
@@ -100,7 +100,7 @@ class Advisories(Component):
         domain = (smtp.sender.rpartition("@")[2] if smtp else "") or "nocpolicy.invalid"
         with self.ctx.store.transaction() as db:
             imp = cases.Importer(db, self.ctx.clock.now(), policy.advisories.dedup_window,
-                                 self._contact_of(policy), domain)
+                                 self._contact_of(policy), domain, hooks=policy.maintenance.webhooks)
             imp.load_open({c for c, _ in owners if c})
             for a, (cid, why) in zip(advisories, owners, strict=True):
                 imp.add(a, cid, why)
@@ -116,14 +116,14 @@ class Advisories(Component):
 
         def contact_of(db, cid: str):
             try:
-                r = db.execute("SELECT email, language, version FROM mw_contact WHERE customer=? "
+                r = db.execute("SELECT email, language, version, webhook FROM mw_contact WHERE customer=? "
                                "ORDER BY version DESC LIMIT 1", (cid,)).fetchone()
             except sqlite3.OperationalError:      # maintenance is not part of this daemon
                 r = None
             if r is not None:
-                return r["email"], r["language"], r["version"]
+                return r["email"], r["language"], r["version"], r["webhook"]
             c = by_id.get(cid)
-            return (c.contact.email, c.contact.language, None) if c else (None, "ja+en", None)
+            return (c.contact.email, c.contact.language, None, c.contact.webhook) if c else (None, "ja+en", None, None)
         return contact_of
 
     async def _cmd_list(self, args, inv) -> dict:

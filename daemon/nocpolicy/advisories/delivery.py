@@ -1,13 +1,17 @@
 """Alert delivery: the ``adv_alert`` rows as an exactly-once e-mail channel of the shared
 outbox loop (``notices.outbox``), sent through the SMTP relay configured for notices
-(``maintenance.smtp``; the mailer is handed in by app.wire). Without SMTP, alerts wait."""
+(``maintenance.smtp``; the mailer is handed in by app.wire; without SMTP, alerts wait),
+and ``adv_hook`` rows POSTed to the contact's webhook (with ``maintenance.webhooks`` on;
+at-least-once, ``Idempotency-Key`` = the alert's Message-ID, as for maintenance notices)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 
-from ..notices.outbox import Attempt, Table
+from ..maintenance.webhooks import classify, post
+from ..notices.outbox import Attempt, RowChannel, Table, no_session
 from .alert import render
 
 SELECT = ("SELECT adv_alert.*, c.source, c.service, c.finding, c.address, c.port, c.first_seen, c.last_seen, "
@@ -48,3 +52,37 @@ class AlertChannel:
                 return Attempt(outcome.ok, outcome.temporary, outcome.error,
                                {"result": json.dumps(outcome.recipients, ensure_ascii=False)})
             yield deliver
+
+
+def hook_payload(row: dict, provider: str, tz: str) -> dict:
+    """What the webhook receives (pure): the facts, and the alert text in both languages."""
+    case = {**row, "id": row["case_id"]}
+    msg = render(case, sender="-", recipient="-", language="ja+en", provider=provider, tz=tz)
+    return {"message_id": row["message_id"], "provider": provider, "account": row["customer"],
+            "case": row["case_id"], "source": row["source"], "service": row["service"], "finding": row["finding"],
+            "address": row["address"], "port": row["port"], "first_seen": row["first_seen"],
+            "last_seen": row["last_seen"], "reports": row["reports"], "text": msg.get_content()}
+
+
+class AlertHookChannel(RowChannel):
+    name = "webhook"
+    table = Table("adv_hook", "alert_id", "url", "sent", "sent_at",
+                  "SELECT adv_hook.*, a.message_id, a.customer, a.case_id, c.source, c.service, c.finding, "
+                  "c.address, c.port, c.first_seen, c.last_seen, c.reports, a.created FROM adv_hook "
+                  "JOIN adv_alert a ON a.id = adv_hook.alert_id JOIN adv_case c ON c.id = a.case_id WHERE")
+
+    def __init__(self, settings):
+        self.settings = settings        # () -> policy Settings (provider, timezone)
+
+    def target(self, contact) -> str | None:
+        return None                     # rows are written by the importer
+
+    def session(self):
+        return no_session(self.deliver)
+
+    async def deliver(self, row: dict) -> Attempt:
+        s = self.settings()
+        body = hook_payload(row, s.provider, s.timezone)
+        status, error = await asyncio.to_thread(post, row["url"], body, row["message_id"])
+        result = classify(status)
+        return Attempt(result == "sent", result == "retry", error, {"status": status})
