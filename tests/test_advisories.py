@@ -148,3 +148,31 @@ def test_bad_import_is_refused_whole_naming_line_and_field(env, tmp_path):
                                  headers={"Authorization": f"Bearer {d.token()}"})
     with urllib.request.urlopen(req, timeout=10) as resp:
         assert json.loads(resp.read())["new_cases"] == 1
+
+
+def test_alert_to_the_contacts_mqtt_topic_through_the_bridge(tmp_path):
+    """c2001's contact has an mqtt_topic (and no SMTP relay here): the alert is published there
+    through the daemon's MQTT bridge (real mosquitto), QoS 1, and the case becomes notified."""
+    from mosquitto_fixture import Mosquitto
+    from test_maintenance_mqtt import NODE, POLICY_TOPIC, USERS, Subscriber, acl
+
+    broker = Mosquitto(tmp_path, USERS, acl()).start()
+    sub = Subscriber(broker, POLICY_TOPIC)
+    d = DaemonProcess(tmp_path, extra_args=broker.daemon_args(NODE)).start()
+    try:
+        wait_for(lambda: d.metric("nocpolicy_mqtt_connected") == 1, 20, what="daemon connected")
+        f = tmp_path / "a.csv"
+        f.write_text("advisory_id,source,address,port,time,service,finding\n"
+                     "Q-1,notice,198.51.100.130,80,2026-07-04T12:00:00+09:00,http,weak-credentials\n")
+        assert "1 alert(s) queued" in d.ctl("advisory", "import", str(f), check=True).stdout
+        topic, retained, doc = sub.wait(lambda m: m[2].get("case") is not None)
+        assert (topic, retained) == (POLICY_TOPIC, False)
+        assert (doc["account"], doc["address"], doc["port"]) == ("c2001", "198.51.100.130", 80)
+        assert "パスワード" in doc["text"] and "password" in doc["text"]
+        wait_for(lambda: d.ctl_json("advisories")["cases"][0]["state"] == "notified", 20, what="notified")
+        case = d.ctl_json("advisories")["cases"][0]
+        assert case["mqtt_state"] == "delivered" and case["alert_state"] == "pending"     # e-mail waits
+    finally:
+        d.stop()
+        sub.close()
+        broker.stop()

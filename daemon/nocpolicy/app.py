@@ -123,6 +123,9 @@ def wire(components: list[Component]) -> None:
         advisories.attribution = attribution
         if maintenance is not None:
             advisories.mailer = lambda: maintenance.mailer        # alerts go through the notices' SMTP relay
+        if bridge is not None:
+            advisories.set_notice_publisher(bridge)               # NoticePublisher: alerts to mqtt_topic
+            bridge.add_link_listener(advisories)                  # NoticeLinkListener
 
 
 def _first(components: list[Component], kind: type[T]) -> T | None:

@@ -82,11 +82,24 @@ MIGRATIONS = (
     );
     CREATE INDEX adv_hook_due ON adv_hook(state, next_attempt);
     """,
+    # 3: MQTT deliveries of alerts (the contact's mqtt_topic, through the MQTT bridge)
+    """
+    CREATE TABLE adv_mqtt (
+        alert_id     INTEGER PRIMARY KEY REFERENCES adv_alert(id),
+        topic        TEXT NOT NULL,
+        state        TEXT NOT NULL,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        next_attempt TEXT NOT NULL,
+        last_error   TEXT NOT NULL DEFAULT '',
+        delivered_at TEXT
+    );
+    CREATE INDEX adv_mqtt_due ON adv_mqtt(state, next_attempt);
+    """,
 )
 
 FINISHED = ("resolved", "closed", "unattributable")
-# (db, customer) -> (email, language, contact version, webhook URL or None)
-Contact = Callable[[object, str], tuple[str | None, str, int | None, str | None]]
+# (db, customer) -> (email, language, contact version, webhook URL, MQTT topic)
+Contact = Callable[[object, str], tuple[str | None, str, int | None, str | None, str | None]]
 
 
 @dataclass
@@ -179,12 +192,12 @@ class Importer:
         return case
 
     def _alert(self, case_id: int, customer: str) -> None:
-        email, language, version, hook = self.contact_of(self.db, customer)
+        email, language, version, hook, topic = self.contact_of(self.db, customer)
         hook = hook if self.hooks else None
         if email:
             state, error = "pending", ""
-        elif hook:
-            state, error = "skipped", "no e-mail fault contact; delivered to the contact's webhook"
+        elif hook or topic:
+            state, error = "skipped", "no e-mail fault contact; delivered through the contact's other channels"
         else:
             state, error = "failed", "no e-mail fault contact on record"
         mid = f"<advisory-{case_id}-{secrets.token_hex(4)}@{self.domain}>"
@@ -194,7 +207,10 @@ class Importer:
         if hook:
             self.db.execute("INSERT INTO adv_hook (alert_id, url, state, next_attempt) VALUES (?,?,'pending',?)",
                             (cur.lastrowid, hook, self.now))
-        if email or hook:
+        if topic:
+            self.db.execute("INSERT INTO adv_mqtt (alert_id, topic, state, next_attempt) VALUES (?,?,'pending',?)",
+                            (cur.lastrowid, topic, self.now))
+        if email or hook or topic:
             self.result.alerts_queued += 1
         else:
             self.result.alerts_without_contact += 1
@@ -208,9 +224,10 @@ class Importer:
 
 def listing(db, *, state: str | None, customer: str | None, limit: int) -> list[dict]:
     sql = ("SELECT c.*, a.state AS alert_state, a.recipient AS alert_to, a.last_error AS alert_error, "
-           "a.sent_at AS alert_sent_at, h.url AS webhook, h.state AS webhook_state, h.last_error AS webhook_error "
+           "a.sent_at AS alert_sent_at, h.url AS webhook, h.state AS webhook_state, h.last_error AS webhook_error, "
+           "m.topic AS mqtt_topic, m.state AS mqtt_state, m.last_error AS mqtt_error "
            "FROM adv_case c LEFT JOIN adv_alert a ON a.case_id = c.id LEFT JOIN adv_hook h ON h.alert_id = a.id "
-           "WHERE 1=1")
+           "LEFT JOIN adv_mqtt m ON m.alert_id = a.id WHERE 1=1")
     params: list = []
     if state:
         sql += " AND c.state = ?"
@@ -238,8 +255,9 @@ def prune(db, before: dt.datetime) -> int:
     for i in range(0, len(ids), 500):
         chunk = ids[i:i + 500]
         marks = ",".join("?" * len(chunk))
-        db.execute(f"DELETE FROM adv_hook WHERE alert_id IN (SELECT id FROM adv_alert WHERE case_id IN ({marks}))",
-                   chunk)
+        for table in ("adv_hook", "adv_mqtt"):
+            db.execute(f"DELETE FROM {table} WHERE alert_id IN (SELECT id FROM adv_alert WHERE case_id IN ({marks}))",
+                       chunk)
         for table, col in (("adv_advisory", "case_id"), ("adv_alert", "case_id"), ("adv_case", "id")):
             db.execute(f"DELETE FROM {table} WHERE {col} IN ({marks})", chunk)
     return len(ids)

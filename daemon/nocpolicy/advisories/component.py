@@ -24,7 +24,7 @@ from ..errors import Conflict, Invalid, NotFound
 from ..notices.outbox import Outbox
 from ..policy.fields import as_bool, as_id, as_str, int_range
 from . import cases
-from .delivery import AlertChannel, AlertHookChannel
+from .delivery import AlertChannel, AlertHookChannel, AlertMqttChannel
 from .model import SOURCES, STATES, parse_advisories
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,9 @@ class Advisories(Component):
         self.mailer = None                         # () -> Mailer | None, from app.wire (maintenance.smtp)
         self.channel = AlertChannel(lambda: self.mailer() if self.mailer else None,
                                     lambda: ctx.policy().settings)
-        self.outbox = Outbox(ctx.store, ctx.clock, (self.channel, AlertHookChannel(lambda: ctx.policy().settings)),
+        settings = lambda: ctx.policy().settings          # noqa: E731
+        self.mqtt = AlertMqttChannel(settings)
+        self.outbox = Outbox(ctx.store, ctx.clock, (self.channel, AlertHookChannel(settings), self.mqtt),
                              notice_table="adv_alert", on_result=self._delivered)
         self.received = {(s, r): 0 for s in SOURCES for r in ("new", "attached", "duplicate", "unattributable")}
         self.alerts = {"sent": 0, "retry": 0, "failed": 0}
@@ -55,9 +57,18 @@ class Advisories(Component):
         self.tasks.supervise("advisory-prune", self._prune_loop)
         await super().start()
 
+    def set_notice_publisher(self, publisher) -> None:
+        """app.wire: alerts to a contact's mqtt_topic go out through the MQTT bridge."""
+        self.mqtt.publisher = publisher
+
+    def mqtt_connected(self) -> None:
+        """NoticeLinkListener: the bridge (re)connected; alerts waiting for it are due now."""
+        self.outbox.due_now(self.mqtt.name)
+
     def _delivered(self, channel, row: dict, result: str) -> None:
+        result = "sent" if result == "delivered" else result
         self.alerts[result if result in self.alerts else "sent"] += 1
-        if result == "sent":           # e-mail or webhook: the customer has been told
+        if result == "sent":           # any channel: the customer has been told
             with self.ctx.store.transaction() as db:
                 db.execute("UPDATE adv_case SET state='notified', updated=? WHERE id=? AND state='open'",
                            (self.ctx.clock.now().isoformat(), row["case_id"]))
@@ -116,14 +127,16 @@ class Advisories(Component):
 
         def contact_of(db, cid: str):
             try:
-                r = db.execute("SELECT email, language, version, webhook FROM mw_contact WHERE customer=? "
-                               "ORDER BY version DESC LIMIT 1", (cid,)).fetchone()
+                r = db.execute("SELECT email, language, version, webhook, mqtt_topic FROM mw_contact WHERE "
+                               "customer=? ORDER BY version DESC LIMIT 1", (cid,)).fetchone()
             except sqlite3.OperationalError:      # maintenance is not part of this daemon
                 r = None
             if r is not None:
-                return r["email"], r["language"], r["version"], r["webhook"]
+                return r["email"], r["language"], r["version"], r["webhook"], r["mqtt_topic"]
             c = by_id.get(cid)
-            return (c.contact.email, c.contact.language, None, c.contact.webhook) if c else (None, "ja+en", None, None)
+            if c is None:
+                return None, "ja+en", None, None, None
+            return c.contact.email, c.contact.language, None, c.contact.webhook, c.contact.mqtt_topic
         return contact_of
 
     async def _cmd_list(self, args, inv) -> dict:

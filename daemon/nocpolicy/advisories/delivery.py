@@ -1,8 +1,9 @@
 """Alert delivery: the ``adv_alert`` rows as an exactly-once e-mail channel of the shared
 outbox loop (``notices.outbox``), sent through the SMTP relay configured for notices
 (``maintenance.smtp``; the mailer is handed in by app.wire; without SMTP, alerts wait),
-and ``adv_hook`` rows POSTed to the contact's webhook (with ``maintenance.webhooks`` on;
-at-least-once, ``Idempotency-Key`` = the alert's Message-ID, as for maintenance notices)."""
+``adv_hook`` rows POSTed to the contact's webhook (with ``maintenance.webhooks`` on;
+at-least-once, ``Idempotency-Key`` = the alert's Message-ID, as for maintenance notices) and
+``adv_mqtt`` rows published to the contact's ``mqtt_topic`` through the MQTT bridge."""
 
 from __future__ import annotations
 
@@ -86,3 +87,30 @@ class AlertHookChannel(RowChannel):
         status, error = await asyncio.to_thread(post, row["url"], body, row["message_id"])
         result = classify(status)
         return Attempt(result == "sent", result == "retry", error, {"status": status})
+
+
+class AlertMqttChannel(RowChannel):
+    """The contact's ``mqtt_topic``: the webhook's JSON document, QoS 1, not retained, through the
+    MQTT bridge (``NoticePublisher``, handed in by app.wire); delivered on PUBACK."""
+
+    name = "mqtt"
+    table = Table("adv_mqtt", "alert_id", "topic", "delivered", "delivered_at",
+                  AlertHookChannel.table.select.replace("adv_hook", "adv_mqtt"))
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.publisher = None           # notices.publisher.NoticePublisher
+
+    def target(self, contact) -> str | None:
+        return None                     # rows are written by the importer
+
+    def session(self):
+        return no_session(self.deliver)
+
+    async def deliver(self, row: dict) -> Attempt:
+        if self.publisher is None:
+            return Attempt(False, True, "no MQTT bridge in this daemon")
+        s = self.settings()
+        body = json.dumps(hook_payload(row, s.provider, s.timezone), ensure_ascii=False).encode()
+        ok, error = await self.publisher.publish_notice(row["topic"], body)
+        return Attempt(ok, True, error)
