@@ -185,3 +185,17 @@ def test_tls_secure_cookie_and_a_bad_key_file(tmp_path):
         assert "customer page" not in plain.log()
     finally:
         plain.stop()
+
+
+def test_link_followed_from_the_portals_site(env):
+    """The portal is another site: the customer clicks the signed link there. The SameSite=Strict
+    cookie set by that cross-site navigation must still reach the page after the sign-in page
+    moves on (its own same-site navigation), so the customer lands on their choices."""
+    d, base, key, _ = env
+    portal = f"data:text/html,<a id='go' href='{link(base, key, 'c-optin')}'>choices</a>"
+    with chromium() as driver:
+        driver.get(portal)
+        driver.find_element("id", "go").click()
+        wait_for(lambda: driver.find_elements("id", "customer") or driver.find_elements("id", "error"), 20,
+                 what="the customer page or a refusal")
+        assert driver.find_element("id", "customer").text == "c-optin"
