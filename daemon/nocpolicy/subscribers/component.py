@@ -1,7 +1,7 @@
 """Subscribers: the one owner of who a client is and what applies to it.
 
-Takes in the policy's customers (at every commit) and runtime decisions (opt-outs
-today, persisted in the state store with their audit), builds the immutable view with
+Takes in the policy's customers (at every commit) and runtime decisions (consent by
+purpose, persisted in the state store with their audit), builds the immutable view with
 the pure functions of view.py, and pushes every new view to its watchers (the DNS
 engine, passive detection) -- nobody polls. In the main process a runtime decision is
 persisted, applied here, sent to every replica (the DNS worker processes, which apply
