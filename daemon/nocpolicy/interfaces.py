@@ -11,6 +11,8 @@ Protocol            defined in                  provider                        
 FleetQos            here                        qos.component.Enforcer          fleet (plan, agent apply)
 NoticePublisher     notices/publisher.py        fleet.component.MqttBridge      maintenance (mqtt_topic)
 NoticeLinkListener  notices/publisher.py        maintenance.Maintenance         fleet (link back up)
+LetterPost          notices/publisher.py        maintenance.Maintenance         suspension (letters)
+SuspensionEnforcer  here                        qos.component.Enforcer          suspension (nft garden)
 ==================  ==========================  ==============================  ==========================
 """
 
@@ -36,4 +38,13 @@ class FleetQos(Protocol):
 
     async def adopt_plan(self, plan: Any) -> dict:
         """Apply a plan decided elsewhere and hold it as current (the apply's result)."""
+        ...
+
+
+class SuspensionEnforcer(Protocol):
+    """What suspensions take from qos: put the suspensions of the subscriber view into nftables
+    (walled garden, block) and say whether that worked."""
+
+    async def enforce_suspensions(self) -> dict:
+        """``{"enforced": bool, ...}``; never raises for a kernel refusal (logged, old rules kept)."""
         ...

@@ -24,6 +24,7 @@ from .commands import ConsentCommands, describe_consent, not_found
 from .consent import ConsentStore, consented_at, decisions_of
 from .live import AddressTable, ClientLookup, change_from_json, change_to_json
 from .model import CONSENT, EVERYTHING, PURPOSES, Change, Decision, Decisions
+from .suspensions import SuspensionStore, with_suspensions
 from .view import SubscriberView, implicit_subscriber, reload_view, update_view
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class Subscribers(Component):
         super().__init__(ctx)
         self.consents = ConsentStore(ctx.store, ctx.clock)
         self._consent_lock = asyncio.Lock()         # one consent change at a time (read-modify-write)
+        self.suspensions = SuspensionStore(ctx.store)
         self.view = SubscriberView()
         self.decisions: Decisions | None = None        # loaded from the store at the first prepare
         self._watchers: list[Watcher] = []
@@ -134,6 +136,7 @@ class Subscribers(Component):
         decisions = self.decisions
         if decisions is None:
             decisions = decisions_of(await asyncio.to_thread(self.consents.latest))
+            decisions = with_suspensions(decisions, await asyncio.to_thread(self.suspensions.active_decisions))
         if isinstance(self.live, AddressTable) and not self._live_loaded:    # a worker starting
             n = await asyncio.to_thread(self.live.load, self.ctx.store.path)
             self._live_loaded = True
