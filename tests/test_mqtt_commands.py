@@ -245,3 +245,38 @@ def test_mqtts_with_client_certificates_as_identities(tmp_path):
             p.close()
         d.stop()
         broker.stop()
+
+
+def test_consent_over_mqtt_is_recorded_with_the_mqtt_channel(env):
+    """Consent by purpose from the portal's MQTT identity: recorded as channel mqtt, audited,
+    shown by consent.show; not granted to the feed."""
+    broker, d, probes, _ = env
+    r = command(broker, probes, "customer-portal", "consent.set",
+                {"customer": "c1003", "purpose": "isac-probe", "on": True, "wording": "I agree (v2 text)",
+                 "channel": "phone"})
+    assert r["ok"] and r["result"]["channel"] == "mqtt" and r["result"]["changed"] is True, r
+    r = command(broker, probes, "ti-feed", "consent.set", {"customer": "c1003", "purpose": "analysis", "on": False})
+    assert r["status"] == 403
+    r = command(broker, probes, "customer-portal", "consent.set",
+                {"customer": "c1003", "purpose": "marketing", "on": True})
+    assert r["status"] == 400 and r["field"] == "purpose"
+    shown = {p["purpose"]: p for p in d.ctl_json("consent", "show", "c1003")["purposes"]}
+    assert shown["isac-probe"]["on"] is True and shown["isac-probe"]["channel"] == "mqtt"
+    assert shown["isac-probe"]["actor"] == "mqtt:customer-portal" and shown["analysis"]["on"] is True
+    audit = d.ctl_json("audit", "--subject", "customer:c1003")["audit"]
+    assert audit[0]["action"] == "consent.set" and audit[0]["after"]["wording"] == "I agree (v2 text)"
+
+
+def test_advisory_import_over_mqtt_by_the_noc_only(env):
+    """NICT advisories arrive over MQTT too (the NOC's identity); the feed may not import them."""
+    broker, d, probes, _ = env
+    text = ("advisory_id,source,address,port,time,service,finding\n"
+            "M-1,notice,192.0.2.20,23,2026-07-03T10:00:00+09:00,telnet,weak-credentials\n")
+    r = command(broker, probes, "noc-controller", "advisory.import", {"text": text, "source": "mqtt-feed.csv"})
+    assert r["ok"] and r["result"]["new_cases"] == 1, r
+    r = command(broker, probes, "ti-feed", "advisory.import", {"text": text})
+    assert r["status"] == 403
+    r = command(broker, probes, "noc-controller", "advisory.import", {"text": text.replace("+09:00", "")})
+    assert r["status"] == 400 and "advisories:2: time:" in r["error"], r
+    cases = d.ctl_json("advisories", "--customer", "c1001")["cases"]
+    assert [(c["finding"], c["state"]) for c in cases] == [("weak-credentials", "open")]

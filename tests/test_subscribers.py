@@ -213,3 +213,31 @@ def test_optout_at_the_admin_api_reaches_every_worker_and_detection(tmp_path):
     finally:
         d.stop()
         ub.stop()
+
+
+async def test_analysis_consent_withdrawn_leaves_the_next_event_counts(area):
+    """Art. 45(5): the blocks of a customer who withdrew consent to analysis are left out of
+    the aggregated events (the analysis platform's feed) from the next batch on."""
+    ctx, guard, detector, reg = area
+    q = ctx.events.subscribe()
+
+    def batch():
+        return {("cc", "security", "nxdomain", cid, f"p-{cid}", "cc.example", "dns", "cc.example"): (0, 0, n, [])
+                for cid, n in (("a", 2), ("b", 3))}
+
+    def drained() -> list[dict]:
+        out = []
+        while not q.empty():
+            ev = q.get_nowait()
+            if ev.kind == "block":
+                out.append(ev.payload)
+        return out
+
+    guard._publish_counts(batch())
+    assert [e["count"] for e in drained()] == [5]
+    await reg.dispatch("consent.set", {"customer": "a", "purpose": "analysis", "on": False}, actor="t", source="t")
+    guard._publish_counts(batch())
+    assert [e["count"] for e in drained()] == [3]
+    await reg.dispatch("consent.set", {"customer": "a", "purpose": "analysis", "on": True}, actor="t", source="t")
+    guard._publish_counts(batch())
+    assert [e["count"] for e in drained()] == [5]

@@ -29,6 +29,7 @@ from .clock import SystemClock, utcnow, wall
 from .component import Component, Context
 from .control.admin import AdminApi
 from .control.commands import Args, Command, CommandRegistry, Invocation
+from .control.customer import customer_listener
 from .control.metrics_http import metrics_handler
 from .control.token import ensure_token
 from .errors import NocpolicyError, PolicyInvalid
@@ -54,14 +55,16 @@ WATCH_DEBOUNCE = 0.5     # files must be unchanged this long before a reload
 
 def component_types(options: Options) -> list[type[Component]]:
     """Every component, in start order (stop is the reverse). One visible list."""
+    from .advisories.component import Advisories
     from .detect.component import Detector
     from .dns.component import DnsGuard
+    from .exports.component import Exports
     from .fleet.component import MqttBridge
     from .maintenance.component import Maintenance
     from .qos.component import Enforcer
     from .sessions.component import Sessions
     from .suspension.component import Suspensions
-    return [DnsGuard, Sessions, Detector, Enforcer, Maintenance, Suspensions, MqttBridge]
+    return [DnsGuard, Sessions, Detector, Enforcer, Maintenance, Suspensions, Advisories, Exports, MqttBridge]
 
 
 def new_subscribers(ctx: Context) -> Component:
@@ -86,8 +89,11 @@ def wire(components: list[Component]) -> None:
     ``NoticeLinkListener``, ``detect.guard.Guard``. A component the daemon runs without (tests build partial
     lists) is handed None, or nothing.
     """
+    from .advisories.attribution import Attribution
+    from .advisories.component import Advisories
     from .detect.component import Detector
     from .dns.component import DnsGuard
+    from .exports.component import Exports
     from .fleet.component import MqttBridge
     from .maintenance.component import Maintenance
     from .qos.component import Enforcer
@@ -117,6 +123,18 @@ def wire(components: list[Component]) -> None:
         qos.use_subscribers(subscribers)                          # SubscriberSource (subscribers.api)
     if dns is not None and subscribers is not None:
         dns.engine.acl.live = subscribers.session_holds           # the access list admits live sessions
+    attribution = Attribution(subscribers.static_owner if subscribers is not None else None,
+                              sessions.whois_at if sessions is not None else None)
+    exports, advisories = _first(components, Exports), _first(components, Advisories)
+    if exports is not None:
+        exports.attribution = attribution                         # who had an address (advisories.attribution)
+    if advisories is not None:
+        advisories.attribution = attribution
+        if maintenance is not None:
+            advisories.mailer = lambda: maintenance.mailer        # alerts go through the notices' SMTP relay
+        if bridge is not None:
+            advisories.set_notice_publisher(bridge)               # NoticePublisher: alerts to mqtt_topic
+            bridge.add_link_listener(advisories)                  # NoticeLinkListener
 
 
 def _first(components: list[Component], kind: type[T]) -> T | None:
@@ -164,7 +182,7 @@ class Daemon:
         self.reload_event = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._ready = False
-        self.http: list[HttpServer] = []
+        self.http: list = []            # HttpServer and the customer page's Listener
 
     # -- start / stop ------------------------------------------------------------
 
@@ -281,6 +299,15 @@ class Daemon:
             except OSError as exc:
                 raise NocpolicyError(f"{name} cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
             self.http.append(server)
+        page = customer_listener(self.options, self.commands,          # off unless --customer-listen
+                                 tz=lambda: self.policy.settings.timezone)
+        if page is not None:
+            try:
+                await page.start()
+            except OSError as exc:
+                raise NocpolicyError(f"customer page cannot listen on {page.host}:{page.port}: "
+                                     f"{exc.strerror or exc}") from exc
+            self.http.append(page)
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()

@@ -33,6 +33,10 @@ class Options:
     mqtt_cert: str | None = None
     mqtt_key: str | None = None
     enforce: str = "auto"             # auto | linux | off
+    customer_listen: tuple[str, int] | None = None     # the customer self-service page; off without it
+    customer_link_key: str | None = None               # default <state-dir>/customer-link.key
+    customer_tls_cert: str | None = None
+    customer_tls_key: str | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -76,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enforce", choices=("auto", "linux", "off"), default="auto",
                    help="traffic enforcement backend: auto (Linux nft/tc when privileged and the "
                         "policy names interfaces present here), linux (required), off")
+    p.add_argument("--customer-listen", metavar="ADDR:PORT", type=_hostport,
+                   help="serve the customer self-service page (Art. 45) here; off without it")
+    p.add_argument("--customer-link-key", metavar="FILE",
+                   help="key (0600) shared with the member portal for signed links "
+                        "(default <state-dir>/customer-link.key, created on first start)")
+    p.add_argument("--customer-tls-cert", metavar="FILE", help="serve the customer page over TLS with this certificate")
+    p.add_argument("--customer-tls-key", metavar="FILE", help="private key for --customer-tls-cert")
     p.add_argument("--netns", metavar="NAME", help=argparse.SUPPRESS)   # qos: run nft/tc in this netns (tests)
     p.add_argument("--customer-metrics", action="store_true",
                    help="export per-customer utilisation series (high cardinality; off by default)")
@@ -94,5 +105,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         watch=ns.watch,
         role=ns.role, node=ns.node, mqtt=ns.mqtt, mqtt_password_file=ns.mqtt_password_file,
         mqtt_ca=ns.mqtt_ca, mqtt_cert=ns.mqtt_cert, mqtt_key=ns.mqtt_key, enforce=ns.enforce,
+        customer_listen=ns.customer_listen, customer_link_key=ns.customer_link_key,
+        customer_tls_cert=ns.customer_tls_cert, customer_tls_key=ns.customer_tls_key,
         extra={"netns": ns.netns, "customer_metrics": ns.customer_metrics},
     )

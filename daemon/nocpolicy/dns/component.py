@@ -253,7 +253,11 @@ class DnsGuard(Component):
         """Blocks of the last second as counts per list and class (no customer, client or name):
         the MQTT bridge folds them into its ``detections`` events (Art. 45(5))."""
         counts: dict[tuple, int] = {}
-        for (lst, cls, _action, _cust, _client, _name, source, _entry), (_f, _l, n, _s) in batch.items():
+        view = self.subscribers.view
+        for (lst, cls, _action, cust, _client, _name, source, _entry), (_f, _l, n, _s) in batch.items():
+            sub = view.get(cust) if cust is not None else None
+            if sub is not None and not sub.consents("analysis"):
+                continue            # withdrew consent to analysis (Art. 45(5)): not in the platform's counts
             counts[(lst, cls, source)] = counts.get((lst, cls, source), 0) + n
         if self.ctx.options.extra.get("dns_worker"):       # reported to the main process instead
             for k, n in counts.items():
@@ -384,8 +388,12 @@ class DnsGuard(Component):
         await asyncio.to_thread(self.detections.write, batch)
         limit = max(1, min(limit, 10_000))
         if summary:
+            # analysis summaries (Art. 45(5)) leave out customers who withdrew consent to analysis
+            view = self.subscribers.view
             rows = await asyncio.to_thread(self.detections.summary, since=since, customer=cid)
-            return {"summary": rows}
+            kept = [r for r in rows if r["customer"] is None or view.get(r["customer"]) is None
+                    or view.get(r["customer"]).consents("analysis")]
+            return {"summary": kept, "excluded_no_analysis_consent": len(rows) - len(kept)}
         rows = await asyncio.to_thread(self.detections.query, since=since, customer=cid, limit=limit)
         return {"detections": rows, "dropped": self.detections.dropped}
 

@@ -16,6 +16,7 @@ from ..clock import utcnow
 from ..errors import PolicyInvalid
 from ..gcpause import gc_paused
 from . import customers as cust
+from .advisories import AdvisorySettings, read_advisories
 from .control import ControlSettings, read_control
 from .detect import DetectSettings, read_detect
 from .dnsconf import DnsSettings, read_dns
@@ -30,7 +31,8 @@ from .sessions import SessionSettings, check_sessions, load_secrets, read_sessio
 from .suspension import SuspensionSettings, read_suspension
 
 LIST_SECTIONS = ("customers", "plans", "emergency_profiles", "interfaces")
-MAP_SECTIONS = ("settings", "dns", "maintenance", "control", "detect", "sessions", "inventory", "suspension")
+MAP_SECTIONS = ("settings", "dns", "maintenance", "control", "detect", "sessions", "inventory", "suspension",
+                "advisories")
 
 
 def policy_files(directory: str | os.PathLike) -> list[Path]:
@@ -175,6 +177,7 @@ def _build(directory: Path, files: list[Path], raw: list[tuple[str, bytes]], sec
         detect=single("detect", read_detect, DetectSettings()),
         sessions=single("sessions", read_sessions, SessionSettings()),
         suspension=single("suspension", read_suspension, SuspensionSettings()),
+        advisories=single("advisories", read_advisories, AdvisorySettings()),
     )
 
 

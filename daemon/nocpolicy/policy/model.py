@@ -8,6 +8,7 @@ import socket
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from .advisories import AdvisorySettings
 from .control import ControlSettings
 from .customers import Customer, Plan
 from .detect import DetectSettings
@@ -57,6 +58,7 @@ class Policy:
     detect: DetectSettings = DetectSettings()
     sessions: SessionSettings = SessionSettings()
     suspension: SuspensionSettings = SuspensionSettings()
+    advisories: AdvisorySettings = AdvisorySettings()
     list_digests: dict[str, str] = field(default_factory=dict, hash=False)  # list id -> sha256 of its local file
     inventory_rows: dict = field(default_factory=dict, hash=False, repr=False)  # CSV line -> Customer (reuse)
 

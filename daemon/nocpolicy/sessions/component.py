@@ -331,6 +331,11 @@ class Sessions(Component):
         self._count_whois("unattributed" if "unattributed" in out else "found")
         return out
 
+    def whois_at(self, address: str, ts: float, port: int | None) -> dict:
+        """``whois`` for another area (advisories, exports: ``Attribution``); blocking, run it in
+        a thread. ValueError for a bad address."""
+        return whois(self.history, self.settings.nat_pools, address, ts, port)
+
     def _count_whois(self, result: str) -> None:
         self.whois_counts[result] = self.whois_counts.get(result, 0) + 1
 

@@ -1,7 +1,7 @@
 """Subscribers: the one owner of who a client is and what applies to it.
 
-Takes in the policy's customers (at every commit) and runtime decisions (opt-outs
-today, persisted in the state store with their audit), builds the immutable view with
+Takes in the policy's customers (at every commit) and runtime decisions (consent by
+purpose, persisted in the state store with their audit), builds the immutable view with
 the pure functions of view.py, and pushes every new view to its watchers (the DNS
 engine, passive detection) -- nobody polls. In the main process a runtime decision is
 persisted, applied here, sent to every replica (the DNS worker processes, which apply
@@ -19,12 +19,11 @@ from prometheus_client.core import GaugeMetricFamily
 
 from ..component import Component
 from ..control.commands import Command
-from ..errors import NotFound
-from ..policy.fields import as_bool, as_id, as_str
 from .api import Replica, Watcher
+from .commands import ConsentCommands, describe_consent, not_found
+from .consent import ConsentStore, consented_at, decisions_of
 from .live import AddressTable, ClientLookup, change_from_json, change_to_json
-from .model import EVERYTHING, Change, Decision, Decisions
-from .optouts import OptoutStore, decisions_of
+from .model import CONSENT, EVERYTHING, PURPOSES, Change, Decision, Decisions
 from .suspensions import SuspensionStore, with_suspensions
 from .view import SubscriberView, implicit_subscriber, reload_view, update_view
 
@@ -36,7 +35,8 @@ class Subscribers(Component):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        self.optouts = OptoutStore(ctx.store, ctx.clock)
+        self.consents = ConsentStore(ctx.store, ctx.clock)
+        self._consent_lock = asyncio.Lock()         # one consent change at a time (read-modify-write)
         self.suspensions = SuspensionStore(ctx.store)
         self.view = SubscriberView()
         self.decisions: Decisions | None = None        # loaded from the store at the first prepare
@@ -123,7 +123,7 @@ class Subscribers(Component):
     async def prepare(self, policy, change):
         decisions = self.decisions
         if decisions is None:
-            decisions = decisions_of(await asyncio.to_thread(self.optouts.records))
+            decisions = decisions_of(await asyncio.to_thread(self.consents.latest))
             decisions = with_suspensions(decisions, await asyncio.to_thread(self.suspensions.active_decisions))
         if isinstance(self.live, AddressTable) and not self._live_loaded:    # a worker starting
             n = await asyncio.to_thread(self.live.load, self.ctx.store.path)
@@ -143,10 +143,7 @@ class Subscribers(Component):
     # -- commands and metrics ------------------------------------------------------------
 
     def commands(self) -> list[Command]:
-        return [
-            Command("optout.set", self._cmd_optout_set, "security-list opt-out on/off for a customer"),
-            Command("optout.list", self._cmd_optout_list, "opt-out state of every customer", mutating=False),
-        ]
+        return ConsentCommands(self).commands()
 
     def collectors(self) -> list:
         return [OptoutCollector(self)]
@@ -156,32 +153,37 @@ class Subscribers(Component):
         if sub is None and cid is not None and self.live is not None and self.live.has_customer(cid):
             sub = implicit_subscriber(cid, self.view.decisions)      # an implicit customer
         if sub is None:
-            raise NotFound(f"unknown customer {cid!r}", field="customer")
+            raise not_found(cid)
         return sub
 
-    async def _cmd_optout_set(self, args, inv) -> dict:
-        cid = args.req("customer", as_id)
-        on = args.req("on", as_bool)
-        reason = args.get("reason", as_str, "") or ""
-        args.check()
-        before = self._subscriber(cid).opted_out
-        rec = await asyncio.to_thread(self.optouts.set, cid, on, reason=reason, actor=inv.actor, before=before)
-        await self.decide(Decision("optout", cid, on))
-        log.info("customer %s security opt-out %s by %s", cid, "ON" if on else "OFF", inv.actor)
-        return {**rec, "before": before, "changed": before != on}
+    # -- consent (the one way a consent changes: commands, the customer page) ----------------
 
-    async def _cmd_optout_list(self, args, inv) -> dict:
-        args.check()
-        records = await asyncio.to_thread(self.optouts.records)
-        view = self.view
-        out = []
-        for cid, c in view.customers.items():
-            sub = view.by_id[cid]
-            r = records.get(cid) or {}
-            out.append({"customer": cid, "name": c.name, "optout": sub.opted_out, "source": sub.optout_source,
-                        "policy_value": c.security_optout, "reason": r.get("reason"),
-                        "actor": r.get("actor"), "since": r.get("ts")})
-        return {"customers": out, "opted_out": sum(1 for x in out if x["optout"])}
+    async def consent_of(self, cid: str) -> dict:
+        sub = self._subscriber(cid)
+        latest = await asyncio.to_thread(self.consents.latest, cid)
+        return describe_consent(sub, latest, self.view.customers.get(cid))
+
+    def consent_at(self, pairs, purpose: str):
+        """A pure ``consent_at(customer, time) -> bool`` for ``purpose`` over the consent
+        history of the customers in ``pairs`` (read now: blocking, run it in a thread)."""
+        history = self.consents.history(pairs)
+        default = PURPOSES[purpose]
+
+        def at(cid: str, when) -> bool:
+            return consented_at(history.get((cid, purpose)), when, default)
+        return at
+
+    async def set_consent(self, cid: str, purpose: str, on: bool, *, actor: str, channel: str, wording: str,
+                          action: str = "consent.set") -> dict:
+        """Persist (with its audit record), apply here and in every replica, then return: the
+        very next query or record sees it."""
+        async with self._consent_lock:            # the audit's "before" is the value just replaced
+            before = self._subscriber(cid).consents(purpose)
+            rec = await asyncio.to_thread(self.consents.set, cid, purpose, on, channel=channel, actor=actor,
+                                          wording=wording, before=before, action=action)
+            confirmed = await self.decide(Decision(CONSENT + purpose, cid, on))
+        log.info("customer %s consent %s %s by %s (%s)", cid, purpose, "ON" if on else "OFF", actor, channel)
+        return {**rec, "before": before, "changed": before != on, "replicas_confirmed": confirmed}
 
 
 class OptoutCollector:

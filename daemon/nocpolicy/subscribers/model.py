@@ -27,6 +27,12 @@ class Subscriber:
     rate_cap: int | None = None                # a runtime decision caps both directions (bit/s; qos reads
                                                # it: the lower of it and the plan's caps applies)
     suspension: Suspended | None = None        # an active suspension (Art. 25), None: not suspended
+    consent: frozenset[str] = frozenset(("cc-blocking", "analysis"))   # purposes on (PURPOSES below)
+
+    def consents(self, purpose: str) -> bool:
+        """Is ``purpose`` on for this client (Art. 45(1)(2)(4)(5)); an unknown client has the
+        defaults (blocking and analysis on, nothing handed to ICT-ISAC)."""
+        return purpose in self.consent
 
     @property
     def id(self) -> str | None:
@@ -98,6 +104,14 @@ def _as_list(v: Any) -> list:
     return v
 
 
+# The purposes a customer consents to, each with its default and the clause it comes from
+# (Art. 45): cc-blocking replaces the opt-out (on = blocked), analysis feeds the summaries,
+# isac-source and isac-probe let records go to ICT-ISAC (off unless consented).
+PURPOSES = {"cc-blocking": True, "analysis": True, "isac-source": False, "isac-probe": False}
+CLAUSES = {"cc-blocking": "45(4)", "analysis": "45(5)", "isac-source": "45(1)", "isac-probe": "45(2)"}
+CONSENT = "consent:"
+
+
 def _as_rate(v: Any) -> int | None:
     if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 8_000 <= v <= 10**13):
         raise ValueError(f"must be a rate in bit/s (8000..1e13) or null, not {v!r}")
@@ -110,7 +124,10 @@ def _as_rate(v: Any) -> int | None:
 # the address lookup, not kept among the decisions.
 # "suspension": the customer's active suspension (Art. 25; suspension/), null when lifted; a
 # throttle suspension also caps the rate (view.subscriber_of).
-KINDS = {"optout": _as_bool, "ratecap": _as_rate, "sessions": _as_list, "suspension": _as_suspension}
+# "consent:<purpose>": a customer's consent to one purpose (true/false); "optout" is the old
+# form of consent:cc-blocking (the opposite value; a decision from an older peer still applies).
+KINDS = {"optout": _as_bool, "ratecap": _as_rate, "sessions": _as_list, "suspension": _as_suspension,
+         **{CONSENT + p: _as_bool for p in PURPOSES}}
 
 
 @dataclass(frozen=True, slots=True)

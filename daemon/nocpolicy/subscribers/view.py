@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from ..gcpause import gc_paused
-from .model import Decisions, Subscriber, suspended_of
+from .model import CONSENT, PURPOSES, Decisions, Subscriber, suspended_of
 from .prefixes import PrefixIndex, customers_delta
 
 # What applies to a client outside every customer prefix (dns.unknown_clients).
@@ -23,21 +23,43 @@ UNKNOWN_MODES = {"protect": Subscriber(None, security=True),
                  "refuse": Subscriber(None, security=False, refuse=True)}
 
 
+def effective_consent(cid: str, policy_optout: bool, decisions: Decisions) -> tuple[frozenset[str], str]:
+    """The purposes ``cid`` consents to and where cc-blocking comes from ("policy" |
+    "runtime"): the defaults (model.PURPOSES), the policy's ``security_optout`` for
+    cc-blocking, then the runtime decisions (a ``consent:cc-blocking`` decision over an old ``optout``)."""
+    on = {p for p, default in PURPOSES.items() if default}
+    if policy_optout:
+        on.discard("cc-blocking")
+    source = "policy"
+    old = decisions.get("optout", cid)
+    if old is not None:
+        on.discard("cc-blocking") if old else on.add("cc-blocking")
+        source = "runtime"
+    for purpose in PURPOSES:
+        value = decisions.get(CONSENT + purpose, cid)
+        if value is None:
+            continue
+        on.add(purpose) if value else on.discard(purpose)
+        if purpose == "cc-blocking":
+            source = "runtime"
+    return frozenset(on), source
+
+
 def implicit_subscriber(cid: str, decisions: Decisions) -> Subscriber:
     """A customer known only from a session (not in the policy): the policy's defaults (no
     opt-out, no optional list) under the runtime decisions keyed by its id."""
-    rt = decisions.get("optout", cid)
-    return Subscriber(cid, security=not rt, optout_source="runtime" if rt is not None else "policy",
+    consent, source = effective_consent(cid, False, decisions)
+    return Subscriber(cid, security="cc-blocking" in consent, optout_source=source, consent=consent,
                       **_runtime(decisions, cid))
 
 
 def subscriber_of(c, decisions: Decisions) -> Subscriber:
     """The effective state of policy customer ``c`` under the runtime ``decisions``."""
-    rt = decisions.get("optout", c.id)
-    optout, source = (bool(rt), "runtime") if rt is not None else (c.security_optout, "policy")
-    return Subscriber(c.id, security=not optout, optional=frozenset(c.optional_lists), plan=c.plan,
-                      tags=frozenset(c.tags), nodes=frozenset(c.nodes), prefixes=tuple(c.prefixes),
-                      optout_source=source, **_runtime(decisions, c.id))
+    consent, source = effective_consent(c.id, c.security_optout, decisions)
+    return Subscriber(c.id, security="cc-blocking" in consent, optional=frozenset(c.optional_lists),
+                      plan=c.plan, tags=frozenset(c.tags), nodes=frozenset(c.nodes),
+                      prefixes=tuple(c.prefixes), optout_source=source, consent=consent,
+                      **_runtime(decisions, c.id))
 
 
 def _runtime(decisions: Decisions, cid: str) -> dict:

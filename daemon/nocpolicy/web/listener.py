@@ -81,8 +81,9 @@ class _Refuse(asyncio.Protocol):
 
 class Listener:
     def __init__(self, name: str, host: str, port: int, app: web.Application, *,
-                 max_connections: int = MAX_CONNECTIONS):
+                 max_connections: int = MAX_CONNECTIONS, ssl=None):
         self.name, self.host, self.port, self.app = name, host, port, app
+        self.ssl = ssl                        # an ssl.SSLContext: serve HTTPS
         self.max_connections = max_connections
         self.refused = 0                      # connections answered 503 (over the cap)
         self._runner: web.AppRunner | None = None
@@ -93,9 +94,10 @@ class Listener:
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
         self._server = await asyncio.get_running_loop().create_server(
-            self._protocol, self.host, self.port, reuse_address=True)
+            self._protocol, self.host, self.port, reuse_address=True, ssl=self.ssl)
         self.port = self._server.sockets[0].getsockname()[1]
-        log.info("%s listening on http://%s:%d", self.name, _fmt(self.host), self.port)
+        log.info("%s listening on %s://%s:%d", self.name, "https" if self.ssl else "http", _fmt(self.host),
+                 self.port)
 
     def _protocol(self) -> asyncio.Protocol:
         self._open = {h for h in self._open if h.transport is not None}
