@@ -19,7 +19,6 @@ import argparse
 import datetime as dt
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -76,8 +75,9 @@ def whois_peer(d, items: list[dict]) -> float:
 
 
 def one_run(run: int, peer: bool) -> tuple[float, float | None, dict]:
-    from helpers import DaemonProcess
     from sessions_bench import fill_open_sessions
+
+    from helpers import DaemonProcess
     with tempfile.TemporaryDirectory(prefix="nocp-adv-") as tmp:
         tmp = Path(tmp)
         pol = policy(tmp)
