@@ -97,6 +97,8 @@ def wire(components: list[Component]) -> None:
     maintenance = _first(components, Maintenance)
     if bridge is not None:
         bridge.qos = qos                                          # FleetQos
+        bridge.decisions = _first(components, Subscribers)        # FleetDecisions
+        bridge.lists = _first(components, DnsGuard)               # RuntimeLists
     if bridge is not None and maintenance is not None:
         maintenance.set_notice_publisher(bridge)                  # NoticePublisher
         bridge.add_link_listener(maintenance)                     # NoticeLinkListener

@@ -11,6 +11,8 @@ Protocol            defined in                  provider                        
 FleetQos            here                        qos.component.Enforcer          fleet (plan, agent apply)
 NoticePublisher     notices/publisher.py        fleet.component.MqttBridge      maintenance (mqtt_topic)
 NoticeLinkListener  notices/publisher.py        maintenance.Maintenance         fleet (link back up)
+FleetDecisions      here                        subscribers.Subscribers         fleet (state kinds)
+RuntimeLists        here                        dns.component.DnsGuard          fleet (state kind lists)
 ==================  ==========================  ==============================  ==========================
 """
 
@@ -36,4 +38,38 @@ class FleetQos(Protocol):
 
     async def adopt_plan(self, plan: Any) -> dict:
         """Apply a plan decided elsewhere and hold it as current (the apply's result)."""
+        ...
+
+
+class FleetDecisions(Protocol):
+    """What the fleet takes from subscribers: the runtime decisions to publish (controller) and how
+    to adopt the controller's (agent). ``view`` is the ``SubscriberView`` (``decisions``,
+    ``customers``, ``by_id``)."""
+
+    @property
+    def view(self) -> Any: ...
+
+    def watch(self, fn: Any) -> None:
+        """Call ``fn(view, change)`` now and on every change of the view."""
+
+    async def adopt(self, kind: str, values: dict, *, actor: str, note: str) -> bool:
+        """Persist and apply decisions made at the controller (customer -> value, None = withdrawn)."""
+        ...
+
+
+class RuntimeLists(Protocol):
+    """What the fleet takes from the DNS guard: runtime list entries (``list.update``)."""
+
+    def runtime_entries(self) -> dict[str, list[str]]:
+        """list id -> its runtime entries (reads the store: call it off the loop)."""
+        ...
+
+    def watch_runtime_entries(self, fn: Any) -> None:
+        """Call ``fn(list_id, added, removed)`` after each change."""
+
+    def has_list(self, list_id: str) -> bool: ...
+
+    async def adopt_entries(self, list_id: str, add: list[str], remove: list[str], *, actor: str,
+                            reason: str) -> dict:
+        """Persist and apply entries decided at the controller."""
         ...

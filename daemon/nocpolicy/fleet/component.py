@@ -25,16 +25,20 @@ from .. import __version__
 from ..component import Component
 from ..control.commands import Args, Command, Invocation
 from ..errors import NocpolicyError
-from ..interfaces import FleetQos
+from ..interfaces import FleetDecisions, FleetQos, RuntimeLists
 from ..notices.publisher import NoticeLinkListener
 from .agent import Agent
 from .broker import broker_config
 from .controller import Controller
 from .inbox import Inbox
+from .kinds import build_kinds
 from .link import Link
 from .metrics import MqttCollector
 from .outbox import AGGREGATED, FORWARDED, SINGLE_DETECTIONS, DetectionCounts, Outbox, counts_only
 from .qoslink import emergency_state, enforcement_plan, make_applier
+from .stateagent import StateAgent
+from .statectl import StatePublisher
+from .statewire import STATE_ACK_FILTER, agent_filters, is_state_topic
 from .wire import (
     ACK_FILTER,
     CMD_FILTER,
@@ -72,6 +76,10 @@ class MqttBridge(Component):
         self._stopping = False
         self._link_task = None
         self.qos: FleetQos | None = None                    # handed in by app.wire
+        self.decisions: FleetDecisions | None = None        # handed in by app.wire (subscribers)
+        self.lists: RuntimeLists | None = None              # handed in by app.wire (dns)
+        self.state_pub: StatePublisher | None = None        # controller: fleet state out
+        self.state_agent: StateAgent | None = None          # agent: fleet state in
         self._link_listeners: list[NoticeLinkListener] = []        # handed in by app.wire
 
     # -- lifecycle ---------------------------------------------------------------
@@ -113,6 +121,7 @@ class MqttBridge(Component):
             subs.append(plan_topic(self.node))
             self.agent = Agent(self.node, store=self.ctx.store, clock=self.ctx.clock,
                                applier=make_applier(self.ctx.options.enforce, self.qos), publish=self._publish)
+        subs += self._fleet_state()
         will = (status_topic(self.node), dumps(self._status_doc("offline", "connection lost")))
         self.link = Link(self.cfg, f"nocpolicyd-{self.node}", subscriptions=subs,
                          on_connected=self._on_connected, on_message=self._on_message, will=will)
@@ -126,8 +135,31 @@ class MqttBridge(Component):
             self.tasks.supervise("agent", self.agent.run)
         if self.controller:
             self.tasks.supervise("controller", self.controller.run)
+        if self.state_pub:
+            self.tasks.supervise("state", self.state_pub.run)
+        if self.state_agent:
+            self.tasks.supervise("state", self.state_agent.run)
         self._started = True
         self.set_state("running", f"{self.role} {self.node} via {self.cfg.url}")
+
+    def _fleet_state(self) -> list[str]:
+        """Fleet state (runtime decisions, list entries): the controller publishes it, an agent
+        takes it and refuses the commands that would change it locally. The subscriptions."""
+        kinds = build_kinds(self.decisions, self.lists)
+        if self.role == "controller":
+            self.state_pub = StatePublisher(self.node, kinds=kinds, store=self.ctx.store, clock=self.ctx.clock,
+                                            publish=self._publish,
+                                            members=lambda: self.ctx.policy().control.fleet_nodes)
+            self.state_pub.attach()
+            return [STATE_ACK_FILTER]
+        if self.role == "agent":
+            self.state_agent = agent = StateAgent(self.node, kinds=kinds, store=self.ctx.store,
+                                                  clock=self.ctx.clock, publish=self._publish)
+            for kind in kinds.values():
+                for name in kind.commands:
+                    self.ctx.commands.refuse(name, lambda what=kind.what: agent.refusal(what.capitalize()))
+            return agent_filters(self.node)
+        return []
 
     async def stop(self) -> None:
         self._stopping = True
@@ -159,6 +191,8 @@ class MqttBridge(Component):
                 log.exception("mqtt: link listener %r failed", listener)
         if self.controller:
             self.controller.replan(republish=True)
+        if self.state_pub:
+            self.state_pub.republish()
 
     def _on_message(self, msg) -> None:
         topic = msg.topic.value
@@ -168,6 +202,10 @@ class MqttBridge(Component):
         elif topic == status_topic(self.node):
             if _state_of(payload) == "offline" and not self._stopping:
                 self.tasks.spawn("status", self._publish_status())
+        elif self.state_agent and is_state_topic(topic):
+            self.state_agent.offer(topic, payload, bool(msg.retain))
+        elif self.state_pub and topic.endswith("/state/ack"):
+            self.state_pub.on_ack(topic, payload, retained=bool(msg.retain))
         elif self.agent and topic == plan_topic(self.node):
             self.agent.offer(payload)
         elif self.controller and topic.endswith("/status"):
@@ -291,6 +329,11 @@ class MqttBridge(Component):
             out.update(self.controller.status())
         if self.agent:
             out["plan"] = self.agent.applied
+        if self.state_pub:
+            nodes = self.controller.tracker.nodes if self.controller else {}
+            out["state"] = self.state_pub.status(lambda n: nodes[n].online if n in nodes else None)
+        if self.state_agent:
+            out["state"] = self.state_agent.status()
         return out
 
     def link_status(self) -> dict:

@@ -25,6 +25,7 @@ from .api import Replica, Watcher
 from .live import AddressTable, ClientLookup, change_from_json, change_to_json
 from .model import EVERYTHING, Change, Decision, Decisions
 from .optouts import OptoutStore, decisions_of
+from .optouts import set_many as optouts_set_many
 from .view import SubscriberView, implicit_subscriber, reload_view, update_view
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,9 @@ class Subscribers(Component):
         self.live = AddressTable() if ctx.options.extra.get("dns_worker") else None
         self._live_loaded = False
         self._implicit: dict[str, int] = {}     # implicit customer -> its live sessions
+        # how decisions adopted from the fleet controller are persisted, per kind (consent and
+        # suspensions add theirs)
+        self._persisters = {"optout": optouts_set_many}
 
     # -- the interface consumers are handed (api.SubscriberSource) ---------------------
 
@@ -63,7 +67,7 @@ class Subscribers(Component):
                 self.live.apply(c)
             self.sessions_changed(changes)
             return
-        self.decisions = (self.decisions or Decisions()).with_(d)
+        self.decisions = (self.decisions or Decisions()).changed(d.kind, {d.customer: d.value})
         self._publish(update_view(self.view, self.decisions, (d.customer,)), Change.of(d.customer))
 
     def _publish(self, view: SubscriberView, change: Change) -> None:
@@ -77,6 +81,21 @@ class Subscribers(Component):
         self.apply(d)
         results = await asyncio.gather(*(r(d) for r in self._replicas))
         return all(results)
+
+    async def adopt(self, kind: str, values: dict, *, actor: str, note: str) -> bool:
+        """Decisions made elsewhere (the fleet controller): customer -> value, None = withdrawn.
+        Persisted in one transaction with one audit record, applied once, sent to every replica;
+        False if a replica did not confirm in time."""
+        persist = self._persisters.get(kind)
+        if persist is None:
+            raise NotFound(f"decisions of kind {kind!r} cannot be adopted here (known: "
+                           f"{', '.join(self._persisters)})", field="kind")
+        await asyncio.to_thread(persist, self.ctx.store, values, actor=actor, note=note,
+                                now=self.ctx.clock.now().isoformat())
+        self.decisions = (self.decisions or Decisions()).changed(kind, values)
+        self._publish(update_view(self.view, self.decisions, values.keys()), Change(frozenset(values), False))
+        sent = [r(Decision(kind, cid, v)) for cid, v in values.items() for r in self._replicas]
+        return all(await asyncio.gather(*sent))
 
     # -- live sessions (sessions/component.SessionFeed) -----------------------------------
 

@@ -48,3 +48,18 @@ class OptoutStore:
 def decisions_of(records: dict[str, dict]) -> Decisions:
     """The runtime decisions in the store, as Decisions."""
     return Decisions({("optout", cid): bool(r["optout"]) for cid, r in records.items()})
+
+
+def set_many(store: Store, values: dict, *, actor: str, note: str, now: str) -> None:
+    """Runtime opt-outs decided elsewhere (the fleet controller): customer -> bool, None = withdrawn
+    (the policy's value applies again); one transaction, one audit record."""
+    rows = [(cid, int(v), note, actor, now) for cid, v in values.items() if v is not None]
+    gone = [(cid,) for cid, v in values.items() if v is None]
+    with store.transaction() as tx:
+        tx.executemany("INSERT INTO dns_optout (customer, optout, reason, actor, ts) VALUES (?,?,?,?,?) "
+                       "ON CONFLICT(customer) DO UPDATE SET optout=excluded.optout, reason=excluded.reason, "
+                       "actor=excluded.actor, ts=excluded.ts", rows)
+        tx.executemany("DELETE FROM dns_optout WHERE customer=?", gone)
+        store.audit(actor, "dns.optout.adopt", "fleet:optout", None,
+                    {"set": {c: bool(v) for c, v, *_ in rows[:100]}, "withdrawn": [c for (c,) in gone[:100]],
+                     "count": len(values), "note": note}, db=tx)

@@ -1,0 +1,98 @@
+"""Fleet state, the pure parts: the controller's streams, what an agent holds, the wire checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nocpolicy.fleet.statesync import Holder, Streams
+from nocpolicy.fleet.statewire import (
+    COMPACT_EVERY,
+    FLEET,
+    MAX_STATE_BYTES,
+    RING,
+    StateRefused,
+    head,
+    parse_state,
+    stream_topics,
+)
+
+KINDS = ("optout", "lists")
+
+
+def wire(out, node="edge-1"):
+    """An Out as the agent receives it: (topic, parsed message)."""
+    topic = stream_topics(out.kind, out.scope, out.slot)
+    doc = {**head(out.kind, out.scope, out.version, "ctl", "t"), **out.body}
+    return topic, parse_state(topic, json.dumps(doc).encode(), node, KINDS)
+
+
+def test_increments_follow_each_other_and_a_snapshot_comes_every_compact_every():
+    s = Streams()
+    outs = s.snapshot_all("optout", {FLEET: {"c1": True}, "edge-1": {}}, 1)
+    assert {(o.scope, o.slot) for o in outs} == {(FLEET, None), ("edge-1", None)}
+    inc = s.patch("optout", [("c2", FLEET, True)], 2)
+    assert [(o.slot, o.body) for o in inc] == [(0, {"base": 1, "set": {"c2": True}, "del": []})]
+    assert s.patch("optout", [("c2", FLEET, True)], 3) == []          # no change, no message
+    v, snaps = 2, 0
+    for i in range(COMPACT_EVERY * 2):
+        v += 1
+        out = s.patch("optout", [(f"x{i}", FLEET, True)], v)
+        snaps += sum(1 for o in out if o.slot is None)
+        assert all(o.slot is None or o.slot == (i + 1) % RING for o in out)
+    assert snaps == 2
+    # a full recompute removes what is gone
+    out = s.update("optout", {FLEET: {"c1": False}, "edge-1": {}}, v + 1)
+    assert len(out) == 1 and out[0].body["set"] == {"c1": False} and "c2" in out[0].body["del"]
+
+
+def test_agent_takes_versions_only_forward_and_waits_for_a_missing_increment():
+    s, h = Streams(), Holder()
+    msgs = [wire(o)[1] for o in s.snapshot_all("optout", {FLEET: {"c1": True}, "edge-1": {}}, 1)]
+    incs = [wire(o)[1] for v in range(2, 6) for o in s.patch("optout", [(f"c{v}", FLEET, True)], v)]
+    for m in msgs:
+        h.take(m)
+    assert h.effective("optout") == {"c1": True}
+    assert h.take(incs[1]) is None                  # version 3 waits for 2
+    step = h.take(incs[0])                          # 2 arrives: 2 and 3 applied, in order
+    assert step.versions == (2, 3) and step.changes == {"c2": True, "c3": True}
+    with pytest.raises(StateRefused) as e:
+        h.take(incs[0])
+    assert e.value.reason == "old"
+    # the node's own stream overrides the fleet-wide one; withdrawing it falls back
+    node = [wire(o)[1] for o in s.patch("optout", [("c1", "edge-1", False)], 6)]
+    assert h.take(node[0]).changes == {"c1": False}
+    node = [wire(o)[1] for o in s.patch("optout", [("c1", "edge-1", None)], 7)]
+    assert h.take(node[0]).changes == {"c1": True}
+    assert h.versions() == {"optout": {"fleet": 3, "node": 7}}
+
+
+def test_saved_holder_resumes_where_it_was():
+    s, h = Streams(), Holder()
+    for o in s.snapshot_all("lists", {FLEET: {"l/a.example": True}}, 4):
+        h.take(wire(o)[1])
+    again = Holder({"lists/fleet": h.saved("lists", FLEET)})
+    old = wire(s.snapshot_all("lists", {FLEET: {}}, 3)[0])[1]
+    with pytest.raises(StateRefused):
+        again.take(old)
+    assert again.effective("lists") == {"l/a.example": True}
+
+
+@pytest.mark.parametrize("topic,payload,reason", [
+    ("nocpolicy/v1/fleet/optout/snap", b"{not json", "malformed"),
+    ("nocpolicy/v1/fleet/optout/snap", b'{"version": 0}', "malformed"),
+    ("nocpolicy/v1/fleet/optout/snap", b'{"version": 2, "kind": "lists", "scope": "fleet", "entries": {}}',
+     "invalid"),
+    ("nocpolicy/v1/nodes/edge-1/state/optout/snap",
+     b'{"version": 2, "kind": "optout", "scope": "node", "node": "edge-2", "entries": {}}', "other_node"),
+    ("nocpolicy/v1/nodes/edge-2/state/optout/snap", b"{}", "other_node"),
+    ("nocpolicy/v1/fleet/optout/delta/3",
+     b'{"version": 2, "base": 2, "kind": "optout", "scope": "fleet", "set": {}}', "malformed"),
+    ("nocpolicy/v1/fleet/weather/snap", b"{}", "unknown_kind"),
+    ("nocpolicy/v1/fleet/optout/snap", b" " * (MAX_STATE_BYTES + 1), "too_large"),
+])
+def test_bad_state_messages_are_refused_with_a_reason(topic, payload, reason):
+    with pytest.raises(StateRefused) as e:
+        parse_state(topic, payload, "edge-1", KINDS)
+    assert e.value.reason == reason
