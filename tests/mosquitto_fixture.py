@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -250,6 +251,18 @@ class Probe:
         self.c.loop_stop()
 
 
+_HEAD = re.compile(rb'"kind":"([^"]+)","scope":"([^"]+)","node":(?:null|"[^"]*"),"version":(\d+)')
+
+
+def state_head(payload: bytes) -> dict:
+    """kind, scope and version of a fleet state message (the controller writes its head first)."""
+    m = _HEAD.search(payload, 0, 400)
+    if m is None:
+        doc = json.loads(payload)
+        return {"kind": doc["kind"], "scope": doc["scope"], "version": doc["version"]}
+    return {"kind": m.group(1).decode(), "scope": m.group(2).decode(), "version": int(m.group(3))}
+
+
 class Swarm:
     """Lightweight simulated agents (aiomqtt, one event loop in a thread): each takes its
     retained plan at ``nodes/<name>/plan`` and acknowledges it at ``nodes/<name>/ack`` like a
@@ -290,10 +303,12 @@ class Swarm:
                 if not msg.payload:
                     continue
                 t = time.monotonic()
-                doc = json.loads(msg.payload)
-                if "kind" in doc:          # fleet state: hold the highest version per stream, ack it
-                    await self._state(client, name, root, held, doc, t)
+                if "/state/" in msg.topic.value or msg.topic.value.startswith("nocpolicy/v1/fleet/"):
+                    # fleet state: hold the highest version per stream and ack it (a simulated agent
+                    # reads only the head: the real agent does the applying)
+                    await self._state(client, name, root, held, state_head(msg.payload), t)
                     continue
+                doc = json.loads(msg.payload)
                 v = doc["version"]
                 self.received[name].setdefault(v, t)
                 ack = {"node": name, "version": v, "result": "applied", "detail": "simulated", "at": "",
