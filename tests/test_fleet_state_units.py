@@ -96,3 +96,21 @@ def test_bad_state_messages_are_refused_with_a_reason(topic, payload, reason):
     with pytest.raises(StateRefused) as e:
         parse_state(topic, payload, "edge-1", KINDS)
     assert e.value.reason == reason
+
+
+def test_the_providers_have_every_member_of_the_fleet_state_interfaces():
+    import inspect
+
+    from nocpolicy.dns.component import DnsGuard
+    from nocpolicy.interfaces import FleetDecisions, RuntimeLists
+    from nocpolicy.subscribers.component import Subscribers
+    for proto, provider in ((FleetDecisions, Subscribers), (RuntimeLists, DnsGuard)):
+        for name, declared in vars(proto).items():
+            if name.startswith("_") or not (callable(declared) or isinstance(declared, property)):
+                continue
+            if name == "view":          # an attribute of the instance
+                assert "self.view" in inspect.getsource(provider.__init__)
+                continue
+            assert hasattr(provider, name), f"{provider.__name__} lacks {proto.__name__}.{name}"
+            if inspect.iscoroutinefunction(declared):
+                assert inspect.iscoroutinefunction(getattr(provider, name)), name

@@ -28,8 +28,8 @@ from .wire import ROOT
 
 FLEET = "fleet"
 NODE = "node"
-RING = 256                    # retained increment slots per stream
-COMPACT_EVERY = 128           # a new snapshot after this many increments (< RING: the ring always
+RING = 1024                   # retained increment slots per stream
+COMPACT_EVERY = 512           # a new snapshot after this many increments (< RING: the ring always
                               # holds every increment after the retained snapshot)
 MAX_STATE_BYTES = 32 << 20    # a state message larger than this is refused unread
 MAX_KEY = 300                 # a key (customer id, list:name) longer than this is refused
