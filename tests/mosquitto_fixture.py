@@ -49,6 +49,7 @@ def fleet_acl(controller: str, operators=(), readers=(), agents=()) -> str:
         "pattern read nocpolicy/v1/nodes/%u/state/+/snap",
         "pattern read nocpolicy/v1/nodes/%u/state/+/delta/+",
         "pattern write nocpolicy/v1/nodes/%u/state/ack",
+        "pattern write nocpolicy/v1/nodes/%u/up/detections",
         "",
         f"user {controller}",
         "topic read nocpolicy/v1/cmd/#",
@@ -60,6 +61,7 @@ def fleet_acl(controller: str, operators=(), readers=(), agents=()) -> str:
         "topic write nocpolicy/v1/fleet/#",
         "topic write nocpolicy/v1/nodes/+/state/#",
         "topic read nocpolicy/v1/nodes/+/state/ack",
+        "topic read nocpolicy/v1/nodes/+/up/#",
     ]
     for a in agents:
         lines += ["", f"user {a}", "topic read nocpolicy/v1/fleet/#"]

@@ -40,6 +40,8 @@ def policy(tmp: Path, upstream: int) -> Path:
     (pol / "customers.yaml").write_text((pol / "customers.yaml").read_text() + PINNED)
     s = pol / "settings.yaml"
     s.write_text(re.sub(r"  groups:\n(    .*\n)+", f"  groups:\n    tokyo: [{AGENT}, {OTHER}]\n", s.read_text()))
+    d = pol / "dns.yaml"
+    d.write_text(d.read_text().replace("dns:\n", "dns:\n  detections_interval: 1s\n", 1))
     return pol
 
 
@@ -219,3 +221,29 @@ def test_shipped_acl_confines_an_agent_to_its_own_state(env):
     assert all("forged" not in d for d in owner.find(other_snap))
     for p in (mon, owner, spy, portal):
         p.close()
+
+
+def test_detection_counts_flow_up_to_the_controller_without_client_data(env):
+    broker, ctl, agent = env
+    ctl.start()
+    agent.start()
+    mon = Probe(broker, "nocpolicy-monitor").subscribe(f"nocpolicy/v1/nodes/{AGENT}/up/detections")
+    for _ in range(3):
+        assert ede(agent, BLOCKED) == [15]
+    assert ede(agent, "csam.example", "127.0.0.3") == [16]
+
+    def fleet_counts():
+        out = ctl.ctl_json("detections", "--fleet")
+        rows = {(r["list"], r["customer"]): r for r in out["summary"]}
+        return rows if rows.get(("cc", "c-home"), {}).get("count", 0) >= 3 and ("csam", "c-optin") in rows \
+            else None
+    rows = wait_for(fleet_counts, 60, what="the agent's counts at the controller")
+    assert rows[("cc", "c-home")]["nodes"] == {AGENT: rows[("cc", "c-home")]["count"]}
+    doc = mon.wait(f"nocpolicy/v1/nodes/{AGENT}/up/detections", pred=lambda d: d["counts"])
+    assert set(doc) == {"node", "at", "window_hours", "truncated", "counts"}
+    assert all(set(c) == {"list", "class", "customer", "count"} for c in doc["counts"])   # no client, no name
+    text = ctl.ctl("detections", "--fleet", "--customer", "c-home").stdout
+    assert re.search(rf"cc\s+security\s+c-home\s+\d+\s+{AGENT} \d+", text), text
+    res = agent.ctl("detections", "--fleet")
+    assert res.returncode != 0 and "fleet controller" in res.stdout + res.stderr
+    mon.close()

@@ -99,6 +99,7 @@ def wire(components: list[Component]) -> None:
         bridge.qos = qos                                          # FleetQos
         bridge.decisions = _first(components, Subscribers)        # FleetDecisions
         bridge.lists = _first(components, DnsGuard)               # RuntimeLists
+        bridge.detection_source = bridge.lists                    # DetectionSummary
     if bridge is not None and maintenance is not None:
         maintenance.set_notice_publisher(bridge)                  # NoticePublisher
         bridge.add_link_listener(maintenance)                     # NoticeLinkListener

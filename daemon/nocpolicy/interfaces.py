@@ -13,6 +13,7 @@ NoticePublisher     notices/publisher.py        fleet.component.MqttBridge      
 NoticeLinkListener  notices/publisher.py        maintenance.Maintenance         fleet (link back up)
 FleetDecisions      here                        subscribers.Subscribers         fleet (state kinds)
 RuntimeLists        here                        dns.component.DnsGuard          fleet (state kind lists)
+DetectionSummary    here                        dns.component.DnsGuard          fleet (summaries upward)
 ==================  ==========================  ==============================  ==========================
 """
 
@@ -72,4 +73,12 @@ class RuntimeLists(Protocol):
     async def adopt_entries(self, list_id: str, add: list[str], remove: list[str], *, actor: str,
                             reason: str) -> dict:
         """Persist and apply entries decided at the controller."""
+        ...
+
+
+class DetectionSummary(Protocol):
+    """What the fleet takes from the DNS guard for the controller: detection counts."""
+
+    def detection_summary(self, since: Any) -> list[dict]:
+        """Rows of counts per list, class, customer (reads the store: call it off the loop)."""
         ...

@@ -441,6 +441,11 @@ class DnsGuard(Component):
     def has_list(self, list_id: str) -> bool:
         return list_id in self.lists.compiled
 
+    def detection_summary(self, since) -> list[dict]:
+        """Counts of the detection log since ``since`` per list, class, customer and source (reads
+        the store: call it off the loop). For the fleet's upward summaries (fleet/upward.py)."""
+        return self.detections.summary(since=since, customer=None)
+
     async def flush_cache(self, name: str | None) -> int:
         """Forget this process's cached answers (of ``name`` and below, or all); the count."""
         ac = self.engine.acache

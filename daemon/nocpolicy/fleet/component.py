@@ -24,9 +24,10 @@ import logging
 from .. import __version__
 from ..component import Component
 from ..control.commands import Args, Command, Invocation
-from ..errors import NocpolicyError
-from ..interfaces import FleetDecisions, FleetQos, RuntimeLists
+from ..errors import Conflict, NocpolicyError
+from ..interfaces import DetectionSummary, FleetDecisions, FleetQos, RuntimeLists
 from ..notices.publisher import NoticeLinkListener
+from ..policy.fields import as_id
 from .agent import Agent
 from .broker import broker_config
 from .controller import Controller
@@ -39,6 +40,7 @@ from .qoslink import emergency_state, enforcement_plan, make_applier
 from .stateagent import StateAgent
 from .statectl import StatePublisher
 from .statewire import STATE_ACK_FILTER, agent_filters, is_state_topic
+from .upward import UP_FILTER, FleetDetections, publish_loop
 from .wire import (
     ACK_FILTER,
     CMD_FILTER,
@@ -78,6 +80,8 @@ class MqttBridge(Component):
         self.qos: FleetQos | None = None                    # handed in by app.wire
         self.decisions: FleetDecisions | None = None        # handed in by app.wire (subscribers)
         self.lists: RuntimeLists | None = None              # handed in by app.wire (dns)
+        self.detection_source: DetectionSummary | None = None  # handed in by app.wire (dns)
+        self.fleet_detections: FleetDetections | None = None   # controller: summaries from the agents
         self.state_pub: StatePublisher | None = None        # controller: fleet state out
         self.state_agent: StateAgent | None = None          # agent: fleet state in
         self._link_listeners: list[NoticeLinkListener] = []        # handed in by app.wire
@@ -139,6 +143,10 @@ class MqttBridge(Component):
             self.tasks.supervise("state", self.state_pub.run)
         if self.state_agent:
             self.tasks.supervise("state", self.state_agent.run)
+        if self.state_agent and self.detection_source is not None:
+            self.tasks.supervise("detections-up", lambda: publish_loop(
+                self.node, source=self.detection_source, clock=self.ctx.clock, publish=self._publish,
+                interval=lambda: float(self.ctx.policy().dns.detections_interval or 60.0)))
         self._started = True
         self.set_state("running", f"{self.role} {self.node} via {self.cfg.url}")
 
@@ -151,7 +159,8 @@ class MqttBridge(Component):
                                             publish=self._publish,
                                             members=lambda: self.ctx.policy().control.fleet_nodes)
             self.state_pub.attach()
-            return [STATE_ACK_FILTER]
+            self.fleet_detections = FleetDetections(lambda: self.ctx.policy().control.fleet_nodes)
+            return [STATE_ACK_FILTER, UP_FILTER]
         if self.role == "agent":
             self.state_agent = agent = StateAgent(self.node, kinds=kinds, store=self.ctx.store,
                                                   clock=self.ctx.clock, publish=self._publish)
@@ -204,6 +213,8 @@ class MqttBridge(Component):
                 self.tasks.spawn("status", self._publish_status())
         elif self.state_agent and is_state_topic(topic):
             self.state_agent.offer(topic, payload, bool(msg.retain))
+        elif self.fleet_detections and topic.endswith("/up/detections"):
+            self.fleet_detections.on_message(topic, payload)
         elif self.state_pub and topic.endswith("/state/ack"):
             self.state_pub.on_ack(topic, payload, retained=bool(msg.retain))
         elif self.agent and topic == plan_topic(self.node):
@@ -320,8 +331,18 @@ class MqttBridge(Component):
         async def fleet_status(args: Args, inv: Invocation) -> dict:
             args.check()
             return self.fleet_status()
+        async def fleet_detections(args: Args, inv: Invocation) -> dict:
+            customer = args.get("customer", as_id, None)
+            node = args.get("node", as_id, None)
+            args.check()
+            if self.fleet_detections is None:
+                raise Conflict("detections of the fleet are kept by the fleet controller "
+                               "(nocpolicyd --role controller); this node is " + str(self.role))
+            return self.fleet_detections.answer(customer, node)
         return [Command("fleet.status", fleet_status, "fleet convergence (controller) or this agent's plan",
-                        mutating=False)]
+                        mutating=False),
+                Command("fleet.detections", fleet_detections, "detection counts of every fleet node "
+                        "(controller): per list, class, customer and node", mutating=False)]
 
     def fleet_status(self) -> dict:
         out = {"role": self.role, "node": self.node, "mqtt": self.link_status()}
