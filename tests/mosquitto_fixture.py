@@ -50,6 +50,7 @@ def fleet_acl(controller: str, operators=(), readers=(), agents=()) -> str:
         "pattern read nocpolicy/v1/nodes/%u/state/+/delta/+",
         "pattern write nocpolicy/v1/nodes/%u/state/ack",
         "pattern write nocpolicy/v1/nodes/%u/up/detections",
+        "pattern write nocpolicy/v1/nodes/%u/up/sessions",
         "",
         f"user {controller}",
         "topic read nocpolicy/v1/cmd/#",

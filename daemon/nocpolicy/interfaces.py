@@ -14,6 +14,7 @@ NoticeLinkListener  notices/publisher.py        maintenance.Maintenance         
 FleetDecisions      here                        subscribers.Subscribers         fleet (state kinds)
 RuntimeLists        here                        dns.component.DnsGuard          fleet (state kind lists)
 DetectionSummary    here                        dns.component.DnsGuard          fleet (summaries upward)
+FleetSessions       here                        sessions.component.Sessions     fleet (sessions upward)
 ==================  ==========================  ==============================  ==========================
 """
 
@@ -82,3 +83,15 @@ class DetectionSummary(Protocol):
     def detection_summary(self, since: Any) -> list[dict]:
         """Rows of counts per list, class, customer (reads the store: call it off the loop)."""
         ...
+
+
+class FleetSessions(Protocol):
+    """What the fleet takes from sessions: starts and stops (agent), recording another node's (controller)."""
+
+    def add_change_listener(self, fn: Any) -> None:
+        """Call ``fn(old, new)`` for every session that ended and/or started."""
+
+    def live_sessions(self) -> list: ...
+
+    def apply(self, ev: Any) -> None:
+        """Record a session event (a ``sessions.model.Event``)."""

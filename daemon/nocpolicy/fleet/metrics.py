@@ -84,6 +84,17 @@ def _state_metrics(b):
             for state in ("converged", "pending", "offline"):
                 g.add_metric([kind, state], sum(1 for r in rows if r["kind"] == kind and r["state"] == state))
         yield g
+    if b.sessions_up is not None:
+        yield CounterMetricFamily("nocpolicy_fleet_sessions_sent", "Session starts and stops sent to the "
+                                  "controller (acknowledged by the broker)", value=b.sessions_up.sent)
+        yield CounterMetricFamily("nocpolicy_fleet_sessions_dropped", "Session events dropped because the "
+                                  "upward outbox was full", value=b.sessions_up.dropped)
+        yield GaugeMetricFamily("nocpolicy_fleet_sessions_queued", "Session events waiting to be sent",
+                                value=len(b.sessions_up.queue))
+    if pub is not None:
+        yield CounterMetricFamily("nocpolicy_fleet_upward_refused", "Upward messages (sessions, detection "
+                                  "counts) from agents refused", value=b.sessions_refused
+                                  + (b.fleet_detections.refused if b.fleet_detections else 0))
     agent = b.state_agent
     if agent is not None:
         h = GaugeMetricFamily("nocpolicy_fleet_state_held_version", "Version of each fleet state stream "
