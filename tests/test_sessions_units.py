@@ -198,3 +198,25 @@ def test_worker_replica_follows_changes_and_loads_open_sessions(hist):
     assert replica.customer_of("10.5.0.1") is None and replica.implicit == {}
     with pytest.raises(ValueError):
         change_from_json(["x", [], None, False])
+
+
+def test_close_waits_for_a_statement_running_in_another_thread(tmp_path):
+    """A stop cancels the task awaiting a prune, not the thread running it; closing the
+    connection under the running statement crashed the daemon (SIGSEGV on a refused start)."""
+    import threading
+
+    from nocpolicy.errors import StoreError
+
+    store = Store(tmp_path / "db.sqlite")
+    h = History(store)
+    h._wlock.acquire()                       # a prune or group commit holds the writer
+    closer = threading.Thread(target=h.close)
+    closer.start()
+    closer.join(0.5)
+    assert closer.is_alive(), "close() did not wait for the writer"
+    h._wlock.release()
+    closer.join(10)
+    assert not closer.is_alive()
+    with pytest.raises(StoreError):
+        h.prune(before=1.0)
+    store.close()

@@ -62,6 +62,15 @@ COLUMNS = ("id", "source", "nas", "sid", "customer", "implicit", "login", "calli
 
 
 
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back an open transaction; nothing to do on a closed connection."""
+    try:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+    except sqlite3.ProgrammingError:
+        pass
+
+
 def row_dict(r: sqlite3.Row) -> dict:
     d = {k: r[k] for k in COLUMNS if k != "addrs"}
     d["session_id"] = d.pop("sid")
@@ -92,8 +101,13 @@ class History:
             raise StoreError(f"cannot open the session history in {self.path}: {exc}") from exc
 
     def close(self) -> None:
-        self._w.close()
-        self._r.close()
+        """Close both connections once no thread is using them. A stop cancels the task
+        awaiting a prune or a read, not the thread running it: closing a connection under
+        a running statement crashes the interpreter (SIGSEGV seen on a refused start). After
+        this, every call fails with :class:`StoreError`."""
+        with self._wlock, self._rlock:
+            self._w.close()
+            self._r.close()
 
     # -- writes (one transaction per group commit; called in a thread) ----------------
 
@@ -118,8 +132,7 @@ class History:
                                    ops.closes)
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
+                _rollback(db)
                 raise StoreError(f"cannot record sessions: {exc}") from exc
         self.plens |= new_plens
 
@@ -135,8 +148,7 @@ class History:
                 db.executemany("DELETE FROM sessions WHERE id=?", ((i,) for i in ids))
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
+                _rollback(db)
                 raise StoreError(f"cannot prune session history: {exc}") from exc
         return len(ids)
 
