@@ -114,3 +114,39 @@ def test_the_providers_have_every_member_of_the_fleet_state_interfaces():
             assert hasattr(provider, name), f"{provider.__name__} lacks {proto.__name__}.{name}"
             if inspect.iscoroutinefunction(declared):
                 assert inspect.iscoroutinefunction(getattr(provider, name)), name
+
+
+def test_a_controller_that_lost_its_versions_continues_above_what_the_agents_hold():
+    import asyncio
+
+    from nocpolicy.clock import SystemClock
+    from nocpolicy.fleet.statectl import StatePublisher
+
+    class Store(dict):
+        def put(self, k, v):
+            self[k] = dict(v)
+
+    class Kind:
+        async def current(self):
+            return {FLEET: {"c1": True}}
+
+    async def run():
+        sent = []
+
+        async def publish(topic, payload, retain=False):
+            sent.append(json.loads(payload))
+            return True
+        pub = StatePublisher("ctl", kinds={"optout": Kind()}, store=Store(), clock=SystemClock(),
+                             publish=publish, members=lambda: ["edge-1"])
+        assert await pub.publish_kind("optout", whole=True) == 1
+        ack = {"node": "edge-1", "held": {"optout": {"fleet": 57, "node": 3}}}
+        pub.on_ack("nocpolicy/v1/nodes/edge-1/state/ack", json.dumps(ack).encode(), retained=True)
+        assert pub.versions["optout"] == 57 and pub.store["mqtt.fleet.state"] == {"optout": 57}
+        task = asyncio.create_task(pub.run())
+        for _ in range(200):
+            if any(d["version"] == 58 for d in sent):
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        assert {d["version"] for d in sent if d["version"] > 1} == {58}
+    asyncio.run(run())

@@ -111,6 +111,22 @@ class StatePublisher:
         if node and isinstance(doc, dict) and node in set(self._members()):
             self.tracker.on_ack(node, doc, self.want, self.clock.monotonic(), self.clock.now().isoformat(),
                                 fresh=not retained)
+            self._catch_up(node)
+
+    def _catch_up(self, node: str) -> None:
+        """A node holds a version this controller never issued (its store was lost or replaced):
+        continue above it and publish everything again, so versions keep rising and the agents
+        take the controller's state instead of refusing it as old."""
+        ahead = {k: max(self.tracker.held(node, k)) for k in self.kinds}
+        ahead = {k: v for k, v in ahead.items() if v > self.versions.get(k, 0)}
+        if not ahead:
+            return
+        log.warning("fleet state: node %s holds %s, newer than this controller issued; continuing above "
+                    "and publishing everything again", node, ", ".join(f"{k} v{v}" for k, v in ahead.items()))
+        self.versions.update(ahead)
+        self.store.put(STORE_KEY, self.versions)
+        self._whole |= set(ahead)
+        self._wake.set()
 
     def status(self, online) -> dict:
         """Per node and kind: versions wanted and held, state and lag. ``online(node)`` from statuses."""
