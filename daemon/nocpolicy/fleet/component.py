@@ -40,7 +40,7 @@ from .qoslink import emergency_state, enforcement_plan, make_applier
 from .stateagent import StateAgent
 from .statectl import StatePublisher
 from .statewire import STATE_ACK_FILTER, agent_filters, is_state_topic
-from .upsessions import UP_SESSIONS_FILTER, SessionsUp, parse_sessions
+from .upsessions import UP_SESSIONS_FILTER, SessionsIn, SessionsUp
 from .upward import UP_FILTER, FleetDetections, publish_loop
 from .wire import (
     ACK_FILTER,
@@ -85,8 +85,7 @@ class MqttBridge(Component):
         self.fleet_detections: FleetDetections | None = None   # controller: summaries from the agents
         self.sessions: FleetSessions | None = None          # handed in by app.wire (sessions)
         self.sessions_up: SessionsUp | None = None          # agent: session events for the controller
-        self.sessions_refused = 0                           # controller: upward session messages refused
-        self._sessions_wake = asyncio.Event()
+        self.sessions_in: SessionsIn | None = None          # controller: session events from the agents
         self.state_pub: StatePublisher | None = None        # controller: fleet state out
         self.state_agent: StateAgent | None = None          # agent: fleet state in
         self._link_listeners: list[NoticeLinkListener] = []        # handed in by app.wire
@@ -149,7 +148,7 @@ class MqttBridge(Component):
         if self.state_agent:
             self.tasks.supervise("state", self.state_agent.run)
         if self.sessions_up:
-            self.tasks.supervise("sessions-up", self._sessions_loop)
+            self.tasks.supervise("sessions-up", self.sessions_up.run)
         if self.state_agent and self.detection_source is not None:
             self.tasks.supervise("detections-up", lambda: publish_loop(
                 self.node, source=self.detection_source, clock=self.ctx.clock, publish=self._publish,
@@ -166,8 +165,11 @@ class MqttBridge(Component):
                                             publish=self._publish,
                                             members=lambda: self.ctx.policy().control.fleet_nodes)
             self.state_pub.attach()
-            self.fleet_detections = FleetDetections(lambda: self.ctx.policy().control.fleet_nodes)
-            return [STATE_ACK_FILTER, UP_FILTER] + ([UP_SESSIONS_FILTER] if self.sessions else [])
+            members = lambda: self.ctx.policy().control.fleet_nodes    # noqa: E731
+            self.fleet_detections = FleetDetections(members)
+            if self.sessions is not None:
+                self.sessions_in = SessionsIn(self.sessions, members)
+            return [STATE_ACK_FILTER, UP_FILTER] + ([UP_SESSIONS_FILTER] if self.sessions_in else [])
         if self.role == "agent":
             self.state_agent = agent = StateAgent(self.node, kinds=kinds, store=self.ctx.store,
                                                   clock=self.ctx.clock, publish=self._publish)
@@ -175,36 +177,11 @@ class MqttBridge(Component):
                 for name in kind.commands:
                     self.ctx.commands.refuse(name, lambda what=kind.what: agent.refusal(what.capitalize()))
             if self.sessions is not None:
-                self.sessions_up = SessionsUp(self.node, clock=self.ctx.clock, publish=self._publish,
+                self.sessions_up = SessionsUp(self.node, publish=self._publish, connected=lambda: self.connected,
                                               live=self.sessions.live_sessions)
-                self.sessions.add_change_listener(self._session_changed)
+                self.sessions.add_change_listener(self.sessions_up.changed)
             return agent_filters(self.node)
         return []
-
-    def _session_changed(self, old, new) -> None:
-        self.sessions_up.changed(old, new)
-        self._sessions_wake.set()
-
-    async def _sessions_loop(self) -> None:
-        while True:
-            await self._sessions_wake.wait()
-            self._sessions_wake.clear()
-            if self.connected and not await self.sessions_up.flush():
-                await asyncio.sleep(0.5)
-                self._sessions_wake.set()
-
-    def _sessions_in(self, topic: str, payload: bytes) -> None:
-        try:
-            node, events = parse_sessions(topic, payload)
-        except (ValueError, UnicodeDecodeError) as exc:
-            self.sessions_refused += 1
-            log.warning("fleet sessions refused: %s", str(exc)[:300])
-            return
-        if node not in set(self.ctx.policy().control.fleet_nodes):
-            self.sessions_refused += 1
-            return
-        for ev in events:
-            self.sessions.apply(ev)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -240,7 +217,6 @@ class MqttBridge(Component):
             self.state_pub.republish()
         if self.sessions_up:
             self.sessions_up.resync()
-            self._sessions_wake.set()
 
     def _on_message(self, msg) -> None:
         topic = msg.topic.value
@@ -252,8 +228,8 @@ class MqttBridge(Component):
                 self.tasks.spawn("status", self._publish_status())
         elif self.state_agent and is_state_topic(topic):
             self.state_agent.offer(topic, payload, bool(msg.retain))
-        elif self.state_pub and self.sessions and topic.endswith("/up/sessions"):
-            self._sessions_in(topic, payload)
+        elif self.sessions_in and topic.endswith("/up/sessions"):
+            self.sessions_in.on_message(topic, payload)
         elif self.fleet_detections and topic.endswith("/up/detections"):
             self.fleet_detections.on_message(topic, payload)
         elif self.state_pub and topic.endswith("/state/ack"):

@@ -93,7 +93,7 @@ def _state_metrics(b):
                                 value=len(b.sessions_up.queue))
     if pub is not None:
         yield CounterMetricFamily("nocpolicy_fleet_upward_refused", "Upward messages (sessions, detection "
-                                  "counts) from agents refused", value=b.sessions_refused
+                                  "counts) from agents refused", value=(b.sessions_in.refused if b.sessions_in else 0)
                                   + (b.fleet_detections.refused if b.fleet_detections else 0))
     agent = b.state_agent
     if agent is not None:

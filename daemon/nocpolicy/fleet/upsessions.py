@@ -15,6 +15,7 @@ customer, addresses, times -- no login, calling station or class.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections import deque
@@ -44,11 +45,13 @@ def event_of(op: str, live) -> dict:
 class SessionsUp:
     """Agent: the outbox of session events for the controller."""
 
-    def __init__(self, node: str, *, clock, publish, live=None):
-        self.node, self.clock, self._publish, self.live = node, clock, publish, live
+    def __init__(self, node: str, *, publish, connected, live=None):
+        """``connected()``: is the broker link up; ``live()``: the live sessions (for a resync)."""
+        self.node, self._publish, self._connected, self.live = node, publish, connected, live
         self.queue: deque = deque()
         self.dropped = 0
         self.sent = 0
+        self._wake = asyncio.Event()
 
     def changed(self, old, new) -> None:
         """sessions' change hook: a session ended (old) and/or started (new)."""
@@ -56,16 +59,25 @@ class SessionsUp:
             self._put(event_of("stop", old))
         if new is not None:
             self._put(event_of("start", new))
+        self._wake.set()
 
     def resync(self) -> None:
         """On (re)connect: a start for every live session, ahead of what is queued."""
-        if self.live is None:
-            return
-        for s in reversed(list(self.live())[:OUTBOX]):
-            self.queue.appendleft(event_of("start", s))
-        while len(self.queue) > OUTBOX:
-            self.queue.pop()
-            self.dropped += 1
+        if self.live is not None:
+            for s in reversed(list(self.live())[:OUTBOX]):
+                self.queue.appendleft(event_of("start", s))
+            while len(self.queue) > OUTBOX:
+                self.queue.pop()
+                self.dropped += 1
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._connected() and not await self.flush():
+                await asyncio.sleep(0.5)       # not acknowledged: try again (the link reconnects)
+                self._wake.set()
 
     def _put(self, ev: dict) -> None:
         if len(self.queue) >= OUTBOX:
@@ -84,6 +96,28 @@ class SessionsUp:
                 self.queue.popleft()
             self.sent += len(batch)
         return True
+
+
+class SessionsIn:
+    """Controller: upward session events recorded by its own sessions area (``sink.apply``)."""
+
+    def __init__(self, sink, members):
+        self.sink, self._members = sink, members
+        self.refused = 0
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        try:
+            node, events = parse_sessions(topic, payload)
+        except (ValueError, UnicodeDecodeError) as exc:
+            self.refused += 1
+            log.warning("fleet sessions refused: %s", str(exc)[:300])
+            return
+        if node not in set(self._members()):
+            self.refused += 1
+            log.warning("fleet sessions refused: %s is not a fleet node", node)
+            return
+        for ev in events:
+            self.sink.apply(ev)
 
 
 def parse_sessions(topic: str, payload: bytes) -> tuple[str, list[Event]]:
