@@ -165,7 +165,7 @@ def optout_runs(a, ctl, agent, clock, peer, sims) -> tuple[list, list, list]:
     return ours, floor, flips
 
 
-def lists_run(a, ctl, agent, clock) -> float:
+def lists_run(a, ctl, agent, clock, peer) -> float:
     n = a.agents + 1
     version = int(ctl.metric("nocpolicy_fleet_state_version", {"kind": "lists"})) + 1
     names = [f"bench-{i:05d}.cc.example" for i in range(10_000)]
@@ -174,10 +174,20 @@ def lists_run(a, ctl, agent, clock) -> float:
     posted = time.monotonic() - t0
     wait_for(lambda: clock.count("lists", version) == n, 60, interval=0.01, what="10k entries everywhere")
     xs = clock.times("lists", version, t0)
+    with clock.lock:
+        real = min(t for (n, k, v), t in clock.first.items() if n == REAL and k == "lists" and v >= version) - t0
     ok = ede(agent, names[-1], "127.0.0.3") == [15]
     print(f"10,000 list entries: every node holds them after {ms(xs[-1])} ms (command returned at the "
-          f"controller after {ms(posted)} ms; p50 node {ms(statistics.median(xs))} ms); real agent blocks "
-          f"the last name: {ok}")
+          f"controller after {ms(posted)} ms; real agent {ms(real)} ms; p50 node {ms(statistics.median(xs))} "
+          f"ms); real agent blocks the last name: {ok}")
+    body = {"kind": "peer", "scope": "fleet", "node": None, "version": 1000, "controller": "peer", "issued_at": "",
+            "base": 999, "set": {f"cc/{n}": True for n in names}, "del": []}
+    t0 = time.monotonic()
+    peer.c.publish("nocpolicy/v1/fleet/peer/delta/1", json.dumps(body, separators=(",", ":")), qos=1)
+    wait_for(lambda: clock.count("peer", 1000) >= a.agents, 60, interval=0.01, what="peer: 10k entries")
+    ys = clock.times("peer", 1000, t0)
+    print(f"   peer: the same 10,000 entries published by one paho client to the simulated agents: "
+          f"{ms(ys[-1])} ms (p50 {ms(statistics.median(ys))} ms)")
     return xs[-1]
 
 
@@ -246,7 +256,7 @@ def main() -> int:
         wait_for(lambda: clock.count("optout", 1) == a.agents + 1, 60, what="initial state everywhere")
         peer = Probe(broker, CONTROLLER)
         ours, floor, flips = optout_runs(a, ctl, agent, clock, peer, sims)
-        lists = lists_run(a, ctl, agent, clock)
+        lists = lists_run(a, ctl, agent, clock, peer)
         offline = offline_run(a, ctl, agent, clock)
         fl = [f for f in flips if f is not None]
         print()
