@@ -205,8 +205,15 @@ def offline_run(a, ctl, agent, clock) -> float:
     log_from = len(again.log())
     t_spawn = time.monotonic()
     again.start(wait=False)
-    wait_for(lambda: clock.count("optout", version) == a.agents + 1 and REAL in clock.online, 60,
-             interval=0.005, what="the real agent back on the latest version")
+    try:
+        wait_for(lambda: clock.count("optout", version) == a.agents + 1 and REAL in clock.online, 120,
+                 interval=0.005, what="the real agent back on the latest version")
+    except TimeoutError:
+        with clock.lock:
+            print(f"offline run NOT converged: want optout v{version}; real agent holds "
+                  f"{clock.held.get(REAL)}, online seen {REAL in clock.online}, nodes at v{version}: "
+                  f"{clock.count('optout', version)}; agent log tail:\n{again.log()[-3000:]}")
+        raise
     with clock.lock:
         t_on = clock.online[REAL]
         t_ack = min(t for (n, k, v), t in clock.first.items() if n == REAL and k == "optout" and v >= version)
