@@ -87,7 +87,10 @@ def test_rate_limit_per_identity_and_aggregated_refusals(env):
     p = probes["intruder"]
     wait_for(lambda: all(p.find(f"nocpolicy/v1/reply/intruder/{r}") for r in rids), 60, what="every reply")
     statuses = [p.find(f"nocpolicy/v1/reply/intruder/{r}")[-1]["status"] for r in rids]
-    assert statuses.count(429) >= 10 and set(statuses) == {403, 429}, statuses
+    # 403: within the rate, refused for the grant; 429: over it. On a busy machine the
+    # refusals within the rate can pile up past the in-flight bound: those are shed with 503
+    # (busy), never run either
+    assert statuses.count(429) >= 10 and 403 in statuses and set(statuses) <= {403, 429, 503}, statuses
     # every refusal counted, but the audit holds one record per reason, not one per message
     after = audit(d, "mqtt.refused", "intruder")
     rows = after[: len(after) - before]

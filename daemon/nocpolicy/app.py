@@ -60,7 +60,8 @@ def component_types(options: Options) -> list[type[Component]]:
     from .maintenance.component import Maintenance
     from .qos.component import Enforcer
     from .sessions.component import Sessions
-    return [DnsGuard, Sessions, Detector, Enforcer, Maintenance, MqttBridge]
+    from .suspension.component import Suspensions
+    return [DnsGuard, Sessions, Detector, Enforcer, Maintenance, Suspensions, MqttBridge]
 
 
 def new_subscribers(ctx: Context) -> Component:
@@ -92,6 +93,7 @@ def wire(components: list[Component]) -> None:
     from .qos.component import Enforcer
     from .sessions.component import Sessions
     from .subscribers.component import Subscribers
+    from .suspension.component import Suspensions
     qos = _first(components, Enforcer)
     bridge = _first(components, MqttBridge)
     maintenance = _first(components, Maintenance)
@@ -104,12 +106,19 @@ def wire(components: list[Component]) -> None:
     if bridge is not None and maintenance is not None:
         maintenance.set_notice_publisher(bridge)                  # NoticePublisher
         bridge.add_link_listener(maintenance)                     # NoticeLinkListener
+    suspensions = _first(components, Suspensions)
+    if suspensions is not None and maintenance is not None:
+        suspensions.use_post(maintenance)                         # LetterPost (notices/publisher.py)
+    if suspensions is not None:
+        suspensions.enforcer = qos                                # SuspensionEnforcer (or None)
     detect, dns = _first(components, Detector), _first(components, DnsGuard)
     if detect is not None and dns is not None:
         detect.guard.connect(dns)                                 # Guard (nocpolicy.detect.guard)
     sessions, subscribers = _first(components, Sessions), _first(components, Subscribers)
     if sessions is not None and subscribers is not None:
         sessions.connect(subscribers)                             # SessionFeed (nocpolicy.sessions.component)
+    if qos is not None and subscribers is not None:
+        qos.use_subscribers(subscribers)                          # SubscriberSource (subscribers.api)
     if dns is not None and subscribers is not None:
         dns.engine.acl.live = subscribers.session_holds           # the access list admits live sessions
 

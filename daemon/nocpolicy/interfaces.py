@@ -15,6 +15,8 @@ FleetDecisions      here                        subscribers.Subscribers         
 RuntimeLists        here                        dns.component.DnsGuard          fleet (state kind lists)
 DetectionSummary    here                        dns.component.DnsGuard          fleet (summaries upward)
 FleetSessions       here                        sessions.component.Sessions     fleet (sessions upward)
+LetterPost          notices/publisher.py        maintenance.Maintenance         suspension (letters)
+SuspensionEnforcer  here                        qos.component.Enforcer          suspension (nft garden)
 ==================  ==========================  ==============================  ==========================
 """
 
@@ -95,3 +97,10 @@ class FleetSessions(Protocol):
 
     def apply(self, ev: Any) -> None:
         """Record a session event (a ``sessions.model.Event``)."""
+class SuspensionEnforcer(Protocol):
+    """What suspensions take from qos: put the suspensions of the subscriber view into nftables
+    (walled garden, block) and say whether that worked."""
+
+    async def enforce_suspensions(self) -> dict:
+        """``{"enforced": bool, ...}``; never raises for a kernel refusal (logged, old rules kept)."""
+        ...

@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import core, detect, dns, fleet, maintenance, qos, sessions
+from . import core, detect, dns, fleet, maintenance, qos, sessions, suspension
 
 # Each module adds its sub-commands: register(subparsers) -> sets func=handler(args, client).
-MODULES = [core, dns, detect, qos, maintenance, fleet, sessions]
+MODULES = [core, dns, detect, qos, maintenance, fleet, sessions, suspension]
 
 
 def build_parser() -> argparse.ArgumentParser:

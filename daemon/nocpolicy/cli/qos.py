@@ -77,6 +77,7 @@ def cmd_status(args, client) -> int:
             print("no emergency is active")
         print(f"enforcement: {out['note']} (backend {out['backend']}"
               f"{', netns ' + out['netns'] if out.get('netns') else ''}; {out['features']['detail']})")
+        _directions(out)
         for i in out.get("interfaces", []):
             print(f"  {i['name']}: link {i['rate']} bit/s, {i['classes']} classes")
         if out.get("last_error"):
@@ -85,15 +86,23 @@ def cmd_status(args, client) -> int:
     return run(client, args, "emergency.status", {}, render)
 
 
+def _directions(out) -> None:
+    for name, state in (out.get("directions") or {}).items():
+        print(f"{name} caps: {state}")
+
+
 def cmd_usage(args, client) -> int:
     def render(out):
         if not out["enforced"]:
             print(out["note"])
+        _directions(out)
         for c in out["classes"]:
             print(f"  {c['interface']:<15} {c['class']:<16} {c['bytes']:>14} bytes {c['packets']:>10} pkts "
                   f"{c['drops']:>8} drops")
         for c in out["customers"]:
             print(f"  customer {c['customer']:<12} {c['bytes']:>14} bytes {c['packets']:>10} pkts")
+        for c in out.get("customers_up", []):
+            print(f"  customer {c['customer']:<12} {c['bytes']:>14} bytes {c['packets']:>10} pkts uploaded")
         print(f"customers at their cap: {', '.join(out['over_limit']) or 'none'}")
         return 0
     return run(client, args, "usage", {}, render)

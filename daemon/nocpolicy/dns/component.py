@@ -36,6 +36,7 @@ from .sources import ListManager, check_names
 from .stats import DnsCollector, DnsStats
 from .upstream import UpstreamPool
 from .verdict import Verdict, explain
+from .walled import WalledGarden
 from .workers import WorkerSet
 
 log = logging.getLogger(__name__)
@@ -124,8 +125,11 @@ class DnsGuard(Component):
         limits = policy.dns.limits
         exempt = exempt_customers(policy.customers, limits.ratelimit.exempt_tags)
 
+        walled = WalledGarden.of(policy.suspension)
+
         def commit():
             self._apply_limits(limits, exempt)
+            self.engine.walled = walled
             self._retire(self.lists.compiled, compiled)
             self.lists.adopt(policy.dns.lists, compiled)
             self.engine.swap(list_set)

@@ -25,6 +25,7 @@ from .ratelimit import RateLimiter
 from .stats import BUCKETS
 from .upstream import Pending
 from .verdict import Verdict, judge, judge_suffixes
+from .walled import WalledGarden
 from .wire import (
     EDNS_SIZE,
     FORMERR,
@@ -116,6 +117,8 @@ class Engine(CachePath):
         self._last_error_log = 0.0
         self.acache = None           # cache.AnswerCache of upstream answers (None: off)
         self.gen = 0                 # bumped on any list, policy or consent change (CNAME verdicts)
+        self.walled = WalledGarden()            # suspension.notice_page and .allow (policy)
+        self.suspended: frozenset = frozenset()  # customers under a suspension: never the fast paths
 
     # -- state swaps (sync, cannot fail) -------------------------------------------
 
@@ -136,6 +139,7 @@ class Engine(CachePath):
         self.drain()
         self.gen += 1
         self.subs = {**view.by_id, OUTSIDE: _OUTSIDE_SUB}
+        self._note_suspended(view, change)
         if change.addresses:
             self.prefixes = view.prefixes
             self.forget_hosts()
@@ -146,6 +150,19 @@ class Engine(CachePath):
             for cid in change.customers:
                 answers.pop(cid, None)
                 zones.pop(cid, None)
+
+    def _note_suspended(self, view: SubscriberView, change: Change) -> None:
+        if change.customers is None:
+            self.suspended = frozenset(view.suspended)
+            return
+        now = set(self.suspended)
+        for cid in change.customers:
+            s = view.get(cid)
+            if s is not None and s.suspension is not None:
+                now.add(cid)
+            else:
+                now.discard(cid)
+        self.suspended = frozenset(now)
 
     def set_lists(self, lists: ListSet) -> None:
         self.drain()
@@ -253,6 +270,10 @@ class Engine(CachePath):
         if sub.refuse:
             self._refuse(data, q, addr, send, cid)
             return
+        susp = sub.suspension
+        if susp is not None and not self.walled.allowed(susp, suffixes(q.name)):
+            self._walled(data, q, susp, addr, send, t0)
+            return
         v = self._verdict(data, q, sub) if q.name else None
         if v is None:
             if q.qtype == TYPE_ANY and not tcp:
@@ -263,6 +284,12 @@ class Engine(CachePath):
         if not tcp and self._blocked_over(host, data, addr, send):
             return
         self._answer_blocked(data, q, v, cid, host, addr, send, t0)
+
+    def _walled(self, data: bytes, q, susp, addr, send, t0: float) -> None:
+        """A suspended customer's name outside the walled garden's allow list: the notice page."""
+        send(self.walled.answer(data, q, susp), addr)
+        self.stats.rcodes[0] += 1
+        self.stats.duration["local"].observe(time.perf_counter() - t0)
 
     def _send_cached(self, ent: LocalAnswer, data: bytes, host: str, addr, send, t0: float) -> None:
         send(data[:2] + ent.resp, addr)
@@ -469,7 +496,7 @@ class Engine(CachePath):
             generation (allowed for everyone) is sent at once."""
             v = ac.d.get(key)
             if (v is None or v[4] != dirty_owner.gen or v[3] is not None or cid is OUTSIDE
-                    or (cid is None and dirty_owner.subs[None].refuse)):
+                    or (cid is None and dirty_owner.subs[None].refuse) or cid in dirty_owner.suspended):
                 return False
             w = v[0] if t0 < v[1] else dirty_owner.aged_wire(key, v, t0)    # TTLs rewritten
             if w is None:
@@ -497,7 +524,7 @@ class Engine(CachePath):
             subs = dirty_owner.subs
             sub = subs.get(cid) or subs[None]
             pool = dirty_owner.pool
-            if pool is None or sub.refuse:
+            if pool is None or sub.refuse or sub.suspension is not None:
                 return False
             if lim.quota_full(host):
                 return True

@@ -205,7 +205,20 @@ class Maintenance(Component):
         """app.py: MQTT notices go out through this publisher (the MQTT bridge)."""
         self.mqtt.publisher = publisher
 
+    # -- LetterPost (notices/publisher.py): other areas' letters through this outbox ------------------
+
+    def add_letter_channel(self, channel) -> None:
+        self.notices.add_channel(channel)
+
+    def letter_mailer(self):
+        return self.mailer
+
+    def poke_notices(self) -> None:
+        self.notices.poke()
+
     def _counted(self, channel, row: dict, result: str) -> None:
+        if channel.name not in ("email", "webhook", "mqtt"):
+            return                                   # another area's letters count themselves
         if channel.name == "webhook":
             self.hook_results[result] = self.hook_results.get(result, 0) + 1
             return

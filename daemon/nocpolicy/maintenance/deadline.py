@@ -92,3 +92,62 @@ def check_notice(kind: str, start: dt.datetime, now: dt.datetime, *, urgent: boo
     return NoticeCheck(False, d, True, False,
                        f"the notice deadline has passed: {d.describe()}; mark the window urgent with "
                        "a justification if the work cannot wait (Art. 24(2) proviso)")
+
+
+# -- periods in months (Art. 26 abolition notice, Art. 27(1) two months) ------------------------
+#
+# Civil Code art. 140: the first day is not counted (the period starts the next day);
+# art. 143: a period in months is counted by the calendar and ends on the day before the
+# day of the last month that corresponds to the starting day; if the last month has no such
+# day (31st -> a 30-day month, 29th-31st -> February), it ends on that month's last day.
+
+
+def _month_day(year: int, month: int, day: int) -> dt.date | None:
+    """The date, or None when the month has no such day."""
+    try:
+        return dt.date(year, month, day)
+    except ValueError:
+        return None
+
+
+def months_period_end(start_day: dt.date, months: int) -> dt.date:
+    """The last day of a period of ``months`` months that begins on ``start_day`` (art. 143(2))."""
+    y, m = divmod(start_day.month - 1 + months, 12)
+    year, month = start_day.year + y, m + 1
+    same = _month_day(year, month, start_day.day)
+    if same is None:                                     # no corresponding day: the month's last day
+        nxt = dt.date(year + (month == 12), month % 12 + 1, 1)
+        return nxt - dt.timedelta(days=1)
+    return same - dt.timedelta(days=1)
+
+
+def months_after(event: dt.date, months: int) -> dt.date:
+    """The last day of ``months`` months counted from the day after ``event`` (day of event not counted)."""
+    return months_period_end(event + dt.timedelta(days=1), months)
+
+
+def last_notice_day_months(effective: dt.date, months: int) -> dt.date:
+    """The last day on which notice may be given for something taking effect on ``effective``
+    with ``months`` months' notice: the whole period (from the day after the notice) must end
+    before ``effective``. Bounded search backwards (at most 40 days past the naive answer)."""
+    y, m = divmod(effective.month - 1 - months, 12)
+    guess = _month_day(effective.year + y, m + 1, min(effective.day, 28)) or effective
+    day = guess + dt.timedelta(days=10)
+    for _ in range(60):
+        if months_after(day, months) < effective:
+            return day
+        day -= dt.timedelta(days=1)
+    raise ValueError(f"no notice day found for {effective}")      # unreachable for months >= 1
+
+
+def check_months_notice(effective: dt.date, now: dt.datetime, months: int, tz: str = "Asia/Tokyo") -> NoticeCheck:
+    """May notice given at ``now`` announce something taking effect on ``effective`` (a local
+    date) with ``months`` months' notice (Art. 26: three)?"""
+    zone = ZoneInfo(tz)
+    last = last_notice_day_months(effective, months)
+    d = Deadline(f"{months}-months", last, dt.datetime.combine(last + dt.timedelta(days=1), dt.time(0), tzinfo=zone),
+                 tz)
+    if d.met_by(now):
+        return NoticeCheck(True, d, False, False, f"in time: {d.describe()}")
+    return NoticeCheck(False, d, True, False, f"too late for {effective.isoformat()}: {d.describe()} "
+                       f"({months} months' notice, the day of notice not counted)")

@@ -147,6 +147,11 @@ class Outbox:
         self.on_result = on_result or (lambda channel, row, result: None)
         self._wake = asyncio.Event()
 
+    def add_channel(self, ch: Channel) -> None:
+        """Another area's channel joins this loop (suspension letters)."""
+        self.channels = (*self.channels, ch)
+        self.poke()
+
     def channel(self, name: str) -> Channel:
         return next(c for c in self.channels if c.name == name)
 

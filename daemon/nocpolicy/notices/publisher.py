@@ -10,7 +10,7 @@ down ``publish_notice`` answers (False, why) and the row keeps its backoff.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class NoticePublisher(Protocol):
@@ -22,4 +22,21 @@ class NoticePublisher(Protocol):
 class NoticeLinkListener(Protocol):
     def mqtt_connected(self) -> None:
         """The link is (back) up: waiting MQTT notices are due now."""
+        ...
+
+
+class LetterPost(Protocol):
+    """The one notice outbox as another area (suspension letters) uses it: its channel joins
+    the same loop, and sends through the SMTP settings the outbox's owner holds."""
+
+    def add_letter_channel(self, channel: Any) -> None:
+        """Add ``channel`` (a notices.outbox.Channel) to the outbox loop."""
+        ...
+
+    def letter_mailer(self) -> Any:
+        """The configured Mailer, or None (rows wait)."""
+        ...
+
+    def poke_notices(self) -> None:
+        """New rows: look now."""
         ...

@@ -27,9 +27,10 @@ from .maintenance import reader as maintenance_reader
 from .model import Policy, Settings, read_settings
 from .nodes import Loc, Node, parse_yaml
 from .sessions import SessionSettings, check_sessions, load_secrets, read_sessions
+from .suspension import SuspensionSettings, read_suspension
 
 LIST_SECTIONS = ("customers", "plans", "emergency_profiles", "interfaces")
-MAP_SECTIONS = ("settings", "dns", "maintenance", "control", "detect", "sessions", "inventory")
+MAP_SECTIONS = ("settings", "dns", "maintenance", "control", "detect", "sessions", "inventory", "suspension")
 
 
 def policy_files(directory: str | os.PathLike) -> list[Path]:
@@ -173,6 +174,7 @@ def _build(directory: Path, files: list[Path], raw: list[tuple[str, bytes]], sec
         control=single("control", read_control, ControlSettings()),
         detect=single("detect", read_detect, DetectSettings()),
         sessions=single("sessions", read_sessions, SessionSettings()),
+        suspension=single("suspension", read_suspension, SuspensionSettings()),
     )
 
 

@@ -17,6 +17,7 @@ from .fields import Obj, as_id, as_text, as_timezone
 from .maintenance import MaintenanceSettings
 from .nodes import Loc
 from .sessions import SessionSettings
+from .suspension import SuspensionSettings
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class Policy:
     control: ControlSettings
     detect: DetectSettings = DetectSettings()
     sessions: SessionSettings = SessionSettings()
+    suspension: SuspensionSettings = SuspensionSettings()
     list_digests: dict[str, str] = field(default_factory=dict, hash=False)  # list id -> sha256 of its local file
     inventory_rows: dict = field(default_factory=dict, hash=False, repr=False)  # CSV line -> Customer (reuse)
 

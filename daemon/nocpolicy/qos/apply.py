@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..clock import monotonic
 from ..errors import EnforcementError
+from . import ingress
 from .kernel import KClass, Runner, htb_default, parse_classes, parse_qdiscs, rate_close
 from .plan import LINK, HtbClass, InterfaceTree, Plan
 from .render import (
@@ -84,34 +85,49 @@ class LinuxBackend:
         self._check_interfaces(plan)
         old_nft = self._previous_nft()
         tc_same = self.current is not None and self.current.tc_part() == plan.tc_part()
-        pre: list[_TcChange] = []
-        post: list[_TcChange] = []
-        if not tc_same:
-            for tree in plan.interfaces:
-                a, b = self._tc_diff(tree, plan.leaf)
-                pre += a
-                post += b
         done: list[_TcChange] = []
+        created: list[str] = []
         script = render_nft(plan)
         try:
+            pre, post, gone = self._tc_changes(plan, created) if not tc_same else ([], [], [])
             self._tc_run(pre, done)
             steps.append(f"tc: {len(pre)} change(s)")
             self._nft_run(script)
             steps.append(f"nft: table inet {TABLE} replaced ({len(script)} bytes)")
             self._tc_run(post, done)
             if post:
-                steps.append(f"tc: {len(post)} obsolete class(es) removed")
+                steps.append(f"tc: {len(post)} obsolete class(es)/filter(s) removed")
             if not tc_same:
                 self._verify_tc(plan)
+                ingress.verify_uploads(self.runner, plan)
             self._verify_nft(plan)
             steps.append("verified")
         except EnforcementError as exc:
-            notes = self._rollback(done, old_nft)
+            notes = self._rollback(done, old_nft, created)
             raise EnforcementError(f"{exc}; {notes}") from None
+        for ifb in gone:           # upload shaping dropped: its ifb devices go (nothing points at them)
+            self.runner.run("ip", "link", "del", ifb)
         self.current = plan
         self._nft_text = script
         return ApplyResult(True, monotonic() - t0, len(pre) + len(post), len(script),
                            plan.emergency.profile if plan.emergency else None, steps)
+
+    def _tc_changes(self, plan: Plan, created: list[str]) -> tuple[list[_TcChange], list[_TcChange], list[str]]:
+        """(before nft, after nft, ifb devices to delete at the end); ``created`` gets the ifb
+        devices made here (rollback deletes them)."""
+        created += ingress.ensure_ifbs(self.runner, plan)
+        pre: list[_TcChange] = []
+        post: list[_TcChange] = []
+        for tree in (*plan.interfaces, *(u.tree for u in plan.uploads)):
+            a, b = self._tc_diff(tree, plan.leaf)
+            pre += a
+            post += b
+        fpre, fpost = ingress.filter_changes(self.runner, plan)
+        stale, gone = ingress.stale_uploads(self.runner, plan, self.runner.links())
+        as_changes = lambda pairs: [_TcChange("", do, undo) for do, undo in pairs]  # noqa: E731
+        pre += as_changes(fpre) + as_changes(ingress.ingress_changes(self.runner, plan))
+        post += as_changes(fpost) + as_changes(stale)
+        return pre, post, gone
 
     def remove(self, interfaces) -> None:
         """Take every nocpolicy rule out of the kernel (table and root qdiscs). Not used on stop."""
@@ -120,6 +136,9 @@ class LinuxBackend:
             qd = parse_qdiscs(self.runner.run("tc", "qdisc", "show", "dev", name).out)
             if htb_default(qd) is not None:
                 self.runner.run("tc", "qdisc", "del", "dev", name, "root")
+            if ingress.ifb_name(name) in self.runner.links():
+                self.runner.run("tc", "qdisc", "del", "dev", name, "ingress")
+                self.runner.run("ip", "link", "del", ingress.ifb_name(name))
         self.current = None
         self._nft_text = None
 
@@ -210,7 +229,7 @@ class LinuxBackend:
                                    f"{_nft_error(r.err, script)}")
 
     def _verify_tc(self, plan: Plan) -> None:
-        for tree in plan.interfaces:
+        for tree in (*plan.interfaces, *(u.tree for u in plan.uploads)):
             kc = parse_classes(self.runner.check("tc", "class", "show", "dev", tree.name))
             for c in tree.classes:
                 k = kc.get(c.minor)
@@ -240,12 +259,16 @@ class LinuxBackend:
         if not {"classify", "emergency"} <= names:
             raise EnforcementError(f"verify: table inet {TABLE} lacks its chains (has {sorted(names)})")
 
-    def _rollback(self, done: list[_TcChange], old_nft: str | None) -> str:
+    def _rollback(self, done: list[_TcChange], old_nft: str | None, created: list[str] = ()) -> str:
         notes = []
         undo = [c.undo for c in reversed(done) if c.undo]
         if undo:
             r = self.runner.run("tc", "-force", "-batch", "-", stdin="\n".join(undo) + "\n")
             notes.append("tc rolled back" if r.rc == 0 else f"tc rollback incomplete: {r.err.strip()[:200]}")
+        for ifb in created:
+            self.runner.run("ip", "link", "del", ifb)
+        if created:
+            notes.append(f"ifb {', '.join(created)} removed")
         if old_nft is None:
             self.runner.run("nft", "delete", "table", "inet", TABLE)
             notes.append("nft table removed (there was none before)")

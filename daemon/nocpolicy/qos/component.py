@@ -37,10 +37,13 @@ from .features import Features, detect
 from .kernel import has_net_admin
 from .plan import Emergency, Plan, Static, build_plan, build_static
 from .render import diff_lines, render_nft, render_tc
+from .subjects import subjects_of
 
 log = logging.getLogger(__name__)
 
 COUNTER_INTERVAL = 10.0
+RERENDER_INTERVAL = 1.0       # at most one re-render per second on subscriber changes (bursts coalesce)
+RERENDER_RETRY = 10.0         # after an apply the kernel refused (rolled back), try again this much later
 EXPIRY_CHECK = 1.0
 NETNS_ENV = "NOCPOLICY_NETNS"
 
@@ -54,6 +57,7 @@ class Enforcer(Component):
         self.netns = extra.get("netns") or os.environ.get(NETNS_ENV) or None
         self.customer_metrics = bool(extra.get("customer_metrics"))
         self.counter_interval = float(extra.get("qos_counter_interval") or COUNTER_INTERVAL)
+        self.rerender_interval = float(extra.get("qos_rerender_interval") or RERENDER_INTERVAL)
         self.emergencies = EmergencyStore(ctx.store)
         self.policy = None
         self.plan: Plan | None = None
@@ -67,15 +71,24 @@ class Enforcer(Component):
         self.last_error: str | None = None
         self.enforcing = 0
         self._lock = asyncio.Lock()
+        self._view = None                      # the subscriber view (pushed by the subscribers area)
+        self._dirty = asyncio.Event()          # the view changed since the last re-render
+        self._last_rerender = float("-inf")
+        self._adopted = False                  # a fleet agent holds a plan decided by its controller
+        self.rerenders = {"applied": 0, "unchanged": 0, "refused": 0, "failed": 0}
         self._usage = Usage()
         self._class_acc: dict = {}
         self._cust_acc: dict = {}
+        self._cust_up_acc: dict = {}
+        self._last_cust_up: dict = {}
         self._last_raw: dict = {}
         self._last_cust: dict = {}
         self.apply_seconds = Histogram("nocpolicy_enforcement_apply_duration_seconds",
                                        "Time to apply and verify an enforcement plan",
                                        buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
                                        registry=ctx.registry)
+        self.walled = None                         # walled.WalledTable once a backend is chosen
+        self._walled_lock = asyncio.Lock()
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -87,8 +100,9 @@ class Enforcer(Component):
                                  "(lift it first, or keep the profile)")
         if self.backend is None and self.plan_only_reason == "":
             await self._choose_backend(policy)
+        live = self._view.live_addresses() if self._view is not None else None
         try:
-            static = await asyncio.to_thread(build_static, policy)
+            static = await asyncio.to_thread(self._static_for, policy, live)
             plan = build_plan(policy, emergency, leaf=self.features.leaf, static=static)
         except (ValueError, EnforcementError) as exc:
             raise NocpolicyError(f"qos: {exc}") from None
@@ -100,8 +114,10 @@ class Enforcer(Component):
 
         def commit():
             self.policy, self.plan, self.static = policy, plan, static
+            self._adopted = False
             if self.state in ("running", "disabled", "failed") and self.backend is not None:
                 self.tasks.spawn("apply", self._apply_logged(plan, "reload"))
+                self.tasks.spawn("walled", self.enforce_suspensions())    # suspension.* may have changed
         return commit
 
     async def start(self) -> None:
@@ -115,9 +131,12 @@ class Enforcer(Component):
             self.set_state("running", f"enforcing on {', '.join(t.name for t in self.plan.interfaces)} "
                                       f"({self.features.detail}){' in netns ' + self.netns if self.netns else ''}")
             self.tasks.supervise("counters", self._counter_loop)
+            self.tasks.supervise("rerender", self._rerender_loop)
+            await self.enforce_suspensions()
         else:
             await self._expire_if_due()
             self.set_state("disabled", f"plan-only, nothing is enforced: {self.plan_only_reason}")
+            self.tasks.supervise("rerender", self._rerender_loop)
         self.tasks.supervise("expiry", self._expiry_loop)
 
     async def stop(self) -> None:
@@ -133,8 +152,11 @@ class Enforcer(Component):
 
     async def dry_run(self, policy, change) -> str | None:
         active = self.emergencies.active()
+        live = self._view.live_addresses() if self._view is not None else None
         try:
-            new = build_plan(policy, self._as_emergency(active) if active else None, leaf=self.features.leaf)
+            static = self._static_for(policy, live)
+            new = build_plan(policy, self._as_emergency(active) if active else None, leaf=self.features.leaf,
+                             static=static)
         except (ValueError, EnforcementError) as exc:
             return f"refused: {exc}"
         added, removed = diff_lines(self.plan, new)
@@ -199,10 +221,12 @@ class Enforcer(Component):
         return self.last_apply
 
     async def adopt_plan(self, plan: Plan) -> dict:
-        """Apply a plan decided elsewhere (a fleet agent's retained plan) and hold it as current."""
+        """Apply a plan decided elsewhere (a fleet agent's retained plan) and hold it as current
+        (subscriber changes no longer re-render it here until the next policy commit)."""
         async with self._lock:
             result = await self._apply(plan)
             self.plan = plan
+            self._adopted = True
             return result or {}
 
     async def _apply_logged(self, plan: Plan, why: str) -> None:
@@ -212,7 +236,97 @@ class Enforcer(Component):
             except EnforcementError:
                 pass   # rolled back; counted and shown in status
 
+    # -- the subscriber view ----------------------------------------------------------
+
+    def use_subscribers(self, source) -> None:
+        """Plan from the subscribers area's view (``subscribers.api.SubscriberSource``, handed in
+        app.wire): live sessions and runtime decisions reach tc/nft."""
+        source.watch(self._view_changed)
+
+    def _view_changed(self, view, change) -> None:
+        self._view = view            # a watcher only swaps references: the loop below does the work
+        self._dirty.set()
+
+    def _static_for(self, policy, live) -> Static:
+        """The policy-and-subscribers part of the plan (pure; run in a thread). Class ids of the
+        plan in force are kept (a session adds or removes one class, renumbers none)."""
+        subjects = subjects_of(policy, self._view, live) if self._view is not None else None
+        return build_static(policy, subjects, self.static, redirect=self.features.redirect)
+
+    async def _rerender_loop(self) -> None:
+        """Re-render on view changes, at most once per ``rerender_interval``: a burst of changes
+        (a RADIUS storm) is one apply, the first change after a quiet spell goes out at once."""
+        while True:
+            await self._dirty.wait()
+            wait = self._last_rerender + self.rerender_interval - self.ctx.clock.monotonic()
+            if wait > 0:
+                await self.ctx.clock.sleep(wait)
+            self._dirty.clear()
+            self._last_rerender = self.ctx.clock.monotonic()
+            outcome = await self.rerender()
+            await self.enforce_suspensions()     # a suspended customer's session came or went
+            if outcome == "failed":              # changes meanwhile coalesce into the retry
+                await self.ctx.clock.sleep(RERENDER_RETRY)
+                self._dirty.set()
+
+    async def rerender(self) -> str:
+        """Plan from the current policy and view and apply it if it differs (render -> apply ->
+        read back, rolled back on failure). A refused plan (the class limit) or a failed apply
+        keeps the rules in force. Returns what happened."""
+        async with self._lock:
+            policy = self.policy
+            if policy is None or self._view is None or self._adopted:
+                return "skipped"
+            active = self.emergencies.active()
+            live = self._view.live_addresses()          # a snapshot, taken on the event loop
+            try:
+                static = await asyncio.to_thread(self._static_for, policy, live)
+                plan = build_plan(policy, self._as_emergency(active) if active else None,
+                                  leaf=self.features.leaf, static=static)
+            except (ValueError, EnforcementError) as exc:
+                return self._rerender_done("refused", f"plan refused, the rules in force stay: {exc}")
+            if plan == self.plan:
+                if self.policy is policy:
+                    self.static = static
+                return self._rerender_done("unchanged")
+            try:
+                await self._apply(plan)
+            except EnforcementError:
+                return self._rerender_done("failed")     # rolled back; counted, last_error says why
+            if self.policy is policy:    # else a reload committed meanwhile; its own apply follows
+                self.plan, self.static = plan, static
+            return self._rerender_done("applied")
+
+    def _rerender_done(self, outcome: str, error: str | None = None) -> str:
+        self.rerenders[outcome] += 1
+        if error is not None:
+            self.errors += 1
+            self.last_error = error
+            log.error("qos: %s", error)
+        return outcome
+
     # -- emergencies ---------------------------------------------------------------
+
+    async def enforce_suspensions(self) -> dict:
+        """SuspensionEnforcer (interfaces.py): make table inet nocpolicy_suspend match the suspensions in
+        the subscriber view now (walled-garden and block: drop all but DNS, the notice page, the allow
+        list). Failures are logged and counted, the previous rules stay; the answer says what happened."""
+        from .walled import WalledTable, walled_plan
+        if self.backend is None or self.ctx.subscribers is None or self.policy is None:
+            return {"enforced": False, "reason": self.plan_only_reason or "no enforcement backend"}
+        if self.walled is None:
+            self.walled = WalledTable(self.backend.runner)
+        view = self.ctx.subscribers.view
+        plan = walled_plan(self.policy, view, view.live_addresses())      # snapshot on the event loop
+        async with self._walled_lock:
+            try:
+                await asyncio.to_thread(self.walled.apply, plan)
+            except EnforcementError as exc:
+                self.errors += 1
+                self.last_error = str(exc)
+                log.error("qos: suspensions not enforced in nftables: %s", exc)
+                return {"enforced": False, "reason": str(exc)}
+        return {"enforced": True, "walled_prefixes": len(plan.walled), "blocked_prefixes": len(plan.blocked)}
 
     def active_emergency(self) -> dict | None:
         """The declared emergency as ``emergency.status`` shows it, or None (the fleet plan carries it)."""
@@ -299,6 +413,22 @@ class Enforcer(Component):
             return f"plan-only: nothing is enforced ({self.plan_only_reason})"
         return "enforced in the kernel"
 
+    def directions(self) -> dict[str, str]:
+        """Per direction, whether its caps reach the kernel (and if not, why)."""
+        if self.backend is None:
+            off = f"not enforced: plan-only ({self.plan_only_reason})"
+            return {"download": off, "upload": off}
+        if self.plan is not None and self.plan.uploads:
+            up = f"enforced (ifb, {self.plan.redirect} redirect, {len(self.plan.up_caps)} prefix filter(s))"
+            dropped = self.static.up_dropped if self.static is not None else 0
+            if dropped:
+                up = f"partly enforced: {dropped} address(es) past the u32 filter limit have no upload cap; {up}"
+        elif self.features.upload_missing():
+            up = f"not enforced: {self.features.upload_missing()}"
+        else:
+            up = "not enforced: no customer has an up cap below the link rate"
+        return {"download": "enforced", "upload": up}
+
     async def _expire_if_due(self) -> None:
         rec = self.emergencies.active()
         if rec is None:
@@ -334,6 +464,7 @@ class Enforcer(Component):
             return
         _accumulate(self._class_acc, self._last_raw, u.classes)
         _accumulate(self._cust_acc, self._last_cust, u.customers)
+        _accumulate(self._cust_up_acc, self._last_cust_up, u.customers_up)
         self._usage = u
 
     def class_totals(self) -> dict:
@@ -360,7 +491,8 @@ class Enforcer(Component):
     def status(self) -> dict:
         return {**super().status(), "backend": self.backend_name, "netns": self.netns,
                 "features": self.features.as_dict(), "emergency": self.active_profile(),
-                "errors": self.errors, "last_error": self.last_error}
+                "errors": self.errors, "last_error": self.last_error, "rerenders": dict(self.rerenders),
+                "directions": self.directions()}
 
     def commands(self) -> list[Command]:
         return [
@@ -392,7 +524,7 @@ class Enforcer(Component):
     async def _cmd_status(self, args: Args, inv: Invocation) -> dict:
         args.check()
         return {"active": self.active_emergency(),
-                "enforced": self.backend is not None, "note": self._note(),
+                "enforced": self.backend is not None, "note": self._note(), "directions": self.directions(),
                 "backend": self.backend_name, "netns": self.netns, "features": self.features.as_dict(),
                 "interfaces": [{"name": t.name, "rate": t.rate, "classes": len(t.classes)}
                                for t in (self.plan.interfaces if self.plan else ())],
@@ -403,11 +535,13 @@ class Enforcer(Component):
         args.check()
         await self.refresh_usage()
         u = self._usage
-        return {"enforced": self.backend is not None, "note": self._note(),
+        return {"enforced": self.backend is not None, "note": self._note(), "directions": self.directions(),
                 "classes": [{"interface": i, "class": c, "bytes": v[0], "packets": v[1], "drops": v[2]}
                             for (i, c), v in sorted(self._class_acc.items())],
                 "customers": [{"customer": k, "bytes": v[0], "packets": v[1]}
                               for k, v in sorted(self._cust_acc.items())],
+                "customers_up": [{"customer": k, "bytes": v[0], "packets": v[1]}
+                                 for k, v in sorted(self._cust_up_acc.items())],
                 "over_limit": u.over_limit}
 
     def rendered(self) -> dict:

@@ -22,6 +22,7 @@ OVER = 0.9      # a capped class sending at >= 90% of its ceiling with overlimit
 class Usage:
     classes: dict[tuple[str, str], list[int]] = field(default_factory=dict)   # (iface, class) -> [bytes, pkts, drops]
     customers: dict[str, list[int]] = field(default_factory=dict)            # customer -> [bytes, packets]
+    customers_up: dict[str, list[int]] = field(default_factory=dict)         # uploads: customer -> [bytes, pkts]
     over_limit: list[str] = field(default_factory=list)
     at: float = 0.0
 
@@ -29,12 +30,12 @@ class Usage:
 def read_usage(backend, plan: Plan, previous: Usage | None, now: float) -> tuple[Usage, dict]:
     """One snapshot from the kernel; returns it and the raw per-class stats (for the next rate estimate)."""
     u = Usage(at=now)
-    names = plan.names()
     raw = {}
     over = set()
-    for tree in plan.interfaces:
+    for tree in (*plan.interfaces, *(up.tree for up in plan.uploads)):
         stats = backend.class_stats(tree.name)
         ceilings = {c.minor: c.ceil for c in tree.classes}
+        names = {c.minor: c.name for c in tree.classes}
         for minor, k in stats.items():
             name = names.get(minor, "unknown")
             key = (tree.name, name if name in NAMED else "customer-caps")
@@ -43,7 +44,11 @@ def read_usage(backend, plan: Plan, previous: Usage | None, now: float) -> tuple
             acc[1] += k.packets
             acc[2] += k.drops
             raw[(tree.name, minor)] = (k.bytes, k.overlimits)
-            if name.startswith(("cap:", "ecap:")) and previous is not None and previous.at and now > previous.at:
+            if name.startswith("up:"):                    # one upload class per customer and interface
+                up = u.customers_up.setdefault(name[3:], [0, 0])
+                up[0] += k.bytes
+                up[1] += k.packets
+            if name.startswith(("cap:", "ecap:", "up:")) and previous is not None and previous.at and now > previous.at:
                 old = getattr(previous, "_raw", {}).get((tree.name, minor))
                 if old:
                     rate = (k.bytes - old[0]) * 8 / (now - previous.at)

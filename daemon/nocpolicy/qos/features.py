@@ -27,9 +27,20 @@ class Features:
     leaf: str = "pfifo"
     available: dict[str, bool] = field(default_factory=dict)
     detail: str = ""
+    redirect: str | None = None      # how arrivals reach an ifb (upload caps): matchall | u32 | None
 
     def as_dict(self) -> dict:
-        return {"detected": self.detected, "leaf": self.leaf, "available": self.available, "detail": self.detail}
+        return {"detected": self.detected, "leaf": self.leaf, "available": self.available, "detail": self.detail,
+                "upload_redirect": self.redirect}
+
+    def upload_missing(self) -> str | None:
+        """Why upload caps cannot be enforced here (None: they can)."""
+        if self.redirect:
+            return None
+        if not self.detected:
+            return f"kernel features {self.detail.removeprefix('not detected: ') or 'not detected'}"
+        need = [k for k in ("ifb", "ingress", "u32_mirred") if not self.available.get(k)]
+        return f"the kernel lacks {', '.join(need) or 'a redirect classifier'} (ifb + ingress + mirred redirect)"
 
 
 def detect() -> Features:
@@ -55,11 +66,36 @@ def detect() -> Features:
                         *_QDISC_ARGS[kind].split())
             have[kind] = r.rc == 0
         have["nft_priority_map"] = run.run("nft", "-f", "-", stdin=_NFT_PROBE).rc == 0
+        have.update(_ingress_probe(run))
         leaf = next((k for k in LEAF_PREFERENCE if have.get(k)), "pfifo")
         missing = [k for k, v in have.items() if not v]
         detail = f"leaf qdisc {leaf}" + (f"; missing: {', '.join(missing)}" if missing else "")
-        return Features(True, leaf, have, detail)
+        return Features(True, leaf, have, detail, _redirect(have))
     except EnforcementError as exc:
         return Features(False, detail=f"not detected: {exc}")
     finally:
         host.run("ip", "netns", "del", ns)
+
+
+_REDIRECT = ("action", "mirred", "egress", "redirect", "dev", "i0")
+
+
+def _ingress_probe(run: Runner) -> dict[str, bool]:
+    """ifb, the ingress qdisc and the classifiers that can redirect every arrival to an ifb
+    (matchall, basic, u32 with mirred), tried on the scratch veth."""
+    have = {"ifb": run.run("ip", "link", "add", "i0", "type", "ifb").rc == 0}
+    have["ingress"] = run.run("tc", "qdisc", "add", "dev", "p0", "handle", "ffff:", "ingress").rc == 0
+    for name, match in (("matchall", ("matchall",)), ("basic", ("basic",)),
+                        ("u32_mirred", ("u32", "match", "u32", "0", "0"))):
+        r = run.run("tc", "filter", "add", "dev", "p0", "parent", "ffff:", "protocol", "all", "pref", "1",
+                    *match, *_REDIRECT)
+        have[name] = have["ifb"] and have["ingress"] and r.rc == 0
+        if r.rc == 0:
+            run.run("tc", "filter", "del", "dev", "p0", "parent", "ffff:", "pref", "1")
+    return have
+
+
+def _redirect(have: dict[str, bool]) -> str | None:
+    if have.get("matchall"):
+        return "matchall"
+    return "u32" if have.get("u32_mirred") else None

@@ -24,6 +24,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from .subjects import Subject, subjects_of
+from .upload import MAX_UP_PREFIXES, Upload, ifb_name
+
 LINK, NETCTL, PRIORITY, ORDINARY, DEFAULT = 0x1, 0x10, 0x20, 0x30, 0x31
 FIRST_CUSTOMER_CLASS = 0x100
 MAX_MINOR = 0xFFFF
@@ -92,13 +95,16 @@ class Plan:
     caps: tuple[Entry, ...]                # customer prefix -> class, normal times
     emergency: EmergencyPlan | None = None
     class_names: dict = field(default_factory=dict, compare=False, repr=False)
+    uploads: tuple[Upload, ...] = ()       # upload shaping: one ifb tree per interface (upload.py)
+    up_caps: tuple[Entry, ...] = ()        # customer source prefix -> upload class (u32 filters)
+    redirect: str = ""                     # ingress -> ifb classifier: matchall | u32 ("" without uploads)
 
     def tc_part(self) -> tuple:
         """What the tc tree depends on: equal parts mean no tc command is needed."""
-        return (self.leaf, self.interfaces)
+        return (self.leaf, self.interfaces, self.uploads, self.up_caps, self.redirect)
 
     def names(self) -> dict[int, str]:
-        """class minor -> class name (customer classes included)."""
+        """class minor -> class name of the download trees (customer classes included)."""
         if not self.class_names:
             out = {}
             for t in self.interfaces:
@@ -126,17 +132,22 @@ def emergency_cap(profile, plan) -> int | None:
     return min(caps) if caps else None
 
 
-def _customer_caps(policy) -> dict[str, dict]:
-    """customer id -> {"normal": cap|None, profile id: cap|None} for customers with prefixes."""
+def _lower(cap: int | None, override: int | None) -> int | None:
+    caps = [c for c in (cap, override) if c]
+    return min(caps) if caps else None
+
+
+def _customer_caps(policy, subjects: tuple[Subject, ...]) -> dict[str, dict]:
+    """customer id -> {"normal": cap|None, profile id: cap|None} for every subject (a runtime
+    ``rate_cap`` lowers every cap: the lower of it and the plan's applies)."""
     out = {}
-    for c in sorted(policy.customers, key=lambda c: c.id):
-        if not c.prefixes:
-            continue
-        plan = policy.plans_by_id.get(c.plan) if c.plan else None
-        caps = {"normal": plan.down if plan else None}
+    for s in subjects:
+        plan = policy.plans_by_id.get(s.plan) if s.plan else None
+        down = plan.down if plan else None
+        caps = {"normal": _lower(down, s.rate_cap)}
         for p in policy.profiles:
-            caps[p.id] = emergency_cap(p, plan) or caps["normal"]
-        out[c.id] = caps
+            caps[p.id] = _lower(emergency_cap(p, plan) or down, s.rate_cap)
+        out[s.customer] = caps
     return out
 
 
@@ -153,30 +164,49 @@ def _shares(policy, link: int) -> tuple[int, int, int]:
     return netctl, max(priority, MIN_RATE), max(ordinary, MIN_RATE)
 
 
-def cap_classes(policy) -> tuple[dict[tuple[str, int], int], list[tuple[str, int, int]]]:
-    """Assign a class minor to every distinct (customer, cap): returns the index and the list."""
-    index: dict[tuple[str, int], int] = {}
-    order: list[tuple[str, int, int]] = []
-    links = [i.rate for i in policy.interfaces]
-    top = max(links, default=0)
-    minor = FIRST_CUSTOMER_CLASS
-    for cid, caps in _customer_caps(policy).items():
+MAX_CAP_CLASSES = MAX_MINOR - FIRST_CUSTOMER_CLASS      # 65279: class ids 1:100..1:fffe
+
+
+def cap_classes(policy, caps_by_customer: dict, present: set,
+                previous: dict | None = None) -> tuple[dict[tuple[str, int], int], list[tuple[str, int, int]], int]:
+    """A class minor for every distinct (customer, cap) of the customers ``present`` (holding an
+    address now): returns the index, the list and how many pairs the policy could need at once
+    (every customer's, with or without addresses: the per-class guarantee is shared by that
+    many, so it does not move when sessions come and go).
+
+    ``previous`` (the index of the plan in force) keeps the minors of pairs that stay, so a
+    session starting or ending adds or removes one class and renumbers none; new pairs take the
+    lowest free minors. Without it minors are given in customer order (the golden files).
+    Raises EnforcementError past :data:`MAX_CAP_CLASSES`."""
+    top = max((i.rate for i in policy.interfaces), default=0)
+    wanted: list[tuple[str, int]] = []
+    planned, seen = set(), set()
+    for cid, caps in caps_by_customer.items():
         for cap in caps.values():
-            if cap is None or cap >= top or (cid, cap) in index:
+            if cap is None or cap >= top:
                 continue   # no cap, or a cap no link can reach: the default class is enough
-            if minor > MAX_MINOR:
-                from ..errors import EnforcementError
-                raise EnforcementError(f"too many customer cap classes (more than {MAX_MINOR - FIRST_CUSTOMER_CLASS})")
-            index[(cid, cap)] = minor
-            order.append((cid, cap, minor))
-            minor += 1
-    return index, order
+            planned.add((cid, cap))
+            if cid in present and (cid, cap) not in seen:
+                seen.add((cid, cap))
+                wanted.append((cid, cap))
+    if len(wanted) > MAX_CAP_CLASSES:
+        from ..errors import EnforcementError
+        raise EnforcementError(f"too many customer cap classes: {len(wanted)} needed, HTB allows "
+                               f"{MAX_CAP_CLASSES} (class ids 1:{FIRST_CUSTOMER_CLASS:x}..1:{MAX_MINOR - 1:x})")
+    prev = previous or {}
+    index = {k: prev[k] for k in wanted if k in prev}
+    used = set(index.values())
+    free = (m for m in range(FIRST_CUSTOMER_CLASS, MAX_MINOR) if m not in used)
+    for k in wanted:
+        if k not in index:
+            index[k] = next(free)
+    return index, [(cid, cap, index[(cid, cap)]) for cid, cap in wanted], len(planned)
 
 
-def build_tree(policy, iface, order: list[tuple[str, int, int]], first: dict) -> InterfaceTree:
+def build_tree(policy, iface, order: list[tuple[str, int, int]], first: dict, shared_by: int = 0) -> InterfaceTree:
     link = iface.rate
     netctl, priority, ordinary = _shares(policy, link)
-    n = max(1, len(order))
+    n = max(1, shared_by or len(order))
     per_customer = max(MIN_RATE, (ordinary // 2) // n)
     classes = [
         HtbClass(LINK, 0, "link", link, link, 0, False),
@@ -198,86 +228,148 @@ def _entries(prefixes, minor: int, note: str) -> list[Entry]:
 
 @dataclass(frozen=True)
 class Static:
-    """The part of a plan that depends on the policy only (reuse it for every emergency)."""
+    """The part of a plan that depends on the policy and the subjects only (reuse it for every emergency)."""
 
     trees: tuple[InterfaceTree, ...]
     network_control: tuple[str, ...]
     index: dict
     caps_by_customer: dict
     normal_caps: tuple[Entry, ...]
+    subjects: tuple[Subject, ...] = ()
+    uploads: tuple[Upload, ...] = ()
+    up_caps: tuple[Entry, ...] = ()
+    up_index: dict = field(default_factory=dict)
+    redirect: str = ""
+    up_dropped: int = 0                    # addresses past the u32 list limit: no upload cap
 
 
-def build_static(policy) -> Static:
-    index, order = cap_classes(policy)
-    caps_by_customer = _customer_caps(policy)
+def build_static(policy, subjects: tuple[Subject, ...] | None = None, previous: Static | None = None,
+                 redirect: str | None = None) -> Static:
+    """``subjects`` default to the policy's customers and static prefixes; ``previous`` (the
+    Static in force) keeps class ids stable (see :func:`cap_classes`); ``redirect`` (matchall or
+    u32: what the kernel has) shapes uploads too, None leaves them alone."""
+    subjects = subjects_of(policy) if subjects is None else subjects
+    caps_by_customer = _customer_caps(policy, subjects)
+    present = {s.customer for s in subjects if s.prefixes}
+    index, order, shared_by = cap_classes(policy, caps_by_customer, present,
+                                          previous.index if previous is not None else None)
     first = {}
     for cid, caps in caps_by_customer.items():
         if caps["normal"] is not None and (cid, caps["normal"]) in index:
             first[cid] = index[(cid, caps["normal"])]
-    trees = tuple(build_tree(policy, i, order, first) for i in policy.interfaces)
+    trees = tuple(build_tree(policy, i, order, first, shared_by) for i in policy.interfaces)
     netctl = tuple(sorted({s for p in policy.profiles for s in p.network_control} or {"dns", "ntp", "bgp"}))
-    st = Static(trees, netctl, index, caps_by_customer, ())
-    return dataclasses.replace(st, normal_caps=_cap_entries(policy, st, "normal"))
+    st = Static(trees, netctl, index, caps_by_customer, (), subjects)
+    st = dataclasses.replace(st, normal_caps=_cap_entries(st, "normal"))
+    if redirect:
+        st = _with_uploads(policy, st, previous, redirect)
+    return st
 
 
-def _cap_entries(policy, st: Static, key: str) -> tuple[Entry, ...]:
+def _with_uploads(policy, st: Static, previous: Static | None, redirect: str) -> Static:
+    """``st`` with upload shaping: an ifb tree per interface with a class per customer ``up``
+    cap (the lower of the plan's ``up`` and a runtime ``rate_cap``), and the filters."""
+    up = {}
+    for s in st.subjects:
+        plan = policy.plans_by_id.get(s.plan) if s.plan else None
+        up[s.customer] = {"up": _lower(plan.up if plan else None, s.rate_cap)}
+    present = {s.customer for s in st.subjects if s.prefixes}
+    index, order, shared_by = cap_classes(policy, up, present, previous.up_index if previous is not None else None)
+    if not order:
+        return st                  # no up cap below a link rate: nothing to shape
+    entries, dropped = _up_entries(policy, st.subjects, up, index)
+    uploads = tuple(upload_tree(i, order, shared_by) for i in policy.interfaces)
+    return dataclasses.replace(st, uploads=uploads, up_caps=entries, up_index=index, redirect=redirect,
+                               up_dropped=dropped)
+
+
+def _up_entries(policy, subjects, up: dict, index: dict) -> tuple[tuple[Entry, ...], int]:
+    """The source filters, static prefixes first, then live addresses, at most
+    :data:`MAX_UP_PREFIXES` per family (the u32 list is linear); returns them and how many
+    addresses were left without an upload cap (they fall into the default class)."""
+    static = {str(p) for c in policy.customers for p in c.prefixes}
+    entries = [Entry(p, index[(s.customer, up[s.customer]["up"])], f"customer {s.customer}")
+               for s in subjects if (s.customer, up[s.customer]["up"]) in index for p in s.prefixes]
+    entries.sort(key=lambda e: e.prefix not in static)           # stable: static first, order kept
+    kept, count = [], {4: 0, 6: 0}
+    for e in entries:
+        fam = family(e.prefix)
+        if count[fam] < MAX_UP_PREFIXES:
+            count[fam] += 1
+            kept.append(e)
+    return tuple(kept), len(entries) - len(kept)
+
+
+def upload_tree(iface, order: list[tuple[str, int, int]], shared_by: int) -> Upload:
+    """The ifb tree for uploads arriving on ``iface``: link, default, a class per up cap."""
+    link = iface.rate
+    per_customer = max(MIN_RATE, (link // 2) // max(1, shared_by))
+    classes = [HtbClass(LINK, 0, "link", link, link, 0, False),
+               HtbClass(DEFAULT, LINK, "default", max(MIN_RATE, link // 2), link, 2, True)]
+    for cid, cap, minor in order:
+        ceil = min(cap, link)
+        classes.append(HtbClass(minor, LINK, f"up:{cid}", min(per_customer, ceil), ceil, 2, True))
+    ifb = ifb_name(iface.name)
+    return Upload(iface.name, ifb, InterfaceTree(ifb, link, tuple(classes)))
+
+
+def _cap_entries(st: Static, key: str) -> tuple[Entry, ...]:
     out = []
-    for c in sorted(policy.customers, key=lambda c: c.id):
-        cap = st.caps_by_customer.get(c.id, {}).get(key)
-        minor = st.index.get((c.id, cap), DEFAULT) if cap is not None else DEFAULT
+    for s in st.subjects:
+        cap = st.caps_by_customer.get(s.customer, {}).get(key)
+        minor = st.index.get((s.customer, cap), DEFAULT) if cap is not None else DEFAULT
         if minor != DEFAULT:
-            out.extend(_entries(c.prefixes, minor, f"customer {c.id}"))
+            out.extend(Entry(p, minor, f"customer {s.customer}") for p in s.prefixes)
     return tuple(out)
 
 
 def build_plan(policy, emergency: Emergency | None = None, *, leaf: str = "pfifo",
-               static: Static | None = None) -> Plan:
-    """Policy (+ the emergency in force) -> Plan. Pure; raises ValueError for an unknown profile/scope.
+               static: Static | None = None, subjects: tuple[Subject, ...] | None = None,
+               redirect: str | None = None) -> Plan:
+    """(Policy, subjects, the emergency in force) -> Plan. Pure; raises ValueError for an unknown
+    profile/scope, EnforcementError past the class limit.
 
-    ``static`` (from :func:`build_static` of the same policy) saves rebuilding the tc tree.
+    ``subjects`` (:func:`subjects.subjects_of` of the policy and the subscriber view) default to
+    the policy's customers with their static prefixes. ``static`` (from :func:`build_static` of
+    the same policy and subjects) saves rebuilding the tc tree.
     """
-    st = static or build_static(policy)
-    trees, netctl = st.trees, st.network_control
+    st = static or build_static(policy, subjects, redirect=redirect)
+    em = _emergency_plan(policy, st, emergency) if emergency is not None else None
+    return Plan(leaf=leaf, interfaces=st.trees, network_control=st.network_control, caps=st.normal_caps,
+                emergency=em, uploads=st.uploads, up_caps=st.up_caps, redirect=st.redirect)
 
-    def cap_entries(key: str) -> tuple[Entry, ...]:
-        return _cap_entries(policy, st, key)
 
-    em = None
-    if emergency is not None:
-        profile = policy.profiles_by_id.get(emergency.profile)
-        if profile is None:
-            raise ValueError(f"unknown emergency profile {emergency.profile!r} "
-                             f"(known: {', '.join(sorted(policy.profiles_by_id)) or 'none'})")
-        shaped = [i.name for i in policy.interfaces]
-        unknown = [s for s in emergency.scope if s not in shaped]
-        if unknown:
-            raise ValueError(f"scope names interfaces the policy does not shape: {', '.join(unknown)} "
-                             f"(shaped: {', '.join(shaped) or 'none'})")
-        prio: list[Entry] = []
-        for cid in profile.priority_customers:
-            c = policy.customers_by_id.get(cid)
-            if c is not None:
-                prio.extend(_entries(c.prefixes, PRIORITY, f"customer {cid}"))
-        for c in policy.customers:
-            if c.public_safety and c.id not in profile.priority_customers:
-                prio.extend(_entries(c.prefixes, PRIORITY, f"customer {c.id} (public_safety)"))
-        for d in profile.priority_destinations:
-            prio.append(Entry(str(d.prefix), PRIORITY, d.note))
-        dscp_src: list[Entry] = []
-        for cid in profile.trusted_dscp.customers:
-            c = policy.customers_by_id.get(cid)
-            if c is not None:
-                dscp_src.extend(_entries(c.prefixes, PRIORITY, f"customer {cid}"))
-        dscp_src.extend(_entries(profile.trusted_dscp.prefixes, PRIORITY, "trusted DSCP source"))
-        em = EmergencyPlan(
-            profile=profile.id, category=profile.category,
-            scope=tuple(emergency.scope) or tuple(shaped),
-            priority=tuple(_dedupe(prio)),
-            dscp_values=tuple(sorted(profile.trusted_dscp.values)),
-            dscp_sources=tuple(_dedupe(dscp_src)) if profile.trusted_dscp.values else (),
-            caps=cap_entries(profile.id),
-        )
-    return Plan(leaf=leaf, interfaces=trees, network_control=netctl, caps=st.normal_caps, emergency=em)
+def _emergency_plan(policy, st: Static, emergency: Emergency) -> EmergencyPlan:
+    profile = policy.profiles_by_id.get(emergency.profile)
+    if profile is None:
+        raise ValueError(f"unknown emergency profile {emergency.profile!r} "
+                         f"(known: {', '.join(sorted(policy.profiles_by_id)) or 'none'})")
+    shaped = [i.name for i in policy.interfaces]
+    unknown = [s for s in emergency.scope if s not in shaped]
+    if unknown:
+        raise ValueError(f"scope names interfaces the policy does not shape: {', '.join(unknown)} "
+                         f"(shaped: {', '.join(shaped) or 'none'})")
+    held = {s.customer: s.prefixes for s in st.subjects}     # static and live addresses
+    prio: list[Entry] = []
+    for cid in profile.priority_customers:
+        prio.extend(_entries(held.get(cid, ()), PRIORITY, f"customer {cid}"))
+    for c in policy.customers:
+        if c.public_safety and c.id not in profile.priority_customers:
+            prio.extend(_entries(held.get(c.id, ()), PRIORITY, f"customer {c.id} (public_safety)"))
+    for d in profile.priority_destinations:
+        prio.append(Entry(str(d.prefix), PRIORITY, d.note))
+    dscp_src: list[Entry] = []
+    for cid in profile.trusted_dscp.customers:
+        dscp_src.extend(_entries(held.get(cid, ()), PRIORITY, f"customer {cid}"))
+    dscp_src.extend(_entries(profile.trusted_dscp.prefixes, PRIORITY, "trusted DSCP source"))
+    return EmergencyPlan(
+        profile=profile.id, category=profile.category,
+        scope=tuple(emergency.scope) or tuple(shaped),
+        priority=tuple(_dedupe(prio)),
+        dscp_values=tuple(sorted(profile.trusted_dscp.values)),
+        dscp_sources=tuple(_dedupe(dscp_src)) if profile.trusted_dscp.values else (),
+        caps=_cap_entries(st, profile.id),
+    )
 
 
 def _dedupe(entries: list[Entry]) -> list[Entry]:

@@ -23,6 +23,7 @@ from .plan import (
     Plan,
     family,
 )
+from .upload import filter_lines, ingress_line, redirect_line
 
 TABLE = "nocpolicy"
 LEAF_ARGS = {"pfifo": "pfifo limit {limit}", "sfq": "sfq perturb 10 limit {limit}", "fq_codel": "fq_codel"}
@@ -62,16 +63,27 @@ def tc_delete_line(dev: str, minor: int) -> str:
     return f"class del dev {dev} classid {classid(minor)}"
 
 
+def _tree_lines(tree: InterfaceTree, leaf: str) -> list[str]:
+    lines = [tc_root_line(tree)]
+    for c in tree.classes:
+        lines.append(tc_class_line(tree.name, c))
+        if c.leaf:
+            lines.append(tc_leaf_line(tree.name, c, leaf))
+    return lines
+
+
 def render_tc(plan: Plan) -> str:
-    """The whole tc tree, every interface (what a fresh interface needs)."""
+    """The whole tc tree, every interface (what a fresh interface needs); with upload caps also
+    each ifb's tree and filters and the ingress redirect (the ifb itself: ``ip link add NAME type ifb``)."""
     lines = []
     for tree in plan.interfaces:
         lines.append(f"# {tree.name}: link {tree.rate}bit, leaf {plan.leaf}")
-        lines.append(tc_root_line(tree))
-        for c in tree.classes:
-            lines.append(tc_class_line(tree.name, c))
-            if c.leaf:
-                lines.append(tc_leaf_line(tree.name, c, plan.leaf))
+        lines += _tree_lines(tree, plan.leaf)
+    for up in plan.uploads:
+        lines.append(f"# {up.dev}: uploads through ifb {up.ifb}, link {up.tree.rate}bit, leaf {plan.leaf}")
+        lines += _tree_lines(up.tree, plan.leaf)
+        lines += filter_lines(up, plan.up_caps)
+        lines += [ingress_line(up), redirect_line(up, plan.redirect)]
     return "\n".join(lines) + "\n"
 
 
@@ -194,6 +206,10 @@ def rule_lines(plan: Plan) -> list[str]:
         for c in t.classes:
             lines.append(f"tc {t.name} class {classid(c.minor)} {c.name} rate {c.rate} ceil {c.ceil} prio {c.prio}")
     lines += [f"nft caps {e.prefix} -> {classid(e.minor)} ({e.note})" for e in plan.caps]
+    for up in plan.uploads:
+        lines += [f"tc {up.ifb} class {classid(c.minor)} {c.name} rate {c.rate} ceil {c.ceil} prio {c.prio}"
+                  for c in up.tree.classes]
+    lines += [f"tc upload caps {e.prefix} -> {classid(e.minor)} ({e.note})" for e in plan.up_caps]
     em = plan.emergency
     if em is not None:
         lines.append(f"nft emergency profile {em.profile} ({em.category}) on {', '.join(em.scope)}")

@@ -13,6 +13,7 @@ import re
 
 from ..errors import EnforcementError
 from .plan import EmergencyPlan, Entry, HtbClass, InterfaceTree, Plan
+from .upload import Upload
 
 FORMAT = "nocpolicy.qos.plan/1"
 LEAVES = ("pfifo", "sfq", "fq_codel")
@@ -24,15 +25,29 @@ def _entry(e: Entry) -> list:
     return [e.prefix, e.minor, e.note]
 
 
+def _tree(t: InterfaceTree) -> dict:
+    return {"name": t.name, "rate": t.rate,
+            "classes": [[c.minor, c.parent, c.name, c.rate, c.ceil, c.prio, c.leaf] for c in t.classes]}
+
+
 def plan_to_json(plan: Plan) -> dict:
+    """The plan as JSON; ``uploads``, ``up_caps`` and ``redirect`` appear only with upload caps
+    (an older agent reads a download-only plan unchanged)."""
+    out = _plan_json(plan)
+    if plan.uploads:
+        out["uploads"] = [{"dev": u.dev, **_tree(u.tree)} for u in plan.uploads]
+        out["up_caps"] = [_entry(e) for e in plan.up_caps]
+        out["redirect"] = plan.redirect
+    return out
+
+
+def _plan_json(plan: Plan) -> dict:
     em = plan.emergency
     return {
         "format": FORMAT,
         "leaf": plan.leaf,
         "network_control": list(plan.network_control),
-        "interfaces": [{"name": t.name, "rate": t.rate,
-                        "classes": [[c.minor, c.parent, c.name, c.rate, c.ceil, c.prio, c.leaf] for c in t.classes]}
-                       for t in plan.interfaces],
+        "interfaces": [_tree(t) for t in plan.interfaces],
         "caps": [_entry(e) for e in plan.caps],
         "emergency": None if em is None else {
             "profile": em.profile, "category": em.category, "scope": list(em.scope),
@@ -86,21 +101,7 @@ def plan_from_json(data) -> Plan:
     leaf = data.get("leaf")
     if leaf not in LEAVES:
         _fail("leaf", f"expected one of {', '.join(LEAVES)}, got {leaf!r}")
-    trees = []
-    for i, t in enumerate(_list(data.get("interfaces"), "interfaces")):
-        p = f"interfaces[{i}]"
-        if not isinstance(t, dict):
-            _fail(p, "expected an object")
-        classes = []
-        for j, c in enumerate(_list(t.get("classes"), f"{p}.classes")):
-            q = f"{p}.classes[{j}]"
-            if not isinstance(c, list) or len(c) != 7:
-                _fail(q, "expected [minor, parent, name, rate, ceil, prio, leaf]")
-            classes.append(HtbClass(_int(c[0], q, 1, 0xFFFF), _int(c[1], q, 0, 0xFFFF), _str(c[2], q, _NAME),
-                                    _int(c[3], q, 1, 10**13), _int(c[4], q, 1, 10**13), _int(c[5], q, 0, 7),
-                                    bool(c[6])))
-        trees.append(InterfaceTree(_str(t.get("name"), f"{p}.name", _IFNAME),
-                                   _int(t.get("rate"), f"{p}.rate", 1, 10**13), tuple(classes)))
+    trees = tuple(_tree_from(t, f"interfaces[{i}]") for i, t in enumerate(_list(data.get("interfaces"), "interfaces")))
     nc = tuple(_str(s, "network_control", _NAME) for s in _list(data.get("network_control", []), "network_control"))
     em = None
     e = data.get("emergency")
@@ -117,5 +118,27 @@ def plan_from_json(data) -> Plan:
             dscp_sources=_entries(e.get("dscp_sources", []), "emergency.dscp_sources"),
             caps=_entries(e.get("caps", []), "emergency.caps"),
         )
-    return Plan(leaf=leaf, interfaces=tuple(trees), network_control=nc,
-                caps=_entries(data.get("caps", []), "caps"), emergency=em)
+    uploads = tuple(Upload(_str(u.get("dev") if isinstance(u, dict) else None, f"uploads[{i}].dev", _IFNAME),
+                           _str(u.get("name"), f"uploads[{i}].name", _IFNAME), _tree_from(u, f"uploads[{i}]"))
+                    for i, u in enumerate(_list(data.get("uploads", []), "uploads")))
+    redirect = data.get("redirect", "matchall" if uploads else "")
+    if uploads and redirect not in ("matchall", "u32"):
+        _fail("redirect", f"expected matchall or u32, got {redirect!r}")
+    return Plan(leaf=leaf, interfaces=trees, network_control=nc,
+                caps=_entries(data.get("caps", []), "caps"), emergency=em, uploads=uploads,
+                up_caps=_entries(data.get("up_caps", []), "up_caps"), redirect=redirect if uploads else "")
+
+
+def _tree_from(t, p: str) -> InterfaceTree:
+    if not isinstance(t, dict):
+        _fail(p, "expected an object")
+    classes = []
+    for j, c in enumerate(_list(t.get("classes"), f"{p}.classes")):
+        q = f"{p}.classes[{j}]"
+        if not isinstance(c, list) or len(c) != 7:
+            _fail(q, "expected [minor, parent, name, rate, ceil, prio, leaf]")
+        classes.append(HtbClass(_int(c[0], q, 1, 0xFFFF), _int(c[1], q, 0, 0xFFFF), _str(c[2], q, _NAME),
+                                _int(c[3], q, 1, 10**13), _int(c[4], q, 1, 10**13), _int(c[5], q, 0, 7),
+                                bool(c[6])))
+    return InterfaceTree(_str(t.get("name"), f"{p}.name", _IFNAME), _int(t.get("rate"), f"{p}.rate", 1, 10**13),
+                         tuple(classes))

@@ -107,5 +107,9 @@ class LiveTable:
         """Is ``host`` inside a live session's address or prefix? (cheap; for ACLs)"""
         return self.lookup(host) is not None
 
+    def addresses(self) -> list[tuple[Net, str]]:
+        """Every live address with its customer (attributed sessions only; subscribers.live.LiveAddresses)."""
+        return [(n, s.customer) for d in self._by_nas.values() for s in d.values() if s.customer for n in s.addrs]
+
     def items(self) -> list[tuple[Net, Live]]:
         return [(n, s) for s in self.sessions() for n in s.addrs]

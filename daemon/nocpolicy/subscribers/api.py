@@ -33,5 +33,8 @@ class SubscriberSource(Protocol):
     def replicate_to(self, fn: Replica) -> None:
         """Send every runtime decision to ``fn`` too (awaited before it is acknowledged)."""
 
+    async def decide(self, d: Decision) -> bool:
+        """Apply a decision already persisted, here and in every replica (False: a replica was late)."""
+
     def apply(self, d: Decision) -> None:
         """Apply a decision made elsewhere (a worker process: the main process persisted it)."""

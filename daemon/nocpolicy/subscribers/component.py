@@ -26,6 +26,7 @@ from .live import AddressTable, ClientLookup, change_from_json, change_to_json
 from .model import EVERYTHING, Change, Decision, Decisions
 from .optouts import OptoutStore, decisions_of
 from .optouts import set_many as optouts_set_many
+from .suspensions import SuspensionStore, with_suspensions
 from .view import SubscriberView, implicit_subscriber, reload_view, update_view
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class Subscribers(Component):
     def __init__(self, ctx):
         super().__init__(ctx)
         self.optouts = OptoutStore(ctx.store, ctx.clock)
+        self.suspensions = SuspensionStore(ctx.store)
         self.view = SubscriberView()
         self.decisions: Decisions | None = None        # loaded from the store at the first prepare
         self._watchers: list[Watcher] = []
@@ -153,6 +155,7 @@ class Subscribers(Component):
         decisions = self.decisions
         if decisions is None:
             decisions = decisions_of(await asyncio.to_thread(self.optouts.records))
+            decisions = with_suspensions(decisions, await asyncio.to_thread(self.suspensions.active_decisions))
         if isinstance(self.live, AddressTable) and not self._live_loaded:    # a worker starting
             n = await asyncio.to_thread(self.live.load, self.ctx.store.path)
             self._live_loaded = True

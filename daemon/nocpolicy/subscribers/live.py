@@ -24,6 +24,7 @@ _inet_pton = socket.inet_pton
 class LiveAddresses(Protocol):
     def customer_of(self, host: str) -> str | None: ...
     def contains(self, host: str) -> bool: ...
+    def addresses(self) -> list[tuple[Net, str]]: ...
 
 
 def parse_host(host: str) -> tuple[int, int] | None:
@@ -131,6 +132,13 @@ class AddressTable:
     def contains(self, host: str) -> bool:
         p = parse_host(host)
         return p is not None and any((p[1] >> shift) in d for shift, d in self._tables[p[0]])
+
+    def addresses(self) -> list[tuple[Net, str]]:
+        """Every address held, with its customer (attributed sessions only)."""
+        full = {4: 32, 6: 128}
+        return [((fam, key << shift, full[fam] - shift), cid)
+                for fam, tables in self._tables.items() for shift, d in tables
+                for key, cid in d.items() if cid is not None]
 
     def load(self, db_path: str) -> int:
         """The open sessions in the store (a worker starting); 0 when there is no history yet."""

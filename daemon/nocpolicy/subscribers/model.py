@@ -24,6 +24,9 @@ class Subscriber:
     nodes: frozenset[str] = frozenset()
     prefixes: tuple[Prefix, ...] = ()          # the customer's static prefixes (policy)
     optout_source: str = "policy"              # where ``security`` comes from: "policy" | "runtime"
+    rate_cap: int | None = None                # a runtime decision caps both directions (bit/s; qos reads
+                                               # it: the lower of it and the plan's caps applies)
+    suspension: Suspended | None = None        # an active suspension (Art. 25), None: not suspended
 
     @property
     def id(self) -> str | None:
@@ -33,6 +36,51 @@ class Subscriber:
     def opted_out(self) -> bool:
         """Opted out of the security lists (Art. 45(4)); never true for an unknown client."""
         return self.customer is not None and not self.security
+
+
+MODES = ("walled-garden", "throttle", "block")
+CAUSES = ("nonpayment", "obligations", "prohibited-use", "wholesale")
+
+
+@dataclass(frozen=True, slots=True)
+class Suspended:
+    """An active suspension as the readers need it: the DNS guard (walled-garden and block answer
+    with the notice page), qos (throttle: ``rate`` bit/s both ways), the notice page (what it says)."""
+
+    id: int
+    mode: str                       # walled-garden | throttle | block
+    cause: str                      # nonpayment | obligations | prohibited-use | wholesale
+    reason: str
+    start: str                      # ISO 8601
+    end: str | None = None          # None: until resumed
+    rate: int | None = None         # throttle: bit/s
+
+    @property
+    def walled(self) -> bool:
+        """DNS answers the notice page (walled-garden, block); throttle leaves DNS alone."""
+        return self.mode != "throttle"
+
+    def as_json(self) -> dict:
+        return {"id": self.id, "mode": self.mode, "cause": self.cause, "reason": self.reason,
+                "start": self.start, "end": self.end, "rate": self.rate}
+
+
+def _as_suspension(v: Any) -> dict | None:
+    """None (lifted) or a Suspended's JSON (checked: it comes from the store or a worker pipe)."""
+    if v is None:
+        return None
+    if not isinstance(v, Mapping):
+        raise ValueError(f"must be an object or null, not {type(v).__name__}")
+    if v.get("mode") not in MODES or v.get("cause") not in CAUSES or not isinstance(v.get("id"), int):
+        raise ValueError(f"not a suspension: {dict(v)!r}")
+    return dict(v)
+
+
+def suspended_of(v: Mapping | None) -> Suspended | None:
+    if v is None:
+        return None
+    return Suspended(v["id"], v["mode"], v["cause"], str(v.get("reason", "")), str(v.get("start", "")),
+                     v.get("end"), v.get("rate"))
 
 
 def _as_bool(v: Any) -> bool:
@@ -50,9 +98,19 @@ def _as_list(v: Any) -> list:
     return v
 
 
+def _as_rate(v: Any) -> int | None:
+    if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 8_000 <= v <= 10**13):
+        raise ValueError(f"must be a rate in bit/s (8000..1e13) or null, not {v!r}")
+    return v
+
+
+# "ratecap": cap a customer's traffic in both directions at a rate (bit/s; null lifts it), e.g.
+# a throttle suspension; qos applies the lower of it and the plan's caps.
 # "sessions": live-session changes sent to the DNS workers (sessions/replica.py); applied to
 # the address lookup, not kept among the decisions.
-KINDS = {"optout": _as_bool, "sessions": _as_list}
+# "suspension": the customer's active suspension (Art. 25; suspension/), null when lifted; a
+# throttle suspension also caps the rate (view.subscriber_of).
+KINDS = {"optout": _as_bool, "ratecap": _as_rate, "sessions": _as_list, "suspension": _as_suspension}
 
 
 @dataclass(frozen=True, slots=True)

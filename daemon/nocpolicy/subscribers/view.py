@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from ..gcpause import gc_paused
-from .model import Decisions, Subscriber
+from .model import Decisions, Subscriber, suspended_of
 from .prefixes import PrefixIndex, customers_delta
 
 # What applies to a client outside every customer prefix (dns.unknown_clients).
@@ -27,7 +27,8 @@ def implicit_subscriber(cid: str, decisions: Decisions) -> Subscriber:
     """A customer known only from a session (not in the policy): the policy's defaults (no
     opt-out, no optional list) under the runtime decisions keyed by its id."""
     rt = decisions.get("optout", cid)
-    return Subscriber(cid, security=not rt, optout_source="runtime" if rt is not None else "policy")
+    return Subscriber(cid, security=not rt, optout_source="runtime" if rt is not None else "policy",
+                      **_runtime(decisions, cid))
 
 
 def subscriber_of(c, decisions: Decisions) -> Subscriber:
@@ -36,7 +37,15 @@ def subscriber_of(c, decisions: Decisions) -> Subscriber:
     optout, source = (bool(rt), "runtime") if rt is not None else (c.security_optout, "policy")
     return Subscriber(c.id, security=not optout, optional=frozenset(c.optional_lists), plan=c.plan,
                       tags=frozenset(c.tags), nodes=frozenset(c.nodes), prefixes=tuple(c.prefixes),
-                      optout_source=source)
+                      optout_source=source, **_runtime(decisions, c.id))
+
+
+def _runtime(decisions: Decisions, cid: str) -> dict:
+    """The suspension and the rate cap in force: the lower of a ``ratecap`` decision and a throttle
+    suspension's rate (a suspension is one decision; qos reads ``rate_cap`` alone)."""
+    s = suspended_of(decisions.get("suspension", cid))
+    caps = [x for x in (decisions.get("ratecap", cid), s.rate if s and s.mode == "throttle" else None) if x]
+    return {"suspension": s, "rate_cap": min(caps) if caps else None}
 
 
 @dataclass(frozen=True)
@@ -62,10 +71,22 @@ class SubscriberView:
     def subscriber(self, host: str) -> Subscriber:
         return self.by_id.get(self.prefixes.lookup(host)) or self.by_id[None]
 
+    def live_addresses(self) -> list[tuple[tuple[int, int, int], str]]:
+        """Every live session address with its customer: ``((family, network int, prefix length),
+        customer id)``. A snapshot of the sessions as of now (call it on the event loop); empty
+        without sessions."""
+        live = getattr(self.prefixes, "live", None)
+        return list(live.addresses()) if live is not None else []
+
     @cached_property
     def optouts(self) -> frozenset[str]:
         """Customers opted out of the security lists."""
         return frozenset(cid for cid, s in self.by_id.items() if s.opted_out)
+
+    @cached_property
+    def suspended(self) -> dict[str, Subscriber]:
+        """Customers under an active suspension (Art. 25)."""
+        return {cid: s for cid, s in self.by_id.items() if cid is not None and s.suspension is not None}
 
 
 def build_view(customers: Iterable, unknown_mode: str, decisions: Decisions) -> SubscriberView:

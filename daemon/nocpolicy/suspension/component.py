@@ -1,0 +1,175 @@
+"""Suspensions (Art. 25, 27): the component wiring.
+
+Commands (commands.py) record a suspension and queue its notice (service.py); this module
+runs the timer that starts and ends suspensions at their times and raises the Art. 27
+``terminable`` event, pushes each change to the subscribers area as a ``suspension``
+decision (so the DNS guard, qos and the notice page see it on the next query or packet),
+serves the notice page when it is configured, and exposes the metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from prometheus_client.core import GaugeMetricFamily
+
+from ..clock import nap
+from ..component import Component
+from ..errors import NocpolicyError
+from ..interfaces import SuspensionEnforcer
+from ..notices.publisher import LetterPost
+from ..subscribers.model import MODES, Decision
+from ..subscribers.suspensions import decision_value
+from ..web.listener import Listener
+from ..web.notice import notice_app
+from . import commands, letters, page
+from .rules import next_due
+from .service import Service
+
+log = logging.getLogger(__name__)
+
+MAX_NAP = 60.0
+MIN_NAP = 0.2
+STATES = ("scheduled", "active", "ended", "terminated")
+
+
+class Suspensions(Component):
+    name = "suspension"
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.post: LetterPost | None = None
+        self.enforcer: SuspensionEnforcer | None = None     # qos: the walled garden in nftables
+        self.channel = letters.LetterChannel(lambda: self.post.letter_mailer() if self.post else None)
+        self.service = Service(ctx.store, ctx.clock, ctx.policy, self._sender)
+        self._wake = asyncio.Event()
+        self.page: Listener | None = None
+
+    def use_post(self, post: LetterPost) -> None:
+        """app.py: letters go through the one notice outbox (the maintenance component's)."""
+        self.post = post
+        post.add_letter_channel(self.channel)
+
+    def _sender(self) -> str:
+        mailer = self.post.letter_mailer() if self.post else None
+        return mailer.cfg.sender if mailer else "noc@localhost"
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.tick()
+        self.tasks.supervise("timer", self._run)
+        listen = self.ctx.policy().suspension.notice_page.listen
+        if listen is not None:
+            app = notice_app(lambda host: page.page_of(self.ctx.subscribers.view, host, self.ctx.policy()))
+            self.page = Listener("notice-page", listen[0], listen[1], app)
+            await self.page.start()
+            log.info("notice page on %s:%d", *listen)
+        await super().start()
+
+    async def stop(self) -> None:
+        if self.page is not None:
+            await self.page.stop()
+        await super().stop()
+
+    async def _run(self) -> None:
+        retried = False
+        while True:
+            n = await self.tick()
+            rows = await asyncio.to_thread(self.service.open_rows)
+            when = next_due(rows)
+            delay = MAX_NAP if when is None else (when - self.ctx.clock.now()).total_seconds()
+            if delay <= 0 and (n or not retried):     # became due meanwhile: at once (once more if none went)
+                retried = n == 0
+                continue
+            retried = False
+            await nap(self.ctx.clock, self._wake, min(MAX_NAP, max(MIN_NAP, delay)))
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def tick(self) -> int:
+        """Apply every transition due now (start, end, terminable); returns how many."""
+        n = 0
+        for row, event in await asyncio.to_thread(self.service.due):
+            try:
+                new = await asyncio.to_thread(self.service.transition, row, event, "timer")
+            except NocpolicyError as exc:
+                log.error("suspension %d: %s failed: %s", row["id"], event, exc)
+                continue
+            await self.pushed(new, event)
+            n += 1
+        return n
+
+    async def pushed(self, row: dict, event: str) -> dict | None:
+        """Tell the subscribers area (and so every reader: DNS at once), then nftables (awaited), and
+        the control plane what changed; returns what nftables said (None: nothing to enforce)."""
+        nft = None
+        if (event in ("start", "add") and row["state"] == "active") or event in ("end", "cancel"):
+            value = decision_value(row) if row["state"] == "active" else None
+            await self.ctx.subscribers.decide(Decision("suspension", row["customer"], value))
+            if self.enforcer is not None:
+                nft = await self.enforcer.enforce_suspensions()
+        if self.post is not None:
+            self.post.poke_notices()
+        self.ctx.events.publish("suspension", {"id": row["id"], "customer": row["customer"], "event": event,
+                                               "state": row["state"], "mode": row["mode"], "cause": row["cause"],
+                                               "terminable": bool(row["terminable"])})
+        if event == "terminable":
+            log.warning("customer %s: suspension %d unresolved: terminable under Art. 27(1) since %s",
+                        row["customer"], row["id"], row["terminable_at"])
+        self.wake()
+        return nft
+
+    def status(self) -> dict:
+        d = super().status()
+        try:
+            with self.ctx.store.transaction() as db:
+                d["suspensions"] = {r["state"]: r["n"] for r in db.execute(
+                    "SELECT state, COUNT(*) AS n FROM sp_suspension GROUP BY state").fetchall()}
+        except NocpolicyError:
+            return d
+        d["notice_page"] = f"{self.page.host}:{self.page.port}" if self.page is not None else None
+        return d
+
+    # -- commands and metrics ----------------------------------------------------------------------
+
+    def commands(self):
+        return commands.build(self)
+
+    def collectors(self) -> list:
+        return [_Collector(self)]
+
+
+class _Collector:
+    """Counts by mode and state, terminable cases and letters, from the store at scrape time (no
+    customer label: Art. 37)."""
+
+    def __init__(self, comp: Suspensions):
+        self.comp = comp
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        with self.comp.ctx.store.transaction() as db:
+            counts = {(r["mode"], r["state"]): r["n"] for r in db.execute(
+                "SELECT mode, state, COUNT(*) AS n FROM sp_suspension GROUP BY mode, state").fetchall()}
+            terminable = db.execute("SELECT COUNT(*) AS n FROM sp_suspension WHERE state='active' AND terminable=1"
+                                    ).fetchone()["n"]
+            notices = {(r["kind"], r["state"]): r["n"] for r in db.execute(
+                "SELECT kind, state, COUNT(*) AS n FROM sp_notice GROUP BY kind, state").fetchall()}
+        g = GaugeMetricFamily("nocpolicy_suspensions", "Customer suspensions (Art. 25) by mode and state",
+                              labels=["mode", "state"])
+        for mode in MODES:
+            for state in STATES:
+                g.add_metric([mode, state], counts.get((mode, state), 0))
+        yield g
+        yield GaugeMetricFamily("nocpolicy_suspensions_terminable", "Active suspensions unresolved past the "
+                                "Art. 27(1) period (the contract may be terminated)", value=terminable)
+        n = GaugeMetricFamily("nocpolicy_suspension_notices", "Suspension, termination and abolition letters by "
+                              "kind and delivery state", labels=["kind", "state"])
+        for (kind, state), v in sorted(notices.items()):
+            n.add_metric([kind, state], v)
+        yield n
