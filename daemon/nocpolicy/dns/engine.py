@@ -14,9 +14,9 @@ import time
 from bisect import bisect_left
 
 from ..policy.dnsguard import TcpLimits
-from ..subscribers.model import Change, Subscriber
+from ..subscribers.model import Change, Decisions, Subscriber
 from ..subscribers.prefixes import PrefixIndex
-from ..subscribers.view import UNKNOWN_MODES, SubscriberView
+from ..subscribers.view import UNKNOWN_MODES, SubscriberView, implicit_subscriber
 from .acl import AccessList
 from .cache import Fetch
 from .cachepath import CachePath
@@ -58,6 +58,28 @@ HOSTCACHE_MAX = 65536
 __all__ = ["OUTSIDE", "UNKNOWN_MODES", "Engine"]
 OUTSIDE = "\0outside"       # customer-cache value of a source the access list refuses
 _OUTSIDE_SUB = Subscriber(None, security=False, refuse=True)
+_NO_DECISIONS = Decisions()
+IMPLICIT_KEPT = 65_536      # implicit customers' subscribers kept between two views
+
+
+class _Subscribers(dict):
+    """Customer id -> subscriber. An id without an entry is an implicit customer (known only
+    from a live session, no runtime decision): the policy's defaults, built when first asked
+    and kept for the next query while fewer than ``IMPLICIT_KEPT`` are (the map is rebuilt at
+    every new view), so a million implicit customers cost no memory (sessions/, issue 15)."""
+
+    __slots__ = ("_kept",)
+
+    def __init__(self, by_id):
+        super().__init__(by_id)
+        self._kept = 0
+
+    def __missing__(self, cid):
+        sub = implicit_subscriber(cid, _NO_DECISIONS)
+        if self._kept < IMPLICIT_KEPT:
+            self._kept += 1
+            self[cid] = sub
+        return sub
 
 
 def _packed(addr: str | None) -> bytes | None:
@@ -95,7 +117,8 @@ class Engine(CachePath):
         self.pool = pool
         self.lists = ListSet()
         self.prefixes = PrefixIndex()
-        self.subs: dict[str | None, Subscriber] = {None: UNKNOWN_MODES["protect"], OUTSIDE: _OUTSIDE_SUB}
+        self.subs: dict[str | None, Subscriber] = _Subscribers({None: UNKNOWN_MODES["protect"],
+                                                                OUTSIDE: _OUTSIDE_SUB})
         self.acl = AccessList()
         self.limiter = RateLimiter(stats)
         self.limiter.customer_of = self.customer_of
@@ -138,7 +161,8 @@ class Engine(CachePath):
         """The subscribers area pushed a new view: the next query uses it."""
         self.drain()
         self.gen += 1
-        self.subs = {**view.by_id, OUTSIDE: _OUTSIDE_SUB}
+        self.subs = _Subscribers(view.by_id)
+        self.subs[OUTSIDE] = _OUTSIDE_SUB
         self._note_suspended(view, change)
         if change.addresses:
             self.prefixes = view.prefixes
@@ -213,7 +237,7 @@ class Engine(CachePath):
 
     def subscriber(self, host: str) -> Subscriber:
         cid = self.customer_of(host)
-        return self.subs.get(cid) or self.subs[None]
+        return self.subs[cid]
 
     def customer_of(self, host: str) -> str | None:
         """The customer id of client address ``host`` (None: unknown, also outside the ACL)."""
@@ -266,7 +290,7 @@ class Engine(CachePath):
         q = self._parse(data, addr, send)
         if q is None:
             return
-        sub = self.subs.get(cid) or self.subs[None]
+        sub = self.subs[cid]
         if sub.refuse:
             self._refuse(data, q, addr, send, cid)
             return
@@ -522,7 +546,7 @@ class Engine(CachePath):
 
         def forward_seen(q, data: bytes, host: str, addr, cid, t0: float) -> bool:
             subs = dirty_owner.subs
-            sub = subs.get(cid) or subs[None]
+            sub = subs[cid]
             pool = dirty_owner.pool
             if pool is None or sub.refuse or sub.suspension is not None:
                 return False

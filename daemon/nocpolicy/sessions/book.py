@@ -13,6 +13,7 @@ import logging
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 
+from ..subscribers.live import parse_addrs
 from .model import Event, Live, Ops, net_host, net_key, net_text
 from .table import LiveTable
 
@@ -68,6 +69,7 @@ class Book:
             self._open(ev, ops)
         else:
             s.last = max(s.last, ev.ts)
+            self.table.touch(s)
             ops.touches.append((s.last, s.id))
         return ops
 
@@ -120,10 +122,9 @@ class Book:
     def stale(self, now: float, grace: dict[str, float]) -> Ops:
         """Close every session not heard of within its interval plus its source's grace."""
         ops = Ops()
-        for s in self.table.sessions():
-            if s.interval and now - s.last > s.interval + grace.get(s.source, 600.0):
-                self.counts["stale"] += 1
-                self._close(s, s.last + s.interval, "stale", ops)
+        for s in self.table.stale(now, grace):
+            self.counts["stale"] += 1
+            self._close(s, s.last + s.interval, "stale", ops)
         return ops
 
     def restore(self, live: list[Live], next_id: int) -> None:
@@ -131,3 +132,17 @@ class Book:
         for s in live:
             self.table.add(s)
         self.next_id = max(self.next_id, next_id)
+
+    def restore_rows(self, rows) -> None:
+        """Open sessions read from the store (:meth:`History.open_rows`), straight into the
+        table's columns: no object per session. A policy customer's id is the policy's own
+        string (one copy, not one per session)."""
+        put, resolve, shared = self.table.put, self.resolve, {}
+        for i, src, nas, sid, cid, addrs, start, last, interval, implicit in rows:
+            if cid is not None and not implicit:
+                known = resolve(cid)[0]
+                cid = known if known == cid else cid
+            put(i, shared.setdefault(src, src), shared.setdefault(nas, nas), sid, cid, parse_addrs(addrs),
+                start, start if last == start else last, shared.setdefault(interval, interval), bool(implicit))
+            if i >= self.next_id:
+                self.next_id = i + 1

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 SOURCES = ("radius", "kea4", "kea6")
@@ -15,7 +13,7 @@ class SessionsCollector:
 
     def collect(self):
         c = self.c
-        active = Counter(s.source for s in c.table.sessions())
+        active = c.table.count_by_source()
         g = GaugeMetricFamily("nocpolicy_sessions_active", "Live sessions by source", labels=["source"])
         for src in SOURCES:
             g.add_metric([src], active.get(src, 0))

@@ -7,6 +7,7 @@ hash, to index by prefix length, and to store as fixed-width hex keys.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass, field
 
 Net = tuple[int, int, int]          # (4 | 6, network as int, prefix length)
@@ -27,7 +28,9 @@ def net_text(n: Net) -> str:
 def net_host(n: Net) -> str:
     """The first address of a network, as text."""
     fam, value, _ = n
-    return str(ipaddress.IPv4Address(value) if fam == 4 else ipaddress.IPv6Address(value))
+    if fam == 4:
+        return socket.inet_ntop(socket.AF_INET, value.to_bytes(4, "big"))
+    return socket.inet_ntop(socket.AF_INET6, value.to_bytes(16, "big"))
 
 
 def net_key(n: Net) -> str:
@@ -86,22 +89,32 @@ def unpack_addrs(b: bytes) -> tuple[Net, ...]:
 
 
 class Live:
-    """One active session in the live table. ~1M of these are live at once, so it is kept
-    small: slots, the addresses packed into bytes (``addrs`` unpacks them), and the login
-    stays in the history only."""
+    """One active session as the book and readers see it: a small value object. The live
+    table does not keep these (it keeps columns, see table.py); it builds one when asked
+    and hands back the same object while its caller still holds it."""
 
-    __slots__ = ("id", "source", "nas", "sid", "customer", "_addrs", "start", "last", "interval", "implicit")
+    __slots__ = ("id", "source", "nas", "sid", "customer", "_addrs", "start", "last", "interval", "implicit",
+                 "__weakref__")
 
     def __init__(self, id: int, source: str, nas: str, sid: str, customer: str | None,
                  addrs: tuple[Net, ...], start: float, last: float, interval: float,
                  implicit: bool = False):
         self.id, self.source, self.nas, self.sid, self.customer = id, source, nas, sid, customer
-        self._addrs = pack_addrs(addrs)
+        self._addrs = tuple(addrs)
         self.start, self.last, self.interval, self.implicit = start, last, interval, implicit
+
+    @classmethod
+    def make(cls, id: int, source: str, nas: str, sid: str, customer: str | None, addrs: tuple[Net, ...],
+             start: float, last: float, interval: float, implicit: bool) -> Live:
+        """Like the constructor, without its conversions (the live table's columns)."""
+        s = cls.__new__(cls)
+        s.id, s.source, s.nas, s.sid, s.customer = id, source, nas, sid, customer
+        s._addrs, s.start, s.last, s.interval, s.implicit = addrs, start, last, interval, implicit
+        return s
 
     @property
     def addrs(self) -> tuple[Net, ...]:
-        return unpack_addrs(self._addrs)
+        return self._addrs
 
     def __repr__(self) -> str:
         return (f"Live(id={self.id}, source={self.source!r}, nas={self.nas!r}, sid={self.sid!r}, "

@@ -47,7 +47,6 @@ class Subscribers(Component):
         # replica fed over the pipe in a DNS worker
         self.live = AddressTable() if ctx.options.extra.get("dns_worker") else None
         self._live_loaded = False
-        self._implicit: dict[str, int] = {}     # implicit customer -> its live sessions
         # how decisions adopted from the fleet controller are persisted, per kind (consent and
         # suspensions add theirs)
         self._persisters = {"optout": optouts_set_many}
@@ -106,13 +105,15 @@ class Subscribers(Component):
         self._publish(self._with_sessions(self.view), EVERYTHING)
 
     def _with_sessions(self, view: SubscriberView) -> SubscriberView:
-        """``view`` whose address lookup covers the live sessions (static prefixes first) and
-        whose subscribers include the implicit customers of live sessions."""
+        """``view`` whose address lookup covers the live sessions (static prefixes first). An
+        implicit customer (known only from a session) has no subscriber of its own until a
+        runtime decision names it: readers take ``implicit_subscriber`` for an id that is
+        not in ``by_id`` (a million implicit customers cost nothing here)."""
         if self.live is None:
             return view
         static = getattr(view.prefixes, "static", view.prefixes)
         by_id = view.by_id
-        for cid in self._implicit:
+        for cid in view.decisions.customers():
             if cid not in by_id:
                 by_id = by_id if by_id is not view.by_id else dict(by_id)
                 by_id[cid] = implicit_subscriber(cid, view.decisions)
@@ -127,23 +128,10 @@ class Subscribers(Component):
         return self.live is not None and self.live.contains(host)
 
     def sessions_changed(self, changes) -> None:
-        """Sessions started or ended (already in the live lookup): implicit customers get a
-        subscriber (added in place: nothing existing changes), then every watcher is told, so
+        """Sessions started or ended (already in the live lookup): every watcher is told, so
         the next query anywhere in this process sees it."""
-        by_id, touched = self.view.by_id, set()
-        for op, _addrs, cid, implicit in changes:
-            if cid is None:
-                continue
-            touched.add(cid)
-            if implicit:
-                n = self._implicit.get(cid, 0) + (1 if op == "+" else -1)
-                if n > 0:
-                    self._implicit[cid] = n
-                else:
-                    self._implicit.pop(cid, None)
-                if op == "+" and cid not in by_id:
-                    by_id[cid] = implicit_subscriber(cid, self.view.decisions or Decisions())
-        self._publish(self.view, Change(frozenset(touched), True))
+        touched = frozenset(cid for _op, _addrs, cid, _implicit in changes if cid is not None)
+        self._publish(self.view, Change(touched, True))
 
     async def replicate_sessions(self, changes) -> bool:
         d = Decision("sessions", "*", [change_to_json(c) for c in changes])
@@ -159,7 +147,6 @@ class Subscribers(Component):
         if isinstance(self.live, AddressTable) and not self._live_loaded:    # a worker starting
             n = await asyncio.to_thread(self.live.load, self.ctx.store.path)
             self._live_loaded = True
-            self._implicit = dict(self.live.implicit)
             log.info("%d live session(s) loaded", n)
         view = await asyncio.to_thread(reload_view, self.view, policy.customers, policy.dns.unknown_clients,
                                        decisions)
@@ -185,6 +172,8 @@ class Subscribers(Component):
 
     def _subscriber(self, cid: str):
         sub = self.view.get(cid) if cid is not None else None
+        if sub is None and cid is not None and self.live is not None and self.live.has_customer(cid):
+            sub = implicit_subscriber(cid, self.view.decisions)      # an implicit customer
         if sub is None:
             raise NotFound(f"unknown customer {cid!r}", field="customer")
         return sub

@@ -24,6 +24,7 @@ _inet_pton = socket.inet_pton
 class LiveAddresses(Protocol):
     def customer_of(self, host: str) -> str | None: ...
     def contains(self, host: str) -> bool: ...
+    def has_customer(self, cid: str) -> bool: ...
     def addresses(self) -> list[tuple[Net, str]]: ...
 
 
@@ -128,6 +129,10 @@ class AddressTable:
             if (ip >> shift) in d:
                 return d[ip >> shift]
         return None
+
+    def has_customer(self, cid: str) -> bool:
+        """Does a live session name implicit customer ``cid``?"""
+        return cid in self.implicit
 
     def contains(self, host: str) -> bool:
         p = parse_host(host)

@@ -147,6 +147,10 @@ class Decisions:
     def get(self, kind: str, customer: str, default: Any = None) -> Any:
         return self._items.get((kind, customer), default)
 
+    def customers(self) -> set[str]:
+        """Every customer id a decision names."""
+        return {cid for _, cid in self._items}
+
     def with_(self, d: Decision) -> Decisions:
         return Decisions({**self._items, (d.kind, d.customer): d.value})
 

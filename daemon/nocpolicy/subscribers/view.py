@@ -69,7 +69,11 @@ class SubscriberView:
         return self.prefixes.lookup(host)
 
     def subscriber(self, host: str) -> Subscriber:
-        return self.by_id.get(self.prefixes.lookup(host)) or self.by_id[None]
+        cid = self.prefixes.lookup(host)
+        sub = self.by_id.get(cid)
+        if sub is None:          # unknown, or an implicit customer (a session's) without a decision
+            return implicit_subscriber(cid, self.decisions) if cid is not None else self.by_id[None]
+        return sub
 
     def live_addresses(self) -> list[tuple[tuple[int, int, int], str]]:
         """Every live session address with its customer: ``((family, network int, prefix length),
@@ -132,6 +136,6 @@ def update_view(view: SubscriberView, decisions: Decisions, touched: Iterable[st
         c = view.customers.get(cid)
         if c is not None:
             by_id[cid] = subscriber_of(c, decisions)
-        elif cid in by_id:                      # an implicit customer (a session's)
+        elif cid is not None:                   # an implicit customer (a session's) decided on
             by_id[cid] = implicit_subscriber(cid, decisions)
     return SubscriberView(by_id, view.prefixes, view.customers, decisions)
