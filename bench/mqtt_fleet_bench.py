@@ -13,6 +13,8 @@ published directly by one paho client (no daemon: broker + agents only), the flo
 controller could reach on this machine.
 
 Usage: bench/mqtt_fleet_bench.py [--agents 1000] [--runs 6]
+       bench/mqtt_fleet_bench.py --state [--agents 1000] [--runs 7]   fleet state (opt-outs, list
+       entries, an offline agent): bench/fleet_state_bench.py
 """
 
 from __future__ import annotations
@@ -158,4 +160,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    if "--state" in sys.argv[1:2]:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from fleet_state_bench import main as state_main
+        sys.exit(state_main())
     sys.exit(main())

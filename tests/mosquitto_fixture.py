@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -28,11 +29,12 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 
 
-def fleet_acl(controller: str, operators=(), readers=()) -> str:
+def fleet_acl(controller: str, operators=(), readers=(), agents=()) -> str:
     """The broker ACL documented in docs/mqtt.md.
 
     Agents log in with their node name as user name; the controller with its own
     node name; operators/feeds/portals with the identity the policy grants verbs to.
+    Each of ``agents`` may read the fleet-wide state (``nocpolicy/v1/fleet/#``).
     """
     lines = [
         "# every client: commands only under its own user name, replies only its own",
@@ -43,6 +45,12 @@ def fleet_acl(controller: str, operators=(), readers=()) -> str:
         "pattern read nocpolicy/v1/nodes/%u/plan",
         "pattern write nocpolicy/v1/nodes/%u/ack",
         "pattern write nocpolicy/v1/events/#",
+        "# fleet state: its own streams in, its own ack out",
+        "pattern read nocpolicy/v1/nodes/%u/state/+/snap",
+        "pattern read nocpolicy/v1/nodes/%u/state/+/delta/+",
+        "pattern write nocpolicy/v1/nodes/%u/state/ack",
+        "pattern write nocpolicy/v1/nodes/%u/up/detections",
+        "pattern write nocpolicy/v1/nodes/%u/up/sessions",
         "",
         f"user {controller}",
         "topic read nocpolicy/v1/cmd/#",
@@ -51,7 +59,13 @@ def fleet_acl(controller: str, operators=(), readers=()) -> str:
         "topic read nocpolicy/v1/nodes/+/status",
         "topic read nocpolicy/v1/nodes/+/ack",
         "topic write nocpolicy/v1/events/#",
+        "topic write nocpolicy/v1/fleet/#",
+        "topic write nocpolicy/v1/nodes/+/state/#",
+        "topic read nocpolicy/v1/nodes/+/state/ack",
+        "topic read nocpolicy/v1/nodes/+/up/#",
     ]
+    for a in agents:
+        lines += ["", f"user {a}", "topic read nocpolicy/v1/fleet/#"]
     for r in readers:
         lines += ["", f"user {r}", "topic read nocpolicy/v1/#"]
     return "\n".join(lines) + "\n"
@@ -240,14 +254,29 @@ class Probe:
         self.c.loop_stop()
 
 
+_HEAD = re.compile(rb'"kind":"([^"]+)","scope":"([^"]+)","node":(?:null|"[^"]*"),"version":(\d+)')
+
+
+def state_head(payload: bytes) -> dict:
+    """kind, scope and version of a fleet state message (the controller writes its head first)."""
+    m = _HEAD.search(payload, 0, 400)
+    if m is None:
+        doc = json.loads(payload)
+        return {"kind": doc["kind"], "scope": doc["scope"], "version": doc["version"]}
+    return {"kind": m.group(1).decode(), "scope": m.group(2).decode(), "version": int(m.group(3))}
+
+
 class Swarm:
     """Lightweight simulated agents (aiomqtt, one event loop in a thread): each takes its
     retained plan at ``nodes/<name>/plan`` and acknowledges it at ``nodes/<name>/ack`` like a
     real agent, and records when each plan version arrived (monotonic)."""
 
-    def __init__(self, port: int, names: list[str], password: str, connect_concurrency: int = 50):
+    def __init__(self, port: int, names: list[str], password: str, connect_concurrency: int = 50,
+                 state: bool = True):
         self.port, self.names, self.password = port, list(names), password
+        self.state = state      # also take fleet state (and ack the highest version per stream)
         self.received: dict[str, dict[int, float]] = {n: {} for n in names}
+        self.state_seen: dict[str, dict[tuple, float]] = {n: {} for n in names}
         self.acked: dict[str, int] = {}
         self.ready = 0
         self._concurrency = connect_concurrency
@@ -265,13 +294,23 @@ class Swarm:
             await client.__aenter__()
         try:
             await client.subscribe(f"{root}/plan", qos=1)
+            if self.state:
+                for f in ("nocpolicy/v1/fleet/+/snap", "nocpolicy/v1/fleet/+/delta/+", f"{root}/state/+/snap",
+                          f"{root}/state/+/delta/+"):
+                    await client.subscribe(f, qos=1)
             await client.publish(f"{root}/status", json.dumps({"state": "online", "node": name, "role": "agent",
                                                                "version": "sim"}), qos=1, retain=True)
             self.ready += 1
+            held: dict = {}
             async for msg in client.messages:
                 if not msg.payload:
                     continue
                 t = time.monotonic()
+                if "/state/" in msg.topic.value or msg.topic.value.startswith("nocpolicy/v1/fleet/"):
+                    # fleet state: hold the highest version per stream and ack it (a simulated agent
+                    # reads only the head: the real agent does the applying)
+                    await self._state(client, name, root, held, state_head(msg.payload), t)
+                    continue
                 doc = json.loads(msg.payload)
                 v = doc["version"]
                 self.received[name].setdefault(v, t)
@@ -281,6 +320,16 @@ class Swarm:
                 self.acked[name] = v
         finally:
             await client.__aexit__(None, None, None)
+
+    async def _state(self, client, name: str, root: str, held: dict, doc: dict, t: float) -> None:
+        kind, scope, v = doc["kind"], doc["scope"], doc["version"]
+        streams = held.setdefault(kind, {})
+        if v <= streams.get(scope, 0):
+            return
+        streams[scope] = v
+        self.state_seen[name][(kind, scope, v)] = t
+        await client.publish(f"{root}/state/ack", json.dumps({"node": name, "held": held, "last": {}}),
+                             qos=1, retain=True)
 
     async def _run(self) -> None:
         sem = asyncio.Semaphore(self._concurrency)

@@ -44,7 +44,7 @@ def converged(ctl: DaemonProcess, version: int, n: int):
 def fleet_env(tmp_path):
     users = {CONTROLLER: "ctl-pw", AGENT: "agent-pw", "watcher": "w-pw", "noc-controller": "noc-pw",
              **{s: "sim-pw" for s in SIMS}}
-    broker = Mosquitto(tmp_path, users, fleet_acl(CONTROLLER, readers=["watcher"])).start()
+    broker = Mosquitto(tmp_path, users, fleet_acl(CONTROLLER, readers=["watcher"], agents=[AGENT, *SIMS])).start()
     (tmp_path / "ctl").mkdir()
     (tmp_path / "agent").mkdir()
     pol = fleet_policies(tmp_path / "ctl", SIMS)

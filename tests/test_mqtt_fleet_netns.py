@@ -26,7 +26,7 @@ def ns():
 
 def test_agent_applies_emergency_plans_in_the_kernel(tmp_path, ns):
     users = {CONTROLLER: "c-pw", AGENT: "a-pw", "noc-controller": "n-pw"}
-    broker = Mosquitto(tmp_path, users, fleet_acl(CONTROLLER)).start()
+    broker = Mosquitto(tmp_path, users, fleet_acl(CONTROLLER, agents=[AGENT])).start()
     (tmp_path / "ctl").mkdir()
     (tmp_path / "agent").mkdir()
     ctl = DaemonProcess(tmp_path / "ctl", extra_args=broker.daemon_args(CONTROLLER)

@@ -105,6 +105,10 @@ def wire(components: list[Component]) -> None:
     maintenance = _first(components, Maintenance)
     if bridge is not None:
         bridge.qos = qos                                          # FleetQos
+        bridge.decisions = _first(components, Subscribers)        # FleetDecisions
+        bridge.lists = _first(components, DnsGuard)               # RuntimeLists
+        bridge.detection_source = bridge.lists                    # DetectionSummary
+        bridge.sessions = _first(components, Sessions)            # FleetSessions
     if bridge is not None and maintenance is not None:
         maintenance.set_notice_publisher(bridge)                  # NoticePublisher
         bridge.add_link_listener(maintenance)                     # NoticeLinkListener

@@ -11,6 +11,10 @@ Protocol            defined in                  provider                        
 FleetQos            here                        qos.component.Enforcer          fleet (plan, agent apply)
 NoticePublisher     notices/publisher.py        fleet.component.MqttBridge      maintenance (mqtt_topic)
 NoticeLinkListener  notices/publisher.py        maintenance.Maintenance         fleet (link back up)
+FleetDecisions      here                        subscribers.Subscribers         fleet (state kinds)
+RuntimeLists        here                        dns.component.DnsGuard          fleet (state kind lists)
+DetectionSummary    here                        dns.component.DnsGuard          fleet (summaries upward)
+FleetSessions       here                        sessions.component.Sessions     fleet (sessions upward)
 LetterPost          notices/publisher.py        maintenance.Maintenance         suspension (letters)
 SuspensionEnforcer  here                        qos.component.Enforcer          suspension (nft garden)
 ==================  ==========================  ==============================  ==========================
@@ -41,6 +45,58 @@ class FleetQos(Protocol):
         ...
 
 
+class FleetDecisions(Protocol):
+    """What the fleet takes from subscribers: the runtime decisions to publish (controller) and how
+    to adopt the controller's (agent). ``view`` is the ``SubscriberView`` (``decisions``,
+    ``customers``, ``by_id``)."""
+
+    @property
+    def view(self) -> Any: ...
+
+    def watch(self, fn: Any) -> None:
+        """Call ``fn(view, change)`` now and on every change of the view."""
+
+    async def adopt(self, kind: str, values: dict, *, actor: str, note: str) -> bool:
+        """Persist and apply decisions made at the controller (customer -> value, None = withdrawn)."""
+        ...
+
+
+class RuntimeLists(Protocol):
+    """What the fleet takes from the DNS guard: runtime list entries (``list.update``)."""
+
+    def runtime_entries(self) -> dict[str, list[str]]:
+        """list id -> its runtime entries (reads the store: call it off the loop)."""
+        ...
+
+    def watch_runtime_entries(self, fn: Any) -> None:
+        """Call ``fn(list_id, added, removed)`` after each change."""
+
+    def has_list(self, list_id: str) -> bool: ...
+
+    async def adopt_entries(self, list_id: str, add: list[str], remove: list[str], *, actor: str,
+                            reason: str) -> dict:
+        """Persist and apply entries decided at the controller."""
+        ...
+
+
+class DetectionSummary(Protocol):
+    """What the fleet takes from the DNS guard for the controller: detection counts."""
+
+    def detection_summary(self, since: Any) -> list[dict]:
+        """Rows of counts per list, class, customer (reads the store: call it off the loop)."""
+        ...
+
+
+class FleetSessions(Protocol):
+    """What the fleet takes from sessions: starts and stops (agent), recording another node's (controller)."""
+
+    def add_change_listener(self, fn: Any) -> None:
+        """Call ``fn(old, new)`` for every session that ended and/or started."""
+
+    def live_sessions(self) -> list: ...
+
+    def apply(self, ev: Any) -> None:
+        """Record a session event (a ``sessions.model.Event``)."""
 class SuspensionEnforcer(Protocol):
     """What suspensions take from qos: put the suspensions of the subscriber view into nftables
     (walled garden, block) and say whether that worked."""

@@ -23,6 +23,9 @@ def register(sub) -> None:
     p.add_argument("--customer", help="only this customer")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--summary", action="store_true", help="counts per list, class and customer")
+    p.add_argument("--fleet", action="store_true", help="controller: counts of every fleet node (last 24h) "
+                   "per list, class, customer and node")
+    p.add_argument("--node", help="with --fleet: only this node")
     p.set_defaults(func=cmd_detections)
 
     p = sub.add_parser("lists", help="block lists: entries, freshness, refresh failures")
@@ -83,7 +86,22 @@ def cmd_explain(args, client) -> int:
     return run(client, args, "explain", {"client": args.client, "name": args.name}, render)
 
 
+def cmd_fleet_detections(args, client) -> int:
+    payload = {k: v for k, v in (("customer", args.customer), ("node", args.node)) if v}
+
+    def render(out):
+        print(f"fleet detections, last {out['window_hours']:g}h, from {len(out['nodes'])} node(s)")
+        print(f"{'LIST':<16} {'CLASS':<10} {'CUSTOMER':<10} {'COUNT':>8}  PER NODE")
+        for r in out["summary"]:
+            nodes = ", ".join(f"{n} {c}" for n, c in sorted(r["nodes"].items()))
+            print(f"{r['list']:<16} {r['class']:<10} {r['customer'] or '-':<10} {r['count']:>8}  {nodes}")
+        return 0
+    return run(client, args, "fleet.detections", payload, render)
+
+
 def cmd_detections(args, client) -> int:
+    if args.fleet:
+        return cmd_fleet_detections(args, client)
     payload: dict = {"limit": args.limit, "summary": bool(args.summary)}
     if args.since:
         payload["since"] = args.since

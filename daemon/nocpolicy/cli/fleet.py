@@ -25,6 +25,7 @@ def cmd_status(args, client) -> int:
     def render(out: dict) -> int:
         print(f"node {out.get('node')} role {out.get('role')}: {_link(out)}")
         if out.get("role") == "agent":
+            _agent_state(out.get("state") or {})
             plan = out.get("plan")
             if not plan:
                 print("no plan received yet")
@@ -50,5 +51,40 @@ def cmd_status(args, client) -> int:
         lagging = total - c.get("converged", 0)
         if lagging and not args.all:
             print(f"{lagging} node(s) lag behind plan version {out['version']}")
-        return 1 if lagging else 0
+        state_lag = _controller_state(out.get("state") or {}, args.all)
+        return 1 if lagging or state_lag else 0
     return run(client, args, "fleet.status", {}, render)
+
+
+def _controller_state(st: dict, everything: bool) -> int:
+    """Fleet state per kind, and the (node, kind) pairs that lag; how many lag."""
+    rows = st.get("rows") or []
+    for kind, k in (st.get("kinds") or {}).items():
+        mine = [r for r in rows if r["kind"] == kind]
+        counts = {s: sum(1 for r in mine if r["state"] == s) for s in ("converged", "pending", "offline")}
+        print(f"state {kind} version {k['version']}: {len(mine)} node(s): "
+              + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    shown = [r for r in rows if everything or r["state"] != "converged"]
+    if shown:
+        print(f"{'NODE':<24} {'KIND':<10} {'STATE':<10} {'WANT':>11} {'HELD':>11} {'LAG':>8}  DETAIL")
+        for r in shown:
+            lag = f"{r['lag_seconds']:.1f}s" if r.get("lag_seconds") is not None else "-"
+            want, held = "/".join(map(str, r["want"])), "/".join(map(str, r["held"]))
+            detail = r.get("detail") or (f"result {r['result']}" if r.get("result") else "")
+            print(f"{r['node']:<24} {r['kind']:<10} {r['state']:<10} {want:>11} {held:>11} {lag:>8}  {detail}")
+    lagging = sum(1 for r in rows if r["state"] != "converged")
+    if lagging and not everything:
+        print(f"{lagging} node/kind pair(s) lag behind the fleet state (versions: fleet-wide/own node)")
+    return lagging
+
+
+def _agent_state(st: dict) -> None:
+    if not st:
+        return
+    held = st.get("held") or {}
+    print(f"fleet state from {st.get('controller') or '(no controller heard yet)'}: "
+          + (", ".join(f"{k} " + "/".join(f"{s} v{v}" for s, v in sorted(sc.items())) for k, sc in held.items())
+             or "nothing held yet"))
+    refused = {k: v for k, v in (st.get("refused") or {}).items() if v}
+    if refused:
+        print("refused state messages: " + ", ".join(f"{k} {v}" for k, v in sorted(refused.items())))

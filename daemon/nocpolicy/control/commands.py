@@ -66,6 +66,18 @@ class CommandRegistry:
             raise ValueError(f"command {cmd.name} registered twice")
         self._commands[cmd.name] = cmd
 
+    def refuse(self, name: str, why: Callable[[], str]) -> None:
+        """Answer ``name`` with a refusal (409, ``why()``) instead of running it: on a fleet agent,
+        the state it changes belongs to the controller."""
+        cmd = self._commands.get(name)
+        if cmd is None:
+            return
+
+        async def refused(args: Args, inv: Invocation) -> dict:
+            raise CommandError(why(), status=409)
+        self._commands[name] = Command(cmd.name, refused, cmd.summary + " (refused here: fleet agent)",
+                                       cmd.mutating)
+
     def names(self) -> list[str]:
         return sorted(self._commands)
 

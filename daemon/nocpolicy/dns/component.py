@@ -84,6 +84,7 @@ class DnsGuard(Component):
     def __init__(self, ctx):
         super().__init__(ctx)
         self.stats = DnsStats()
+        self._entry_watchers: list = []     # told after each change of runtime list entries
         state_dir = getattr(ctx.options, "state_dir", None)
         self.keys = PseudonymKeys(Path(state_dir) / "pseudonym.key" if state_dir else None,
                                   rotate=not ctx.options.extra.get("dns_worker"))
@@ -413,8 +414,7 @@ class DnsGuard(Component):
         remove = args.get("remove", list_of(as_str), ()) or ()
         reason = args.get("reason", as_str, "") or ""
         args.check()
-        lst = self.lists.compiled.get(list_id)
-        if lst is None:
+        if list_id not in self.lists.compiled:
             raise NotFound(f"unknown list {list_id!r}", field="list")
         add_ok, add_bad = check_names(add)
         rm_ok, rm_bad = check_names(remove)
@@ -423,11 +423,40 @@ class DnsGuard(Component):
                                field="add" if add_bad else "remove")
         if not add_ok and not rm_ok:
             raise InvalidRequest("nothing to do: give add and/or remove", field="add")
-        out = await asyncio.to_thread(self.lists.update, lst, add_ok, rm_ok, actor=inv.actor, reason=reason)
+        return await self.adopt_entries(list_id, add_ok, rm_ok, actor=inv.actor, reason=reason)
+
+    # -- runtime list entries as fleet state (interfaces.RuntimeLists) --------------------
+
+    async def adopt_entries(self, list_id: str, add: list[str], remove: list[str], *, actor: str,
+                            reason: str) -> dict:
+        """Add/remove runtime entries (names already checked): persisted, audited, applied here and
+        in every worker before it returns; then the watchers (the fleet controller) are told."""
+        lst = self.lists.compiled.get(list_id)
+        if lst is None:
+            raise NotFound(f"unknown list {list_id!r}", field="list")
+        out = await asyncio.to_thread(self.lists.update, lst, add, remove, actor=actor, reason=reason)
         self.engine.invalidate()     # (lists.update changed the index in place)
         await self.workers.sync({"op": "list.update", "list": list_id, "add": out["added"],
                                  "remove": out["removed"]})
+        for fn in self._entry_watchers:
+            fn(list_id, out["added"], out["removed"])
         return out
+
+    def runtime_entries(self) -> dict[str, list[str]]:
+        """Every list's runtime entries (``list.update``), from the store."""
+        return {lid: self.lists.additions(lid) for lid in self.lists.compiled}
+
+    def watch_runtime_entries(self, fn) -> None:
+        """Call ``fn(list_id, added, removed)`` after each change of runtime entries."""
+        self._entry_watchers.append(fn)
+
+    def has_list(self, list_id: str) -> bool:
+        return list_id in self.lists.compiled
+
+    def detection_summary(self, since) -> list[dict]:
+        """Counts of the detection log since ``since`` per list, class, customer and source (reads
+        the store: call it off the loop). For the fleet's upward summaries (fleet/upward.py)."""
+        return self.detections.summary(since=since, customer=None)
 
     async def flush_cache(self, name: str | None) -> int:
         """Forget this process's cached answers (of ``name`` and below, or all); the count."""

@@ -24,17 +24,24 @@ import logging
 from .. import __version__
 from ..component import Component
 from ..control.commands import Args, Command, Invocation
-from ..errors import NocpolicyError
-from ..interfaces import FleetQos
+from ..errors import Conflict, NocpolicyError
+from ..interfaces import DetectionSummary, FleetDecisions, FleetQos, FleetSessions, RuntimeLists
 from ..notices.publisher import NoticeLinkListener
+from ..policy.fields import as_id
 from .agent import Agent
 from .broker import broker_config
 from .controller import Controller
 from .inbox import Inbox
+from .kinds import build_kinds
 from .link import Link
 from .metrics import MqttCollector
 from .outbox import AGGREGATED, FORWARDED, SINGLE_DETECTIONS, DetectionCounts, Outbox, counts_only
 from .qoslink import emergency_state, enforcement_plan, make_applier
+from .stateagent import StateAgent
+from .statectl import StatePublisher
+from .statewire import STATE_ACK_FILTER, agent_filters, is_state_topic
+from .upsessions import UP_SESSIONS_FILTER, SessionsIn, SessionsUp
+from .upward import UP_FILTER, FleetDetections, publish_loop
 from .wire import (
     ACK_FILTER,
     CMD_FILTER,
@@ -72,6 +79,15 @@ class MqttBridge(Component):
         self._stopping = False
         self._link_task = None
         self.qos: FleetQos | None = None                    # handed in by app.wire
+        self.decisions: FleetDecisions | None = None        # handed in by app.wire (subscribers)
+        self.lists: RuntimeLists | None = None              # handed in by app.wire (dns)
+        self.detection_source: DetectionSummary | None = None  # handed in by app.wire (dns)
+        self.fleet_detections: FleetDetections | None = None   # controller: summaries from the agents
+        self.sessions: FleetSessions | None = None          # handed in by app.wire (sessions)
+        self.sessions_up: SessionsUp | None = None          # agent: session events for the controller
+        self.sessions_in: SessionsIn | None = None          # controller: session events from the agents
+        self.state_pub: StatePublisher | None = None        # controller: fleet state out
+        self.state_agent: StateAgent | None = None          # agent: fleet state in
         self._link_listeners: list[NoticeLinkListener] = []        # handed in by app.wire
 
     # -- lifecycle ---------------------------------------------------------------
@@ -113,6 +129,7 @@ class MqttBridge(Component):
             subs.append(plan_topic(self.node))
             self.agent = Agent(self.node, store=self.ctx.store, clock=self.ctx.clock,
                                applier=make_applier(self.ctx.options.enforce, self.qos), publish=self._publish)
+        subs += self._fleet_state()
         will = (status_topic(self.node), dumps(self._status_doc("offline", "connection lost")))
         self.link = Link(self.cfg, f"nocpolicyd-{self.node}", subscriptions=subs,
                          on_connected=self._on_connected, on_message=self._on_message, will=will)
@@ -126,8 +143,45 @@ class MqttBridge(Component):
             self.tasks.supervise("agent", self.agent.run)
         if self.controller:
             self.tasks.supervise("controller", self.controller.run)
+        if self.state_pub:
+            self.tasks.supervise("state", self.state_pub.run)
+        if self.state_agent:
+            self.tasks.supervise("state", self.state_agent.run)
+        if self.sessions_up:
+            self.tasks.supervise("sessions-up", self.sessions_up.run)
+        if self.state_agent and self.detection_source is not None:
+            self.tasks.supervise("detections-up", lambda: publish_loop(
+                self.node, source=self.detection_source, clock=self.ctx.clock, publish=self._publish,
+                interval=lambda: float(self.ctx.policy().dns.detections_interval or 60.0)))
         self._started = True
         self.set_state("running", f"{self.role} {self.node} via {self.cfg.url}")
+
+    def _fleet_state(self) -> list[str]:
+        """Fleet state (runtime decisions, list entries): the controller publishes it, an agent
+        takes it and refuses the commands that would change it locally. The subscriptions."""
+        kinds = build_kinds(self.decisions, self.lists)
+        if self.role == "controller":
+            self.state_pub = StatePublisher(self.node, kinds=kinds, store=self.ctx.store, clock=self.ctx.clock,
+                                            publish=self._publish,
+                                            members=lambda: self.ctx.policy().control.fleet_nodes)
+            self.state_pub.attach()
+            members = lambda: self.ctx.policy().control.fleet_nodes    # noqa: E731
+            self.fleet_detections = FleetDetections(members)
+            if self.sessions is not None:
+                self.sessions_in = SessionsIn(self.sessions, members)
+            return [STATE_ACK_FILTER, UP_FILTER] + ([UP_SESSIONS_FILTER] if self.sessions_in else [])
+        if self.role == "agent":
+            self.state_agent = agent = StateAgent(self.node, kinds=kinds, store=self.ctx.store,
+                                                  clock=self.ctx.clock, publish=self._publish)
+            for kind in kinds.values():
+                for name in kind.commands:
+                    self.ctx.commands.refuse(name, lambda what=kind.what: agent.refusal(what.capitalize()))
+            if self.sessions is not None:
+                self.sessions_up = SessionsUp(self.node, publish=self._publish, connected=lambda: self.connected,
+                                              live=self.sessions.live_sessions)
+                self.sessions.add_change_listener(self.sessions_up.changed)
+            return agent_filters(self.node)
+        return []
 
     async def stop(self) -> None:
         self._stopping = True
@@ -159,6 +213,10 @@ class MqttBridge(Component):
                 log.exception("mqtt: link listener %r failed", listener)
         if self.controller:
             self.controller.replan(republish=True)
+        if self.state_pub:
+            self.state_pub.republish()
+        if self.sessions_up:
+            self.sessions_up.resync()
 
     def _on_message(self, msg) -> None:
         topic = msg.topic.value
@@ -168,6 +226,14 @@ class MqttBridge(Component):
         elif topic == status_topic(self.node):
             if _state_of(payload) == "offline" and not self._stopping:
                 self.tasks.spawn("status", self._publish_status())
+        elif self.state_agent and is_state_topic(topic):
+            self.state_agent.offer(topic, payload, bool(msg.retain))
+        elif self.sessions_in and topic.endswith("/up/sessions"):
+            self.sessions_in.on_message(topic, payload)
+        elif self.fleet_detections and topic.endswith("/up/detections"):
+            self.fleet_detections.on_message(topic, payload)
+        elif self.state_pub and topic.endswith("/state/ack"):
+            self.state_pub.on_ack(topic, payload, retained=bool(msg.retain))
         elif self.agent and topic == plan_topic(self.node):
             self.agent.offer(payload)
         elif self.controller and topic.endswith("/status"):
@@ -282,8 +348,18 @@ class MqttBridge(Component):
         async def fleet_status(args: Args, inv: Invocation) -> dict:
             args.check()
             return self.fleet_status()
+        async def fleet_detections(args: Args, inv: Invocation) -> dict:
+            customer = args.get("customer", as_id, None)
+            node = args.get("node", as_id, None)
+            args.check()
+            if self.fleet_detections is None:
+                raise Conflict("detections of the fleet are kept by the fleet controller "
+                               "(nocpolicyd --role controller); this node is " + str(self.role))
+            return self.fleet_detections.answer(customer, node)
         return [Command("fleet.status", fleet_status, "fleet convergence (controller) or this agent's plan",
-                        mutating=False)]
+                        mutating=False),
+                Command("fleet.detections", fleet_detections, "detection counts of every fleet node "
+                        "(controller): per list, class, customer and node", mutating=False)]
 
     def fleet_status(self) -> dict:
         out = {"role": self.role, "node": self.node, "mqtt": self.link_status()}
@@ -291,6 +367,11 @@ class MqttBridge(Component):
             out.update(self.controller.status())
         if self.agent:
             out["plan"] = self.agent.applied
+        if self.state_pub:
+            nodes = self.controller.tracker.nodes if self.controller else {}
+            out["state"] = self.state_pub.status(lambda n: nodes[n].online if n in nodes else None)
+        if self.state_agent:
+            out["state"] = self.state_agent.status()
         return out
 
     def link_status(self) -> dict:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from .statewire import REASONS
+
 COMMAND_RESULTS = ("ok", "refused", "invalid", "failed", "busy", "retained", "too_large", "rate_limited")
 APPLY_RESULTS = ("applied", "recorded", "failed")
+STATE_REFUSALS = (*REASONS, "overflow")
 
 
 class MqttCollector:
@@ -45,6 +48,7 @@ class MqttCollector:
             yield hist
             yield GaugeMetricFamily("nocpolicy_fleet_plan_version", "Plan version the controller published",
                                     value=ctl.version)
+        yield from _state_metrics(b)
         agent = b.agent
         if agent is not None:
             yield GaugeMetricFamily("nocpolicy_fleet_plan_applied_version",
@@ -56,3 +60,56 @@ class MqttCollector:
                 a.add_metric([r], agent.results[r])
             yield a
 
+
+
+def _state_metrics(b):
+    """Fleet state: versions, convergence per kind, refusals (labels: kind, scope, state, reason only)."""
+    pub = b.state_pub
+    if pub is not None:
+        v = GaugeMetricFamily("nocpolicy_fleet_state_version", "Latest version of each kind of fleet state "
+                              "the controller published", labels=["kind"])
+        for kind in pub.kinds:
+            v.add_metric([kind], pub.versions.get(kind, 0))
+        yield v
+        hist = HistogramMetricFamily("nocpolicy_fleet_state_converge_seconds",
+                                     "Time from publishing fleet state until a node acknowledged holding it",
+                                     labels=["kind"])
+        for kind, h in sorted(pub.tracker.converge.items()):
+            hist.add_metric([kind], h.samples(), sum_value=h.sum)
+        yield hist
+        g = GaugeMetricFamily("nocpolicy_fleet_state_nodes", "Fleet nodes by kind of state and convergence",
+                              labels=["kind", "state"])
+        rows = b.fleet_status().get("state", {}).get("rows", [])
+        for kind in pub.kinds:
+            for state in ("converged", "pending", "offline"):
+                g.add_metric([kind, state], sum(1 for r in rows if r["kind"] == kind and r["state"] == state))
+        yield g
+    if b.sessions_up is not None:
+        yield CounterMetricFamily("nocpolicy_fleet_sessions_sent", "Session starts and stops sent to the "
+                                  "controller (acknowledged by the broker)", value=b.sessions_up.sent)
+        yield CounterMetricFamily("nocpolicy_fleet_sessions_dropped", "Session events dropped because the "
+                                  "upward outbox was full", value=b.sessions_up.dropped)
+        yield GaugeMetricFamily("nocpolicy_fleet_sessions_queued", "Session events waiting to be sent",
+                                value=len(b.sessions_up.queue))
+    if pub is not None:
+        yield CounterMetricFamily("nocpolicy_fleet_upward_refused", "Upward messages (sessions, detection "
+                                  "counts) from agents refused", value=(b.sessions_in.refused if b.sessions_in else 0)
+                                  + (b.fleet_detections.refused if b.fleet_detections else 0))
+    agent = b.state_agent
+    if agent is not None:
+        h = GaugeMetricFamily("nocpolicy_fleet_state_held_version", "Version of each fleet state stream "
+                              "this agent holds", labels=["kind", "scope"])
+        for kind, scopes in agent.holder.versions().items():
+            for scope, version in scopes.items():
+                h.add_metric([kind, scope], version)
+        yield h
+        r = CounterMetricFamily("nocpolicy_fleet_state_refused", "Fleet state messages refused by this agent",
+                                labels=["reason"])
+        for reason in STATE_REFUSALS:
+            r.add_metric([reason], agent.refused[reason])
+        yield r
+        a = CounterMetricFamily("nocpolicy_fleet_state_applied", "Fleet state versions applied by this agent",
+                                labels=["kind"])
+        for kind in agent.kinds:
+            a.add_metric([kind], agent.applied[kind])
+        yield a

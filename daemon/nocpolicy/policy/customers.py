@@ -67,7 +67,7 @@ class Plan:
 MQTT_TOPIC_MAX = 65535       # bytes of UTF-8 (MQTT 3.1.1 / 5 string limit)
 # the daemon's own control plane (docs/mqtt.md): never a customer topic (a notice there could pass for a
 # command, a reply or a node's status)
-CONTROL_TOPICS = tuple(f"nocpolicy/v1/{leaf}/" for leaf in ("cmd", "reply", "nodes", "events"))
+CONTROL_TOPICS = tuple(f"nocpolicy/v1/{leaf}/" for leaf in ("cmd", "reply", "nodes", "events", "fleet"))
 
 
 def as_mqtt_topic(node: Node, _p=None) -> str:

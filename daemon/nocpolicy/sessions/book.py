@@ -110,6 +110,7 @@ class Book:
     def _close(self, s: Live, ts: float, reason: str, ops: Ops) -> None:
         self.table.remove(s)
         self._record_close(s, ts, reason, ops)
+        s.last = max(ts, s.start)        # the change listeners see when it ended
         self.on_change(s, None)
 
     def _record_close(self, s: Live, ts: float, reason: str, ops: Ops) -> None:

@@ -114,6 +114,7 @@ class Sessions(Component):
         self.listen: tuple[str, int] | None = None
         self.followers: dict[str, LeaseFollower] = {}
         self.whois_counts: dict[str, int] = {}
+        self._listeners: list[Callable] = []     # told of every start/stop (the fleet: upward)
         self.pruned = 0
         self._started = False
 
@@ -126,7 +127,16 @@ class Sessions(Component):
         feed.use_sessions(self.table)
         self.book.static = feed.static_owner
 
+    def add_change_listener(self, fn: Callable) -> None:
+        """Call ``fn(old, new)`` for every session that ended (old) and/or started (new)."""
+        self._listeners.append(fn)
+
+    def live_sessions(self) -> list[Live]:
+        return self.table.sessions()
+
     def _changed(self, old: Live | None, new: Live | None) -> None:
+        for fn in self._listeners:
+            fn(old, new)
         changes = []
         if old is not None:
             changes.append(("-", old.addrs, old.customer, old.implicit))

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 
 from prometheus_client.core import GaugeMetricFamily
 
 from ..component import Component
 from ..control.commands import Command
+from ..errors import NotFound
 from .api import Replica, Watcher
 from .commands import ConsentCommands, describe_consent, not_found
-from .consent import ConsentStore, consented_at, decisions_of
+from .consent import ConsentStore, adopt_consents, consented_at, decisions_of
 from .live import AddressTable, ClientLookup, change_from_json, change_to_json
 from .model import CONSENT, EVERYTHING, PURPOSES, Change, Decision, Decisions
 from .suspensions import SuspensionStore, with_suspensions
@@ -46,6 +48,9 @@ class Subscribers(Component):
         # replica fed over the pipe in a DNS worker
         self.live = AddressTable() if ctx.options.extra.get("dns_worker") else None
         self._live_loaded = False
+        # how decisions adopted from the fleet controller are persisted, per kind (consent by
+        # purpose; suspensions are not fleet state yet: docs/mqtt.md)
+        self._persisters = {CONSENT + p: functools.partial(adopt_consents, purpose=p) for p in PURPOSES}
 
     # -- the interface consumers are handed (api.SubscriberSource) ---------------------
 
@@ -64,7 +69,7 @@ class Subscribers(Component):
                 self.live.apply(c)
             self.sessions_changed(changes)
             return
-        self.decisions = (self.decisions or Decisions()).with_(d)
+        self.decisions = (self.decisions or Decisions()).changed(d.kind, {d.customer: d.value})
         self._publish(update_view(self.view, self.decisions, (d.customer,)), Change.of(d.customer))
 
     def _publish(self, view: SubscriberView, change: Change) -> None:
@@ -78,6 +83,21 @@ class Subscribers(Component):
         self.apply(d)
         results = await asyncio.gather(*(r(d) for r in self._replicas))
         return all(results)
+
+    async def adopt(self, kind: str, values: dict, *, actor: str, note: str) -> bool:
+        """Decisions made elsewhere (the fleet controller): customer -> value, None = withdrawn.
+        Persisted in one transaction with one audit record, applied once, sent to every replica;
+        False if a replica did not confirm in time."""
+        persist = self._persisters.get(kind)
+        if persist is None:
+            raise NotFound(f"decisions of kind {kind!r} cannot be adopted here (known: "
+                           f"{', '.join(self._persisters)})", field="kind")
+        await asyncio.to_thread(persist, self.ctx.store, values, actor=actor, note=note,
+                                now=self.ctx.clock.now().isoformat())
+        self.decisions = (self.decisions or Decisions()).changed(kind, values)
+        self._publish(update_view(self.view, self.decisions, values.keys()), Change(frozenset(values), False))
+        sent = [r(Decision(kind, cid, v)) for cid, v in values.items() for r in self._replicas]
+        return all(await asyncio.gather(*sent))
 
     # -- live sessions (sessions/component.SessionFeed) -----------------------------------
 

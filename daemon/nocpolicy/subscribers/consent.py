@@ -85,6 +85,23 @@ class ConsentStore:
         return row
 
 
+def adopt_consents(store: Store, values: dict, *, purpose: str, actor: str, note: str, now: str) -> None:
+    """Consents for ``purpose`` decided at the fleet controller (customer -> bool; None =
+    withdrawn, the default applies again): one ``fleet`` row per change in ``consent_log`` and
+    one audit record, in one transaction. The controller's log keeps the customer's own
+    channel and wording; a withdrawal removes only the rows the fleet wrote here."""
+    rows = [(cid, purpose, int(v), "fleet", actor, note[:WORDING_MAX], now) for cid, v in values.items()
+            if v is not None]
+    gone = [(cid, purpose) for cid, v in values.items() if v is None]
+    with store.transaction() as tx:
+        tx.executemany("INSERT INTO consent_log (customer, purpose, granted, channel, actor, wording, ts) "
+                       "VALUES (?,?,?,?,?,?,?)", rows)
+        tx.executemany("DELETE FROM consent_log WHERE customer=? AND purpose=? AND channel='fleet'", gone)
+        store.audit(actor, "consent.adopt", f"fleet:{CONSENT}{purpose}", None,
+                    {"set": {c: bool(v) for c, _p, v, *_ in rows[:100]}, "withdrawn": [c for c, _ in gone[:100]],
+                     "count": len(values), "note": note}, db=tx)
+
+
 def decisions_of(latest: dict[tuple[str, str], dict]) -> Decisions:
     """The runtime consent decisions in the store: ``consent:<purpose>`` per customer."""
     return Decisions({(CONSENT + purpose, cid): bool(r["granted"])

@@ -148,7 +148,8 @@ class Decision:
             raise ValueError(f"unknown decision kind {kind!r} (known: {', '.join(KINDS)})")
         if not isinstance(customer, str) or not customer:
             raise ValueError(f"decision {kind}: customer must be a non-empty string")
-        return cls(kind, customer, KINDS[kind](d.get("value")))
+        value = d.get("value")      # None: the decision is withdrawn (the policy's value applies)
+        return cls(kind, customer, None if value is None else KINDS[kind](value))
 
 
 class Decisions:
@@ -169,6 +170,21 @@ class Decisions:
 
     def with_(self, d: Decision) -> Decisions:
         return Decisions({**self._items, (d.kind, d.customer): d.value})
+
+    def changed(self, kind: str, values: Mapping[str, Any]) -> Decisions:
+        """A new Decisions with ``kind`` set for each customer in ``values`` (None: the decision is
+        withdrawn, the policy's value applies again)."""
+        items = dict(self._items)
+        for cid, v in values.items():
+            if v is None:
+                items.pop((kind, cid), None)
+            else:
+                items[(kind, cid)] = v
+        return Decisions(items)
+
+    def of_kind(self, kind: str) -> dict[str, Any]:
+        """customer -> value of every decision of ``kind``."""
+        return {cid: v for (k, cid), v in self._items.items() if k == kind}
 
     def __len__(self) -> int:
         return len(self._items)

@@ -1,0 +1,299 @@
+#!/usr/bin/env python3
+"""Fleet state (issue 16): opt-outs and list entries from the controller to 1,000 simulated agents
+plus 1 real agent, measured from outside. Run by ``bench/mqtt_fleet_bench.py --state`` or directly.
+
+Set-up (all on 127.0.0.1): a real mosquitto (the ACL of docs/mqtt.md), a real unbound upstream,
+a real ``nocpolicyd --role controller``, a real ``nocpolicyd --role agent`` (its DNS guard on a
+loopback port) and N simulated agents (aiomqtt, one event loop in this process; they ack the
+highest version they receive of each stream, reading only the message head) and an observer
+subscribed to every state ack.
+
+1. Opt-out: ``optout.set`` posted to the controller's admin API, alternately on and off, R runs.
+   Measured: until every node's ack holds the new version (median, worst), and the real agent's
+   DNS answer for that customer flipping (a client querying it every 5 ms). Peer in the same run:
+   the same fan-out published directly by one paho client (broker + agents only): the floor.
+2. 10,000 list entries in one ``list.update``: until every node holds them.
+3. The real agent killed, 100 opt-out changes, restarted: from its reconnect (its status online
+   as the observer sees it) until it acks the latest version; the versions it applied only rise.
+
+Usage: bench/fleet_state_bench.py [--agents 1000] [--runs 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+import dns.edns  # noqa: E402
+import dns.exception  # noqa: E402
+import dns.message  # noqa: E402
+import dns.query  # noqa: E402
+
+from dns_fixtures import Unbound, dns_policy  # noqa: E402
+from helpers import DaemonProcess, wait_for  # noqa: E402
+from mosquitto_fixture import Mosquitto, Probe, Swarm, fleet_acl  # noqa: E402
+
+CONTROLLER, REAL = "noc-central", "edge-real-1"
+BLOCKED = "www.bardubar.com"
+
+
+class StateClock:
+    """Observer: first time each node's ack holds ``kind``/fleet at or above a version."""
+
+    def __init__(self, broker):
+        self.lock = threading.Lock()
+        self.held: dict[str, dict] = {}          # node -> latest held
+        self.first: dict[tuple, float] = {}      # (node, kind, version) -> time
+        self.online: dict[str, float] = {}
+        self.probe = Probe(broker, "watcher")
+        self.probe.c.on_message = self._on
+        self.probe.subscribe("nocpolicy/v1/nodes/+/state/ack")
+        self.probe.subscribe(f"nocpolicy/v1/nodes/{REAL}/status")
+
+    def _on(self, c, u, msg) -> None:
+        t = time.monotonic()
+        if not msg.payload:
+            return
+        doc = json.loads(msg.payload)
+        node = msg.topic.split("/")[3]
+        with self.lock:
+            if msg.topic.endswith("/status"):
+                if doc.get("state") == "online" and not msg.retain:
+                    self.online[node] = t
+                return
+            self.held[node] = doc.get("held") or {}
+            for kind, scopes in self.held[node].items():
+                self.first.setdefault((node, kind, scopes.get("fleet", 0)), t)
+
+    def count(self, kind: str, version: int) -> int:
+        with self.lock:
+            return sum(1 for h in self.held.values() if h.get(kind, {}).get("fleet", 0) >= version)
+
+    def times(self, kind: str, version: int, t0: float) -> list[float]:
+        with self.lock:
+            out = {}
+            for (node, k, v), t in self.first.items():
+                if k == kind and v >= version:
+                    out[node] = min(out.get(node, t), t)
+            return sorted(t - t0 for t in out.values())
+
+
+def post(d: DaemonProcess, command: str, args: dict) -> dict:
+    req = urllib.request.Request(f"http://{d.admin}/v1/cmd/{command}", data=json.dumps(args).encode(),
+                                 headers={"Authorization": f"Bearer {d.token()}"}, method="POST")
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read())
+
+
+def ede(d: DaemonProcess, name: str, source: str = "127.0.0.1") -> list[int]:
+    r = dns.query.udp(dns.message.make_query(name, "A", use_edns=0), "127.0.0.1", port=d.dns_port,
+                      timeout=1, source=source)
+    return [o.code for o in r.options if isinstance(o, dns.edns.EDEOption)]
+
+
+def flip_time(agent: DaemonProcess, want: list[int], t0: float, limit: float) -> float | None:
+    """Query the real agent every 5 ms until its answer for BLOCKED has EDE ``want``."""
+    while time.monotonic() - t0 < limit:
+        try:
+            if ede(agent, BLOCKED) == want:
+                return time.monotonic() - t0
+        except dns.exception.Timeout:
+            pass
+        time.sleep(0.005)
+    return None
+
+
+def ms(x: float | None) -> str:
+    return "   n/a" if x is None else f"{x * 1000:7.1f}"
+
+
+def setup(work: Path, sims: list[str]):
+    users = {CONTROLLER: "ctl-pw", REAL: "real-pw", "watcher": "w-pw", **{s: "sim-pw" for s in sims}}
+    broker = Mosquitto(work, users, fleet_acl(CONTROLLER, readers=["watcher"], agents=[REAL, *sims])).start()
+    ub = Unbound(work, []).start()
+    daemons = []
+    for name, role, user in (("ctl", "controller", CONTROLLER), ("agent", "agent", REAL)):
+        (work / name).mkdir()
+        pol = dns_policy(work / name, ub.port)
+        s = pol / "settings.yaml"
+        head, _, _ = s.read_text().partition("  groups:\n")
+        s.write_text(head + "  groups:\n    real: [" + REAL + "]\n    sims: [" + ", ".join(sims) + "]\n")
+        daemons.append(DaemonProcess(work / name, policies=pol, extra_args=broker.daemon_args(user)
+                                     + ["--role", role, "--node", user, "--enforce", "off", "--no-watch"]))
+    return broker, ub, daemons[0], daemons[1]
+
+
+def optout_runs(a, ctl, agent, clock, peer, sims) -> tuple[list, list, list]:
+    ours, floor, flips = [], [], []
+    n = a.agents + 1
+    version = int(ctl.metric("nocpolicy_fleet_state_version", {"kind": "optout"}))
+    print(f"{'run':>3} {'path':<36} {'all acks':>9} {'DNS flip':>9}   per-node ack time")
+    for run in range(1, a.runs + 1):
+        on = run % 2 == 1
+        version += 1
+        t0 = time.monotonic()
+        post(ctl, "optout.set", {"customer": "c-home", "on": on, "reason": f"bench {run}"})
+        flip = flip_time(agent, [] if on else [15], t0, a.timeout)
+        wait_for(lambda v=version: clock.count("optout", v) == n, a.timeout, interval=0.005,
+                 what=f"{n} acks of optout {version}")
+        xs = clock.times("optout", version, t0)
+        ours.append(xs[-1])
+        flips.append(flip)
+        print(f"{run:>3} {'nocpolicyd controller (optout.set)':<36} {ms(xs[-1])}ms {ms(flip)}ms   "
+              f"p50 {ms(statistics.median(xs))} ms")
+        pv = run                       # peer: one fleet-wide message straight to the sims (its own kind,
+        t0 = time.monotonic()          # so it never mixes with the controller's versions)
+        body = {"kind": "peer", "scope": "fleet", "node": None, "version": pv, "controller": "peer",
+                "issued_at": "", "base": pv - 1, "set": {"c-home": on}, "del": []}
+        peer.c.publish("nocpolicy/v1/fleet/peer/delta/0", json.dumps(body, separators=(",", ":")), qos=1)
+        wait_for(lambda v=pv: clock.count("peer", v) >= a.agents, a.timeout, interval=0.005, what="peer acks")
+        ys = clock.times("peer", pv, t0)
+        floor.append(ys[-1])
+        print(f"{run:>3} {'peer: one paho client, no daemon':<36} {ms(ys[-1])}ms {'':>9}   "
+              f"p50 {ms(statistics.median(ys))} ms")
+    return ours, floor, flips
+
+
+def lists_run(a, ctl, agent, clock, peer) -> float:
+    n = a.agents + 1
+    version = int(ctl.metric("nocpolicy_fleet_state_version", {"kind": "lists"})) + 1
+    names = [f"bench-{i:05d}.cc.example" for i in range(10_000)]
+    t0 = time.monotonic()
+    post(ctl, "list.update", {"list": "cc", "add": names, "reason": "bench feed"})
+    posted = time.monotonic() - t0
+    wait_for(lambda: clock.count("lists", version) == n, 60, interval=0.01, what="10k entries everywhere")
+    xs = clock.times("lists", version, t0)
+    with clock.lock:
+        real = min(t for (n, k, v), t in clock.first.items() if n == REAL and k == "lists" and v >= version) - t0
+    ok = ede(agent, names[-1], "127.0.0.3") == [15]
+    print(f"10,000 list entries: every node holds them after {ms(xs[-1])} ms (command returned at the "
+          f"controller after {ms(posted)} ms; real agent {ms(real)} ms; p50 node {ms(statistics.median(xs))} "
+          f"ms); real agent blocks the last name: {ok}")
+    body = {"kind": "peer", "scope": "fleet", "node": None, "version": 1000, "controller": "peer", "issued_at": "",
+            "base": 999, "set": {f"cc/{n}": True for n in names}, "del": []}
+    t0 = time.monotonic()
+    peer.c.publish("nocpolicy/v1/fleet/peer/delta/1", json.dumps(body, separators=(",", ":")), qos=1)
+    wait_for(lambda: clock.count("peer", 1000) >= a.agents, 60, interval=0.01, what="peer: 10k entries")
+    ys = clock.times("peer", 1000, t0)
+    print(f"   peer: the same 10,000 entries published by one paho client to the simulated agents: "
+          f"{ms(ys[-1])} ms (p50 {ms(statistics.median(ys))} ms)")
+    return xs[-1]
+
+
+def offline_run(a, ctl, agent, clock) -> float:
+    agent.signal(signal.SIGKILL)
+    agent.proc.wait()
+    for i in range(100):
+        post(ctl, "optout.set", {"customer": "c-home", "on": i % 2 == 1, "reason": f"offline {i}"})
+    version = int(ctl.metric("nocpolicy_fleet_state_version", {"kind": "optout"}))
+    again = DaemonProcess(agent.workdir, policies=agent.policies, extra_args=agent.extra_args)
+    again.dns_port = agent.dns_port
+    with clock.lock:
+        clock.online.pop(REAL, None)
+    log_from = len(again.log())
+    t_spawn = time.monotonic()
+    again.start(wait=False)
+    try:
+        wait_for(lambda: clock.count("optout", version) == a.agents + 1 and REAL in clock.online, 120,
+                 interval=0.005, what="the real agent back on the latest version")
+    except TimeoutError:
+        with clock.lock:
+            print(f"offline run NOT converged: want optout v{version}; real agent holds "
+                  f"{clock.held.get(REAL)}, online seen {REAL in clock.online}, nodes at v{version}: "
+                  f"{clock.count('optout', version)}; agent log tail:\n{again.log()[-3000:]}")
+        raise
+    with clock.lock:
+        t_on = clock.online[REAL]
+        t_ack = min(t for (n, k, v), t in clock.first.items() if n == REAL and k == "optout" and v >= version)
+    again.wait_ready()
+    inside = connect_to_apply(again.log()[log_from:], version)
+    audit = again.ctl_json("audit", "--subject", f"node:{REAL}", "--limit", "1000")["audit"]
+    seq = [v for x in reversed(audit) if x["action"] == "fleet.state.apply" and x["after"]["kind"] == "optout"
+           and x["after"]["scope"] == "fleet" for v in x["after"]["versions"]]
+    print(f"offline during 100 changes: ack of the latest version {ms(t_ack - t_spawn)} ms after the process "
+          f"was started (daemon start-up included), {ms(t_ack - t_on)} ms after its online status; its own "
+          f"log: connected -> latest applied {ms(inside)} ms; versions applied only rise: "
+          f"{seq == sorted(seq) and len(set(seq)) == len(seq)} (last {seq[-3:]})")
+    again.kill()
+    return inside if inside is not None else t_ack - t_spawn
+
+
+def connect_to_apply(log: str, version: int) -> float | None:
+    """From the agent's log: its "mqtt: connected" line to the line applying ``version`` (seconds)."""
+    import datetime as dt
+
+    def ts(line: str) -> float:
+        return dt.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    conn = next((ts(x) for x in log.splitlines() if "mqtt: connected to" in x), None)
+    done = next((ts(x) for x in log.splitlines() if f"optout/fleet version {version} applied" in x
+                 or (" optout/fleet version " in x and " applied " in x
+                     and int(x.split("optout/fleet version ")[1].split()[0]) >= version)), None)
+    return None if conn is None or done is None else done - conn
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--agents", type=int, default=1000)
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--timeout", type=float, default=20.0, help="per run")
+    a = ap.parse_args(sys.argv[2:] if len(sys.argv) > 1 and sys.argv[1] == "--state" else None)
+    sims = [f"sim-{i:04d}" for i in range(a.agents)]
+    work = Path(tempfile.mkdtemp(prefix="fleet-state-bench-"))
+    broker, ub, ctl, agent = setup(work, sims)
+    swarm = Swarm(broker.port, sims, "sim-pw", connect_concurrency=100)
+    clock = peer = None
+    try:
+        ctl.start()
+        agent.start()
+        t = time.monotonic()
+        swarm.start(timeout=90)
+        print(f"{a.agents} simulated agents + 1 real agent connected in {time.monotonic() - t:.1f}s")
+        clock = StateClock(broker)
+        wait_for(lambda: clock.count("optout", 1) == a.agents + 1, 60, what="initial state everywhere")
+        peer = Probe(broker, CONTROLLER)
+        ours, floor, flips = optout_runs(a, ctl, agent, clock, peer, sims)
+        lists = lists_run(a, ctl, agent, clock, peer)
+        offline = offline_run(a, ctl, agent, clock)
+        fl = [f for f in flips if f is not None]
+        print()
+        print(f"opt-out acknowledged by {a.agents} simulated + 1 real agent, {len(ours)} runs:")
+        print(f"  nocpolicy controller  median {ms(statistics.median(ours))} ms  worst {ms(max(ours))} ms  "
+              f"{'OK' if statistics.median(ours) <= 2.0 else 'OVER'} (target: median <= 2000 ms)")
+        print(f"  real agent DNS flip   median {ms(statistics.median(fl) if fl else None)} ms  "
+              f"worst {ms(max(fl) if fl else None)} ms  ({len(fl)}/{len(flips)} seen)")
+        print(f"  peer (raw fan-out)    median {ms(statistics.median(floor))} ms  worst {ms(max(floor))} ms  "
+              f"ratio {statistics.median(ours) / statistics.median(floor):.2f}")
+        print(f"10,000 list entries everywhere: {ms(lists)} ms ({'OK' if lists <= 5 else 'OVER'}, target 5000)")
+        print(f"offline agent after 100 changes: {ms(offline)} ms ({'OK' if offline <= 2 else 'OVER'}, "
+              f"target 2000)")
+        good = statistics.median(ours) <= 2.0 and lists <= 5 and offline <= 2
+        return 0 if good else 1
+    finally:
+        for x in (clock.probe if clock else None, peer):
+            if x:
+                x.close()
+        swarm.stop()
+        for d in (ctl, agent):
+            d.kill()
+        ub.stop()
+        broker.stop()
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"kept {work}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Controller side of fleet state: publish every kind's streams, versioned and retained; track acks.
+
+Changes arrive from the kinds' adapters (``fleet.kinds``) as marks; the loop coalesces the marks
+of each kind, computes the increments with the pure :class:`statesync.Streams` and publishes
+them. On every (re)connect every stream is published whole at a new version, so the broker's
+retained state is the controller's even after a broker or controller restart. The version
+counter of each kind is kept in the state store: versions keep rising across restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from .statesync import Out, Streams
+from .statetrack import StateTracker
+from .statewire import FLEET, head, stream_topics
+from .wire import dumps, node_of
+
+log = logging.getLogger(__name__)
+
+STORE_KEY = "mqtt.fleet.state"
+MAX_MARKED = 100_000          # keys marked for one kind before falling back to a full recompute
+
+
+class StatePublisher:
+    def __init__(self, node: str, *, kinds: dict, store, clock, publish, members):
+        """``members()`` names the fleet (control.groups); ``publish(topic, payload, retain=)``."""
+        self.node, self.kinds, self.store, self.clock = node, kinds, store, clock
+        self._publish, self._members = publish, members
+        self.streams = Streams()
+        self.tracker = StateTracker()
+        self.versions: dict[str, int] = {k: int(v) for k, v in (store.get(STORE_KEY) or {}).items()}
+        self._marks: dict[str, list | None] = {}
+        self._whole: set[str] = set()            # kinds to publish whole (a (re)connect)
+        self._wake = asyncio.Event()
+        self.published = 0
+
+    def attach(self) -> None:
+        for name, kind in self.kinds.items():
+            kind.on_change(lambda items, name=name: self.mark(name, items))
+
+    def mark(self, kind: str, items) -> None:
+        have = self._marks.get(kind, [])
+        if items is None or have is None or len(have) + len(items) > MAX_MARKED:
+            self._marks[kind] = None
+        else:
+            self._marks[kind] = have + list(items)
+        self._wake.set()
+
+    def republish(self) -> None:
+        """Publish every stream whole at a new version (on every (re)connect)."""
+        self._whole |= set(self.kinds)
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            whole, self._whole = self._whole, set()
+            marks, self._marks = self._marks, {}
+            for kind in self.kinds:
+                if kind in whole:
+                    await self.publish_kind(kind, whole=True)
+                elif kind in marks:
+                    await self.publish_kind(kind, items=marks[kind])
+
+    async def publish_kind(self, kind: str, *, whole: bool = False, items=None) -> int:
+        version = self.versions.get(kind, 0) + 1
+        members = sorted(self._members())
+        if whole or items is None:
+            by_scope = await self.kinds[kind].current()
+            for n in members:
+                by_scope.setdefault(n, {})
+            outs = (self.streams.snapshot_all(kind, by_scope, version) if whole
+                    else self.streams.update(kind, by_scope, version))
+        else:
+            outs = self.streams.patch(kind, items, version)
+        if not outs:
+            return self.versions.get(kind, 0)
+        self.versions[kind] = version
+        self.store.put(STORE_KEY, self.versions)
+        await self._send(outs, members)
+        return version
+
+    async def _send(self, outs: list[Out], members: list[str]) -> None:
+        t0 = self.clock.monotonic()
+        issued = self.clock.now().isoformat()
+        docs = [(stream_topics(o.kind, o.scope, o.slot),
+                 dumps({**head(o.kind, o.scope, o.version, self.node, issued), **o.body})) for o in outs]
+        for o in outs:
+            self.tracker.published(o.kind, members if o.scope == FLEET else [o.scope], t0)
+        results = await asyncio.gather(*(self._publish(t, d, retain=True) for t, d in docs))
+        self.published += results.count(True)
+        log.info("fleet state: %s version %d: %d message(s) published in %.0f ms", outs[0].kind,
+                 outs[0].version, results.count(True), 1000 * (self.clock.monotonic() - t0))
+        if not all(results):
+            log.warning("fleet state: %d message(s) not published (broker unreachable); everything is "
+                        "published again on reconnect", results.count(False))
+
+    def want(self, node: str, kind: str) -> tuple[int, int]:
+        return self.streams.version(kind, FLEET), self.streams.version(kind, node)
+
+    def on_ack(self, topic: str, payload: bytes, *, retained: bool) -> None:
+        node = _ack_node(topic)
+        try:
+            doc = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            return
+        if node and isinstance(doc, dict) and node in set(self._members()):
+            self.tracker.on_ack(node, doc, self.want, self.clock.monotonic(), self.clock.now().isoformat(),
+                                fresh=not retained)
+            self._catch_up(node)
+
+    def _catch_up(self, node: str) -> None:
+        """A node holds a version this controller never issued (its store was lost or replaced):
+        continue above it and publish everything again, so versions keep rising and the agents
+        take the controller's state instead of refusing it as old."""
+        ahead = {k: max(self.tracker.held(node, k)) for k in self.kinds}
+        ahead = {k: v for k, v in ahead.items() if v > self.versions.get(k, 0)}
+        if not ahead:
+            return
+        log.warning("fleet state: node %s holds %s, newer than this controller issued; continuing above "
+                    "and publishing everything again", node, ", ".join(f"{k} v{v}" for k, v in ahead.items()))
+        self.versions.update(ahead)
+        self.store.put(STORE_KEY, self.versions)
+        self._whole |= set(ahead)
+        self._wake.set()
+
+    def status(self, online) -> dict:
+        """Per node and kind: versions wanted and held, state and lag. ``online(node)`` from statuses."""
+        now = self.clock.monotonic()
+        members = sorted(self._members())
+        self.tracker.forget(members)
+        rows = [self.tracker.row(n, k, self.want(n, k), online(n), now) for n in members for k in self.kinds]
+        counts = {s: sum(1 for r in rows if r["state"] == s) for s in ("converged", "pending", "offline")}
+        return {"kinds": {k: {"version": self.versions.get(k, 0)} for k in self.kinds},
+                "counts": counts, "rows": rows}
+
+
+def _ack_node(topic: str) -> str | None:
+    p = topic.split("/")
+    if len(p) == 6 and p[5] == "ack" and p[4] == "state":
+        return node_of("/".join(p[:4] + ["ack"]), "ack")
+    return None

@@ -1,0 +1,153 @@
+"""Sessions flow upward: an agent's session starts and stops reach the controller's session history.
+
+Agent: every start and stop its sessions area records becomes an event in a bounded outbox
+(100,000; the oldest dropped and counted), published in batches of at most 500 to
+``nodes/<node>/up/sessions`` (QoS 1, not retained) and removed only once the broker
+acknowledged them (at least once). On every (re)connect the agent first sends a start for
+every live session: the controller catches up on whatever a crash or an overflow lost.
+
+Controller: each event becomes a sessions ``Event`` keyed ``<node>:<nas>`` + session id and is
+recorded by its own sessions area, whose session-key rules make repeats idempotent (a second
+start only refreshes, a second stop is counted as a duplicate). ``whois`` at the controller
+then answers for the whole fleet. Only what ``whois`` needs travels: source, NAS, session id,
+customer, addresses, times -- no login, calling station or class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+
+from ..sessions.model import Event, SessionInfo, net_of, net_text
+from .wire import ROOT, dumps
+
+log = logging.getLogger(__name__)
+
+OUTBOX = 100_000
+BATCH = 500
+MAX_BYTES = 1 << 20
+UP_SESSIONS_FILTER = f"{ROOT}/nodes/+/up/sessions"
+
+
+def up_sessions_topic(node: str) -> str:
+    return f"{ROOT}/nodes/{node}/up/sessions"
+
+
+def event_of(op: str, live) -> dict:
+    """An upward event from a live session (sessions.model.Live): ``ts`` is when it was last heard
+    of, for a stop when it ended."""
+    return {"op": op, "source": live.source, "nas": live.nas, "sid": live.sid, "customer": live.customer,
+            "addrs": [net_text(n) for n in live.addrs], "start": live.start, "ts": live.last}
+
+
+class SessionsUp:
+    """Agent: the outbox of session events for the controller."""
+
+    def __init__(self, node: str, *, publish, connected, live=None):
+        """``connected()``: is the broker link up; ``live()``: the live sessions (for a resync)."""
+        self.node, self._publish, self._connected, self.live = node, publish, connected, live
+        self.queue: deque = deque()
+        self.dropped = 0
+        self.sent = 0
+        self._wake = asyncio.Event()
+
+    def changed(self, old, new) -> None:
+        """sessions' change hook: a session ended (old) and/or started (new)."""
+        if old is not None and (new is None or (old.nas, old.sid) != (new.nas, new.sid)):
+            self._put(event_of("stop", old))
+        if new is not None:
+            self._put(event_of("start", new))
+        self._wake.set()
+
+    def resync(self) -> None:
+        """On (re)connect: a start for every live session, ahead of what is queued."""
+        if self.live is not None:
+            for s in reversed(list(self.live())[:OUTBOX]):
+                self.queue.appendleft(event_of("start", s))
+            while len(self.queue) > OUTBOX:
+                self.queue.pop()
+                self.dropped += 1
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._connected() and not await self.flush():
+                await asyncio.sleep(0.5)       # not acknowledged: try again (the link reconnects)
+                self._wake.set()
+
+    def _put(self, ev: dict) -> None:
+        if len(self.queue) >= OUTBOX:
+            self.queue.popleft()
+            self.dropped += 1
+        self.queue.append(ev)
+
+    async def flush(self) -> bool:
+        """Publish what is queued, batch by batch; False when the broker did not acknowledge."""
+        while self.queue:
+            batch = [self.queue[i] for i in range(min(BATCH, len(self.queue)))]
+            doc = {"node": self.node, "events": batch}
+            if not await self._publish(up_sessions_topic(self.node), dumps(doc), retain=False):
+                return False
+            for _ in batch:
+                self.queue.popleft()
+            self.sent += len(batch)
+        return True
+
+
+class SessionsIn:
+    """Controller: upward session events recorded by its own sessions area (``sink.apply``)."""
+
+    def __init__(self, sink, members):
+        self.sink, self._members = sink, members
+        self.refused = 0
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        try:
+            node, events = parse_sessions(topic, payload)
+        except (ValueError, UnicodeDecodeError) as exc:
+            self.refused += 1
+            log.warning("fleet sessions refused: %s", str(exc)[:300])
+            return
+        if node not in set(self._members()):
+            self.refused += 1
+            log.warning("fleet sessions refused: %s is not a fleet node", node)
+            return
+        for ev in events:
+            self.sink.apply(ev)
+
+
+def parse_sessions(topic: str, payload: bytes) -> tuple[str, list[Event]]:
+    """(node, events) of an upward sessions message, or ValueError naming what is wrong."""
+    parts = topic.split("/")
+    node = parts[3] if len(parts) == 6 else ""
+    if len(payload) > MAX_BYTES:
+        raise ValueError(f"{topic}: {len(payload)} bytes exceeds {MAX_BYTES}")
+    doc = json.loads(payload)
+    if not isinstance(doc, dict) or doc.get("node") != node or not isinstance(doc.get("events"), list):
+        raise ValueError(f"{topic}: expected {{node: {node!r}, events: [...]}}")
+    out = []
+    for i, e in enumerate(doc["events"][:BATCH]):
+        try:
+            out.append(_event(node, e))
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ValueError(f"{topic}: events[{i}]: {exc}") from None
+    return node, out
+
+
+def _event(node: str, e: dict) -> Event:
+    if e["op"] not in ("start", "stop"):
+        raise ValueError(f"op must be start or stop, not {e['op']!r}")
+    customer = e.get("customer")
+    if customer is not None and not isinstance(customer, str):
+        raise ValueError("customer must be a string or null")
+    addrs = tuple(net_of(a) for a in e["addrs"][:16])
+    info = SessionInfo(source=str(e["source"])[:16], nas=f"{node}:{str(e['nas'])[:200]}", sid=str(e["sid"])[:253],
+                       customer=customer, addrs=addrs, interval=0.0)
+    ts, start = float(e["ts"]), float(e["start"])
+    if e["op"] == "start":
+        return Event("start", info, ts, elapsed=max(0.0, ts - start))
+    return Event("stop", info, ts, reason="stop (agent)")
