@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 
 import pytest
 
-from helpers import DaemonProcess, copy_policies
+from helpers import DaemonProcess, copy_policies, sh
 
 
 def need_root_netns() -> str | None:
@@ -16,6 +17,22 @@ def need_root_netns() -> str | None:
         if shutil.which(tool) is None:
             return f"{tool} is not installed (tests/run-all.sh installs it)"
     return None
+
+
+@pytest.fixture
+def router():
+    """A network namespace standing for a router, with the example policy's downstream
+    interface (``nocp-down0``, a veth) up; deleted at the end of the test."""
+    if need_root_netns():
+        pytest.skip(need_root_netns())
+    name = f"nocpr-{secrets.token_hex(4)}"
+    sh("ip", "netns", "add", name)
+    try:
+        sh("ip", "-n", name, "link", "add", "nocp-down0", "type", "veth", "peer", "name", "peer0")
+        sh("ip", "-n", name, "link", "set", "nocp-down0", "up")
+        yield name
+    finally:
+        sh("ip", "netns", "del", name, check=False)
 
 
 @pytest.fixture

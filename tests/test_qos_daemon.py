@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-import secrets
 
-import pytest
 import yaml
 
-from conftest import need_root_netns
 from helpers import sh, wait_for
 
 
@@ -102,20 +99,6 @@ def test_reload_dry_run_prints_the_rule_diff(daemon):
 
 
 # -- stop / start on the real kernel -----------------------------------------------------
-
-
-@pytest.fixture
-def router():
-    if need_root_netns():
-        pytest.skip(need_root_netns())
-    name = f"nocpd-{secrets.token_hex(4)}"
-    sh("ip", "netns", "add", name)
-    try:
-        sh("ip", "-n", name, "link", "add", "nocp-down0", "type", "veth", "peer", "name", "peer0")
-        sh("ip", "-n", name, "link", "set", "nocp-down0", "up")
-        yield name
-    finally:
-        sh("ip", "netns", "del", name, check=False)
 
 
 def emergency_ifs(ns: str) -> str:

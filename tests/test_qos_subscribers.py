@@ -8,12 +8,10 @@ in a namespace at the end.
 from __future__ import annotations
 
 import dataclasses
-import secrets
 import time
 
 import pytest
 
-from conftest import need_root_netns
 from helpers import DaemonProcess, sh, wait_for
 from nocpolicy.errors import EnforcementError
 from nocpolicy.policy.load import load_policy
@@ -132,20 +130,6 @@ def test_the_class_limit_is_a_clear_refusal(policy):
 
 
 # -- the real daemon: RADIUS sessions reach nft, bursts coalesce ------------------------------
-
-
-@pytest.fixture
-def router():
-    if need_root_netns():
-        pytest.skip(need_root_netns())
-    name = f"nocpq-{secrets.token_hex(4)}"
-    sh("ip", "netns", "add", name)
-    try:
-        sh("ip", "-n", name, "link", "add", "nocp-down0", "type", "veth", "peer", "name", "peer0")
-        sh("ip", "-n", name, "link", "set", "nocp-down0", "up")
-        yield name
-    finally:
-        sh("ip", "netns", "del", name, check=False)
 
 
 def caps4(ns: str) -> str:
