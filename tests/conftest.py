@@ -36,6 +36,19 @@ def router():
 
 
 @pytest.fixture
+def hist(tmp_path):
+    """A session history (sessions/history.py) on a fresh state store."""
+    from nocpolicy.sessions.history import History
+    from nocpolicy.store import Store
+
+    store = Store(tmp_path / "db.sqlite")
+    h = History(store)
+    yield h
+    h.close()
+    store.close()
+
+
+@pytest.fixture
 def policy_dir(tmp_path):
     """A private copy of the example policies."""
     return copy_policies(tmp_path)

@@ -7,8 +7,6 @@ from __future__ import annotations
 import ipaddress
 import random
 
-import pytest
-
 from nocpolicy.sessions.book import Book
 from nocpolicy.sessions.history import History
 from nocpolicy.sessions.intmap import IntMap
@@ -104,15 +102,6 @@ def test_touch_keeps_last_and_a_stale_sweep_reads_it():
     assert not book.stale(2300.0, {"radius": 600.0}) and len(t) == 1
     assert book.stale(2500.0, {"radius": 600.0}).closes == [(1800.0, "stale", 1)]
     assert len(t) == 0 and t.count_by_source() == {}
-
-
-@pytest.fixture
-def hist(tmp_path):
-    store = Store(tmp_path / "db.sqlite")
-    h = History(store)
-    yield h
-    h.close()
-    store.close()
 
 
 def test_restore_rows_rebuilds_the_table_and_shares_policy_customer_ids(hist):

@@ -20,15 +20,6 @@ def info(sid="S1", customer="c1", addrs=("203.0.113.7/32",), nas="bng1/a", inter
                        interval=interval)
 
 
-@pytest.fixture
-def hist(tmp_path):
-    store = Store(tmp_path / "db.sqlite")
-    h = History(store)
-    yield h
-    h.close()
-    store.close()
-
-
 def test_start_stop_recorded_once_and_lookup_follows(hist):
     table = LiveTable()
     book = Book(table)
