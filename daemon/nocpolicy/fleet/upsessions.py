@@ -16,11 +16,11 @@ customer, addresses, times -- no login, calling station or class.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import deque
 
 from ..sessions.model import Event, SessionInfo, net_of, net_text
+from .upward import node_document
 from .wire import ROOT, dumps
 
 log = logging.getLogger(__name__)
@@ -122,13 +122,7 @@ class SessionsIn:
 
 def parse_sessions(topic: str, payload: bytes) -> tuple[str, list[Event]]:
     """(node, events) of an upward sessions message, or ValueError naming what is wrong."""
-    parts = topic.split("/")
-    node = parts[3] if len(parts) == 6 else ""
-    if len(payload) > MAX_BYTES:
-        raise ValueError(f"{topic}: {len(payload)} bytes exceeds {MAX_BYTES}")
-    doc = json.loads(payload)
-    if not isinstance(doc, dict) or doc.get("node") != node or not isinstance(doc.get("events"), list):
-        raise ValueError(f"{topic}: expected {{node: {node!r}, events: [...]}}")
+    node, doc = node_document(topic, payload, "events", MAX_BYTES)
     out = []
     for i, e in enumerate(doc["events"][:BATCH]):
         try:

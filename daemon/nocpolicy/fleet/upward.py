@@ -53,15 +53,23 @@ async def publish_loop(node: str, *, source, clock, interval, publish) -> None:
         await publish(up_topic(node), dumps(summary_document(node, rows, now)), retain=True)
 
 
-def parse_summary(topic: str, payload: bytes) -> tuple[str, dict]:
-    """(node, document) of a node's summary, or ValueError naming what is wrong."""
+def node_document(topic: str, payload: bytes, field: str, max_bytes: int) -> tuple[str, dict]:
+    """(node, document) of an upward message on ``nocpolicy/v1/nodes/<node>/up/...``: at most
+    ``max_bytes``, a JSON object naming the topic's node, with a list under ``field``; else
+    ValueError naming what is wrong."""
     parts = topic.split("/")
     node = parts[3] if len(parts) == 6 else ""
-    if len(payload) > MAX_BYTES:
-        raise ValueError(f"{topic}: {len(payload)} bytes exceeds {MAX_BYTES}")
+    if len(payload) > max_bytes:
+        raise ValueError(f"{topic}: {len(payload)} bytes exceeds {max_bytes}")
     doc = json.loads(payload)
-    if not isinstance(doc, dict) or doc.get("node") != node or not isinstance(doc.get("counts"), list):
-        raise ValueError(f"{topic}: expected {{node: {node!r}, counts: [...]}}")
+    if not isinstance(doc, dict) or doc.get("node") != node or not isinstance(doc.get(field), list):
+        raise ValueError(f"{topic}: expected {{node: {node!r}, {field}: [...]}}")
+    return node, doc
+
+
+def parse_summary(topic: str, payload: bytes) -> tuple[str, dict]:
+    """(node, document) of a node's summary, or ValueError naming what is wrong."""
+    node, doc = node_document(topic, payload, "counts", MAX_BYTES)
     counts = []
     for c in doc["counts"][:MAX_ROWS]:
         if not (isinstance(c, dict) and isinstance(c.get("count"), int) and isinstance(c.get("list"), str)
