@@ -139,28 +139,52 @@ read_customers = list_of(obj(_customer))
 read_plans = list_of(obj(_plan))
 
 
-def check_prefix_overlaps(customers, problems: Problems) -> None:
-    """Two customers may not claim overlapping prefixes: longest-prefix match would be ambiguous."""
-    owned: list[tuple[Prefix, Customer]] = []
+def check_prefix_overlaps(customers, problems: Problems, inventory=None) -> None:
+    """Two customers may not claim overlapping prefixes: longest-prefix match would be ambiguous.
+    ``customers`` are YAML customers; ``inventory`` (invtable.Inventory) adds its packed prefixes."""
+    owners: list = list(inventory.ids) if inventory is not None else []     # owner index -> row or Customer
+    n_rows = len(owners)
+    keys: dict[int, list[int]] = {4: [], 6: []}
+    if inventory is not None:           # packed: (start, length, owner) as one sortable int per prefix
+        for row, code, value in inventory.packed.entries():
+            keys[6 if code & 0x100 else 4].append((((value << 8) | (255 - (code & 0xFF))) << 24) | row)
     for c in customers:
         for p in c.prefixes:
-            owned.append((p, c))
+            keys[p.version].append((((int(p.network_address) << 8) | (255 - p.prefixlen)) << 24) | len(owners))
+        owners.append(c)
+    if len(owners) >= 1 << 24:
+        problems.add(Loc("?", 0), "customers", f"{len(owners)} customers: at most {(1 << 24) - 1}")
+        return
+
+    def describe(o: int) -> tuple[str, Loc, str]:
+        if o < n_rows:
+            return owners[o], inventory.loc(o), ""
+        c = owners[o]
+        return c.id, c.locs.get("prefixes", c.loc), ""
+
     for version, bits in ((4, 32), (6, 128)):
-        # first addresses sorted; the stack keeps each open prefix's last address as a plain int
-        # (ipaddress properties cost microseconds each: a million prefixes took seconds)
-        entries = sorted(((int(p.network_address), -p.prefixlen, p, c) for p, c in owned if p.version == version),
-                         key=lambda e: (e[0], e[1]))
-        stack: list[tuple[int, Prefix, Customer]] = []
-        for start, neg_len, p, c in entries:
-            while stack and not start <= stack[-1][0]:
-                stack.pop()
-            for _, q, d in stack:
-                loc = c.locs.get("prefixes", c.loc)
-                if d is c:
-                    why = "is listed twice" if q == p else f"lies inside {q} of the same customer (redundant)"
-                    problems.add(loc, f"customers[id={c.id}].prefixes", f"{p} {why}")
-                else:
-                    problems.add(loc, f"customers[id={c.id}].prefixes",
-                                 f"{p} overlaps {q} of customer {d.id!r} ({d.locs.get('prefixes', d.loc)})")
-                break
-            stack.append((start | ((1 << (bits + neg_len)) - 1), p, c))
+        _overlaps(sorted(keys[version]), bits, describe, problems)
+
+
+def _overlaps(keys: list[int], bits: int, describe, problems: Problems) -> None:
+    """Report each prefix that overlaps an earlier one (keys sorted: first address, longest first)."""
+    stack: list[tuple[int, int, int, int]] = []      # (last address, owner, start, length)
+    for k in keys:
+        owner, plen, start = k & 0xFFFFFF, 255 - ((k >> 24) & 0xFF), k >> 32
+        while stack and start > stack[-1][0]:
+            stack.pop()
+        if stack:
+            _, q_owner, q_start, q_len = stack[0]
+            cid, loc, _ = describe(owner)
+            p, q = _net(start, plen, bits), _net(q_start, q_len, bits)
+            if q_owner == owner:
+                why = "is listed twice" if q == p else f"lies inside {q} of the same customer (redundant)"
+                problems.add(loc, f"customers[id={cid}].prefixes", f"{p} {why}")
+            else:
+                did, dloc, _ = describe(q_owner)
+                problems.add(loc, f"customers[id={cid}].prefixes", f"{p} overlaps {q} of customer {did!r} ({dloc})")
+        stack.append((start | ((1 << (bits - plen)) - 1), owner, start, plen))
+
+
+def _net(start: int, plen: int, bits: int):
+    return (ipaddress.IPv4Network if bits == 32 else ipaddress.IPv6Network)((start, plen))

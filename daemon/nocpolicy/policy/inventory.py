@@ -6,17 +6,19 @@ Columns (header line required, any order, unknown columns refused; see docs/poli
 (space-separated lists), ``contact`` (an e-mail address, an http(s) webhook URL or
 ``mqtt:<topic>``). One customer per line; fields may be quoted ("a, b").
 
-Rows unchanged since the previous load (same bytes) reuse the previous Customer
-objects, so a reload that changes 1% of rows parses 1% of them, and every consumer
-can tell unchanged customers by identity.
+The rows are validated one by one and kept compact (invtable.Inventory: the line, the
+prefixes packed as integers); a Customer object is built only for the customers someone
+asks about. Rows unchanged since the previous load (same bytes, same id) are not validated
+again, and the Inventory says which ids a reload changed, so a reload that changes 1% of
+rows checks 1% of them and consumers rebuild 1% of what they derive.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import hashlib
 import ipaddress
+from array import array
 import re
 import socket
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from pathlib import Path
 
 from .customers import Contact, Customer, as_mqtt_topic
 from .fields import Invalid, Obj, Problems, as_text, obj
+from .invtable import V6, Inventory, Packed
 from .nodes import Loc, Node
 
 COLUMNS = ("id", "name", "plan", "prefixes", "logins", "tags", "nodes", "contact")
@@ -63,41 +66,40 @@ def _ids(text: str, column: str) -> tuple[str, ...]:
     return items
 
 
-_AF = {4: socket.AF_INET, 6: socket.AF_INET6}
-_NET = {4: ipaddress.IPv4Network, 6: ipaddress.IPv6Network}
+_AF = {False: socket.AF_INET, True: socket.AF_INET6}
+_inet_pton = socket.inet_pton
 
 
-def _fast_network(s: str):
-    """``ip_network(s)`` for the common well-formed ``ADDR/LEN`` (3x faster: no string parsing
-    in ipaddress); anything unusual goes to ipaddress for its error message."""
+def _prefix(s: str) -> tuple[int, int]:
+    """(code, value) of prefix ``s`` (invtable.V6 | length for IPv6). The common ``ADDR/LEN``
+    is parsed with inet_pton (ipaddress costs microseconds per prefix); anything unusual goes
+    to ipaddress, for its meaning or its error message."""
     addr, slash, plen = s.partition("/")
-    fam = 6 if ":" in addr else 4
-    bits = 32 if fam == 4 else 128
-    if not slash or not plen.isdigit() or not 0 <= int(plen) <= bits or (fam == 4 and addr.count(".") != 3):
-        return ipaddress.ip_network(s)
-    try:
-        value = int.from_bytes(socket.inet_pton(_AF[fam], addr), "big")
-    except OSError:
-        return ipaddress.ip_network(s)
-    if value & ((1 << (bits - int(plen))) - 1):
-        return ipaddress.ip_network(s)          # host bits set: ipaddress says so
-    return _NET[fam]((value, int(plen)))
-
-
-def _prefixes(text: str) -> tuple:
-    out = []
-    for s in text.split():
+    v6 = ":" in addr
+    bits = 128 if v6 else 32
+    if slash and plen.isdigit() and int(plen) <= bits and (v6 or addr.count(".") == 3):
         try:
-            out.append(_fast_network(s))
-        except ValueError as exc:
-            try:
-                net = ipaddress.ip_network(s, strict=False)
-            except ValueError:
-                raise RowError("prefixes", f"{s!r} is not an IPv4/IPv6 prefix: {exc}") from None
-            raise RowError("prefixes", f"{s!r} has host bits set (did you mean {net}?)") from None
-    if len(set(out)) != len(out):
+            value = int.from_bytes(_inet_pton(_AF[v6], addr), "big")
+        except OSError:
+            value = -1
+        if value >= 0 and not value & ((1 << (bits - int(plen))) - 1):
+            return (V6 if v6 else 0) | int(plen), value
+    try:
+        net = ipaddress.ip_network(s)
+    except ValueError as exc:
+        try:
+            loose = ipaddress.ip_network(s, strict=False)
+        except ValueError:
+            raise RowError("prefixes", f"{s!r} is not an IPv4/IPv6 prefix: {exc}") from None
+        raise RowError("prefixes", f"{s!r} has host bits set (did you mean {loose}?)") from None
+    return (V6 if net.version == 6 else 0) | net.prefixlen, int(net.network_address)
+
+
+def _prefixes(text: str) -> list[tuple[int, int]]:
+    out = [_prefix(s) for s in text.split()]
+    if len(out) > 1 and len(set(out)) != len(out):
         raise RowError("prefixes", "lists a prefix twice")
-    return tuple(out)
+    return out
 
 
 def _contact(text: str) -> Contact:
@@ -116,26 +118,55 @@ def _contact(text: str) -> Contact:
     raise RowError("contact", f"{s!r} is not an e-mail address, an http(s) URL or mqtt:<topic>")
 
 
-def parse_row(row: list[str], cols: dict[str, int], loc: Loc) -> Customer:
-    def col(name: str) -> str:
-        i = cols.get(name)
-        return row[i].strip() if i is not None and i < len(row) else ""
-    if len(row) != len(cols):
-        raise RowError("(row)", f"{len(row)} fields, the header has {len(cols)}")
-    cid, name = col("id"), col("name")
+def _check_contact(s: str) -> None:
+    if s and not s.startswith(("http://", "https://")) and not _EMAIL.match(s):
+        _contact(s)            # mqtt:<topic> checked, anything else refused with the reason
+
+
+def column_indexes(cols: dict[str, int]) -> tuple[int, ...]:
+    """The index of each of COLUMNS in a row (-1: the column is absent)."""
+    return tuple(cols.get(name, -1) for name in COLUMNS)
+
+
+def check_row(row: list[str], ix: tuple[int, ...]) -> tuple[str, str | None, list[tuple[int, int]]]:
+    """Validate one row (RowError names the column); (id, plan, packed prefixes)."""
+    if len(row) != len(ix) - ix.count(-1):
+        raise RowError("(row)", f"{len(row)} fields, the header has {len(ix) - ix.count(-1)}")
+    i_id, i_name, i_plan, i_pfx, i_log, i_tags, i_nodes, i_contact = ix
+    cid = row[i_id].strip()
     if not _ID.match(cid):
         raise RowError("id", f"{cid!r} is not a valid id (letters, digits, '.', '_', '-'; at most 63)")
-    if not name:
+    if not row[i_name].strip():
         raise RowError("name", "must not be empty")
-    plan = col("plan") or None
-    if plan is not None and not _ID.match(plan):
+    plan = row[i_plan].strip() if i_plan >= 0 else ""
+    if plan and not _ID.match(plan):
         raise RowError("plan", f"{plan!r} is not a valid id")
-    logins = tuple(col("logins").split())
-    if len(set(logins)) != len(logins):
-        raise RowError("logins", "lists a login twice")
-    return Customer(id=cid, name=name, prefixes=_prefixes(col("prefixes")), tags=_ids(col("tags"), "tags"),
-                    nodes=_ids(col("nodes"), "nodes"), plan=plan, contact=_contact(col("contact")),
-                    logins=logins, loc=loc)
+    if i_log >= 0:
+        logins = row[i_log].split()
+        if len(logins) > 1 and len(set(logins)) != len(logins):
+            raise RowError("logins", "lists a login twice")
+    for k, name in ((i_tags, "tags"), (i_nodes, "nodes")):
+        if k >= 0 and row[k].strip():
+            _ids(row[k], name)
+    if i_contact >= 0:
+        _check_contact(row[i_contact].strip())
+    return cid, plan or None, _prefixes(row[i_pfx]) if i_pfx >= 0 else []
+
+
+def build_customer(row: list[str], cols: dict[str, int], loc: Loc, prefixes: tuple) -> Customer:
+    """The Customer of a row already validated by :func:`check_row`."""
+    def col(name: str) -> str:
+        i = cols.get(name)
+        return row[i].strip() if i is not None else ""
+    return Customer(id=col("id"), name=col("name"), prefixes=prefixes, tags=tuple(col("tags").split()),
+                    nodes=tuple(col("nodes").split()), plan=col("plan") or None,
+                    contact=_contact(col("contact")), logins=tuple(col("logins").split()), loc=loc)
+
+
+def parse_row(row: list[str], cols: dict[str, int], loc: Loc) -> Customer:
+    """Validate one row and build its Customer (RowError names the column)."""
+    _, _, prefixes = check_row(row, column_indexes(cols))
+    return build_customer(row, cols, loc, tuple(ipaddress.ip_network((v, c & 0xFF)) for c, v in prefixes))
 
 
 def _header(line: str, rel: str, problems: Problems) -> dict[str, int] | None:
@@ -152,47 +183,108 @@ def _header(line: str, rel: str, problems: Problems) -> dict[str, int] | None:
 
 
 def read_inventory(path: Path, rel: str, problems: Problems,
-                   previous: dict[str, Customer] | None = None) -> tuple[tuple[Customer, ...], dict[str, Customer], str]:
-    """(customers, the row cache for the next load, sha256 of the file)."""
+                   previous: Inventory | None = None) -> tuple[Inventory | None, str]:
+    """(the inventory, or None when it is unreadable or its header is wrong; sha256 of the file)."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         problems.add(Loc(rel, 0), "inventory.file", f"cannot read: {exc.strerror}")
-        return (), {}, ""
+        return None, ""
     digest = hashlib.sha256(data).hexdigest()
     try:
-        lines = data.decode("utf-8").split("\n")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         problems.add(Loc(rel, 0), "inventory.file", f"not UTF-8: {exc}")
-        return (), {}, digest
-    cols = _header(lines[0].lstrip("\ufeff").rstrip("\r"), rel, problems)
+        return None, digest
+    del data
+    first = text.find("\n")
+    cols = _header(text[:first if first >= 0 else len(text)].lstrip("\ufeff").rstrip("\r"), rel, problems)
     if cols is None:
-        return (), {}, digest
-    if len(lines) > MAX_ROWS:
-        problems.add(Loc(rel, 0), "inventory.file", f"{len(lines)} lines: at most {MAX_ROWS} rows")
-        return (), {}, digest
-    return (*_rows(lines, cols, rel, problems, previous or {}), digest)
+        return None, digest
+    if text.count("\n") >= MAX_ROWS:
+        problems.add(Loc(rel, 0), "inventory.file", f"{text.count(chr(10)) + 1} lines: at most {MAX_ROWS} rows")
+        return None, digest
+    return _Reader(rel, text, cols, problems, previous).read(first + 1 if first >= 0 else len(text)), digest
 
 
-def _rows(lines, cols, rel, problems, previous) -> tuple[tuple[Customer, ...], dict[str, Customer]]:
-    out, cache, errors = [], {}, 0
-    for n, line in enumerate(lines[1:], start=2):
-        if not line.strip() or line.startswith("#"):
-            continue
-        c = previous.get(line)
-        if c is not None and c.loc.line != n:
-            c = dataclasses.replace(c, loc=Loc(rel, n))     # same customer (equal), moved line
-        elif c is None:
-            try:
-                row = next(csv.reader([line])) if '"' in line else line.rstrip("\r").split(",")
-                c = parse_row(row, cols, Loc(rel, n))
-            except (RowError, csv.Error) as exc:
-                errors += 1
-                if errors <= MAX_PROBLEMS:
-                    problems.add(Loc(rel, n), getattr(exc, "column", "(row)"), str(exc))
-                continue
-        out.append(c)
-        cache[line] = c
-    if errors > MAX_PROBLEMS:
-        problems.add(Loc(rel, 0), "inventory.file", f"{errors - MAX_PROBLEMS} more bad rows not listed")
-    return tuple(out), cache
+class _Reader:
+    """One pass over the rows: validated (or reused from ``previous``) into compact columns."""
+
+    def __init__(self, rel: str, text: str, cols: dict[str, int], problems: Problems, previous: Inventory | None):
+        self.rel, self.text, self.cols, self.problems = rel, text, cols, problems
+        self.prev = previous if previous is not None and previous.cols == cols else None
+        self.ix = column_indexes(cols)
+        self.offsets, self.lines, self.ids, self.index = array("Q"), array("I"), [], {}
+        self.plans, self.plan_ix, self.plan_of = [None], {None: 0}, array("H")
+        self.packed, self.built, self.changed, self.errors = Packed(), {}, set(), 0
+        self.same = bytearray()          # row -> 1: reused from ``previous`` at the same line
+
+    def read(self, pos: int) -> Inventory:
+        text, n, end_all = self.text, 1, len(self.text)
+        while pos < end_all:
+            end = text.find("\n", pos)
+            end = end_all if end < 0 else end
+            n += 1
+            line = text[pos:end]
+            if line.strip() and not line.startswith("#"):
+                self._row(line.rstrip("\r"), n, pos)
+            pos = end + 1
+        if self.errors > MAX_PROBLEMS:
+            self.problems.add(Loc(self.rel, 0), "inventory.file",
+                              f"{self.errors - MAX_PROBLEMS} more bad rows not listed")
+        prev = self.prev
+        if prev is not None:
+            self.changed.update(cid for cid in prev.ids if cid not in self.index)
+        return Inventory(self.rel, text, self.cols, self.offsets, self.lines, self.ids, self.index, self.plans,
+                         self.plan_of, self.packed, frozenset(self.changed) if prev is not None else None,
+                         prev, self.built, self.same)
+
+    def _row(self, line: str, n: int, pos: int) -> None:
+        try:
+            row = next(csv.reader([line])) if '"' in line else line.split(",")
+            cid, plan, prefixes = self._reuse(line, row, n) or check_row(row, self.ix)
+        except (RowError, csv.Error) as exc:
+            self._problem(n, getattr(exc, "column", "(row)"), str(exc))
+            return
+        first = self.index.get(cid)
+        if first is not None:
+            self._problem(n, f"customers[id={cid}]",
+                          f"duplicate id {cid!r} (first defined at {self.rel}:{self.lines[first]})")
+            return
+        self.index[cid] = len(self.ids)
+        self.ids.append(cid)
+        self.offsets.append(pos)
+        self.lines.append(n)
+        p = self.plan_ix.get(plan)
+        if p is None:
+            p = self.plan_ix[plan] = len(self.plans)
+            self.plans.append(plan)
+        self.plan_of.append(p)
+        if prefixes is not None:
+            for code, value in prefixes:
+                self.packed.add(code, value)
+            self.packed.end_row()
+        if self.prev is not None and prefixes is not None:
+            self.changed.add(cid)
+        self.same.append(prefixes is None and self.prev.lines[self.prev.index[cid]] == n)
+
+    def _reuse(self, line: str, row: list[str], n: int):
+        """(id, plan, None) of a row whose line is unchanged since the previous load (its prefixes
+        copied over, its Customer handed on), or None."""
+        prev = self.prev
+        if prev is None or len(row) <= self.ix[0]:
+            return None
+        cid = row[self.ix[0]].strip()
+        j = prev.index.get(cid)
+        if j is None or cid in self.index or prev.line(j) != line:
+            return None
+        self.packed.copy_row(prev.packed, j)
+        c = prev._built.get(cid)
+        if c is not None and c.loc.line == n:
+            self.built[cid] = c
+        return cid, prev.plan(j), None
+
+    def _problem(self, n: int, column: str, reason: str) -> None:
+        self.errors += 1
+        if self.errors <= MAX_PROBLEMS:
+            self.problems.add(Loc(self.rel, n), column, reason)

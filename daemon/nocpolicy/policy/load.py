@@ -23,6 +23,8 @@ from .dnsconf import DnsSettings, read_dns
 from .emergency import read_interfaces, read_profiles
 from .fields import Problems, convert, ids_unique, obj
 from .inventory import InventorySettings, read_inventory, read_inventory_settings
+from .invcheck import check_inventory
+from .invtable import Customers
 from .maintenance import MaintenanceSettings
 from .maintenance import reader as maintenance_reader
 from .model import Policy, Settings, read_settings
@@ -154,20 +156,21 @@ def _build(directory: Path, files: list[Path], raw: list[tuple[str, bytes]], sec
 
     settings = single("settings", obj(read_settings), Settings())
     inventory = single("inventory", read_inventory_settings, InventorySettings())
-    inv_customers, inv_rows = (), {}
-    if inventory.file is not None:   # the CSV inventory (previous rows reused: a 1% change parses 1%)
-        inv_customers, inv_rows, inv_digest = read_inventory(
-            directory / inventory.file, str(directory / inventory.file), problems,
-            previous.inventory_rows if previous is not None else None)
+    customers = many("customers", cust.read_customers)
+    if inventory.file is not None:   # the CSV inventory (unchanged rows of the previous load reused)
+        prev = getattr(previous.customers, "inventory", None) if previous is not None else None
+        table, inv_digest = read_inventory(directory / inventory.file, str(directory / inventory.file), problems,
+                                           prev)
         raw.append((f"inventory:{inventory.file}", inv_digest.encode()))
+        if table is not None:
+            customers = Customers(customers, table)
     return Policy(
         directory=str(directory),
         version=content_version(raw),
         loaded_at=now or utcnow(),
         files=tuple(p.name for p in files),
         settings=settings,
-        customers=many("customers", cust.read_customers) + inv_customers,
-        inventory_rows=inv_rows,
+        customers=customers,
         plans=many("plans", cust.read_plans),
         dns=single("dns", read_dns, DnsSettings()),
         profiles=many("emergency_profiles", read_profiles),
@@ -205,7 +208,9 @@ def _top(file: str, reason: str):
 
 def check_references(policy: Policy, problems: Problems) -> None:
     """Cross-section checks: duplicate ids, dangling references, overlapping prefixes."""
-    customers = ids_unique(policy.customers, "customers", problems)
+    static = getattr(policy.customers, "static", policy.customers)
+    inventory = getattr(policy.customers, "inventory", None)
+    customers = ids_unique(static, "customers", problems)
     plans = ids_unique(policy.plans, "plans", problems)
     lists = ids_unique(policy.dns.lists, "dns.lists", problems)
     ids_unique(policy.dns.upstreams, "dns.upstreams", problems)
@@ -213,14 +218,17 @@ def check_references(policy: Policy, problems: Problems) -> None:
     ids_unique(policy.interfaces, "interfaces", problems)
     ids_unique(policy.maintenance.windows, "maintenance.windows", problems)
     ids_unique(policy.control.grants, "control.grants", problems)
-    cust.check_prefix_overlaps(policy.customers, problems)
+    cust.check_prefix_overlaps(static, problems, inventory)
+    if inventory is not None:
+        check_inventory(inventory, customers, plans, problems)
+        customers = policy.customers_by_id
 
     def ref(loc, path, value, index, what):
         if value is not None and value not in index:
             known = ", ".join(sorted(index)[:8]) or "none defined"
             problems.add(loc, path, f"unknown {what} {value!r} (known: {known})")
 
-    for c in policy.customers:
+    for c in static:
         where = f"customers[id={c.id}]"
         ref(c.locs.get("plan", c.loc), f"{where}.plan", c.plan, plans, "plan")
         for lid in c.optional_lists:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import socket
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
 from .advisories import AdvisorySettings
 from .control import ControlSettings
 from .customers import Customer, Plan
+from .invtable import CustomerIndex
 from .detect import DetectSettings
 from .dnsconf import DnsSettings
 from .emergency import Interface, Profile
@@ -48,7 +50,7 @@ class Policy:
     loaded_at: dt.datetime
     files: tuple[str, ...]
     settings: Settings
-    customers: tuple[Customer, ...]
+    customers: Sequence[Customer]      # a tuple, or invtable.Customers with a CSV inventory
     plans: tuple[Plan, ...]
     dns: DnsSettings
     profiles: tuple[Profile, ...]
@@ -60,10 +62,12 @@ class Policy:
     suspension: SuspensionSettings = SuspensionSettings()
     advisories: AdvisorySettings = AdvisorySettings()
     list_digests: dict[str, str] = field(default_factory=dict, hash=False)  # list id -> sha256 of its local file
-    inventory_rows: dict = field(default_factory=dict, hash=False, repr=False)  # CSV line -> Customer (reuse)
 
     @cached_property
-    def customers_by_id(self) -> dict[str, Customer]:
+    def customers_by_id(self) -> Mapping[str, Customer]:
+        inventory = getattr(self.customers, "inventory", None)
+        if inventory is not None:        # a CSV inventory: its customers are built when asked for
+            return CustomerIndex({c.id: c for c in self.customers.static}, inventory)
         return {c.id: c for c in self.customers}
 
     @cached_property

@@ -1,0 +1,205 @@
+"""The CSV inventory in force, kept compact (a million customers in about 250 MB).
+
+A row is kept as its line of the file (one shared ``str`` and an offset per row) and its
+prefixes packed as integers; the plan is an index into the few distinct plans. A
+:class:`~.customers.Customer` is built from its line only when someone asks for that
+customer (``get``, iteration), and customers looked up by id are kept (``get`` returns the
+same object again, and a reload hands it on while its line does not change).
+
+The whole-table readers the daemon needs (ids, logins, prefixes) read the columns without
+building a Customer per row. ``changed`` is what a reload changed against the inventory
+``base`` it reused rows from: consumers rebuild only those customers.
+"""
+
+from __future__ import annotations
+
+import csv
+import ipaddress
+import weakref
+from array import array
+from collections.abc import Iterator, Mapping, Sequence
+
+from .customers import Customer
+from .nodes import Loc
+
+V6 = 0x100          # prefix code: prefix length | V6 for an IPv6 prefix
+
+
+def prefix_of(code: int, value: int):
+    """The ``ipaddress`` network of a packed prefix."""
+    if code & V6:
+        return ipaddress.IPv6Network((value, code & 0xFF))
+    return ipaddress.IPv4Network((value, code & 0xFF))
+
+
+class Packed:
+    """Prefixes as parallel arrays: ``code`` (length | V6), value high and low 64 bits; row
+    ``i``'s prefixes are entries ``start[i]:start[i+1]``."""
+
+    __slots__ = ("code", "hi", "lo", "start")
+
+    def __init__(self):
+        self.code, self.hi, self.lo, self.start = array("H"), array("Q"), array("Q"), array("I", [0])
+
+    def add(self, code: int, value: int) -> None:
+        self.code.append(code)
+        self.hi.append(value >> 64)
+        self.lo.append(value & 0xFFFFFFFFFFFFFFFF)
+
+    def end_row(self) -> None:
+        self.start.append(len(self.code))
+
+    def copy_row(self, other: Packed, j: int) -> None:
+        a, b = other.start[j], other.start[j + 1]
+        self.code.extend(other.code[a:b])
+        self.hi.extend(other.hi[a:b])
+        self.lo.extend(other.lo[a:b])
+        self.start.append(len(self.code))
+
+    def of_row(self, i: int) -> list[tuple[int, int]]:
+        a, b = self.start[i], self.start[i + 1]
+        return [(self.code[k], (self.hi[k] << 64) | self.lo[k]) for k in range(a, b)]
+
+    def entries(self) -> Iterator[tuple[int, int, int]]:
+        """(row, code, value) of every prefix."""
+        code, hi, lo, start = self.code, self.hi, self.lo, self.start
+        row = 0
+        for k in range(len(code)):
+            while start[row + 1] <= k:
+                row += 1
+            yield row, code[k], (hi[k] << 64) | lo[k]
+
+
+class Inventory(Sequence):
+    """The customers of one CSV inventory file (a Sequence of Customer, built on demand)."""
+
+    def __init__(self, rel: str, text: str, cols: dict[str, int], offsets: array, lines: array,
+                 ids: list[str], index: dict[str, int], plans: list, plan_of: array, packed: Packed,
+                 changed: frozenset[str] | None = None, base: Inventory | None = None,
+                 built: dict[str, Customer] | None = None, same: bytearray | None = None):
+        self.rel, self.text, self.cols = rel, text, cols
+        self.offsets, self.lines, self.ids, self.index = offsets, lines, ids, index
+        self.plans, self.plan_of, self.packed = plans, plan_of, packed
+        self.changed = changed          # ids added, removed or changed since ``base``; None: all new
+        self.base_token = id(base) if base is not None else None
+        self._base = weakref.ref(base) if base is not None else None
+        self._same = same               # row -> 1: the same line at the same place in ``base``
+        self._built: dict[str, Customer] = built or {}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        c = self._built.get(self.ids[i])
+        return c if c is not None else self._build(i)
+
+    def __iter__(self) -> Iterator[Customer]:
+        built = self._built
+        for i, cid in enumerate(self.ids):
+            c = built.get(cid)
+            yield c if c is not None else self._build(i)
+
+    def get(self, cid: str) -> Customer | None:
+        """The customer ``cid`` (the same object on every call), or None."""
+        c = self._built.get(cid)
+        if c is None:
+            i = self.index.get(cid)
+            if i is None:
+                return None
+            base = self._base() if self._base is not None and self._same[i] else None
+            c = self._built[cid] = base.get(cid) if base is not None else self._build(i)
+        return c
+
+    def line(self, i: int) -> str:
+        a = self.offsets[i]
+        b = self.text.find("\n", a)
+        return self.text[a:b if b >= 0 else len(self.text)].rstrip("\r")
+
+    def loc(self, i: int) -> Loc:
+        return Loc(self.rel, self.lines[i])
+
+    def plan(self, i: int) -> str | None:
+        return self.plans[self.plan_of[i]]
+
+    def logins(self) -> Iterator[tuple[str, str]]:
+        """(login, customer id) of every login, read from the column."""
+        k = self.cols.get("logins")
+        if k is None:
+            return
+        for i, cid in enumerate(self.ids):
+            line = self.line(i)
+            if "," not in line:
+                continue
+            field = _fields(line)[k]
+            for login in field.split():
+                yield login, cid
+
+    def prefix_pairs(self) -> Iterator[tuple[int, int, str]]:
+        """(code, value, customer id) of every prefix, from the packed arrays."""
+        ids = self.ids
+        for row, code, value in self.packed.entries():
+            yield code, value, ids[row]
+
+    def _build(self, i: int) -> Customer:
+        from .inventory import build_customer
+        return build_customer(_fields(self.line(i)), self.cols, self.loc(i),
+                              tuple(prefix_of(c, v) for c, v in self.packed.of_row(i)))
+
+
+def _fields(line: str) -> list[str]:
+    return next(csv.reader([line])) if '"' in line else line.split(",")
+
+
+class Customers(Sequence):
+    """The policy's customers: the YAML ones, then the inventory's (built on demand)."""
+
+    def __init__(self, static: tuple[Customer, ...], inventory: Inventory):
+        self.static, self.inventory = static, inventory
+
+    def __len__(self) -> int:
+        return len(self.static) + len(self.inventory)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        n = len(self.static)
+        return self.static[i] if i < n else self.inventory[i - n]
+
+    def __iter__(self) -> Iterator[Customer]:
+        yield from self.static
+        yield from self.inventory
+
+    def __add__(self, other):
+        return tuple(self) + tuple(other)
+
+
+class CustomerIndex(Mapping):
+    """customer id -> Customer over the YAML customers and an inventory (built on demand)."""
+
+    def __init__(self, static: dict[str, Customer], inventory: Inventory):
+        self.static, self.inventory = static, inventory
+
+    def __getitem__(self, cid: str) -> Customer:
+        c = self.static.get(cid)
+        if c is None:
+            c = self.inventory.get(cid) if isinstance(cid, str) else None
+            if c is None:
+                raise KeyError(cid)
+        return c
+
+    def __contains__(self, cid) -> bool:
+        return cid in self.static or cid in self.inventory.index
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.static
+        yield from (cid for cid in self.inventory.ids if cid not in self.static)
+
+    def __len__(self) -> int:
+        return len(self.static) + sum(1 for cid in self.inventory.ids if cid not in self.static) \
+            if self.static else len(self.inventory)
