@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+from itertools import islice, repeat
+from operator import and_, lt, or_, rshift, sub
 from dataclasses import dataclass, field
 
 from .fields import (
@@ -146,8 +148,7 @@ def check_prefix_overlaps(customers, problems: Problems, inventory=None) -> None
     n_rows = len(owners)
     keys: dict[int, list[int]] = {4: [], 6: []}
     if inventory is not None:           # packed: (start, length, owner) as one sortable int per prefix
-        for row, code, value in inventory.packed.entries():
-            keys[6 if code & 0x100 else 4].append((((value << 8) | (255 - (code & 0xFF))) << 24) | row)
+        keys = {4: inventory.packed.keys(False), 6: inventory.packed.keys(True)}
     for c in customers:
         for p in c.prefixes:
             keys[p.version].append((((int(p.network_address) << 8) | (255 - p.prefixlen)) << 24) | len(owners))
@@ -168,6 +169,8 @@ def check_prefix_overlaps(customers, problems: Problems, inventory=None) -> None
 
 def _overlaps(keys: list[int], bits: int, describe, problems: Problems) -> None:
     """Report each prefix that overlaps an earlier one (keys sorted: first address, longest first)."""
+    if _disjoint(keys, bits):
+        return
     stack: list[tuple[int, int, int, int]] = []      # (last address, owner, start, length)
     for k in keys:
         owner, plen, start = k & 0xFFFFFF, 255 - ((k >> 24) & 0xFF), k >> 32
@@ -184,6 +187,15 @@ def _overlaps(keys: list[int], bits: int, describe, problems: Problems) -> None:
                 did, dloc, _ = describe(q_owner)
                 problems.add(loc, f"customers[id={cid}].prefixes", f"{p} overlaps {q} of customer {did!r} ({dloc})")
         stack.append((start | ((1 << (bits - plen)) - 1), owner, start, plen))
+
+
+def _disjoint(keys: list[int], bits: int) -> bool:
+    """No prefix overlaps another (each one ends before the next one starts), checked at C speed."""
+    masks = [(1 << (bits - n)) - 1 for n in range(bits + 1)]
+    starts = list(map(rshift, keys, repeat(32)))
+    lens = map(sub, repeat(255), map(and_, map(rshift, keys, repeat(24)), repeat(0xFF)))
+    ends = map(or_, starts, map(masks.__getitem__, lens))
+    return all(map(lt, ends, islice(starts, 1, None)))
 
 
 def _net(start: int, plen: int, bits: int):

@@ -19,6 +19,8 @@ import csv
 import hashlib
 import ipaddress
 from array import array
+from itertools import accumulate, repeat
+from operator import add
 import re
 import socket
 from dataclasses import dataclass, field
@@ -32,6 +34,7 @@ from .nodes import Loc, Node
 COLUMNS = ("id", "name", "plan", "prefixes", "logins", "tags", "nodes", "contact")
 REQUIRED = ("id", "name")
 MAX_ROWS = 5_000_000
+BLOCK = 1 << 20               # characters of the file checked column-wise at once (about 8,000 rows)
 MAX_PROBLEMS = 1000           # more are summarised: a broken export should not flood the log
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -215,19 +218,19 @@ class _Reader:
         self.prev = previous if previous is not None and previous.cols == cols else None
         self.ix = column_indexes(cols)
         self.offsets, self.lines, self.ids, self.index = array("Q"), array("I"), [], {}
-        self.plans, self.plan_ix, self.plan_of = [None], {None: 0}, array("H")
+        self.plans, self.plan_ix, self.plan_of = [None], {None: 0, "": 0}, array("H")
         self.packed, self.built, self.changed, self.errors = Packed(), {}, set(), 0
         self.same = bytearray()          # row -> 1: reused from ``previous`` at the same line
 
     def read(self, pos: int) -> Inventory:
         text, n, end_all = self.text, 1, len(self.text)
-        while pos < end_all:
-            end = text.find("\n", pos)
+        while pos < end_all:                  # blocks of about BLOCK characters, whole lines
+            end = text.find("\n", min(pos + BLOCK, end_all))
             end = end_all if end < 0 else end
-            n += 1
-            line = text[pos:end]
-            if line.strip() and not line.startswith("#"):
-                self._row(line.rstrip("\r"), n, pos)
+            lines = text[pos:end].split("\n")
+            if not self._block(lines, n + 1, pos):
+                self._one_by_one(lines, n + 1, pos)
+            n += len(lines)
             pos = end + 1
         if self.errors > MAX_PROBLEMS:
             self.problems.add(Loc(self.rel, 0), "inventory.file",
@@ -238,6 +241,65 @@ class _Reader:
         return Inventory(self.rel, text, self.cols, self.offsets, self.lines, self.ids, self.index, self.plans,
                          self.plan_of, self.packed, frozenset(self.changed) if prev is not None else None,
                          prev, self.built, self.same)
+
+    def _one_by_one(self, lines: list[str], n: int, pos: int) -> None:
+        for line in lines:
+            if line.strip() and not line.startswith("#"):
+                self._row(line.rstrip("\r"), n, pos)
+            n += 1
+            pos += len(line) + 1
+
+    def _block(self, lines: list[str], n0: int, pos0: int) -> bool:
+        """Take a block of lines through the column-wise fast path (invbulk); False: some row needs
+        checking one by one (a problem to report, or a duplicate id)."""
+        if lines and not lines[-1]:
+            lines = lines[:-1]                  # the file's last newline
+        if "" in lines or any(map(str.startswith, lines, repeat("#"))):
+            keep = [i for i, line in enumerate(lines) if line and line[0] != "#" and not line.isspace()]
+            kept = [lines[i] for i in keep]
+        else:
+            keep, kept = range(len(lines)), lines
+        if any(map(str.endswith, kept, repeat("\r"))):
+            kept = list(map(str.rstrip, kept, repeat("\r")))
+        try:
+            rows = list(map(str.split, kept, repeat(","))) if not any(map(str.__contains__, kept, repeat('"'))) \
+                else [ln.split(",") if '"' not in ln else next(csv.reader([ln])) for ln in kept]
+        except csv.Error:
+            return False
+        block = check_block(rows, self.ix)
+        if block is None or len(set(block.ids)) != len(block.ids) or any(map(self.index.__contains__, block.ids)):
+            return False
+        offsets = list(accumulate(map(add, map(len, lines), repeat(1)), initial=pos0))
+        self.index.update(zip(block.ids, range(len(self.ids), len(self.ids) + len(block.ids))))
+        self.ids.extend(block.ids)
+        self.offsets.extend(map(offsets.__getitem__, keep))
+        self.lines.extend(map(add, keep, repeat(n0)))
+        for raw in set(block.plans):
+            if raw not in self.plan_ix:
+                self.plan_ix[raw] = len(self.plans)
+                self.plans.append(raw)
+        self.plan_of.extend(map(self.plan_ix.__getitem__, block.plans))
+        self.packed.extend(block.codes, block.values, block.counts)
+        if self.prev is None:
+            self.same.extend(bytes(len(block.ids)))
+        else:
+            self._compare(block.ids, kept, [n0 + i for i in keep])
+        return True
+
+    def _compare(self, ids: list[str], lines: list[str], numbers: list[int]) -> None:
+        """Which of these rows changed since the previous load (and hand on its built Customers)."""
+        prev, built = self.prev, self.prev._built
+        for cid, line, n in zip(ids, lines, numbers):
+            j = prev.index.get(cid)
+            if j is None or prev.line(j) != line:
+                self.changed.add(cid)
+                self.same.append(0)
+                continue
+            same = prev.lines[j] == n
+            self.same.append(same)
+            c = built.get(cid) if same else None
+            if c is not None:
+                self.built[cid] = c
 
     def _row(self, line: str, n: int, pos: int) -> None:
         try:
@@ -288,3 +350,6 @@ class _Reader:
         self.errors += 1
         if self.errors <= MAX_PROBLEMS:
             self.problems.add(Loc(self.rel, n), column, reason)
+
+
+from .invbulk import check_block  # noqa: E402  (invbulk uses this module's row checks)

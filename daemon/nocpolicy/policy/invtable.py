@@ -18,6 +18,8 @@ import ipaddress
 import weakref
 from array import array
 from collections.abc import Iterator, Mapping, Sequence
+from itertools import accumulate, chain, compress, count, repeat
+from operator import and_, lshift, or_, rshift, sub
 
 from .customers import Customer
 from .nodes import Loc
@@ -36,10 +38,11 @@ class Packed:
     """Prefixes as parallel arrays: ``code`` (length | V6), value high and low 64 bits; row
     ``i``'s prefixes are entries ``start[i]:start[i+1]``."""
 
-    __slots__ = ("code", "hi", "lo", "start")
+    __slots__ = ("code", "hi", "lo", "start", "row")
 
     def __init__(self):
         self.code, self.hi, self.lo, self.start = array("H"), array("Q"), array("Q"), array("I", [0])
+        self.row = array("I")           # the row of each prefix
 
     def add(self, code: int, value: int) -> None:
         self.code.append(code)
@@ -47,14 +50,27 @@ class Packed:
         self.lo.append(value & 0xFFFFFFFFFFFFFFFF)
 
     def end_row(self) -> None:
+        n = len(self.start) - 1
+        self.row.extend(repeat(n, len(self.code) - len(self.row)))
         self.start.append(len(self.code))
+
+    def extend(self, codes: list[int], values: list[int], counts: list[int]) -> None:
+        """Rows at once: their prefixes in row order, ``counts[i]`` of them for row ``i``."""
+        self.code.extend(codes)
+        self.hi.extend(map(rshift, values, repeat(64)))
+        self.lo.extend(map(and_, values, repeat(0xFFFFFFFFFFFFFFFF)))
+        it = accumulate(counts, initial=self.start[-1])
+        next(it)
+        first = len(self.start) - 1
+        self.start.extend(it)
+        self.row.extend(chain.from_iterable(map(repeat, count(first), counts)))
 
     def copy_row(self, other: Packed, j: int) -> None:
         a, b = other.start[j], other.start[j + 1]
         self.code.extend(other.code[a:b])
         self.hi.extend(other.hi[a:b])
         self.lo.extend(other.lo[a:b])
-        self.start.append(len(self.code))
+        self.end_row()
 
     def of_row(self, i: int) -> list[tuple[int, int]]:
         a, b = self.start[i], self.start[i + 1]
@@ -62,12 +78,17 @@ class Packed:
 
     def entries(self) -> Iterator[tuple[int, int, int]]:
         """(row, code, value) of every prefix."""
-        code, hi, lo, start = self.code, self.hi, self.lo, self.start
-        row = 0
-        for k in range(len(code)):
-            while start[row + 1] <= k:
-                row += 1
-            yield row, code[k], (hi[k] << 64) | lo[k]
+        return zip(self.row, self.code, map(or_, map(lshift, self.hi, repeat(64)), self.lo))
+
+    def keys(self, v6: bool) -> list[int]:
+        """One int per IPv4 (or IPv6) prefix that sorts by first address, longest prefix first:
+        ``((value << 8 | 255 - length) << 24) | row`` (customers.check_prefix_overlaps)."""
+        sel = list(map(V6.__le__ if v6 else V6.__gt__, self.code))
+        values = compress(map(or_, map(lshift, self.hi, repeat(64)), self.lo), sel) if v6 else \
+            compress(self.lo, sel)
+        lens = map(sub, repeat(255), map(and_, compress(self.code, sel), repeat(0xFF)))
+        return list(map(or_, map(lshift, map(or_, map(lshift, values, repeat(8)), lens), repeat(24)),
+                        compress(self.row, sel)))
 
 
 class Inventory(Sequence):

@@ -1,0 +1,140 @@
+"""Validate a block of inventory rows column by column, at C speed (the fast path).
+
+A million rows checked one by one cost about 19 us each; most of an ISP's export is clean,
+so a block of rows is checked a column at a time with one regular expression over the
+joined column, ``map`` over builtins and sets of the few distinct values (plans, tags,
+nodes). The fast path accepts a block only when every row is valid by exactly the rules of
+:func:`.inventory.check_row` and nothing needs that function's leniency (spaces around
+values, the unusual prefix forms ipaddress accepts); otherwise it returns None and the
+caller checks the block row by row, which names every problem as ``file:line: column``.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from dataclasses import dataclass
+from itertools import repeat
+from operator import add, and_, itemgetter, mul
+
+from .inventory import RowError, _check_contact, _ids
+from .invtable import V6
+
+_IDS = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9._-]{0,62}\n)*", re.ASCII)
+_PLENS = re.compile(r"(?:[0-9]{1,3}\n)*", re.ASCII)
+_CONTACTS = re.compile(r"(?:(?:[^@\s]+@[^@\s]+\.[^@\s]+|https?://[^\n]*|mqtt:[^\n]*|)\n)*")
+_SPACE = re.compile(r"\s")
+_AFS = (socket.AF_INET, socket.AF_INET6)
+# host bits of each prefix code (length, + V6 for IPv6); None for a length the family has not
+_MASKS = [(1 << (32 - n)) - 1 if n <= 32 else None for n in range(V6)] + \
+         [(1 << (128 - n)) - 1 if n <= 128 else None for n in range(V6)]
+
+
+@dataclass
+class Block:
+    """The valid rows of a block: their ids, raw plan values, and prefixes (codes and values in
+    row order, ``counts[i]`` of them for row ``i``)."""
+
+    ids: list[str]
+    plans: list[str]
+    codes: list[int]
+    values: list[int]
+    counts: list[int]
+
+
+def _joined_ok(pattern: re.Pattern, column) -> bool:
+    return pattern.fullmatch("\n".join(column) + "\n") is not None
+
+
+def check_block(rows: list[list[str]], ix: tuple[int, ...]) -> Block | None:
+    """The block's columns if every row is valid (fast path), else None."""
+    width = len(ix) - ix.count(-1)
+    if not rows or set(map(len, rows)) != {width}:
+        return None
+    cols = list(zip(*rows))
+    i_id, i_name, i_plan, i_pfx, i_log, i_tags, i_nodes, i_contact = ix
+    ids = cols[i_id]
+    if not _joined_ok(_IDS, ids) or not all(map(str.strip, cols[i_name])):
+        return None
+    plans = cols[i_plan] if i_plan >= 0 else ("",) * len(rows)
+    if not _distinct_ok(plans, _plan_ok) or not _logins_ok(cols, i_log):
+        return None
+    for k in (i_tags, i_nodes):
+        if k >= 0 and not _distinct_ok(cols[k], _ids_ok):
+            return None
+    if i_contact >= 0 and not _contacts_ok(cols[i_contact]):
+        return None
+    packed = _prefixes(cols[i_pfx]) if i_pfx >= 0 else ([], [], [0] * len(rows))
+    if packed is None:
+        return None
+    return Block(list(ids), list(plans), *packed)
+
+
+def _distinct_ok(column, ok) -> bool:
+    return all(ok(v) for v in set(column))
+
+
+def _plan_ok(v: str) -> bool:
+    return v == "" or _IDS.fullmatch(v + "\n") is not None
+
+
+def _ids_ok(v: str) -> bool:
+    try:
+        if v.strip():
+            _ids(v, "tags")
+    except RowError:
+        return False
+    return True
+
+
+def _logins_ok(cols, i_log: int) -> bool:
+    if i_log < 0:
+        return True
+    column = cols[i_log]
+    if _SPACE.search("".join(column)) is None:      # one login (or none) per row: no duplicate possible
+        return True
+    return all(len(set(s)) == len(s) for s in (f.split() for f in column if _SPACE.search(f)))
+
+
+def _contacts_ok(column) -> bool:
+    joined = "\n".join(column) + "\n"
+    if _CONTACTS.fullmatch(joined) is None:
+        return False
+    try:
+        if "mqtt:" in joined:
+            for v in {v for v in column if v.startswith("mqtt:")}:
+                _check_contact(v.strip())
+    except RowError:
+        return False
+    return True
+
+
+def _prefixes(column) -> tuple[list[int], list[int], list[int]] | None:
+    """(codes, values, counts per row) of a clean prefixes column (every token ADDR/LEN, no host
+    bits, no duplicate in a row), else None. Every step is a ``map`` over builtins."""
+    counts = list(map(len, map(str.split, column)))
+    parts = list(map(str.partition, " ".join(column).split(), repeat("/")))
+    lens = list(map(itemgetter(2), parts))
+    if not _joined_ok(_PLENS, lens):           # also: a token without "/"
+        return None
+    plens = list(map(int, lens))
+    if plens and max(plens) > 128:
+        return None
+    addrs = list(map(itemgetter(0), parts))
+    is6 = list(map(str.__contains__, addrs, repeat(":")))
+    codes = list(map(add, plens, map(mul, is6, repeat(V6))))
+    try:
+        values = list(map(int.from_bytes, map(socket.inet_pton, map(_AFS.__getitem__, is6), addrs)))
+        if any(map(and_, values, map(_MASKS.__getitem__, codes))):
+            return None                        # host bits set: reported row by row
+    except (OSError, TypeError):               # not an address; a length over 32 for IPv4
+        return None
+    if not _no_duplicates(codes, values):
+        return None
+    return codes, values, counts
+
+
+def _no_duplicates(codes: list[int], values: list[int]) -> bool:
+    """No prefix twice in the block (a row listing one twice is refused; two rows sharing one
+    are an overlap: both are reported row by row)."""
+    return len(set(zip(codes, values))) == len(codes)
