@@ -68,14 +68,17 @@ class _Subscribers(dict):
     and kept for the next query while fewer than ``IMPLICIT_KEPT`` are (the map is rebuilt at
     every new view), so a million implicit customers cost no memory (sessions/, issue 15)."""
 
-    __slots__ = ("_kept",)
+    __slots__ = ("_kept", "_lazy")
 
     def __init__(self, by_id):
         super().__init__(by_id)
         self._kept = 0
+        self._lazy = getattr(by_id, "lazy", None)    # a CSV inventory's customers (subscribers/lazy.py)
 
     def __missing__(self, cid):
-        sub = implicit_subscriber(cid, _NO_DECISIONS)
+        sub = self._lazy(cid) if self._lazy is not None else None
+        if sub is None:
+            sub = implicit_subscriber(cid, _NO_DECISIONS)
         if self._kept < IMPLICIT_KEPT:
             self._kept += 1
             self[cid] = sub

@@ -101,8 +101,7 @@ class Inventory(Sequence):
         self.rel, self.text, self.cols = rel, text, cols
         self.offsets, self.lines, self.ids, self.index = offsets, lines, ids, index
         self.plans, self.plan_of, self.packed = plans, plan_of, packed
-        self.changed = changed          # ids added, removed or changed since ``base``; None: all new
-        self.base_token = id(base) if base is not None else None
+        self.changed = changed          # ids added, removed or changed since ``base`` (None: no base)
         self._base = weakref.ref(base) if base is not None else None
         self._same = same               # row -> 1: the same line at the same place in ``base``
         self._built: dict[str, Customer] = built or {}
@@ -134,6 +133,16 @@ class Inventory(Sequence):
             base = self._base() if self._base is not None and self._same[i] else None
             c = self._built[cid] = base.get(cid) if base is not None else self._build(i)
         return c
+
+    def customer(self, cid: str) -> Customer:
+        """Customer ``cid`` built now (or the one ``get`` keeps), not kept: for a reader that needs it
+        once (KeyError when there is no such customer)."""
+        c = self._built.get(cid)
+        return c if c is not None else self._build(self.index[cid])
+
+    def base(self) -> Inventory | None:
+        """The inventory this one reused rows from (``changed`` is against it), while it exists."""
+        return self._base() if self._base is not None else None
 
     def line(self, i: int) -> str:
         a = self.offsets[i]

@@ -20,13 +20,30 @@ class PrefixIndex:
             bits = 32 if net.version == 4 else 128
             key = int(net.network_address) >> (bits - net.prefixlen)
             by_len.setdefault((net.version, net.prefixlen), {})[key] = value
+        self._tables(by_len)
+
+    def _tables(self, by_len: dict[tuple[int, int], dict[int, str]]) -> None:
         self.v4 = sorted(((32 - plen, d) for (v, plen), d in by_len.items() if v == 4), key=lambda x: x[0])
         self.v6 = sorted(((128 - plen, d) for (v, plen), d in by_len.items() if v == 6), key=lambda x: x[0])
         self.size = sum(len(d) for d in by_len.values())
 
     @classmethod
     def of_customers(cls, customers) -> PrefixIndex:
-        return cls((p, c.id) for c in customers for p in c.prefixes)
+        """The index of the customers' prefixes; a CSV inventory's (``customers.inventory``) read
+        from its packed columns, without building its customers."""
+        inventory = getattr(customers, "inventory", None)
+        if inventory is None:
+            return cls((p, c.id) for c in customers for p in c.prefixes)
+        idx = cls((p, c.id) for c in customers.static for p in c.prefixes)
+        by_len = {(4, 32 - sh): d for sh, d in idx.v4} | {(6, 128 - sh): d for sh, d in idx.v6}
+        for code, value, cid in inventory.prefix_pairs():
+            v6, plen = code >> 8, code & 0xFF
+            d = by_len.get((6 if v6 else 4, plen))
+            if d is None:
+                d = by_len[(6 if v6 else 4, plen)] = {}
+            d[value >> ((128 if v6 else 32) - plen)] = cid
+        idx._tables(by_len)
+        return idx
 
     def updated(self, removed, added) -> PrefixIndex:
         """A new index: this one without the ``removed`` (prefix, value) pairs, with ``added``.
