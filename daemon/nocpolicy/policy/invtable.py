@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import ipaddress
+from bisect import bisect_left
 import weakref
 from array import array
 from collections.abc import Iterator, Mapping, Sequence
@@ -105,6 +106,7 @@ class Inventory(Sequence):
         self._base = weakref.ref(base) if base is not None else None
         self._same = same               # row -> 1: the same line at the same place in ``base``
         self._built: dict[str, Customer] = built or {}
+        self._logins: tuple[array, array] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -155,18 +157,32 @@ class Inventory(Sequence):
     def plan(self, i: int) -> str | None:
         return self.plans[self.plan_of[i]]
 
-    def logins(self) -> Iterator[tuple[str, str]]:
-        """(login, customer id) of every login, read from the column."""
+    def logins(self) -> Iterator[tuple[str, int]]:
+        """(login, row) of every login, read from the column."""
         k = self.cols.get("logins")
         if k is None:
             return
-        for i, cid in enumerate(self.ids):
-            line = self.line(i)
-            if "," not in line:
-                continue
-            field = _fields(line)[k]
-            for login in field.split():
-                yield login, cid
+        for i in range(len(self.ids)):
+            for login in _fields(self.line(i))[k].split():
+                yield login, i
+
+    def login_owner(self, login: str) -> str | None:
+        """The id of the customer with ``login`` (first row listing it), or None. Looked up in a
+        sorted array of the logins' hashes (12 bytes a login, built on first use), the row's
+        own column confirming a match."""
+        if self._logins is None:
+            keys = sorted(((hash(s) + (1 << 63)) << 32) | i for s, i in self.logins())
+            self._logins = (array("Q", map(rshift, keys, repeat(32))),
+                            array("I", map(and_, keys, repeat(0xFFFFFFFF))))
+        hashes, rows = self._logins
+        h = hash(login) + (1 << 63)
+        k = self.cols["logins"]
+        for n in range(bisect_left(hashes, h), len(hashes)):
+            if hashes[n] != h:
+                break
+            if login in _fields(self.line(rows[n]))[k].split():
+                return self.ids[rows[n]]
+        return None
 
     def prefix_pairs(self) -> Iterator[tuple[int, int, str]]:
         """(code, value, customer id) of every prefix, from the packed arrays."""

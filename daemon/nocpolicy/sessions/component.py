@@ -80,16 +80,25 @@ class SessionFeed(Protocol):
 def resolver(policy) -> Callable[[str | None], tuple[str | None, bool]]:
     """Extracted id -> (customer id, implicit?): a customer id, else a login of a customer,
     else the id itself as an implicit customer."""
-    ids = {c.id: c.id for c in policy.customers}     # the policy's own string: shared, not copied
-    logins = {login: c.id for c in policy.customers for login in c.logins}
+    inventory = getattr(policy.customers, "inventory", None)     # a CSV inventory: read from its columns
+    static = policy.customers.static if inventory is not None else policy.customers
+    ids = {c.id: c.id for c in static}     # the policy's own string: shared, not copied
+    logins = {login: c.id for c in static for login in c.logins}
+    if inventory is not None and "logins" in inventory.cols:
+        inventory.login_owner("")          # build its login index now (in a thread), not at the first session
 
     def resolve(extracted: str | None) -> tuple[str | None, bool]:
         if extracted is None:
             return None, False
         known = ids.get(extracted)
+        if known is None and inventory is not None:
+            i = inventory.index.get(extracted)
+            known = inventory.ids[i] if i is not None else None
         if known is not None:
             return known, False
         cid = logins.get(extracted)
+        if cid is None and inventory is not None:
+            cid = inventory.login_owner(extracted)
         return (cid, False) if cid is not None else (extracted, True)
     return resolve
 
@@ -159,7 +168,7 @@ class Sessions(Component):
         new_transport = None
         if self._started and want != self.listen and want is not None:
             new_transport = await self._bind(want)     # a port in use refuses the reload
-        resolve = resolver(policy)
+        resolve = await asyncio.to_thread(resolver, policy)     # a CSV inventory's logins indexed
 
         def commit():
             self.settings = s
