@@ -40,6 +40,7 @@ class Block:
     codes: list[int]
     values: list[int]
     counts: list[int]
+    logins: tuple[str, ...] = ()        # the logins column as read (space-separated lists)
 
 
 def _joined_ok(pattern: re.Pattern, column) -> bool:
@@ -67,7 +68,7 @@ def check_block(rows: list[list[str]], ix: tuple[int, ...]) -> Block | None:
     packed = _prefixes(cols[i_pfx]) if i_pfx >= 0 else ([], [], [0] * len(rows))
     if packed is None:
         return None
-    return Block(list(ids), list(plans), *packed)
+    return Block(list(ids), list(plans), *packed, logins=cols[i_log] if i_log >= 0 else ())
 
 
 def _distinct_ok(column, ok) -> bool:

@@ -19,8 +19,8 @@ import csv
 import hashlib
 import ipaddress
 from array import array
-from itertools import accumulate, repeat
-from operator import add
+from itertools import accumulate, compress, repeat
+from operator import add, lshift, or_
 import re
 import socket
 from dataclasses import dataclass, field
@@ -221,14 +221,16 @@ class _Reader:
         self.plans, self.plan_ix, self.plan_of = [None], {None: 0, "": 0}, array("H")
         self.packed, self.built, self.changed, self.errors = Packed(), {}, set(), 0
         self.same = bytearray()          # row -> 1: reused from ``previous`` at the same line
+        self.login_keys: list[int] = []  # (hash of a login + 2**63) << 32 | row (invtable.login_owner)
 
     def read(self, pos: int) -> Inventory:
         text, n, end_all = self.text, 1, len(self.text)
         while pos < end_all:                  # blocks of about BLOCK characters, whole lines
             end = text.find("\n", min(pos + BLOCK, end_all))
             end = end_all if end < 0 else end
-            lines = text[pos:end].split("\n")
-            if not self._block(lines, n + 1, pos):
+            chunk = text[pos:end]
+            lines = chunk.split("\n")
+            if not self._block(chunk, lines, n + 1, pos):
                 self._one_by_one(lines, n + 1, pos)
             n += len(lines)
             pos = end + 1
@@ -238,9 +240,11 @@ class _Reader:
         prev = self.prev
         if prev is not None:
             self.changed.update(cid for cid in prev.ids if cid not in self.index)
-        return Inventory(self.rel, text, self.cols, self.offsets, self.lines, self.ids, self.index, self.plans,
-                         self.plan_of, self.packed, frozenset(self.changed) if prev is not None else None,
-                         prev, self.built, self.same)
+        inv = Inventory(self.rel, text, self.cols, self.offsets, self.lines, self.ids, self.index, self.plans,
+                        self.plan_of, self.packed, frozenset(self.changed) if prev is not None else None,
+                        prev, self.built, self.same)
+        inv.index_logins(self.login_keys)
+        return inv
 
     def _one_by_one(self, lines: list[str], n: int, pos: int) -> None:
         for line in lines:
@@ -249,28 +253,27 @@ class _Reader:
             n += 1
             pos += len(line) + 1
 
-    def _block(self, lines: list[str], n0: int, pos0: int) -> bool:
+    def _block(self, chunk: str, lines: list[str], n0: int, pos0: int) -> bool:
         """Take a block of lines through the column-wise fast path (invbulk); False: some row needs
         checking one by one (a problem to report, or a duplicate id)."""
         if lines and not lines[-1]:
             lines = lines[:-1]                  # the file's last newline
-        if "" in lines or any(map(str.startswith, lines, repeat("#"))):
+        if "\n\n" in chunk or "\n#" in chunk or chunk[:1] in ("#", "\n"):
             keep = [i for i, line in enumerate(lines) if line and line[0] != "#" and not line.isspace()]
             kept = [lines[i] for i in keep]
         else:
             keep, kept = range(len(lines)), lines
-        if any(map(str.endswith, kept, repeat("\r"))):
+        if "\r" in chunk:
             kept = list(map(str.rstrip, kept, repeat("\r")))
         try:
-            rows = list(map(str.split, kept, repeat(","))) if not any(map(str.__contains__, kept, repeat('"'))) \
+            rows = list(map(str.split, kept, repeat(","))) if '"' not in chunk \
                 else [ln.split(",") if '"' not in ln else next(csv.reader([ln])) for ln in kept]
         except csv.Error:
             return False
         block = check_block(rows, self.ix)
-        if block is None or len(set(block.ids)) != len(block.ids) or any(map(self.index.__contains__, block.ids)):
+        if block is None or not self._index(block.ids):
             return False
         offsets = list(accumulate(map(add, map(len, lines), repeat(1)), initial=pos0))
-        self.index.update(zip(block.ids, range(len(self.ids), len(self.ids) + len(block.ids))))
         self.ids.extend(block.ids)
         self.offsets.extend(map(offsets.__getitem__, keep))
         self.lines.extend(map(add, keep, repeat(n0)))
@@ -280,11 +283,37 @@ class _Reader:
                 self.plans.append(raw)
         self.plan_of.extend(map(self.plan_ix.__getitem__, block.plans))
         self.packed.extend(block.codes, block.values, block.counts)
+        self._logins(block.logins, len(self.ids) - len(block.ids))
         if self.prev is None:
             self.same.extend(bytes(len(block.ids)))
         else:
             self._compare(block.ids, kept, [n0 + i for i in keep])
         return True
+
+    def _logins(self, column, base: int) -> None:
+        """Key the logins of rows ``base``... (column: their logins fields) for the login index."""
+        rows = range(base, base + len(column))
+        if not any(map(str.__contains__, column, repeat(" "))) and not any(map(str.__contains__, column, repeat("\t"))):
+            hashes = map(add, map(hash, map(str.strip, column)), repeat(1 << 63))
+            keys = map(or_, map(lshift, hashes, repeat(32)), rows)
+            self.login_keys.extend(compress(keys, map(str.strip, column)))
+            return
+        for row, field in zip(rows, column):
+            self.login_keys.extend(((hash(s) + (1 << 63)) << 32) | row for s in field.split())
+
+    def _index(self, ids: list[str]) -> bool:
+        """Index the block's ids; False (and nothing indexed) if one is taken or listed twice."""
+        index, base = self.index, len(self.ids)
+        if not index.keys().isdisjoint(ids):
+            return False
+        before = len(index)
+        index.update(zip(ids, range(base, base + len(ids))))
+        if len(index) == before + len(ids):
+            return True
+        for cid in ids:                         # undo: the block is checked row by row
+            if index.get(cid, -1) >= base:
+                del index[cid]
+        return False
 
     def _compare(self, ids: list[str], lines: list[str], numbers: list[int]) -> None:
         """Which of these rows changed since the previous load (and hand on its built Customers)."""
@@ -314,6 +343,8 @@ class _Reader:
                           f"duplicate id {cid!r} (first defined at {self.rel}:{self.lines[first]})")
             return
         self.index[cid] = len(self.ids)
+        if self.ix[4] >= 0:
+            self._logins([row[self.ix[4]]], len(self.ids))
         self.ids.append(cid)
         self.offsets.append(pos)
         self.lines.append(n)

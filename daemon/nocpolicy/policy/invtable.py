@@ -157,23 +157,17 @@ class Inventory(Sequence):
     def plan(self, i: int) -> str | None:
         return self.plans[self.plan_of[i]]
 
-    def logins(self) -> Iterator[tuple[str, int]]:
-        """(login, row) of every login, read from the column."""
-        k = self.cols.get("logins")
-        if k is None:
-            return
-        for i in range(len(self.ids)):
-            for login in _fields(self.line(i))[k].split():
-                yield login, i
+    def index_logins(self, keys: list[int]) -> None:
+        """The login index from ``((hash(login) + 2**63) << 32) | row`` of every login (sorted here)."""
+        keys.sort()
+        self._logins = (array("Q", map(rshift, keys, repeat(32))), array("I", map(and_, keys, repeat(0xFFFFFFFF))))
 
     def login_owner(self, login: str) -> str | None:
         """The id of the customer with ``login`` (first row listing it), or None. Looked up in a
-        sorted array of the logins' hashes (12 bytes a login, built on first use), the row's
-        own column confirming a match."""
-        if self._logins is None:
-            keys = sorted(((hash(s) + (1 << 63)) << 32) | i for s, i in self.logins())
-            self._logins = (array("Q", map(rshift, keys, repeat(32))),
-                            array("I", map(and_, keys, repeat(0xFFFFFFFF))))
+        sorted array of the logins' hashes (12 bytes a login, keyed while the file was read), the
+        row's own column confirming a match."""
+        if self._logins is None or "logins" not in self.cols:
+            return None
         hashes, rows = self._logins
         h = hash(login) + (1 << 63)
         k = self.cols["logins"]
@@ -184,11 +178,17 @@ class Inventory(Sequence):
                 return self.ids[rows[n]]
         return None
 
-    def prefix_pairs(self) -> Iterator[tuple[int, int, str]]:
-        """(code, value, customer id) of every prefix, from the packed arrays."""
-        ids = self.ids
-        for row, code, value in self.packed.entries():
-            yield code, value, ids[row]
+    def prefix_tables(self) -> Iterator[tuple[int, int, dict[int, str]]]:
+        """(family 4|6, prefix length, {network >> host bits: customer id}) for each length in use,
+        built a whole column at a time (subscribers.prefixes.PrefixIndex)."""
+        p, ids = self.packed, self.ids
+        for code in sorted(set(p.code)):
+            sel = list(map(code.__eq__, p.code))
+            v6, plen = code & V6, code & 0xFF
+            values = map(or_, map(lshift, compress(p.hi, sel), repeat(64)), compress(p.lo, sel)) if v6 \
+                else compress(p.lo, sel)
+            keys = map(rshift, values, repeat((128 if v6 else 32) - plen))
+            yield 6 if v6 else 4, plen, dict(zip(keys, map(ids.__getitem__, compress(p.row, sel))))
 
     def _build(self, i: int) -> Customer:
         from .inventory import build_customer

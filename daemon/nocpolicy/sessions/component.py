@@ -84,8 +84,6 @@ def resolver(policy) -> Callable[[str | None], tuple[str | None, bool]]:
     static = policy.customers.static if inventory is not None else policy.customers
     ids = {c.id: c.id for c in static}     # the policy's own string: shared, not copied
     logins = {login: c.id for c in static for login in c.logins}
-    if inventory is not None and "logins" in inventory.cols:
-        inventory.login_owner("")          # build its login index now (in a thread), not at the first session
 
     def resolve(extracted: str | None) -> tuple[str | None, bool]:
         if extracted is None:
@@ -168,7 +166,7 @@ class Sessions(Component):
         new_transport = None
         if self._started and want != self.listen and want is not None:
             new_transport = await self._bind(want)     # a port in use refuses the reload
-        resolve = await asyncio.to_thread(resolver, policy)     # a CSV inventory's logins indexed
+        resolve = resolver(policy)
 
         def commit():
             self.settings = s

@@ -36,12 +36,12 @@ class PrefixIndex:
             return cls((p, c.id) for c in customers for p in c.prefixes)
         idx = cls((p, c.id) for c in customers.static for p in c.prefixes)
         by_len = {(4, 32 - sh): d for sh, d in idx.v4} | {(6, 128 - sh): d for sh, d in idx.v6}
-        for code, value, cid in inventory.prefix_pairs():
-            v6, plen = code >> 8, code & 0xFF
-            d = by_len.get((6 if v6 else 4, plen))
-            if d is None:
-                d = by_len[(6 if v6 else 4, plen)] = {}
-            d[value >> ((128 if v6 else 32) - plen)] = cid
+        for family, plen, table in inventory.prefix_tables():
+            d = by_len.setdefault((family, plen), {})
+            if d:           # a YAML customer's prefix of this length too (never the same one: validated)
+                d.update(table)
+            else:
+                by_len[(family, plen)] = table
         idx._tables(by_len)
         return idx
 
