@@ -178,8 +178,11 @@ def _reload_inventory(old: SubscriberView, customers, unknown_mode: str, decisio
         return build_view(customers, unknown_mode, decisions)
     for cid in inv.changed:
         j, i = old_inv.index.get(cid), inv.index.get(cid)
-        removed += [(prefix_of(c, v), cid) for c, v in old_inv.packed.of_row(j)] if j is not None else []
-        added += [(prefix_of(c, v), cid) for c, v in inv.packed.of_row(i)] if i is not None else []
+        was = old_inv.packed.of_row(j) if j is not None else []
+        now = inv.packed.of_row(i) if i is not None else []
+        if was != now:                  # a renamed customer keeps its prefixes: no table copied
+            removed += [(prefix_of(c, v), cid) for c, v in was]
+            added += [(prefix_of(c, v), cid) for c, v in now]
     by_id = SubscriberMap(old.by_id, inv, old.by_id.build, old.by_id.cache)
     by_id[None] = UNKNOWN_MODES[unknown_mode]
     decided = decisions.customers()
