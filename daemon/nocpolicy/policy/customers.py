@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass, field
 from itertools import islice, repeat
 from operator import and_, lt, or_, rshift, sub
-from dataclasses import dataclass, field
 
 from .fields import (
     Invalid,

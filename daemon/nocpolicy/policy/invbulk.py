@@ -52,7 +52,7 @@ def check_block(rows: list[list[str]], ix: tuple[int, ...]) -> Block | None:
     width = len(ix) - ix.count(-1)
     if not rows or set(map(len, rows)) != {width}:
         return None
-    cols = list(zip(*rows))
+    cols = list(zip(*rows, strict=False))
     i_id, i_name, i_plan, i_pfx, i_log, i_tags, i_nodes, i_contact = ix
     ids = cols[i_id]
     if not _joined_ok(_IDS, ids) or not all(map(str.strip, cols[i_name])):
@@ -138,4 +138,4 @@ def _prefixes(column) -> tuple[list[int], list[int], list[int]] | None:
 def _no_duplicates(codes: list[int], values: list[int]) -> bool:
     """No prefix twice in the block (a row listing one twice is refused; two rows sharing one
     are an overlap: both are reported row by row)."""
-    return len(set(zip(codes, values))) == len(codes)
+    return len(set(zip(codes, values, strict=False))) == len(codes)

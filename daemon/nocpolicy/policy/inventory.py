@@ -18,12 +18,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import ipaddress
-from array import array
-from itertools import accumulate, compress, repeat
-from operator import add, lshift, or_
 import re
 import socket
+from array import array
 from dataclasses import dataclass, field
+from itertools import accumulate, compress, repeat
+from operator import add, lshift, or_
 from pathlib import Path
 
 from .customers import Contact, Customer, as_mqtt_topic
@@ -298,8 +298,8 @@ class _Reader:
             keys = map(or_, map(lshift, hashes, repeat(32)), rows)
             self.login_keys.extend(compress(keys, map(str.strip, column)))
             return
-        for row, field in zip(rows, column):
-            self.login_keys.extend(((hash(s) + (1 << 63)) << 32) | row for s in field.split())
+        for row, logins in zip(rows, column, strict=False):
+            self.login_keys.extend(((hash(s) + (1 << 63)) << 32) | row for s in logins.split())
 
     def _index(self, ids: list[str]) -> bool:
         """Index the block's ids; False (and nothing indexed) if one is taken or listed twice."""
@@ -307,7 +307,7 @@ class _Reader:
         if not index.keys().isdisjoint(ids):
             return False
         before = len(index)
-        index.update(zip(ids, range(base, base + len(ids))))
+        index.update(zip(ids, range(base, base + len(ids)), strict=False))
         if len(index) == before + len(ids):
             return True
         for cid in ids:                         # undo: the block is checked row by row
@@ -318,7 +318,7 @@ class _Reader:
     def _compare(self, ids: list[str], lines: list[str], numbers: list[int]) -> None:
         """Which of these rows changed since the previous load (and hand on its built Customers)."""
         prev, built = self.prev, self.prev._built
-        for cid, line, n in zip(ids, lines, numbers):
+        for cid, line, n in zip(ids, lines, numbers, strict=False):
             j = prev.index.get(cid)
             if j is None or prev.line(j) != line:
                 self.changed.add(cid)

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import csv
 import ipaddress
-from bisect import bisect_left
 import weakref
 from array import array
+from bisect import bisect_left
 from collections.abc import Iterator, Mapping, Sequence
 from itertools import accumulate, chain, compress, count, repeat
 from operator import and_, lshift, or_, rshift, sub
@@ -79,7 +79,7 @@ class Packed:
 
     def entries(self) -> Iterator[tuple[int, int, int]]:
         """(row, code, value) of every prefix."""
-        return zip(self.row, self.code, map(or_, map(lshift, self.hi, repeat(64)), self.lo))
+        return zip(self.row, self.code, map(or_, map(lshift, self.hi, repeat(64)), self.lo), strict=False)
 
     def keys(self, v6: bool) -> list[int]:
         """One int per IPv4 (or IPv6) prefix that sorts by first address, longest prefix first:
@@ -188,7 +188,7 @@ class Inventory(Sequence):
             values = map(or_, map(lshift, compress(p.hi, sel), repeat(64)), compress(p.lo, sel)) if v6 \
                 else compress(p.lo, sel)
             keys = map(rshift, values, repeat((128 if v6 else 32) - plen))
-            yield 6 if v6 else 4, plen, dict(zip(keys, map(ids.__getitem__, compress(p.row, sel))))
+            yield 6 if v6 else 4, plen, dict(zip(keys, map(ids.__getitem__, compress(p.row, sel)), strict=False))
 
     def _build(self, i: int) -> Customer:
         from .inventory import build_customer

@@ -22,8 +22,8 @@ from .detect import DetectSettings, read_detect
 from .dnsconf import DnsSettings, read_dns
 from .emergency import read_interfaces, read_profiles
 from .fields import Problems, convert, ids_unique, obj
-from .inventory import InventorySettings, read_inventory, read_inventory_settings
 from .invcheck import check_inventory
+from .inventory import InventorySettings, read_inventory, read_inventory_settings
 from .invtable import Customers
 from .maintenance import MaintenanceSettings
 from .maintenance import reader as maintenance_reader

@@ -12,11 +12,11 @@ from functools import cached_property
 from .advisories import AdvisorySettings
 from .control import ControlSettings
 from .customers import Customer, Plan
-from .invtable import CustomerIndex
 from .detect import DetectSettings
 from .dnsconf import DnsSettings
 from .emergency import Interface, Profile
 from .fields import Obj, as_id, as_text, as_timezone
+from .invtable import CustomerIndex
 from .maintenance import MaintenanceSettings
 from .nodes import Loc
 from .sessions import SessionSettings
