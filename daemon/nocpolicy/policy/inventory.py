@@ -255,22 +255,21 @@ class _Reader:
 
     def _block(self, chunk: str, lines: list[str], n0: int, pos0: int) -> bool:
         """Take a block of lines through the column-wise fast path (invbulk); False: some row needs
-        checking one by one (a problem to report, or a duplicate id)."""
+        checking one by one (a problem to report, or a duplicate id). On a reload, rows whose line
+        is unchanged since the previous load are taken from it unchecked."""
         if lines and not lines[-1]:
             lines = lines[:-1]                  # the file's last newline
-        if "\n\n" in chunk or "\n#" in chunk or chunk[:1] in ("#", "\n"):
-            keep = [i for i, line in enumerate(lines) if line and line[0] != "#" and not line.isspace()]
-            kept = [lines[i] for i in keep]
-        else:
-            keep, kept = range(len(lines)), lines
-        if "\r" in chunk:
-            kept = list(map(str.rstrip, kept, repeat("\r")))
-        try:
-            rows = list(map(str.split, kept, repeat(","))) if '"' not in chunk \
-                else [ln.split(",") if '"' not in ln else next(csv.reader([ln])) for ln in kept]
-        except csv.Error:
+        split = self._split(chunk, lines)
+        if split is None:
             return False
-        block = check_block(rows, self.ix)
+        keep, kept, rows = split
+        if self.prev is None:
+            block, js = check_block(rows, self.ix), None
+        else:
+            js = self._unchanged(rows, kept)
+            fresh = check_block([r for r, j in zip(rows, js, strict=True) if j < 0], self.ix) \
+                if -1 in js else Block([], [], [], [], [])
+            block = self._merge(rows, js, fresh) if fresh is not None else None
         if block is None or not self._index(block.ids):
             return False
         offsets = list(accumulate(map(add, map(len, lines), repeat(1)), initial=pos0))
@@ -284,11 +283,59 @@ class _Reader:
         self.plan_of.extend(map(self.plan_ix.__getitem__, block.plans))
         self.packed.extend(block.codes, block.values, block.counts)
         self._logins(block.logins, len(self.ids) - len(block.ids))
-        if self.prev is None:
+        if js is None:
             self.same.extend(bytes(len(block.ids)))
         else:
-            self._compare(block.ids, kept, [n0 + i for i in keep])
+            self._compare(block.ids, js, [n0 + i for i in keep])
         return True
+
+    @staticmethod
+    def _split(chunk: str, lines: list[str]):
+        """(indexes of the data lines, those lines, their fields), or None (a CSV quoting error)."""
+        if "\n\n" in chunk or "\n#" in chunk or chunk[:1] in ("#", "\n"):
+            keep = [i for i, line in enumerate(lines) if line and line[0] != "#" and not line.isspace()]
+            kept = [lines[i] for i in keep]
+        else:
+            keep, kept = range(len(lines)), lines
+        if "\r" in chunk:
+            kept = list(map(str.rstrip, kept, repeat("\r")))
+        try:
+            rows = list(map(str.split, kept, repeat(","))) if '"' not in chunk \
+                else [ln.split(",") if '"' not in ln else next(csv.reader([ln])) for ln in kept]
+        except csv.Error:
+            return None
+        return keep, kept, rows
+
+    def _unchanged(self, rows: list[list[str]], lines: list[str]) -> list[int]:
+        """For each row, its row in the previous load if its line is the same there, else -1."""
+        prev, i_id, out = self.prev, self.ix[0], []
+        for row, line in zip(rows, lines, strict=True):
+            j = prev.index.get(row[i_id].strip()) if len(row) > i_id else None
+            out.append(j if j is not None and prev.line(j) == line else -1)
+        return out
+
+    def _merge(self, rows: list[list[str]], js: list[int], fresh: Block) -> Block:
+        """The block in row order: unchanged rows from the previous load, the others from ``fresh``."""
+        prev, i_log = self.prev, self.ix[4]
+        out = Block([], [], [], [], [], tuple(r[i_log] for r in rows) if i_log >= 0 else ())
+        b = k = 0
+        for j in js:
+            if j >= 0:
+                pairs = prev.packed.of_row(j)
+                out.ids.append(prev.ids[j])
+                out.plans.append(prev.plan(j) or "")
+                out.codes.extend(c for c, _ in pairs)
+                out.values.extend(v for _, v in pairs)
+                out.counts.append(len(pairs))
+                continue
+            n = fresh.counts[b]
+            out.ids.append(fresh.ids[b])
+            out.plans.append(fresh.plans[b])
+            out.codes.extend(fresh.codes[k:k + n])
+            out.values.extend(fresh.values[k:k + n])
+            out.counts.append(n)
+            b, k = b + 1, k + n
+        return out
 
     def _logins(self, column, base: int) -> None:
         """Key the logins of rows ``base``... (column: their logins fields) for the login index."""
@@ -315,12 +362,12 @@ class _Reader:
                 del index[cid]
         return False
 
-    def _compare(self, ids: list[str], lines: list[str], numbers: list[int]) -> None:
-        """Which of these rows changed since the previous load (and hand on its built Customers)."""
+    def _compare(self, ids: list[str], js: list[int], numbers: list[int]) -> None:
+        """Note which rows changed since the previous load (``js``: _unchanged) and hand on the
+        Customers built from unchanged lines at the same place."""
         prev, built = self.prev, self.prev._built
-        for cid, line, n in zip(ids, lines, numbers, strict=False):
-            j = prev.index.get(cid)
-            if j is None or prev.line(j) != line:
+        for cid, j, n in zip(ids, js, numbers, strict=True):
+            if j < 0:
                 self.changed.add(cid)
                 self.same.append(0)
                 continue
@@ -383,4 +430,4 @@ class _Reader:
             self.problems.add(Loc(self.rel, n), column, reason)
 
 
-from .invbulk import check_block  # noqa: E402  (invbulk uses this module's row checks)
+from .invbulk import Block, check_block  # noqa: E402  (invbulk uses this module's row checks)
