@@ -131,3 +131,60 @@ def test_reload_view_reuses_unchanged_customers(tmp_path):
     assert new.by_id == fresh.by_id
     for host in ("10.77.0.21", "10.88.0.9", "10.77.0.25", "192.0.2.1"):
         assert new.customer_of(host) == fresh.customer_of(host), host
+
+
+def _rows(n: int, start: int = 0) -> str:
+    return "".join(f"h{i:06d},C{i},home-100m,10.{i >> 14}.{(i >> 6) & 0xFF}.{(i & 63) * 4}/30 "
+                   f"3fff:{i:x}::/48,u{i}@isp.example,fiber-home,edge-tokyo-1,c{i}@example.jp\n"
+                   for i in range(start, start + n))
+
+
+def test_a_bad_row_deep_in_a_large_file_is_named_and_the_rest_checked_alike(tmp_path):
+    """Blocks of rows are checked column-wise; a block with a problem is checked row by row:
+    every problem still names its line and column, wherever it is."""
+    rows = _rows(30_000).split("\n")
+    rows[12_345] = rows[12_345].replace("/30", "/29", 1)               # host bits set
+    rows[25_000] = rows[25_000].replace("c25000@example.jp", "nobody")  # bad contact
+    rows[29_000] = rows[29_000].replace("h029000", "h000001")           # duplicate id
+    pol = with_inventory(tmp_path, "\n".join(rows))
+    with pytest.raises(PolicyInvalid) as e:
+        load_policy(pol)
+    csv = str(pol / "customers.csv")
+    text = "\n".join(str(p) for p in e.value.problems)
+    assert f"{csv}:12347: prefixes: '10.0.192.228/29' has host bits set" in text
+    assert f"{csv}:25002: contact: 'nobody' is not an e-mail address" in text
+    assert f"{csv}:29002: customers[id=h000001]: duplicate id 'h000001' (first defined at {csv}:3)" in text
+    assert len(e.value.problems) == 3
+
+
+def test_large_inventory_customers_built_on_demand_and_reload_changes_only_edited_rows(tmp_path):
+    from nocpolicy.sessions.component import resolver
+    from nocpolicy.subscribers.model import Decisions
+    from nocpolicy.subscribers.view import build_view, reload_view
+    pol = with_inventory(tmp_path, _rows(20_000))
+    a = load_policy(pol)
+    assert len(a.customers) == 20_000 + 5                                # + the YAML customers
+    c = a.customers_by_id["h017000"]
+    assert c.plan == "home-100m" and c.nodes == ("edge-tokyo-1",) and c.contact.email == "c17000@example.jp"
+    assert [str(p) for p in c.prefixes] == ["10.1.9.160/30", "3fff:4268::/48"]
+    resolve = resolver(a)
+    assert resolve("u17000@isp.example") == ("h017000", False) and resolve("h000003") == ("h000003", False)
+    assert resolve("stranger") == ("stranger", True)
+    view = build_view(a.customers, "protect", Decisions())
+    assert view.subscriber("10.1.9.161").customer == "h017000" and view.by_id["h017000"].plan == "home-100m"
+    lines = (pol / "customers.csv").read_text().split("\n")
+    lines[101] = lines[101].replace(",C100,", ",Renamed,")             # a name only
+    lines[201] = lines[201].replace("/30", "/31")                      # a prefix
+    (pol / "customers.csv").write_text("\n".join(lines))
+    b = load_policy(pol, previous=a)
+    assert b.customers.inventory.changed == {"h000100", "h000200"}
+    assert b.customers_by_id["h017000"] is c                            # unchanged: the same object
+    new = reload_view(view, b.customers, "protect", view.decisions)
+    assert new.by_id["h000100"].customer == "h000100" and b.customers_by_id["h000100"].name == "Renamed"
+    assert new.subscriber("10.0.3.33").customer == "h000200"          # now a /31: .32-.33
+    assert new.subscriber("10.0.3.34").customer is None
+    assert new.subscriber("10.1.9.161").customer == "h017000"
+    v4_32 = [d for sh, d in view.prefixes.v4 if sh == 2][0]           # the /30 table: copied (h000200 left it)
+    assert [d for sh, d in new.prefixes.v4 if sh == 2][0] is not v4_32
+    v6 = [d for _, d in view.prefixes.v6]
+    assert all(any(d is e for e in v6) for _, d in new.prefixes.v6)    # the /48 table: shared, untouched

@@ -180,9 +180,10 @@ def _reload_inventory(old: SubscriberView, customers, unknown_mode: str, decisio
         j, i = old_inv.index.get(cid), inv.index.get(cid)
         was = old_inv.packed.of_row(j) if j is not None else []
         now = inv.packed.of_row(i) if i is not None else []
-        if was != now:                  # a renamed customer keeps its prefixes: no table copied
-            removed += [(prefix_of(c, v), cid) for c, v in was]
-            added += [(prefix_of(c, v), cid) for c, v in now]
+        # only the prefixes that differ: a renamed customer copies no table, a changed prefix the
+        # tables of its old and new lengths
+        removed += [(prefix_of(c, v), cid) for c, v in was if (c, v) not in now]
+        added += [(prefix_of(c, v), cid) for c, v in now if (c, v) not in was]
     by_id = SubscriberMap(old.by_id, inv, old.by_id.build, old.by_id.cache)
     by_id[None] = UNKNOWN_MODES[unknown_mode]
     decided = decisions.customers()
