@@ -71,6 +71,9 @@ def diff_policies(old: Policy | None, new: Policy) -> PolicyChange:
         return PolicyChange(None, new.version)
     sections = {}
     for name, get in _ID_SECTIONS.items():
+        if name == "customers" and (hasattr(old.customers, "inventory") or hasattr(new.customers, "inventory")):
+            sections[name] = _customers_change(old.customers, new.customers)
+            continue
         a = {x.id: x for x in get(old)}
         b = {x.id: x for x in get(new)}
         sections[name] = SectionChange(
@@ -98,3 +101,25 @@ def diff_policies(old: Policy | None, new: Policy) -> PolicyChange:
 def _content_changed(section: str, item_id: str, old: Policy, new: Policy) -> bool:
     """A local list file whose content changed is a changed list even if its entry is the same."""
     return section == "dns.lists" and old.list_digests.get(item_id) != new.list_digests.get(item_id)
+
+
+def _customers_change(old, new) -> SectionChange:
+    """The customers' change when a CSV inventory is involved, without building a Customer per
+    row: the YAML customers compared as objects, the inventory rows by their lines (or by the
+    ``changed`` set of an inventory read against the old one)."""
+    def parts(customers):
+        inv = getattr(customers, "inventory", None)
+        return {c.id: c for c in getattr(customers, "static", customers)}, inv
+    (a, ia), (b, ib) = parts(old), parts(new)
+    ids_a = a.keys() | (ia.index.keys() if ia is not None else set())
+    ids_b = b.keys() | (ib.index.keys() if ib is not None else set())
+    changed = {k for k in a.keys() & b.keys() if a[k] != b[k]}
+    if ia is not None and ib is not None:
+        both = ia.index.keys() & ib.index.keys()
+        if ib.base() is ia:
+            changed |= ib.changed & both
+        else:
+            changed |= {k for k in both if ia.line(ia.index[k]) != ib.line(ib.index[k])}
+    changed |= {k for k in ids_a & ids_b if (k in a) != (k in b)}      # moved between YAML and CSV
+    return SectionChange(added=tuple(sorted(ids_b - ids_a)), removed=tuple(sorted(ids_a - ids_b)),
+                         changed=tuple(sorted(changed)))
