@@ -22,8 +22,8 @@ import re
 import socket
 from array import array
 from dataclasses import dataclass, field
-from itertools import accumulate, compress, repeat
-from operator import add, lshift, or_
+from itertools import accumulate, chain, compress, repeat
+from operator import add, lshift, or_, rshift
 from pathlib import Path
 
 from .customers import Contact, Customer, as_mqtt_topic
@@ -220,6 +220,8 @@ class _Reader:
         self.offsets, self.lines, self.ids, self.index = array("Q"), array("I"), [], {}
         self.plans, self.plan_ix, self.plan_of = [None], {None: 0, "": 0}, array("H")
         self.packed, self.built, self.changed, self.errors = Packed(), {}, set(), 0
+        self.tables: dict[int, dict[int, str]] = {}    # prefix code -> {network >> host bits: id}
+        self.n_prefixes = 0
         self.same = bytearray()          # row -> 1: reused from ``previous`` at the same line
         self.login_keys: list[int] = []  # (hash of a login + 2**63) << 32 | row (invtable.login_owner)
 
@@ -244,6 +246,8 @@ class _Reader:
                         self.plan_of, self.packed, frozenset(self.changed) if prev is not None else None,
                         prev, self.built, self.same)
         inv.index_logins(self.login_keys)
+        inv.tables = self.tables            # exact: no prefix listed twice (else the overlap check says so)
+        inv.tables_exact = sum(map(len, self.tables.values())) == self.n_prefixes
         return inv
 
     def _one_by_one(self, lines: list[str], n: int, pos: int) -> None:
@@ -282,6 +286,7 @@ class _Reader:
                 self.plans.append(raw)
         self.plan_of.extend(map(self.plan_ix.__getitem__, block.plans))
         self.packed.extend(block.codes, block.values, block.counts)
+        self._tabulate(block.codes, block.values, list(chain.from_iterable(map(repeat, block.ids, block.counts))))
         self._logins(block.logins, len(self.ids) - len(block.ids))
         if js is None:
             self.same.extend(bytes(len(block.ids)))
@@ -336,6 +341,20 @@ class _Reader:
             out.counts.append(n)
             b, k = b + 1, k + n
         return out
+
+    def _tabulate(self, codes: list[int], values: list[int], owners: list[str]) -> None:
+        """Add prefixes to the per-length tables (the DNS guard's address lookup and the overlap check)."""
+        self.n_prefixes += len(codes)
+        distinct = set(codes)
+        for code in distinct:
+            table = self.tables.setdefault(code, {})
+            if len(distinct) == 1:
+                vals, own = values, owners
+            else:
+                sel = list(map(code.__eq__, codes))
+                vals, own = compress(values, sel), compress(owners, sel)
+            table.update(zip(map(rshift, vals, repeat((128 if code & V6 else 32) - (code & 0xFF))), own,
+                             strict=False))
 
     def _logins(self, column, base: int) -> None:
         """Key the logins of rows ``base``... (column: their logins fields) for the login index."""
@@ -404,6 +423,8 @@ class _Reader:
             for code, value in prefixes:
                 self.packed.add(code, value)
             self.packed.end_row()
+        pairs = prefixes if prefixes is not None else self.packed.of_row(len(self.ids) - 1)
+        self._tabulate([c for c, _ in pairs], [v for _, v in pairs], [cid] * len(pairs))
         if self.prev is not None and prefixes is not None:
             self.changed.add(cid)
         self.same.append(prefixes is None and self.prev.lines[self.prev.index[cid]] == n)

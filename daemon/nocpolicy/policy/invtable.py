@@ -107,6 +107,8 @@ class Inventory(Sequence):
         self._same = same               # row -> 1: the same line at the same place in ``base``
         self._built: dict[str, Customer] = built or {}
         self._logins: tuple[array, array] | None = None
+        self.tables: dict[int, dict[int, str]] | None = None   # built while read; see take_tables
+        self.tables_exact = False
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -178,9 +180,18 @@ class Inventory(Sequence):
                 return self.ids[rows[n]]
         return None
 
-    def prefix_tables(self) -> Iterator[tuple[int, int, dict[int, str]]]:
+    def take_tables(self) -> list[tuple[int, int, dict[int, str]]]:
         """(family 4|6, prefix length, {network >> host bits: customer id}) for each length in use,
-        built a whole column at a time (subscribers.prefixes.PrefixIndex)."""
+        for the DNS guard's address lookup (subscribers.prefixes.PrefixIndex): the tables built
+        while the file was read, handed over once (the taker owns them: no copy), then built
+        again from the packed columns."""
+        tables, self.tables = self.tables, None
+        if tables is None:
+            return list(self.prefix_tables())
+        return [(6 if code & V6 else 4, code & 0xFF, t) for code, t in sorted(tables.items())]
+
+    def prefix_tables(self) -> Iterator[tuple[int, int, dict[int, str]]]:
+        """The tables of take_tables, built from the packed columns."""
         p, ids = self.packed, self.ids
         for code in sorted(set(p.code)):
             sel = list(map(code.__eq__, p.code))

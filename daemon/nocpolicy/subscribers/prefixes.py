@@ -36,7 +36,7 @@ class PrefixIndex:
             return cls((p, c.id) for c in customers for p in c.prefixes)
         idx = cls((p, c.id) for c in customers.static for p in c.prefixes)
         by_len = {(4, 32 - sh): d for sh, d in idx.v4} | {(6, 128 - sh): d for sh, d in idx.v6}
-        for family, plen, table in inventory.prefix_tables():
+        for family, plen, table in inventory.take_tables():
             d = by_len.setdefault((family, plen), {})
             if d:           # a YAML customer's prefix of this length too (never the same one: validated)
                 d.update(table)

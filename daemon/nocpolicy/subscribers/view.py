@@ -172,6 +172,7 @@ def _reload_inventory(old: SubscriberView, customers, unknown_mode: str, decisio
     """reload_view where both policies have a CSV inventory, the new one read against the old
     one: its ``changed`` ids (and the YAML customers' delta) are all that is rebuilt."""
     inv, old_inv = customers.inventory, old.by_id.inventory
+    inv.tables = None                   # the old view's tables are updated instead: free the new ones
     by_cust = {c.id: c for c in customers.static}
     removed, added, changed = customers_delta(old.customers.static, by_cust.values())
     if len(changed) + len(inv.changed) > max(1000, len(customers) // 10):
