@@ -14,7 +14,7 @@ import asyncio
 import random
 import time
 
-from .cache import AnswerCache, CnameInfo, Fetch, cache_key, restore
+from .cache import AnswerCache, CnameInfo, Fetch, cache_key, hkey, key_of, restore
 from .lists import suffixes
 from .upstream import Pending
 from .verdict import Verdict, judge_suffixes
@@ -66,10 +66,15 @@ class CachePath:
             p.timer = asyncio.get_running_loop().call_later(ac.conf.stale_after, self._stale_due, p)
         pool.forward(p)
 
-    def aged_wire(self, key: bytes, v: tuple, t0: float) -> bytes | None:
-        """The hot path's entry ``v`` a second or more old: its TTLs rewritten (and a prefetch
-        started when due), or None when it expired (the slow path decides: stale, forward)."""
-        r = self.acache.aged(key, v, t0)
+    def aged_wire(self, key: bytes, v: bytes, t0: float) -> bytes | None:
+        """The hot path's entry ``v`` (found under ``key``'s hash) when its first bytes are not
+        the stamp: the wire with its TTLs rewritten (and a prefetch started when due) if it is
+        ``key``'s, allowed for everyone in this generation and without CNAME; else None (the
+        slow path decides: stale, forward, CNAME verdicts)."""
+        ac = self.acache
+        if v[4:9] != ac.stamp[4:] or key_of(v) != key:
+            return None
+        r = ac.aged(key, hkey(key), v, t0)
         if r is None or not r[1]:
             return None
         if r[2]:
@@ -165,7 +170,7 @@ class CachePath:
         if w is None:
             return False
         p.done = True
-        cname = ac.d[p.key][3]
+        cname = ac.cname_of(p.key)
         if cname is not None and p.sub is not None:
             v = self.cname_verdict(cname, p.sub)
             if v is not None:
