@@ -382,3 +382,35 @@ def test_upstreams_system_reads_resolv_conf_and_skips_ourselves(tmp_path, policy
     with pytest.raises(PolicyInvalid) as info:
         load_policy(policy_dir)
     assert any("dns.upstreams" in str(x) and "'system'" in str(x) for x in info.value.problems)
+
+
+def _a_query(name: bytes, edns: bytes = b"", flags: bytes = b"\1\0") -> bytes:
+    qname = b"".join(bytes((len(p),)) + p for p in name.split(b".")) + b"\0"
+    return b"\0\7" + flags + b"\0\1\0\0\0\0\0" + (b"\1" if edns else b"\0") + qname + b"\0\1\0\1" + edns
+
+
+def test_an_entry_gives_back_its_whole_key_and_refuses_another_key_with_its_hash():
+    """One bytes value per entry (memory): the key it was stored under comes back from it
+    exactly -- flags, EDNS size, DO, a 255-byte name -- and a lookup under another key that
+    lands on the same dict slot finds nothing rather than a wrong answer."""
+    from nocpolicy.dns.cache import AnswerCache, cache_key, hkey, key_of
+    from nocpolicy.policy.dnsconf import CacheSettings
+    cache = AnswerCache(CacheSettings())
+    longest = b".".join([b"a" * 63] * 3 + [b"b" * 61])        # 255 bytes on the wire
+    opt = b"\0\0\x29\x04\xd0\0\0\x80\0\0\0"                   # OPT: 1232 bytes, DO
+    keys = []
+    for q in (_a_query(b"www.example.org"), _a_query(longest), _a_query(b"x.example", opt),
+              _a_query(b"x.example", flags=b"\1\x10")):
+        key = cache_key(q, len(q) - (11 if q[11] else 0))
+        qend = len(key) + 2 - (11 if q[11] else 0)
+        resp = q[:2] + b"\x81\x80\0\1\0\1\0\0" + q[10:qend] + b"\xc0\x0c\0\1\0\1\0\0\1\x2c\0\4\xc0\0\2\1"
+        if q[11]:
+            resp = resp[:11] + b"\1" + resp[12:] + q[qend:]
+        assert cache.store(key, resp, qend, cache.clock()), q
+        assert key_of(cache.d[hkey(key)]) == key
+        assert cache.lookup(key, cache.clock())[0] == resp[2:]
+        keys.append(key)
+    assert len(cache.d) == 4
+    a, b = keys[0], keys[2]
+    cache.d[hkey(b)] = cache.d[hkey(a)]                        # as if a's hash were b's
+    assert cache.lookup(b, cache.clock()) is None and cache.stale_answer(b, cache.clock()) is None

@@ -23,7 +23,8 @@ no Python object per field -- a fixed prefix of ``P`` bytes, then the wire:
   no list at all (allowed for every client), 0xFFFFFFFF for none;
 * ``cname`` (1) -- 1 when the answer has CNAME targets (:class:`CnameInfo`, in
   the side table ``cnames``: verdicts per subscriber of one generation);
-* ``ql`` (1), ``edns`` (1) -- the question's length; whether the query had OPT;
+* ``nl`` (1), ``edns`` (1) -- the length of the question's name (<= 255); whether the
+  query had OPT;
 * ``ttl0`` (4) -- the TTL the entry was stored with (prefetch at its last 10 %);
 * the query's flags (2) and its OPT class and TTL (6: UDP size, DO): with the
   question in the wire they give back the whole key (:func:`key_of`), which
@@ -63,7 +64,7 @@ EDE_STALE = 3             # RFC 8914: Stale Answer
 TYPE_SOA = 6
 _MAX_TTL = 0x7FFFFFFF
 _PACK_TTL = struct.Struct("!I").pack_into
-_META = struct.Struct("!IIBBBI2s6s")     # s, gen, cname, ql, edns, ttl0, query flags, OPT class+TTL
+_META = struct.Struct("!IIBBBI2s6s")     # s, gen, cname, nl, edns, ttl0, query flags, OPT class+TTL
 P = _META.size                           # 23: the wire starts here
 Q = P + 10                               # the question starts here
 NO_GEN = 0xFFFFFFFF
@@ -87,7 +88,7 @@ def entry_gen(v: bytes) -> int:
 
 def key_of(v: bytes) -> bytes:
     """The cache key of entry ``v`` (see the module's docstring)."""
-    q = v[Q:Q + v[9]]
+    q = v[Q:Q + 4 + v[9]]
     if v[10]:
         return v[15:17] + b"\0\1\0\0\0\0\0\1" + q + b"\0\0\x29" + v[17:23] + b"\0\0"
     return v[15:17] + b"\0\1\0\0\0\0\0\0" + q
@@ -95,8 +96,8 @@ def key_of(v: bytes) -> bytes:
 
 def _meta(key: bytes, s: int, gen: int, cname: bool, ttl0: int) -> bytes:
     edns = key[8:10] == b"\0\1"
-    ql = len(key) - (21 if edns else 10)
-    return _META.pack(s, NO_GEN if gen < 0 else gen, cname, ql, edns, ttl0, key[:2], key[-8:-2] if edns else _NO_OPT)
+    nl = len(key) - (25 if edns else 14)
+    return _META.pack(s, NO_GEN if gen < 0 else gen, cname, nl, edns, ttl0, key[:2], key[-8:-2] if edns else _NO_OPT)
 
 
 class Fetch(Pending):
@@ -408,7 +409,7 @@ class AnswerCache:
         delta = s - entry_s(v)
         if delta <= 0:
             return w, True, False
-        off = single_ttl(w, Q - P + v[9])
+        off = single_ttl(w, Q - P + 4 + v[9])
         if off >= 0:                                   # one RR (the common case): no scan
             left = int.from_bytes(w[off:off + 4]) - delta
             if left > 0:
@@ -531,7 +532,7 @@ def cache_entries(cache: AnswerCache, name: str, keys, limit: int = 100) -> list
         v = cache.d.get(k)
         if v is None or not v.startswith(wire, Q):
             continue
-        w, q, ttl0, opt = v[P:], v[Q + v[9] - 4:Q + v[9]], int.from_bytes(v[11:15]), v[10] == 1
+        w, q, ttl0, opt = v[P:], v[Q + v[9]:Q + 4 + v[9]], int.from_bytes(v[11:15]), v[10] == 1
         cname = cache.cnames.get(k) if v[8] else None
         try:
             left = scan(w).min_ttl - (cache.second(now) - entry_s(v))

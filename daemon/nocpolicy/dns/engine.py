@@ -527,7 +527,7 @@ class Engine(CachePath):
             if t0 >= ac.until or ac.sgen != dirty_owner.gen:
                 ac.restamp(t0, dirty_owner.gen)
             if v.startswith(ac.stamp):
-                if not v.startswith(data[12:12 + v[9]], Q):   # the question (case: lower only)
+                if not v.startswith(data[12:16 + v[9]], Q):   # the question (case: lower only)
                     return False
                 w = v[P:]
             else:
