@@ -37,6 +37,7 @@ def _fit(out: bytes, q, tcp: bool, max_udp: int) -> bytes:
 class CachePath:
     acache: AnswerCache | None
     gen: int
+    judged: bytes
 
     def cached(self, data, q, host, addr, sub, send, tcp, t0) -> None:
         """Answer an allowed query from the cache, or forward it so that its answer is cached."""
@@ -48,7 +49,7 @@ class CachePath:
             return
         # judged against every list by the engine just now (or seen so before): the hot path may
         # answer this entry without judging again until the next list/policy/consent change
-        everyone = self.gen if self.allowed.get(data[2:]) is not None else -1
+        everyone = self.gen if self.judged is data else -1
         hit = ac.lookup(key, t0)
         if hit is not None and hit[2]:
             wire, cname, _fresh, prefetch = hit

@@ -134,6 +134,7 @@ class Engine(CachePath):
         # query bytes (minus the ID) of names no list matches -> their parsed question: such a
         # query is forwarded without parsing or judging again (still for every query)
         self.allowed: dict[bytes, object] = {}
+        self.judged = b""             # with the answer cache: the last query no list matched
         self._all = _everything(self.lists)
         self._sink: dict[str, bytes | None] = {}
         self.errors = 0
@@ -356,6 +357,9 @@ class Engine(CachePath):
         v = judge_suffixes(self._all, lists, sfx)
         if v is None:                         # no list matches: allowed for every client
             if len(data) <= CACHEABLE and q.qtype != TYPE_ANY:
+                if self.acache is not None:   # the answer cache marks its entry (cachepath.py)
+                    self.judged = data
+                    return None
                 allowed = self.allowed
                 if len(allowed) >= ALLOWED_CACHE_MAX:
                     allowed.clear()
