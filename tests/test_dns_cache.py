@@ -414,3 +414,30 @@ def test_an_entry_gives_back_its_whole_key_and_refuses_another_key_with_its_hash
     a, b = keys[0], keys[2]
     cache.d[hkey(b)] = cache.d[hkey(a)]                        # as if a's hash were b's
     assert cache.lookup(b, cache.clock()) is None and cache.stale_answer(b, cache.clock()) is None
+
+
+def test_the_one_patch_rerendering_agrees_with_the_general_one():
+    """The hot path re-renders a one-RR entry of an earlier second with one patch of its TTL
+    (from the second it expires); the general path reads and rewrites every TTL. Second by
+    second, both give the same answer, and the patch leaves the end (prefetch, expiry) alone."""
+    from nocpolicy.dns.cache import AnswerCache, cache_key, hkey
+    from nocpolicy.policy.dnsconf import CacheSettings
+    now = [1000.0]
+    fast, slow = AnswerCache(CacheSettings(), clock=lambda: now[0]), AnswerCache(CacheSettings(), clock=lambda: now[0])
+    q = _a_query(b"www.example.org")
+    key = cache_key(q, len(q))
+    resp = q[:2] + b"\x81\x80\0\1\0\1\0\0" + q[10:] + b"\xc0\x0c\0\1\0\1\0\0\0\x32\0\4\xc0\0\2\1"   # TTL 50
+    for c in (fast, slow):
+        assert c.store(key, resp, len(q), now[0])
+    hk, seen = hkey(key), []
+    for _ in range(60):
+        now[0] += 1
+        fast.restamp(now[0], 0)
+        w = fast.rerender(hk, fast.d[hk])
+        r = slow.lookup(key, now[0])
+        if w is None:
+            break
+        assert r is not None and w == r[0]
+        seen.append(int.from_bytes(w[-10:-6]))
+    assert seen == list(range(49, 5, -1))        # 49 .. 6: at 5 (10 % of 50) a prefetch is due
+    assert fast.lookup(key, now[0])[3] is True   # the general path starts it

@@ -23,12 +23,14 @@ no Python object per field -- a fixed prefix of ``P`` bytes, then the wire:
   no list at all (allowed for every client), 0xFFFFFFFF for none;
 * ``cname`` (1) -- 1 when the answer has CNAME targets (:class:`CnameInfo`, in
   the side table ``cnames``: verdicts per subscriber of one generation);
-* ``nl`` (1), ``edns`` (1) -- the length of the question's name (<= 255); whether the
-  query had OPT;
+* ``nl`` (1) -- the length of the question's name (<= 255);
+* ``flags`` (1) -- 1: the query had OPT; 2: the answer is one RR (maybe and an OPT) whose
+  TTL sits right after the question (``Q + 10 + nl``): its re-rendering is one patch;
 * ``ttl0`` (4) -- the TTL the entry was stored with (prefetch at its last 10 %);
 * the query's flags (2) and its OPT class and TTL (6: UDP size, DO): with the
   question in the wire they give back the whole key (:func:`key_of`), which
   every slow-path lookup compares with the key asked for;
+* ``exp`` (4) -- for a one-RR answer, the grid second its TTL reaches 0;
 * ``wire`` -- the answer minus its ID, question lower-cased, EDNS options
   stripped (a cookie belongs to one client), TTLs as of second ``s``.
 
@@ -64,8 +66,8 @@ EDE_STALE = 3             # RFC 8914: Stale Answer
 TYPE_SOA = 6
 _MAX_TTL = 0x7FFFFFFF
 _PACK_TTL = struct.Struct("!I").pack_into
-_META = struct.Struct("!IIBBBI2s6s")     # s, gen, cname, nl, edns, ttl0, query flags, OPT class+TTL
-P = _META.size                           # 23: the wire starts here
+_META = struct.Struct("!IIBBBI2s6sI")    # s, gen, cname, nl, flags, ttl0, query flags, OPT class+TTL, exp
+P = _META.size                           # 27: the wire starts here
 Q = P + 10                               # the question starts here
 NO_GEN = 0xFFFFFFFF
 _STAMP = struct.Struct("!IIB")           # s, gen, cname=0: the hot path's test of the first 9 bytes
@@ -89,15 +91,19 @@ def entry_gen(v: bytes) -> int:
 def key_of(v: bytes) -> bytes:
     """The cache key of entry ``v`` (see the module's docstring)."""
     q = v[Q:Q + 4 + v[9]]
-    if v[10]:
+    if v[10] & 1:
         return v[15:17] + b"\0\1\0\0\0\0\0\1" + q + b"\0\0\x29" + v[17:23] + b"\0\0"
     return v[15:17] + b"\0\1\0\0\0\0\0\0" + q
 
 
-def _meta(key: bytes, s: int, gen: int, cname: bool, ttl0: int) -> bytes:
+def _meta(key: bytes, s: int, gen: int, cname: bool, ttl0: int, w: bytes) -> bytes:
+    """The prefix of the entry of ``key`` whose wire is ``w`` (the module's docstring)."""
     edns = key[8:10] == b"\0\1"
     nl = len(key) - (25 if edns else 14)
-    return _META.pack(s, NO_GEN if gen < 0 else gen, cname, nl, edns, ttl0, key[:2], key[-8:-2] if edns else _NO_OPT)
+    off = single_ttl(w, 14 + nl)
+    exp = s + int.from_bytes(w[off:off + 4]) if off >= 0 else 0
+    return _META.pack(s, NO_GEN if gen < 0 else gen, cname, nl, edns | (2 if off >= 0 else 0), ttl0, key[:2],
+                      key[-8:-2] if edns else _NO_OPT, exp)
 
 
 class Fetch(Pending):
@@ -261,6 +267,7 @@ class AnswerCache:
         self.prefetching: set[bytes] = set()
         self.hits = self.misses = self.evictions = self.stale = self.prefetches = self.inserts = 0
         self.stamp = b""                  # the hot path's prefix: this second, generation sgen, no CNAME
+        self.s = 0                        # the stamp's second
         self.until = 0.0                  # stamp holds until then
         self.sgen = -1
 
@@ -273,8 +280,20 @@ class AnswerCache:
         """The first 9 bytes of an entry the hot path may send as it is at time ``t``."""
         s = self.second(t)
         self.stamp = _STAMP.pack(s, gen, 0)
-        self.until, self.sgen = self.epoch + s + 1, gen
+        self.until, self.sgen, self.s = self.epoch + s + 1, gen, s
         return self.stamp
+
+    def rerender(self, hk: int, v: bytes) -> bytes | None:
+        """The hot path's one-RR entry ``v`` of an earlier second (``flags`` 2) brought to the
+        stamp's second with one patch of its TTL and stored back: its new wire; None when it
+        expired, is due for a prefetch or is newer than the stamp (the general path decides)."""
+        s = self.s
+        left = ((v[23] << 24) | (v[24] << 16) | (v[25] << 8) | v[26]) - s
+        if left * 10 <= ((v[11] << 24) | (v[12] << 16) | (v[13] << 8) | v[14]) or entry_s(v) > s:
+            return None
+        pos = Q + 10 + v[9]
+        v = self.d[hk] = self.stamp[:4] + v[4:pos] + left.to_bytes(4) + v[pos + 4:]
+        return v[P:]
 
     # -- storing --------------------------------------------------------------------
 
@@ -331,7 +350,7 @@ class AnswerCache:
             self.cnames[hk] = CnameInfo(cnames)
         else:
             self.cnames.pop(hk, None)
-        v = self.d[hk] = _meta(key, s, everyone, bool(cnames), ttl) + w
+        v = self.d[hk] = _meta(key, s, everyone, bool(cnames), ttl, w) + w
         self.inserts += 1
         if prev is None:
             self.bytes += len(v) + ENTRY_OVERHEAD
@@ -532,7 +551,7 @@ def cache_entries(cache: AnswerCache, name: str, keys, limit: int = 100) -> list
         v = cache.d.get(k)
         if v is None or not v.startswith(wire, Q):
             continue
-        w, q, ttl0, opt = v[P:], v[Q + v[9]:Q + 4 + v[9]], int.from_bytes(v[11:15]), v[10] == 1
+        w, q, ttl0, opt = v[P:], v[Q + v[9]:Q + 4 + v[9]], int.from_bytes(v[11:15]), bool(v[10] & 1)
         cname = cache.cnames.get(k) if v[8] else None
         try:
             left = scan(w).min_ttl - (cache.second(now) - entry_s(v))

@@ -14,7 +14,7 @@ import asyncio
 import random
 import time
 
-from .cache import AnswerCache, CnameInfo, Fetch, cache_key, hkey, key_of, restore
+from .cache import AnswerCache, CnameInfo, Fetch, Q, cache_key, restore
 from .lists import suffixes
 from .upstream import Pending
 from .verdict import Verdict, judge_suffixes
@@ -70,12 +70,17 @@ class CachePath:
     def aged_wire(self, key: bytes, v: bytes, t0: float) -> bytes | None:
         """The hot path's entry ``v`` (found under ``key``'s hash) when its first bytes are not
         the stamp: the wire with its TTLs rewritten (and a prefetch started when due) if it is
-        ``key``'s, allowed for everyone in this generation and without CNAME; else None (the
-        slow path decides: stale, forward, CNAME verdicts)."""
+        allowed for everyone in this generation, without CNAME, and ``key``'s question; else
+        None (the slow path decides: stale, forward, CNAME verdicts)."""
         ac = self.acache
-        if v[4:9] != ac.stamp[4:] or key_of(v) != key:
+        if not v.startswith(ac.stamp[4:], 4) or not v.startswith(key[10:14 + v[9]], Q):
             return None
-        r = ac.aged(key, hkey(key), v, t0)
+        hk = hash(key) >> 4                       # cache.hkey
+        if v[10] & 2:                             # one RR: one patch
+            w = ac.rerender(hk, v)
+            if w is not None:
+                return w
+        r = ac.aged(key, hk, v, t0)
         if r is None or not r[1]:
             return None
         if r[2]:
