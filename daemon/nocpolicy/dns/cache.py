@@ -34,10 +34,15 @@ no Python object per field -- a fixed prefix of ``P`` bytes, then the wire:
 * ``wire`` -- the answer minus its ID, question lower-cased, EDNS options
   stripped (a cookie belongs to one client), TTLs as of second ``s``.
 
-The hot path (``Engine._cache_hitter``) tests the first 9 bytes against one
-``stamp`` (this second, this generation, no CNAME) and the stored question
-against the query's with two ``startswith`` calls; a 60-bit SipHash (keyed
-per process) separates the rest of the key (flags, EDNS size, DO).
+The hot path (``Engine._cache_hitter``) looks the query's key bytes up in
+``hot``: the wires of the entries already served in this second and this
+generation, allowed for every client, without CNAME (cleared when the second
+or the generation changes, or on a flush; at most ``HOT_MAX``). The first hit
+of an entry in a second (``CachePath.warm_wire``) finds it by hash, tests its
+first 9 bytes against one ``stamp`` (this second, this generation, no CNAME)
+or re-renders its TTLs, compares the stored question with the query's -- a
+60-bit SipHash (keyed per process) separates the rest of the key (flags, EDNS
+size, DO) -- and puts the wire in ``hot``.
 
 Bytes objects are untracked by the garbage collector: a million entries cost a
 collection nothing.
@@ -72,6 +77,8 @@ Q = P + 10                               # the question starts here
 NO_GEN = 0xFFFFFFFF
 _STAMP = struct.Struct("!IIB")           # s, gen, cname=0: the hot path's test of the first 9 bytes
 _NO_OPT = bytes(6)
+_HEAD = struct.Struct("!I7xI8xI").unpack_from    # s, ttl0, exp of an entry
+HOT_MAX = 65536           # entries of the hot table (one second's distinct hits)
 
 
 def hkey(key: bytes) -> int:
@@ -268,8 +275,10 @@ class AnswerCache:
         self.hits = self.misses = self.evictions = self.stale = self.prefetches = self.inserts = 0
         self.stamp = b""                  # the hot path's prefix: this second, generation sgen, no CNAME
         self.s = 0                        # the stamp's second
+        self.s4 = self.gen_cname = b""      # the stamp's first 4 bytes (second), the other 5
         self.until = 0.0                  # stamp holds until then
         self.sgen = -1
+        self.hot: dict[bytes, bytes] = {}   # key -> wire, served in this second and generation
 
     # -- time -----------------------------------------------------------------------
 
@@ -281,18 +290,25 @@ class AnswerCache:
         s = self.second(t)
         self.stamp = _STAMP.pack(s, gen, 0)
         self.until, self.sgen, self.s = self.epoch + s + 1, gen, s
+        self.s4, self.gen_cname = self.stamp[:4], self.stamp[4:]
+        self.hot = {}
         return self.stamp
+
+    def keep_hot(self, key: bytes, w: bytes) -> None:
+        hot = self.hot
+        if len(hot) < HOT_MAX:
+            hot[key] = w
 
     def rerender(self, hk: int, v: bytes) -> bytes | None:
         """The hot path's one-RR entry ``v`` of an earlier second (``flags`` 2) brought to the
         stamp's second with one patch of its TTL and stored back: its new wire; None when it
-        expired, is due for a prefetch or is newer than the stamp (the general path decides)."""
-        s = self.s
-        left = ((v[23] << 24) | (v[24] << 16) | (v[25] << 8) | v[26]) - s
-        if left * 10 <= ((v[11] << 24) | (v[12] << 16) | (v[13] << 8) | v[14]) or entry_s(v) > s:
+        expired, is due for a prefetch or is not older than the stamp (the general path decides)."""
+        es, ttl0, exp = _HEAD(v)
+        left = exp - self.s
+        if left * 10 <= ttl0 or es >= self.s:
             return None
         pos = Q + 10 + v[9]
-        v = self.d[hk] = self.stamp[:4] + v[4:pos] + left.to_bytes(4) + v[pos + 4:]
+        v = self.d[hk] = self.s4 + v[4:pos] + left.to_bytes(4) + v[pos + 4:]
         return v[P:]
 
     # -- storing --------------------------------------------------------------------
@@ -500,7 +516,7 @@ class AnswerCache:
         (among ``keys``, hkeys from :func:`candidates`, when given)."""
         if name is None:
             n = len(self.d)
-            self.d, self.cnames, self.fifo, self.bytes = {}, {}, deque(), 0
+            self.d, self.cnames, self.fifo, self.bytes, self.hot = {}, {}, deque(), 0, {}
             self._head_mark = self._tail_mark = -1.0
             self.prefetching = set()
             return n
@@ -512,6 +528,7 @@ class AnswerCache:
                 if wire in d.get(k, b"") and ((x := entry_name(d[k])) == name or x.endswith(dot))]
         for k in gone:
             self._drop_hk(k)
+        self.hot = {}
         self._bound()
         return len(gone)
 

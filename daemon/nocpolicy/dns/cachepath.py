@@ -67,25 +67,26 @@ class CachePath:
             p.timer = asyncio.get_running_loop().call_later(ac.conf.stale_after, self._stale_due, p)
         pool.forward(p)
 
-    def aged_wire(self, key: bytes, v: bytes, t0: float) -> bytes | None:
-        """The hot path's entry ``v`` (found under ``key``'s hash) when its first bytes are not
-        the stamp: the wire with its TTLs rewritten (and a prefetch started when due) if it is
-        allowed for everyone in this generation, without CNAME, and ``key``'s question; else
-        None (the slow path decides: stale, forward, CNAME verdicts)."""
+    def warm_wire(self, key: bytes, t0: float) -> bytes | None:
+        """The first hit of an entry in this second (not in ``hot`` yet; the stamp is this
+        second's): its wire, TTLs rewritten when they are of an earlier second (and a prefetch
+        started when due), kept in ``hot`` -- if the entry is ``key``'s question, allowed for
+        everyone in this generation and without CNAME; else None (the slow path decides:
+        stale, forward, CNAME verdicts)."""
         ac = self.acache
-        if not v.startswith(ac.stamp[4:], 4) or not v.startswith(key[10:14 + v[9]], Q):
-            return None
         hk = hash(key) >> 4                       # cache.hkey
-        if v[10] & 2:                             # one RR: one patch
-            w = ac.rerender(hk, v)
-            if w is not None:
-                return w
-        r = ac.aged(key, hk, v, t0)
-        if r is None or not r[1]:
+        v = ac.d.get(hk)
+        if v is None or not v.startswith(ac.gen_cname, 4) or not v.startswith(key[10:14 + v[9]], Q):
             return None
-        if r[2]:
-            self._prefetch(key, t0)
-        return r[0]
+        if not v[10] & 2 or (w := ac.rerender(hk, v)) is None:     # one RR: one patch
+            r = ac.aged(key, hk, v, t0)
+            if r is None or not r[1]:
+                return None
+            if r[2]:
+                self._prefetch(key, t0)
+            w = r[0]
+        ac.keep_hot(key, w)
+        return w
 
     def _serve(self, data, q, wire, cname, host, addr, sub, send, tcp, t0) -> None:
         if cname is not None:

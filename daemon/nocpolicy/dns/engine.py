@@ -18,7 +18,7 @@ from ..subscribers.model import Change, Decisions, Subscriber
 from ..subscribers.prefixes import PrefixIndex
 from ..subscribers.view import UNKNOWN_MODES, SubscriberView, implicit_subscriber
 from .acl import AccessList
-from .cache import Fetch, P, Q
+from .cache import Fetch
 from .cachepath import CachePath
 from .lists import _MASK, ListSet, suffixes
 from .ratelimit import RateLimiter
@@ -521,21 +521,15 @@ class Engine(CachePath):
 
         def cache_hit(ac, data: bytes, key: bytes, cid, addr, t0: float) -> bool:
             """The answer cache: a fresh entry without CNAME whose name is on no list in this
-            generation (allowed for everyone) is sent at once. One test of the entry's first
-            bytes (cache.py: rendered this second, this generation, no CNAME) and one of its
-            question; the rest of the key is in its hash."""
-            v = ac.d.get(hash(key) >> 4)              # cache.hkey, inlined
-            if (v is None or cid is OUTSIDE or (cid is None and dirty_owner.subs[None].refuse)
-                    or cid in dirty_owner.suspended):
+            generation (allowed for everyone) is sent at once: from ``hot`` (served already in
+            this second, cache.py) or found by its hash (``warm_wire``)."""
+            if cid is OUTSIDE or (cid is None and dirty_owner.subs[None].refuse) or cid in dirty_owner.suspended:
                 return False
             if t0 >= ac.until or ac.sgen != dirty_owner.gen:
-                ac.restamp(t0, dirty_owner.gen)
-            if v.startswith(ac.stamp):
-                if not v.startswith(data[12:16 + v[9]], Q):   # the question (case: lower only)
-                    return False
-                w = v[P:]
-            else:
-                w = dirty_owner.aged_wire(key, v, t0)    # TTLs rewritten, or not for the hot path
+                ac.restamp(t0, dirty_owner.gen)     # a new second or generation: hot emptied
+            w = ac.hot.get(key)
+            if w is None:
+                w = dirty_owner.warm_wire(key, t0)
                 if w is None:
                     return False
             sendto(data[:2] + w, addr)
