@@ -249,10 +249,6 @@ def restore(data: bytes, qend: int, wire: bytes) -> bytes:
     return data[:2] + wire[:10] + data[12:qend] + wire[qend - 2:]
 
 
-def key_name(key: bytes) -> str:
-    return read_name(key, 10)[0]
-
-
 def _udp_limit(key: bytes) -> int:
     """The UDP size the querier of ``key`` accepts (512 without EDNS)."""
     if key[8:10] == b"\0\1" and len(key) >= 11:
