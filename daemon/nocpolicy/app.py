@@ -115,6 +115,9 @@ def wire(components: list[Component]) -> None:
     suspensions = _first(components, Suspensions)
     if suspensions is not None and maintenance is not None:
         suspensions.use_post(maintenance)                         # LetterPost (notices/publisher.py)
+    if suspensions is not None and bridge is not None:
+        suspensions.set_notice_publisher(bridge)                  # NoticePublisher: letters to mqtt_topic
+        bridge.add_link_listener(suspensions)                     # NoticeLinkListener
     if suspensions is not None:
         suspensions.enforcer = qos                                # SuspensionEnforcer (or None)
     detect, dns = _first(components, Detector), _first(components, DnsGuard)
