@@ -130,6 +130,7 @@ class Maintenance(Component):
                         self.ctx.store.audit("policy", "contact.set", f"customer:{cv.customer}", None,
                                              cv.as_dict(), db=db)
             if added:
+                self.notices.poke()
                 self.contacts_changed()
         except NocpolicyError as exc:
             log.error("maintenance: recording policy fault contacts failed: %s", exc)

@@ -1,0 +1,230 @@
+"""Suspension letters on every channel of the customer's fault contact (issue 18): e-mail through a
+real SMTP server (aiosmtpd), a webhook to a local aiohttp receiver, the contact's MQTT topic on a
+real mosquitto; each once, in the contact's language, and once only across a restart. A letter
+still waiting when the contact changes (policy reload, ``contact set``) goes to the new one."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from aiohttp import web
+
+from helpers import free_port
+from mosquitto_fixture import Mosquitto
+from nocpolicy.clock import ManualClock, SystemClock
+from nocpolicy.fleet.component import MqttBridge
+from suspension_fixtures import T0, policy_dir, start_daemon, until
+from test_maintenance_mqtt import NODE, USERS, Subscriber, acl
+from test_maintenance_smtp import SmtpSink, smtp_yaml
+
+TOPIC = "nocpolicy/v1/contacts/{}"
+
+
+def customers(hook_port: int) -> str:
+    def contact(cid: str, email: str, language: str) -> str:
+        return (f'{{email: {email}, webhook: "http://127.0.0.1:{hook_port}/hook/{cid}", '
+                f'mqtt_topic: "{TOPIC.format(cid)}", language: {language}}}')
+    return f"""\
+plans:
+  - {{id: home, name: Home, down: 100mbit, up: 20mbit}}
+customers:
+  - id: c-en
+    name: English customer
+    prefixes: [127.0.0.1/32]
+    plan: home
+    contact: {contact("c-en", "en@customer.example", "en")}
+  - id: c-ja
+    name: 日本の顧客
+    prefixes: [127.0.0.2/32]
+    plan: home
+    contact: {contact("c-ja", "ja@customer.example", "ja")}
+"""
+
+
+class Receiver:
+    """A customer's webhook endpoint (aiohttp): records every POST."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.posts: list[dict] = []
+        self.runner: web.AppRunner | None = None
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.posts.append({"customer": request.match_info["customer"],
+                           "key": request.headers.get("Idempotency-Key"), "doc": await request.json()})
+        return web.json_response({"ok": True})
+
+    async def start(self) -> Receiver:
+        app = web.Application()
+        app.router.add_post("/hook/{customer}", self.handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+    def of(self, customer: str, kind: str) -> list[dict]:
+        return [p for p in self.posts if p["customer"] == customer and p["doc"]["letter"] == kind]
+
+
+def rows(r, sql: str, *params) -> list[dict]:
+    with r.d.ctx.store.transaction() as db:
+        return [dict(x) for x in db.execute(sql, params).fetchall()]
+
+
+def delivered(r, kind: str, n: int) -> bool:
+    """``n`` letters of ``kind``, each sent by e-mail, POSTed and published (acknowledged)."""
+    got = rows(r, "SELECT n.state AS mail, h.state AS hook, m.state AS mqtt FROM sp_notice n "
+                  "JOIN sp_hook h ON h.notice_id=n.id JOIN sp_mqtt m ON m.notice_id=n.id WHERE n.kind=?", kind)
+    return len(got) == n and all(g == {"mail": "sent", "hook": "sent", "mqtt": "delivered"} for g in got)
+
+
+def mails(sink, to: str, kind: str) -> list:
+    return [m["msg"] for m in sink.messages
+            if to in m["rcpt"] and (m["msg"]["X-Nocpolicy-Suspension"] or "").endswith(f"/{kind}")]
+
+
+def text(msg) -> str:
+    return f"{msg['Subject']}\n{msg.get_body(('plain',)).get_content()}"
+
+
+def published(sub: Subscriber, customer: str, kind: str) -> list[dict]:
+    return [doc for topic, retained, doc in sub.messages()
+            if topic == TOPIC.format(customer) and not retained and doc.get("letter") == kind]
+
+
+def suspend_args(customer: str) -> dict:
+    start = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
+    return {"customer": customer, "cause": "nonpayment", "mode": "walled-garden", "reason": "invoice 2026-02 unpaid",
+            "from": start.isoformat(), "until": (start + dt.timedelta(hours=3)).isoformat()}
+
+
+async def test_letters_reach_every_channel_once_in_the_contacts_language(tmp_path):
+    broker = Mosquitto(tmp_path, USERS, acl()).start()
+    sub = Subscriber(broker, TOPIC.format("c-en"), TOPIC.format("c-ja"))
+    hooks = await Receiver().start()
+    mqtt = {"mqtt": f"mqtt://{NODE}@127.0.0.1:{broker.port}", "mqtt_password_file": str(broker.password_file(NODE))}
+    r = None
+    try:
+        with SmtpSink() as sink:
+            pol = policy_dir(tmp_path, free_port(kind=2), sink.port, free_port())
+            (pol / "customers.yaml").write_text(customers(hooks.port))
+            (pol / "maintenance.yaml").write_text(smtp_yaml(sink.port, "  webhooks: true\n"))
+            r = await start_daemon(pol, tmp_path / "state", SystemClock(), 0, more_types=[MqttBridge], **mqtt)
+            await until(lambda: r.metric("nocpolicy_mqtt_connected") == 1, what="daemon connected")
+            for cid in ("c-en", "c-ja"):         # the subscriber's persistent session holds both topics
+                assert broker.pub(NODE, TOPIC.format(cid), json.dumps({"probe": cid})).returncode == 0
+                sub.wait(lambda m, cid=cid: m[2].get("probe") == cid)
+
+            for cid in ("c-en", "c-ja"):
+                await r.cmd("suspension.suspend", **suspend_args(cid))
+            await until(lambda: delivered(r, "notice", 2), what="both notices on all three channels")
+            ids = {x["customer"]: x["message_id"] for x in rows(r, "SELECT customer, message_id FROM sp_notice")}
+
+            [en_mail], [ja_mail] = mails(sink, "en@customer.example", "notice"), mails(sink, "ja@customer.example",
+                                                                                         "notice")
+            assert en_mail["Message-ID"] == ids["c-en"] and ja_mail["Message-ID"] == ids["c-ja"]
+            for cid, mail in (("c-en", en_mail), ("c-ja", ja_mail)):
+                [post] = hooks.of(cid, "notice")
+                [doc] = published(sub, cid, "notice")
+                assert post["key"] == post["doc"]["message_id"] == doc["message_id"] == ids[cid]
+                assert post["doc"] == doc and doc["account"] == cid and doc["provider"] == "Test ISP"
+                assert doc["facts"]["cause"] == "nonpayment" and doc["facts"]["mode"] == "walled-garden"
+                assert doc["text"].rstrip() == mail.get_body(("plain",)).get_content().replace("\r\n", "\n").rstrip()
+            en, ja = text(en_mail), text(ja_mail)
+            assert "Dear English customer" in en and "invoice 2026-02 unpaid" in en and "様" not in en
+            assert "日本の顧客 様" in ja and "支払" in ja and "Dear" not in ja and "[Notice" not in ja
+            assert published(sub, "c-en", "notice")[0]["languages"] == ["en"]
+            assert published(sub, "c-ja", "notice")[0]["languages"] == ["ja"]
+            for channel in ("email", "webhook", "mqtt"):
+                assert r.metric("nocpolicy_suspension_letter_deliveries_total", channel=channel, result="done") == 2
+
+            # a restart sends nothing again; the next letter (the cancellation) goes out on every channel
+            await r.stop()
+            r = await start_daemon(pol, tmp_path / "state", SystemClock(), 0, more_types=[MqttBridge], **mqtt)
+            await r.cmd("suspension.resume", customer="c-en", reason="paid")
+            await until(lambda: delivered(r, "cancelled", 1), what="the cancellation on all three channels")
+            await until(lambda: published(sub, "c-en", "cancelled"), what="cancellation on the topic")
+            assert "Suspension cancelled" in text(mails(sink, "en@customer.example", "cancelled")[0])
+            assert len(hooks.of("c-en", "cancelled")) == 1
+            for cid, to in (("c-en", "en@customer.example"), ("c-ja", "ja@customer.example")):
+                assert len(mails(sink, to, "notice")) == 1
+                assert len(hooks.of(cid, "notice")) == 1
+                assert len(published(sub, cid, "notice")) == 1
+    finally:
+        if r is not None:
+            await r.stop()
+        await hooks.stop()
+        sub.close()
+        broker.stop()
+
+
+MOVING = """\
+plans:
+  - {{id: home, name: Home, down: 100mbit, up: 20mbit}}
+customers:
+  - id: c-move
+    name: Moving customer
+    prefixes: [127.0.0.1/32]
+    plan: home
+    contact: {contact}
+  - id: c-two
+    name: Second customer
+    prefixes: [127.0.0.2/32]
+    plan: home
+    contact: {{email: two@customer.example, language: en}}
+"""
+
+
+async def test_a_waiting_letter_follows_a_new_contact(tmp_path):
+    old, new = "old@customer.example", "new@customer.example"
+    with SmtpSink(tempfail={old, "two@customer.example"}) as sink:
+        pol = policy_dir(tmp_path, free_port(kind=2), sink.port, free_port())
+        (pol / "customers.yaml").write_text(MOVING.format(contact=f"{{email: {old}, language: ja}}"))
+        clock = ManualClock(T0)
+        r = await start_daemon(pol, tmp_path / "state", clock, 0)
+        try:
+            base = {"cause": "obligations", "mode": "block", "reason": "open mail relay",
+                    "from": "2026-03-03T09:00+09:00"}
+            await r.cmd("suspension.suspend", customer="c-move", **base)
+            window = {"id": "mw-move", "kind": "planned", "start": "2026-03-25T01:00+09:00",
+                      "end": "2026-03-25T05:00+09:00", "reason": {"ja": "工事", "en": "works"},
+                      "scope": {"customers": ["c-move"]}, "impact": "OUTAGE"}
+            await r.cmd("maintenance.add", **window)
+
+            def letter(customer: str) -> dict:
+                return rows(r, "SELECT * FROM sp_notice WHERE customer=?", customer)[0]
+            await until(lambda: letter("c-move")["attempts"] == 1, what="first attempt (451 from the server)")
+            first = letter("c-move")
+            assert first["state"] == "pending" and first["contact_version"] == 1 and first["recipient"] == old
+            assert dt.datetime.fromisoformat(first["next_attempt"]) == T0 + dt.timedelta(seconds=30)   # backoff
+
+            # the policy's contact changes (new address, language, an MQTT topic): reload
+            (pol / "customers.yaml").write_text(MOVING.format(
+                contact=f'{{email: {new}, mqtt_topic: "{TOPIC.format("c-move")}", language: en}}'))
+            out = await r.d.reload("test")
+            assert out["ok"], out
+            [mail] = await until(lambda: mails(sink, new, "notice"), what="the letter at the new address")
+            assert mail["Message-ID"] == first["message_id"]
+            assert "Dear Moving customer" in text(mail) and "様" not in text(mail)      # the new contact's language
+            moved = letter("c-move")
+            assert (moved["state"], moved["recipient"], moved["contact_version"]) == ("sent", new, 2)
+            mq = rows(r, "SELECT topic, state FROM sp_mqtt WHERE notice_id=?", moved["id"])
+            assert mq == [{"topic": TOPIC.format("c-move"), "state": "pending"}]          # no bridge here: waits
+            assert not [m for m in sink.messages if old in m["rcpt"]]
+            def notice():
+                return rows(r, "SELECT recipient, contact_version, state FROM mw_outbox WHERE window_id='mw-move'")
+            await until(lambda: notice()[0]["state"] == "sent", what="the maintenance notice at the new address")
+            assert notice() == [{"recipient": new, "contact_version": 2, "state": "sent"}]   # maintenance's too
+
+            # contact set at runtime: the same for a letter still waiting
+            await r.cmd("suspension.suspend", customer="c-two", **base)
+            await until(lambda: letter("c-two")["attempts"] == 1, what="c-two's first attempt")
+            await r.cmd("contact.set", customer="c-two", email="desk@customer.example", reason="moved")
+            [mail2] = await until(lambda: mails(sink, "desk@customer.example", "notice"), what="c-two's letter")
+            assert mail2["Message-ID"] == letter("c-two")["message_id"] and letter("c-two")["contact_version"] == 2
+        finally:
+            await r.stop()
