@@ -5,16 +5,20 @@ still waiting when the contact changes (policy reload, ``contact set``) goes to 
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
+import socket
 
 from aiohttp import web
 
 from helpers import free_port
 from mosquitto_fixture import Mosquitto
 from nocpolicy.clock import ManualClock, SystemClock
+from nocpolicy.component import Component
+from nocpolicy.errors import NocpolicyError
 from nocpolicy.fleet.component import MqttBridge
-from suspension_fixtures import T0, policy_dir, start_daemon, until
+from suspension_fixtures import T0, policy_dir, start_daemon, suspension_yaml, until
 from test_maintenance_mqtt import NODE, USERS, Subscriber, acl
 from test_maintenance_smtp import SmtpSink, smtp_yaml
 
@@ -227,4 +231,84 @@ async def test_a_waiting_letter_follows_a_new_contact(tmp_path):
             [mail2] = await until(lambda: mails(sink, "desk@customer.example", "notice"), what="c-two's letter")
             assert mail2["Message-ID"] == letter("c-two")["message_id"] and letter("c-two")["contact_version"] == 2
         finally:
+            await r.stop()
+
+
+def answers(port: int) -> bool:
+    """True: the notice page answers on 127.0.0.1:port; False: the connection is refused."""
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        c.request("GET", "/generate_204", headers={"Host": "connectivitycheck.example"})
+        return c.getresponse().status == 200
+    except ConnectionRefusedError:
+        return False
+    finally:
+        c.close()
+
+
+def listening(port: int) -> bool:
+    """A TCP connect only (the kernel answers it): safe to poll from the event loop's thread."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        return True
+    except ConnectionRefusedError:
+        return False
+
+
+class Refuser(Component):
+    """Another component that refuses the next policy when told to (after suspension prepared it)."""
+    name = "refuser"
+    refuse = False
+
+    async def prepare(self, policy, change):
+        if Refuser.refuse:
+            raise NocpolicyError("refused for the test")
+        return None
+
+
+async def test_a_changed_notice_page_address_takes_effect_at_the_reload(tmp_path):
+    p1, p2, p3, p4 = (free_port() for _ in range(4))
+    with SmtpSink() as sink:
+        pol = policy_dir(tmp_path, free_port(kind=2), sink.port, p1)
+        r = await start_daemon(pol, tmp_path / "state", ManualClock(T0), p1, more_types=[Refuser])
+        busy = socket.socket()
+        try:
+            assert await asyncio.to_thread(answers, p1)
+
+            # moved: the new address serves at once, the old one is closed
+            (pol / "suspension.yaml").write_text(suspension_yaml(p2))
+            out = await r.d.reload("test")
+            assert out["ok"] and out["changed"], out
+            assert await asyncio.to_thread(answers, p2)
+            await until(lambda: not listening(p1), what="the old address closed")
+            assert r.comp.status()["notice_page"] == f"127.0.0.1:{p2}"
+
+            # the new address is taken: the reload is refused naming file:line and field; p2 keeps serving
+            busy.bind(("127.0.0.1", p3))
+            busy.listen()
+            version = r.d.policy.version
+            (pol / "suspension.yaml").write_text(suspension_yaml(p3))
+            out = await r.d.reload("test")
+            assert not out["ok"] and r.d.policy.version == version
+            [error] = out["errors"]
+            assert f"suspension.yaml:3: suspension.notice_page.listen: cannot listen on 127.0.0.1:{p3}" in error
+            assert "in use" in error and f"stays on 127.0.0.1:{p2}" in error, error
+            assert await asyncio.to_thread(answers, p2)
+
+            # another component refuses the reload: the address bound for it is let go again
+            Refuser.refuse = True
+            (pol / "suspension.yaml").write_text(suspension_yaml(p4))
+            out = await r.d.reload("test")
+            assert not out["ok"] and "refuser" in out["errors"][0]
+            assert not listening(p4)
+            assert await asyncio.to_thread(answers, p2)
+            Refuser.refuse = False
+            out = await r.d.reload("test")
+            assert out["ok"], out
+            assert await asyncio.to_thread(answers, p4)
+            await until(lambda: not listening(p2), what="p2 closed")
+        finally:
+            Refuser.refuse = False
+            busy.close()
             await r.stop()
