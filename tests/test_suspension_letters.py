@@ -308,6 +308,12 @@ async def test_a_changed_notice_page_address_takes_effect_at_the_reload(tmp_path
             assert out["ok"], out
             assert await asyncio.to_thread(answers, p4)
             await until(lambda: not listening(p2), what="p2 closed")
+
+            # listen removed: the page closes
+            (pol / "suspension.yaml").write_text(suspension_yaml(p4).replace(f"    listen: 127.0.0.1:{p4}\n", ""))
+            assert (await r.d.reload("test"))["ok"]
+            await until(lambda: not listening(p4), what="the page closed")
+            assert r.comp.status()["notice_page"] is None
         finally:
             Refuser.refuse = False
             busy.close()
