@@ -6,13 +6,14 @@ still waiting when the contact changes (policy reload, ``contact set``) goes to 
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import json
 import socket
 
 from aiohttp import web
 
-from helpers import free_port
+from helpers import DaemonProcess, copy_policies, free_port, wait_for
 from mosquitto_fixture import Mosquitto
 from nocpolicy.clock import ManualClock, SystemClock
 from nocpolicy.component import Component
@@ -126,6 +127,8 @@ async def test_letters_reach_every_channel_once_in_the_contacts_language(tmp_pat
             for cid in ("c-en", "c-ja"):
                 await r.cmd("suspension.suspend", **suspend_args(cid))
             await until(lambda: delivered(r, "notice", 2), what="both notices on all three channels")
+            await until(lambda: published(sub, "c-en", "notice") and published(sub, "c-ja", "notice"),
+                        what="both notices at the subscriber")    # the broker acknowledged before it forwarded
             ids = {x["customer"]: x["message_id"] for x in rows(r, "SELECT customer, message_id FROM sp_notice")}
 
             [en_mail], [ja_mail] = mails(sink, "en@customer.example", "notice"), mails(sink, "ja@customer.example",
@@ -214,6 +217,7 @@ async def test_a_waiting_letter_follows_a_new_contact(tmp_path):
             [mail] = await until(lambda: mails(sink, new, "notice"), what="the letter at the new address")
             assert mail["Message-ID"] == first["message_id"]
             assert "Dear Moving customer" in text(mail) and "様" not in text(mail)      # the new contact's language
+            await until(lambda: letter("c-move")["state"] == "sent", what="the letter recorded sent")
             moved = letter("c-move")
             assert (moved["state"], moved["recipient"], moved["contact_version"]) == ("sent", new, 2)
             mq = rows(r, "SELECT topic, state FROM sp_mqtt WHERE notice_id=?", moved["id"])
@@ -318,3 +322,31 @@ async def test_a_changed_notice_page_address_takes_effect_at_the_reload(tmp_path
             Refuser.refuse = False
             busy.close()
             await r.stop()
+
+
+def test_sigkill_mid_batch_then_restart_sends_every_letter_exactly_once(tmp_path):
+    with SmtpSink(delay=10.0, slow=(3,)) as sink:     # the third DATA hangs: the kill lands inside it
+        policies = copy_policies(tmp_path)
+        (policies / "maintenance.yaml").write_text(smtp_yaml(sink.port))
+        d = DaemonProcess(tmp_path, policies=policies).start()
+        try:
+            customers = ("c1001", "c1002", "c1003", "c1004", "c2001")
+            date = (dt.date.today() + dt.timedelta(days=200)).isoformat()
+            res = d.ctl("abolition", "announce", "--customers", ",".join(customers), "--date", date,
+                        "--reason", "end of the ADSL service")
+            assert res.returncode == 0, res.stdout + res.stderr
+            expected = {f"<abolition-1.abolition.{c}@isp.example>" for c in customers}
+            wait_for(lambda: sink.data_started >= 3, timeout=20, what="third letter in flight")
+            d.kill()
+            assert len(sink.messages) == 2
+            d2 = DaemonProcess(tmp_path, policies=policies).start()
+            try:
+                wait_for(lambda: d2.metric("nocpolicy_suspension_notices", {"kind": "abolition", "state": "sent"})
+                         == 5, timeout=30, what="every letter sent")
+                counts = collections.Counter(sink.ids())
+                assert set(counts) == expected and set(counts.values()) == {1}, counts
+                assert "letter(s) were being sent when the daemon stopped" in d2.log()
+            finally:
+                d2.stop()
+        finally:
+            d.kill()

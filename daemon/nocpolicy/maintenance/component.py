@@ -229,8 +229,6 @@ class Maintenance(Component):
                 log.error("maintenance: a contact change could not be passed on: %s", exc)
 
     def _counted(self, channel, row: dict, result: str) -> None:
-        if channel.name not in ("email", "webhook", "mqtt"):
-            return                                   # another area's letters count themselves
         if channel.name == "webhook":
             self.hook_results[result] = self.hook_results.get(result, 0) + 1
             return

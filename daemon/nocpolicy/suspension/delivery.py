@@ -72,9 +72,10 @@ def _payload(letter: Letter, recipient: str | None, now: dt.datetime) -> str:
 
 
 def _seen(db, customer: str, version: int) -> None:
-    """The contact version this customer's letters were last addressed to (retarget_changed compares)."""
-    db.execute("INSERT INTO sp_contact_seen (customer, version) VALUES (?,?) ON CONFLICT(customer) DO UPDATE "
-               "SET version=MAX(version, excluded.version)", (customer, version))
+    """The contact version this customer's letters were addressed to, set on the first letter and
+    raised only by retarget_changed (a letter queued between a contact change and its retargeting
+    must not hide the older letters from it)."""
+    db.execute("INSERT OR IGNORE INTO sp_contact_seen (customer, version) VALUES (?,?)", (customer, version))
 
 
 def retarget_changed(db, outbox: Outbox, now: dt.datetime) -> dict[str, dict[str, int]]:
@@ -90,7 +91,7 @@ def retarget_changed(db, outbox: Outbox, now: dt.datetime) -> dict[str, dict[str
         contact = contacts.current(db, r["customer"])
         moved[r["customer"]] = outbox.retarget(db, CURRENT_LETTERS, (r["customer"], cutoff, now.date().isoformat()),
                                                contact, now)
-        _seen(db, r["customer"], contact.version)
+        db.execute("UPDATE sp_contact_seen SET version=? WHERE customer=?", (contact.version, r["customer"]))
     return moved
 
 
