@@ -223,6 +223,10 @@ async def test_a_waiting_letter_follows_a_new_contact(tmp_path):
             mq = rows(r, "SELECT topic, state FROM sp_mqtt WHERE notice_id=?", moved["id"])
             assert mq == [{"topic": TOPIC.format("c-move"), "state": "pending"}]          # no bridge here: waits
             assert not [m for m in sink.messages if old in m["rcpt"]]
+            [shown] = (await r.cmd("suspension.list", customer="c-move"))["letters"]
+            assert shown["email"] == {"to": new, "state": "sent", "attempts": 1, "error": ""}
+            assert shown["contact_version"] == 2 and shown["webhook"] is None
+            assert shown["mqtt"]["topic"] == TOPIC.format("c-move") and shown["mqtt"]["state"] == "pending"
             def notice():
                 return rows(r, "SELECT recipient, contact_version, state FROM mw_outbox WHERE window_id='mw-move'")
             await until(lambda: notice()[0]["state"] == "sent", what="the maintenance notice at the new address")
@@ -346,6 +350,9 @@ def test_sigkill_mid_batch_then_restart_sends_every_letter_exactly_once(tmp_path
                 counts = collections.Counter(sink.ids())
                 assert set(counts) == expected and set(counts.values()) == {1}, counts
                 assert "letter(s) were being sent when the daemon stopped" in d2.log()
+                out = d2.ctl("suspensions", "--customer", "c2001", check=True).stdout
+                assert "letter abolition abolition-1 v1 email:sent comms@fire.example" in out, out
+                assert "mqtt:pending nocpolicy/v1/contacts/c2001" in out, out     # no --mqtt here: it waits
             finally:
                 d2.stop()
         finally:

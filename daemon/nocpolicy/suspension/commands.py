@@ -105,9 +105,10 @@ async def listing(comp, args, inv) -> dict:
     with comp.ctx.store.transaction() as db:
         rows = comp.service.rows.rows(db, customer=cid, states=None if cid else ("scheduled", "active"))
         impacts = comp.service.rows.impacts(db, cid) if cid else []
+        sent = delivery.listing(db, cid) if cid else []
     if terminable:
         rows = [r for r in rows if r["state"] == "active" and r["terminable"]]
-    return {"suspensions": [_show(r) for r in rows], "impacts": impacts}
+    return {"suspensions": [_show(r) for r in rows], "impacts": impacts, "letters": sent}
 
 
 async def terminate(comp, args, inv) -> dict:

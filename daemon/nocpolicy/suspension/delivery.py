@@ -95,6 +95,27 @@ def retarget_changed(db, outbox: Outbox, now: dt.datetime) -> dict[str, dict[str
     return moved
 
 
+def listing(db, customer: str, limit: int = 100) -> list[dict]:
+    """A customer's letters, newest first, with the state of each channel (for ``suspensions --customer``)."""
+    out = []
+    for r in db.execute("SELECT n.id, n.kind, n.subject_key, n.message_id, n.contact_version, n.recipient, n.state, "
+                        "n.attempts, n.last_error, n.created, n.sent_at, h.url, h.state AS hook_state, "
+                        "h.last_error AS hook_error, m.topic, m.state AS mqtt_state, m.last_error AS mqtt_error "
+                        "FROM sp_notice n LEFT JOIN sp_hook h ON h.notice_id=n.id LEFT JOIN sp_mqtt m "
+                        "ON m.notice_id=n.id WHERE n.customer=? ORDER BY n.id DESC LIMIT ?",
+                        (customer, limit)).fetchall():
+        d = dict(r)
+        out.append({"id": d["id"], "kind": d["kind"], "reference": d["subject_key"], "message_id": d["message_id"],
+                    "contact_version": d["contact_version"], "created": d["created"], "sent_at": d["sent_at"],
+                    "email": {"to": d["recipient"], "state": d["state"], "attempts": d["attempts"],
+                              "error": d["last_error"]},
+                    "webhook": {"url": d["url"], "state": d["hook_state"], "error": d["hook_error"]}
+                    if d["url"] else None,
+                    "mqtt": {"topic": d["topic"], "state": d["mqtt_state"], "error": d["mqtt_error"]}
+                    if d["topic"] else None})
+    return out
+
+
 def document(row: dict) -> dict:
     """What a webhook receives and an MQTT topic gets (pure): the letter's facts and its text."""
     p = json.loads(row["payload"])
