@@ -23,9 +23,8 @@ from ..notices.outbox import Outbox
 from ..notices.publisher import LetterPost, NoticePublisher
 from ..subscribers.model import MODES, Decision
 from ..subscribers.suspensions import decision_value
-from ..web.listener import Listener
-from ..web.notice import notice_app
 from . import commands, delivery, page
+from .pageserver import PageServer
 from .rules import next_due
 from .service import Service
 
@@ -50,9 +49,7 @@ class Suspensions(Component):
         self.service = Service(ctx.store, ctx.clock, ctx.policy, self._sender, self.outbox)
         self.deliveries = {(ch.name, r): 0 for ch in chans for r in ("done", "retry", "failed")}
         self._wake = asyncio.Event()
-        self.page: Listener | None = None          # the notice page being served
-        self._staged: Listener | None = None       # bound by prepare for a reload not yet committed
-        self._listening: tuple[str, int] | None = None   # the configured address ``page`` serves
+        self.page = PageServer(lambda addr: page.page_of(self.ctx.subscribers.view, addr, self.ctx.policy()))
         self._started = False
 
     def use_post(self, post: LetterPost) -> None:
@@ -100,56 +97,24 @@ class Suspensions(Component):
         await self.tick()
         self.tasks.supervise("timer", self._run)
         self.tasks.supervise("letters", self.outbox.run)
-        conf = self.ctx.policy().suspension.notice_page
-        if conf.listen is not None:
-            self.page = await self._listen(conf)
-        self._listening = conf.listen
+        await self.page.start(self.ctx.policy().suspension.notice_page)
         self._started = True
         await super().start()
 
     async def stop(self) -> None:
-        for listener in (self.page, self._staged):
-            if listener is not None:
-                await listener.stop()
-        self.page = self._staged = None
+        await self.page.stop()
         await super().stop()
 
     # -- the notice page: a changed listen address takes effect at the reload ------------------------
 
     async def prepare(self, policy, change):
-        """A new ``notice_page.listen``: bind it now (a failure refuses the reload, naming the field,
-        and the page stays where it is); the commit swaps it in and closes the old one."""
-        conf = policy.suspension.notice_page
-        if not self._started or conf.listen == self._listening:
+        """A new ``notice_page.listen`` is bound now (a failure refuses the reload); the commit swaps."""
+        if not self._started or not await self.page.stage(policy.suspension.notice_page):
             return None
-        await self.abandon()
-        self._staged = await self._listen(conf) if conf.listen is not None else None
-        new = self._staged
-
-        def commit():
-            old, self.page, self._staged, self._listening = self.page, new, None, conf.listen
-            if old is not None:
-                self.tasks.spawn("notice-page-close", old.stop())
-            log.info("notice page %s", f"moved to {_where(new)}" if new else "closed (notice_page.listen removed)")
-        return commit
+        return lambda: self.page.commit(self.tasks.spawn)
 
     async def abandon(self) -> None:
-        staged, self._staged = self._staged, None
-        if staged is not None:
-            await staged.stop()
-
-    async def _listen(self, conf) -> Listener:
-        host, port = conf.listen
-        app = notice_app(lambda addr: page.page_of(self.ctx.subscribers.view, addr, self.ctx.policy()))
-        listener = Listener("notice-page", host, port, app)
-        try:
-            await listener.start()
-        except OSError as exc:
-            await listener.stop()
-            keep = f"; the notice page stays on {_where(self.page)}" if self.page is not None else ""
-            raise NocpolicyError(f"{conf.listen_loc}: suspension.notice_page.listen: cannot listen on "
-                                 f"{_fmt(host)}:{port}: {exc.strerror or exc}{keep}") from exc
-        return listener
+        await self.page.abandon()
 
     async def _run(self) -> None:
         retried = False
@@ -207,7 +172,7 @@ class Suspensions(Component):
                     "SELECT state, COUNT(*) AS n FROM sp_suspension GROUP BY state").fetchall()}
         except NocpolicyError:
             return d
-        d["notice_page"] = _where(self.page) if self.page is not None else None
+        d["notice_page"] = self.page.where()
         return d
 
     # -- commands and metrics ----------------------------------------------------------------------
@@ -257,10 +222,3 @@ class _Collector:
             n.add_metric([kind, state], v)
         yield n
 
-
-def _fmt(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def _where(listener: Listener) -> str:
-    return f"{_fmt(listener.host)}:{listener.port}"
