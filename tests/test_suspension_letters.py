@@ -183,6 +183,10 @@ customers:
     prefixes: [127.0.0.2/32]
     plan: home
     contact: {{email: two@customer.example, language: en}}
+  - id: c-none
+    name: Customer without a contact
+    prefixes: [127.0.0.3/32]
+    plan: home
 """
 
 
@@ -238,6 +242,17 @@ async def test_a_waiting_letter_follows_a_new_contact(tmp_path):
             await r.cmd("contact.set", customer="c-two", email="desk@customer.example", reason="moved")
             [mail2] = await until(lambda: mails(sink, "desk@customer.example", "notice"), what="c-two's letter")
             assert mail2["Message-ID"] == letter("c-two")["message_id"] and letter("c-two")["contact_version"] == 2
+
+            # no contact at all (urgent): the letter failed; an MQTT-only contact takes it (e-mail row: skipped)
+            urgent = {k: v for k, v in base.items() if k != "from"}
+            await r.cmd("suspension.suspend", customer="c-none", urgent=True, justification="attack from the line",
+                        **urgent)
+            assert letter("c-none")["state"] == "failed"
+            await r.cmd("contact.set", customer="c-none", mqtt_topic=TOPIC.format("c-none"))
+            row = letter("c-none")
+            assert (row["state"], row["recipient"], row["contact_version"]) == ("skipped", None, 2)
+            mq = rows(r, "SELECT topic, state FROM sp_mqtt WHERE notice_id=?", row["id"])
+            assert mq == [{"topic": TOPIC.format("c-none"), "state": "pending"}]
         finally:
             await r.stop()
 

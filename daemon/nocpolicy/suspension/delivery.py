@@ -29,6 +29,7 @@ from ..notices.outbox import Attempt, Outbox, Table
 from .letters import Letter, languages
 
 TABLE = "sp_notice"
+SKIPPED = "no e-mail fault contact; delivered through the contact's other channels"
 RETARGET_DAYS = 31        # an ended suspension's undelivered letters still follow a new contact this long
 _JOINED = "SELECT {t}.*, n.payload, n.kind, n.message_id, n.customer FROM {t} JOIN sp_notice n ON n.id={t}.notice_id WHERE"
 HOOK_TABLE = Table("sp_hook", "notice_id", "url", "sent", "sent_at", _JOINED.format(t="sp_hook"))
@@ -50,7 +51,7 @@ def enqueue(db, letter: Letter, contact, sender: str, now: dt.datetime, outbox: 
     if recipient:
         state, error = "pending", ""
     elif elsewhere:    # as maintenance notices: an e-mail row that can never be sent is no failure
-        state, error = "skipped", "no e-mail fault contact; delivered through the contact's other channels"
+        state, error = "skipped", SKIPPED
     else:
         state, error = "failed", "no e-mail fault contact on record"
     cur = db.execute("INSERT OR IGNORE INTO sp_notice (subject_key, customer, kind, message_id, recipient, state,"
@@ -89,8 +90,11 @@ def retarget_changed(db, outbox: Outbox, now: dt.datetime) -> dict[str, dict[str
     moved = {}
     for r in stale:
         contact = contacts.current(db, r["customer"])
-        moved[r["customer"]] = outbox.retarget(db, CURRENT_LETTERS, (r["customer"], cutoff, now.date().isoformat()),
-                                               contact, now)
+        params = (r["customer"], cutoff, now.date().isoformat())
+        moved[r["customer"]] = outbox.retarget(db, CURRENT_LETTERS, params, contact, now)
+        if not contact.email and any(moved[r["customer"]].values()):    # another channel carries them now
+            db.execute("UPDATE sp_notice SET state='skipped', last_error=?, contact_version=? WHERE state='failed' "
+                       f"AND recipient IS NULL AND id IN ({CURRENT_LETTERS})", (SKIPPED, contact.version, *params))
         db.execute("UPDATE sp_contact_seen SET version=? WHERE customer=?", (contact.version, r["customer"]))
     return moved
 
