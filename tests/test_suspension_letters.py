@@ -249,6 +249,7 @@ async def test_a_waiting_letter_follows_a_new_contact(tmp_path):
                         **urgent)
             assert letter("c-none")["state"] == "failed"
             await r.cmd("contact.set", customer="c-none", mqtt_topic=TOPIC.format("c-none"))
+            await until(lambda: letter("c-none")["state"] == "skipped", what="the letter taken by the MQTT contact")
             row = letter("c-none")
             assert (row["state"], row["recipient"], row["contact_version"]) == ("skipped", None, 2)
             mq = rows(r, "SELECT topic, state FROM sp_mqtt WHERE notice_id=?", row["id"])
@@ -372,3 +373,26 @@ def test_sigkill_mid_batch_then_restart_sends_every_letter_exactly_once(tmp_path
                 d2.stop()
         finally:
             d.kill()
+
+
+async def test_a_contact_changed_while_the_daemon_was_stopped(tmp_path):
+    old, new = "old@customer.example", "new@customer.example"
+    with SmtpSink(tempfail={old}) as sink:
+        pol = policy_dir(tmp_path, free_port(kind=2), sink.port, free_port())
+        (pol / "customers.yaml").write_text(MOVING.format(contact=f"{{email: {old}, language: ja}}"))
+        clock = ManualClock(T0)
+        r = await start_daemon(pol, tmp_path / "state", clock, 0)
+        try:
+            await r.cmd("suspension.suspend", customer="c-move", cause="nonpayment", mode="block", reason="unpaid",
+                        **{"from": "2026-03-03T09:00+09:00"})
+            await until(lambda: rows(r, "SELECT attempts FROM sp_notice")[0]["attempts"] == 1, what="first attempt")
+        finally:
+            await r.stop()
+        (pol / "customers.yaml").write_text(MOVING.format(contact=f"{{email: {new}, language: en}}"))
+        r = await start_daemon(pol, tmp_path / "state", clock, 0)
+        try:
+            [mail] = await until(lambda: mails(sink, new, "notice"), what="the letter at the new address")
+            assert "Dear Moving customer" in text(mail)
+            assert not [m for m in sink.messages if old in m["rcpt"]]
+        finally:
+            await r.stop()

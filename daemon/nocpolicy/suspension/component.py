@@ -43,7 +43,7 @@ class Suspensions(Component):
         self.post: LetterPost | None = None
         self.enforcer: SuspensionEnforcer | None = None     # qos: the walled garden in nftables
         chans = delivery.channels(lambda: self.post.letter_mailer() if self.post else None,
-                                  lambda: ctx.policy().maintenance.webhooks)
+                                  lambda: ctx.policy() is not None and ctx.policy().maintenance.webhooks)
         self.mqtt = chans[2]
         self.outbox = Outbox(ctx.store, ctx.clock, chans, notice_table=delivery.TABLE, on_result=self._delivered)
         self.service = Service(ctx.store, ctx.clock, ctx.policy, self._sender, self.outbox)
@@ -69,9 +69,19 @@ class Suspensions(Component):
             log.error("suspension: MQTT letters after reconnect: %s", exc)
 
     def contacts_changed(self) -> None:
-        """ContactListener: letters not yet delivered follow the customers' new fault contacts."""
-        with self.ctx.store.transaction() as db:
-            moved = delivery.retarget_changed(db, self.outbox, self.ctx.clock.now())
+        """ContactListener: letters not yet delivered follow the customers' new fault contacts. Called
+        from maintenance's commit, before the new policy is in force: run just after it (and not before
+        start, which does it)."""
+        if self._started:
+            asyncio.get_running_loop().call_soon(self._retarget)
+
+    def _retarget(self) -> None:
+        try:
+            with self.ctx.store.transaction() as db:
+                moved = delivery.retarget_changed(db, self.outbox, self.ctx.clock.now())
+        except NocpolicyError as exc:
+            log.error("suspension: letters could not follow a new fault contact: %s", exc)
+            return
         for customer, counts in moved.items():
             log.info("customer %s: new fault contact; undelivered letters moved to it (%s)", customer,
                      ", ".join(f"{k} {v}" for k, v in counts.items()))
@@ -93,7 +103,7 @@ class Suspensions(Component):
         if n:
             log.warning("suspension: %d letter(s) were being sent when the daemon stopped; sending them again "
                         "with the same Message-ID", n)
-        self.contacts_changed()              # a contact that changed while a letter was being queued
+        self._retarget()         # contacts changed while the daemon was stopped (or while a letter was queued)
         await self.tick()
         self.tasks.supervise("timer", self._run)
         self.tasks.supervise("letters", self.outbox.run)
