@@ -45,6 +45,7 @@ LOCAL = [
     "flush.example.org. 300 IN A 192.0.2.90",
     "a.flush.example.org. 300 IN A 192.0.2.91",
     "keep.example.org. 300 IN A 192.0.2.92",
+    "hot.example.org. 300 IN A 192.0.2.95",
 ]
 NEG_ZONE = """\
     local-zone: "neg.example." static
@@ -183,6 +184,24 @@ def test_list_and_consent_changes_drop_cname_verdicts(env):
     finally:
         d.ctl("optout", "off", "c-home", "--reason", "test", check=True)
     assert ede(ask(d.dns_port, "optalias.example.org")) == [15]
+
+
+def test_a_hot_name_added_to_a_list_is_blocked_by_the_next_query(env):
+    """An answer served again and again from the cache (the hot table of this second) gives way
+    to the block as soon as the list changes, and comes back from the cache when it is lifted."""
+    d, _ = env
+    for _ in range(3):
+        assert [str(x) for x in ask(d.dns_port, "hot.example.org").answer[0]] == ["192.0.2.95"]
+    d.ctl("list-update", "cc", "--add", "hot.example.org", "--reason", "test", check=True)
+    try:
+        r = ask(d.dns_port, "hot.example.org")
+        assert r.rcode() == dns.rcode.NXDOMAIN and ede(r) == [15] and not r.answer
+    finally:
+        d.ctl("list-update", "cc", "--remove", "hot.example.org", "--reason", "test", check=True)
+    before = counters(d)
+    assert [str(x) for x in ask(d.dns_port, "hot.example.org").answer[0]] == ["192.0.2.95"]
+    after = counters(d)
+    assert after["hits"] == before["hits"] + 1 and after["misses"] == before["misses"]
 
 
 def test_flush_name_and_everything(env):
