@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from itertools import repeat
 from operator import add, and_, itemgetter, mul
 
-from .inventory import RowError, _check_contact, _ids
-from .invtable import V6
+from .invrow import V6, RowError, _check_contact, _ids
 
 _IDS = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9._-]{0,62}\n)*", re.ASCII)
 _PLENS = re.compile(r"(?:[0-9]{1,3}\n)*", re.ASCII)

@@ -23,9 +23,10 @@ from itertools import accumulate, chain, compress, count, repeat
 from operator import and_, lshift, or_, rshift, sub
 
 from .customers import Customer
+from .invrow import V6, build_customer
 from .nodes import Loc
 
-V6 = 0x100          # prefix code: prefix length | V6 for an IPv6 prefix
+KEPT = 65_536           # customers kept once built (get); the others are built again when asked
 
 
 def prefix_of(code: int, value: int):
@@ -128,14 +129,17 @@ class Inventory(Sequence):
             yield c if c is not None else self._build(i)
 
     def get(self, cid: str) -> Customer | None:
-        """The customer ``cid`` (the same object on every call), or None."""
+        """The customer ``cid`` (the same object on every call, for the first KEPT customers asked
+        about), or None."""
         c = self._built.get(cid)
         if c is None:
             i = self.index.get(cid)
             if i is None:
                 return None
             base = self._base() if self._base is not None and self._same[i] else None
-            c = self._built[cid] = base.get(cid) if base is not None else self._build(i)
+            c = base.get(cid) if base is not None else self._build(i)
+            if len(self._built) < KEPT:          # bounded: a command walking every customer keeps none
+                self._built[cid] = c
         return c
 
     def customer(self, cid: str) -> Customer:
@@ -202,7 +206,6 @@ class Inventory(Sequence):
             yield 6 if v6 else 4, plen, dict(zip(keys, map(ids.__getitem__, compress(p.row, sel)), strict=False))
 
     def _build(self, i: int) -> Customer:
-        from .inventory import build_customer
         return build_customer(_fields(self.line(i)), self.cols, self.loc(i),
                               tuple(prefix_of(c, v) for c, v in self.packed.of_row(i)))
 
