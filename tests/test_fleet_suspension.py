@@ -4,6 +4,7 @@ The controller alone keeps the rows, the timers and the letters."""
 
 from __future__ import annotations
 
+import datetime as dt
 import http.client
 import json
 import re
@@ -206,3 +207,23 @@ def test_invalid_suspension_entry_is_refused_and_the_last_good_state_kept(env):
         assert re.search(rf"fleet state refused \(invalid\): .*c-home: {field}", agent.log()), field
     assert agent.proc.poll() is None
     forger.close()
+
+
+def test_a_cut_off_agent_lifts_a_suspension_at_its_end(env):
+    """The period in the notice binds every node: an agent that cannot hear the controller
+    lifts an adopted suspension at its end by itself."""
+    broker, ctl, agent, sink = env
+    ctl.start()
+    agent.start()
+    wait_for(lambda: converged(ctl, "suspension"), 60, what="agent converged")
+    until = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)).isoformat(timespec="seconds")
+    ctl.ctl("suspend", "c-home", "--cause", "obligations", "--mode", "walled-garden", "--reason", "spam relay",
+            "--until", until, *URGENT, check=True)
+    wait_for(lambda: walled(agent), 25, what="walled on the agent")
+    broker.stop()                                          # the controller's lift can no longer arrive
+    assert dt.datetime.now(dt.UTC) < dt.datetime.fromisoformat(until), "too slow to cut the agent off in time"
+    assert walled(agent)
+    wait_for(lambda: normal(agent), 30 + 30, what="the agent lifted it at its end")
+    assert dt.datetime.now(dt.UTC) >= dt.datetime.fromisoformat(until)
+    assert "c-home ended at their time: lifted on this node" in agent.log()
+    assert agent.ctl_json("suspensions")["fleet"] == []

@@ -23,7 +23,7 @@ from ..subscribers.model import MODES, Decision
 from ..subscribers.suspensions import decision_value
 from ..web.listener import Listener
 from ..web.notice import notice_app
-from . import commands, letters, page
+from . import commands, fleetend, letters, page
 from .rules import next_due
 from .service import Service
 
@@ -45,6 +45,8 @@ class Suspensions(Component):
         self.service = Service(ctx.store, ctx.clock, ctx.policy, self._sender)
         self._wake = asyncio.Event()
         self.page: Listener | None = None
+        self._fleet_next = None                 # the next end of a suspension adopted from the fleet
+        self._fleet_seen = None                 # the decisions the timer last looked at (agent)
 
     def use_post(self, post: LetterPost) -> None:
         """app.py: letters go through the one notice outbox (the maintenance component's)."""
@@ -59,6 +61,8 @@ class Suspensions(Component):
 
     async def start(self) -> None:
         await self.tick()
+        if self.ctx.options.role == "agent" and self.ctx.subscribers is not None:
+            self.ctx.subscribers.watch(self._fleet_watch)     # an adopted suspension may bring an end
         self.tasks.supervise("timer", self._run)
         listen = self.ctx.policy().suspension.notice_page.listen
         if listen is not None:
@@ -78,7 +82,7 @@ class Suspensions(Component):
         while True:
             n = await self.tick()
             rows = await asyncio.to_thread(self.service.open_rows)
-            when = next_due(rows)
+            when = min((t for t in (next_due(rows), self._fleet_next) if t is not None), default=None)
             delay = MAX_NAP if when is None else (when - self.ctx.clock.now()).total_seconds()
             if delay <= 0 and (n or not retried):     # became due meanwhile: at once (once more if none went)
                 retried = n == 0
@@ -88,6 +92,11 @@ class Suspensions(Component):
 
     def wake(self) -> None:
         self._wake.set()
+
+    def _fleet_watch(self, view, change) -> None:
+        if view.decisions is not self._fleet_seen:          # decisions changed, not just sessions
+            self._fleet_seen = view.decisions
+            self.wake()
 
     async def tick(self) -> int:
         """Apply every transition due now (start, end, terminable); returns how many."""
@@ -100,7 +109,8 @@ class Suspensions(Component):
                 continue
             await self.pushed(new, event)
             n += 1
-        return n
+        lifted, self._fleet_next = await fleetend.lift_ended(self.ctx)     # a fleet agent's adopted ones
+        return n + lifted
 
     async def pushed(self, row: dict, event: str) -> dict | None:
         """Tell the subscribers area (and so every reader: DNS at once), then nftables (awaited), and
