@@ -100,3 +100,15 @@ def test_ends_an_agent_enforces_by_itself():
     assert overdue(rows, now) == ["a", "b"]
     assert next_end(rows, now) == dt.datetime(2026, 3, 2, 2, 0, tzinfo=dt.UTC)
     assert next_end(rows[3:], now) is None
+
+
+def test_a_terminated_restriction_stays_in_force_across_a_restart(store):
+    """docs/suspension.md: the restriction stays after termination; a restarted controller must
+    not lift it (nor publish the lift to its agents)."""
+    rows = SuspensionStore(store)
+    base = {"customer": "c-home", "cause": "nonpayment", "mode": "block", "reason": "unpaid",
+            "start": GOOD["start"], "terminable_at": GOOD["start"], "created": GOOD["start"], "actor": "noc"}
+    with store.transaction() as db:
+        sid = rows.insert(db, {**base, "state": "terminated"})
+        rows.insert(db, {**base, "customer": "c-two", "state": "ended"})
+    assert list(rows.active_decisions()) == ["c-home"] and rows.active_decisions()["c-home"]["id"] == sid

@@ -82,9 +82,10 @@ class SuspensionStore:
         store.migrate("subscribers.suspension", MIGRATIONS)
 
     def active_decisions(self) -> dict[str, dict]:
-        """customer -> the suspension in force: this node's active rows, then those adopted from
-        the fleet controller (which win: on an agent the controller decides)."""
-        rows = self.store.all("SELECT * FROM sp_suspension WHERE state='active'")
+        """customer -> the suspension in force: this node's active rows (and terminated ones: the
+        restriction stays after termination, docs/suspension.md), then those adopted from the
+        fleet controller (which win: on an agent the controller decides)."""
+        rows = self.store.all("SELECT * FROM sp_suspension WHERE state IN ('active', 'terminated') ORDER BY id")
         out = {r["customer"]: decision_value(dict(r)) for r in rows}
         for r in self.store.all("SELECT customer, value FROM sp_fleet_suspension"):
             out[r["customer"]] = json.loads(r["value"])
