@@ -125,6 +125,8 @@ class MqttBridge(Component):
                                          publish=self._publish, content=self._plan_content,
                                          members=lambda: self.ctx.policy().control.fleet_nodes)
             self.controller.tracker.set_members(self.ctx.policy().control.fleet_nodes)
+            if self.qos is not None:      # caps changed by decisions (a throttle suspension) go out too
+                self.qos.on_plan_change(self.controller.replan)
         if self.role == "agent":
             subs.append(plan_topic(self.node))
             self.agent = Agent(self.node, store=self.ctx.store, clock=self.ctx.clock,
