@@ -135,6 +135,9 @@ def test_walled_garden_at_the_controller_reaches_the_agent_and_resume_lifts_it(e
         status, body = post(agent, cmd, body)
         assert status == 409 and f"fleet controller {CONTROLLER}, not on agent {AGENT}" in body["error"], body
     assert "state suspension version" in ctl.ctl("fleet", "status").stdout
+    assert agent.ctl_json("fleet", "status")["state"]["held"]["suspension"]["fleet"] == r["held"][0]
+    assert agent.metric("nocpolicy_suspensions_adopted", {"mode": "walled-garden"}) == 1
+    assert "c-home" not in agent.metrics()
 
     held = row(ctl, "suspension")["held"][0]
     ctl.ctl("resume", "c-home", "--reason", "paid", check=True)

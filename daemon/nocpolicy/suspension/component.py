@@ -10,7 +10,9 @@ serves the notice page when it is configured, and exposes the metrics.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from collections import Counter
 
 from prometheus_client.core import GaugeMetricFamily
 
@@ -170,6 +172,7 @@ class _Collector:
                                     ).fetchone()["n"]
             notices = {(r["kind"], r["state"]): r["n"] for r in db.execute(
                 "SELECT kind, state, COUNT(*) AS n FROM sp_notice GROUP BY kind, state").fetchall()}
+            fleet = [r["value"] for r in db.execute("SELECT value FROM sp_fleet_suspension").fetchall()]
         g = GaugeMetricFamily("nocpolicy_suspensions", "Customer suspensions (Art. 25) by mode and state",
                               labels=["mode", "state"])
         for mode in MODES:
@@ -178,8 +181,19 @@ class _Collector:
         yield g
         yield GaugeMetricFamily("nocpolicy_suspensions_terminable", "Active suspensions unresolved past the "
                                 "Art. 27(1) period (the contract may be terminated)", value=terminable)
+        yield _adopted_gauge(fleet)
         n = GaugeMetricFamily("nocpolicy_suspension_notices", "Suspension, termination and abolition letters by "
                               "kind and delivery state", labels=["kind", "state"])
         for (kind, state), v in sorted(notices.items()):
             n.add_metric([kind, state], v)
         yield n
+
+
+def _adopted_gauge(values: list[str]) -> GaugeMetricFamily:
+    """A fleet agent's suspensions in force, adopted from the controller, by mode (no customer)."""
+    modes = Counter(json.loads(v).get("mode") for v in values)
+    g = GaugeMetricFamily("nocpolicy_suspensions_adopted", "Suspensions in force adopted from the fleet "
+                          "controller (agents) by mode", labels=["mode"])
+    for mode in MODES:
+        g.add_metric([mode], modes.get(mode, 0))
+    return g
