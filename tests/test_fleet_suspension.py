@@ -219,7 +219,7 @@ def test_a_cut_off_agent_lifts_a_suspension_at_its_end(env):
     ctl.start()
     agent.start()
     wait_for(lambda: converged(ctl, "suspension"), 60, what="agent converged")
-    until = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)).isoformat(timespec="seconds")
+    until = (dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=30)).isoformat()
     ctl.ctl("suspend", "c-home", "--cause", "obligations", "--mode", "walled-garden", "--reason", "spam relay",
             "--until", until, *URGENT, check=True)
     wait_for(lambda: walled(agent), 25, what="walled on the agent")
@@ -230,3 +230,28 @@ def test_a_cut_off_agent_lifts_a_suspension_at_its_end(env):
     assert dt.datetime.now(dt.UTC) >= dt.datetime.fromisoformat(until)
     assert "c-home ended at their time: lifted on this node" in agent.log()
     assert agent.ctl_json("suspensions")["fleet"] == []
+
+
+def test_a_timed_start_and_end_at_the_controller_reach_the_agent(env):
+    """A scheduled suspension is not fleet state until the controller's timer starts it; its start
+    and its end are new versions the agent follows."""
+    broker, ctl, agent, sink = env
+    ctl.start()
+    agent.start()
+    v = wait_for(lambda: converged(ctl, "suspension"), 60, what="agent converged")["held"][0]
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    start, end = now + dt.timedelta(seconds=25), now + dt.timedelta(seconds=40)
+    ctl.ctl("suspend", "c-home", "--cause", "obligations", "--mode", "walled-garden", "--reason", "spam relay",
+            "--from", start.isoformat(timespec="seconds"), "--until", end.isoformat(timespec="seconds"), check=True)
+    assert ctl.ctl_json("suspensions")["suspensions"][0]["state"] == "scheduled"
+    if dt.datetime.now(dt.UTC) < start:
+        assert normal(agent)                       # the notice went out; the restriction has not begun
+    wait_for(lambda: walled(agent), 25 + 30, what="walled on the agent at the start")
+    assert dt.datetime.now(dt.UTC) >= start
+    started = wait_for(lambda: newer(ctl, v), 30, what="the start acknowledged")["held"][0]
+    assert started > v
+    wait_for(lambda: normal(agent), 15 + 30, what="lifted on the agent at the end")
+    assert dt.datetime.now(dt.UTC) >= end
+    wait_for(lambda: newer(ctl, started), 30, what="the end acknowledged: a new version from the controller")
+    letters = [m["msg"]["Subject"] for m in list(sink.messages) if "home@customer.example" in m["rcpt"]]
+    assert len(letters) == 3, letters                # notice, started, ended: all from the controller
