@@ -12,7 +12,10 @@ subscribed to every state ack.
    Measured: until every node's ack holds the new version (median, worst), and the real agent's
    DNS answer for that customer flipping (a client querying it every 5 ms). Peer in the same run:
    the same fan-out published directly by one paho client (broker + agents only): the floor.
-2. 10,000 list entries in one ``list.update``: until every node holds them.
+2. Suspensions: ``suspension.suspend`` (walled garden, urgent) and ``suspension.resume`` of the same
+   customer at the controller, alternately: all acks, the real agent's answer gaining/losing EDE 17;
+   peer: the same-sized entry published straight to the sims.
+   Then 10,000 list entries in one ``list.update``: until every node holds them.
 3. The real agent killed, 100 opt-out changes, restarted: from its reconnect (its status online
    as the observer sees it) until it acks the latest version; the versions it applied only rise.
 
@@ -166,6 +169,46 @@ def optout_runs(a, ctl, agent, clock, peer, sims) -> tuple[list, list, list]:
     return ours, floor, flips
 
 
+def suspension_runs(a, ctl, agent, clock, peer) -> tuple[list, list, list]:
+    """Suspend (walled garden) and resume c-home at the controller, alternately: until every node
+    holds the new ``suspension`` version, and the real agent's answer gains / loses EDE 17. Peer:
+    the same entry (a suspension's size) published straight to the sims by one paho client."""
+    ours, floor, flips = [], [], []
+    n = a.agents + 1
+    version = int(ctl.metric("nocpolicy_fleet_state_version", {"kind": "suspension"}) or 0)
+    entry = {"id": 1, "mode": "walled-garden", "cause": "nonpayment", "reason": "bench: invoice unpaid",
+             "start": "2026-12-04T00:00:00+00:00", "end": None, "rate": None}
+    for run in range(1, a.runs + 1):
+        on = run % 2 == 1
+        version += 1
+        t0 = time.monotonic()
+        if on:
+            post(ctl, "suspension.suspend", {"customer": "c-home", "cause": "nonpayment", "mode": "walled-garden",
+                                             "reason": f"bench {run}", "urgent": True, "justification": "bench"})
+        else:
+            post(ctl, "suspension.resume", {"customer": "c-home", "reason": f"bench {run}"})
+        flip = flip_time(agent, [17] if on else [15], t0, a.timeout)
+        wait_for(lambda v=version: clock.count("suspension", v) == n, a.timeout, interval=0.005,
+                 what=f"{n} acks of suspension {version}")
+        xs = clock.times("suspension", version, t0)
+        ours.append(xs[-1])
+        flips.append(flip)
+        print(f"{run:>3} {'controller (' + ('suspend' if on else 'resume') + ')':<36} {ms(xs[-1])}ms "
+              f"{ms(flip)}ms   p50 {ms(statistics.median(xs))} ms")
+        pv = 100 + run
+        t0 = time.monotonic()
+        body = {"kind": "peer", "scope": "fleet", "node": None, "version": pv, "controller": "peer",
+                "issued_at": "", "base": pv - 1, "set": {"c-home": entry} if on else {},
+                "del": [] if on else ["c-home"]}
+        peer.c.publish("nocpolicy/v1/fleet/peer/delta/2", json.dumps(body, separators=(",", ":")), qos=1)
+        wait_for(lambda v=pv: clock.count("peer", v) >= a.agents, a.timeout, interval=0.005, what="peer acks")
+        ys = clock.times("peer", pv, t0)
+        floor.append(ys[-1])
+        print(f"{run:>3} {'peer: one paho client, no daemon':<36} {ms(ys[-1])}ms {'':>9}   "
+              f"p50 {ms(statistics.median(ys))} ms")
+    return ours, floor, flips
+
+
 def lists_run(a, ctl, agent, clock, peer) -> float:
     n = a.agents + 1
     version = int(ctl.metric("nocpolicy_fleet_state_version", {"kind": "lists"})) + 1
@@ -264,6 +307,7 @@ def main() -> int:
         wait_for(lambda: clock.count("optout", 1) == a.agents + 1, 60, what="initial state everywhere")
         peer = Probe(broker, CONTROLLER)
         ours, floor, flips = optout_runs(a, ctl, agent, clock, peer, sims)
+        susp, sfloor, sflips = suspension_runs(a, ctl, agent, clock, peer)
         lists = lists_run(a, ctl, agent, clock, peer)
         offline = offline_run(a, ctl, agent, clock)
         fl = [f for f in flips if f is not None]
@@ -275,6 +319,13 @@ def main() -> int:
               f"worst {ms(max(fl) if fl else None)} ms  ({len(fl)}/{len(flips)} seen)")
         print(f"  peer (raw fan-out)    median {ms(statistics.median(floor))} ms  worst {ms(max(floor))} ms  "
               f"ratio {statistics.median(ours) / statistics.median(floor):.2f}")
+        sf = [f for f in sflips if f is not None]
+        print(f"suspend/resume (walled garden) acknowledged by {a.agents} simulated + 1 real agent, {len(susp)} runs:")
+        print(f"  nocpolicy controller  median {ms(statistics.median(susp))} ms  worst {ms(max(susp))} ms")
+        print(f"  real agent DNS flip   median {ms(statistics.median(sf) if sf else None)} ms  "
+              f"worst {ms(max(sf) if sf else None)} ms  ({len(sf)}/{len(sflips)} seen)")
+        print(f"  peer (raw fan-out)    median {ms(statistics.median(sfloor))} ms  worst {ms(max(sfloor))} ms  "
+              f"ratio {statistics.median(susp) / statistics.median(sfloor):.2f}")
         print(f"10,000 list entries everywhere: {ms(lists)} ms ({'OK' if lists <= 5 else 'OVER'}, target 5000)")
         print(f"offline agent after 100 changes: {ms(offline)} ms ({'OK' if offline <= 2 else 'OVER'}, "
               f"target 2000)")
