@@ -48,6 +48,7 @@ def fleet_acl(controller: str, operators=(), readers=(), agents=()) -> str:
         "# fleet state: its own streams in, its own ack out",
         "pattern read nocpolicy/v1/nodes/%u/state/+/snap",
         "pattern read nocpolicy/v1/nodes/%u/state/+/delta/+",
+        "pattern read nocpolicy/v1/nodes/%u/state/+/part/+",
         "pattern write nocpolicy/v1/nodes/%u/state/ack",
         "pattern write nocpolicy/v1/nodes/%u/up/detections",
         "pattern write nocpolicy/v1/nodes/%u/up/sessions",

@@ -163,7 +163,8 @@ class MqttBridge(Component):
         if self.role == "controller":
             self.state_pub = StatePublisher(self.node, kinds=kinds, store=self.ctx.store, clock=self.ctx.clock,
                                             publish=self._publish,
-                                            members=lambda: self.ctx.policy().control.fleet_nodes)
+                                            members=lambda: self.ctx.policy().control.fleet_nodes,
+                                            part_size=lambda: self.ctx.policy().control.state_part_size)
             self.state_pub.attach()
             members = lambda: self.ctx.policy().control.fleet_nodes    # noqa: E731
             self.fleet_detections = FleetDetections(members)
@@ -172,7 +173,8 @@ class MqttBridge(Component):
             return [STATE_ACK_FILTER, UP_FILTER] + ([UP_SESSIONS_FILTER] if self.sessions_in else [])
         if self.role == "agent":
             self.state_agent = agent = StateAgent(self.node, kinds=kinds, store=self.ctx.store,
-                                                  clock=self.ctx.clock, publish=self._publish)
+                                                  clock=self.ctx.clock, publish=self._publish,
+                                                  part_wait=lambda: self.ctx.policy().control.state_part_wait)
             for kind in kinds.values():
                 for name in kind.commands:
                     self.ctx.commands.refuse(name, lambda what=kind.what: agent.refusal(what.capitalize()))

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 
+from .statesplit import split
 from .statesync import Out, Streams
 from .statetrack import StateTracker
 from .statewire import FLEET, head, stream_topics
@@ -21,20 +22,26 @@ from .wire import dumps, node_of
 log = logging.getLogger(__name__)
 
 STORE_KEY = "mqtt.fleet.state"
+PARTS_KEY = "mqtt.fleet.state.parts"     # stream -> parts of its last retained snapshot (to clear stale ones)
+DEFAULT_PART_SIZE = 8 << 20
 MAX_MARKED = 100_000          # keys marked for one kind before falling back to a full recompute
 
 
 class StatePublisher:
-    def __init__(self, node: str, *, kinds: dict, store, clock, publish, members):
-        """``members()`` names the fleet (control.groups); ``publish(topic, payload, retain=)``."""
+    def __init__(self, node: str, *, kinds: dict, store, clock, publish, members,
+                 part_size=lambda: DEFAULT_PART_SIZE):
+        """``members()`` names the fleet (control.groups); ``publish(topic, payload, retain=)``;
+        ``part_size()``: a snapshot larger than this goes in parts (control.state_part_size)."""
         self.node, self.kinds, self.store, self.clock = node, kinds, store, clock
-        self._publish, self._members = publish, members
+        self._publish, self._members, self._part_size = publish, members, part_size
+        self.parts: dict[str, int] = dict(store.get(PARTS_KEY) or {})
         self.streams = Streams()
         self.tracker = StateTracker()
         self.versions: dict[str, int] = {k: int(v) for k, v in (store.get(STORE_KEY) or {}).items()}
         self._marks: dict[str, list | None] = {}
         self._whole: set[str] = set()            # kinds to publish whole (a (re)connect)
         self._wake = asyncio.Event()
+        self._members_seen: tuple = (None, frozenset())
         self.published = 0
 
     def attach(self) -> None:
@@ -87,8 +94,7 @@ class StatePublisher:
     async def _send(self, outs: list[Out], members: list[str]) -> None:
         t0 = self.clock.monotonic()
         issued = self.clock.now().isoformat()
-        docs = [(stream_topics(o.kind, o.scope, o.slot),
-                 dumps({**head(o.kind, o.scope, o.version, self.node, issued), **o.body})) for o in outs]
+        docs = [d for o in outs for d in self._render(o, issued)]
         for o in outs:
             self.tracker.published(o.kind, members if o.scope == FLEET else [o.scope], t0)
         results = await asyncio.gather(*(self._publish(t, d, retain=True) for t, d in docs))
@@ -99,6 +105,32 @@ class StatePublisher:
             log.warning("fleet state: %d message(s) not published (broker unreachable); everything is "
                         "published again on reconnect", results.count(False))
 
+    def _render(self, o: Out, issued: str) -> list[tuple[str, bytes]]:
+        """The messages of one Out: an increment; a snapshot whole, or in parts when larger than the
+        part size (head at .../snap, parts at .../part/<i>); parts of an earlier, larger snapshot of
+        the stream are cleared (empty retained messages)."""
+        h = head(o.kind, o.scope, o.version, self.node, issued)
+        if o.slot is not None:
+            return [(stream_topics(o.kind, o.scope, o.slot), dumps({**h, **o.body}))]
+        whole, size = dumps({**h, **o.body}), self._part_size()
+        entries = o.body["entries"]
+        chunks = split(entries, size) if len(whole) > size else [entries]
+        n = len(chunks) if len(chunks) > 1 else 0
+        docs = [(stream_topics(o.kind, o.scope, None, i),
+                 dumps({**h, "part": i, "parts": n, "count": len(entries), "entries": c}))
+                for i, c in enumerate(chunks) if n]
+        docs.append((stream_topics(o.kind, o.scope, None),
+                     dumps({**h, "parts": n, "count": len(entries)}) if n else whole))
+        key = f"{o.kind}/{o.scope}"
+        docs += [(stream_topics(o.kind, o.scope, None, i), b"") for i in range(n, self.parts.get(key, 0))]
+        if self.parts.get(key, 0) != n:
+            self.parts[key] = n
+            self.store.put(PARTS_KEY, self.parts)
+        if n:
+            log.info("fleet state: %s snapshot version %d: %d entries in %d parts of at most %d bytes",
+                     key, o.version, len(entries), n, size)
+        return docs
+
     def want(self, node: str, kind: str) -> tuple[int, int]:
         return self.streams.version(kind, FLEET), self.streams.version(kind, node)
 
@@ -108,10 +140,16 @@ class StatePublisher:
             doc = json.loads(payload)
         except (ValueError, UnicodeDecodeError):
             return
-        if node and isinstance(doc, dict) and node in set(self._members()):
+        if node and isinstance(doc, dict) and node in self._member_set():
             self.tracker.on_ack(node, doc, self.want, self.clock.monotonic(), self.clock.now().isoformat(),
                                 fresh=not retained)
             self._catch_up(node)
+
+    def _member_set(self) -> frozenset:
+        members = self._members()
+        if members is not self._members_seen[0]:       # a new policy: the set once, not at every ack
+            self._members_seen = (members, frozenset(members))
+        return self._members_seen[1]
 
     def _catch_up(self, node: str) -> None:
         """A node holds a version this controller never issued (its store was lost or replaced):
