@@ -29,18 +29,19 @@ def _size(key: str, value) -> int:
 
 def split(entries: dict, part_size: int) -> list[dict]:
     """``entries`` cut into dicts of at most about ``part_size`` JSON bytes each, in key order
-    (one dict, the whole, when it fits). More than MAX_PARTS parts: ValueError."""
+    (one dict, the whole, when it fits). A part size so small that more than MAX_PARTS parts would
+    be needed is raised to what fits MAX_PARTS / 2 parts (the state must still reach the agents)."""
+    sizes = {k: _size(k, v) for k, v in entries.items()}
+    part_size = max(part_size, sum(sizes.values()) // (MAX_PARTS // 2) + 1)
     parts: list[dict] = [{}]
-    used = 0
+    used = 1                                    # "{" and "}" less the last entry's ","
     for key in sorted(entries):
-        n = _size(key, entries[key])
+        n = sizes[key]
         if used + n > part_size and parts[-1]:
             parts.append({})
-            used = 0
+            used = 1
         parts[-1][key] = entries[key]
         used += n
-    if len(parts) > MAX_PARTS:
-        raise ValueError(f"{len(parts)} parts of {part_size} bytes exceed {MAX_PARTS}: raise the part size")
     return parts
 
 
