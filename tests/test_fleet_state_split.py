@@ -16,6 +16,7 @@ from test_fleet_state import (
     AGENT,
     CONTROLLER,
     CTL_USER,
+    OTHER,
     SHIPPED_ACL,
     USERS,
     converged,
@@ -139,3 +140,43 @@ def test_a_missing_part_leaves_the_last_good_state_and_is_counted(fleet):
     wait_for(lambda: ede(agent, "after.cc.example", "127.0.0.3") == [15], 30, what="the next version applied")
     assert ede(agent, forged[0], "127.0.0.3") == []
     forger.close()
+
+
+def docs(p: Probe) -> list[dict]:
+    with p._lock:
+        return [json.loads(x) for t, x, _ in p.messages if x]
+
+
+def test_a_node_removed_from_the_fleet_has_its_state_cleared_and_is_not_counted(fleet):
+    broker, d = fleet
+    ctl, agent = d["ctl"], d["agent"]
+    ctl.start()
+    agent.start()
+    wait_for(lambda: converged(ctl, "optout"), 60, what="agent converged")
+    ctl.ctl("optout", "on", "c-pinned", check=True)      # c-pinned is served by edge-tokyo-3 only
+    owner = Probe(broker, OTHER).subscribe(f"nocpolicy/v1/nodes/{OTHER}/state/#")
+    wait_for(lambda: any({**m.get("entries", {}), **m.get("set", {})}.get("c-pinned") for m in docs(owner)),
+             30, what="edge-tokyo-3's own stream holds c-pinned")
+    owner.close()
+    assert {r["node"] for r in ctl.ctl_json("fleet", "status")["state"]["rows"]} == {AGENT, OTHER}
+
+    s = ctl.policies / "settings.yaml"
+    s.write_text(re.sub(r"tokyo: \[.*\]", f"tokyo: [{AGENT}]", s.read_text()))
+    assert ctl.ctl_json("reload")["changed"] is True
+    wait_for(lambda: f"node(s) {OTHER} left the fleet" in ctl.log(), 30, what="the removed node's state cleared")
+
+    # nothing of edge-tokyo-3's state stays retained on the broker (a marker subscribed after it
+    # arrives after every retained message of the first subscription)
+    fresh = Probe(broker, OTHER)
+    fresh.publish(f"nocpolicy/v1/nodes/{OTHER}/status", json.dumps({"marker": 1}), retain=True)
+    fresh.subscribe(f"nocpolicy/v1/nodes/{OTHER}/state/#").subscribe(f"nocpolicy/v1/nodes/{OTHER}/status")
+    fresh.wait(f"nocpolicy/v1/nodes/{OTHER}/status", 30)
+    assert [t for t, p, _ in fresh.messages if "/state/" in t and p] == []
+    fresh.close()
+
+    st = ctl.ctl_json("fleet", "status")["state"]
+    assert {r["node"] for r in st["rows"]} == {AGENT} and sum(st["counts"].values()) == len(st["rows"])
+    assert OTHER not in ctl.ctl("fleet", "status").stdout
+    before = row(ctl, "optout")["want"][0]          # the fleet goes on as before for the others
+    ctl.ctl("optout", "on", "c-home", check=True)
+    wait_for(lambda: (lambda r: r and r["want"][0] > before)(converged(ctl, "optout")), 30, what="still converging")

@@ -109,6 +109,8 @@ class MqttBridge(Component):
                 self.controller.tracker.set_members(policy.control.fleet_nodes)
                 if self._started:
                     self.controller.replan()
+            if self.state_pub is not None and self._started:
+                self.state_pub.members_changed()
         return commit
 
     async def start(self) -> None:

@@ -61,13 +61,17 @@ class Streams:
 
     def update(self, kind: str, by_scope: dict[str, dict], version: int, scopes=None) -> list[Out]:
         """Increments that take the streams in ``scopes`` (all of ``kind`` and all in ``by_scope`` when
-        None) to ``by_scope``; a stream that did not change gets nothing."""
+        None) to ``by_scope``; a stream that did not change gets nothing, a new one (a node added to
+        the fleet) a snapshot: its agent may hold an older stream of that name."""
         if scopes is None:
             scopes = set(by_scope) | {s for (k, s) in self.streams if k == kind}
         out = []
         for scope in scopes:
             new = by_scope.get(scope, {})
-            st = self.streams.setdefault((kind, scope), Stream())
+            if (kind, scope) not in self.streams:
+                out.append(self._fresh(kind, scope, version, new))
+                continue
+            st = self.streams[(kind, scope)]
             sets = {k: v for k, v in new.items() if st.entries.get(k, _MISSING) != v}
             dels = sorted(k for k in st.entries if k not in new)
             if sets or dels:
@@ -77,6 +81,7 @@ class Streams:
     def patch(self, kind: str, items: list[tuple[str, str, Any]], version: int) -> list[Out]:
         """Increments for single keys: ``(key, scope, value)``, value None = the key is gone."""
         grouped: dict[str, tuple[dict, list]] = {}
+        fresh = {scope for _, scope, _ in items if (kind, scope) not in self.streams}
         for key, scope, value in items:
             st = self.streams.setdefault((kind, scope), Stream())
             sets, dels = grouped.setdefault(scope, ({}, []))
@@ -87,9 +92,15 @@ class Streams:
                 sets[key] = value
         out = []
         for scope, (sets, dels) in grouped.items():
-            if sets or dels:
+            if scope in fresh:
+                out.append(self._fresh(kind, scope, version, sets))
+            elif sets or dels:
                 out += self._increment(kind, scope, self.streams[(kind, scope)], version, sets, dels)
         return out
+
+    def _fresh(self, kind: str, scope: str, version: int, entries: dict) -> Out:
+        st = self.streams[(kind, scope)] = Stream(version, dict(entries))
+        return Out(kind, scope, version, None, {"entries": dict(st.entries)})
 
     def _increment(self, kind, scope, st: Stream, version: int, sets: dict, dels: list) -> list[Out]:
         base, st.version = st.version, version
