@@ -182,7 +182,7 @@ class MqttBridge(Component):
                     self.ctx.commands.refuse(name, lambda what=kind.what: agent.refusal(what.capitalize()))
             if self.sessions is not None:
                 self.sessions_up = SessionsUp(self.node, publish=self._publish, connected=lambda: self.connected,
-                                              live=self.sessions.live_sessions)
+                                              live=self.sessions.live_sessions, store=self.ctx.store)
                 self.sessions.add_change_listener(self.sessions_up.changed)
             return agent_filters(self.node)
         return []
@@ -196,6 +196,11 @@ class MqttBridge(Component):
                                                      retain=True), 2.0)
             except TimeoutError:
                 pass
+        if self.sessions_up is not None:
+            try:
+                self.sessions_up.save()       # stops not yet sent survive the restart
+            except Exception:
+                log.exception("mqtt: keeping the unsent session stops failed")
         if self.link is not None:
             self.link.close()
             if self._link_task is not None and not self._link_task.done():
