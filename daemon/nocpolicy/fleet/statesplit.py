@@ -19,30 +19,34 @@ from dataclasses import dataclass, field, replace
 
 from .statewire import MAX_PARTS, StateMsg, StateRefused
 
-MAX_ASSEMBLY_BYTES = 1 << 30      # entries (JSON bytes) one assembly may hold before it is refused
+MAX_ASSEMBLY_ENTRIES = 5_000_000  # entries one assembly may hold before it is refused (about 500 MB held)
 
 
-def _size(key: str, value) -> int:
-    return len(json.dumps(key, ensure_ascii=False)) + len(json.dumps(value, ensure_ascii=False,
-                                                                      separators=(",", ":"))) + 2
+def _json_len(d: dict) -> int:
+    return len(json.dumps(d, ensure_ascii=False, separators=(",", ":")).encode())
 
 
 def split(entries: dict, part_size: int) -> list[dict]:
-    """``entries`` cut into dicts of at most about ``part_size`` JSON bytes each, in key order
-    (one dict, the whole, when it fits). A part size so small that more than MAX_PARTS parts would
-    be needed is raised to what fits MAX_PARTS / 2 parts (the state must still reach the agents)."""
-    sizes = {k: _size(k, v) for k, v in entries.items()}
-    part_size = max(part_size, sum(sizes.values()) // (MAX_PARTS // 2) + 1)
-    parts: list[dict] = [{}]
-    used = 1                                    # "{" and "}" less the last entry's ","
-    for key in sorted(entries):
-        n = sizes[key]
-        if used + n > part_size and parts[-1]:
-            parts.append({})
-            used = 1
-        parts[-1][key] = entries[key]
-        used += n
-    return parts
+    """``entries`` cut into dicts whose JSON is at most ``part_size`` bytes each, in key order (one
+    dict, the whole, when it fits). Cut by count from the average entry size, then any part still
+    too large is halved (the encoder does the work: no Python call per entry). A part size so small
+    that more than MAX_PARTS / 2 parts would be needed is raised to what fits."""
+    whole = _json_len(entries)
+    if whole <= part_size or len(entries) < 2:
+        return [entries]
+    part_size = max(part_size, whole // (MAX_PARTS // 2) + 1)
+    keys = sorted(entries)
+    per = max(1, int(len(keys) * part_size * 0.95 / whole))
+    todo = [keys[i:i + per] for i in range(0, len(keys), per)]
+    out: list[dict] = []
+    while todo:
+        ks = todo.pop(0)
+        d = {k: entries[k] for k in ks}
+        if len(ks) > 1 and _json_len(d) > part_size and len(out) + len(todo) + 2 <= MAX_PARTS:
+            todo[:0] = [ks[:len(ks) // 2], ks[len(ks) // 2:]]
+            continue
+        out.append(d)
+    return out
 
 
 @dataclass
@@ -52,7 +56,7 @@ class Assembly:
     count: int
     started: float
     got: dict[int, dict] = field(default_factory=dict)
-    size: int = 0
+    entries: int = 0
     controller: str = ""
 
 
@@ -82,11 +86,11 @@ class Assembler:
                                msg.kind, msg.version)
         if msg.part is not None and msg.part not in a.got:
             a.got[msg.part] = msg.entries
-            a.size += sum(_size(k, v) for k, v in msg.entries.items())
-        if a.size > MAX_ASSEMBLY_BYTES:
+            a.entries += len(msg.entries)
+        if a.entries > MAX_ASSEMBLY_ENTRIES or a.count > MAX_ASSEMBLY_ENTRIES:
             del self.open[msg.stream]
-            raise StateRefused("too_large", f"{'/'.join(msg.stream)} version {msg.version}: parts hold more "
-                               f"than {MAX_ASSEMBLY_BYTES} bytes", msg.kind, msg.version)
+            raise StateRefused("too_large", f"{'/'.join(msg.stream)} version {msg.version}: more than "
+                               f"{MAX_ASSEMBLY_ENTRIES} entries", msg.kind, msg.version)
         if len(a.got) < a.parts:
             return None, abandoned
         del self.open[msg.stream]

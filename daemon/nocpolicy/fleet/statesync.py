@@ -164,7 +164,10 @@ class Holder:
         return {**self._get(kind, FLEET).entries, **self._get(kind, NODE).entries}
 
     def _get(self, kind: str, scope: str) -> Held:
-        return self.held.setdefault((kind, scope), Held())
+        h = self.held.get((kind, scope))
+        if h is None:
+            h = self.held[(kind, scope)] = Held()
+        return h
 
     def _value(self, kind: str, key: str):
         node = self._get(kind, NODE).entries
@@ -195,8 +198,10 @@ class Holder:
     def _one(self, h: Held, msg: StateMsg, touched: set) -> int:
         """Apply one message to the held entries; remember the old effective value of each key."""
         keys = (set(h.entries) | set(msg.entries)) if msg.snapshot else set(msg.entries) | set(msg.deleted)
-        for k in keys - set(self._before):
-            self._before[k] = self._value(msg.kind, k)
+        node, fleet, before = self._get(msg.kind, NODE).entries, self._get(msg.kind, FLEET).entries, self._before
+        for k in keys:                 # (one snapshot may hold 1,000,000 keys: no call per key)
+            if k not in before:
+                before[k] = node[k] if k in node else fleet.get(k)
         touched |= keys
         if msg.snapshot:
             h.entries = dict(msg.entries)
@@ -209,9 +214,10 @@ class Holder:
 
     def _diff(self, kind: str, touched: set) -> dict:
         before, self._before = self._before, {}
+        node, fleet = self._get(kind, NODE).entries, self._get(kind, FLEET).entries
         out = {}
         for k in touched:
-            now = self._value(kind, k)
+            now = node[k] if k in node else fleet.get(k)
             if before.get(k) != now:
                 out[k] = now
         return out
