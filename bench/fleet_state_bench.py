@@ -224,11 +224,12 @@ def explain(again: DaemonProcess, ctl: DaemonProcess, broker, clock, version: in
     retained = (fresh.find(f"nocpolicy/v1/nodes/{REAL}/state/ack") or [{}])[-1].get("held")
     fresh.close()
     rows = [r for r in ctl.ctl_json("fleet", "status")["state"]["rows"] if r["node"] == REAL and r["kind"] == "optout"]
+    at_version = clock.count("optout", version)
     with clock.lock:
         print(f"offline run NOT converged: want optout v{version}; agent alive {alive}, its own status "
               f"{own}; retained ack on the broker holds {retained}; controller row {rows}; observer: real "
               f"agent holds {clock.held.get(REAL)}, online seen {REAL in clock.online}, nodes at v{version}: "
-              f"{clock.count('optout', version)}; agent log tail:\n{again.log()[-3000:]}")
+              f"{at_version}; agent log tail:\n{again.log()[-3000:]}")
 
 
 def offline_run(a, ctl, agent, clock, broker) -> float:
@@ -246,6 +247,7 @@ def offline_run(a, ctl, agent, clock, broker) -> float:
                  interval=0.005, what="the real agent back on the latest version")
     except TimeoutError:
         explain(again, ctl, broker, clock, version)
+        again.kill()
         raise
     with clock.lock:
         t_on = clock.online[REAL]
@@ -314,6 +316,8 @@ def main() -> int:
         good = statistics.median(ours) <= 2.0 and lists <= 5 and offline <= 2
         return 0 if good else 1
     finally:
+        print(f"simulated agents: {swarm.errors} lost connection(s) made again"
+              + (f" (last: {swarm.last_error})" if swarm.errors else ""), flush=True)
         for x in (clock.probe if clock else None, peer):
             if x:
                 x.close()
