@@ -126,3 +126,23 @@ def test_a_node_part_for_another_node_is_refused():
     with pytest.raises(StateRefused) as exc:
         parse_state(topic, json.dumps(doc).encode(), "edge-1", KINDS)
     assert exc.value.reason == "other_node"
+
+
+def test_the_part_size_and_wait_are_policy_keys_checked_with_file_and_line(policy_dir):
+    import re
+
+    from nocpolicy.errors import PolicyInvalid
+    from nocpolicy.policy.load import load_policy
+
+    s = policy_dir / "settings.yaml"
+    text = s.read_text()
+    assert load_policy(policy_dir).control.state_part_size == 8 << 20            # the default
+    s.write_text(re.sub(r"(  groups:\n)", r"  state_part_size: 64KiB\n  state_part_wait: 30s\n\1", text))
+    c = load_policy(policy_dir).control
+    assert (c.state_part_size, c.state_part_wait) == (64 << 10, 30.0)
+    s.write_text(re.sub(r"(  groups:\n)", r"  state_part_size: 10\n  state_part_wait: 2h\n\1", text))
+    with pytest.raises(PolicyInvalid) as info:
+        load_policy(policy_dir)
+    got = [str(p) for p in info.value.problems]
+    assert any("settings.yaml:" in g and "control.state_part_size" in g and "outside 1024" in g for g in got), got
+    assert any("settings.yaml:" in g and "control.state_part_wait" in g and "outside" in g for g in got), got
