@@ -90,6 +90,20 @@ class StateClock:
             return sorted(t - t0 for t in out.values())
 
 
+def settle(ctl: DaemonProcess, clock: StateClock, n: int) -> None:
+    """Until every node holds every kind at the controller's version: a controller start publishes
+    every kind whole to every node (5 kinds x 1,002 streams); measuring before that fan-out is over
+    made the first run of each invocation 3-6 s slower (the simulated agents were still busy)."""
+    import re
+
+    def versions() -> dict[str, int]:
+        text = ctl.metrics()
+        return {k: int(float(v)) for k, v in re.findall(r'^nocpolicy_fleet_state_version\{kind="([^"]+)"\} (\S+)$',
+                                                         text, re.M)}
+    wait_for(lambda: (lambda vs: vs and all(clock.count(k, v) == n for k, v in vs.items()))(versions()), 120,
+             interval=0.1, what="the controller's start-up state everywhere")
+
+
 def post(d: DaemonProcess, command: str, args: dict) -> dict:
     req = urllib.request.Request(f"http://{d.admin}/v1/cmd/{command}", data=json.dumps(args).encode(),
                                  headers={"Authorization": f"Bearer {d.token()}"}, method="POST")
@@ -296,7 +310,7 @@ def main() -> int:
         swarm.start(timeout=90)
         print(f"{a.agents} simulated agents + 1 real agent connected in {time.monotonic() - t:.1f}s")
         clock = StateClock(broker)
-        wait_for(lambda: clock.count("optout", 1) == a.agents + 1, 60, what="initial state everywhere")
+        settle(ctl, clock, a.agents + 1)
         peer = Probe(broker, CONTROLLER)
         ours, floor, flips = optout_runs(a, ctl, agent, clock, peer, sims)
         lists = lists_run(a, ctl, agent, clock, peer)
