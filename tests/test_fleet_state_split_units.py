@@ -25,7 +25,7 @@ def entries(n: int) -> dict:
 
 def parts_of(ents: dict, size: int, version: int, scope: str = FLEET) -> list[tuple[str, bytes]]:
     """The messages the controller publishes for a split snapshot (as statectl renders them)."""
-    chunks = split(ents, size)
+    chunks = [d for d, _ in split(ents, size)]
     h = head("lists", scope, version, "ctl", "t")
     out = [(stream_topics("lists", scope, None, i),
             json.dumps({**h, "part": i, "parts": len(chunks), "count": len(ents), "entries": c}).encode())
@@ -40,14 +40,15 @@ def msgs(wire):
 
 def test_split_keeps_every_part_under_the_size_and_loses_nothing():
     ents = entries(1000)
-    chunks = split(ents, 2048)
-    assert len(chunks) > 10
+    parts = split(ents, 2048)
+    chunks = [d for d, _ in parts]
+    assert len(chunks) > 10 and all(json.loads(data) == d for d, data in parts)
     assert all(len(json.dumps(c, separators=(",", ":"))) <= 2048 for c in chunks)
     merged = {k: v for c in chunks for k, v in c.items()}
     assert merged == ents and sum(len(c) for c in chunks) == len(ents)
-    assert split(ents, 1 << 20) == [ents]                   # fits: one part, the whole
+    assert [d for d, _ in split(ents, 1 << 20)] == [ents]   # fits: one part, the whole
     many = split(entries(50_000), 40)                       # too small a part size for 50,000 entries:
-    assert len(many) <= MAX_PARTS and sum(len(c) for c in many) == 50_000     # raised to fit MAX_PARTS
+    assert len(many) <= MAX_PARTS and sum(len(d) for d, _ in many) == 50_000     # raised to fit MAX_PARTS
 
 
 def test_the_parts_in_any_order_make_the_whole_once_all_are_in():

@@ -154,11 +154,11 @@ class StatePublisher:
             return [(stream_topics(o.kind, o.scope, o.slot), dumps({**h, **o.body}))]
         whole, size = dumps({**h, **o.body}), self._part_size()
         entries = o.body["entries"]
-        chunks = split(entries, size) if len(whole) > size else [entries]
+        chunks = split(entries, size, len(whole)) if len(whole) > size else [(entries, b"")]
         n = len(chunks) if len(chunks) > 1 else 0
-        docs = [(stream_topics(o.kind, o.scope, None, i),
-                 dumps({**h, "part": i, "parts": n, "count": len(entries), "entries": c}))
-                for i, c in enumerate(chunks) if n]
+        docs = [(stream_topics(o.kind, o.scope, None, i),      # the part's entries encoded once, by split
+                 dumps({**h, "part": i, "parts": n, "count": len(entries)})[:-1] + b',"entries":' + data + b"}")
+                for i, (_, data) in enumerate(chunks) if n]
         docs.append((stream_topics(o.kind, o.scope, None),
                      dumps({**h, "parts": n, "count": len(entries)}) if n else whole))
         key = f"{o.kind}/{o.scope}"

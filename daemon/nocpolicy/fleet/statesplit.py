@@ -1,7 +1,7 @@
 """Large fleet state snapshots in parts (pure: no I/O, times passed in).
 
-Controller: :func:`split` cuts a snapshot's entries into parts whose JSON stays under the part
-size (``control.state_part_size``, 8 MiB by default); a snapshot that fits is not split.
+Controller: :func:`split` cuts a snapshot's entries into parts whose entries' JSON stays under the
+part size (``control.state_part_size``, 8 MiB by default); a snapshot that fits is not split.
 
 Agent: :class:`Assembler` collects the parts of one version per stream. Only when every part of
 that version is in, consistent (same ``parts`` and ``count``, no key in two parts, the count
@@ -22,30 +22,33 @@ from .statewire import MAX_PARTS, StateMsg, StateRefused
 MAX_ASSEMBLY_ENTRIES = 5_000_000  # entries one assembly may hold before it is refused (about 500 MB held)
 
 
-def _json_len(d: dict) -> int:
-    return len(json.dumps(d, ensure_ascii=False, separators=(",", ":")).encode())
+def _json(d: dict) -> bytes:
+    return json.dumps(d, ensure_ascii=False, separators=(",", ":"), default=str).encode()
 
 
-def split(entries: dict, part_size: int) -> list[dict]:
-    """``entries`` cut into dicts whose JSON is at most ``part_size`` bytes each, in key order (one
-    dict, the whole, when it fits). Cut by count from the average entry size, then any part still
-    too large is halved (the encoder does the work: no Python call per entry). A part size so small
-    that more than MAX_PARTS / 2 parts would be needed is raised to what fits."""
-    whole = _json_len(entries)
+def split(entries: dict, part_size: int, whole: int | None = None) -> list[tuple[dict, bytes]]:
+    """``entries`` cut into parts whose JSON is at most ``part_size`` bytes each: (entries, their JSON)
+    per part, the JSON ready to go on the wire (one part, the whole, when it fits). Cut by count from
+    the average entry size (``whole``: the JSON size of everything, when the caller has it), then any
+    part still too large is halved: the encoder does the work, no Python call per entry. A part size
+    so small that more than MAX_PARTS / 2 parts would be needed is raised to what fits."""
+    if whole is None:
+        whole = len(_json(entries))
     if whole <= part_size or len(entries) < 2:
-        return [entries]
+        return [(entries, _json(entries))]
     part_size = max(part_size, whole // (MAX_PARTS // 2) + 1)
-    keys = sorted(entries)
+    keys = list(entries)
     per = max(1, int(len(keys) * part_size * 0.95 / whole))
     todo = [keys[i:i + per] for i in range(0, len(keys), per)]
-    out: list[dict] = []
+    out: list[tuple[dict, bytes]] = []
     while todo:
         ks = todo.pop(0)
         d = {k: entries[k] for k in ks}
-        if len(ks) > 1 and _json_len(d) > part_size and len(out) + len(todo) + 2 <= MAX_PARTS:
+        data = _json(d)
+        if len(ks) > 1 and len(data) > part_size and len(out) + len(todo) + 2 <= MAX_PARTS:
             todo[:0] = [ks[:len(ks) // 2], ks[len(ks) // 2:]]
             continue
-        out.append(d)
+        out.append((d, data))
     return out
 
 
