@@ -8,6 +8,8 @@ guard for list entries), so the DNS guard, passive detection and the DNS workers
 What is held (versions and entries per stream) is kept in the state store: a restarted agent
 never goes back to an older version. After each burst of messages the agent publishes,
 retained, the versions it holds (``nodes/<node>/state/ack``).
+A snapshot in parts is collected by ``statesplit.Assembler`` and checked and applied only
+whole; parts that never all arrive are refused ``incomplete`` after ``control.state_part_wait``.
 """
 
 from __future__ import annotations
