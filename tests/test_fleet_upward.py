@@ -97,7 +97,9 @@ def test_a_stop_queued_while_the_broker_is_away_survives_an_agent_crash(env):
     def stopped():
         s = [x for x in ctl.ctl_json("sessions", "--customer", "c1001")["sessions"] if x["session_id"] == "S3"]
         return s if s and s[0]["stop"] == T0 + 600 else None
-    wait_for(stopped, 60, what="S3 stopped at the controller after the agent's restart")
-    assert matches(ctl, "203.0.113.9", T0 + 1200) == []
-    wait_for(lambda: again.metric("nocpolicy_fleet_sessions_kept") == 0, 30, what="the kept stop cleared once sent")
-    again.kill()
+    try:
+        wait_for(stopped, 60, what="S3 stopped at the controller after the agent's restart")
+        assert matches(ctl, "203.0.113.9", T0 + 1200) == []
+        wait_for(lambda: again.metric("nocpolicy_fleet_sessions_kept") == 0, 30, what="the kept stop cleared once sent")
+    finally:
+        again.kill()
