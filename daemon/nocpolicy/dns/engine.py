@@ -221,12 +221,12 @@ class Engine(CachePath):
             v = ent.verdict
             k = (v.list, v.cls, v.action)
             counts[k] = counts.get(k, 0) + ent.n
-            if ent.__class__ is ZoneAnswer:       # client -> [count, names]
-                for host, (n, names) in ent.hosts.items():
+            if ent.__class__ is ZoneAnswer:
+                for host, n, names in ent.take():
                     add((v, host, n, names))
-            else:                                 # LocalAnswer: client -> count
-                for host, n in ent.hosts.items():
-                    add((v, host, n, None))
+                continue
+            for host, n in ent.hosts.items():     # LocalAnswer: client -> count
+                add((v, host, n, None))
             ent.n = 0
             ent.hosts = {}
         for (lst, cls, action), n in counts.items():
@@ -383,8 +383,9 @@ class Engine(CachePath):
                 zones = self.zones[cid] = {}
             elif len(zones) >= ZONE_CACHE_MAX:
                 zones.clear()
-            ent = zones[zone_key(data)] = ZoneAnswer(out, q.qend, first, name[first + 1:], rcode, v, self._probes)
-            ent.count(host, name)
+            ent = zones[zone_key(data)] = ZoneAnswer(out, q.qend, first, name[first + 1:], rcode, v, self._probes,
+                                                     data[2:12])
+            ent.count(host, data[12:13 + first])
         else:
             ent = LocalAnswer(out[2:], rcode, v)
             if len(data) <= CACHEABLE:
@@ -410,7 +411,7 @@ class Engine(CachePath):
         if not tcp and self._blocked_over(host, data, addr, send):
             return True
         send(z.reply(data), addr)
-        if z.count(host, name):
+        if z.count(host, data[12:13 + data[12]]):
             self.dirty.append(z)
         stats = self.stats
         stats.rcodes[z.rcode] += 1
@@ -464,14 +465,14 @@ class Engine(CachePath):
             ln = data[12] if len(data) > 17 else 0
             if not 0 < ln < 64:
                 return False
-            z = zones.get(data[2:12] + data[13 + ln:])
-            if z is None or ln > z.room:
+            z = zones.get(data[13 + ln:])
+            if z is None or ln > z.room or data[2:12] != z.qhdr:
                 return False
-            if data.find(46, 13, 13 + ln) >= 0:          # a "." inside the label
+            lab = data[12:13 + ln]                       # the first label, length octet first
+            if 46 in lab and lab.find(46, 1) >= 0:       # a "." inside the label
                 return False
-            name = None
             if not z.clean:                              # some list may name the child: look
-                name = data[13:13 + ln].lower().decode("latin-1") + z.dotparent
+                name = lab[1:].lower().decode("latin-1") + z.dotparent
                 shards, dicts, _ = dirty_owner._probes    # (zones.named, inlined)
                 h = hash(name) & _MASK
                 for sh in shards:
@@ -484,20 +485,18 @@ class Engine(CachePath):
             rl_blocked[k] = b
             if b > lim.blocked_qps and rl_over(host, b, lim.blocked_qps, "blocked", data, addr, sendto):
                 return True
-            sendto(data[:2] + z.hdr + data[12:13 + ln + z.qlen] + z.tail, addr)     # ZoneAnswer.reply
-            hs = z.hosts.get(host)
-            if hs is None:
-                z.hosts[host] = [1, [name or data[13:13 + ln].lower().decode("latin-1") + z.dotparent]]
-                if not z.n:
-                    dirty_owner.dirty.append(z)
+            sendto(b"".join((data[:2], z.hdr, lab, z.rest)), addr)     # ZoneAnswer.reply
+            z.n += 1                                     # ZoneAnswer.count
+            if z.host == host:
+                s = z.labels
+                if len(s) < SAMPLES and lab not in s:
+                    s.append(lab)
+            elif z.host is None:
+                z.host, z.labels = host, [lab]
+                dirty_owner.dirty.append(z)
             else:
-                hs[0] += 1
-                s = hs[1]
-                if len(s) < SAMPLES:
-                    name = name or data[13:13 + ln].lower().decode("latin-1") + z.dotparent
-                    if name not in s:
-                        s.append(name)
-            z.n += 1
+                z.n -= 1
+                z.count(host, lab)
             rcodes[z.rcode] += 1
             d = perf() - t0
             if d < 0.0001:
