@@ -45,6 +45,14 @@ while True:
 print(json.dumps({"got": got, "seconds": sent}))
 """
 
+SEND = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[2], 0))
+for i in range(int(sys.argv[3])):
+    s.sendto(b"junk", ("127.0.0.1", int(sys.argv[1])))
+"""
+
 
 @pytest.fixture
 def ns():
@@ -108,3 +116,28 @@ def test_policy_refuses_a_kernel_meter_under_the_user_space_limit(tmp_path):
     (tmp_path / "p.yaml").write_text("customers: []\ndns:\n  ratelimit:\n    qps: 1000\n    kernel_qps: 5000\n")
     rl = load_policy(str(tmp_path)).dns.limits.ratelimit
     assert (rl.kernel_qps, rl.kernel_burst) == (5000, 0)
+
+
+def test_daemon_applies_the_meter_counts_its_drops_and_removes_it_on_stop(ns, tmp_path):
+    from test_dns_batched_io import NetnsDaemon, in_netns
+    from test_dns_hostile import policy
+
+    from helpers import wait_for
+
+    pol = policy(tmp_path, 9, "  ratelimit:\n    qps: 100\n    kernel_qps: 300\n")
+    d = NetnsDaemon(tmp_path, ns, policies=pol).start()
+    nft = ("ip", "netns", "exec", ns, "nft")
+    try:
+        listing = sh(*nft, "list", "table", "inet", kernelmeter.TABLE)
+        assert f"udp dport {d.dns_port} update @flood4" in listing and "300/second" in listing
+        sh("ip", "netns", "exec", ns, sys.executable, "-c", SEND, str(d.dns_port), "127.0.0.2", "3000")
+
+        def counted():
+            for line in d.metrics().splitlines():
+                if line.startswith("nocpolicy_dns_kernel_meter_dropped_total "):
+                    return float(line.split()[1]) >= 1000
+            return False
+        in_netns(ns, lambda: wait_for(counted, 40, interval=1, what="the kernel drops in the metrics"))
+    finally:
+        d.stop()
+    assert subprocess.run([*nft, "list", "table", "inet", kernelmeter.TABLE], capture_output=True).returncode != 0
