@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
+
 from conftest import need_root_netns
 from helpers import netns_with_veths, sh
-
 from nocpolicy.dns import kernelmeter
 from nocpolicy.dns.kernelmeter import KernelMeter, Meter
 from nocpolicy.errors import PolicyInvalid
@@ -119,10 +119,9 @@ def test_policy_refuses_a_kernel_meter_under_the_user_space_limit(tmp_path):
 
 
 def test_daemon_applies_the_meter_counts_its_drops_and_removes_it_on_stop(ns, tmp_path):
+    from helpers import wait_for
     from test_dns_batched_io import NetnsDaemon, in_netns
     from test_dns_hostile import policy
-
-    from helpers import wait_for
 
     pol = policy(tmp_path, 9, "  ratelimit:\n    qps: 100\n    kernel_qps: 300\n")
     d = NetnsDaemon(tmp_path, ns, policies=pol).start()
