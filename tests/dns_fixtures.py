@@ -21,6 +21,8 @@ import subprocess
 import textwrap
 from pathlib import Path
 
+import dnslib
+
 from helpers import SHARED_DATA, free_port, wait_for
 
 MALTRAIL = SHARED_DATA / "maltrail"
@@ -199,3 +201,13 @@ dns:
       sinkhole_aaaa: "::"
 {extra_lists}""")
     return pol
+
+
+def a_response(name: str, qid: int, *addrs: str) -> bytes:
+    """A resolver's NOERROR answer to an A question for NAME (id QID) with ADDRS, TTL 60."""
+    q = dnslib.DNSRecord.question(name, "A")
+    q.header.id = qid
+    r = q.reply()
+    for a in addrs:
+        r.add_answer(dnslib.RR(name, dnslib.QTYPE.A, rdata=dnslib.A(a), ttl=60))
+    return r.pack()

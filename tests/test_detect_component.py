@@ -10,6 +10,7 @@ import dnslib
 import pytest
 from prometheus_client import CollectorRegistry
 
+from dns_fixtures import a_response
 from nocpolicy.clock import ManualClock
 from nocpolicy.component import Context
 from nocpolicy.control.commands import CommandRegistry
@@ -23,15 +24,6 @@ from nocpolicy.policy.load import load_policy
 from nocpolicy.store import Store
 from nocpolicy.subscribers.component import Subscribers
 from nocpolicy.subscribers.model import Decision
-
-
-def response(name: str, qid: int, *addrs: str) -> bytes:
-    q = dnslib.DNSRecord.question(name, "A")
-    q.header.id = qid
-    r = q.reply()
-    for a in addrs:
-        r.add_answer(dnslib.RR(name, dnslib.QTYPE.A, rdata=dnslib.A(a), ttl=60))
-    return r.pack()
 
 
 @pytest.fixture
@@ -80,7 +72,7 @@ async def test_one_detection_per_lookup_and_events(det):
     d, guard, clock, events, tmp = det
     q = Observation("capture", "192.0.2.10", "www.cc.example", 1, False, 5000, 77)
     r = Observation("capture", "192.0.2.10", "www.cc.example", 1, True, 5000, 77,
-                    response("www.cc.example", 77, "203.0.113.5"))
+                    a_response("www.cc.example", 77, "203.0.113.5"))
     d.pipeline.observe_many([q, r, q])                  # a retransmitted query is the same lookup
     d.pipeline.observe(Observation("logfile", "198.51.100.9", "csam.example"))
     d.pipeline.observe(Observation("logfile", "198.51.100.9", "tracker.example"))   # b did not opt in
@@ -162,10 +154,10 @@ async def test_cname_chain_to_a_listed_name(det):
 async def test_optout_drops_security_address_blocks(det):
     d, guard, clock, events, tmp = det
     d.settings = d.settings.__class__(**{**d.settings.__dict__, "enforce": ("nft",)})
-    r = Observation("dnstap", "192.0.2.10", "cc.example", 1, True, 1, 1, response("cc.example", 1, "203.0.113.5",
+    r = Observation("dnstap", "192.0.2.10", "cc.example", 1, True, 1, 1, a_response("cc.example", 1, "203.0.113.5",
                                                                                   "0.0.0.0"))
     d.pipeline.observe(r)
-    r2 = Observation("dnstap", "192.0.2.10", "csam.example", 1, True, 1, 2, response("csam.example", 2,
+    r2 = Observation("dnstap", "192.0.2.10", "csam.example", 1, True, 1, 2, a_response("csam.example", 2,
                                                                                      "203.0.113.9"))
     d.pipeline.observe(r2)
     assert set(d.blocks.addrs) == {("a", "203.0.113.5"), ("a", "203.0.113.9")}     # never 0.0.0.0

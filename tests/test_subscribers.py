@@ -10,11 +10,10 @@ import textwrap
 import dns.edns
 import dns.message
 import dns.query
-import dnslib
 import pytest
 from prometheus_client import CollectorRegistry
 
-from dns_fixtures import Unbound, dns_policy
+from dns_fixtures import Unbound, a_response, dns_policy
 from helpers import DaemonProcess, wait_for
 from nocpolicy.clock import ManualClock
 from nocpolicy.component import Context
@@ -78,15 +77,6 @@ def test_decision_from_another_process_is_checked(doc, error):
 
 # -- pushed in process: the engine and passive detection, with no time passing --------------
 
-def response(name: str, qid: int, *addrs: str) -> bytes:
-    q = dnslib.DNSRecord.question(name, "A")
-    q.header.id = qid
-    r = q.reply()
-    for a in addrs:
-        r.add_answer(dnslib.RR(name, dnslib.QTYPE.A, rdata=dnslib.A(a), ttl=60))
-    return r.pack()
-
-
 @pytest.fixture
 async def area(tmp_path):
     pol = tmp_path / "policies"
@@ -128,7 +118,7 @@ async def test_optout_is_pushed_to_the_engine_and_detection_at_once(area):
     seen: list[Change] = []
     ctx.subscribers.watch(lambda view, change: seen.append(change))
     detector.pipeline.observe(Observation("dnstap", "192.0.2.10", "cc.example", 1, True, 1, 1,
-                                          response("cc.example", 1, "203.0.113.5")))
+                                          a_response("cc.example", 1, "203.0.113.5")))
     assert set(detector.blocks.addrs) == {("a", "203.0.113.5")}
     assert guard.judge("192.0.2.10", "cc.example").blocked
     detector._nft_full = False
@@ -142,7 +132,7 @@ async def test_optout_is_pushed_to_the_engine_and_detection_at_once(area):
     assert detector.blocks.addrs == {} and detector._nft_full            # its address blocks dropped
     assert ctx.store.one("SELECT COUNT(*) AS n FROM detect_blocks WHERE kind='addr'")["n"] == 0
     detector.pipeline.observe(Observation("dnstap", "192.0.2.11", "cc.example", 1, True, 2, 2,
-                                          response("cc.example", 2, "203.0.113.6")))
+                                          a_response("cc.example", 2, "203.0.113.6")))
     assert detector.blocks.addrs == {}                                   # no new detection either
     assert guard.judge("198.51.100.1", "cc.example").blocked              # b is still protected
     listed = await reg.dispatch("optout.list", {}, actor="test", source="test")
