@@ -161,6 +161,24 @@ def test_blocked_answer_limit_applies_to_children(tmp_path):
     assert answered == 10 and e.stats.limits["blocked_dropped"] == 40
 
 
+def test_children_past_the_blocked_limit_still_make_their_parents_entry(tmp_path):
+    parents = [f"cc{i}.example" for i in range(30)]
+    e = engine(tmp_path, [security(*parents)], limits=True)
+    e.limiter.configure(RateLimit(blocked_qps=10, slip=0))
+    answered = sum(len(ask(e, wire(f"first.{p}", i))) for i, p in enumerate(parents))
+    assert answered == 10 and e.stats.limits["blocked_dropped"] == 20
+    assert len(e.zones[None]) == 30                  # the 20 dropped ones made their parents' entries too
+    e.drain()
+    assert sum(p[2] for p in e.detections.take().values()) == 10    # only answers are counted as blocks
+    e.limiter.tick()
+    for i, p in enumerate(parents[20:]):             # next second: answered from those entries
+        (got,) = ask(e, wire(f"second.{p}", 100 + i))
+        assert got == full_path(tmp_path, [security(*parents)], wire(f"second.{p}", 100 + i))
+    e.drain()
+    rows = e.detections.take()
+    assert sum(p[2] for p in rows.values()) == 10 and {k[7] for k in rows} == set(parents[20:])
+
+
 def test_parents_bitmap_has_no_false_negatives():
     rng = random.Random(3)
     names = [".".join("".join(rng.choices(string.ascii_lowercase, k=rng.randint(1, 8)))

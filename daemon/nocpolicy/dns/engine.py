@@ -306,6 +306,7 @@ class Engine(CachePath):
             self._forward(data, q, host, addr, sub, send, tcp, t0)
             return
         if not tcp and self._blocked_over(host, data, addr, send):
+            self._prime(cid, data, q, v)
             return
         self._answer_blocked(data, q, v, cid, host, addr, send, t0)
 
@@ -372,20 +373,37 @@ class Engine(CachePath):
         stats.rcodes[rcode] += 1
         stats.duration["local"].observe(time.perf_counter() - t0)
 
+    def _zone_ok(self, data: bytes, q) -> bool:
+        """May the blocked answer to ``data`` serve every child of its parent (zones.py)?"""
+        first = data[12]
+        return (len(data) <= CACHEABLE and q.name.find(".") == first and first < 64
+                and not named(q.name, *self._probes[:2]))
+
+    def _new_zone(self, cid, data: bytes, q, v: Verdict, out: bytes, rcode: int) -> ZoneAnswer:
+        zones = self.zones.get(cid)
+        if zones is None:
+            zones = self.zones[cid] = {}
+        elif len(zones) >= ZONE_CACHE_MAX:
+            zones.clear()
+        first = data[12]
+        z = zones[zone_key(data)] = ZoneAnswer(out, q.qend, first, q.name[first + 1:], rcode, v, self._probes,
+                                               data[2:12])
+        return z
+
+    def _prime(self, cid, data: bytes, q, v: Verdict) -> None:
+        """A blocked answer the blocked-answer limit dropped: still make its parent's entry (not
+        counted), so that the next children of a DGA flood cost a dict look-up, not the full
+        path, before that limit drops them too."""
+        zones = self.zones.get(cid)
+        if (zones is None or zone_key(data) not in zones) and self._zone_ok(data, q):
+            self._new_zone(cid, data, q, v, *self._local(data, q, v))
+
     def _remember(self, cid, data, q, v: Verdict, out: bytes, rcode: int, host: str) -> None:
         """Count a blocked answer found on the full path and cache it: for its parent name when
         that answer serves every child no list names (zones.py), else for this query alone."""
-        name, first = q.name, data[12]
-        if (len(data) <= CACHEABLE and name.find(".") == first and first < 64
-                and not named(name, *self._probes[:2])):
-            zones = self.zones.get(cid)
-            if zones is None:
-                zones = self.zones[cid] = {}
-            elif len(zones) >= ZONE_CACHE_MAX:
-                zones.clear()
-            ent = zones[zone_key(data)] = ZoneAnswer(out, q.qend, first, name[first + 1:], rcode, v, self._probes,
-                                                     data[2:12])
-            ent.count(host, data[12:13 + first])
+        if self._zone_ok(data, q):
+            ent = self._new_zone(cid, data, q, v, out, rcode)
+            ent.count(host, data[12:13 + data[12]])
         else:
             ent = LocalAnswer(out[2:], rcode, v)
             if len(data) <= CACHEABLE:
