@@ -16,7 +16,6 @@ import dns.query
 from dns_fixtures import Unbound, dns_policy
 from helpers import free_port
 from nocpolicy.app import Daemon
-from nocpolicy.clock import ManualClock
 from nocpolicy.dns.component import DnsGuard
 from nocpolicy.maintenance.component import Maintenance
 from nocpolicy.options import Options
@@ -109,11 +108,12 @@ class Running:
         assert await asyncio.wait_for(self.task, 15) == 0
 
 
-async def start_daemon(pol: Path, state: Path, clock: ManualClock, page_port: int) -> Running:
+async def start_daemon(pol: Path, state: Path, clock, page_port: int, *, more_types=(), **options) -> Running:
+    """``more_types``: components after these three (the MQTT bridge); ``options``: more Options."""
     dns_port = free_port(kind=2)
     opts = Options(policies=str(pol), state_dir=str(state), watch=False, dns_listen=[("127.0.0.1", dns_port)],
-                   metrics_listen=("127.0.0.1", free_port()), admin_listen=("127.0.0.1", free_port()))
-    d = Daemon(opts, clock=clock, types=[DnsGuard, Maintenance, Suspensions])
+                   metrics_listen=("127.0.0.1", free_port()), admin_listen=("127.0.0.1", free_port()), **options)
+    d = Daemon(opts, clock=clock, types=[DnsGuard, Maintenance, Suspensions, *more_types])
     task = asyncio.create_task(d.run())
     await until(lambda: d._ready or task.done(), what="daemon ready")
     assert d._ready, "daemon did not become ready"

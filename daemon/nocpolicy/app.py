@@ -115,6 +115,9 @@ def wire(components: list[Component]) -> None:
     suspensions = _first(components, Suspensions)
     if suspensions is not None and maintenance is not None:
         suspensions.use_post(maintenance)                         # LetterPost (notices/publisher.py)
+    if suspensions is not None and bridge is not None:
+        suspensions.set_notice_publisher(bridge)                  # NoticePublisher: letters to mqtt_topic
+        bridge.add_link_listener(suspensions)                     # NoticeLinkListener
     if suspensions is not None:
         suspensions.enforcer = qos                                # SuspensionEnforcer (or None)
     detect, dns = _first(components, Detector), _first(components, DnsGuard)
@@ -365,20 +368,30 @@ class Daemon:
             return {"ok": True, "changed": False, "version": new.version, "summary": "no change"}
         sdnotify.notify("RELOADING=1")
         try:
-            commits = []
+            commits: list = []
             for c in self.components:
                 try:
                     commits.append(await c.prepare(new, change))
                 except NocpolicyError as exc:
+                    await self._abandon(self.components[:len(commits)])
                     return self._refused(source, [f"{c.name}: {exc}"])
                 except Exception as exc:  # a bug in a component must not take the daemon down
                     log.exception("%s: prepare failed", c.name)
+                    await self._abandon(self.components[:len(commits)])
                     return self._refused(source, [f"{c.name}: internal error: {exc!r}"])
             self._commit(new, commits, change, source=source, actor=actor)
         finally:
             sdnotify.notify("READY=1", f"STATUS=policy {self.policy.version}")
         return {"ok": True, "changed": True, "version": new.version, "previous": old.version if old else None,
                 "summary": change.describe(), "change": change.as_dict()}
+
+    async def _abandon(self, prepared: list[Component]) -> None:
+        """A refused reload: the components that had prepared it release what they staged."""
+        for c in prepared:
+            try:
+                await c.abandon()
+            except Exception:  # keep telling the others
+                log.exception("%s: abandoning the refused policy failed", c.name)
 
     def _commit(self, policy: Policy, commits, change, *, source: str, actor: str = "daemon") -> None:
         for commit in commits:

@@ -3,7 +3,7 @@
 ``prepare(policy, change)`` does the heavy work for a new policy (build indexes,
 render rules) off the live state and returns a ``commit`` callable that swaps it
 in; it raises to refuse the policy, so a reload is all-or-nothing across
-components. ``start()`` runs once after the first commit, ``stop()`` once at the
+components (those already prepared are told ``abandon()``). ``start()`` runs once after the first commit, ``stop()`` once at the
 end (in reverse order of the component list).
 """
 
@@ -63,6 +63,11 @@ class Component:
 
     async def prepare(self, policy: Policy, change: PolicyChange) -> Commit | None:
         return None
+
+    async def abandon(self) -> None:
+        """The reload was refused after this component's ``prepare`` succeeded (another component
+        refused it): release what ``prepare`` acquired for the commit that will not come (a bound
+        socket, say). Most components acquire nothing there."""
 
     async def start(self) -> None:
         self.set_state("running")

@@ -9,13 +9,14 @@ structurally; this module imports nothing from the areas, so any layer may use i
 Protocol            defined in                  provider                        consumer
 ==================  ==========================  ==============================  ==========================
 FleetQos            here                        qos.component.Enforcer          fleet (plan, agent apply)
-NoticePublisher     notices/publisher.py        fleet.component.MqttBridge      maintenance (mqtt_topic)
-NoticeLinkListener  notices/publisher.py        maintenance.Maintenance         fleet (link back up)
+NoticePublisher     notices/publisher.py        fleet.component.MqttBridge      maintenance, suspension letters
+NoticeLinkListener  notices/publisher.py        maintenance, suspension         fleet (link back up)
 FleetDecisions      here                        subscribers.Subscribers         fleet (state kinds)
 RuntimeLists        here                        dns.component.DnsGuard          fleet (state kind lists)
 DetectionSummary    here                        dns.component.DnsGuard          fleet (summaries upward)
 FleetSessions       here                        sessions.component.Sessions     fleet (sessions upward)
 LetterPost          notices/publisher.py        maintenance.Maintenance         suspension (letters)
+ContactListener     notices/publisher.py        suspension.Suspensions          maintenance (contact change)
 SuspensionEnforcer  here                        qos.component.Enforcer          suspension (nft garden)
 ==================  ==========================  ==============================  ==========================
 """

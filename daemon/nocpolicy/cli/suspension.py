@@ -93,7 +93,19 @@ def cmd_list(args, client) -> int:
         for i in out.get("impacts") or []:
             print(f"  impact {i['suspension_id']}: {i['mode']} {i['start']} -> {i['end'] or '(ongoing)'}"
                   + (f"  {i['seconds']:.0f}s" if i["seconds"] is not None else ""))
+        for x in out.get("letters") or []:
+            print(_letter(x))
     return run(client, args, "suspension.list", payload, render)
+
+
+def _letter(x: dict) -> str:
+    """``  letter notice susp-3 v2 email:sent new@example webhook:sent mqtt:pending nocpolicy/v1/...``"""
+    parts = [f"  letter {x['kind']} {x['reference']} v{x['contact_version'] or '-'}",
+             f"email:{x['email']['state']}" + (f" {x['email']['to']}" if x["email"]["to"] else "")]
+    for ch, where in (("webhook", "url"), ("mqtt", "topic")):
+        if x[ch]:
+            parts.append(f"{ch}:{x[ch]['state']} {x[ch][where]}")
+    return " ".join(parts)
 
 
 def cmd_terminate(args, client) -> int:

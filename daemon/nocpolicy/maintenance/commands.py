@@ -139,6 +139,7 @@ class _Handlers:
             self.comp.ctx.store.audit(inv.actor, "contact.set", f"customer:{cid}",
                                  before.as_dict() if before else None, new.as_dict(), db=db)
         self.comp.poke()
+        self.comp.contacts_changed()
         return {"contact": new.as_dict(), "previous_version": before.version if before else None,
                 "notices_retargeted": moved["email"], "mqtt_retargeted": moved["mqtt"]}
 

@@ -18,7 +18,7 @@ from ..clock import nap
 from ..component import Component
 from ..errors import NocpolicyError
 from ..notices.outbox import Outbox
-from ..notices.publisher import NoticePublisher
+from ..notices.publisher import ContactListener, NoticePublisher
 from . import commands, contacts, mqttnotices, outbox, silences, webhooks, windows
 from .lifecycle import FINAL, NOTICE_FOR, STATES
 from .schema import MIGRATIONS
@@ -53,6 +53,7 @@ class Maintenance(Component):
         self._wake_silences = asyncio.Event()
         self.alertmanager: silences.AlertmanagerClient | None = None
         self.silence_error = ""
+        self.contact_listeners: list[ContactListener] = []
 
     @property
     def smtp_configured(self) -> bool:
@@ -119,12 +120,18 @@ class Maintenance(Component):
 
     def _sync(self, policy, plan) -> None:
         """Runs in commit(): contacts first (notices record them), then policy windows. Logged, never raised."""
+        now = self.ctx.clock.now()
         try:
             with self.ctx.store.transaction() as db:
-                for cv in contacts.sync_policy(db, policy.customers, self.ctx.clock.now()):
-                    if cv.version > 1:
+                added = contacts.sync_policy(db, policy.customers, now)
+                for cv in added:
+                    if cv.version > 1:      # a changed policy contact: undelivered notices follow it
+                        self.notices.retarget(db, outbox.OPEN_NOTICES, (cv.customer,), cv, now)
                         self.ctx.store.audit("policy", "contact.set", f"customer:{cv.customer}", None,
                                              cv.as_dict(), db=db)
+            if added:
+                self.notices.poke()
+                self.contacts_changed()
         except NocpolicyError as exc:
             log.error("maintenance: recording policy fault contacts failed: %s", exc)
         svc = Service(self.ctx.store, self.ctx.clock, lambda: policy, self.notices)
@@ -205,20 +212,23 @@ class Maintenance(Component):
         """app.py: MQTT notices go out through this publisher (the MQTT bridge)."""
         self.mqtt.publisher = publisher
 
-    # -- LetterPost (notices/publisher.py): other areas' letters through this outbox ------------------
-
-    def add_letter_channel(self, channel) -> None:
-        self.notices.add_channel(channel)
+    # -- LetterPost (notices/publisher.py): other areas' letters use the SMTP relay and the contacts --
 
     def letter_mailer(self):
         return self.mailer
 
-    def poke_notices(self) -> None:
-        self.notices.poke()
+    def add_contact_listener(self, listener: ContactListener) -> None:
+        self.contact_listeners.append(listener)
+
+    def contacts_changed(self) -> None:
+        """After a new contact version was committed: tell the other areas' letters."""
+        for listener in self.contact_listeners:
+            try:
+                listener.contacts_changed()
+            except NocpolicyError as exc:
+                log.error("maintenance: a contact change could not be passed on: %s", exc)
 
     def _counted(self, channel, row: dict, result: str) -> None:
-        if channel.name not in ("email", "webhook", "mqtt"):
-            return                                   # another area's letters count themselves
         if channel.name == "webhook":
             self.hook_results[result] = self.hook_results.get(result, 0) + 1
             return

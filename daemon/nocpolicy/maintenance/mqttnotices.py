@@ -10,7 +10,8 @@ the bridge (re)connects, waiting rows are tried at once. At-least-once: a crash
 or a lost PUBACK repeats the publish with the same ``message_id``, which
 consumers use to de-duplicate. ``MqttChannel`` is this channel of the shared
 outbox loop; app.py hands it the publisher (``set_publisher``) and the publisher
-calls ``connected`` when its link comes up.
+calls ``connected`` when its link comes up. Other notice sources (suspension letters) use the
+same class on their own delivery table with their own document (``table``, ``body``).
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ import logging
 
 from ..notices.outbox import Attempt, RowChannel, Table, no_session
 from ..notices.publisher import NoticePublisher
-from .outbox import load_payload
-from .webhooks import payload
+from .webhooks import notice_body, payload
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,11 @@ class MqttChannel(RowChannel):
                   "SELECT mw_mqtt.*, o.payload, o.kind, o.message_id FROM mw_mqtt "
                   "JOIN mw_outbox o ON o.id=mw_mqtt.notice_id WHERE")
 
-    def __init__(self):
+    def __init__(self, *, table: Table | None = None, body=None):
         self.publisher: NoticePublisher | None = None
+        if table is not None:
+            self.table = table            # rows of another notice source (with its payload)
+        self.body = body or notice_body   # row -> the JSON document published
 
     def target(self, contact) -> str | None:
         return contact.mqtt_topic
@@ -51,5 +54,6 @@ class MqttChannel(RowChannel):
     async def deliver(self, row: dict) -> Attempt:
         if self.publisher is None:
             return Attempt(False, True, "no MQTT bridge in this daemon")
-        ok, error = await self.publisher.publish_notice(row["topic"], body(load_payload(row["payload"])))
+        doc = json.dumps(self.body(row), ensure_ascii=False).encode()
+        ok, error = await self.publisher.publish_notice(row["topic"], doc)
         return Attempt(ok, True, error)

@@ -6,7 +6,9 @@ POSTs a JSON rendering of the notice (with the iCalendar text) and an
 after a crash in the middle of a POST the request is repeated with the same key,
 which receivers use to de-duplicate. 2xx is delivered; 408, 425, 429, 5xx and
 connection errors are retried with the outbox backoff; other 4xx fail at once.
-``HookChannel`` is this channel of the shared outbox loop (nocpolicy.notices.outbox).
+``HookChannel`` is this channel of the shared outbox loop (nocpolicy.notices.outbox); other
+notice sources (suspension letters) use the same class on their own delivery table with their
+own JSON document (``table``, ``body``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ def payload(n: NoticeData) -> dict:
             "start": n.start.isoformat(), "end": n.end.isoformat(), "tz": n.tz,
             "reason": {"ja": n.reason_ja, "en": n.reason_en}, "objects": list(n.objects), "urgent": n.urgent,
             "sent": n.created.isoformat(), "icalendar": calendar(n).decode()}
+
+
+def notice_body(row: dict) -> dict:
+    """The document of a maintenance notice's delivery row (its ``mw_outbox`` payload)."""
+    return payload(load_payload(row["payload"]))
 
 
 def classify(status: int | None) -> str:
@@ -67,8 +74,11 @@ class HookChannel(RowChannel):
                   "SELECT mw_hook.*, o.payload, o.kind, o.message_id FROM mw_hook "
                   "JOIN mw_outbox o ON o.id=mw_hook.notice_id WHERE")
 
-    def __init__(self, enabled):
+    def __init__(self, enabled, *, table: Table | None = None, body=None):
         self.enabled = enabled
+        if table is not None:
+            self.table = table            # rows of another notice source (with its payload and message_id)
+        self.body = body or notice_body   # row -> the JSON document POSTed
 
     def target(self, contact) -> str | None:
         return contact.webhook if self.enabled() else None
@@ -77,7 +87,6 @@ class HookChannel(RowChannel):
         return no_session(self.deliver)
 
     async def deliver(self, row: dict) -> Attempt:
-        data = load_payload(row["payload"])
-        status, error = await asyncio.to_thread(post, row["url"], payload(data), data.message_id)
+        status, error = await asyncio.to_thread(post, row["url"], self.body(row), row["message_id"])
         result = classify(status)
         return Attempt(result == "sent", result == "retry", error, {"status": status})

@@ -15,7 +15,9 @@ MQTT) record the attempt after it; a crash repeats it with the same message id.
 
 Enqueueing a notice for a customer's fault contact: the source writes its notice
 row, then ``Outbox.enqueue(db, notice_id, contact, now)`` adds one row in every
-channel the contact has a target for (``Channel.target(contact)``).
+channel the contact has a target for (``Channel.target(contact)``). One ``Outbox``
+serves one notice table (superseding and retargeting select ids of that table):
+each notice source (maintenance, suspension letters, advisory alerts) runs its own.
 """
 
 from __future__ import annotations
@@ -146,11 +148,6 @@ class Outbox:
         self.notice_table = notice_table
         self.on_result = on_result or (lambda channel, row, result: None)
         self._wake = asyncio.Event()
-
-    def add_channel(self, ch: Channel) -> None:
-        """Another area's channel joins this loop (suspension letters)."""
-        self.channels = (*self.channels, ch)
-        self.poke()
 
     def channel(self, name: str) -> Channel:
         return next(c for c in self.channels if c.name == name)

@@ -25,18 +25,21 @@ class NoticeLinkListener(Protocol):
         ...
 
 
-class LetterPost(Protocol):
-    """The one notice outbox as another area (suspension letters) uses it: its channel joins
-    the same loop, and sends through the SMTP settings the outbox's owner holds."""
-
-    def add_letter_channel(self, channel: Any) -> None:
-        """Add ``channel`` (a notices.outbox.Channel) to the outbox loop."""
+class ContactListener(Protocol):
+    def contacts_changed(self) -> None:
+        """A customer's fault contact has a new version (``contact set`` or a changed policy contact),
+        already committed: notices waiting for the old contact follow it."""
         ...
+
+
+class LetterPost(Protocol):
+    """What another area's letters (suspensions) need of the owner of the fault contacts and the
+    SMTP settings (the maintenance component): the mailer, and word of contact changes."""
 
     def letter_mailer(self) -> Any:
-        """The configured Mailer, or None (rows wait)."""
+        """The configured Mailer, or None (e-mail rows wait)."""
         ...
 
-    def poke_notices(self) -> None:
-        """New rows: look now."""
+    def add_contact_listener(self, listener: ContactListener) -> None:
+        """Call ``listener.contacts_changed()`` after each new contact version."""
         ...

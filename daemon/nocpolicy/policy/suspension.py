@@ -33,6 +33,7 @@ def as_name(node, _p=None) -> str:
 class NoticePage:
     listen: tuple[str, int] | None = None                    # off until configured
     addresses: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()   # what DNS answers
+    listen_loc: Loc = field(default=Loc("?", 0), compare=False, repr=False)       # file:line of ``listen``
 
     @property
     def a(self) -> str | None:
@@ -61,7 +62,7 @@ def _page(o: Obj) -> NoticePage:
     addrs = o.get("address", list_of(as_ip, unique=True), None)
     if addrs is None and listen is not None:
         addrs = (ipaddress.ip_address(listen[0]),)
-    return NoticePage(listen, tuple(addrs or ()))
+    return NoticePage(listen, tuple(addrs or ()), o.locs.get("listen", o.node.loc))
 
 
 def _prefix(node, _p=None):

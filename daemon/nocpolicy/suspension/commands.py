@@ -24,7 +24,7 @@ from ..policy.fields import (
     one_of,
 )
 from ..subscribers.model import CAUSES, MODES
-from . import letters
+from . import delivery, letters
 from .rules import Request
 
 
@@ -105,9 +105,10 @@ async def listing(comp, args, inv) -> dict:
     with comp.ctx.store.transaction() as db:
         rows = comp.service.rows.rows(db, customer=cid, states=None if cid else ("scheduled", "active"))
         impacts = comp.service.rows.impacts(db, cid) if cid else []
+        sent = delivery.listing(db, cid) if cid else []
     if terminable:
         rows = [r for r in rows if r["state"] == "active" and r["terminable"]]
-    return {"suspensions": [_show(r) for r in rows], "impacts": impacts}
+    return {"suspensions": [_show(r) for r in rows], "impacts": impacts, "letters": sent}
 
 
 async def terminate(comp, args, inv) -> dict:
@@ -168,8 +169,7 @@ async def abolition(comp, args, inv) -> dict:
         raise Invalid("the scope names no customer", field="scope")
     out = await asyncio.to_thread(_announce, comp, policy, scope, effective, reason, service, customers, check,
                                   inv.actor)
-    if comp.post is not None:
-        comp.post.poke_notices()
+    comp.outbox.poke()
     return out
 
 
@@ -188,8 +188,10 @@ def _announce(comp, policy, scope, effective, reason, service, customers, check,
             contact = contacts.current(db, c.id)
             letter = letters.Letter(f"abolition-{aid}", c.id, c.name, "abolition",
                                     letters.languages(contact.language if contact else None), ja, en,
-                                    policy.suspension.provider)
-            queued += letters.enqueue(db, letter, contact.email if contact else None, comp._sender(), now) is not None
+                                    policy.suspension.provider,
+                                    {"abolition": aid, "service": what, "date": effective.isoformat(),
+                                     "reason": reason})
+            queued += delivery.enqueue(db, letter, contact, comp._sender(), now, comp.outbox) is not None
         store.audit(actor, "abolition.announce", f"abolition:{aid}", None,
                     {"scope": {k: list(v) for k, v in scope.items()}, "date": effective.isoformat(),
                      "reason": reason, "customers": [c.id for c in customers]}, db=db)

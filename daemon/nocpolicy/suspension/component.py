@@ -4,7 +4,8 @@ Commands (commands.py) record a suspension and queue its notice (service.py); th
 runs the timer that starts and ends suspensions at their times and raises the Art. 27
 ``terminable`` event, pushes each change to the subscribers area as a ``suspension``
 decision (so the DNS guard, qos and the notice page see it on the next query or packet),
-serves the notice page when it is configured, and exposes the metrics.
+serves the notice page when it is configured (moving it when a reload changes its address),
+delivers the letters (delivery.py) and exposes the metrics.
 """
 
 from __future__ import annotations
@@ -12,18 +13,18 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..clock import nap
 from ..component import Component
 from ..errors import NocpolicyError
 from ..interfaces import SuspensionEnforcer
-from ..notices.publisher import LetterPost
+from ..notices.outbox import Outbox
+from ..notices.publisher import LetterPost, NoticePublisher
 from ..subscribers.model import MODES, Decision
 from ..subscribers.suspensions import decision_value
-from ..web.listener import Listener
-from ..web.notice import notice_app
-from . import commands, letters, page
+from . import commands, delivery, page
+from .pageserver import PageServer
 from .rules import next_due
 from .service import Service
 
@@ -41,15 +42,54 @@ class Suspensions(Component):
         super().__init__(ctx)
         self.post: LetterPost | None = None
         self.enforcer: SuspensionEnforcer | None = None     # qos: the walled garden in nftables
-        self.channel = letters.LetterChannel(lambda: self.post.letter_mailer() if self.post else None)
-        self.service = Service(ctx.store, ctx.clock, ctx.policy, self._sender)
+        chans = delivery.channels(lambda: self.post.letter_mailer() if self.post else None,
+                                  lambda: ctx.policy() is not None and ctx.policy().maintenance.webhooks)
+        self.mqtt = chans[2]
+        self.outbox = Outbox(ctx.store, ctx.clock, chans, notice_table=delivery.TABLE, on_result=self._delivered)
+        self.service = Service(ctx.store, ctx.clock, ctx.policy, self._sender, self.outbox)
+        self.deliveries = {(ch.name, r): 0 for ch in chans for r in ("done", "retry", "failed")}
         self._wake = asyncio.Event()
-        self.page: Listener | None = None
+        self.page = PageServer(lambda addr: page.page_of(self.ctx.subscribers.view, addr, self.ctx.policy()))
+        self._started = False
 
     def use_post(self, post: LetterPost) -> None:
-        """app.py: letters go through the one notice outbox (the maintenance component's)."""
+        """app.py: letters use the notices' SMTP relay and follow fault contact changes (maintenance)."""
         self.post = post
-        post.add_letter_channel(self.channel)
+        post.add_contact_listener(self)
+
+    def set_notice_publisher(self, publisher: NoticePublisher) -> None:
+        """app.py: letters to a contact's mqtt_topic go out through the MQTT bridge."""
+        self.mqtt.publisher = publisher
+
+    def mqtt_connected(self) -> None:
+        """NoticeLinkListener: the bridge (re)connected; letters waiting for it are due now."""
+        try:
+            self.outbox.due_now(self.mqtt.name)
+        except NocpolicyError as exc:
+            log.error("suspension: MQTT letters after reconnect: %s", exc)
+
+    def contacts_changed(self) -> None:
+        """ContactListener: letters not yet delivered follow the customers' new fault contacts. Called
+        from maintenance's commit, before the new policy is in force: run just after it (and not before
+        start, which does it)."""
+        if self._started:
+            asyncio.get_running_loop().call_soon(self._retarget)
+
+    def _retarget(self) -> None:
+        try:
+            with self.ctx.store.transaction() as db:
+                moved = delivery.retarget_changed(db, self.outbox, self.ctx.clock.now())
+        except NocpolicyError as exc:
+            log.error("suspension: letters could not follow a new fault contact: %s", exc)
+            return
+        for customer, counts in moved.items():
+            log.info("customer %s: new fault contact; undelivered letters moved to it (%s)", customer,
+                     ", ".join(f"{k} {v}" for k, v in counts.items()))
+        self.outbox.poke()
+
+    def _delivered(self, channel, row: dict, result: str) -> None:
+        key = (channel.name, "done" if result in ("sent", "delivered") else result)
+        self.deliveries[key] = self.deliveries.get(key, 0) + 1
 
     def _sender(self) -> str:
         mailer = self.post.letter_mailer() if self.post else None
@@ -58,20 +98,33 @@ class Suspensions(Component):
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        with self.ctx.store.transaction() as db:
+            n = self.outbox.recover(db, self.ctx.clock.now())
+        if n:
+            log.warning("suspension: %d letter(s) were being sent when the daemon stopped; sending them again "
+                        "with the same Message-ID", n)
+        self._retarget()         # contacts changed while the daemon was stopped (or while a letter was queued)
         await self.tick()
         self.tasks.supervise("timer", self._run)
-        listen = self.ctx.policy().suspension.notice_page.listen
-        if listen is not None:
-            app = notice_app(lambda host: page.page_of(self.ctx.subscribers.view, host, self.ctx.policy()))
-            self.page = Listener("notice-page", listen[0], listen[1], app)
-            await self.page.start()
-            log.info("notice page on %s:%d", *listen)
+        self.tasks.supervise("letters", self.outbox.run)
+        await self.page.start(self.ctx.policy().suspension.notice_page)
+        self._started = True
         await super().start()
 
     async def stop(self) -> None:
-        if self.page is not None:
-            await self.page.stop()
+        await self.page.stop()
         await super().stop()
+
+    # -- the notice page: a changed listen address takes effect at the reload ------------------------
+
+    async def prepare(self, policy, change):
+        """A new ``notice_page.listen`` is bound now (a failure refuses the reload); the commit swaps."""
+        if not self._started or not await self.page.stage(policy.suspension.notice_page):
+            return None
+        return lambda: self.page.commit(self.tasks.spawn)
+
+    async def abandon(self) -> None:
+        await self.page.abandon()
 
     async def _run(self) -> None:
         retried = False
@@ -111,8 +164,7 @@ class Suspensions(Component):
             await self.ctx.subscribers.decide(Decision("suspension", row["customer"], value))
             if self.enforcer is not None:
                 nft = await self.enforcer.enforce_suspensions()
-        if self.post is not None:
-            self.post.poke_notices()
+        self.outbox.poke()
         self.ctx.events.publish("suspension", {"id": row["id"], "customer": row["customer"], "event": event,
                                                "state": row["state"], "mode": row["mode"], "cause": row["cause"],
                                                "terminable": bool(row["terminable"])})
@@ -130,7 +182,7 @@ class Suspensions(Component):
                     "SELECT state, COUNT(*) AS n FROM sp_suspension GROUP BY state").fetchall()}
         except NocpolicyError:
             return d
-        d["notice_page"] = f"{self.page.host}:{self.page.port}" if self.page is not None else None
+        d["notice_page"] = self.page.where()
         return d
 
     # -- commands and metrics ----------------------------------------------------------------------
@@ -168,8 +220,15 @@ class _Collector:
         yield g
         yield GaugeMetricFamily("nocpolicy_suspensions_terminable", "Active suspensions unresolved past the "
                                 "Art. 27(1) period (the contract may be terminated)", value=terminable)
+        c = CounterMetricFamily("nocpolicy_suspension_letter_deliveries", "Delivery attempts of suspension, "
+                                "termination and abolition letters by channel (email, webhook, mqtt) and result "
+                                "(done, retry, failed)", labels=["channel", "result"])
+        for (channel, result), v in sorted(self.comp.deliveries.items()):
+            c.add_metric([channel, result], v)
+        yield c
         n = GaugeMetricFamily("nocpolicy_suspension_notices", "Suspension, termination and abolition letters by "
                               "kind and delivery state", labels=["kind", "state"])
         for (kind, state), v in sorted(notices.items()):
             n.add_metric([kind, state], v)
         yield n
+

@@ -1,24 +1,16 @@
 """Notices to a customer about a suspension (Art. 25), its termination (Art. 27(2)) and the
-abolition of a service (Art. 26): the text (pure) and their e-mail channel.
+abolition of a service (Art. 26): the text (pure) and the letters' tables.
 
 A letter is a row in ``sp_notice`` written in the same transaction as the change it
-announces, with a deterministic Message-ID. ``LetterChannel`` is an exactly-once e-mail
-channel of the shared outbox loop (nocpolicy.notices.outbox, run by the maintenance
-component with its SMTP settings): the same due times, attempts, backoff and crash
-recovery as maintenance notices.
+announces, with a deterministic Message-ID; delivery.py sends it to every channel of the
+customer's fault contact.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import json
-from dataclasses import dataclass
-from email.message import EmailMessage
-from email.utils import format_datetime
+from dataclasses import asdict, dataclass, field, replace
 from zoneinfo import ZoneInfo
-
-from ..notices.outbox import Attempt, Table
 
 MIGRATIONS = (
     """
@@ -49,6 +41,35 @@ MIGRATIONS = (
         deadline   TEXT NOT NULL,                 -- JSON of the notice check
         created    TEXT NOT NULL,
         actor      TEXT NOT NULL
+    );
+    """,
+    # 2: letters to every channel of the fault contact (webhook, MQTT) and the contact version
+    """
+    ALTER TABLE sp_notice ADD COLUMN contact_version INTEGER;
+    CREATE TABLE sp_hook (
+        notice_id     INTEGER PRIMARY KEY REFERENCES sp_notice(id),
+        url           TEXT NOT NULL,
+        state         TEXT NOT NULL,              -- pending | sent | failed
+        attempts      INTEGER NOT NULL DEFAULT 0,
+        next_attempt  TEXT NOT NULL,
+        last_error    TEXT NOT NULL DEFAULT '',
+        status        INTEGER,
+        sent_at       TEXT
+    );
+    CREATE INDEX sp_hook_due ON sp_hook(state, next_attempt);
+    CREATE TABLE sp_mqtt (
+        notice_id     INTEGER PRIMARY KEY REFERENCES sp_notice(id),
+        topic         TEXT NOT NULL,
+        state         TEXT NOT NULL,              -- pending | delivered | failed
+        attempts      INTEGER NOT NULL DEFAULT 0,
+        next_attempt  TEXT NOT NULL,
+        last_error    TEXT NOT NULL DEFAULT '',
+        delivered_at  TEXT
+    );
+    CREATE INDEX sp_mqtt_due ON sp_mqtt(state, next_attempt);
+    CREATE TABLE sp_contact_seen (                -- the contact version the letters of a customer last went to
+        customer  TEXT PRIMARY KEY,
+        version   INTEGER NOT NULL
     );
     """,
 )
@@ -95,6 +116,19 @@ class Letter:
     lines_ja: tuple[str, ...]
     lines_en: tuple[str, ...]
     provider: str
+    facts: dict = field(default_factory=dict, compare=False)    # for webhook and MQTT consumers
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Letter:
+        return cls(**{**d, "languages": tuple(d["languages"]), "lines_ja": tuple(d["lines_ja"]),
+                      "lines_en": tuple(d["lines_en"])})
+
+    def speaking(self, langs: tuple[str, ...]) -> Letter:
+        """The same letter in other language(s) (a new contact's)."""
+        return replace(self, languages=langs)
 
     def message_id(self, sender: str) -> str:
         return f"<{self.subject_key}.{self.kind}.{self.customer}@{sender.rpartition('@')[2] or 'localhost'}>"
@@ -164,61 +198,3 @@ def abolition_lines(service: str, effective: dt.date, reason: str, settings) -> 
     en = ["We will abolish the service below (Art. 26).", "", f"  Service: {service}", f"  Abolished on: {day}",
           f"  Reason: {reason}", f"  Contact: {settings.contact_en}"]
     return tuple(ja), tuple(en)
-
-
-def enqueue(db, letter: Letter, recipient: str | None, sender: str, now: dt.datetime) -> int | None:
-    """One ``sp_notice`` row (None when that exact letter exists already)."""
-    payload = {"subject": letter.subject(), "body": letter.body(), "date": now.isoformat(), "to": recipient}
-    state, error = ("pending", "") if recipient else ("failed", "no e-mail fault contact on record")
-    cur = db.execute("INSERT OR IGNORE INTO sp_notice (subject_key, customer, kind, message_id, recipient, state,"
-                     " next_attempt, last_error, payload, created) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                     (letter.subject_key, letter.customer, letter.kind, letter.message_id(sender), recipient,
-                      state, now.isoformat(), error, json.dumps(payload, ensure_ascii=False), now.isoformat()))
-    return int(cur.lastrowid) if cur.rowcount else None
-
-
-def render(row: dict, sender: str) -> EmailMessage:
-    p = json.loads(row["payload"])
-    msg = EmailMessage()
-    msg["From"] = sender
-    msg["To"] = row["recipient"]
-    msg["Subject"] = p["subject"]
-    msg["Date"] = format_datetime(dt.datetime.fromisoformat(p["date"]).astimezone(dt.UTC))
-    msg["Message-ID"] = row["message_id"]
-    msg["X-Nocpolicy-Suspension"] = f"{row['subject_key']}/{row['kind']}"
-    msg.set_content(p["body"], charset="utf-8")
-    return msg
-
-
-class LetterChannel:
-    """E-mail of ``sp_notice`` rows (exactly-once), through the SMTP settings ``mailer()`` returns."""
-
-    name = "letters"
-    exactly_once = True
-    table = Table("sp_notice", "id", "recipient", "sent", "sent_at", "SELECT sp_notice.* FROM sp_notice WHERE")
-
-    def __init__(self, mailer):
-        self.mailer = mailer
-
-    def ready(self) -> bool:
-        return self.mailer() is not None
-
-    def target(self, contact) -> str | None:
-        return None                      # rows are written by enqueue(), not by Outbox.enqueue
-
-    def add(self, db, notice_id: int, target: str, now: dt.datetime) -> bool:
-        return False
-
-    def retarget(self, db, notices_sql, undelivered_sql, params, target, contact, now) -> int:
-        return 0
-
-    @contextlib.asynccontextmanager
-    async def session(self):
-        mailer = self.mailer()
-        copy_to = list(mailer.cfg.copy_to)
-        async with mailer.session() as smtp:
-            async def deliver(row: dict) -> Attempt:
-                outcome = await smtp.send(render(row, mailer.cfg.sender), [row["recipient"], *copy_to])
-                return Attempt(outcome.ok, outcome.temporary, outcome.error,
-                               {"result": json.dumps(outcome.recipients, ensure_ascii=False)})
-            yield deliver

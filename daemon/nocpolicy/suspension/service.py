@@ -9,17 +9,18 @@ import logging
 from ..errors import Conflict, NotFound
 from ..maintenance import contacts
 from ..subscribers.suspensions import OPEN_STATES, SuspensionStore, decision_value
-from . import letters
+from . import delivery, letters
 from .rules import Request, check_request, due_event, overlaps, terminable_at
 
 log = logging.getLogger(__name__)
 
 
 class Service:
-    """``policy()`` is the policy in force; ``sender()`` the e-mail sender (Message-IDs)."""
+    """``policy()`` is the policy in force; ``sender()`` the e-mail sender (Message-IDs); ``outbox``
+    the letters' delivery loop (its channels say which contacts they reach)."""
 
-    def __init__(self, store, clock, policy, sender):
-        self.store, self.clock, self.policy, self.sender = store, clock, policy, sender
+    def __init__(self, store, clock, policy, sender, outbox):
+        self.store, self.clock, self.policy, self.sender, self.outbox = store, clock, policy, sender, outbox
         self.rows = SuspensionStore(store)
         store.migrate("suspension", letters.MIGRATIONS)
 
@@ -32,7 +33,7 @@ class Service:
     def has_contact(self, customer: str) -> bool:
         with self.store.transaction() as db:
             c = contacts.current(db, customer) if _has_table(db, "mw_contact") else None
-        return c is not None and bool(c.email)
+        return c is not None and any(ch.target(c) for ch in self.outbox.channels)
 
     # -- changes -----------------------------------------------------------------------------------
 
@@ -106,10 +107,11 @@ class Service:
         cust = p.customers_by_id.get(row["customer"])
         contact = contacts.current(db, row["customer"]) if _has_table(db, "mw_contact") else None
         ja, en = letters.suspension_lines(kind, row, p.suspension, p.settings.timezone)
+        facts = {k: row[k] for k in ("cause", "mode", "reason", "start", "end", "rate", "urgent")}
         letter = letters.Letter(f"susp-{row['id']}", row["customer"], cust.name if cust else row["customer"], kind,
                                 letters.languages(contact.language if contact else None), ja, en,
-                                p.suspension.provider)
-        letters.enqueue(db, letter, contact.email if contact else None, self.sender(), now)
+                                p.suspension.provider, {"suspension": row["id"], **facts})
+        delivery.enqueue(db, letter, contact, self.sender(), now, self.outbox)
 
 
 def _public(row: dict) -> dict:
