@@ -23,22 +23,25 @@ from nocpolicy.policy.load import load_policy
 FLOOD = r"""
 import json, socket, sys, time
 port, plan = int(sys.argv[1]), json.loads(sys.argv[2])
-rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+dst = sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1"
+fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
+rx = socket.socket(fam, socket.SOCK_DGRAM)
 rx.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)          # SO_RCVBUFFORCE: nothing lost to the buffer
-rx.bind(("127.0.0.1", port))
+rx.bind((dst, port))
 t0 = time.monotonic()
 for src, n in plan.items():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(fam, socket.SOCK_DGRAM)
     s.bind((src, 0))
     for i in range(n):
-        s.sendto(b"q%d" % i, ("127.0.0.1", port))
+        s.sendto(b"q%d" % i, (dst, port))
     s.close()
 sent = time.monotonic() - t0
 got = {src: 0 for src in plan}
 rx.settimeout(1.0)
 while True:
     try:
-        _, (src, _p) = rx.recvfrom(64)
+        _, peer = rx.recvfrom(64)
+        src = peer[0]
     except TimeoutError:
         break
     got[src] += 1
@@ -83,6 +86,24 @@ def test_meter_drops_a_flooding_source_before_the_socket_and_counts_it(ns):
     other = json.loads(sh("ip", "netns", "exec", ns, sys.executable, "-c", FLOOD, "5354",
                           json.dumps({"127.0.0.2": 1000})))
     assert other["got"]["127.0.0.2"] == 1000, other
+
+
+def test_ipv6_sources_share_the_meter_of_their_prefix(ns):
+    same = [f"2001:db8:0:1::{i}" for i in range(2, 6)]          # four addresses of one /56
+    for a in (*same, "2001:db8:1::2"):
+        sh("ip", "-n", ns, "addr", "add", f"{a}/128", "dev", "lo", "nodad")
+    port, qps = 5353, 200
+    meter = KernelMeter({}, ("ip", "netns", "exec", ns, "nft"))
+    asyncio.run(meter.set(Meter(qps, qps, (port,), ipv6_prefix=56)))
+    plan = {**{a: 750 for a in same}, "2001:db8:1::2": 50}
+    out = json.loads(sh("ip", "netns", "exec", ns, sys.executable, "-c", FLOOD, str(port), json.dumps(plan), "::1"))
+    got, seconds = out["got"], out["seconds"]
+    flood = sum(got[a] for a in same)
+    # one budget for the whole /56 (four budgets would let 4 x 200 through at once)
+    assert flood <= qps + qps * (seconds + 1), out
+    assert got["2001:db8:1::2"] == 50, out               # another /56 loses nothing
+    asyncio.run(meter.poll())
+    assert meter.counters["kernel_dropped"] == 4 * 750 - flood
 
 
 def test_meter_is_replaced_whole_and_removed(ns):
