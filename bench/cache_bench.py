@@ -98,12 +98,16 @@ def part_zipf(work: Path, a) -> None:
     blk = work / "zipf-all-listed.txt"
     blk.write_text("\n".join(names) + "\n")
     ub, ub_port = db.unbound(work, local, [], role="harness")
-    dd = us = ub2 = None
+    dd = us = ub2 = old = None
     try:
         dd, dd_port = dnsdist_cached(work, ub_port)
         us, port, _, _ = db.nocpolicyd(work, cache_policy(work, ub_port, lst))
         ub2, port2, _, _ = db.nocpolicyd(work, cache_policy(work, ub_port, blk), tag="-blocked")
-        for prt in (dd_port, port, port2):
+        peers = [("nocpolicyd (cache)", port, us), ("nocpolicyd, all names blocked", port2, ub2)]
+        if a.ab:
+            old, old_port, _, _ = ab_nocpolicyd(work, a.ab, cache_policy(work, ub_port, lst))
+            peers.insert(1, (f"nocpolicyd {a.ab[:7]} (cache)", old_port, old))
+        for _, prt, _ in [*peers, ("", dd_port, None)]:
             warm(prt, qfile)
         c0 = cache_counts(us)
         print(f"\n(dnsdist {dd.threads} threads, packet cache 1M entries; both warmed with one pass through "
@@ -112,16 +116,33 @@ def part_zipf(work: Path, a) -> None:
         # reference in the same runs: the same names all on a block list, answered from the
         # guard's per-customer blocked-answer table (the hot path the issue 4 figures measured)
         db.side_by_side("Zipf s=1 over 200k names, answer caches", [
-            ("nocpolicyd (cache)", port, us), ("nocpolicyd, all names blocked", port2, ub2),
-            ("dnsdist (packet cache)", dd_port, dd)], qfile, a.runs, a.seconds, a.max_qps)
+            *peers, ("dnsdist (packet cache)", dd_port, dd)], qfile, a.runs, a.seconds, a.max_qps)
         c1 = cache_counts(us)
         hits, misses = c1["hits"] - c0["hits"], c1["misses"] - c0["misses"]
         print(f"  nocpolicyd during the measured runs: {hits} hits, {misses} misses "
               f"({100 * hits / max(1, hits + misses):.2f}% hit ratio)")
     finally:
-        for p in (us, ub2, dd, ub):
+        for p in (us, ub2, old, dd, ub):
             if p is not None:
                 p.stop()
+
+
+def ab_nocpolicyd(work: Path, commit: str, pol: Path):
+    """nocpolicyd running the daemon code of ``commit`` (``git archive``; A/B in the same run)."""
+    src = work / f"ab-{commit}"
+    src.mkdir()
+    tar = subprocess.run(["git", "archive", commit, "daemon"], cwd=Path(__file__).parent.parent,
+                         capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=tar, check=True)
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(src / "daemon")
+    try:
+        return db.nocpolicyd(work, pol, tag=f"-{commit[:7]}")
+    finally:
+        if saved is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = saved
 
 
 def part_memory(work: Path, a) -> None:
@@ -355,6 +376,7 @@ def main() -> int:
     p.add_argument("--reload-qps", type=int, default=20_000)
     p.add_argument("--entries", type=int, default=1_000_000, help="memory part: distinct names")
     p.add_argument("--system-qps", type=int, default=15_000, help="system part: dnsperf -Q (both sides)")
+    p.add_argument("--ab", default="", help="zipf part: also run nocpolicyd at this commit (A/B)")
     p.add_argument("--pin", default="none", help="SERVER_CPUS:HARNESS_CPUS (see dns_bench.py)")
     a = p.parse_args()
     if a.pin != "none":

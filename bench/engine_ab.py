@@ -10,6 +10,14 @@ misses the inlined UDP fast paths takes):
   forwarded  first query for an allowed name: parse, judge, hand to the upstream pool
   cached     a blocked name answered again from the per-customer cache (udp_handler)
   forwarded-again  an allowed name seen before, forwarded unparsed (udp_handler)
+  cache-hit  an allowed name answered from the answer cache, entry rendered this second
+  cache-aged  the same, but the first hit of the entry in a new second (TTLs rewritten)
+  repeated   100 blocked names again and again (udp_handler), drained like dga
+  dga        a never-seen child of a listed name whose parent was blocked before (DGA malware:
+             zones.py), 4 children per parent between two drains into a real detection log
+             (the drain, once a "second" of 4 x N queries, is counted in the rate)
+
+and the ratio dga / repeated of each tree (issue 14's target: >= 0.9).
 
     .venv/bin/python bench/engine_ab.py --base /tmp/base-checkout/daemon --rounds 7
 
@@ -50,18 +58,14 @@ def _policy(tmp: Path) -> Path:
 class _Pool:
     primary = None
 
+    def __init__(self):
+        self.sent: list = []
+
     def forward(self, p) -> None:
-        pass
+        if len(self.sent) < N:
+            self.sent.append(p)
 
     def drain(self) -> None:
-        pass
-
-
-class _Detections:
-    def note(self, *a) -> None:
-        pass
-
-    def note_many(self, *a) -> None:
         pass
 
 
@@ -76,7 +80,8 @@ async def _engine(tmp: Path):
     mgr = ListManager(Store(tmp / "db.sqlite"), str(tmp / "state"))
     (tmp / "state").mkdir()
     lists = ListSet.of([await mgr.build(bl, policy.directory) for bl in policy.dns.lists])
-    eng = Engine(DnsStats(), _Detections(), _Pool())
+    from nocpolicy.dns.detections import DetectionLog
+    eng = Engine(DnsStats(), DetectionLog(Store(tmp / "det.sqlite"), b"k" * 32), _Pool())
     lim = getattr(eng, "limiter", None)
     if lim is not None:          # one source sends everything here: measure the path, not the limits
         lim.qps = lim.blocked_qps = lim.max_pending = 1 << 62
@@ -123,7 +128,52 @@ def child() -> None:
         on = eng.udp_handler(lambda data, addr: None)
         out["cached"] = _rate(lambda q: on(q, host, None, 0.0), blocked)
         out["forwarded-again"] = _rate(lambda q: on(q, host, None, 0.0), allowed)
+        import random
+        import string
+        rng = random.Random(14)
+        dga = [x for _ in range(4) for x in _queries("".join(rng.choices(string.ascii_lowercase, k=12)) + ".cc{}.example")]
+        rng.shuffle(dga)
+        for i, q in enumerate(dga):
+            dga[i] = (i & 0xFFFF).to_bytes(2, "big") + q[2:]
+
+        for q in _queries("warm.cc{}.example"):        # each parent blocked once (not timed)
+            on(q, host, None, 0.0)
+        repeated = [blocked[i % 100] for i in range(len(dga))]
+
+        def run(queries):
+            for q in queries:
+                on(q, host, None, 0.0)
+            eng.drain()
+            eng.detections.take()
+        run([])
+        out["dga"] = _rate(run, [dga]) * len(dga)
+        out["repeated"] = _rate(run, [repeated]) * len(repeated)
+        out.update(_cache_rates(eng, on, allowed, host))
         print(json.dumps(out))
+
+
+def _cache_rates(eng, on, allowed: list[bytes], host: str) -> dict:
+    """The answer cache's hit path: every allowed name missed once, answered by a fake upstream
+    (A record, TTL 3600), then asked again."""
+    from nocpolicy.dns.cache import AnswerCache
+    from nocpolicy.policy.dnsconf import CacheSettings
+    eng.acache = AnswerCache(CacheSettings(max_entries=4 * N))
+    eng.pool.sent.clear()
+    t = time.perf_counter()
+    for q in allowed:
+        on(q, host, None, t)
+    for p in eng.pool.sent:
+        d = p.data
+        eng.reply(p, d[:2] + b"\x81\x80\0\1\0\1\0\0\0\0" + d[12:] + b"\xc0\x0c\0\1\0\1\0\0\x0e\x10\0\4\xc0\0\2\1", 0)
+    t = time.perf_counter() + 1.0
+    for q in allowed:                      # rendered in second t, judged for everyone
+        on(q, host, None, t)
+    hits0 = eng.acache.hits
+    out = {"cache-hit": _rate(lambda q: on(q, host, None, t), allowed),
+           "cache-aged": _rate(lambda q: on(q, host, None, t + 2.0), allowed)}
+    if eng.acache.hits - hits0 != 2 * len(allowed):
+        raise SystemExit(f"cache workloads: {eng.acache.hits - hits0} hits of {2 * len(allowed)}")
+    return out
 
 
 def run(tree: str | None) -> dict:
@@ -158,9 +208,11 @@ def main() -> None:
             b.append(run(str(REPO / "daemon")))
     print(f"engine A/B, {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}, {N} names per workload, "
           f"{len(a)} rounds, load average {os.getloadavg()[0]:.1f}")
-    for k in ("blocked", "forwarded", "cached", "forwarded-again"):
+    for k in ("blocked", "forwarded", "cached", "forwarded-again", "cache-hit", "cache-aged", "repeated", "dga"):
         ma, mb = statistics.median(r[k] for r in a), statistics.median(r[k] for r in b)
         print(f"  {k:<16} base {ma / 1e3:7.1f}k q/s   this tree {mb / 1e3:7.1f}k q/s   ratio {mb / ma:.3f}")
+    for name, rs in (("base", a), ("this tree", b)):
+        print(f"  dga / repeated   {name}: {statistics.median(r['dga'] / r['repeated'] for r in rs):.2f}")
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ LOCAL = [
     "flush.example.org. 300 IN A 192.0.2.90",
     "a.flush.example.org. 300 IN A 192.0.2.91",
     "keep.example.org. 300 IN A 192.0.2.92",
+    "hot.example.org. 300 IN A 192.0.2.95",
 ]
 NEG_ZONE = """\
     local-zone: "neg.example." static
@@ -183,6 +184,24 @@ def test_list_and_consent_changes_drop_cname_verdicts(env):
     finally:
         d.ctl("optout", "off", "c-home", "--reason", "test", check=True)
     assert ede(ask(d.dns_port, "optalias.example.org")) == [15]
+
+
+def test_a_hot_name_added_to_a_list_is_blocked_by_the_next_query(env):
+    """An answer served again and again from the cache (the hot table of this second) gives way
+    to the block as soon as the list changes, and comes back from the cache when it is lifted."""
+    d, _ = env
+    for _ in range(3):
+        assert [str(x) for x in ask(d.dns_port, "hot.example.org").answer[0]] == ["192.0.2.95"]
+    d.ctl("list-update", "cc", "--add", "hot.example.org", "--reason", "test", check=True)
+    try:
+        r = ask(d.dns_port, "hot.example.org")
+        assert r.rcode() == dns.rcode.NXDOMAIN and ede(r) == [15] and not r.answer
+    finally:
+        d.ctl("list-update", "cc", "--remove", "hot.example.org", "--reason", "test", check=True)
+    before = counters(d)
+    assert [str(x) for x in ask(d.dns_port, "hot.example.org").answer[0]] == ["192.0.2.95"]
+    after = counters(d)
+    assert after["hits"] == before["hits"] + 1 and after["misses"] == before["misses"]
 
 
 def test_flush_name_and_everything(env):
@@ -382,3 +401,62 @@ def test_upstreams_system_reads_resolv_conf_and_skips_ourselves(tmp_path, policy
     with pytest.raises(PolicyInvalid) as info:
         load_policy(policy_dir)
     assert any("dns.upstreams" in str(x) and "'system'" in str(x) for x in info.value.problems)
+
+
+def _a_query(name: bytes, edns: bytes = b"", flags: bytes = b"\1\0") -> bytes:
+    qname = b"".join(bytes((len(p),)) + p for p in name.split(b".")) + b"\0"
+    return b"\0\7" + flags + b"\0\1\0\0\0\0\0" + (b"\1" if edns else b"\0") + qname + b"\0\1\0\1" + edns
+
+
+def test_an_entry_gives_back_its_whole_key_and_refuses_another_key_with_its_hash():
+    """One bytes value per entry (memory): the key it was stored under comes back from it
+    exactly -- flags, EDNS size, DO, a 255-byte name -- and a lookup under another key that
+    lands on the same dict slot finds nothing rather than a wrong answer."""
+    from nocpolicy.dns.cache import AnswerCache, cache_key, hkey, key_of
+    from nocpolicy.policy.dnsconf import CacheSettings
+    cache = AnswerCache(CacheSettings())
+    longest = b".".join([b"a" * 63] * 3 + [b"b" * 61])        # 255 bytes on the wire
+    opt = b"\0\0\x29\x04\xd0\0\0\x80\0\0\0"                   # OPT: 1232 bytes, DO
+    keys = []
+    for q in (_a_query(b"www.example.org"), _a_query(longest), _a_query(b"x.example", opt),
+              _a_query(b"x.example", flags=b"\1\x10")):
+        key = cache_key(q, len(q) - (11 if q[11] else 0))
+        qend = len(key) + 2 - (11 if q[11] else 0)
+        resp = q[:2] + b"\x81\x80\0\1\0\1\0\0" + q[10:qend] + b"\xc0\x0c\0\1\0\1\0\0\1\x2c\0\4\xc0\0\2\1"
+        if q[11]:
+            resp = resp[:11] + b"\1" + resp[12:] + q[qend:]
+        assert cache.store(key, resp, qend, cache.clock()), q
+        assert key_of(cache.d[hkey(key)]) == key
+        assert cache.lookup(key, cache.clock())[0] == resp[2:]
+        keys.append(key)
+    assert len(cache.d) == 4
+    a, b = keys[0], keys[2]
+    cache.d[hkey(b)] = cache.d[hkey(a)]                        # as if a's hash were b's
+    assert cache.lookup(b, cache.clock()) is None and cache.stale_answer(b, cache.clock()) is None
+
+
+def test_the_one_patch_rerendering_agrees_with_the_general_one():
+    """The hot path re-renders a one-RR entry of an earlier second with one patch of its TTL
+    (from the second it expires); the general path reads and rewrites every TTL. Second by
+    second, both give the same answer, and the patch leaves the end (prefetch, expiry) alone."""
+    from nocpolicy.dns.cache import AnswerCache, cache_key, hkey
+    from nocpolicy.policy.dnsconf import CacheSettings
+    now = [1000.0]
+    fast, slow = AnswerCache(CacheSettings(), clock=lambda: now[0]), AnswerCache(CacheSettings(), clock=lambda: now[0])
+    q = _a_query(b"www.example.org")
+    key = cache_key(q, len(q))
+    resp = q[:2] + b"\x81\x80\0\1\0\1\0\0" + q[10:] + b"\xc0\x0c\0\1\0\1\0\0\0\x32\0\4\xc0\0\2\1"   # TTL 50
+    for c in (fast, slow):
+        assert c.store(key, resp, len(q), now[0])
+    hk, seen = hkey(key), []
+    for _ in range(60):
+        now[0] += 1
+        fast.restamp(now[0], 0)
+        w = fast.rerender(hk, fast.d[hk])
+        r = slow.lookup(key, now[0])
+        if w is None:
+            break
+        assert r is not None and w == r[0]
+        seen.append(int.from_bytes(w[-10:-6]))
+    assert seen == list(range(49, 5, -1))        # 49 .. 6: at 5 (10 % of 50) a prefetch is due
+    assert fast.lookup(key, now[0])[3] is True   # the general path starts it

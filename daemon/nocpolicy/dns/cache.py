@@ -12,30 +12,46 @@ presence of EDNS, its buffer size and the DO bit all separate entries. A
 query from a lower-case client without EDNS options *is* its key (``data[2:]``):
 the engine's hot path looks that up directly, with no parsing.
 
-Value: a tuple ``(wire, renew, ttl0, cname, everyone)``:
+Storage (memory: a million entries must fit in 300 MB, docs/dns.md): the dict
+maps ``hash(key) >> 4`` (a 60-bit int, 32 bytes) to ONE bytes value per entry,
+no Python object per field -- a fixed prefix of ``P`` bytes, then the wire:
 
+* ``s`` (4) -- the grid second the TTLs of the wire are exact for (``epoch + s``
+  to ``epoch + s + 1``); after it the TTLs are rewritten, once a second per
+  entry at most;
+* ``gen`` (4) -- the engine generation in which the question name was found on
+  no list at all (allowed for every client), 0xFFFFFFFF for none;
+* ``cname`` (1) -- 1 when the answer has CNAME targets (:class:`CnameInfo`, in
+  the side table ``cnames``: verdicts per subscriber of one generation);
+* ``nl`` (1) -- the length of the question's name (<= 255);
+* ``flags`` (1) -- 1: the query had OPT; 2: the answer is one RR (maybe and an OPT) whose
+  TTL sits right after the question (``Q + 10 + nl``): its re-rendering is one patch;
+* ``ttl0`` (4) -- the TTL the entry was stored with (prefetch at its last 10 %);
+* the query's flags (2) and its OPT class and TTL (6: UDP size, DO): with the
+  question in the wire they give back the whole key (:func:`key_of`), which
+  every slow-path lookup compares with the key asked for;
+* ``exp`` (4) -- for a one-RR answer, the grid second its TTL reaches 0;
 * ``wire`` -- the answer minus its ID, question lower-cased, EDNS options
-  stripped (a cookie belongs to one client), TTLs as of grid second ``s``;
-* ``renew`` -- ``epoch + s + 1``: until then ``wire`` is exact and is sent as
-  it is (the hot path compares its batch timestamp with it); after it the
-  TTLs are rewritten (once per second per entry at most). ``renew`` float
-  objects are shared by every entry of the same second (memory);
-* ``ttl0`` -- the TTL the entry was stored with (prefetch at its last 10 %);
-* ``cname`` -- None, or :class:`CnameInfo` (CNAME targets, verdicts per
-  subscriber of one engine generation);
-* ``everyone`` -- the engine generation in which the question name was found
-  on no list at all (so it is allowed for every client), or -1. The hot path
-  answers only entries whose ``everyone`` is the current generation.
+  stripped (a cookie belongs to one client), TTLs as of second ``s``.
 
-Tuples of bytes/floats/ints are untracked by the garbage collector: a million
-entries cost a collection nothing.
+The hot path (``Engine._cache_hitter``) looks the query's key bytes up in
+``hot``: the wires of the entries already served in this second and this
+generation, allowed for every client, without CNAME (cleared when the second
+or the generation changes, or on a flush; at most ``HOT_MAX``). The first hit
+of an entry in a second (``CachePath.warm_wire``) finds it by hash, tests its
+first 9 bytes against one ``stamp`` (this second, this generation, no CNAME)
+or re-renders its TTLs, compares the stored question with the query's -- a
+60-bit SipHash (keyed per process) separates the rest of the key (flags, EDNS
+size, DO) -- and puts the wire in ``hot``.
+
+Bytes objects are untracked by the garbage collector: a million entries cost a
+collection nothing.
 
 Eviction is CLOCK (second chance) at no cost on a hit: keys wait in a queue in
-insertion order, with a marker (the ``renew`` float of that second) whenever
-the second changes. The key at the head is evicted unless its entry was
-re-rendered -- that is, hit -- after the second it was queued in; then it goes
-to the tail once more. Numbers behind the choice: bench/cache_eviction_sim.py,
-docs/dns.md.
+insertion order, with a float marker whenever the second changes. The key at
+the head is evicted unless its entry was re-rendered -- that is, hit -- after
+the second it was queued in; then it goes to the tail once more. Numbers
+behind the choice: bench/cache_eviction_sim.py, docs/dns.md.
 """
 
 from __future__ import annotations
@@ -49,12 +65,52 @@ from ..policy.dnsconf import CacheSettings as CacheConfig
 from .upstream import Pending
 from .wire import SERVFAIL, TYPE_OPT, WireError, read_name
 
-ENTRY_OVERHEAD = 200      # bytes per entry beyond key and wire: dict slot, tuple, FIFO slot (measured)
+ENTRY_OVERHEAD = 130      # bytes per entry beyond the value's data: dict slot, int key, bytes header, queue slot
 STALE_TTL = 30            # RFC 8767: TTL of a stale answer
 EDE_STALE = 3             # RFC 8914: Stale Answer
 TYPE_SOA = 6
 _MAX_TTL = 0x7FFFFFFF
 _PACK_TTL = struct.Struct("!I").pack_into
+_META = struct.Struct("!IIBBBI2s6sI")    # s, gen, cname, nl, flags, ttl0, query flags, OPT class+TTL, exp
+P = _META.size                           # 27: the wire starts here
+Q = P + 10                               # the question starts here
+NO_GEN = 0xFFFFFFFF
+_STAMP = struct.Struct("!IIB")           # s, gen, cname=0: the hot path's test of the first 9 bytes
+_NO_OPT = bytes(6)
+_HEAD = struct.Struct("!I7xI8xI").unpack_from    # s, ttl0, exp of an entry
+HOT_MAX = 65536           # entries of the hot table (one second's distinct hits)
+
+
+def hkey(key: bytes) -> int:
+    """The dict key of cache key ``key`` (Python caches a bytes object's hash: free on a hit)."""
+    return hash(key) >> 4
+
+
+def entry_s(v: bytes) -> int:
+    return (v[0] << 24) | (v[1] << 16) | (v[2] << 8) | v[3]
+
+
+def entry_gen(v: bytes) -> int:
+    g = int.from_bytes(v[4:8])
+    return -1 if g == NO_GEN else g
+
+
+def key_of(v: bytes) -> bytes:
+    """The cache key of entry ``v`` (see the module's docstring)."""
+    q = v[Q:Q + 4 + v[9]]
+    if v[10] & 1:
+        return v[15:17] + b"\0\1\0\0\0\0\0\1" + q + b"\0\0\x29" + v[17:23] + b"\0\0"
+    return v[15:17] + b"\0\1\0\0\0\0\0\0" + q
+
+
+def _meta(key: bytes, s: int, gen: int, cname: bool, ttl0: int, w: bytes) -> bytes:
+    """The prefix of the entry of ``key`` whose wire is ``w`` (the module's docstring)."""
+    edns = key[8:10] == b"\0\1"
+    nl = len(key) - (25 if edns else 14)
+    off = single_ttl(w, 14 + nl)
+    exp = s + int.from_bytes(w[off:off + 4]) if off >= 0 else 0
+    return _META.pack(s, NO_GEN if gen < 0 else gen, cname, nl, edns | (2 if off >= 0 else 0), ttl0, key[:2],
+                      key[-8:-2] if edns else _NO_OPT, exp)
 
 
 class Fetch(Pending):
@@ -193,10 +249,6 @@ def restore(data: bytes, qend: int, wire: bytes) -> bytes:
     return data[:2] + wire[:10] + data[12:qend] + wire[qend - 2:]
 
 
-def key_name(key: bytes) -> str:
-    return read_name(key, 10)[0]
-
-
 def _udp_limit(key: bytes) -> int:
     """The UDP size the querier of ``key`` accepts (512 without EDNS)."""
     if key[8:10] == b"\0\1" and len(key) >= 11:
@@ -208,35 +260,52 @@ class AnswerCache:
     def __init__(self, conf: CacheConfig, clock=time.perf_counter):
         self.conf = conf
         self.clock = clock
-        self.d: dict[bytes, tuple] = {}
-        self.fifo: deque = deque()       # keys in queue order, and float markers (see _bound)
-        self._head_mark = 0.0             # the marker last passed at the head
-        self._tail_mark = 0.0             # the marker last queued at the tail
+        self.d: dict[int, bytes] = {}    # hkey(key) -> prefix + wire (the module's docstring)
+        self.cnames: dict[int, CnameInfo] = {}   # hkey -> CNAME targets and verdicts, for entries with them
+        self.fifo: deque = deque()       # hkeys in queue order, and float markers (see _bound)
+        self._head_mark = -1.0            # the marker last passed at the head
+        self._tail_mark = -1.0            # the marker last queued at the tail
         self.bytes = 0
         self.epoch = clock()
         self.prefetching: set[bytes] = set()
         self.hits = self.misses = self.evictions = self.stale = self.prefetches = self.inserts = 0
-        self._renew: dict[int, float] = {}
-        self._ints: dict[int, int] = {}
+        self.stamp = b""                  # the hot path's prefix: this second, generation sgen, no CNAME
+        self.s = 0                        # the stamp's second
+        self.s4 = self.gen_cname = b""      # the stamp's first 4 bytes (second), the other 5
+        self.until = 0.0                  # stamp holds until then
+        self.sgen = -1
+        self.hot: dict[bytes, bytes] = {}   # key -> wire, served in this second and generation
 
     # -- time -----------------------------------------------------------------------
 
     def second(self, t: float) -> int:
-        return int(t - self.epoch)
+        return max(0, int(t - self.epoch))
 
-    def renew_at(self, s: int) -> float:
-        """``epoch + s + 1`` as one float object shared by every entry of grid second ``s``."""
-        f = self._renew.get(s)
-        if f is None:
-            if len(self._renew) > 4096:
-                self._renew = {}
-            f = self._renew[s] = self.epoch + s + 1
-        return f
+    def restamp(self, t: float, gen: int) -> bytes:
+        """The first 9 bytes of an entry the hot path may send as it is at time ``t``."""
+        s = self.second(t)
+        self.stamp = _STAMP.pack(s, gen, 0)
+        self.until, self.sgen, self.s = self.epoch + s + 1, gen, s
+        self.s4, self.gen_cname = self.stamp[:4], self.stamp[4:]
+        self.hot = {}
+        return self.stamp
 
-    def _int(self, n: int) -> int:
-        if len(self._ints) > 65536:
-            self._ints = {}
-        return self._ints.setdefault(n, n)
+    def keep_hot(self, key: bytes, w: bytes) -> None:
+        hot = self.hot
+        if len(hot) < HOT_MAX:
+            hot[key] = w
+
+    def rerender(self, hk: int, v: bytes) -> bytes | None:
+        """The hot path's one-RR entry ``v`` of an earlier second (``flags`` 2) brought to the
+        stamp's second with one patch of its TTL and stored back: its new wire; None when it
+        expired, is due for a prefetch or is not older than the stamp (the general path decides)."""
+        es, ttl0, exp = _HEAD(v)
+        left = exp - self.s
+        if left * 10 <= ttl0 or es >= self.s:
+            return None
+        pos = Q + 10 + v[9]
+        v = self.d[hk] = self.s4 + v[4:pos] + left.to_bytes(4) + v[pos + 4:]
+        return v[P:]
 
     # -- storing --------------------------------------------------------------------
 
@@ -255,49 +324,60 @@ class AnswerCache:
             return 0
         return max(c.min_ttl, min(sh.min_ttl, c.max_ttl))
 
-    def store(self, key: bytes, resp: bytes, qend: int, t: float, cnames: tuple[str, ...] = (),
-              everyone: int = -1) -> bool:
-        """Keep the upstream's answer ``resp`` (with its ID) to the query of ``key``."""
+    def _shape(self, key: bytes, resp: bytes, qend: int):
+        """``(wire, ttl, shape)`` of the upstream's answer ``resp`` to ``key``, or None when it is
+        not to be cached (truncated, too large for its key, OPT not last, junk, TTL 0)."""
         if len(resp) < 12 or resp[2] & 0x02 or len(resp) > _udp_limit(key) or not self.conf.enabled:
-            return False                                 # truncated, or too large for its key
+            return None
         w = resp[2:12] + key[10:qend - 6] + resp[qend - 4:]     # the question lower-cased
         try:
             sh = scan(w)
             if sh.opt >= 0 and sh.opt_end != len(w):
-                return False                             # OPT not last (TSIG...): leave it
+                return None                              # OPT not last (TSIG...): leave it
             if sh.opt >= 0 and sh.opt_end > sh.opt + 11:
                 w = w[:sh.opt + 9] + b"\0\0"           # options (cookie, EDE...) were for one client
             ttl = self.ttl_for(w, sh)
         except (WireError, IndexError):
+            return None
+        return (w, int(ttl), sh) if ttl >= 1 else None
+
+    def store(self, key: bytes, resp: bytes, qend: int, t: float, cnames: tuple[str, ...] = (),
+              everyone: int = -1) -> bool:
+        """Keep the upstream's answer ``resp`` (with its ID) to the query of ``key``."""
+        r = self._shape(key, resp, qend)
+        if r is None:
             return False
-        if ttl < 1:
-            return False
-        old = self.d.get(key)
+        w, ttl, sh = r
+        hk = hkey(key)
+        prev = self.d.get(hk)                            # maybe another key's (same hash): replaced
+        old = prev if prev is not None and key_of(prev) == key else None
         if w[1] & 0xF == SERVFAIL and old is not None:
             return False                                 # keep the good (maybe stale) answer
         s = self.second(t)
-        ttl = int(ttl)
         if ttl != sh.min_ttl:
             w = with_ttls(w, sh.ttl_offsets, lambda x, ttl=ttl: min(x, ttl))
-        cname = CnameInfo(cnames) if cnames else None
         if everyone < 0 and old is not None:
-            everyone = old[4]                            # a refresh: the name is still the name
-        self.d[key] = (w, self.renew_at(s), self._int(ttl), cname, everyone)
+            everyone = entry_gen(old)                    # a refresh: the name is still the name
+        if cnames:
+            self.cnames[hk] = CnameInfo(cnames)
+        else:
+            self.cnames.pop(hk, None)
+        v = self.d[hk] = _meta(key, s, everyone, bool(cnames), ttl, w) + w
         self.inserts += 1
-        if old is None:
-            self._queue(key, s)
-            self.bytes += len(key) + len(w) + ENTRY_OVERHEAD
+        if prev is None:
+            self.bytes += len(v) + ENTRY_OVERHEAD
+            self._queue(hk, s)
             self._bound(s)
         else:
-            self.bytes += len(w) - len(old[0])
+            self.bytes += len(v) - len(prev)
         return True
 
-    def _queue(self, key: bytes, s: int) -> None:
-        mark = self.renew_at(s)
+    def _queue(self, hk: int, s: int) -> None:
+        mark = float(s)
         if mark != self._tail_mark:
             self.fifo.append(mark)
             self._tail_mark = mark
-        self.fifo.append(key)
+        self.fifo.append(hk)
 
     def _bound(self, s: int | None = None) -> None:
         """Evict until within max_entries and max_bytes: CLOCK, see the module's docstring."""
@@ -313,41 +393,54 @@ class AnswerCache:
             v = d.get(k)
             if v is None:
                 continue
-            if v[1] > self._head_mark and chances < 64:   # hit since it was queued: once more
+            if entry_s(v) > self._head_mark and chances < 64:   # hit since it was queued: once more
                 chances += 1
                 self._queue(k, s)
                 continue
-            del d[k]
-            self.bytes -= len(k) + len(v[0]) + ENTRY_OVERHEAD
+            self._drop_hk(k)
             self.evictions += 1
         if len(fifo) > 2 * len(d) + 1024:                # keys dropped by flush: compact
             self.fifo = deque(k for k in fifo if k.__class__ is float or k in d)
 
     # -- looking up ----------------------------------------------------------------
 
+    def entry(self, key: bytes) -> tuple[int, bytes] | None:
+        """``(hkey, value)`` of ``key``, or None (not cached; another key with its hash)."""
+        hk = hkey(key)
+        v = self.d.get(hk)
+        if v is None or key_of(v) != key:
+            return None
+        return hk, v
+
+    def cname_of(self, key: bytes) -> CnameInfo | None:
+        return self.cnames.get(hkey(key))
+
     def lookup(self, key: bytes, t: float):
         """``(wire, cname, fresh, prefetch)`` for ``key`` at time ``t``, or None.
 
         ``fresh`` False: expired but within the stale age (forward, keep it for serve-stale).
         ``prefetch`` True: fresh, in its last 10 % of TTL and not being refreshed yet."""
-        v = self.d.get(key)
-        if v is None:
+        e = self.entry(key)
+        if e is None:
             return None
-        if t < v[1]:
-            return v[0], v[3], True, False
-        r = self.aged(key, v, t)
+        hk, v = e
+        cname = self.cnames.get(hk) if v[8] else None
+        if entry_s(v) >= self.second(t):
+            return v[P:], cname, True, False
+        r = self.aged(key, hk, v, t)
         if r is None:
             return None
-        return r[0], v[3], r[1], r[2]
+        return r[0], cname, r[1], r[2]
 
-    def aged(self, key: bytes, v: tuple, t: float):
+    def aged(self, key: bytes, hk: int, v: bytes, t: float):
         """Entry ``v`` of ``key`` brought to time ``t`` (its TTLs rewritten, stored back):
         ``(wire, fresh, prefetch)``, or None when it is gone (past the stale age, or junk)."""
-        w, renew, ttl0, cname, everyone = v
-        s = int(t - self.epoch)
-        delta = s - (int(round(renew - self.epoch)) - 1)
-        qe = len(key) - (11 if key[8:10] == b"\0\1" else 0)
-        off = single_ttl(w, qe)
+        w = v[P:]
+        s = self.second(t)
+        delta = s - entry_s(v)
+        if delta <= 0:
+            return w, True, False
+        off = single_ttl(w, Q - P + 4 + v[9])
         if off >= 0:                                   # one RR (the common case): no scan
             left = int.from_bytes(w[off:off + 4]) - delta
             if left > 0:
@@ -356,17 +449,18 @@ class AnswerCache:
             try:
                 sh = scan(w)
             except (WireError, IndexError):
-                self._drop(key)
+                self._drop_hk(hk)
                 return None
             left = sh.min_ttl - delta
             if left > 0:
                 w = with_ttls(w, sh.ttl_offsets, lambda x: x - delta if x > delta else 0)
         if left <= 0:
             if -left > self.conf.serve_stale:
-                self._drop(key)
+                self._drop_hk(hk)
                 return None
             return w, False, False
-        self.d[key] = (w, self.renew_at(s), ttl0, cname, everyone)
+        self.d[hk] = s.to_bytes(4) + v[4:P] + w
+        ttl0 = int.from_bytes(v[11:15])
         pf = (self.conf.prefetch and left * 10 <= ttl0 and key not in self.prefetching
               and len(self.prefetching) < 1000)
         if pf:
@@ -376,17 +470,18 @@ class AnswerCache:
     def stale_answer(self, key: bytes, t: float) -> bytes | None:
         """RFC 8767: the entry of ``key`` if it expired less than ``serve_stale`` ago (or is
         still fresh), every TTL 30, EDE 3 added when the querier speaks EDNS; minus the ID."""
-        v = self.d.get(key)
-        if v is None or not self.conf.serve_stale:
+        e = self.entry(key)
+        if e is None or not self.conf.serve_stale:
             return None
-        w, renew = v[0], v[1]
+        v = e[1]
+        w = v[P:]
         if w[1] & 0xF == SERVFAIL:
             return None
         try:
             sh = scan(w)
         except (WireError, IndexError):
             return None
-        expired_for = self.second(t) - (int(round(renew - self.epoch)) - 1) - sh.min_ttl
+        expired_for = self.second(t) - entry_s(v) - sh.min_ttl
         if expired_for > self.conf.serve_stale:
             return None
         w = with_ttls(w, sh.ttl_offsets, lambda x: STALE_TTL)
@@ -398,33 +493,38 @@ class AnswerCache:
 
     def mark(self, key: bytes, everyone: int) -> None:
         """Note that the name of ``key`` is on no list in engine generation ``everyone``."""
-        v = self.d.get(key)
-        if v is not None and v[4] != everyone:
-            self.d[key] = (*v[:4], everyone)
+        e = self.entry(key)
+        if e is not None and entry_gen(e[1]) != everyone:
+            hk, v = e
+            self.d[hk] = v[:4] + (NO_GEN if everyone < 0 else everyone).to_bytes(4) + v[8:]
 
-    def _drop(self, key: bytes) -> None:
-        v = self.d.pop(key, None)
+    def _drop_hk(self, hk: int) -> None:
+        v = self.d.pop(hk, None)
         if v is not None:
-            self.bytes -= len(key) + len(v[0]) + ENTRY_OVERHEAD
+            self.bytes -= len(v) + ENTRY_OVERHEAD
+            if v[8]:
+                self.cnames.pop(hk, None)
 
     # -- commands ------------------------------------------------------------------
 
     def flush(self, name: str | None = None, keys=None) -> int:
         """Forget every entry (``name`` None) or those of ``name`` and the names below it
-        (among ``keys``, from :func:`candidates`, when given)."""
+        (among ``keys``, hkeys from :func:`candidates`, when given)."""
         if name is None:
             n = len(self.d)
-            self.d, self.fifo, self.bytes = {}, deque(), 0
-            self._head_mark = self._tail_mark = 0.0
+            self.d, self.cnames, self.fifo, self.bytes, self.hot = {}, {}, deque(), 0, {}
+            self._head_mark = self._tail_mark = -1.0
             self.prefetching = set()
             return n
         name = name.lower().rstrip(".")
         dot = "." + name
         wire = name_wire(name)
-        gone = [k for k in (self.d if keys is None else keys)
-                if wire in k and ((x := _safe_name(k)) == name or x.endswith(dot))]
+        d = self.d
+        gone = [k for k in (d if keys is None else keys)
+                if wire in d.get(k, b"") and ((x := entry_name(d[k])) == name or x.endswith(dot))]
         for k in gone:
-            self._drop(k)
+            self._drop_hk(k)
+        self.hot = {}
         self._bound()
         return len(gone)
 
@@ -443,37 +543,36 @@ def name_wire(name: str) -> bytes:
 RCODES = {0: "NOERROR", 2: "SERVFAIL", 3: "NXDOMAIN"}
 
 
-async def candidates(cache: AnswerCache, name: str, chunk: int = 50_000) -> list[bytes]:
-    """Keys that may belong to ``name`` or a name below it, found a slice at a time (a million
-    keys at once would hold the event loop for a noticeable time)."""
+async def candidates(cache: AnswerCache, name: str, chunk: int = 50_000) -> list[int]:
+    """Hkeys of entries that may belong to ``name`` or a name below it, found a slice at a time
+    (a million entries at once would hold the event loop for a noticeable time)."""
     wire = name_wire(name.lower().rstrip("."))
-    keys = list(cache.d)
-    out: list[bytes] = []
-    for i in range(0, len(keys), chunk):
-        out += [k for k in keys[i:i + chunk] if wire in k]
+    items = list(cache.d.items())
+    out: list[int] = []
+    for i in range(0, len(items), chunk):
+        out += [k for k, v in items[i:i + chunk] if wire in v]
         await asyncio.sleep(0)
     return out
 
 
 def cache_entries(cache: AnswerCache, name: str, keys, limit: int = 100) -> list[dict]:
-    """What the cache holds for ``name`` exactly (``cache.show NAME``), among ``keys``."""
+    """What the cache holds for ``name`` exactly (``cache.show NAME``), among hkeys ``keys``."""
     wire = name_wire(name)
     now = cache.clock()
     out = []
     for k in keys:
         v = cache.d.get(k)
-        if v is None or not k.startswith(wire, 10):
+        if v is None or not v.startswith(wire, Q):
             continue
-        w, renew, ttl0, cname = v[:4]
-        qend = 12 + len(wire) + 4
-        opt = k[8:10] == b"\0\1"
+        w, q, ttl0, opt = v[P:], v[Q + v[9]:Q + 4 + v[9]], int.from_bytes(v[11:15]), bool(v[10] & 1)
+        cname = cache.cnames.get(k) if v[8] else None
         try:
-            left = scan(w).min_ttl - (cache.second(now) - (int(round(renew - cache.epoch)) - 1))
+            left = scan(w).min_ttl - (cache.second(now) - entry_s(v))
         except (WireError, IndexError):
             continue
-        out.append({"type": int.from_bytes(k[qend - 6:qend - 4]), "class": int.from_bytes(k[qend - 4:qend - 2]),
-                    "rd": bool(k[0] & 1), "cd": bool(k[1] & 0x10), "ad": bool(k[1] & 0x20), "edns": opt,
-                    "do": bool(opt and k[-4] & 0x80), "udp_size": _udp_limit(k) if opt else None,
+        out.append({"type": int.from_bytes(q[:2]), "class": int.from_bytes(q[2:]),
+                    "rd": bool(v[15] & 1), "cd": bool(v[16] & 0x10), "ad": bool(v[16] & 0x20), "edns": opt,
+                    "do": bool(opt and v[21] & 0x80), "udp_size": max(512, int.from_bytes(v[17:19])) if opt else None,
                     "rcode": RCODES.get(w[1] & 0xF, str(w[1] & 0xF)), "answers": int.from_bytes(w[4:6]),
                     "ttl": ttl0, "ttl_left": max(left, 0), "stale_for": max(-left, 0), "bytes": len(w),
                     "cnames": list(cname.targets) if cname else []})
@@ -482,8 +581,9 @@ def cache_entries(cache: AnswerCache, name: str, keys, limit: int = 100) -> list
     return out
 
 
-def _safe_name(key: bytes) -> str:
+def entry_name(v: bytes) -> str:
+    """The question name of entry ``v`` ('' when it cannot be read)."""
     try:
-        return key_name(key)
+        return read_name(v, Q)[0]
     except (WireError, IndexError):
         return ""

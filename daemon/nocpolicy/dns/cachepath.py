@@ -14,7 +14,7 @@ import asyncio
 import random
 import time
 
-from .cache import AnswerCache, CnameInfo, Fetch, cache_key, restore
+from .cache import AnswerCache, CnameInfo, Fetch, Q, cache_key, restore
 from .lists import suffixes
 from .upstream import Pending
 from .verdict import Verdict, judge_suffixes
@@ -37,6 +37,7 @@ def _fit(out: bytes, q, tcp: bool, max_udp: int) -> bytes:
 class CachePath:
     acache: AnswerCache | None
     gen: int
+    judged: bytes
 
     def cached(self, data, q, host, addr, sub, send, tcp, t0) -> None:
         """Answer an allowed query from the cache, or forward it so that its answer is cached."""
@@ -48,7 +49,7 @@ class CachePath:
             return
         # judged against every list by the engine just now (or seen so before): the hot path may
         # answer this entry without judging again until the next list/policy/consent change
-        everyone = self.gen if self.allowed.get(data[2:]) is not None else -1
+        everyone = self.gen if self.judged is data else -1
         hit = ac.lookup(key, t0)
         if hit is not None and hit[2]:
             wire, cname, _fresh, prefetch = hit
@@ -66,15 +67,26 @@ class CachePath:
             p.timer = asyncio.get_running_loop().call_later(ac.conf.stale_after, self._stale_due, p)
         pool.forward(p)
 
-    def aged_wire(self, key: bytes, v: tuple, t0: float) -> bytes | None:
-        """The hot path's entry ``v`` a second or more old: its TTLs rewritten (and a prefetch
-        started when due), or None when it expired (the slow path decides: stale, forward)."""
-        r = self.acache.aged(key, v, t0)
-        if r is None or not r[1]:
+    def warm_wire(self, key: bytes, t0: float) -> bytes | None:
+        """The first hit of an entry in this second (not in ``hot`` yet; the stamp is this
+        second's): its wire, TTLs rewritten when they are of an earlier second (and a prefetch
+        started when due), kept in ``hot`` -- if the entry is ``key``'s question, allowed for
+        everyone in this generation and without CNAME; else None (the slow path decides:
+        stale, forward, CNAME verdicts)."""
+        ac = self.acache
+        hk = hash(key) >> 4                       # cache.hkey
+        v = ac.d.get(hk)
+        if v is None or not v.startswith(ac.gen_cname, 4) or not v.startswith(key[10:14 + v[9]], Q):
             return None
-        if r[2]:
-            self._prefetch(key, t0)
-        return r[0]
+        if not v[10] & 2 or (w := ac.rerender(hk, v)) is None:     # one RR: one patch
+            r = ac.aged(key, hk, v, t0)
+            if r is None or not r[1]:
+                return None
+            if r[2]:
+                self._prefetch(key, t0)
+            w = r[0]
+        ac.keep_hot(key, w)
+        return w
 
     def _serve(self, data, q, wire, cname, host, addr, sub, send, tcp, t0) -> None:
         if cname is not None:
@@ -165,7 +177,7 @@ class CachePath:
         if w is None:
             return False
         p.done = True
-        cname = ac.d[p.key][3]
+        cname = ac.cname_of(p.key)
         if cname is not None and p.sub is not None:
             v = self.cname_verdict(cname, p.sub)
             if v is not None:
