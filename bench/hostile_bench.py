@@ -218,6 +218,8 @@ def scenario(work, label, pol, qfile, allowed, listed, a) -> dict:
         time.sleep(2.5)                                    # the last detection batch written
         b1, r1, l1 = dir_bytes(d.state), rows(d.state), metric(mport, "nocpolicy_dns_ratelimited_total")
         kdrops = udp_drops(port) - k0
+        time.sleep(10)                                     # the kernel meter's counter is read every 10 s
+        meter = metric(mport, "nocpolicy_dns_kernel_meter_dropped_total")
         rss = d.rss_mb()
         sizes = sampler.sizes or [b0]
         half = len(sizes) // 2
@@ -232,7 +234,7 @@ def scenario(work, label, pol, qfile, allowed, listed, a) -> dict:
         print(cb.report("customer B (listed)"))
         print(f"  flooder                sent {f['sent'] / a.seconds:.0f} qps, answered {f['qps']:.0f} qps, "
               f"limited {(l1 - l0) / a.seconds:.0f} qps (dropped or TC); kernel dropped {kdrops} datagrams "
-              f"at the guard's socket (buffer full)")
+              f"at the guard's socket (buffer full); kernel meter dropped {meter / a.seconds:.0f}/s")
         print(f"  state dir              +{(b1 - b0) / a.seconds:.0f} B/s ({(b1 - b0) / a.seconds * 60 / 1e6:.3f} MB "
               f"per minute; first half {g1 * 60 / 1e6:.3f}, second half {g2 * 60 / 1e6:.3f} MB/min; "
               f"{min(sizes) / 1e6:.2f}-{max(sizes) / 1e6:.2f} MB), detection rows +{(r1 - r0) / a.seconds:.2f}/s")
@@ -240,7 +242,8 @@ def scenario(work, label, pol, qfile, allowed, listed, a) -> dict:
         print(f"  nocpolicyd RSS         {rss[0]:.0f} MB (peak {rss[1]:.0f} MB)")
         out = {"A %": ca.share(), "A p99": ca.pct(0.99), "B %": cb.share(), "B p99": cb.pct(0.99),
                "flood qps": f["sent"] / a.seconds, "limited qps": (l1 - l0) / a.seconds, "kernel drops": kdrops,
-               "MB/min": (b1 - b0) / a.seconds * 60 / 1e6, "MB/min 2nd half": g2 * 60 / 1e6}
+               "MB/min": (b1 - b0) / a.seconds * 60 / 1e6, "MB/min 2nd half": g2 * 60 / 1e6,
+               "meter drops/s": meter / a.seconds}
         if ctl:
             out.update({"ctl A p99": ctl[0].pct(0.99), "ctl B p99": ctl[1].pct(0.99),
                         "ctl A %": ctl[0].share(), "ctl B %": ctl[1].share()})
@@ -298,7 +301,10 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--names", type=int, default=10_000, help="listed C&C names")
     p.add_argument("--max-qps", type=int, default=400_000)
-    p.add_argument("--parts", default="dga,repeated,throughput")
+    p.add_argument("--parts", default="dga,dga-kernel,repeated,throughput")
+    p.add_argument("--kernel-qps", type=int, default=5000,
+                   help="dns.ratelimit.kernel_qps of the dga-kernel part (needs root and nft: the table is "
+                        "added to this host's ruleset for the daemon's port while it runs)")
     p.add_argument("--baseline", help="another checkout (its daemon/ directory) for the throughput A/B")
     a = p.parse_args()
     parts = set(a.parts.split(","))
@@ -315,15 +321,20 @@ def main() -> int:
             rep = work / "repeated.q"
             rep.write_text("".join(f"{n} A\n" for n in listed[:100]))
             on = policy(work, ub_port, listed, "")
-            res: dict[str, list] = {"dga": [], "repeated": []}
-            for _ in range(a.runs if parts & {"dga", "repeated"} else 0):
+            meter = policy(work, ub_port, listed, f"  ratelimit:\n    kernel_qps: {a.kernel_qps}\n")
+            res: dict[str, list] = {"dga": [], "dga-kernel": [], "repeated": []}
+            for _ in range(a.runs if parts & set(res) else 0):
                 if "dga" in parts:
                     res["dga"].append(scenario(work, "DGA flood, rate limiting on (defaults)", on, dga, allowed,
                                                listed[100:], a))
+                if "dga-kernel" in parts:
+                    res["dga-kernel"].append(scenario(work, f"DGA flood, defaults + kernel meter {a.kernel_qps}/s",
+                                                      meter, dga, allowed, listed[100:], a))
                 if "repeated" in parts:
                     res["repeated"].append(scenario(work, "repeated 100 listed names, rate limiting on", on, rep,
                                                     allowed, listed[100:], a))
             summary("DGA flood", res["dga"])
+            summary(f"DGA flood, kernel meter {a.kernel_qps}/s", res["dga-kernel"])
             summary("repeated 100 listed names", res["repeated"])
             if "throughput" in parts:
                 off = policy(work, ub_port, listed, "  ratelimit:\n    qps: 0\n    blocked_qps: 0\n")

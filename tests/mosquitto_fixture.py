@@ -48,6 +48,7 @@ def fleet_acl(controller: str, operators=(), readers=(), agents=()) -> str:
         "# fleet state: its own streams in, its own ack out",
         "pattern read nocpolicy/v1/nodes/%u/state/+/snap",
         "pattern read nocpolicy/v1/nodes/%u/state/+/delta/+",
+        "pattern read nocpolicy/v1/nodes/%u/state/+/part/+",
         "pattern write nocpolicy/v1/nodes/%u/state/ack",
         "pattern write nocpolicy/v1/nodes/%u/up/detections",
         "pattern write nocpolicy/v1/nodes/%u/up/sessions",
@@ -279,47 +280,66 @@ class Swarm:
         self.state_seen: dict[str, dict[tuple, float]] = {n: {} for n in names}
         self.acked: dict[str, int] = {}
         self.ready = 0
+        self.errors = 0             # connections a simulated agent lost and made again
+        self.last_error = ""
         self._concurrency = connect_concurrency
         self._loop = None
         self._thread = None
         self._main = None
 
     async def _agent(self, name: str, sem) -> None:
+        """One simulated agent. Like a real agent it reconnects when its connection fails (a publish
+        not acknowledged within the timeout on a loaded machine, a dropped connection): one sim's
+        error must not end the others (it did: ``gather`` cancelled every sim, and a bench then
+        waited for acks that could no longer come). Errors are counted in ``errors``."""
         import aiomqtt
         root = "nocpolicy/v1/nodes/" + name
         will = aiomqtt.Will(f"{root}/status", json.dumps({"state": "offline", "node": name}), 1, True)
-        async with sem:
-            client = aiomqtt.Client("127.0.0.1", self.port, username=name, password=self.password,
-                                    identifier=f"nocpolicyd-{name}", will=will, keepalive=60)
-            await client.__aenter__()
-        try:
-            await client.subscribe(f"{root}/plan", qos=1)
-            if self.state:
-                for f in ("nocpolicy/v1/fleet/+/snap", "nocpolicy/v1/fleet/+/delta/+", f"{root}/state/+/snap",
-                          f"{root}/state/+/delta/+"):
-                    await client.subscribe(f, qos=1)
-            await client.publish(f"{root}/status", json.dumps({"state": "online", "node": name, "role": "agent",
-                                                               "version": "sim"}), qos=1, retain=True)
+        held: dict = {}
+        first = True
+        while True:
+            try:
+                async with sem:
+                    client = aiomqtt.Client("127.0.0.1", self.port, username=name, password=self.password,
+                                            identifier=f"nocpolicyd-{name}", will=will, keepalive=60, timeout=60)
+                    await client.__aenter__()
+                try:
+                    await self._serve(client, name, root, held, first)
+                finally:
+                    with contextlib.suppress(Exception):
+                        await client.__aexit__(None, None, None)
+            except aiomqtt.MqttError as exc:
+                self.errors += 1
+                self.last_error = f"{name}: {exc}"
+                await asyncio.sleep(0.5)
+            first = False
+
+    async def _serve(self, client, name: str, root: str, held: dict, first: bool) -> None:
+        await client.subscribe(f"{root}/plan", qos=1)
+        if self.state:
+            for f in ("nocpolicy/v1/fleet/+/snap", "nocpolicy/v1/fleet/+/delta/+", f"{root}/state/+/snap",
+                      f"{root}/state/+/delta/+"):
+                await client.subscribe(f, qos=1)
+        await client.publish(f"{root}/status", json.dumps({"state": "online", "node": name, "role": "agent",
+                                                           "version": "sim"}), qos=1, retain=True)
+        if first:
             self.ready += 1
-            held: dict = {}
-            async for msg in client.messages:
-                if not msg.payload:
-                    continue
-                t = time.monotonic()
-                if "/state/" in msg.topic.value or msg.topic.value.startswith("nocpolicy/v1/fleet/"):
-                    # fleet state: hold the highest version per stream and ack it (a simulated agent
-                    # reads only the head: the real agent does the applying)
-                    await self._state(client, name, root, held, state_head(msg.payload), t)
-                    continue
-                doc = json.loads(msg.payload)
-                v = doc["version"]
-                self.received[name].setdefault(v, t)
-                ack = {"node": name, "version": v, "result": "applied", "detail": "simulated", "at": "",
-                       "daemon": "sim"}
-                await client.publish(f"{root}/ack", json.dumps(ack), qos=1, retain=True)
-                self.acked[name] = v
-        finally:
-            await client.__aexit__(None, None, None)
+        async for msg in client.messages:
+            if not msg.payload:
+                continue
+            t = time.monotonic()
+            if "/state/" in msg.topic.value or msg.topic.value.startswith("nocpolicy/v1/fleet/"):
+                # fleet state: hold the highest version per stream and ack it (a simulated agent
+                # reads only the head: the real agent does the applying)
+                await self._state(client, name, root, held, state_head(msg.payload), t)
+                continue
+            doc = json.loads(msg.payload)
+            v = doc["version"]
+            self.received[name].setdefault(v, t)
+            ack = {"node": name, "version": v, "result": "applied", "detail": "simulated", "at": "",
+                   "daemon": "sim"}
+            await client.publish(f"{root}/ack", json.dumps(ack), qos=1, retain=True)
+            self.acked[name] = v
 
     async def _state(self, client, name: str, root: str, held: dict, doc: dict, t: float) -> None:
         kind, scope, v = doc["kind"], doc["scope"], doc["version"]

@@ -161,6 +161,24 @@ def test_blocked_answer_limit_applies_to_children(tmp_path):
     assert answered == 10 and e.stats.limits["blocked_dropped"] == 40
 
 
+def test_children_past_the_blocked_limit_still_make_their_parents_entry(tmp_path):
+    parents = [f"cc{i}.example" for i in range(30)]
+    e = engine(tmp_path, [security(*parents)], limits=True)
+    e.limiter.configure(RateLimit(blocked_qps=10, slip=0))
+    answered = sum(len(ask(e, wire(f"first.{p}", i))) for i, p in enumerate(parents))
+    assert answered == 10 and e.stats.limits["blocked_dropped"] == 20
+    assert len(e.zones[None]) == 30                  # the 20 dropped ones made their parents' entries too
+    e.drain()
+    assert sum(p[2] for p in e.detections.take().values()) == 10    # only answers are counted as blocks
+    e.limiter.tick()
+    for i, p in enumerate(parents[20:]):             # next second: answered from those entries
+        (got,) = ask(e, wire(f"second.{p}", 100 + i))
+        assert got == full_path(tmp_path, [security(*parents)], wire(f"second.{p}", 100 + i))
+    e.drain()
+    rows = e.detections.take()
+    assert sum(p[2] for p in rows.values()) == 10 and {k[7] for k in rows} == set(parents[20:])
+
+
 def test_parents_bitmap_has_no_false_negatives():
     rng = random.Random(3)
     names = [".".join("".join(rng.choices(string.ascii_lowercase, k=rng.randint(1, 8)))
@@ -187,3 +205,47 @@ def test_write_ahead_log_stays_small(tmp_path):
     assert store.checkpoint() and os.path.getsize(wal) == 0
     assert store.one("SELECT SUM(count) FROM dns_detections")[0] == 300 * 50
     store.close()
+
+
+def test_counts_and_sample_names_per_client_of_one_entry(tmp_path):
+    e = engine(tmp_path, [security("evil.example")])
+    a, b = "127.0.0.10", "127.0.0.11"
+    asked = {a: ["One.evil.example", "one.evil.example", "TWO.evil.example", "three.evil.example"],
+             b: ["four.evil.example"] * 3}
+    for i in range(4):                                   # interleaved: b arrives while a owns the entry
+        for host, names in asked.items():
+            if i < len(names):
+                ask(e, wire(names[i], i), host)
+    assert len(e.zones[None]) == 1 and not any(e.answers.values())
+    e.drain()
+    rows = e.detections.take()
+    by_client = {k[4]: (p[2], p[3]) for k, p in rows.items()}
+    assert by_client[a][0] == 4 and by_client[b][0] == 3
+    assert by_client[a][1] == ["one.evil.example", "two.evil.example", "three.evil.example"]
+    assert by_client[b][1] == ["four.evil.example"]
+    # the entry is clean again: the next second's counts start from zero
+    ask(e, wire("five.evil.example", 9), b)
+    e.drain()
+    (p,) = e.detections.take().values()
+    assert p[2] == 1 and p[3] == ["five.evil.example"]
+
+
+def test_client_over_its_row_cap_is_counted_dropped(tmp_path):
+    from nocpolicy.policy.dnsguard import DetectionLogConf
+    e = engine(tmp_path, [security(*(f"cc{i}.example" for i in range(6)))])
+    clock = [1000.0]
+    e.detections.now = lambda: clock[0]
+    e.detections.configure(DetectionLogConf(per_client=2, interval=60))
+    for second in range(2):
+        for i in range(6):
+            for _ in range(3):
+                ask(e, wire(f"x{second}{_}.cc{i}.example", i))
+        e.drain()
+        clock[0] += 1
+    rows = e.detections.take()
+    assert len(rows) == 2 and sum(p[2] for p in rows.values()) == 2 * 3 * 2   # two entries, both seconds
+    assert e.detections.counters["detections_client_cap"] == 4 * 3 * 2               # the other four, both seconds
+    clock[0] += 60                                                              # a new interval: admitted again
+    ask(e, wire("y.cc5.example"))
+    e.drain()
+    assert [k[7] for k in e.detections.take()] == ["cc5.example"]

@@ -174,7 +174,7 @@ def test_consents_travel_by_purpose_and_cc_blocking_as_the_opt_out():
             adopted.append((kind, values))
 
     kinds = build_kinds(Source(), None)
-    assert set(kinds) == {"optout", "consent-analysis", "consent-isac-source", "consent-isac-probe"}
+    assert set(kinds) == {"optout", "consent-analysis", "consent-isac-source", "consent-isac-probe", "suspension"}
     assert asyncio.run(kinds["optout"].current()) == {FLEET: {"c1": True}}
     assert asyncio.run(kinds["consent-analysis"].current()) == {FLEET: {"c2": False}}
     asyncio.run(kinds["optout"].apply({"c1": False, "c3": None}, actor="mqtt:ctl", note="v7"))

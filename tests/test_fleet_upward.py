@@ -77,3 +77,29 @@ def test_agent_sessions_reach_the_controllers_whois_once(env):
     assert len(rows) == 1 and rows[0]["stop"] is None, rows
     assert ctl.metric("nocpolicy_sessions_duplicate_stops_total") in (0, None)
     again.kill()
+
+
+def test_a_stop_queued_while_the_broker_is_away_survives_an_agent_crash(env):
+    broker, ctl, agent, port = env
+    ctl.start()
+    agent.start()
+    assert radclient(port, acct("Start", "S3", ip="203.0.113.9", Event_Timestamp=T0)).returncode == 0
+    wait_for(lambda: matches(ctl, "203.0.113.9", T0 + 60), 30, what="S3 at the controller")
+    broker.stop()                                       # the broker goes away; S3 ends meanwhile
+    assert radclient(port, acct("Stop", "S3", ip="203.0.113.9", Event_Timestamp=T0 + 600,
+                                Acct_Session_Time=600)).returncode == 0
+    wait_for(lambda: agent.metric("nocpolicy_fleet_sessions_kept") == 1, 30, what="the stop kept in the store")
+    agent.signal(signal.SIGKILL)                        # and the agent crashes before the broker is back
+    agent.proc.wait()
+    broker.start()
+    again = DaemonProcess(agent.workdir, policies=agent.policies, extra_args=agent.extra_args).start()
+
+    def stopped():
+        s = [x for x in ctl.ctl_json("sessions", "--customer", "c1001")["sessions"] if x["session_id"] == "S3"]
+        return s if s and s[0]["stop"] == T0 + 600 else None
+    try:
+        wait_for(stopped, 60, what="S3 stopped at the controller after the agent's restart")
+        assert matches(ctl, "203.0.113.9", T0 + 1200) == []
+        wait_for(lambda: again.metric("nocpolicy_fleet_sessions_kept") == 0, 30, what="the kept stop cleared once sent")
+    finally:
+        again.kill()

@@ -110,8 +110,11 @@ def topo(tmp_path):
 class RouterDaemon:
     """nocpolicyd (and the unbound it forwards to) running inside the router namespace."""
 
-    def __init__(self, tmp: Path, rtr: str):
+    def __init__(self, tmp: Path, rtr: str, dns_listen: str = "192.0.2.1:53", extra_args: tuple = ()):
+        """``extra_args`` after the defaults (a later ``--enforce`` wins): a fleet role, MQTT."""
         self.tmp, self.rtr = tmp, rtr
+        self.dns_listen, self.extra_args = dns_listen, list(extra_args)
+        tmp.mkdir(parents=True, exist_ok=True)
         self.admin, self.metrics, self.ub_port = free_port(), free_port(), free_port()
         pol = copy_policies(tmp)
         dns = yaml.safe_load((pol / "dns.yaml").read_text())
@@ -147,8 +150,9 @@ class RouterDaemon:
                                            stdout=log, stderr=subprocess.STDOUT))
         self.procs.append(subprocess.Popen(
             ["ip", "netns", "exec", self.rtr, str(BIN / "nocpolicyd"), "--policies", str(self.policies),
-             "--state-dir", str(self.state), "--dns-listen", "192.0.2.1:53", "--enforce", "linux",
-             "--metrics-listen", f"127.0.0.1:{self.metrics}", "--admin-listen", f"127.0.0.1:{self.admin}"],
+             "--state-dir", str(self.state), "--dns-listen", self.dns_listen, "--enforce", "linux",
+             "--metrics-listen", f"127.0.0.1:{self.metrics}", "--admin-listen", f"127.0.0.1:{self.admin}",
+             *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT))
         wait_for(self._ready, 30, what="nocpolicyd in the router namespace")
         return self

@@ -45,6 +45,9 @@ class FleetQos(Protocol):
         """Apply a plan decided elsewhere and hold it as current (the apply's result)."""
         ...
 
+    def on_plan_change(self, fn: Any) -> None:
+        """Call ``fn()`` when the plan changed without a reload or emergency (a re-render)."""
+
 
 class FleetDecisions(Protocol):
     """What the fleet takes from subscribers: the runtime decisions to publish (controller) and how

@@ -86,10 +86,14 @@ def cmd_list(args, client) -> int:
         payload["customer"] = args.customer
 
     def render(out):
-        if not out["suspensions"]:
+        fleet = out.get("fleet") or []
+        if not out["suspensions"] and not fleet:
             print("no suspensions")
         for s in out["suspensions"]:
             print(_line(s))
+        for s in fleet:           # a fleet agent: in force as the controller decided
+            print(f"{s['customer']:<16} {s['mode']:<14} {s['cause']:<15} from {s['start']} until "
+                  f"{s['end'] or 'resumed'} (fleet, {s['actor']}, {s['note']})")
         for i in out.get("impacts") or []:
             print(f"  impact {i['suspension_id']}: {i['mode']} {i['start']} -> {i['end'] or '(ongoing)'}"
                   + (f"  {i['seconds']:.0f}s" if i["seconds"] is not None else ""))

@@ -19,14 +19,15 @@ from pathlib import Path
 from ..clock import monotonic, utcnow, wall
 from ..component import Component
 from ..control.commands import Command
+from ..errors import EnforcementError, NotFound
 from ..errors import Invalid as InvalidRequest
-from ..errors import NotFound
 from ..policy.fields import Invalid, as_bool, as_duration, as_id, as_ip, as_str, int_range, list_of
 from .acl import AccessList
 from .cache import AnswerCache, cache_entries, candidates
 from .detections import DetectionLog
 from .engine import Engine
 from .guardstats import GuardCollector
+from .kernelmeter import KernelMeter, Meter
 from .link import MainLink
 from .lists import ListSet
 from .mmsg import BatchGroup, batched_io
@@ -105,6 +106,8 @@ class DnsGuard(Component):
         if self.workers.n:
             self.subscribers.replicate_to(self.workers.replicate)
         self.link = MainLink(self, self.subscribers) if ctx.options.extra.get("dns_worker") else None
+        self.kernel = KernelMeter(self.stats.limits)   # dns.ratelimit.kernel_qps (main process only)
+        self._meter_wanted: Meter | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -126,9 +129,13 @@ class DnsGuard(Component):
         exempt = exempt_customers(policy.customers, limits.ratelimit.exempt_tags)
 
         walled = WalledGarden.of(policy.suspension)
+        meter = self._meter(limits.ratelimit, [p for c in policy.customers if c.id in exempt for p in c.prefixes])
 
         def commit():
             self._apply_limits(limits, exempt)
+            self._meter_wanted = meter
+            if self._started and self.link is None:
+                self.tasks.spawn("kernel-meter", self._enforce_meter())
             self.engine.walled = walled
             self._retire(self.lists.compiled, compiled)
             self.lists.adopt(policy.dns.lists, compiled)
@@ -169,6 +176,28 @@ class DnsGuard(Component):
             self.detections.configure(limits.detection_log)
         self.keys.period = limits.detection_log.key_rotation
 
+    def _meter(self, rl, exempt_prefixes) -> Meter:
+        """The kernel backstop the policy asks for (kernelmeter.py) on the UDP listen ports."""
+        ports = tuple(sorted({p for _h, p in self.ctx.options.dns_listen}))
+        return Meter(rl.kernel_qps, rl.kernel_burst or rl.kernel_qps, ports, rl.ipv4_prefix, rl.ipv6_prefix,
+                     tuple(str(p) for p in exempt_prefixes))
+
+    async def _enforce_meter(self) -> None:
+        try:
+            await self.kernel.set(self._meter_wanted)
+        except EnforcementError as exc:        # DNS keeps working; the operator sees the error
+            log.error("dns.ratelimit.kernel_qps: %s", exc)
+
+    async def _meter_loop(self) -> None:
+        """The kernel meter: applied at start, its drop counter read back every 10 s."""
+        await self._enforce_meter()
+        while True:
+            await asyncio.sleep(10.0)
+            try:
+                await self.kernel.poll()
+            except EnforcementError as exc:
+                log.error("dns.ratelimit.kernel_qps: %s", exc)
+
     def _retire(self, old: dict, new: dict) -> None:
         """Free replaced list indexes a slice at a time: dropping a million-name set at once
         holds the interpreter for ~0.2 s, which would stall answers."""
@@ -197,6 +226,8 @@ class DnsGuard(Component):
         self.tasks.supervise("detections", self._flush_loop)
         self.tasks.supervise("ratelimit-window", self._window_loop)
         self.tasks.supervise("refresh", self._refresh_loop)
+        if self.link is None:
+            self.tasks.supervise("kernel-meter", self._meter_loop)
         if self.link is not None:
             self.link.start(self.tasks)
         await self.workers.start()
@@ -209,6 +240,11 @@ class DnsGuard(Component):
         if self.listeners is not None:
             await self.listeners.stop()
         await self.tasks.close()
+        if self.link is None and self.kernel.meter is not None:
+            try:
+                await self.kernel.set(None)
+            except EnforcementError as exc:
+                log.error("dns.ratelimit.kernel_qps: removing the table: %s", exc)
         if self.pool is not None:
             await self.pool.close()
         self.lists.close()

@@ -100,6 +100,7 @@ class DetectionLog:
         self._bucket_end = 0.0                 # the admission state below is for the bucket ending here
         self._admitted: set[tuple] = set()
         self._per_client: dict[str, int] = {}
+        self._capped: set[str] = set()          # clients at their per_client cap in this interval
 
     @property
     def dropped(self) -> int:
@@ -123,33 +124,54 @@ class DetectionLog:
 
     def note_batch(self, items: list, source: str = "dns") -> None:
         """Many :meth:`note_many` at once (the engine's drain, every second): ``items`` of
-        ``(verdict, client, n, names or None)``. One clock read; the per-item work inlined."""
+        ``(verdict, client, n, names)``; ``names`` is None (the verdict's name), a list, or a
+        callable returning one (decoded only if this batch keeps samples of that row). One
+        clock read; the per-item work inlined; a client over its cap for this interval is
+        counted as dropped without the admission checks."""
         t = self.now()
         pending, admit, cap = self.pending, self._admit, self.conf.samples
+        if t >= self._bucket_end:
+            self._admit(None, "", t, 0)              # a new interval: roll the admission state
+        capped, admitted = self._capped, self._admitted
+        over = 0
         for v, client, n, names in items:
             key = (v.list, v.cls, v.action, v.customer, client, v.entry or v.name, source)
             p = pending.get(key)
-            if names is None:
-                names = (v.name,)
             if p is None:
+                if client in capped and key not in admitted:
+                    over += n                        # (what _admit would say: client_cap)
+                    continue
                 if not admit(key, client, t, n):
                     continue
+                names = (v.name,) if names is None else names() if callable(names) else names
                 p = pending[key] = [t, t, 0, [names[0]]]
+            elif names is None:
+                names = (v.name,)
+            elif len(p[3]) < cap and callable(names):
+                names = names()
             p[1] = t
             p[2] += n
             s = p[3]
+            if len(s) >= cap:
+                continue
             for name in names:
                 if len(s) >= cap:
                     break
                 if name not in s:
                     s.append(name)
+        if over:
+            self.drop("client_cap", over)
 
-    def _admit(self, key: tuple, client: str, t: float, n: int) -> bool:
-        """A key not pending: may it become a row of this interval (caps)?"""
+    def _admit(self, key: tuple | None, client: str, t: float, n: int) -> bool:
+        """A key not pending: may it become a row of this interval (caps)? (``key`` None:
+        only roll the admission state over to a new interval.)"""
         if t >= self._bucket_end:
             self._bucket_end = t - t % self.interval + self.interval
             self._admitted.clear()
             self._per_client.clear()
+            self._capped.clear()
+        if key is None:
+            return False
         if len(self.pending) >= MAX_PENDING:
             self.drop("pending", n)
             return False
@@ -161,6 +183,7 @@ class DetectionLog:
             return False
         c = self._per_client.get(client, 0)
         if c >= conf.per_client:
+            self._capped.add(client)
             self.drop("client_cap", n)
             return False
         self._per_client[client] = c + 1

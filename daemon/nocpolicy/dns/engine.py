@@ -225,12 +225,12 @@ class Engine(CachePath):
             v = ent.verdict
             k = (v.list, v.cls, v.action)
             counts[k] = counts.get(k, 0) + ent.n
-            if ent.__class__ is ZoneAnswer:       # client -> [count, names]
-                for host, (n, names) in ent.hosts.items():
+            if ent.__class__ is ZoneAnswer:
+                for host, n, names in ent.take():
                     add((v, host, n, names))
-            else:                                 # LocalAnswer: client -> count
-                for host, n in ent.hosts.items():
-                    add((v, host, n, None))
+                continue
+            for host, n in ent.hosts.items():     # LocalAnswer: client -> count
+                add((v, host, n, None))
             ent.n = 0
             ent.hosts = {}
         for (lst, cls, action), n in counts.items():
@@ -310,6 +310,7 @@ class Engine(CachePath):
             self._forward(data, q, host, addr, sub, send, tcp, t0)
             return
         if not tcp and self._blocked_over(host, data, addr, send):
+            self._prime(cid, data, q, v)
             return
         self._answer_blocked(data, q, v, cid, host, addr, send, t0)
 
@@ -379,19 +380,37 @@ class Engine(CachePath):
         stats.rcodes[rcode] += 1
         stats.duration["local"].observe(time.perf_counter() - t0)
 
+    def _zone_ok(self, data: bytes, q) -> bool:
+        """May the blocked answer to ``data`` serve every child of its parent (zones.py)?"""
+        first = data[12]
+        return (len(data) <= CACHEABLE and q.name.find(".") == first and first < 64
+                and not named(q.name, *self._probes[:2]))
+
+    def _new_zone(self, cid, data: bytes, q, v: Verdict, out: bytes, rcode: int) -> ZoneAnswer:
+        zones = self.zones.get(cid)
+        if zones is None:
+            zones = self.zones[cid] = {}
+        elif len(zones) >= ZONE_CACHE_MAX:
+            zones.clear()
+        first = data[12]
+        z = zones[zone_key(data)] = ZoneAnswer(out, q.qend, first, q.name[first + 1:], rcode, v, self._probes,
+                                               data[2:12])
+        return z
+
+    def _prime(self, cid, data: bytes, q, v: Verdict) -> None:
+        """A blocked answer the blocked-answer limit dropped: still make its parent's entry (not
+        counted), so that the next children of a DGA flood cost a dict look-up, not the full
+        path, before that limit drops them too."""
+        zones = self.zones.get(cid)
+        if (zones is None or zone_key(data) not in zones) and self._zone_ok(data, q):
+            self._new_zone(cid, data, q, v, *self._local(data, q, v))
+
     def _remember(self, cid, data, q, v: Verdict, out: bytes, rcode: int, host: str) -> None:
         """Count a blocked answer found on the full path and cache it: for its parent name when
         that answer serves every child no list names (zones.py), else for this query alone."""
-        name, first = q.name, data[12]
-        if (len(data) <= CACHEABLE and name.find(".") == first and first < 64
-                and not named(name, *self._probes[:2])):
-            zones = self.zones.get(cid)
-            if zones is None:
-                zones = self.zones[cid] = {}
-            elif len(zones) >= ZONE_CACHE_MAX:
-                zones.clear()
-            ent = zones[zone_key(data)] = ZoneAnswer(out, q.qend, first, name[first + 1:], rcode, v, self._probes)
-            ent.count(host, name)
+        if self._zone_ok(data, q):
+            ent = self._new_zone(cid, data, q, v, out, rcode)
+            ent.count(host, data[12:13 + data[12]])
         else:
             ent = LocalAnswer(out[2:], rcode, v)
             if len(data) <= CACHEABLE:
@@ -417,7 +436,7 @@ class Engine(CachePath):
         if not tcp and self._blocked_over(host, data, addr, send):
             return True
         send(z.reply(data), addr)
-        if z.count(host, name):
+        if z.count(host, data[12:13 + data[12]]):
             self.dirty.append(z)
         stats = self.stats
         stats.rcodes[z.rcode] += 1
@@ -471,14 +490,14 @@ class Engine(CachePath):
             ln = data[12] if len(data) > 17 else 0
             if not 0 < ln < 64:
                 return False
-            z = zones.get(data[2:12] + data[13 + ln:])
-            if z is None or ln > z.room:
+            z = zones.get(data[13 + ln:])
+            if z is None or ln > z.room or data[2:12] != z.qhdr:
                 return False
-            if data.find(46, 13, 13 + ln) >= 0:          # a "." inside the label
+            lab = data[12:13 + ln]                       # the first label, length octet first
+            if 46 in lab and lab.find(46, 1) >= 0:       # a "." inside the label
                 return False
-            name = None
             if not z.clean:                              # some list may name the child: look
-                name = data[13:13 + ln].lower().decode("latin-1") + z.dotparent
+                name = lab[1:].lower().decode("latin-1") + z.dotparent
                 shards, dicts, _ = dirty_owner._probes    # (zones.named, inlined)
                 h = hash(name) & _MASK
                 for sh in shards:
@@ -491,20 +510,18 @@ class Engine(CachePath):
             rl_blocked[k] = b
             if b > lim.blocked_qps and rl_over(host, b, lim.blocked_qps, "blocked", data, addr, sendto):
                 return True
-            sendto(data[:2] + z.hdr + data[12:13 + ln + z.qlen] + z.tail, addr)     # ZoneAnswer.reply
-            hs = z.hosts.get(host)
-            if hs is None:
-                z.hosts[host] = [1, [name or data[13:13 + ln].lower().decode("latin-1") + z.dotparent]]
-                if not z.n:
-                    dirty_owner.dirty.append(z)
+            sendto(b"".join((data[:2], z.hdr, lab, z.rest)), addr)     # ZoneAnswer.reply
+            z.n += 1                                     # ZoneAnswer.count
+            if z.host == host:
+                s = z.labels
+                if len(s) < SAMPLES and lab not in s:
+                    s.append(lab)
+            elif z.host is None:
+                z.host, z.labels = host, [lab]
+                dirty_owner.dirty.append(z)
             else:
-                hs[0] += 1
-                s = hs[1]
-                if len(s) < SAMPLES:
-                    name = name or data[13:13 + ln].lower().decode("latin-1") + z.dotparent
-                    if name not in s:
-                        s.append(name)
-            z.n += 1
+                z.n -= 1
+                z.count(host, lab)
             rcodes[z.rcode] += 1
             d = perf() - t0
             if d < 0.0001:

@@ -33,6 +33,10 @@ _FAMILIES = (
      "dropped them", ("reason",),
      {("client_cap",): "detections_client_cap", ("interval_cap",): "detections_interval_cap",
       ("pending",): "detections_pending", ("write_error",): "detections_write_error"}),
+    ("nocpolicy_dns_kernel_meter_dropped", "UDP datagrams to the guard dropped by the kernel meter "
+     "(dns.ratelimit.kernel_qps) before the guard read them", (), {(): "kernel_dropped"}),
+    ("nocpolicy_dns_kernel_meter_errors", "Failures to apply or read back the kernel meter's nftables "
+     "table", (), {(): "kernel_errors"}),
     ("nocpolicy_dns_detection_rows_evicted", "Oldest detection rows deleted because the state store "
      "reached dns.detection_log.store_max", (), {(): "detection_rows_evicted"}),
 )

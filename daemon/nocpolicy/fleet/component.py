@@ -109,6 +109,8 @@ class MqttBridge(Component):
                 self.controller.tracker.set_members(policy.control.fleet_nodes)
                 if self._started:
                     self.controller.replan()
+            if self.state_pub is not None and self._started:
+                self.state_pub.members_changed()
         return commit
 
     async def start(self) -> None:
@@ -125,6 +127,8 @@ class MqttBridge(Component):
                                          publish=self._publish, content=self._plan_content,
                                          members=lambda: self.ctx.policy().control.fleet_nodes)
             self.controller.tracker.set_members(self.ctx.policy().control.fleet_nodes)
+            if self.qos is not None:      # caps changed by decisions (a throttle suspension) go out too
+                self.qos.on_plan_change(self.controller.replan)
         if self.role == "agent":
             subs.append(plan_topic(self.node))
             self.agent = Agent(self.node, store=self.ctx.store, clock=self.ctx.clock,
@@ -163,7 +167,8 @@ class MqttBridge(Component):
         if self.role == "controller":
             self.state_pub = StatePublisher(self.node, kinds=kinds, store=self.ctx.store, clock=self.ctx.clock,
                                             publish=self._publish,
-                                            members=lambda: self.ctx.policy().control.fleet_nodes)
+                                            members=lambda: self.ctx.policy().control.fleet_nodes,
+                                            part_size=lambda: self.ctx.policy().control.state_part_size)
             self.state_pub.attach()
             members = lambda: self.ctx.policy().control.fleet_nodes    # noqa: E731
             self.fleet_detections = FleetDetections(members)
@@ -172,13 +177,14 @@ class MqttBridge(Component):
             return [STATE_ACK_FILTER, UP_FILTER] + ([UP_SESSIONS_FILTER] if self.sessions_in else [])
         if self.role == "agent":
             self.state_agent = agent = StateAgent(self.node, kinds=kinds, store=self.ctx.store,
-                                                  clock=self.ctx.clock, publish=self._publish)
+                                                  clock=self.ctx.clock, publish=self._publish,
+                                                  part_wait=lambda: self.ctx.policy().control.state_part_wait)
             for kind in kinds.values():
                 for name in kind.commands:
                     self.ctx.commands.refuse(name, lambda what=kind.what: agent.refusal(what.capitalize()))
             if self.sessions is not None:
                 self.sessions_up = SessionsUp(self.node, publish=self._publish, connected=lambda: self.connected,
-                                              live=self.sessions.live_sessions)
+                                              live=self.sessions.live_sessions, store=self.ctx.store)
                 self.sessions.add_change_listener(self.sessions_up.changed)
             return agent_filters(self.node)
         return []
@@ -192,6 +198,11 @@ class MqttBridge(Component):
                                                      retain=True), 2.0)
             except TimeoutError:
                 pass
+        if self.sessions_up is not None:
+            try:
+                self.sessions_up.save()       # stops not yet sent survive the restart
+            except Exception:
+                log.exception("mqtt: keeping the unsent session stops failed")
         if self.link is not None:
             self.link.close()
             if self._link_task is not None and not self._link_task.done():

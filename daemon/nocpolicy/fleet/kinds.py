@@ -9,8 +9,9 @@ and workers follow). Keys are strings, values JSON.
   customer id; scope = the customer's ``nodes`` (all nodes: FLEET). The ``cc-blocking``
   consent travels as ``optout`` (the operators' word for it, Art. 45(4); the value is the
   opt-out, the negation of the consent); the other purposes as ``consent-<purpose>``.
-  Suspensions are not fleet state yet (their timers, notices and nft rules run where they
-  were decided: docs/mqtt.md).
+  The suspensions in force travel as kind ``suspension`` (value: what the agent enforces and
+  its notice page shows; None: lifted). The controller keeps the rows, timers and letters
+  (docs/suspension.md): a timed start or end there is a new version here.
 * ``ListEntries``: runtime entries of block lists (``list.update``). Key = ``<list>/<name>``,
   value ``true``; scope FLEET.
 """
@@ -24,6 +25,7 @@ from typing import Any, Protocol
 from ..dns.sources import check_names
 from ..interfaces import FleetDecisions, RuntimeLists
 from ..subscribers.model import CONSENT, KINDS, PURPOSES
+from ..subscribers.suspensions import check_fleet_value
 from .statewire import FLEET
 
 Items = list[tuple[str, str, Any]]        # (key, scope, value or None = gone)
@@ -51,13 +53,15 @@ class StateKind(Protocol):
 
 class DecisionKind:
     def __init__(self, kind: str, source: FleetDecisions, *, name: str | None = None, what: str = "",
-                 commands: tuple[str, ...] = (), negate: bool = False):
+                 commands: tuple[str, ...] = (), negate: bool = False,
+                 valid: Callable[[Any], Any] | None = None):
         self.kind = kind                     # the decision kind in subscribers
         self.source = source
         self.name = name or kind             # topic level and metric label
         self.what = what or f"{kind} decisions"
         self.commands = commands
         self._negate = negate                # travels as the negation (opt-out = not consent)
+        self._valid = valid or KINDS[kind]   # checks one value (raises ValueError)
 
     def _out(self, value):
         return (not value) if self._negate and value is not None else value
@@ -81,10 +85,9 @@ class DecisionKind:
         self.source.watch(watcher)
 
     def check(self, entries: dict) -> None:
-        valid = KINDS[self.kind]
         for cid, value in entries.items():
             try:
-                valid(value)
+                self._valid(value)
             except ValueError as exc:
                 raise ValueError(f"{cid}: {exc}") from None
 
@@ -143,6 +146,10 @@ class ListEntries:
             await self.lists.adopt_entries(lid, ok_add, ok_rm, actor=actor, reason=note)
 
 
+# the controller owns suspensions (Art. 25-27): an agent refuses these, naming it
+SUSPENSION_COMMANDS = ("suspension.suspend", "suspension.resume", "suspension.terminate", "abolition.announce")
+
+
 def build_kinds(decisions: FleetDecisions | None, lists: RuntimeLists | None) -> dict[str, StateKind]:
     """The registry: kind name -> adapter, for the providers this daemon runs with."""
     kinds: dict[str, StateKind] = {}
@@ -153,6 +160,9 @@ def build_kinds(decisions: FleetDecisions | None, lists: RuntimeLists | None) ->
             if purpose != "cc-blocking":
                 kinds[f"consent-{purpose}"] = DecisionKind(CONSENT + purpose, decisions, name=f"consent-{purpose}",
                                                            what=f"{purpose} consents")
+        kinds["suspension"] = DecisionKind("suspension", decisions, valid=check_fleet_value,
+                                           what="suspensions, terminations and abolition notices",
+                                           commands=SUSPENSION_COMMANDS)
     if lists is not None:
         kinds["lists"] = ListEntries(lists)
     return kinds

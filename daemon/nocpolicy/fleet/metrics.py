@@ -91,6 +91,8 @@ def _state_metrics(b):
                                   "upward outbox was full", value=b.sessions_up.dropped)
         yield GaugeMetricFamily("nocpolicy_fleet_sessions_queued", "Session events waiting to be sent",
                                 value=len(b.sessions_up.queue))
+        yield GaugeMetricFamily("nocpolicy_fleet_sessions_kept", "Session stops not yet sent kept in the "
+                                "agent's store (they survive a restart)", value=b.sessions_up.kept)
     if pub is not None:
         yield CounterMetricFamily("nocpolicy_fleet_upward_refused", "Upward messages (sessions, detection "
                                   "counts) from agents refused", value=(b.sessions_in.refused if b.sessions_in else 0)

@@ -61,13 +61,17 @@ class Streams:
 
     def update(self, kind: str, by_scope: dict[str, dict], version: int, scopes=None) -> list[Out]:
         """Increments that take the streams in ``scopes`` (all of ``kind`` and all in ``by_scope`` when
-        None) to ``by_scope``; a stream that did not change gets nothing."""
+        None) to ``by_scope``; a stream that did not change gets nothing, a new one (a node added to
+        the fleet) a snapshot: its agent may hold an older stream of that name."""
         if scopes is None:
             scopes = set(by_scope) | {s for (k, s) in self.streams if k == kind}
         out = []
         for scope in scopes:
             new = by_scope.get(scope, {})
-            st = self.streams.setdefault((kind, scope), Stream())
+            if (kind, scope) not in self.streams:
+                out.append(self._fresh(kind, scope, version, new))
+                continue
+            st = self.streams[(kind, scope)]
             sets = {k: v for k, v in new.items() if st.entries.get(k, _MISSING) != v}
             dels = sorted(k for k in st.entries if k not in new)
             if sets or dels:
@@ -77,6 +81,7 @@ class Streams:
     def patch(self, kind: str, items: list[tuple[str, str, Any]], version: int) -> list[Out]:
         """Increments for single keys: ``(key, scope, value)``, value None = the key is gone."""
         grouped: dict[str, tuple[dict, list]] = {}
+        fresh = {scope for _, scope, _ in items if (kind, scope) not in self.streams}
         for key, scope, value in items:
             st = self.streams.setdefault((kind, scope), Stream())
             sets, dels = grouped.setdefault(scope, ({}, []))
@@ -87,9 +92,15 @@ class Streams:
                 sets[key] = value
         out = []
         for scope, (sets, dels) in grouped.items():
-            if sets or dels:
+            if scope in fresh:
+                out.append(self._fresh(kind, scope, version, sets))
+            elif sets or dels:
                 out += self._increment(kind, scope, self.streams[(kind, scope)], version, sets, dels)
         return out
+
+    def _fresh(self, kind: str, scope: str, version: int, entries: dict) -> Out:
+        st = self.streams[(kind, scope)] = Stream(version, dict(entries))
+        return Out(kind, scope, version, None, {"entries": dict(st.entries)})
 
     def _increment(self, kind, scope, st: Stream, version: int, sets: dict, dels: list) -> list[Out]:
         base, st.version = st.version, version
@@ -153,7 +164,10 @@ class Holder:
         return {**self._get(kind, FLEET).entries, **self._get(kind, NODE).entries}
 
     def _get(self, kind: str, scope: str) -> Held:
-        return self.held.setdefault((kind, scope), Held())
+        h = self.held.get((kind, scope))
+        if h is None:
+            h = self.held[(kind, scope)] = Held()
+        return h
 
     def _value(self, kind: str, key: str):
         node = self._get(kind, NODE).entries
@@ -184,8 +198,10 @@ class Holder:
     def _one(self, h: Held, msg: StateMsg, touched: set) -> int:
         """Apply one message to the held entries; remember the old effective value of each key."""
         keys = (set(h.entries) | set(msg.entries)) if msg.snapshot else set(msg.entries) | set(msg.deleted)
-        for k in keys - set(self._before):
-            self._before[k] = self._value(msg.kind, k)
+        node, fleet, before = self._get(msg.kind, NODE).entries, self._get(msg.kind, FLEET).entries, self._before
+        for k in keys:                 # (one snapshot may hold 1,000,000 keys: no call per key)
+            if k not in before:
+                before[k] = node[k] if k in node else fleet.get(k)
         touched |= keys
         if msg.snapshot:
             h.entries = dict(msg.entries)
@@ -198,9 +214,10 @@ class Holder:
 
     def _diff(self, kind: str, touched: set) -> dict:
         before, self._before = self._before, {}
+        node, fleet = self._get(kind, NODE).entries, self._get(kind, FLEET).entries
         out = {}
         for k in touched:
-            now = self._value(kind, k)
+            now = node[k] if k in node else fleet.get(k)
             if before.get(k) != now:
                 out[k] = now
         return out

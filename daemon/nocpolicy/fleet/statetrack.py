@@ -19,10 +19,12 @@ class StateTracker:
         self.acked_at: dict[str, str] = {}
         self.detail: dict[str, dict] = {}           # node -> {kind: last result}
         self.behind_since: dict[tuple[str, str], float] = {}
+        self.kinds: set[str] = set()                # every kind published (an ack costs O(kinds), not O(nodes))
         self.converge: dict[str, Histogram] = {}
 
     def published(self, kind: str, nodes, now: float) -> None:
         """A version of ``kind`` was published that ``nodes`` must now acknowledge."""
+        self.kinds.add(kind)
         for n in nodes:
             self.behind_since.setdefault((n, kind), now)
 
@@ -35,9 +37,10 @@ class StateTracker:
         self.acked_at[node] = wall
         last = doc.get("last")
         self.detail[node] = last if isinstance(last, dict) else {}
-        for (n, kind), since in list(self.behind_since.items()):
-            if n == node and self.caught_up(node, kind, want(node, kind)):
-                del self.behind_since[(n, kind)]
+        for kind in self.kinds:
+            since = self.behind_since.get((node, kind))
+            if since is not None and self.caught_up(node, kind, want(node, kind)):
+                del self.behind_since[(node, kind)]
                 if fresh:
                     self.converge.setdefault(kind, Histogram()).observe(max(0.0, now - since))
 

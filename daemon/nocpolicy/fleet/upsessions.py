@@ -4,7 +4,10 @@ Agent: every start and stop its sessions area records becomes an event in a boun
 (100,000; the oldest dropped and counted), published in batches of at most 500 to
 ``nodes/<node>/up/sessions`` (QoS 1, not retained) and removed only once the broker
 acknowledged them (at least once). On every (re)connect the agent first sends a start for
-every live session: the controller catches up on whatever a crash or an overflow lost.
+every live session: the controller catches up on whatever a crash or an overflow lost. A
+stop is not live any more, so the stops still queued are kept in the agent's store (at most
+KEPT, written at most once a second while any wait, and at a clean stop): a stop queued while the
+broker was away survives a restart of the agent too.
 
 Controller: each event becomes a sessions ``Event`` keyed ``<node>:<nas>`` + session id and is
 recorded by its own sessions area, whose session-key rules make repeats idempotent (a second
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 
 from ..sessions.model import Event, SessionInfo, net_of, net_text
@@ -29,6 +33,9 @@ OUTBOX = 100_000
 BATCH = 500
 MAX_BYTES = 1 << 20
 UP_SESSIONS_FILTER = f"{ROOT}/nodes/+/up/sessions"
+STORE_KEY = "mqtt.agent.up.sessions"
+KEPT = 20_000                 # stops kept in the store across a restart (the newest)
+SAVE_EVERY = 1.0              # seconds between two writes of the kept stops
 
 
 def up_sessions_topic(node: str) -> str:
@@ -45,12 +52,18 @@ def event_of(op: str, live) -> dict:
 class SessionsUp:
     """Agent: the outbox of session events for the controller."""
 
-    def __init__(self, node: str, *, publish, connected, live=None):
-        """``connected()``: is the broker link up; ``live()``: the live sessions (for a resync)."""
+    def __init__(self, node: str, *, publish, connected, live=None, store=None):
+        """``connected()``: is the broker link up; ``live()``: the live sessions (for a resync);
+        ``store``: where the queued stops are kept across a restart."""
         self.node, self._publish, self._connected, self.live = node, publish, connected, live
+        self.store = store
         self.queue: deque = deque()
         self.dropped = 0
         self.sent = 0
+        self.kept = 0                      # stops in the store now
+        self._restored = list(((store.get(STORE_KEY) if store else None) or {}).get("stops", []))[-KEPT:]
+        self.kept = len(self._restored)
+        self._saved_at = 0.0
         self._wake = asyncio.Event()
 
     def changed(self, old, new) -> None:
@@ -62,9 +75,16 @@ class SessionsUp:
         self._wake.set()
 
     def resync(self) -> None:
-        """On (re)connect: a start for every live session, ahead of what is queued."""
+        """On (re)connect: a start for every live session, ahead of what is queued (and, the first
+        time, the stops kept from before a restart, but none of a session that is live again)."""
+        live = list(self.live())[:OUTBOX] if self.live is not None else []
+        if self._restored:
+            now = {(x.nas, x.sid) for x in live}
+            for ev in reversed([e for e in self._restored if (e.get("nas"), e.get("sid")) not in now]):
+                self.queue.appendleft(ev)
+            self._restored = []
         if self.live is not None:
-            for s in reversed(list(self.live())[:OUTBOX]):
+            for s in reversed(live):
                 self.queue.appendleft(event_of("start", s))
             while len(self.queue) > OUTBOX:
                 self.queue.pop()
@@ -75,9 +95,31 @@ class SessionsUp:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self._connected() and not await self.flush():
+            ok = self._connected() and await self.flush()
+            await self._keep()
+            if self._connected() and not ok:
                 await asyncio.sleep(0.5)       # not acknowledged: try again (the link reconnects)
                 self._wake.set()
+
+    async def _keep(self) -> None:
+        """Keep the queued stops in the store (at most once every SAVE_EVERY seconds)."""
+        if self.store is None or (not self.kept and not any(e["op"] == "stop" for e in self.queue)):
+            return
+        wait = self._saved_at + SAVE_EVERY - time.monotonic()
+        if wait > 0:
+            asyncio.get_running_loop().call_later(wait, self._wake.set)
+            return
+        self._saved_at = time.monotonic()
+        await asyncio.to_thread(self.save)
+
+    def save(self) -> None:
+        """Write the queued stops (and those restored but not yet resent) to the store now."""
+        if self.store is None:
+            return
+        stops = (self._restored + [e for e in list(self.queue) if e["op"] == "stop"])[-KEPT:]
+        if stops or self.kept:
+            self.store.put(STORE_KEY, {"stops": stops})
+            self.kept = len(stops)
 
     def _put(self, ev: dict) -> None:
         if len(self.queue) >= OUTBOX:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
-from .fields import Obj, as_id, as_text, list_of, obj
+from .fields import Obj, as_id, as_text, duration_range, list_of, obj, size_range
 from .nodes import Loc
 
 
@@ -23,6 +24,8 @@ class Grant:
 class ControlSettings:
     grants: tuple[Grant, ...] = ()
     groups: dict = field(default_factory=dict, hash=False)   # group name -> node names
+    state_part_size: int = 8 << 20     # controller: a fleet state snapshot larger than this goes in parts
+    state_part_wait: float = 60.0      # agent: how long the parts of one snapshot may take to arrive
     loc: Loc = field(default=Loc("?", 0), compare=False, repr=False)
     locs: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
 
@@ -34,9 +37,10 @@ class ControlSettings:
         verbs = self.verbs_for(identity)
         return "*" in verbs or verb in verbs
 
-    @property
+    @cached_property
     def fleet_nodes(self) -> tuple[str, ...]:
-        """Every node named in a group: the fleet a controller plans for, sorted."""
+        """Every node named in a group: the fleet a controller plans for, sorted (computed once per
+        policy: a controller asks at every ack of 1,000 nodes)."""
         return tuple(sorted({n for members in self.groups.values() for n in members}))
 
     def groups_of(self, node: str) -> tuple[str, ...]:
@@ -63,6 +67,8 @@ def _control(o: Obj) -> ControlSettings:
     out = ControlSettings(
         grants=o.get("grants", list_of(obj(_grant)), ()) or (),
         groups=o.get("groups", _groups, {}) or {},
+        state_part_size=o.get("state_part_size", size_range(1024, 31 << 20), 8 << 20),
+        state_part_wait=o.get("state_part_wait", duration_range(1.0, 3600.0), 60.0),
         loc=o.node.loc, locs=o.locs,
     )
     nodes = set(out.fleet_nodes)

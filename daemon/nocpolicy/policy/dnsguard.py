@@ -26,6 +26,8 @@ class RateLimit:
     ipv6_prefix: int = 56
     exempt_tags: tuple[str, ...] = ("public-safety",)   # plus every customer with public_safety: true
     max_pending: int = 1000         # upstream queries in flight per source prefix
+    kernel_qps: int = 0             # nftables meter behind the limit (dns/kernelmeter.py); 0: off
+    kernel_burst: int = 0           # datagrams over kernel_qps let through in a burst; 0: kernel_qps
 
 
 @dataclass(frozen=True)
@@ -85,15 +87,29 @@ def duration_range(lo: float, hi: float):
 
 def _ratelimit(o: Obj) -> RateLimit:
     d = RateLimit()
+    qps = o.get("qps", int_range(0, 10_000_000), d.qps)
     return RateLimit(
-        qps=o.get("qps", int_range(0, 10_000_000), d.qps),
+        qps=qps,
         blocked_qps=o.get("blocked_qps", int_range(0, 10_000_000), d.blocked_qps),
         slip=o.get("slip", int_range(0, 10), d.slip),
         ipv4_prefix=o.get("ipv4_prefix", int_range(8, 32), d.ipv4_prefix),
         ipv6_prefix=o.get("ipv6_prefix", int_range(16, 128), d.ipv6_prefix),
         exempt_tags=o.get("exempt_tags", list_of(as_id, unique=True), d.exempt_tags) or (),
         max_pending=o.get("max_pending", int_range(1, 50_000), d.max_pending),
+        kernel_qps=_kernel_qps(o, qps),
+        kernel_burst=o.get("kernel_burst", int_range(0, 10_000_000), d.kernel_burst),
     )
+
+
+def _kernel_qps(o: Obj, qps: int | None) -> int:
+    """``kernel_qps``: 0 (off) or at least ``qps``: a backstop under the user-space limit would
+    take over from it (no slip, no blocked-answer limit, nothing counted per query)."""
+    k = o.get("kernel_qps", int_range(0, 10_000_000), 0)
+    if k and qps and k < qps:
+        o.problems.add(o.locs.get("kernel_qps", o.node.loc), f"{o.node.path}.kernel_qps",
+                       f"must be 0 (off) or at least qps ({qps}): the kernel meter is a backstop "
+                       "behind the per-source limit, not a replacement")
+    return k or 0
 
 
 def _access(o: Obj) -> AccessControl:

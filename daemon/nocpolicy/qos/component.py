@@ -73,6 +73,7 @@ class Enforcer(Component):
         self._lock = asyncio.Lock()
         self._view = None                      # the subscriber view (pushed by the subscribers area)
         self._dirty = asyncio.Event()          # the view changed since the last re-render
+        self._plan_listeners: list = []        # called when a re-render changed the plan (fleet controller)
         self._last_rerender = float("-inf")
         self._adopted = False                  # a fleet agent holds a plan decided by its controller
         self.rerenders = {"applied": 0, "unchanged": 0, "refused": 0, "failed": 0}
@@ -238,6 +239,11 @@ class Enforcer(Component):
 
     # -- the subscriber view ----------------------------------------------------------
 
+    def on_plan_change(self, fn) -> None:
+        """FleetQos: call ``fn()`` when a re-render (sessions, runtime decisions such as a throttle
+        suspension) changed the plan, so a fleet controller sends it to its agents."""
+        self._plan_listeners.append(fn)
+
     def use_subscribers(self, source) -> None:
         """Plan from the subscribers area's view (``subscribers.api.SubscriberSource``, handed in
         app.wire): live sessions and runtime decisions reach tc/nft."""
@@ -295,6 +301,8 @@ class Enforcer(Component):
                 return self._rerender_done("failed")     # rolled back; counted, last_error says why
             if self.policy is policy:    # else a reload committed meanwhile; its own apply follows
                 self.plan, self.static = plan, static
+                for fn in self._plan_listeners:
+                    fn()
             return self._rerender_done("applied")
 
     def _rerender_done(self, outcome: str, error: str | None = None) -> str:

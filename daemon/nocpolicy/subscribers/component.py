@@ -26,7 +26,7 @@ from .commands import ConsentCommands, describe_consent, not_found
 from .consent import ConsentStore, adopt_consents, consented_at, decisions_of
 from .live import AddressTable, ClientLookup, change_from_json, change_to_json
 from .model import CONSENT, EVERYTHING, PURPOSES, Change, Decision, Decisions
-from .suspensions import SuspensionStore, with_suspensions
+from .suspensions import SuspensionStore, adopt_suspensions, with_suspensions
 from .view import SubscriberView, implicit_subscriber, reload_view, update_view
 
 log = logging.getLogger(__name__)
@@ -49,8 +49,9 @@ class Subscribers(Component):
         self.live = AddressTable() if ctx.options.extra.get("dns_worker") else None
         self._live_loaded = False
         # how decisions adopted from the fleet controller are persisted, per kind (consent by
-        # purpose; suspensions are not fleet state yet: docs/mqtt.md)
+        # purpose, the suspensions in force: docs/mqtt.md)
         self._persisters = {CONSENT + p: functools.partial(adopt_consents, purpose=p) for p in PURPOSES}
+        self._persisters["suspension"] = adopt_suspensions
 
     # -- the interface consumers are handed (api.SubscriberSource) ---------------------
 

@@ -24,6 +24,7 @@ from ..policy.fields import (
     one_of,
 )
 from ..subscribers.model import CAUSES, MODES
+from ..subscribers.suspensions import MAX_REASON, adopted
 from . import delivery, letters
 from .rules import Request
 
@@ -48,8 +49,6 @@ def _customer(comp, cid: str):
         raise NotFound(f"unknown customer {cid!r}", field="customer")
     return sub
 
-
-MAX_REASON = 500         # characters: shown in letters, on the page and (cut to 200 bytes) in DNS EDE text
 
 
 def _reason(node, _p=None) -> str:
@@ -108,7 +107,8 @@ async def listing(comp, args, inv) -> dict:
         sent = delivery.listing(db, cid) if cid else []
     if terminable:
         rows = [r for r in rows if r["state"] == "active" and r["terminable"]]
-    return {"suspensions": [_show(r) for r in rows], "impacts": impacts, "letters": sent}
+    fleet = [s for s in await asyncio.to_thread(adopted, comp.ctx.store) if cid is None or s["customer"] == cid]
+    return {"suspensions": [_show(r) for r in rows], "impacts": impacts, "letters": sent, "fleet": fleet}
 
 
 async def terminate(comp, args, inv) -> dict:

@@ -11,7 +11,9 @@ delivers the letters (delivery.py) and exposes the metrics.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from collections import Counter
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -23,7 +25,7 @@ from ..notices.outbox import Outbox
 from ..notices.publisher import LetterPost, NoticePublisher
 from ..subscribers.model import MODES, Decision
 from ..subscribers.suspensions import decision_value
-from . import commands, delivery, page
+from . import commands, delivery, fleetend, page
 from .pageserver import PageServer
 from .rules import next_due
 from .service import Service
@@ -51,6 +53,8 @@ class Suspensions(Component):
         self._wake = asyncio.Event()
         self.page = PageServer(lambda addr: page.page_of(self.ctx.subscribers.view, addr, self.ctx.policy()))
         self._started = False
+        self._fleet_next = None                 # the next end of a suspension adopted from the fleet
+        self._fleet_seen = None                 # the decisions the timer last looked at (agent)
 
     def use_post(self, post: LetterPost) -> None:
         """app.py: letters use the notices' SMTP relay and follow fault contact changes (maintenance)."""
@@ -105,6 +109,8 @@ class Suspensions(Component):
                         "with the same Message-ID", n)
         self._retarget()         # contacts changed while the daemon was stopped (or while a letter was queued)
         await self.tick()
+        if self.ctx.options.role == "agent" and self.ctx.subscribers is not None:
+            self.ctx.subscribers.watch(self._fleet_watch)     # an adopted suspension may bring an end
         self.tasks.supervise("timer", self._run)
         self.tasks.supervise("letters", self.outbox.run)
         await self.page.start(self.ctx.policy().suspension.notice_page)
@@ -131,7 +137,7 @@ class Suspensions(Component):
         while True:
             n = await self.tick()
             rows = await asyncio.to_thread(self.service.open_rows)
-            when = next_due(rows)
+            when = min((t for t in (next_due(rows), self._fleet_next) if t is not None), default=None)
             delay = MAX_NAP if when is None else (when - self.ctx.clock.now()).total_seconds()
             if delay <= 0 and (n or not retried):     # became due meanwhile: at once (once more if none went)
                 retried = n == 0
@@ -141,6 +147,11 @@ class Suspensions(Component):
 
     def wake(self) -> None:
         self._wake.set()
+
+    def _fleet_watch(self, view, change) -> None:
+        if view.decisions is not self._fleet_seen:          # decisions changed, not just sessions
+            self._fleet_seen = view.decisions
+            self.wake()
 
     async def tick(self) -> int:
         """Apply every transition due now (start, end, terminable); returns how many."""
@@ -153,7 +164,8 @@ class Suspensions(Component):
                 continue
             await self.pushed(new, event)
             n += 1
-        return n
+        lifted, self._fleet_next = await fleetend.lift_ended(self.ctx)     # a fleet agent's adopted ones
+        return n + lifted
 
     async def pushed(self, row: dict, event: str) -> dict | None:
         """Tell the subscribers area (and so every reader: DNS at once), then nftables (awaited), and
@@ -212,6 +224,7 @@ class _Collector:
                                     ).fetchone()["n"]
             notices = {(r["kind"], r["state"]): r["n"] for r in db.execute(
                 "SELECT kind, state, COUNT(*) AS n FROM sp_notice GROUP BY kind, state").fetchall()}
+            fleet = [r["value"] for r in db.execute("SELECT value FROM sp_fleet_suspension").fetchall()]
         g = GaugeMetricFamily("nocpolicy_suspensions", "Customer suspensions (Art. 25) by mode and state",
                               labels=["mode", "state"])
         for mode in MODES:
@@ -220,6 +233,7 @@ class _Collector:
         yield g
         yield GaugeMetricFamily("nocpolicy_suspensions_terminable", "Active suspensions unresolved past the "
                                 "Art. 27(1) period (the contract may be terminated)", value=terminable)
+        yield _adopted_gauge(fleet)
         c = CounterMetricFamily("nocpolicy_suspension_letter_deliveries", "Delivery attempts of suspension, "
                                 "termination and abolition letters by channel (email, webhook, mqtt) and result "
                                 "(done, retry, failed)", labels=["channel", "result"])
@@ -232,3 +246,13 @@ class _Collector:
             n.add_metric([kind, state], v)
         yield n
 
+
+
+def _adopted_gauge(values: list[str]) -> GaugeMetricFamily:
+    """A fleet agent's suspensions in force, adopted from the controller, by mode (no customer)."""
+    modes = Counter(json.loads(v).get("mode") for v in values)
+    g = GaugeMetricFamily("nocpolicy_suspensions_adopted", "Suspensions in force adopted from the fleet "
+                          "controller (agents) by mode", labels=["mode"])
+    for mode in MODES:
+        g.add_metric([mode], modes.get(mode, 0))
+    return g
