@@ -24,6 +24,7 @@ from email.utils import format_datetime
 
 from ..maintenance import contacts
 from ..maintenance.mqttnotices import MqttChannel
+from ..maintenance.outbox import EmailChannel
 from ..maintenance.webhooks import HookChannel
 from ..notices.outbox import Attempt, Outbox, Table
 from .letters import Letter, languages
@@ -142,24 +143,12 @@ def render(row: dict, sender: str) -> EmailMessage:
     return msg
 
 
-class LetterChannel:
-    """E-mail of ``sp_notice`` rows (exactly-once), through the SMTP settings ``mailer()`` returns."""
+class LetterChannel(EmailChannel):
+    """E-mail of ``sp_notice`` rows (exactly-once), through the SMTP settings ``mailer()`` returns:
+    maintenance's e-mail channel (the letter row is the e-mail row) over another table, with the
+    letter's own text, retargeting and archive copy."""
 
-    name = "email"
-    exactly_once = True
     table = Table(TABLE, "id", "recipient", "sent", "sent_at", "SELECT sp_notice.* FROM sp_notice WHERE")
-
-    def __init__(self, mailer):
-        self.mailer = mailer
-
-    def ready(self) -> bool:
-        return self.mailer() is not None
-
-    def target(self, contact) -> str | None:
-        return contact.email
-
-    def add(self, db, notice_id: int, target: str, now: dt.datetime) -> bool:
-        return False                     # the letter row is the e-mail row
 
     def retarget(self, db, notices_sql, undelivered_sql, params, target, contact, now) -> int:
         """Letters not yet sent go to the new address and contact version, in the contact's language."""
