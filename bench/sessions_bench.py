@@ -294,6 +294,10 @@ def part_ingest(args) -> None:
         d = DaemonProcess(tmp, policies=pol).start()
         peer_port = free_udp_tcp_port()
         peer = subprocess.Popen([sys.executable, "-c", PYRAD_PEER, str(peer_port), str(REPO / "daemon"), SECRET])
+        if args.pin is not None:      # both servers on the same single core (all threads)
+            for pid in (d.proc.pid, peer.pid):
+                subprocess.run(["taskset", "-a", "-p", "-c", str(args.pin), str(pid)], check=True,
+                               capture_output=True)
         ours, theirs = [], []
         try:
             f = tmp / "radclient.txt"
@@ -309,7 +313,16 @@ def part_ingest(args) -> None:
                 for name, p, pid in order:
                     queues = encode_requests(n, (2 * run + (name == "pyrad-bare")) * n, args.senders)
                     c0 = cpu_seconds(pid)
+                    spy = None
+                    if args.profile and name == "nocpolicyd" and run == 0:
+                        spy = subprocess.Popen(["py-spy", "record", "-p", str(pid), "-f", "raw", "-r", "200",
+                                                "-o", args.profile], stdout=subprocess.DEVNULL,
+                                               stderr=subprocess.DEVNULL)
+                        time.sleep(1.0)
                     took, ok = run_generator(p, queues, args.window)
+                    if spy is not None:
+                        spy.send_signal(__import__("signal").SIGINT)
+                        spy.wait(timeout=60)
                     cpu = cpu_seconds(pid) - c0
                     rec = (ok / took, ok / cpu if cpu else 0.0, ok, cpu / took)
                     (ours if name == "nocpolicyd" else theirs).append(rec)
@@ -555,6 +568,8 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=30_000, help="accounting requests per run")
     ap.add_argument("--parallel", type=int, default=64, help="radclient -p (outstanding requests)")
     ap.add_argument("--senders", type=int, default=4, help="generator sockets")
+    ap.add_argument("--pin", type=int, default=None, help="ingest: pin both servers to this CPU (taskset)")
+    ap.add_argument("--profile", default=None, help="ingest: py-spy raw profile of nocpolicyd's first run")
     ap.add_argument("--window", type=int, default=32, help="outstanding requests per generator socket")
     ap.add_argument("--history", type=int, default=10_000_000, help="whois history rows")
     ap.add_argument("--lookups", type=int, default=2000)
