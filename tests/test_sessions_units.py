@@ -211,3 +211,68 @@ def test_close_waits_for_a_statement_running_in_another_thread(tmp_path):
     with pytest.raises(StoreError):
         h.prune(before=1.0)
     store.close()
+
+
+# -- the accounting decoder (hashlib authenticator, one pass over the attributes) ---------
+
+def _pyrad_request(secret: bytes, proxy_states=()) -> bytes:
+    from pyrad import packet as rp
+
+    from nocpolicy.sessions.radius import dictionary
+    p = rp.AcctPacket(id=77, secret=secret, dict=dictionary())
+    p["Acct-Status-Type"] = 3
+    p["Acct-Session-Id"] = "S-1"
+    p["User-Name"] = "c1001@isp.example"
+    p["Framed-IP-Address"] = "203.0.113.7"
+    p["Event-Timestamp"] = 1_800_000_000
+    for ps in proxy_states:
+        p.AddAttribute("Proxy-State", ps)
+    return p.RequestPacket()
+
+
+def test_decoder_reads_what_pyrad_wrote_and_replies_as_pyrad_does():
+    from pyrad import packet as rp
+
+    from nocpolicy.sessions import radius
+    secret = b"s3cret"
+    wire = _pyrad_request(secret, proxy_states=(b"hop-1", b"hop-2"))
+    raw = radius.decode(wire, secret)
+    attrs = radius.attributes(raw)
+    assert attrs["Acct-Session-Id"] == "S-1" and attrs["User-Name"] == "c1001@isp.example"
+    assert attrs["Acct-Status-Type"] == 3 and attrs["Event-Timestamp"] == 1_800_000_000
+    assert attrs["Framed-IP-Address"] == "203.0.113.7"
+    ours = radius.reply(raw)
+    theirs = rp.AcctPacket(packet=wire, secret=secret, dict=radius.dictionary()).CreateReply().ReplyPacket()
+    assert ours == theirs          # same bytes: Proxy-States in order, same Response Authenticator
+    req = rp.AcctPacket(packet=wire, secret=secret, dict=radius.dictionary())
+    assert req.VerifyReply(rp.AcctPacket(packet=ours, secret=secret, dict=radius.dictionary()), ours)
+
+
+@pytest.mark.parametrize("mangle,why", [
+    (lambda w: w[:-1] + bytes([w[-1] ^ 1]), "bad-authenticator"),      # one bit of an attribute
+    (lambda w: w[:4] + bytes(16) + w[20:], "bad-authenticator"),
+    (lambda w: bytes([5]) + w[1:], "unsupported"),                          # an Accounting-Response
+    (lambda w: w[:2] + (19).to_bytes(2, "big") + w[4:], "malformed"),
+    (lambda w: w[:10], "malformed"),
+])
+def test_decoder_rejects_with_the_reason(mangle, why):
+    from nocpolicy.sessions import radius
+    secret = b"s3cret"
+    wire = _pyrad_request(secret)
+    bad = mangle(wire)
+    with pytest.raises(radius.Rejected) as exc:
+        radius.decode(bad, secret)
+    assert exc.value.why == why
+
+
+def test_decoder_rejects_an_attribute_running_past_the_length():
+    import hashlib
+
+    from nocpolicy.sessions import radius
+    secret = b"s3cret"
+    attrs = bytes((40, 6)) + (1).to_bytes(4, "big") + bytes((44, 9)) + b"S-1"      # says 9, has 5
+    head = bytes((4, 1)) + (20 + len(attrs)).to_bytes(2, "big")
+    wire = head + hashlib.md5(head + bytes(16) + attrs + secret).digest() + attrs
+    with pytest.raises(radius.Rejected) as exc:
+        radius.decode(wire, secret)
+    assert exc.value.why == "malformed" and "runs past" in str(exc.value)
