@@ -115,6 +115,7 @@ class Sessions(Component):
                                   after_write=self._replicate)
         self.feed: SessionFeed | None = None
         self._unreplicated: list[Change] = []
+        self._unpublished: list[Change] = []      # this process's watchers: told once per commit
         self.protocol = AccountingProtocol(lambda: self.settings.radius, self.book, self.commit,
                                            clock=self._now)
         self.transport = None
@@ -151,9 +152,18 @@ class Sessions(Component):
             changes.append(("+", new.addrs, new.customer, new.implicit))
         if self.feed is not None:
             self._unreplicated += changes
+            self._unpublished += changes
+
+    def _publish(self) -> None:
+        """Tell this process's watchers of the changes since the last commit, in one call (was
+        one call per session: a publish to every watcher per request). Runs before a commit's
+        requests are answered, so an answered session is visible."""
+        changes, self._unpublished = self._unpublished, []
+        if changes and self.feed is not None:
             self.feed.sessions_changed(changes)
 
     async def _replicate(self) -> None:
+        self._publish()
         changes, self._unreplicated = self._unreplicated, []
         if changes and self.feed is not None and not await self.feed.replicate_sessions(changes):
             log.warning("a DNS worker did not confirm %d session change(s) in time", len(changes))
@@ -237,6 +247,7 @@ class Sessions(Component):
         """Requests of the failed commit were not answered: forget them and reload the
         live table from the store, so their retransmissions are recorded afresh."""
         self.protocol.forget_pending()
+        self._publish()
         self.tasks.spawn("resync", self._resync())
 
     async def _restore(self) -> None:

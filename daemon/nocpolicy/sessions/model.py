@@ -20,7 +20,10 @@ def net_of(prefix: str | ipaddress.IPv4Network | ipaddress.IPv6Network) -> Net:
 
 def net_text(n: Net) -> str:
     fam, value, plen = n
-    addr = ipaddress.IPv4Address(value) if fam == 4 else ipaddress.IPv6Address(value)
+    if fam == 4:      # the common case, without an ipaddress object (same text)
+        text = socket.inet_ntoa(value.to_bytes(4, "big"))
+        return text if plen == 32 else f"{text}/{plen}"
+    addr = ipaddress.IPv6Address(value)
     full = 32 if fam == 4 else 128
     return str(addr) if plen == full else f"{addr}/{plen}"
 
