@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -37,8 +38,11 @@ class Subject:
 
 def net_text(n: Net) -> str:
     fam, value, plen = n
-    addr = ipaddress.IPv4Address(value) if fam == 4 else ipaddress.IPv6Address(value)
-    return str(addr) if plen == (32 if fam == 4 else 128) else f"{addr}/{plen}"
+    if fam == 4:      # every live address is formatted at each re-render: no ipaddress object
+        text = socket.inet_ntoa(value.to_bytes(4, "big"))
+        return text if plen == 32 else f"{text}/{plen}"
+    addr = ipaddress.IPv6Address(value)
+    return str(addr) if plen == 128 else f"{addr}/{plen}"
 
 
 def _interval(n: Net) -> tuple[int, int, int]:

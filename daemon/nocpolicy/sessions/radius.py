@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import io
 import ipaddress
+import socket
 import struct
 import sys
 from dataclasses import dataclass
@@ -121,7 +122,7 @@ def _integer(v: bytes) -> int:
 
 # the hot types, decoded as pyrad's tools.DecodeAttr does, without its dispatch chain
 _DECODE = {"string": lambda v: v.decode("utf-8"), "integer": _integer, "date": _integer,
-           "octets": bytes}
+           "octets": bytes, "ipaddr": socket.inet_ntoa}
 
 
 def decode(data: bytes, secret: bytes, d: Dictionary | None = None) -> Raw:
