@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 COUNTER_INTERVAL = 10.0
 RERENDER_INTERVAL = 1.0       # at most one re-render per second on subscriber changes (bursts coalesce)
+RERENDER_SHARE = 0.1          # re-renders take at most this share of the time (a slow one spaces the next)
 RERENDER_RETRY = 10.0         # after an apply the kernel refused (rolled back), try again this much later
 EXPIRY_CHECK = 1.0
 NETNS_ENV = "NOCPOLICY_NETNS"
@@ -268,8 +269,12 @@ class Enforcer(Component):
             if wait > 0:
                 await self.ctx.clock.sleep(wait)
             self._dirty.clear()
-            self._last_rerender = self.ctx.clock.monotonic()
+            self._last_rerender = began = self.ctx.clock.monotonic()
             outcome = await self.rerender()
+            # a re-render walks every live session: with many it takes long, and back to back
+            # it would starve the session sources; the next starts >= took / RERENDER_SHARE later
+            took = self.ctx.clock.monotonic() - began
+            self._last_rerender = began + max(0.0, took / RERENDER_SHARE - self.rerender_interval)
             await self.enforce_suspensions()     # a suspended customer's session came or went
             if outcome == "failed":              # changes meanwhile coalesce into the retry
                 await self.ctx.clock.sleep(RERENDER_RETRY)
