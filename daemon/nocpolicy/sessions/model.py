@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 Net = tuple[int, int, int]          # (4 | 6, network as int, prefix length)
 
@@ -47,9 +48,9 @@ def covering(fam: int, value: int, plen: int) -> Net:
     return (fam, (value >> (bits - plen)) << (bits - plen), plen)
 
 
-@dataclass(frozen=True)
-class SessionInfo:
-    """What a source knows about a session when it starts (or is first seen)."""
+class SessionInfo(NamedTuple):
+    """What a source knows about a session when it starts (or is first seen). A named tuple:
+    one is built per accounting request, and a frozen dataclass costs ~4 times as much."""
 
     source: str                 # radius | kea4 | kea6
     nas: str                    # NAS id (RADIUS client id / NAS-Identifier) or the lease file
@@ -62,8 +63,7 @@ class SessionInfo:
     interval: float = 0.0       # expected interim/renew interval (0: none expected)
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
     """``kind``: start | update | stop | nas-off. ``ts`` in seconds since the epoch;
     ``elapsed`` is how long the session has run (RADIUS Acct-Session-Time), if known."""
 

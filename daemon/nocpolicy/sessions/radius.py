@@ -14,7 +14,7 @@ import ipaddress
 import socket
 import struct
 import sys
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pyrad import packet as rp
 from pyrad import tools
@@ -69,8 +69,7 @@ class Rejected(Exception):
         self.why = why
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):
     status: str                # start | stop | interim | accounting-on | accounting-off
     event: Event
     reply: bytes               # the Accounting-Response to send once the event is durable
