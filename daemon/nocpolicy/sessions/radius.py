@@ -7,13 +7,12 @@ names the problem (and a short ``why`` used as a metric label).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import io
 import ipaddress
 import socket
 import struct
 import sys
+from collections import OrderedDict
 from typing import NamedTuple
 
 from pyrad import packet as rp
@@ -80,90 +79,64 @@ TYPES = {int(parts[2]): (parts[1], parts[3]) for parts in
          (line.split() for line in DICTIONARY.splitlines()) if len(parts) == 4}
 
 
-class Raw:
-    """An authenticated Accounting-Request: its Identifier, Request Authenticator and the raw
-    values of the attributes nocpolicy reads (code -> list of values, in order)."""
-
-    __slots__ = ("ident", "authenticator", "values", "secret")
-
-    def __init__(self, ident: int, authenticator: bytes, values: dict, secret: bytes):
-        self.ident, self.authenticator, self.values, self.secret = ident, authenticator, values, secret
-
-
-_KEEP = frozenset(TYPES)          # Proxy-State (33) is among them: copied into the reply
-_md5 = hashlib.md5
-_compare = hmac.compare_digest
-_ZERO16 = bytes(16)
-
-
-def attributes(raw: Raw) -> dict:
-    """The first value of each attribute nocpolicy reads, decoded by pyrad's type decoders,
-    after checking RFC 2865 section 5 lengths."""
+def attributes(pkt: rp.AcctPacket) -> dict:
+    """The first value of each attribute nocpolicy reads, decoded by pyrad's type decoders
+    (one pass over the raw attributes), after checking RFC 2865 section 5 lengths."""
     out = {}
-    for key, values in raw.values.items():
-        name, kind = TYPES[key]
-        n = _FIXED.get(kind)
+    for key, values in OrderedDict.items(pkt):
+        known = TYPES.get(key) if isinstance(key, int) else None
+        if known is None:
+            continue
+        name, kind = known
         for v in values:
+            n = _FIXED.get(kind)
             if (n is not None and len(v) != n) or (kind == "ipv6prefix" and not 2 <= len(v) <= 18) \
                     or (kind == "string" and not v):
                 raise Rejected("bad-attribute", f"attribute {name} has length {len(v)}")
-        v = values[0]
         try:
-            out[name] = _DECODE[kind](v) if kind in _DECODE else tools.DecodeAttr(kind, v)
+            out[name] = tools.DecodeAttr(kind, values[0])
         except (ValueError, struct.error, UnicodeDecodeError) as exc:
             raise Rejected("bad-attribute", f"cannot read attribute {name}: {exc}") from None
     return out
 
 
-def _integer(v: bytes) -> int:
-    return int.from_bytes(v, "big")
+def _check_framing(data: bytes, length: int) -> None:
+    """Every attribute's Length must end inside the packet's Length (RFC 2865 section 5):
+    pyrad would cut a value that runs past it short without a word."""
+    i = 20
+    while i < length:
+        n = data[i + 1] if i + 1 < length else 0
+        if n < 2 or i + n > length:
+            raise Rejected("malformed", f"cannot decode: attribute {data[i]} at octet {i} runs past the "
+                                        f"packet's Length ({length}) or is shorter than 2")
+        i += n
 
 
-# the hot types, decoded as pyrad's tools.DecodeAttr does, without its dispatch chain
-_DECODE = {"string": lambda v: v.decode("utf-8"), "integer": _integer, "date": _integer,
-           "octets": bytes, "ipaddr": socket.inet_ntoa}
+_DICTIONARY: Dictionary | None = None
 
 
-def decode(data: bytes, secret: bytes, d: Dictionary | None = None) -> Raw:
-    """Check, authenticate and split an Accounting-Request (raises Rejected).
-
-    The RFC 2866 section 3 Request Authenticator (MD5 over code, Identifier, Length, 16
-    zero octets, attributes and the secret) is checked first, with hashlib as pyrad's
-    ``VerifyAcctRequest`` does, and only then are the attributes split: one pass over the
-    attribute list, keeping the values of the attributes in :data:`DICTIONARY`."""
+def decode(data: bytes, secret: bytes, d: Dictionary | None = None) -> rp.AcctPacket:
+    """Decode (pyrad) and authenticate an Accounting-Request (raises Rejected)."""
+    global _DICTIONARY
+    if d is None:
+        d = _DICTIONARY = _DICTIONARY or dictionary()
     if len(data) < 20:
         raise Rejected("malformed", f"truncated packet ({len(data)} bytes)")
     if len(data) > MAX_PACKET:
         raise Rejected("malformed", f"oversized packet ({len(data)} bytes, at most {MAX_PACKET})")
-    code, ident, length = data[0], data[1], (data[2] << 8) | data[3]
+    length = struct.unpack_from("!H", data, 2)[0]
     if length > len(data):
         raise Rejected("malformed", f"truncated packet: header says {length} bytes, got {len(data)}")
-    if length < 20:
-        raise Rejected("malformed", "cannot decode: Packet has invalid length")
-    if code != rp.AccountingRequest:
-        raise Rejected("unsupported", f"code {code} is not an Accounting-Request")
-    data = data[:length]      # RFC 2865 section 3: octets past Length are padding
-    if not _compare(_md5(data[:4] + _ZERO16 + data[20:] + secret).digest(), data[4:20]):
+    _check_framing(data, length)
+    try:
+        pkt = rp.AcctPacket(packet=data, secret=secret, dict=d)
+    except (rp.PacketError, ValueError, struct.error, IndexError, KeyError) as exc:
+        raise Rejected("malformed", f"cannot decode: {exc}") from None
+    if pkt.code != rp.AccountingRequest:
+        raise Rejected("unsupported", f"code {pkt.code} is not an Accounting-Request")
+    if not pkt.VerifyAcctRequest():
         raise Rejected("bad-authenticator", "Request Authenticator does not verify (wrong shared secret?)")
-    values: dict[int, list[bytes]] = {}
-    i = 20
-    while i < length:
-        if i + 2 > length:
-            raise Rejected("malformed", "cannot decode: Attribute header is corrupt")
-        key, n = data[i], data[i + 1]
-        if n < 2:
-            raise Rejected("malformed", f"cannot decode: Attribute length is too small ({n})")
-        if i + n > length:
-            raise Rejected("malformed", f"cannot decode: attribute {key} runs past the packet's Length")
-        if key in _KEEP:
-            v = data[i + 2:i + n]
-            got = values.get(key)
-            if got is None:
-                values[key] = [v]
-            else:
-                got.append(v)
-        i += n
-    return Raw(ident, data[4:20], values, secret)
+    return pkt
 
 
 def nas_name(attrs: dict, client: str, source: str) -> str:
@@ -172,7 +145,7 @@ def nas_name(attrs: dict, client: str, source: str) -> str:
     return sys.intern(f"{client}/{ident or source}")     # one string per NAS, shared by its sessions
 
 
-def interpret(pkt: Raw, attrs: dict, nas: str, now: float, default_interval: float,
+def interpret(pkt: rp.AcctPacket, attrs: dict, nas: str, now: float, default_interval: float,
               customer_from: CustomerFrom) -> Request:
     """What an authenticated request means (raises Rejected for a useless one)."""
     a = attrs
@@ -185,7 +158,7 @@ def interpret(pkt: Raw, attrs: dict, nas: str, now: float, default_interval: flo
     when = float(ts) if ts is not None else now - a.get("Acct-Delay-Time", 0)
     addrs = []
     if "Framed-IP-Address" in a:
-        addrs.append((4, int.from_bytes(pkt.values[8][0], "big"), 32))
+        addrs.append((4, int.from_bytes(socket.inet_aton(a["Framed-IP-Address"]), "big"), 32))
     for name in ("Framed-IPv6-Prefix", "Delegated-IPv6-Prefix"):
         if name in a:
             addrs.append(net_of(ipaddress.ip_network(a[name], strict=False)))
@@ -201,11 +174,6 @@ def interpret(pkt: Raw, attrs: dict, nas: str, now: float, default_interval: flo
                                  TERMINATE.get(a.get("Acct-Terminate-Cause"), "")), reply(pkt))
 
 
-def reply(pkt: Raw) -> bytes:
-    """The Accounting-Response to ``pkt``, with its Proxy-States copied unmodified and in
-    order (RFC 2865 section 5.33), as pyrad's ``CreateReply().ReplyPacket()`` codes it:
-    the Response Authenticator is MD5(code, Identifier, Length, Request Authenticator,
-    attributes, secret) (RFC 2866 section 3)."""
-    attrs = b"".join(bytes((33, len(v) + 2)) + v for v in pkt.values.get(33, ()))
-    header = bytes((rp.AccountingResponse, pkt.ident)) + (20 + len(attrs)).to_bytes(2, "big")
-    return header + _md5(header + pkt.authenticator + attrs + pkt.secret).digest() + attrs
+def reply(pkt: rp.AcctPacket) -> bytes:
+    """The Accounting-Response to ``pkt`` (with its Proxy-States), coded by pyrad."""
+    return pkt.CreateReply().ReplyPacket()
