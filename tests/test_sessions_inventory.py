@@ -231,3 +231,20 @@ def test_a_one_percent_reload_checks_only_changed_rows_and_reuses_the_rest(tmp_p
     c = load_policy(pol, previous=b)
     assert c.customers_by_id["h029000"].loc.line == 29_003
     assert _columns(c.customers.inventory) == _columns(load_policy(pol).customers.inventory)
+
+
+def test_a_reload_that_makes_two_rows_overlap_is_refused_naming_both(tmp_path):
+    """On a reload the prefix tables are the previous ones updated for the changed rows: a changed
+    row that now claims an unchanged row's prefix is still found, and the policy in force kept."""
+    pol = with_inventory(tmp_path, _rows(20_000))
+    a = load_policy(pol)
+    lines = (pol / "customers.csv").read_text().split("\n")
+    lines[3001] = lines[3001].replace("10.0.46.224/30", "10.0.0.4/30")       # row h003000 takes h000001's
+    (pol / "customers.csv").write_text("\n".join(lines))
+    with pytest.raises(PolicyInvalid) as e:
+        load_policy(pol, previous=a)
+    text = "\n".join(str(p) for p in e.value.problems)
+    assert "h003000" in text and "h000001" in text and "overlap" in text
+    assert f"{pol / 'customers.csv'}:3002" in text
+    assert a.customers.inventory.read_tables is not None              # the previous tables untouched
+    assert all(len(t) == 20_000 for t in a.customers.inventory.read_tables.values())

@@ -21,7 +21,7 @@ from array import array
 from bisect import bisect_left
 from dataclasses import dataclass, field
 from itertools import accumulate, chain, compress, repeat
-from operator import add, itemgetter, lshift, not_, or_, rshift, sub
+from operator import add, itemgetter, lshift, not_, or_, rshift
 from pathlib import Path
 
 from .fields import Obj, Problems, as_text, obj
@@ -98,6 +98,8 @@ class _Reader:
         self.plans, self.plan_ix, self.plan_of = [None], {None: 0, "": 0}, array("H")
         self.packed, self.built, self.changed, self.errors = Packed(), {}, set(), 0
         self.tables: dict[int, dict[int, str]] = {}    # prefix code -> {network >> host bits: id}
+        # a reload: the previous load's tables, updated for the changed rows at the end (copy on write)
+        self.base_tables = self.prev.read_tables if self.prev is not None else None
         self.n_prefixes = 0
         self.same = bytearray()          # row -> 1: reused from ``previous`` at the same line
         self.login_keys: list[int] = []  # (hash of a login + 2**63) << 32 | row (invtable.login_owner)
@@ -124,9 +126,42 @@ class _Reader:
                         self.plan_of, self.packed, frozenset(self.changed) if prev is not None else None,
                         prev, self.built, self.same)
         inv.index_logins(self.login_keys)
-        inv.tables = self.tables            # exact: no prefix listed twice (else the overlap check says so)
-        inv.tables_exact = sum(map(len, self.tables.values())) == self.n_prefixes
+        if self.base_tables is None:
+            tables, exact = self.tables, sum(map(len, self.tables.values())) == self.n_prefixes
+        elif len(self.changed) <= max(1000, len(self.ids) // 10):
+            tables, exact = self._delta_tables(inv)
+        else:
+            tables = {p + (V6 if f == 6 else 0): t for f, p, t in inv.prefix_tables()}
+            exact = sum(map(len, tables.values())) == len(self.packed.code)
+        inv.tables = inv.read_tables = tables   # exact: no prefix listed twice (else the overlap check says so)
+        inv.tables_exact = exact
         return inv
+
+    def _delta_tables(self, inv: Inventory) -> tuple[dict[int, dict[int, str]], bool]:
+        """The previous load's prefix tables with the changed rows' old prefixes taken out and their
+        new ones put in; only the tables of the lengths touched are copied (the others are shared,
+        never written to). (tables, exact: no prefix claimed twice)."""
+        prev, tables, copied, exact = self.prev, dict(self.base_tables), set(), True
+
+        def table(code: int) -> dict[int, str]:
+            if code not in copied:
+                tables[code] = dict(tables.get(code, {}))
+                copied.add(code)
+            return tables[code]
+        for cid in self.changed:
+            j = prev.index.get(cid)
+            for code, value in prev.packed.of_row(j) if j is not None else ():
+                t, key = table(code), value >> ((128 if code & V6 else 32) - (code & 0xFF))
+                if t.get(key) == cid:
+                    del t[key]
+        for cid in self.changed:
+            i = self.index.get(cid)
+            for code, value in inv.packed.of_row(i) if i is not None else ():
+                t, key = table(code), value >> ((128 if code & V6 else 32) - (code & 0xFF))
+                exact = exact and key not in t
+                t[key] = cid
+        tables = {code: t for code, t in tables.items() if t}
+        return tables, exact and sum(map(len, tables.values())) == len(self.packed.code)
 
     def _hand_on(self, prev: Inventory) -> None:
         """Keep the Customers the previous load built whose line is the same at the same place."""
@@ -174,8 +209,13 @@ class _Reader:
                 self.plan_ix[raw] = len(self.plans)
                 self.plans.append(raw)
         self.plan_of.extend(map(self.plan_ix.__getitem__, block.plans))
-        self.packed.extend(block.codes, block.values, block.counts)
-        self._tabulate(block.codes, block.values, list(chain.from_iterable(map(repeat, block.ids, block.counts))))
+        if eq is not None:
+            self._copy_packed(*aligned, block)
+        else:
+            self.packed.extend(block.codes, block.values, block.counts)
+            if self.base_tables is None:
+                self._tabulate(block.codes, block.values,
+                               list(chain.from_iterable(map(repeat, block.ids, block.counts))))
         self._logins(block.logins, len(self.ids) - len(block.ids))
         if eq is not None:
             self.same.extend(eq)
@@ -206,33 +246,44 @@ class _Reader:
         return j0, list(map(str.__eq__, kept, old))
 
     def _reuse_block(self, rows: list[list[str]], j0: int, eq: list[bool]) -> tuple[Block | None, list[bool]]:
-        """The block from the previous load's columns (rows ``j0``...), only its changed rows checked
-        (check_block; None: one of them needs checking row by row)."""
+        """The block's ids and plans from the previous load's columns (rows ``j0``...), only its
+        changed rows checked (check_block; None: one of them needs checking row by row). Their
+        prefixes are copied afterwards (_copy_packed), ``fresh`` ones in ``block.codes``..."""
         prev, k = self.prev, len(rows)
         changed = list(compress(range(k), map(not_, eq)))
         fresh = check_block([rows[i] for i in changed], self.ix) if changed else Block([], [], [], [], [])
         if fresh is None:
             return None, eq
         i_log = self.ix[4]
-        out = Block(prev.ids[j0:j0 + k], list(map(prev.plans.__getitem__, prev.plan_of[j0:j0 + k])), [], [], [],
+        out = Block(prev.ids[j0:j0 + k], list(map(prev.plans.__getitem__, prev.plan_of[j0:j0 + k])),
+                    fresh.codes, fresh.values, fresh.counts,
                     list(map(itemgetter(i_log), rows)) if i_log >= 0 else ())
-        p, start = prev.packed, prev.packed.start
-        r = f = 0                                 # next row to copy; next prefix of ``fresh``
-        for b, i in enumerate(chain(changed, (k,))):
-            if i > r:                             # rows r..i-1 unchanged: their prefixes copied
-                x, y = start[j0 + r], start[j0 + i]
-                out.codes.extend(p.code[x:y])
-                out.values.extend(map(or_, map(lshift, p.hi[x:y], repeat(64)), p.lo[x:y]))
-                out.counts.extend(map(sub, start[j0 + r + 1:j0 + i + 1], start[j0 + r:j0 + i]))
-            if i == k:
-                break
-            n = fresh.counts[b]
+        for b, i in enumerate(changed):
             out.ids[i], out.plans[i] = fresh.ids[b], fresh.plans[b]
-            out.codes.extend(fresh.codes[f:f + n])
-            out.values.extend(fresh.values[f:f + n])
-            out.counts.append(n)
-            r, f = i + 1, f + n
         return out, eq
+
+    def _copy_packed(self, j0: int, eq: list[bool], block: Block) -> None:
+        """Append the block's prefixes: runs of unchanged rows copied from the previous load's
+        arrays (slices, no per-row work), the changed rows' from ``block`` (_reuse_block)."""
+        p, start, new = self.prev.packed, self.prev.packed.start, self.packed
+        k, r, f = len(eq), 0, 0                   # next row to copy; next prefix of the changed rows
+        for b, i in enumerate(chain(compress(range(k), map(not_, eq)), (k,))):
+            if i > r:                             # rows r..i-1 unchanged
+                x, y = start[j0 + r], start[j0 + i]
+                shift, row_shift = len(new.code) - x, len(new.start) - 1 - (j0 + r)
+                new.code.extend(p.code[x:y])
+                new.hi.extend(p.hi[x:y])
+                new.lo.extend(p.lo[x:y])
+                new.start.extend(map(add, start[j0 + r + 1:j0 + i + 1], repeat(shift)) if shift else
+                                 start[j0 + r + 1:j0 + i + 1])
+                new.row.extend(map(add, p.row[x:y], repeat(row_shift)) if row_shift else p.row[x:y])
+            if i == k:
+                return
+            n = block.counts[b]
+            for code, value in zip(block.codes[f:f + n], block.values[f:f + n], strict=True):
+                new.add(code, value)
+            new.end_row()
+            r, f = i + 1, f + n
 
     @staticmethod
     def _split(chunk: str, lines: list[str]):
@@ -283,8 +334,11 @@ class _Reader:
         return out
 
     def _tabulate(self, codes: list[int], values: list[int], owners: list[str]) -> None:
-        """Add prefixes to the per-length tables (the DNS guard's address lookup and the overlap check)."""
+        """Add prefixes to the per-length tables (the DNS guard's address lookup and the overlap check);
+        on a reload they are the previous ones updated at the end (_delta_tables)."""
         self.n_prefixes += len(codes)
+        if self.base_tables is not None:
+            return
         distinct = set(codes)
         for code in distinct:
             table = self.tables.setdefault(code, {})
