@@ -353,7 +353,8 @@ class _Reader:
     def _logins(self, column, base: int) -> None:
         """Key the logins of rows ``base``... (column: their logins fields) for the login index."""
         rows = range(base, base + len(column))
-        if not any(map(str.__contains__, column, repeat(" "))) and not any(map(str.__contains__, column, repeat("\t"))):
+        joined = "".join(column)
+        if " " not in joined and "\t" not in joined:
             hashes = map(add, map(hash, map(str.strip, column)), repeat(1 << 63))
             keys = map(or_, map(lshift, hashes, repeat(32)), rows)
             self.login_keys.extend(compress(keys, map(str.strip, column)))
