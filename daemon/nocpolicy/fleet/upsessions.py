@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 
+from ..clock import monotonic
 from ..sessions.model import Event, SessionInfo, net_of, net_text
 from .upward import node_document
 from .wire import ROOT, dumps
@@ -105,11 +105,11 @@ class SessionsUp:
         """Keep the queued stops in the store (at most once every SAVE_EVERY seconds)."""
         if self.store is None or (not self.kept and not any(e["op"] == "stop" for e in self.queue)):
             return
-        wait = self._saved_at + SAVE_EVERY - time.monotonic()
+        wait = self._saved_at + SAVE_EVERY - monotonic()
         if wait > 0:
             asyncio.get_running_loop().call_later(wait, self._wake.set)
             return
-        self._saved_at = time.monotonic()
+        self._saved_at = monotonic()
         await asyncio.to_thread(self.save)
 
     def save(self) -> None:
