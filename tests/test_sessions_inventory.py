@@ -194,7 +194,8 @@ def _columns(inv):
     p = inv.packed
     plans = [inv.plan(i) or None for i in range(len(inv))]
     return (inv.ids, list(inv.lines), plans, list(p.code), list(p.hi), list(p.lo), list(p.start), list(p.row),
-            [inv.line(i) for i in range(len(inv))], inv.login_owner("u12345@isp.example"))
+            [inv.line(i) for i in range(len(inv))], inv.login_owner("u12345@isp.example"),
+            list(inv._logins[0]), list(inv._logins[1]))
 
 
 def test_a_one_percent_reload_checks_only_changed_rows_and_reuses_the_rest(tmp_path, monkeypatch):
@@ -213,7 +214,8 @@ def test_a_one_percent_reload_checks_only_changed_rows_and_reuses_the_rest(tmp_p
         lines[n] = lines[n].replace(f",C{n - 1},", f",Renamed {n - 1},")
         edited.add(f"h{n - 1:06d}")
     lines[5001] = lines[5001].replace("/30", "/31")                  # a prefix too
-    edited.add("h005000")
+    lines[9001] = lines[9001].replace("u9000@", "new9000@")          # and a login
+    edited |= {"h005000", "h009000"}
     (pol / "customers.csv").write_text("\n".join(lines))
     b = load_policy(pol, previous=a)
     assert b.customers.inventory.changed == edited
@@ -224,6 +226,8 @@ def test_a_one_percent_reload_checks_only_changed_rows_and_reuses_the_rest(tmp_p
     assert all(inv_b.ids[i] is inv_a.ids[i] for i in same)           # reused, not parsed again
     assert b.customers_by_id["h005000"].prefixes[0].prefixlen == 31
     assert b.customers_by_id["h000101"].name == "Renamed 101"
+    assert inv_b.login_owner("new9000@isp.example") == "h009000" and inv_b.login_owner("u9000@isp.example") is None
+    assert inv_b.login_owner("u29999@isp.example") == "h029999"
     monkeypatch.setattr(inventory_mod, "check_block", real)
     assert _columns(inv_b) == _columns(load_policy(pol).customers.inventory)
     lines.insert(7000, "# a comment moves every later line")

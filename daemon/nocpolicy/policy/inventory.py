@@ -103,6 +103,7 @@ class _Reader:
         self.n_prefixes = 0
         self.same = bytearray()          # row -> 1: reused from ``previous`` at the same line
         self.login_keys: list[int] = []  # (hash of a login + 2**63) << 32 | row (invtable.login_owner)
+        self.logins_prev = bytearray()   # row -> 1: its login keys are the previous load's (same row)
 
     def read(self, pos: int) -> Inventory:
         text, n, end_all = self.text, 1, len(self.text)
@@ -125,7 +126,7 @@ class _Reader:
         inv = Inventory(self.rel, text, self.cols, self.offsets, self.lines, self.ids, self.index, self.plans,
                         self.plan_of, self.packed, frozenset(self.changed) if prev is not None else None,
                         prev, self.built, self.same)
-        inv.index_logins(self.login_keys)
+        inv.index_logins(self.login_keys + self._prev_login_keys())
         if self.base_tables is None:
             tables, exact = self.tables, sum(map(len, self.tables.values())) == self.n_prefixes
         elif len(self.changed) <= max(1000, len(self.ids) // 10):
@@ -136,6 +137,16 @@ class _Reader:
         inv.tables = inv.read_tables = tables   # exact: no prefix listed twice (else the overlap check says so)
         inv.tables_exact = exact
         return inv
+
+    def _prev_login_keys(self) -> list[int]:
+        """The previous load's login keys of the rows marked in ``logins_prev`` (same row number)."""
+        prev, mask = self.prev, self.logins_prev
+        if prev is None or prev._logins is None or not any(mask):
+            return []
+        hashes, rows = prev._logins
+        mask = mask + bytes(max(0, len(prev.ids) - len(mask)))
+        sel = list(map(mask.__getitem__, rows))
+        return list(map(or_, map(lshift, compress(hashes, sel), repeat(32)), compress(rows, sel)))
 
     def _delta_tables(self, inv: Inventory) -> tuple[dict[int, dict[int, str]], bool]:
         """The previous load's prefix tables with the changed rows' old prefixes taken out and their
@@ -184,15 +195,17 @@ class _Reader:
         is unchanged since the previous load are taken from it unchecked."""
         if lines and not lines[-1]:
             lines = lines[:-1]                  # the file's last newline
-        split = self._split(chunk, lines)
-        if split is None:
+        keep, kept = self._data_lines(chunk, lines)
+        js = eq = rows = login_rows = None
+        aligned = self._aligned(kept, n0 + keep[0] if keep else n0, len(keep) == len(lines)) \
+            if self.prev is not None else None
+        if aligned is not None:
+            block, login_rows = self._reuse_block(chunk, kept, *aligned)
+            eq = aligned[1]
+        elif (rows := _fields_of(chunk, kept)) is None:
             return False
-        keep, kept, rows = split
-        js = eq = None
-        if self.prev is None:
+        elif self.prev is None:
             block = check_block(rows, self.ix)
-        elif (aligned := self._aligned(kept, n0 + keep[0] if keep else n0, len(keep) == len(lines))) is not None:
-            block, eq = self._reuse_block(rows, *aligned)
         else:
             js = self._unchanged(rows, kept)
             fresh = check_block([r for r, j in zip(rows, js, strict=True) if j < 0], self.ix) \
@@ -216,7 +229,10 @@ class _Reader:
             if self.base_tables is None:
                 self._tabulate(block.codes, block.values,
                                list(chain.from_iterable(map(repeat, block.ids, block.counts))))
-        self._logins(block.logins, len(self.ids) - len(block.ids))
+        base = len(self.ids) - len(block.ids)
+        self._logins(block.logins, range(base, base + len(block.ids)) if login_rows is None else
+                     list(map(add, login_rows, repeat(base))))
+        self.logins_prev.extend(bytes(len(block.ids)) if login_rows is None else eq)
         if eq is not None:
             self.same.extend(eq)
             self.changed.update(compress(block.ids, map(not_, eq)))
@@ -245,22 +261,27 @@ class _Reader:
             old = list(map(str.rstrip, old, repeat("\r")))
         return j0, list(map(str.__eq__, kept, old))
 
-    def _reuse_block(self, rows: list[list[str]], j0: int, eq: list[bool]) -> tuple[Block | None, list[bool]]:
+    def _reuse_block(self, chunk: str, kept: list[str], j0: int, eq: list[bool]) -> tuple[Block | None, list | None]:
         """The block's ids and plans from the previous load's columns (rows ``j0``...), only its
-        changed rows checked (check_block; None: one of them needs checking row by row). Their
-        prefixes are copied afterwards (_copy_packed), ``fresh`` ones in ``block.codes``..."""
-        prev, k = self.prev, len(rows)
+        changed rows split and checked (check_block; None: one of them needs checking row by
+        row); their prefixes are copied afterwards (_copy_packed). When no row moved, only the
+        changed rows' logins are keyed (the others' are the previous load's: the rows listed)."""
+        prev, k = self.prev, len(kept)
         changed = list(compress(range(k), map(not_, eq)))
-        fresh = check_block([rows[i] for i in changed], self.ix) if changed else Block([], [], [], [], [])
+        in_place = j0 == len(self.ids)
+        rows = _fields_of(chunk, kept if not in_place else [kept[i] for i in changed])
+        if rows is None:
+            return None, None
+        fresh = check_block([rows[i] for i in changed] if not in_place else rows, self.ix) if changed \
+            else Block([], [], [], [], [])
         if fresh is None:
-            return None, eq
-        i_log = self.ix[4]
+            return None, None
+        logins = () if self.ix[4] < 0 else list(map(itemgetter(self.ix[4]), rows))
         out = Block(prev.ids[j0:j0 + k], list(map(prev.plans.__getitem__, prev.plan_of[j0:j0 + k])),
-                    fresh.codes, fresh.values, fresh.counts,
-                    list(map(itemgetter(i_log), rows)) if i_log >= 0 else ())
+                    fresh.codes, fresh.values, fresh.counts, logins)
         for b, i in enumerate(changed):
             out.ids[i], out.plans[i] = fresh.ids[b], fresh.plans[b]
-        return out, eq
+        return out, changed if in_place else None
 
     def _copy_packed(self, j0: int, eq: list[bool], block: Block) -> None:
         """Append the block's prefixes: runs of unchanged rows copied from the previous load's
@@ -286,8 +307,8 @@ class _Reader:
             r, f = i + 1, f + n
 
     @staticmethod
-    def _split(chunk: str, lines: list[str]):
-        """(indexes of the data lines, those lines, their fields), or None (a CSV quoting error)."""
+    def _data_lines(chunk: str, lines: list[str]):
+        """(indexes of the data lines, those lines without a trailing CR)."""
         if "\n\n" in chunk or "\n#" in chunk or chunk[:1] in ("#", "\n"):
             keep = [i for i, line in enumerate(lines) if line and line[0] != "#" and not line.isspace()]
             kept = [lines[i] for i in keep]
@@ -295,12 +316,7 @@ class _Reader:
             keep, kept = range(len(lines)), lines
         if "\r" in chunk:
             kept = list(map(str.rstrip, kept, repeat("\r")))
-        try:
-            rows = list(map(str.split, kept, repeat(","))) if '"' not in chunk \
-                else [ln.split(",") if '"' not in ln else next(csv.reader([ln])) for ln in kept]
-        except csv.Error:
-            return None
-        return keep, kept, rows
+        return keep, kept
 
     def _unchanged(self, rows: list[list[str]], lines: list[str]) -> list[int]:
         """For each row, its row in the previous load if its line is the same there, else -1."""
@@ -350,9 +366,8 @@ class _Reader:
             table.update(zip(map(rshift, vals, repeat((128 if code & V6 else 32) - (code & 0xFF))), own,
                              strict=False))
 
-    def _logins(self, column, base: int) -> None:
-        """Key the logins of rows ``base``... (column: their logins fields) for the login index."""
-        rows = range(base, base + len(column))
+    def _logins(self, column, rows) -> None:
+        """Key the logins of ``rows`` (column: their logins fields) for the login index."""
         joined = "".join(column)
         if " " not in joined and "\t" not in joined:
             hashes = map(add, map(hash, map(str.strip, column)), repeat(1 << 63))
@@ -405,8 +420,9 @@ class _Reader:
             return
         self.index[cid] = len(self.ids)
         if self.ix[4] >= 0:
-            self._logins([row[self.ix[4]]], len(self.ids))
+            self._logins([row[self.ix[4]]], [len(self.ids)])
         self.ids.append(cid)
+        self.logins_prev.append(0)
         self.offsets.append(pos)
         self.lines.append(n)
         p = self.plan_ix.get(plan)
@@ -445,3 +461,12 @@ class _Reader:
         if self.errors <= MAX_PROBLEMS:
             self.problems.add(Loc(self.rel, n), column, reason)
 
+
+
+def _fields_of(chunk: str, kept: list[str]) -> list[list[str]] | None:
+    """The fields of each line, or None (a CSV quoting error: the block is read row by row)."""
+    try:
+        return list(map(str.split, kept, repeat(","))) if '"' not in chunk \
+            else [ln.split(",") if '"' not in ln else next(csv.reader([ln])) for ln in kept]
+    except csv.Error:
+        return None
