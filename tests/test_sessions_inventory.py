@@ -203,11 +203,13 @@ def test_a_one_percent_reload_checks_only_changed_rows_and_reuses_the_rest(tmp_p
     taken from the previous load (the very same id objects), and the result is what a first load
     of the new file gives. An edit that moves lines (a comment inserted) is still read right."""
     from nocpolicy.policy import inventory as inventory_mod
+    from nocpolicy.policy import invreload
     pol = with_inventory(tmp_path, _rows(30_000))
     a = load_policy(pol)
     checked = []
     real = inventory_mod.check_block
-    monkeypatch.setattr(inventory_mod, "check_block", lambda rows, ix: checked.append(len(rows)) or real(rows, ix))
+    for mod in (inventory_mod, invreload):                           # count the rows validated
+        monkeypatch.setattr(mod, "check_block", lambda rows, ix: checked.append(len(rows)) or real(rows, ix))
     lines = (pol / "customers.csv").read_text().split("\n")
     edited = set()
     for n in range(2, 30_000, 100):                                  # every 100th row: 300 rows
@@ -228,7 +230,7 @@ def test_a_one_percent_reload_checks_only_changed_rows_and_reuses_the_rest(tmp_p
     assert b.customers_by_id["h000101"].name == "Renamed 101"
     assert inv_b.login_owner("new9000@isp.example") == "h009000" and inv_b.login_owner("u9000@isp.example") is None
     assert inv_b.login_owner("u29999@isp.example") == "h029999"
-    monkeypatch.setattr(inventory_mod, "check_block", real)
+    monkeypatch.undo()
     assert _columns(inv_b) == _columns(load_policy(pol).customers.inventory)
     lines.insert(7000, "# a comment moves every later line")
     (pol / "customers.csv").write_text("\n".join(lines))

@@ -18,14 +18,14 @@ from __future__ import annotations
 import csv
 import hashlib
 from array import array
-from bisect import bisect_left
 from dataclasses import dataclass, field
 from itertools import accumulate, chain, compress, repeat
-from operator import add, itemgetter, lshift, not_, or_, rshift
+from operator import add, lshift, not_, or_, rshift
 from pathlib import Path
 
 from .fields import Obj, Problems, as_text, obj
 from .invbulk import Block, check_block
+from .invreload import aligned, copy_packed, delta_tables, fields_of, prev_login_keys, reuse_block
 from .invrow import COLUMNS, V6, RowError, check_row, column_indexes
 from .invtable import Inventory, Packed
 from .nodes import Loc
@@ -126,11 +126,11 @@ class _Reader:
         inv = Inventory(self.rel, text, self.cols, self.offsets, self.lines, self.ids, self.index, self.plans,
                         self.plan_of, self.packed, frozenset(self.changed) if prev is not None else None,
                         prev, self.built, self.same)
-        inv.index_logins(self.login_keys + self._prev_login_keys())
+        inv.index_logins(self.login_keys + prev_login_keys(self))
         if self.base_tables is None:
             tables, exact = self.tables, sum(map(len, self.tables.values())) == self.n_prefixes
         elif len(self.changed) <= max(1000, len(self.ids) // 10):
-            tables, exact = self._delta_tables(inv)
+            tables, exact = delta_tables(self, inv)
         else:
             tables = {p + (V6 if f == 6 else 0): t for f, p, t in inv.prefix_tables()}
             exact = sum(map(len, tables.values())) == len(self.packed.code)
@@ -138,41 +138,6 @@ class _Reader:
         inv.tables_exact = exact
         return inv
 
-    def _prev_login_keys(self) -> list[int]:
-        """The previous load's login keys of the rows marked in ``logins_prev`` (same row number)."""
-        prev, mask = self.prev, self.logins_prev
-        if prev is None or prev._logins is None or not any(mask):
-            return []
-        hashes, rows = prev._logins
-        mask = mask + bytes(max(0, len(prev.ids) - len(mask)))
-        sel = list(map(mask.__getitem__, rows))
-        return list(map(or_, map(lshift, compress(hashes, sel), repeat(32)), compress(rows, sel)))
-
-    def _delta_tables(self, inv: Inventory) -> tuple[dict[int, dict[int, str]], bool]:
-        """The previous load's prefix tables with the changed rows' old prefixes taken out and their
-        new ones put in; only the tables of the lengths touched are copied (the others are shared,
-        never written to). (tables, exact: no prefix claimed twice)."""
-        prev, tables, copied, exact = self.prev, dict(self.base_tables), set(), True
-
-        def table(code: int) -> dict[int, str]:
-            if code not in copied:
-                tables[code] = dict(tables.get(code, {}))
-                copied.add(code)
-            return tables[code]
-        for cid in self.changed:
-            j = prev.index.get(cid)
-            for code, value in prev.packed.of_row(j) if j is not None else ():
-                t, key = table(code), value >> ((128 if code & V6 else 32) - (code & 0xFF))
-                if t.get(key) == cid:
-                    del t[key]
-        for cid in self.changed:
-            i = self.index.get(cid)
-            for code, value in inv.packed.of_row(i) if i is not None else ():
-                t, key = table(code), value >> ((128 if code & V6 else 32) - (code & 0xFF))
-                exact = exact and key not in t
-                t[key] = cid
-        tables = {code: t for code, t in tables.items() if t}
-        return tables, exact and sum(map(len, tables.values())) == len(self.packed.code)
 
     def _hand_on(self, prev: Inventory) -> None:
         """Keep the Customers the previous load built whose line is the same at the same place."""
@@ -197,12 +162,12 @@ class _Reader:
             lines = lines[:-1]                  # the file's last newline
         keep, kept = self._data_lines(chunk, lines)
         js = eq = rows = login_rows = None
-        aligned = self._aligned(kept, n0 + keep[0] if keep else n0, len(keep) == len(lines)) \
+        same_at = aligned(self, kept, n0 + keep[0] if keep else n0, len(keep) == len(lines)) \
             if self.prev is not None else None
-        if aligned is not None:
-            block, login_rows = self._reuse_block(chunk, kept, *aligned)
-            eq = aligned[1]
-        elif (rows := _fields_of(chunk, kept)) is None:
+        if same_at is not None:
+            block, login_rows = reuse_block(self, chunk, kept, *same_at)
+            eq = same_at[1]
+        elif (rows := fields_of(chunk, kept)) is None:
             return False
         elif self.prev is None:
             block = check_block(rows, self.ix)
@@ -223,7 +188,7 @@ class _Reader:
                 self.plans.append(raw)
         self.plan_of.extend(map(self.plan_ix.__getitem__, block.plans))
         if eq is not None:
-            self._copy_packed(*aligned, block)
+            copy_packed(self, *same_at, block)
         else:
             self.packed.extend(block.codes, block.values, block.counts)
             if self.base_tables is None:
@@ -242,69 +207,6 @@ class _Reader:
             self._compare(block.ids, js, [n0 + i for i in keep])
         return True
 
-    def _aligned(self, kept: list[str], first: int, contiguous: bool) -> tuple[int, list[bool]] | None:
-        """On a reload, when the block's lines are data lines at the same line numbers as rows
-        ``j0``... of the previous load (the usual edit: rows changed in place): (j0, for each row,
-        whether its line is unchanged), compared at C speed. Else None (rows compared by id)."""
-        prev, k = self.prev, len(kept)
-        if not contiguous or not k:
-            return None
-        j0 = bisect_left(prev.lines, first)
-        if j0 + k > len(prev.lines) or prev.lines[j0] != first or prev.lines[j0 + k - 1] != first + k - 1:
-            return None
-        a, last = prev.offsets[j0], prev.offsets[j0 + k - 1]
-        b = prev.text.find("\n", last)
-        old = prev.text[a:b if b >= 0 else len(prev.text)].split("\n")
-        if len(old) != k:                    # a comment or blank line between the previous rows
-            return None
-        if "\r" in prev.text[a:b if b >= 0 else len(prev.text)]:
-            old = list(map(str.rstrip, old, repeat("\r")))
-        return j0, list(map(str.__eq__, kept, old))
-
-    def _reuse_block(self, chunk: str, kept: list[str], j0: int, eq: list[bool]) -> tuple[Block | None, list | None]:
-        """The block's ids and plans from the previous load's columns (rows ``j0``...), only its
-        changed rows split and checked (check_block; None: one of them needs checking row by
-        row); their prefixes are copied afterwards (_copy_packed). When no row moved, only the
-        changed rows' logins are keyed (the others' are the previous load's: the rows listed)."""
-        prev, k = self.prev, len(kept)
-        changed = list(compress(range(k), map(not_, eq)))
-        in_place = j0 == len(self.ids)
-        rows = _fields_of(chunk, kept if not in_place else [kept[i] for i in changed])
-        if rows is None:
-            return None, None
-        fresh = check_block([rows[i] for i in changed] if not in_place else rows, self.ix) if changed \
-            else Block([], [], [], [], [])
-        if fresh is None:
-            return None, None
-        logins = () if self.ix[4] < 0 else list(map(itemgetter(self.ix[4]), rows))
-        out = Block(prev.ids[j0:j0 + k], list(map(prev.plans.__getitem__, prev.plan_of[j0:j0 + k])),
-                    fresh.codes, fresh.values, fresh.counts, logins)
-        for b, i in enumerate(changed):
-            out.ids[i], out.plans[i] = fresh.ids[b], fresh.plans[b]
-        return out, changed if in_place else None
-
-    def _copy_packed(self, j0: int, eq: list[bool], block: Block) -> None:
-        """Append the block's prefixes: runs of unchanged rows copied from the previous load's
-        arrays (slices, no per-row work), the changed rows' from ``block`` (_reuse_block)."""
-        p, start, new = self.prev.packed, self.prev.packed.start, self.packed
-        k, r, f = len(eq), 0, 0                   # next row to copy; next prefix of the changed rows
-        for b, i in enumerate(chain(compress(range(k), map(not_, eq)), (k,))):
-            if i > r:                             # rows r..i-1 unchanged
-                x, y = start[j0 + r], start[j0 + i]
-                shift, row_shift = len(new.code) - x, len(new.start) - 1 - (j0 + r)
-                new.code.extend(p.code[x:y])
-                new.hi.extend(p.hi[x:y])
-                new.lo.extend(p.lo[x:y])
-                new.start.extend(map(add, start[j0 + r + 1:j0 + i + 1], repeat(shift)) if shift else
-                                 start[j0 + r + 1:j0 + i + 1])
-                new.row.extend(map(add, p.row[x:y], repeat(row_shift)) if row_shift else p.row[x:y])
-            if i == k:
-                return
-            n = block.counts[b]
-            for code, value in zip(block.codes[f:f + n], block.values[f:f + n], strict=True):
-                new.add(code, value)
-            new.end_row()
-            r, f = i + 1, f + n
 
     @staticmethod
     def _data_lines(chunk: str, lines: list[str]):
@@ -460,13 +362,3 @@ class _Reader:
         self.errors += 1
         if self.errors <= MAX_PROBLEMS:
             self.problems.add(Loc(self.rel, n), column, reason)
-
-
-
-def _fields_of(chunk: str, kept: list[str]) -> list[list[str]] | None:
-    """The fields of each line, or None (a CSV quoting error: the block is read row by row)."""
-    try:
-        return list(map(str.split, kept, repeat(","))) if '"' not in chunk \
-            else [ln.split(",") if '"' not in ln else next(csv.reader([ln])) for ln in kept]
-    except csv.Error:
-        return None
