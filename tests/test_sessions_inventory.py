@@ -188,3 +188,69 @@ def test_large_inventory_customers_built_on_demand_and_reload_changes_only_edite
     assert [d for sh, d in new.prefixes.v4 if sh == 2][0] is not v4_32
     v6 = [d for _, d in view.prefixes.v6]
     assert all(any(d is e for e in v6) for _, d in new.prefixes.v6)    # the /48 table: shared, untouched
+
+
+def _columns(inv):
+    p = inv.packed
+    plans = [inv.plan(i) or None for i in range(len(inv))]
+    return (inv.ids, list(inv.lines), plans, list(p.code), list(p.hi), list(p.lo), list(p.start), list(p.row),
+            [inv.line(i) for i in range(len(inv))], inv.login_owner("u12345@isp.example"),
+            list(inv._logins[0]), list(inv._logins[1]))
+
+
+def test_a_one_percent_reload_checks_only_changed_rows_and_reuses_the_rest(tmp_path, monkeypatch):
+    """A reload that edits 1% of rows in place validates those rows only: the others' columns are
+    taken from the previous load (the very same id objects), and the result is what a first load
+    of the new file gives. An edit that moves lines (a comment inserted) is still read right."""
+    from nocpolicy.policy import inventory as inventory_mod
+    from nocpolicy.policy import invreload
+    pol = with_inventory(tmp_path, _rows(30_000))
+    a = load_policy(pol)
+    checked = []
+    real = inventory_mod.check_block
+    for mod in (inventory_mod, invreload):                           # count the rows validated
+        monkeypatch.setattr(mod, "check_block", lambda rows, ix: checked.append(len(rows)) or real(rows, ix))
+    lines = (pol / "customers.csv").read_text().split("\n")
+    edited = set()
+    for n in range(2, 30_000, 100):                                  # every 100th row: 300 rows
+        lines[n] = lines[n].replace(f",C{n - 1},", f",Renamed {n - 1},")
+        edited.add(f"h{n - 1:06d}")
+    lines[5001] = lines[5001].replace("/30", "/31")                  # a prefix too
+    lines[9001] = lines[9001].replace("u9000@", "new9000@")          # and a login
+    edited |= {"h005000", "h009000"}
+    (pol / "customers.csv").write_text("\n".join(lines))
+    b = load_policy(pol, previous=a)
+    assert b.customers.inventory.changed == edited
+    assert sum(checked) == len(edited)                               # only the edited rows were checked
+    inv_a, inv_b = a.customers.inventory, b.customers.inventory
+    same = [i for i in range(len(inv_b)) if inv_b.ids[i] not in edited]
+    assert len(same) == 30_000 - len(edited)
+    assert all(inv_b.ids[i] is inv_a.ids[i] for i in same)           # reused, not parsed again
+    assert b.customers_by_id["h005000"].prefixes[0].prefixlen == 31
+    assert b.customers_by_id["h000101"].name == "Renamed 101"
+    assert inv_b.login_owner("new9000@isp.example") == "h009000" and inv_b.login_owner("u9000@isp.example") is None
+    assert inv_b.login_owner("u29999@isp.example") == "h029999"
+    monkeypatch.undo()
+    assert _columns(inv_b) == _columns(load_policy(pol).customers.inventory)
+    lines.insert(7000, "# a comment moves every later line")
+    (pol / "customers.csv").write_text("\n".join(lines))
+    c = load_policy(pol, previous=b)
+    assert c.customers_by_id["h029000"].loc.line == 29_003
+    assert _columns(c.customers.inventory) == _columns(load_policy(pol).customers.inventory)
+
+
+def test_a_reload_that_makes_two_rows_overlap_is_refused_naming_both(tmp_path):
+    """On a reload the prefix tables are the previous ones updated for the changed rows: a changed
+    row that now claims an unchanged row's prefix is still found, and the policy in force kept."""
+    pol = with_inventory(tmp_path, _rows(20_000))
+    a = load_policy(pol)
+    lines = (pol / "customers.csv").read_text().split("\n")
+    lines[3001] = lines[3001].replace("10.0.46.224/30", "10.0.0.4/30")       # row h003000 takes h000001's
+    (pol / "customers.csv").write_text("\n".join(lines))
+    with pytest.raises(PolicyInvalid) as e:
+        load_policy(pol, previous=a)
+    text = "\n".join(str(p) for p in e.value.problems)
+    assert "h003000" in text and "h000001" in text and "overlap" in text
+    assert f"{pol / 'customers.csv'}:3002" in text
+    assert a.customers.inventory.read_tables is not None              # the previous tables untouched
+    assert all(len(t) == 20_000 for t in a.customers.inventory.read_tables.values())

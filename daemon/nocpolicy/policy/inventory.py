@@ -20,11 +20,12 @@ import hashlib
 from array import array
 from dataclasses import dataclass, field
 from itertools import accumulate, chain, compress, repeat
-from operator import add, lshift, or_, rshift
+from operator import add, lshift, not_, or_, rshift
 from pathlib import Path
 
 from .fields import Obj, Problems, as_text, obj
 from .invbulk import Block, check_block
+from .invreload import aligned, copy_packed, delta_tables, fields_of, prev_login_keys, reuse_block
 from .invrow import COLUMNS, V6, RowError, check_row, column_indexes
 from .invtable import Inventory, Packed
 from .nodes import Loc
@@ -97,9 +98,12 @@ class _Reader:
         self.plans, self.plan_ix, self.plan_of = [None], {None: 0, "": 0}, array("H")
         self.packed, self.built, self.changed, self.errors = Packed(), {}, set(), 0
         self.tables: dict[int, dict[int, str]] = {}    # prefix code -> {network >> host bits: id}
+        # a reload: the previous load's tables, updated for the changed rows at the end (copy on write)
+        self.base_tables = self.prev.read_tables if self.prev is not None else None
         self.n_prefixes = 0
         self.same = bytearray()          # row -> 1: reused from ``previous`` at the same line
         self.login_keys: list[int] = []  # (hash of a login + 2**63) << 32 | row (invtable.login_owner)
+        self.logins_prev = bytearray()   # row -> 1: its login keys are the previous load's (same row)
 
     def read(self, pos: int) -> Inventory:
         text, n, end_all = self.text, 1, len(self.text)
@@ -117,14 +121,31 @@ class _Reader:
                               f"{self.errors - MAX_PROBLEMS} more bad rows not listed")
         prev = self.prev
         if prev is not None:
-            self.changed.update(cid for cid in prev.ids if cid not in self.index)
+            self.changed.update(prev.index.keys() - self.index.keys())
+            self._hand_on(prev)
         inv = Inventory(self.rel, text, self.cols, self.offsets, self.lines, self.ids, self.index, self.plans,
                         self.plan_of, self.packed, frozenset(self.changed) if prev is not None else None,
                         prev, self.built, self.same)
-        inv.index_logins(self.login_keys)
-        inv.tables = self.tables            # exact: no prefix listed twice (else the overlap check says so)
-        inv.tables_exact = sum(map(len, self.tables.values())) == self.n_prefixes
+        inv.index_logins(self.login_keys + prev_login_keys(self))
+        if self.base_tables is None:
+            tables, exact = self.tables, sum(map(len, self.tables.values())) == self.n_prefixes
+        elif len(self.changed) <= max(1000, len(self.ids) // 10):
+            tables, exact = delta_tables(self, inv)
+        else:
+            tables = {p + (V6 if f == 6 else 0): t for f, p, t in inv.prefix_tables()}
+            exact = sum(map(len, tables.values())) == len(self.packed.code)
+        inv.tables = inv.read_tables = tables   # exact: no prefix listed twice (else the overlap check says so)
+        inv.tables_exact = exact
         return inv
+
+
+    def _hand_on(self, prev: Inventory) -> None:
+        """Keep the Customers the previous load built whose line is the same at the same place."""
+        index, same, built = self.index, self.same, self.built
+        for cid, c in prev._built.items():
+            i = index.get(cid)
+            if i is not None and same[i] and cid not in built:
+                built[cid] = c
 
     def _one_by_one(self, lines: list[str], n: int, pos: int) -> None:
         for line in lines:
@@ -139,12 +160,17 @@ class _Reader:
         is unchanged since the previous load are taken from it unchecked."""
         if lines and not lines[-1]:
             lines = lines[:-1]                  # the file's last newline
-        split = self._split(chunk, lines)
-        if split is None:
+        keep, kept = self._data_lines(chunk, lines)
+        js = eq = rows = login_rows = None
+        same_at = aligned(self, kept, n0 + keep[0] if keep else n0, len(keep) == len(lines)) \
+            if self.prev is not None else None
+        if same_at is not None:
+            block, login_rows = reuse_block(self, chunk, kept, *same_at)
+            eq = same_at[1]
+        elif (rows := fields_of(chunk, kept)) is None:
             return False
-        keep, kept, rows = split
-        if self.prev is None:
-            block, js = check_block(rows, self.ix), None
+        elif self.prev is None:
+            block = check_block(rows, self.ix)
         else:
             js = self._unchanged(rows, kept)
             fresh = check_block([r for r, j in zip(rows, js, strict=True) if j < 0], self.ix) \
@@ -161,18 +187,30 @@ class _Reader:
                 self.plan_ix[raw] = len(self.plans)
                 self.plans.append(raw)
         self.plan_of.extend(map(self.plan_ix.__getitem__, block.plans))
-        self.packed.extend(block.codes, block.values, block.counts)
-        self._tabulate(block.codes, block.values, list(chain.from_iterable(map(repeat, block.ids, block.counts))))
-        self._logins(block.logins, len(self.ids) - len(block.ids))
-        if js is None:
+        if eq is not None:
+            copy_packed(self, *same_at, block)
+        else:
+            self.packed.extend(block.codes, block.values, block.counts)
+            if self.base_tables is None:
+                self._tabulate(block.codes, block.values,
+                               list(chain.from_iterable(map(repeat, block.ids, block.counts))))
+        base = len(self.ids) - len(block.ids)
+        self._logins(block.logins, range(base, base + len(block.ids)) if login_rows is None else
+                     list(map(add, login_rows, repeat(base))))
+        self.logins_prev.extend(bytes(len(block.ids)) if login_rows is None else eq)
+        if eq is not None:
+            self.same.extend(eq)
+            self.changed.update(compress(block.ids, map(not_, eq)))
+        elif js is None:
             self.same.extend(bytes(len(block.ids)))
         else:
             self._compare(block.ids, js, [n0 + i for i in keep])
         return True
 
+
     @staticmethod
-    def _split(chunk: str, lines: list[str]):
-        """(indexes of the data lines, those lines, their fields), or None (a CSV quoting error)."""
+    def _data_lines(chunk: str, lines: list[str]):
+        """(indexes of the data lines, those lines without a trailing CR)."""
         if "\n\n" in chunk or "\n#" in chunk or chunk[:1] in ("#", "\n"):
             keep = [i for i, line in enumerate(lines) if line and line[0] != "#" and not line.isspace()]
             kept = [lines[i] for i in keep]
@@ -180,12 +218,7 @@ class _Reader:
             keep, kept = range(len(lines)), lines
         if "\r" in chunk:
             kept = list(map(str.rstrip, kept, repeat("\r")))
-        try:
-            rows = list(map(str.split, kept, repeat(","))) if '"' not in chunk \
-                else [ln.split(",") if '"' not in ln else next(csv.reader([ln])) for ln in kept]
-        except csv.Error:
-            return None
-        return keep, kept, rows
+        return keep, kept
 
     def _unchanged(self, rows: list[list[str]], lines: list[str]) -> list[int]:
         """For each row, its row in the previous load if its line is the same there, else -1."""
@@ -219,8 +252,11 @@ class _Reader:
         return out
 
     def _tabulate(self, codes: list[int], values: list[int], owners: list[str]) -> None:
-        """Add prefixes to the per-length tables (the DNS guard's address lookup and the overlap check)."""
+        """Add prefixes to the per-length tables (the DNS guard's address lookup and the overlap check);
+        on a reload they are the previous ones updated at the end (_delta_tables)."""
         self.n_prefixes += len(codes)
+        if self.base_tables is not None:
+            return
         distinct = set(codes)
         for code in distinct:
             table = self.tables.setdefault(code, {})
@@ -232,10 +268,10 @@ class _Reader:
             table.update(zip(map(rshift, vals, repeat((128 if code & V6 else 32) - (code & 0xFF))), own,
                              strict=False))
 
-    def _logins(self, column, base: int) -> None:
-        """Key the logins of rows ``base``... (column: their logins fields) for the login index."""
-        rows = range(base, base + len(column))
-        if not any(map(str.__contains__, column, repeat(" "))) and not any(map(str.__contains__, column, repeat("\t"))):
+    def _logins(self, column, rows) -> None:
+        """Key the logins of ``rows`` (column: their logins fields) for the login index."""
+        joined = "".join(column)
+        if " " not in joined and "\t" not in joined:
             hashes = map(add, map(hash, map(str.strip, column)), repeat(1 << 63))
             keys = map(or_, map(lshift, hashes, repeat(32)), rows)
             self.login_keys.extend(compress(keys, map(str.strip, column)))
@@ -286,8 +322,9 @@ class _Reader:
             return
         self.index[cid] = len(self.ids)
         if self.ix[4] >= 0:
-            self._logins([row[self.ix[4]]], len(self.ids))
+            self._logins([row[self.ix[4]]], [len(self.ids)])
         self.ids.append(cid)
+        self.logins_prev.append(0)
         self.offsets.append(pos)
         self.lines.append(n)
         p = self.plan_ix.get(plan)
@@ -325,4 +362,3 @@ class _Reader:
         self.errors += 1
         if self.errors <= MAX_PROBLEMS:
             self.problems.add(Loc(self.rel, n), column, reason)
-

@@ -109,6 +109,9 @@ class Inventory(Sequence):
         self._built: dict[str, Customer] = built or {}
         self._logins: tuple[array, array] | None = None
         self.tables: dict[int, dict[int, str]] | None = None   # built while read; see take_tables
+        # the same tables, kept after take_tables (nobody writes to them once read: the taker
+        # copies a table before changing it): a reload updates them for the rows it changed
+        self.read_tables: dict[int, dict[int, str]] | None = None
         self.tables_exact = False
 
     def __len__(self) -> int:

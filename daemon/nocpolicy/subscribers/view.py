@@ -172,11 +172,11 @@ def _reload_inventory(old: SubscriberView, customers, unknown_mode: str, decisio
     """reload_view where both policies have a CSV inventory, the new one read against the old
     one: its ``changed`` ids (and the YAML customers' delta) are all that is rebuilt."""
     inv, old_inv = customers.inventory, old.by_id.inventory
-    inv.tables = None                   # the old view's tables are updated instead: free the new ones
     by_cust = {c.id: c for c in customers.static}
     removed, added, changed = customers_delta(old.customers.static, by_cust.values())
     if len(changed) + len(inv.changed) > max(1000, len(customers) // 10):
         return build_view(customers, unknown_mode, decisions)
+    inv.tables = None                   # the old view's tables are updated instead (the new ones share theirs)
     for cid in inv.changed:
         j, i = old_inv.index.get(cid), inv.index.get(cid)
         was = old_inv.packed.of_row(j) if j is not None else []
