@@ -47,11 +47,13 @@ OUTSTANDING = [100]   # dnsperf -q (--outstanding)
 # CPU pinning (--pin): the server under test on one CPU, dnsperf and the upstream unbound on
 # another, the same for every tool; None = not pinned
 PIN: dict[str, str | None] = {"server": None, "harness": None}
+# commands put before a role's argv (hostile_bench.py: setsid/nice as the systemd unit gives them)
+WRAP: dict[str, list[str]] = {"server": [], "harness": []}
 
 
 def pinned(role: str, argv: list) -> list:
     cpus = PIN[role]
-    return ["taskset", "-c", cpus, *argv] if cpus else list(argv)
+    return [*WRAP[role], *(["taskset", "-c", cpus] if cpus else []), *argv]
 
 
 def cpu_seconds(pid: int) -> float:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import random
 import re
@@ -45,9 +46,12 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dns_bench import cpu_seconds, load_avg, nocpolicyd, unbound  # noqa: E402
+from dns_bench import PIN, WRAP, cpu_seconds, load_avg, nocpolicyd, unbound  # noqa: E402
+
+UNIT = Path(__file__).resolve().parent.parent / "deploy" / "systemd" / "nocpolicyd.service"
 
 RATE = 200
+FLOODER: list[str] = []      # taskset/nice before dnsperf (--pin)
 
 
 def query(name: str, qid: int) -> bytes:
@@ -120,7 +124,7 @@ def metric(mport: int, name: str) -> float:
 
 
 def dnsperf(src: str, port: int, qfile: Path, seconds: int, max_qps: int) -> dict:
-    out = subprocess.run(["dnsperf", "-a", src, "-s", "127.0.0.1", "-p", str(port), "-d", str(qfile),
+    out = subprocess.run([*FLOODER, "dnsperf", "-a", src, "-s", "127.0.0.1", "-p", str(port), "-d", str(qfile),
                           "-l", str(seconds), "-Q", str(max_qps), "-c", "4", "-q", "20000", "-t", "1"],
                          capture_output=True, text=True, timeout=seconds + 60).stdout
     sent = int(re.search(r"Queries sent:\s+(\d+)", out).group(1))
@@ -190,6 +194,57 @@ def code(path: str | None):
             os.environ["PYTHONPATH"] = old
 
 
+def cpu_set(spec: str) -> set[int]:
+    """A taskset CPU list ("1", "0,2", "2-3") as a set."""
+    out: set[int] = set()
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def unit_sched() -> tuple[int, int]:
+    """CPUWeight= and Nice= of the shipped systemd unit (100 and 0 where it sets none)."""
+    text = UNIT.read_text()
+    w = re.search(r"^CPUWeight=(\d+)", text, re.M)
+    n = re.search(r"^Nice=(-?\d+)", text, re.M)
+    return int(w.group(1)) if w else 100, int(n.group(1)) if n else 0
+
+
+def place(a) -> str:
+    """Where the processes run (--pin, --sched); returns a line for the report.
+
+    A real flooder is another machine: the guard gets one CPU, dnsperf, the customers (this
+    process's threads) and the upstream unbound the other. The guard runs with the unit's
+    scheduling: its own session (systemd services do setsid) whose autogroup gets the nice
+    value of the unit's CPUWeight= relative to the default 100 (1.25 per nice step: the
+    cgroup weight on this cgroup-v1 + autogroup kernel), and the unit's Nice=. dnsperf runs
+    at nice 10 beside the customers, so that the probes measure the guard, not the flooder
+    taking their CPU."""
+    global FLOODER
+    weight, nice = unit_sched() if a.sched == "unit" else (100, 0)
+    a.autogroup_nice = -round(math.log(weight / 100) / math.log(1.25)) if weight != 100 else 0
+    if a.sched == "unit":
+        WRAP["server"] = ["setsid", "nice", "-n", str(nice)]
+    if a.pin:
+        PIN["server"], PIN["harness"] = a.pin.split(":")
+        os.sched_setaffinity(0, cpu_set(PIN["harness"]))
+    FLOODER = ["nice", "-n", "10"] + (["taskset", "-c", PIN["harness"]] if a.pin else [])
+    return (f"guard pinned to CPU {PIN['server']}, dnsperf (nice 10) + customers + unbound to CPU "
+            f"{PIN['harness']}" if a.pin else "not pinned") + (
+        f"; guard with the unit's CPUWeight={weight} (autogroup nice {a.autogroup_nice}) and Nice={nice}"
+        if a.sched == "unit" else "; guard at default scheduling")
+
+
+def guard_started(d, a) -> None:
+    """The autogroup weight of the guard's session (CPUWeight= of the unit)."""
+    if a.autogroup_nice:
+        try:
+            Path(f"/proc/{d.p.pid}/autogroup").write_text(str(a.autogroup_nice))
+        except OSError as exc:
+            print(f"  (autogroup nice not set: {exc})")
+
+
 def customers(port: int, allowed, listed, seconds: float) -> tuple[Customer, Customer]:
     ca = Customer("127.0.0.3", port, allowed, seconds)
     cb = Customer("127.0.0.4", port, listed, seconds)
@@ -202,6 +257,7 @@ def customers(port: int, allowed, listed, seconds: float) -> tuple[Customer, Cus
 
 def scenario(work, label, pol, qfile, allowed, listed, a) -> dict:
     d, port, mport, _ = nocpolicyd(work, pol, tag=f"-{label[:3]}")
+    guard_started(d, a)
     try:
         time.sleep(1)
         ctl = customers(port, allowed, listed, a.control) if a.control else None
@@ -261,6 +317,7 @@ def throughput(work, pol, qfiles, a) -> None:
         for v, path in variants:
             with code(path):
                 daemons.append((v, *nocpolicyd(work, pol, tag=f"-off-{len(daemons)}")[:2]))
+                guard_started(daemons[-1][1], a)
         for r in range(a.runs):
             order = [(v, d, port, k, q) for v, d, port in daemons for k, q in qfiles.items()]
             for v, d, port, k, q in (order if r % 2 == 0 else reversed(order)):
@@ -305,15 +362,20 @@ def main() -> int:
     p.add_argument("--kernel-qps", type=int, default=5000,
                    help="dns.ratelimit.kernel_qps of the dga-kernel part (needs root and nft: the table is "
                         "added to this host's ruleset for the daemon's port while it runs)")
+    p.add_argument("--pin", default="0:1", help="GUARD_CPUS:HARNESS_CPUS ('' = not pinned)")
+    p.add_argument("--sched", choices=("unit", "default"), default="unit",
+                   help="the guard's scheduling: as the systemd unit sets it, or the default")
     p.add_argument("--baseline", help="another checkout (its daemon/ directory) for the throughput A/B")
     a = p.parse_args()
     parts = set(a.parts.split(","))
+    print(f"hostile_bench {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}: {place(a)}")
     rng = random.Random(14)
     with tempfile.TemporaryDirectory(prefix="hostile-bench-") as tmp:
         work = Path(tmp)
         listed = [f"cc{i}.c2-bench.example" for i in range(a.names)]
         allowed = [f"ok{i}.fine-bench.example" for i in range(1000)]
-        ub, ub_port = unbound(work, [f"{n}. 300 IN A 192.0.2.{i % 250 + 1}" for i, n in enumerate(allowed)], [])
+        ub, ub_port = unbound(work, [f"{n}. 300 IN A 192.0.2.{i % 250 + 1}" for i, n in enumerate(allowed)], [],
+                              role="harness")
         try:
             dga = work / "dga.q"
             dga.write_text("".join(f"{''.join(rng.choices(string.ascii_lowercase, k=12))}.{rng.choice(listed)} A\n"
