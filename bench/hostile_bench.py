@@ -69,6 +69,7 @@ class Customer(threading.Thread):
         self.src, self.port, self.names, self.seconds = src, port, names, seconds
         self.sent: dict[int, float] = {}
         self.lat: list[float] = []
+        self.slow: list[tuple[float, float]] = []     # (wall time sent, latency) over 20 ms
 
     def run(self) -> None:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -90,7 +91,10 @@ class Customer(threading.Thread):
                 data = s.recv(4096)
                 t = self.sent.pop(int.from_bytes(data[:2], "big"), None)
                 if t is not None:
-                    self.lat.append(time.perf_counter() - t)
+                    d = time.perf_counter() - t
+                    self.lat.append(d)
+                    if d > 0.02 and len(self.slow) < 10_000:
+                        self.slow.append((time.time() - d, d))
         self.total = n
         s.close()
 
@@ -104,6 +108,16 @@ class Customer(threading.Thread):
     def report(self, label: str) -> str:
         return (f"  {label:<26} answered {len(self.lat)}/{self.total} ({self.share():.2f}%)  "
                 f"p50 {self.pct(0.5):.2f} ms  p99 {self.pct(0.99):.2f} ms  max {self.pct(1.0):.1f} ms")
+
+
+def cpu_wait(pid: int) -> float:
+    """Seconds the threads of ``pid`` have waited, runnable, for a CPU (schedstat run_delay):
+    how much the machine's other work held the guard back."""
+    total = 0
+    for t in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int((t / "schedstat").read_text().split()[1])
+    return total / 1e9
 
 
 def dir_bytes(d: Path) -> int:
@@ -262,7 +276,7 @@ def scenario(work, label, pol, qfile, allowed, listed, a) -> dict:
         time.sleep(1)
         ctl = customers(port, allowed, listed, a.control) if a.control else None
         b0, r0, l0 = dir_bytes(d.state), rows(d.state), metric(mport, "nocpolicy_dns_ratelimited_total")
-        k0, load0 = udp_drops(port), load_avg()
+        k0, load0, w0, c0 = udp_drops(port), load_avg(), cpu_wait(d.p.pid), cpu_seconds(d.p.pid)
         sampler = DirSampler(d.state, a.seconds)
         sampler.start()
         box: dict = {}
@@ -271,6 +285,7 @@ def scenario(work, label, pol, qfile, allowed, listed, a) -> dict:
         ca, cb = customers(port, allowed, listed, a.seconds)
         flood.join(a.seconds + 90)
         f = box
+        waited, used = cpu_wait(d.p.pid) - w0, cpu_seconds(d.p.pid) - c0
         time.sleep(2.5)                                    # the last detection batch written
         b1, r1, l1 = dir_bytes(d.state), rows(d.state), metric(mport, "nocpolicy_dns_ratelimited_total")
         kdrops = udp_drops(port) - k0
@@ -286,11 +301,17 @@ def scenario(work, label, pol, qfile, allowed, listed, a) -> dict:
         if ctl:
             print(ctl[0].report(f"control A, no flood ({a.control}s)"))
             print(ctl[1].report(f"control B, no flood ({a.control}s)"))
+        if a.slow_log:
+            with open(a.slow_log, "a") as fh:
+                fh.write(f"# {label}\n" + "".join(f"{c} {t:.3f} {d * 1000:.1f} ms\n"
+                                                   for c, x in (("A", ca), ("B", cb)) for t, d in x.slow))
         print(ca.report("customer A (allowed)"))
         print(cb.report("customer B (listed)"))
         print(f"  flooder                sent {f['sent'] / a.seconds:.0f} qps, answered {f['qps']:.0f} qps, "
               f"limited {(l1 - l0) / a.seconds:.0f} qps (dropped or TC); kernel dropped {kdrops} datagrams "
               f"at the guard's socket (buffer full); kernel meter dropped {meter / a.seconds:.0f}/s")
+        print(f"  guard CPU              used {used / a.seconds * 100:.0f} % of a CPU; waited for a CPU (runnable, "
+              f"not run: the machine's other work) {waited / a.seconds * 1000:.0f} ms per second of flood")
         print(f"  state dir              +{(b1 - b0) / a.seconds:.0f} B/s ({(b1 - b0) / a.seconds * 60 / 1e6:.3f} MB "
               f"per minute; first half {g1 * 60 / 1e6:.3f}, second half {g2 * 60 / 1e6:.3f} MB/min; "
               f"{min(sizes) / 1e6:.2f}-{max(sizes) / 1e6:.2f} MB), detection rows +{(r1 - r0) / a.seconds:.2f}/s")
@@ -299,7 +320,8 @@ def scenario(work, label, pol, qfile, allowed, listed, a) -> dict:
         out = {"A %": ca.share(), "A p99": ca.pct(0.99), "B %": cb.share(), "B p99": cb.pct(0.99),
                "flood qps": f["sent"] / a.seconds, "limited qps": (l1 - l0) / a.seconds, "kernel drops": kdrops,
                "MB/min": (b1 - b0) / a.seconds * 60 / 1e6, "MB/min 2nd half": g2 * 60 / 1e6,
-               "meter drops/s": meter / a.seconds}
+               "meter drops/s": meter / a.seconds, "guard CPU %": used / a.seconds * 100,
+               "CPU wait ms/s": waited / a.seconds * 1000}
         if ctl:
             out.update({"ctl A p99": ctl[0].pct(0.99), "ctl B p99": ctl[1].pct(0.99),
                         "ctl A %": ctl[0].share(), "ctl B %": ctl[1].share()})
@@ -365,6 +387,8 @@ def main() -> int:
     p.add_argument("--pin", default="0:1", help="GUARD_CPUS:HARNESS_CPUS ('' = not pinned)")
     p.add_argument("--sched", choices=("unit", "default"), default="unit",
                    help="the guard's scheduling: as the systemd unit sets it, or the default")
+    p.add_argument("--slow-log", help="append the customers' answers slower than 20 ms (wall time sent, "
+                   "latency) to this file")
     p.add_argument("--baseline", help="another checkout (its daemon/ directory) for the throughput A/B")
     a = p.parse_args()
     parts = set(a.parts.split(","))

@@ -15,6 +15,9 @@ _FAMILIES = (
      "(dropped, or answered TC=1: slip)", ("limit", "action"),
      {("queries", "dropped"): "queries_dropped", ("queries", "truncated"): "queries_slipped",
       ("blocked", "dropped"): "blocked_dropped", ("blocked", "truncated"): "blocked_slipped"}),
+    ("nocpolicy_dns_ratelimit_socket_filtered", "Of the dropped queries over the per-source limit, "
+     "those the kernel dropped before the guard read them (socket filter of muted sources)", (),
+     {(): "socket_filtered"}),
     ("nocpolicy_dns_ratelimit_exempt", "Queries over a per-source limit let through because the "
      "customer is exempt (public safety)", (), {(): "exempt"}),
     ("nocpolicy_dns_pending_quota_drops", "Queries dropped because their source already had "

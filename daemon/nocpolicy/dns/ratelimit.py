@@ -11,8 +11,10 @@ dnsdist's ``MaxQPSIPRule`` and BIND's response-rate limiting (RRL) ``slip``.
   would otherwise be fed half its rate in answers and keep the guard, and the socket buffer it
   shares with every customer, saturated. Past that everything is dropped with no work but
   counting (as unbound's ``ip-ratelimit`` and dnsdist's ``MaxQPSIPRule`` drop). Such a source
-  address is **muted** for the rest of the second: the batched listener (mmsg.py) drops its
-  datagrams as it reads them, before copying them or calling the engine, and only counts them.
+  address is **muted** for the rest of the second: a socket filter drops its datagrams in the
+  kernel, before they are queued behind or in front of anybody's (mutefilter.py), and the
+  batched listener (mmsg.py) drops those already queued as it reads them, before copying them
+  or calling the engine; both are counted.
 * **Blocked answers per second per source prefix**, a separate and lower limit: an infected
   machine's C&C lookups are answered, logged and counted, but a flood of them is not.
 * **Exemptions** by customer (``public_safety: true`` or a tag in ``exempt_tags``).
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import ipaddress
 
+from .mutefilter import MuteFilter
 from .wire import NOERROR, WireError, answer, parse_query
 
 KEYS_MAX = 65536
@@ -44,6 +47,7 @@ class RateLimiter:
         self.muted: dict[str, int] = {}        # address -> datagrams dropped unread this second
         self.exempt: frozenset = frozenset()   # customer ids
         self.customer_of = lambda host: None
+        self.mute_filter = MuteFilter()        # the listeners add their UDP sockets (server.py)
         self.configure(conf)
 
     def configure(self, conf, exempt: frozenset = frozenset()) -> None:
@@ -66,8 +70,11 @@ class RateLimiter:
         if self.muted:
             n = sum(self.muted.values())
             self.muted.clear()                 # in place: the listeners hold this dict
+            k = self.mute_filter.clear()       # dropped in the kernel, never read
             limits = self.stats.limits
-            limits["queries_dropped"] = limits.get("queries_dropped", 0) + n
+            limits["queries_dropped"] = limits.get("queries_dropped", 0) + n + k
+            if k:
+                limits["socket_filtered"] = limits.get("socket_filtered", 0) + k
             self.stats.udp += n
 
     def key(self, host: str) -> str:
@@ -112,8 +119,9 @@ class RateLimiter:
                 return True
         k = _DROPPED[kind]
         limits[k] = limits.get(k, 0) + 1
-        if kind == "queries" and (not slip or m > self.slip_cap(limit) * slip):
-            self.muted.setdefault(host, 0)     # nothing more is answered to it this second
+        if kind == "queries" and (not slip or m > self.slip_cap(limit) * slip) and host not in self.muted:
+            self.muted[host] = 0               # nothing more is answered to it this second
+            self.mute_filter.mute(host)
         return True
 
     @staticmethod

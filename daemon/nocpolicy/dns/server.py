@@ -70,6 +70,7 @@ class Listeners:
                 except OSError:
                     sock.close()
                     raise
+                self.engine.limiter.mute_filter.add_socket(sock)     # muted sources dropped in the kernel
                 if self.batched:
                     transport = BatchedUdp(loop, sock, None, group=self.batched)
                     transport.on_datagram = self.engine.udp_handler(transport.sendto)
@@ -91,6 +92,7 @@ class Listeners:
         return [t.get_extra_info("sockname")[:2] for t in self.udp]
 
     async def stop(self) -> None:
+        self.engine.limiter.mute_filter.remove_all()
         for t in self.udp:
             t.close()
         for s in self.tcp:
