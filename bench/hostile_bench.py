@@ -276,6 +276,7 @@ def scenario(work, label, pol, qfile, allowed, listed, a) -> dict:
         time.sleep(1)
         ctl = customers(port, allowed, listed, a.control) if a.control else None
         b0, r0, l0 = dir_bytes(d.state), rows(d.state), metric(mport, "nocpolicy_dns_ratelimited_total")
+        sf0 = metric(mport, "nocpolicy_dns_ratelimit_socket_filtered_total")
         k0, load0, w0, c0 = udp_drops(port), load_avg(), cpu_wait(d.p.pid), cpu_seconds(d.p.pid)
         sampler = DirSampler(d.state, a.seconds)
         sampler.start()
@@ -288,7 +289,9 @@ def scenario(work, label, pol, qfile, allowed, listed, a) -> dict:
         waited, used = cpu_wait(d.p.pid) - w0, cpu_seconds(d.p.pid) - c0
         time.sleep(2.5)                                    # the last detection batch written
         b1, r1, l1 = dir_bytes(d.state), rows(d.state), metric(mport, "nocpolicy_dns_ratelimited_total")
-        kdrops = udp_drops(port) - k0
+        time.sleep(1.5)                                    # the last window's socket-filter drops counted
+        sf = metric(mport, "nocpolicy_dns_ratelimit_socket_filtered_total") - sf0
+        kdrops = udp_drops(port) - k0 - sf                 # the socket filter's drops are counted there too
         time.sleep(10)                                     # the kernel meter's counter is read every 10 s
         meter = metric(mport, "nocpolicy_dns_kernel_meter_dropped_total")
         rss = d.rss_mb()
@@ -308,7 +311,7 @@ def scenario(work, label, pol, qfile, allowed, listed, a) -> dict:
         print(ca.report("customer A (allowed)"))
         print(cb.report("customer B (listed)"))
         print(f"  flooder                sent {f['sent'] / a.seconds:.0f} qps, answered {f['qps']:.0f} qps, "
-              f"limited {(l1 - l0) / a.seconds:.0f} qps (dropped or TC); kernel dropped {kdrops} datagrams "
+              f"limited {(l1 - l0) / a.seconds:.0f} qps (dropped or TC; {sf / a.seconds:.0f} qps of them by the socket filter of muted sources); kernel dropped {kdrops} datagrams "
               f"at the guard's socket (buffer full); kernel meter dropped {meter / a.seconds:.0f}/s")
         print(f"  guard CPU              used {used / a.seconds * 100:.0f} % of a CPU; waited for a CPU (runnable, "
               f"not run: the machine's other work) {waited / a.seconds * 1000:.0f} ms per second of flood")
@@ -318,7 +321,7 @@ def scenario(work, label, pol, qfile, allowed, listed, a) -> dict:
         print(f"  state dir every 10 s   {', '.join(f'{x / 1e6:.2f}' for x in sizes[::10])} MB")
         print(f"  nocpolicyd RSS         {rss[0]:.0f} MB (peak {rss[1]:.0f} MB)")
         out = {"A %": ca.share(), "A p99": ca.pct(0.99), "B %": cb.share(), "B p99": cb.pct(0.99),
-               "flood qps": f["sent"] / a.seconds, "limited qps": (l1 - l0) / a.seconds, "kernel drops": kdrops,
+               "flood qps": f["sent"] / a.seconds, "limited qps": (l1 - l0) / a.seconds, "kernel drops": kdrops, "filtered qps": sf / a.seconds,
                "MB/min": (b1 - b0) / a.seconds * 60 / 1e6, "MB/min 2nd half": g2 * 60 / 1e6,
                "meter drops/s": meter / a.seconds, "guard CPU %": used / a.seconds * 100,
                "CPU wait ms/s": waited / a.seconds * 1000}
@@ -372,6 +375,20 @@ def summary(label: str, runs: list[dict]) -> None:
         print(f"  {k:<18} {statistics.median(vals):>10.2f}   (runs: {', '.join(f'{x:.2f}' for x in vals)})")
 
 
+def run_scenarios(work, scenarios: dict, allowed, listed, a) -> None:
+    """Each scenario --runs times; with --ab, the --baseline checkout's daemon too, the order of
+    the two alternating from run to run (an A/B in the same conditions)."""
+    variants = [("this tree", None)] + ([("baseline", a.baseline)] if a.ab else [])
+    res: dict[tuple, list] = {(k, v): [] for k in scenarios for v, _ in variants}
+    for r in range(a.runs):
+        for k, (label, pol, qfile) in scenarios.items():
+            for v, path in (variants if r % 2 == 0 else variants[::-1]):
+                with code(path):
+                    res[(k, v)].append(scenario(work, f"{label} [{v}]", pol, qfile, allowed, listed, a))
+    for (k, v), runs in res.items():
+        summary(f"{scenarios[k][0]} [{v}]", runs)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=int, default=30)
@@ -390,6 +407,7 @@ def main() -> int:
     p.add_argument("--slow-log", help="append the customers' answers slower than 20 ms (wall time sent, "
                    "latency) to this file")
     p.add_argument("--baseline", help="another checkout (its daemon/ directory) for the throughput A/B")
+    p.add_argument("--ab", action="store_true", help="run the flood scenarios with --baseline's daemon too")
     a = p.parse_args()
     parts = set(a.parts.split(","))
     print(f"hostile_bench {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}: {place(a)}")
@@ -408,20 +426,10 @@ def main() -> int:
             rep.write_text("".join(f"{n} A\n" for n in listed[:100]))
             on = policy(work, ub_port, listed, "")
             meter = policy(work, ub_port, listed, f"  ratelimit:\n    kernel_qps: {a.kernel_qps}\n")
-            res: dict[str, list] = {"dga": [], "dga-kernel": [], "repeated": []}
-            for _ in range(a.runs if parts & set(res) else 0):
-                if "dga" in parts:
-                    res["dga"].append(scenario(work, "DGA flood, rate limiting on (defaults)", on, dga, allowed,
-                                               listed[100:], a))
-                if "dga-kernel" in parts:
-                    res["dga-kernel"].append(scenario(work, f"DGA flood, defaults + kernel meter {a.kernel_qps}/s",
-                                                      meter, dga, allowed, listed[100:], a))
-                if "repeated" in parts:
-                    res["repeated"].append(scenario(work, "repeated 100 listed names, rate limiting on", on, rep,
-                                                    allowed, listed[100:], a))
-            summary("DGA flood", res["dga"])
-            summary(f"DGA flood, kernel meter {a.kernel_qps}/s", res["dga-kernel"])
-            summary("repeated 100 listed names", res["repeated"])
+            scenarios = {"dga": ("DGA flood, rate limiting on (defaults)", on, dga),
+                         "dga-kernel": (f"DGA flood, defaults + kernel meter {a.kernel_qps}/s", meter, dga),
+                         "repeated": ("repeated 100 listed names, rate limiting on", on, rep)}
+            run_scenarios(work, {k: v for k, v in scenarios.items() if k in parts}, allowed, listed[100:], a)
             if "throughput" in parts:
                 off = policy(work, ub_port, listed, "  ratelimit:\n    qps: 0\n    blocked_qps: 0\n")
                 throughput(work, off, {"DGA mix": dga, "repeated 100 names": rep}, a)
