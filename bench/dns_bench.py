@@ -236,7 +236,11 @@ def nocpolicyd(work: Path, pol: Path, workers: int = 1, tag: str = "",
         except OSError:
             time.sleep(0.05)
     ready = time.monotonic() - t0
-    wait_udp(port)
+    try:
+        wait_udp(port)
+    except RuntimeError:
+        p.stop()                   # not left running when the caller gives up on it
+        raise
     p.admin, p.state = f"127.0.0.1:{aport}", state
     return p, port, mport, ready
 

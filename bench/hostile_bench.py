@@ -179,6 +179,34 @@ def udp_drops(port: int) -> int:
     return 0
 
 
+def rx_queue(port: int) -> int:
+    """Bytes waiting in the guard's UDP receive queue (/proc/net/udp, rx_queue)."""
+    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+        cols = line.split()
+        if cols[1].endswith(f":{port:04X}"):
+            return int(cols[4].split(":")[1], 16)
+    return 0
+
+
+class QueueSampler(threading.Thread):
+    """The guard's receive queue every 50 ms (bounded by the scenario's duration): how much
+    customers' queries wait behind."""
+
+    def __init__(self, port: int, seconds: float):
+        super().__init__(daemon=True)
+        self.port, self.seconds, self.sizes = port, seconds, []
+
+    def run(self) -> None:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < self.seconds and len(self.sizes) < 100_000:
+            self.sizes.append(rx_queue(self.port))
+            time.sleep(0.05)
+
+    def pct(self, q: float) -> float:
+        x = sorted(self.sizes) or [0]
+        return x[min(len(x) - 1, int(q * len(x)))] / 1e6
+
+
 class DirSampler(threading.Thread):
     """The state directory's size every second (bounded by the scenario's duration)."""
 
@@ -269,9 +297,26 @@ def customers(port: int, allowed, listed, seconds: float) -> tuple[Customer, Cus
     return ca, cb
 
 
+def start_guard(work, pol, label, a):
+    """A fresh daemon for a scenario; on a loaded machine its first answer can take longer than
+    the readiness wait: then the log's tail is shown and one more daemon is started."""
+    for attempt in range(2):
+        try:
+            d, port, mport, _ = nocpolicyd(work, pol, tag=f"-{label[:3]}-{attempt}")
+        except RuntimeError as exc:
+            logs = sorted(work.glob(f"nocpolicyd-*-{label[:3]}-{attempt}.log"), key=lambda f: f.stat().st_mtime)
+            tail = logs[-1].read_text(errors="replace").splitlines()[-8:] if logs else []
+            print(f"  (daemon not answering: {exc}; its log ends:\n    " + "\n    ".join(tail) + ")")
+            if attempt:
+                raise
+            continue
+        guard_started(d, a)
+        return d, port, mport
+    raise AssertionError("unreachable")
+
+
 def scenario(work, label, pol, qfile, allowed, listed, a) -> dict:
-    d, port, mport, _ = nocpolicyd(work, pol, tag=f"-{label[:3]}")
-    guard_started(d, a)
+    d, port, mport = start_guard(work, pol, label, a)
     try:
         time.sleep(1)
         ctl = customers(port, allowed, listed, a.control) if a.control else None
@@ -280,6 +325,8 @@ def scenario(work, label, pol, qfile, allowed, listed, a) -> dict:
         k0, load0, w0, c0 = udp_drops(port), load_avg(), cpu_wait(d.p.pid), cpu_seconds(d.p.pid)
         sampler = DirSampler(d.state, a.seconds)
         sampler.start()
+        qs = QueueSampler(port, a.seconds)
+        qs.start()
         box: dict = {}
         flood = threading.Thread(target=lambda: box.update(dnsperf("127.0.0.2", port, qfile, a.seconds, a.max_qps)))
         flood.start()
@@ -313,6 +360,8 @@ def scenario(work, label, pol, qfile, allowed, listed, a) -> dict:
         print(f"  flooder                sent {f['sent'] / a.seconds:.0f} qps, answered {f['qps']:.0f} qps, "
               f"limited {(l1 - l0) / a.seconds:.0f} qps (dropped or TC; {sf / a.seconds:.0f} qps of them by the socket filter of muted sources); kernel dropped {kdrops} datagrams "
               f"at the guard's socket (buffer full); kernel meter dropped {meter / a.seconds:.0f}/s")
+        print(f"  receive queue          p50 {qs.pct(0.5):.2f} MB, p99 {qs.pct(0.99):.2f} MB, max {qs.pct(1.0):.2f} MB "
+              f"(sampled every 50 ms; full at ~{2 * 4 * 1024 * 1024 / 1e6:.1f} MB)")
         print(f"  guard CPU              used {used / a.seconds * 100:.0f} % of a CPU; waited for a CPU (runnable, "
               f"not run: the machine's other work) {waited / a.seconds * 1000:.0f} ms per second of flood")
         print(f"  state dir              +{(b1 - b0) / a.seconds:.0f} B/s ({(b1 - b0) / a.seconds * 60 / 1e6:.3f} MB "
@@ -324,7 +373,8 @@ def scenario(work, label, pol, qfile, allowed, listed, a) -> dict:
                "flood qps": f["sent"] / a.seconds, "limited qps": (l1 - l0) / a.seconds, "kernel drops": kdrops, "filtered qps": sf / a.seconds,
                "MB/min": (b1 - b0) / a.seconds * 60 / 1e6, "MB/min 2nd half": g2 * 60 / 1e6,
                "meter drops/s": meter / a.seconds, "guard CPU %": used / a.seconds * 100,
-               "CPU wait ms/s": waited / a.seconds * 1000}
+               "CPU wait ms/s": waited / a.seconds * 1000,
+               "rxq p99 MB": qs.pct(0.99)}
         if ctl:
             out.update({"ctl A p99": ctl[0].pct(0.99), "ctl B p99": ctl[1].pct(0.99),
                         "ctl A %": ctl[0].share(), "ctl B %": ctl[1].share()})

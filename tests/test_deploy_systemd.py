@@ -357,3 +357,12 @@ def test_unit_caps_memory_and_tasks():
     running out of memory or PIDs (issue 14). Room for two 1M-name indexes during a reload."""
     assert 512 * 1024 ** 2 <= _bytes(one("MemoryMax")) <= 8 * 1024 ** 3
     assert 64 <= int(one("TasksMax")) <= 4096
+
+
+def test_unit_schedules_the_guard_before_batch_work_but_never_real_time():
+    """Under a flood on a contended router the guard needs the CPU before batch work (issue 14),
+    but a real-time class or an extreme weight would let a flood starve the router's own daemons."""
+    assert 100 < int(one("CPUWeight")) <= 1000
+    assert -10 <= int(one("Nice")) < 0
+    assert one("RestrictRealtime") == "yes"
+    assert not values("CPUSchedulingPolicy")
