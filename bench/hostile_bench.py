@@ -428,7 +428,7 @@ def summary(label: str, runs: list[dict]) -> None:
 def run_scenarios(work, scenarios: dict, allowed, listed, a) -> None:
     """Each scenario --runs times; with --ab, the --baseline checkout's daemon too, the order of
     the two alternating from run to run (an A/B in the same conditions)."""
-    variants = [("this tree", None)] + ([("baseline", a.baseline)] if a.ab else [])
+    variants = [("this tree", None)] + ([(Path(b).name, b) for b in a.baseline.split(",")] if a.ab else [])
     res: dict[tuple, list] = {(k, v): [] for k in scenarios for v, _ in variants}
     for r in range(a.runs):
         for k, (label, pol, qfile) in scenarios.items():
@@ -457,7 +457,8 @@ def main() -> int:
     p.add_argument("--slow-log", help="append the customers' answers slower than 20 ms (wall time sent, "
                    "latency) to this file")
     p.add_argument("--baseline", help="another checkout (its daemon/ directory) for the throughput A/B")
-    p.add_argument("--ab", action="store_true", help="run the flood scenarios with --baseline's daemon too")
+    p.add_argument("--ab", action="store_true", help="run the flood scenarios with --baseline's daemon too (several: comma-separated, "
+                   "each named by its directory)")
     a = p.parse_args()
     parts = set(a.parts.split(","))
     print(f"hostile_bench {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}: {place(a)}")

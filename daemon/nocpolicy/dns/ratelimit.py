@@ -28,8 +28,9 @@ only for a source that is over a limit. Counters land in ``stats.limits`` (metri
 from __future__ import annotations
 
 import ipaddress
+import time
 
-from .mutefilter import MuteFilter
+from .mutefilter import MAX_ADDRESSES, MuteFilter
 from .wire import NOERROR, WireError, answer, parse_query
 
 KEYS_MAX = 65536
@@ -48,6 +49,9 @@ class RateLimiter:
         self.exempt: frozenset = frozenset()   # customer ids
         self.customer_of = lambda host: None
         self.mute_filter = MuteFilter()        # the listeners add their UDP sockets (server.py)
+        self.window_start = time.monotonic()
+        self.muted_rate: dict[str, float] = {}  # muted address -> its estimated rate (per second)
+        self.sampled: dict[str, float] = {}     # address -> share the filter lets through this window
         self.configure(conf)
 
     def configure(self, conf, exempt: frozenset = frozenset()) -> None:
@@ -67,15 +71,28 @@ class RateLimiter:
         """Start a new one-second window (called every second)."""
         self.counts.clear()
         self.blocked.clear()
-        if self.muted:
+        self.window_start = time.monotonic()
+        keep = self._still_flooding()
+        if self.muted or self.sampled:
             n = sum(self.muted.values())
             self.muted.clear()                 # in place: the listeners hold this dict
-            k = self.mute_filter.clear()       # dropped in the kernel, never read
+            k = self.mute_filter.clear(keep)   # dropped in the kernel, never read
             limits = self.stats.limits
             limits["queries_dropped"] = limits.get("queries_dropped", 0) + n + k
             if k:
                 limits["socket_filtered"] = limits.get("socket_filtered", 0) + k
             self.stats.udp += n
+        self.sampled = keep
+
+    def _still_flooding(self) -> dict[str, float]:
+        """Sources muted in the window that ends, at a rate far past their allowance: the share
+        of their datagrams the socket filter lets through in the next window, so that the guard
+        reads about twice what it would answer (their quota, then the slips) instead of the
+        whole flood arriving at once and queueing in front of everybody's queries."""
+        allow = 2 * (self.qps + (self.slip_cap(self.qps) * self.slip if self.slip else 0))
+        over = sorted(((r, h) for h, r in self.muted_rate.items() if r > allow), reverse=True)
+        self.muted_rate = {}
+        return {h: allow / r for r, h in over[:MAX_ADDRESSES]}      # the filter's capacity
 
     def key(self, host: str) -> str:
         """The source key of ``host``: the address itself, or its prefix when shorter."""
@@ -122,6 +139,9 @@ class RateLimiter:
         if kind == "queries" and (not slip or m > self.slip_cap(limit) * slip) and host not in self.muted:
             self.muted[host] = 0               # nothing more is answered to it this second
             self.mute_filter.mute(host)
+            # its rate: what it sent until now (of which the filter let ``sampled`` through)
+            elapsed = max(0.05, time.monotonic() - self.window_start)
+            self.muted_rate[host] = n / self.sampled.get(host, 1.0) / elapsed
         return True
 
     @staticmethod
