@@ -11,9 +11,16 @@ Scenario (each run SECONDS long, default 30):
 
 Each scenario starts a fresh daemon and first runs the two customers alone for --control
 seconds (the same-run control: what the busy machine gives them with no flooder), then with
-the flooder. Reported per run: for A and B the share answered and p50/p99/max latency; for the
-flooder the qps it sent and the qps the guard limited; datagrams the kernel dropped because
-the guard's socket buffer was full (/proc/net/udp); growth of the state directory (bytes/s,
+the flooder. A real flooder is another machine: by default (--pin 0:1) the guard runs on CPU 0
+and dnsperf (at nice 10), the customers (this process's threads) and the upstream unbound on
+CPU 1, and the guard gets the scheduling the shipped systemd unit gives it (--sched unit: its
+own session, as systemd does, with the autogroup weight of the unit's CPUWeight= and the unit's
+Nice=). Reported per run: for A and B the share answered and p50/p99/max latency; for the
+flooder the qps it sent and the qps the guard limited (and how many of those the socket filter
+of muted sources dropped in the kernel); datagrams the kernel dropped because the guard's
+socket buffer was full (/proc/net/udp, less the socket filter's); the receive queue (every
+50 ms); the guard's CPU use and how long it waited, runnable, for a CPU (the machine's other
+work: schedstat); growth of the state directory (bytes/s,
 detection rows/s, sampled every second: first and second half of the flood); the daemon's
 RSS. Then the same with the flooder repeating 100 listed names. --runs repeats everything;
 the summary gives medians. Last, with rate limiting off, dnsperf alone: the DGA mix vs the
@@ -22,6 +29,11 @@ repeated mix (throughput ratio), optionally side by side with another checkout o
 
     .venv/bin/python bench/hostile_bench.py [--seconds 30] [--names 10000] [--runs 3]
     .venv/bin/python bench/hostile_bench.py --parts throughput --baseline /tmp/main-checkout
+    .venv/bin/python bench/hostile_bench.py --parts dga,repeated --ab --baseline /tmp/a,/tmp/b
+
+--ab runs the flood scenarios with each --baseline checkout's daemon too, alternating the
+order from run to run (an A/B in the same conditions); --slow-log FILE keeps the customers'
+answers slower than 20 ms (wall time sent, latency) to line them up with a probe.
 """
 
 from __future__ import annotations
