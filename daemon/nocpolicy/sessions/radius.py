@@ -112,14 +112,12 @@ def _check_framing(data: bytes, length: int) -> None:
         i += n
 
 
-_DICTIONARY: Dictionary | None = None
-
-
 def decode(data: bytes, secret: bytes, d: Dictionary | None = None) -> rp.AcctPacket:
-    """Decode (pyrad) and authenticate an Accounting-Request (raises Rejected)."""
-    global _DICTIONARY
-    if d is None:
-        d = _DICTIONARY = _DICTIONARY or dictionary()
+    """Decode (pyrad) and authenticate an Accounting-Request (raises Rejected).
+
+    Decoded without a dictionary unless ``d`` is given (pyrad then keys attributes by their
+    codes, which is all :func:`attributes` and the reply need): with one, pyrad looks every
+    attribute up to see if it is a TLV, which is 40 % of its decode time."""
     if len(data) < 20:
         raise Rejected("malformed", f"truncated packet ({len(data)} bytes)")
     if len(data) > MAX_PACKET:
@@ -129,7 +127,7 @@ def decode(data: bytes, secret: bytes, d: Dictionary | None = None) -> rp.AcctPa
         raise Rejected("malformed", f"truncated packet: header says {length} bytes, got {len(data)}")
     _check_framing(data, length)
     try:
-        pkt = rp.AcctPacket(packet=data, secret=secret, dict=d)
+        pkt = rp.AcctPacket(code=data[0], id=data[1], secret=secret, dict=d, packet=data)
     except (rp.PacketError, ValueError, struct.error, IndexError, KeyError) as exc:
         raise Rejected("malformed", f"cannot decode: {exc}") from None
     if pkt.code != rp.AccountingRequest:
