@@ -84,18 +84,21 @@ class Book:
             self.counts["unattributed"] += 1
         self._check_static(i, customer)
         start = ev.ts - ev.elapsed if ev.elapsed else ev.ts
-        s = Live(self.next_id, i.source, i.nas, i.sid, customer, i.addrs, start, ev.ts, i.interval, implicit)
+        s = Live.make(self.next_id, i.source, i.nas, i.sid, customer, tuple(i.addrs), start, ev.ts, i.interval,
+                      implicit)
         self.next_id += 1
-        self.closed.pop((i.nas, i.sid), None)
-        for old in self.table.add(s):
+        if self.closed:
+            self.closed.pop((i.nas, i.sid), None)
+        # every caller has just looked the key up (or closed the session that had it)
+        for old in self.table.add(s, new_key=True):
             if old is not s:
                 self.counts["displaced"] += 1
                 self._record_close(old, ev.ts, "displaced", ops)
                 self.on_change(old, None)
         ops.inserts.append((s.id, s.source, s.nas, s.sid, customer, int(implicit), i.login, i.calling,
-                            i.klass, s.start, None, s.last, s.interval, None,
-                            " ".join(f"{fam}:{v}:{p}" for fam, v, p in s.addrs)))
-        ops.addrs.extend((s.id, net_key(n), n[2], s.start) for n in s.addrs)
+                            i.klass, start, None, s.last, s.interval, None,
+                            " ".join([f"{fam}:{v}:{p}" for fam, v, p in s.addrs])))
+        ops.addrs += [(s.id, net_key(n), n[2], start) for n in s.addrs]
         self.on_change(None, s)
         return s
 
