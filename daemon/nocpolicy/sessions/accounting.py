@@ -36,6 +36,7 @@ class AccountingProtocol(asyncio.DatagramProtocol):
         self.book = book
         self.commit = commit
         self.clock = clock
+        self.decoder = radius.Decoder()
         self.transport: asyncio.DatagramTransport | None = None
         self.replies: OrderedDict[tuple, bytes] = OrderedDict()
         self.counts: Counter = Counter()          # (status, result) -> n
@@ -88,7 +89,7 @@ class AccountingProtocol(asyncio.DatagramProtocol):
             return self._drop("unknown", "overload", "too many requests waiting for the store")
         s = self.settings()
         try:
-            pkt = radius.decode(data, client.secret)
+            pkt = self.decoder.decode(data, client.secret)
             attrs = radius.attributes(pkt)
             req = radius.interpret(pkt, attrs, radius.nas_name(attrs, client.id, host), self.clock(),
                                    s.interim_interval, s.customer_from)
