@@ -95,7 +95,7 @@ class AccountingProtocol(asyncio.DatagramProtocol):
                                    s.interim_interval, s.customer_from)
         except radius.Rejected as exc:
             return self._drop("unknown", exc.why, f"from {client.id} ({host}): {exc}")
-        ops = self.book.apply(req.event)
+        ops = self.book.apply(req.event, self.commit.ops)      # into the next commit's batch
         self.replies[key] = _PENDING
         self.counts[(req.status, "ok")] += 1
         self.commit.submit(ops, lambda: self._answer(key, req.reply, addr))

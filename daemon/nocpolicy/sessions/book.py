@@ -41,8 +41,11 @@ class Book:
         # static prefix is a conflict, which the static prefix wins
         self.static: Callable[[str], str | None] = lambda host: None
 
-    def apply(self, ev: Event) -> Ops:
-        ops = Ops()
+    def apply(self, ev: Event, ops: Ops | None = None) -> Ops:
+        """The store writes ``ev`` needs, appended to ``ops`` (the group commit's batch: no
+        object per request) or to a new :class:`Ops`; returns them."""
+        if ops is None:
+            ops = Ops()
         if ev.kind == "nas-off":
             for s in self.table.by_nas(ev.info.nas):
                 self._close(s, ev.ts, ev.reason or "nas-off", ops)
@@ -90,7 +93,7 @@ class Book:
         if self.closed:
             self.closed.pop((i.nas, i.sid), None)
         # every caller has just looked the key up (or closed the session that had it)
-        for old in self.table.add(s, new_key=True):
+        for old in self.table.add(s, new_key=True, hold=False):
             if old is not s:
                 self.counts["displaced"] += 1
                 self._record_close(old, ev.ts, "displaced", ops)

@@ -163,12 +163,15 @@ class LiveTable:
 
     # -- writing ----------------------------------------------------------------------
 
-    def add(self, s: Live, *, new_key: bool = False) -> list[Live]:
+    def add(self, s: Live, *, new_key: bool = False, hold: bool = True) -> list[Live]:
         """Add ``s``; returns the sessions it displaced (same key, or same address).
-        ``new_key``: the caller knows no live session has its key (it just looked)."""
+        ``new_key``: the caller knows no live session has its key (it just looked);
+        ``hold=False``: the caller keeps no ``s`` of its own to be handed back by ``get``
+        (the book: a weak reference per Start costs as much as the rest of the insert)."""
         slot, displaced = self.put(s.id, s.source, s.nas, s.sid, s.customer, s.addrs, s.start, s.last,
                                    s.interval, s.implicit, new_key=new_key)
-        self._held[slot] = s
+        if hold:
+            self._held[slot] = s
         return displaced
 
     def put(self, id: int, source: str, nas: str, sid: str, customer: str | None, addrs: tuple[Net, ...],
