@@ -16,8 +16,8 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 
 from ..clock import monotonic, wall
-from ..policy.sessions import RadiusClient, RadiusSettings
 from ..dns import mmsg
+from ..policy.sessions import RadiusClient, RadiusSettings
 from . import radius
 from .book import Book
 from .commit import GroupCommit

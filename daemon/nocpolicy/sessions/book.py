@@ -40,6 +40,7 @@ class Book:
         # the static owner of an address (policy prefixes): a session inside another customer's
         # static prefix is a conflict, which the static prefix wins
         self.static: Callable[[str], str | None] = lambda host: None
+        self.static_net: Callable[[int, int], str | None] | None = None    # the same, without text
 
     def apply(self, ev: Event, ops: Ops | None = None) -> Ops:
         """The store writes ``ev`` needs, appended to ``ops`` (the group commit's batch: no
@@ -106,8 +107,9 @@ class Book:
         return s
 
     def _check_static(self, i, customer: str | None) -> None:
+        static_net = self.static_net
         for n in i.addrs:
-            owner = self.static(net_host(n))
+            owner = static_net(n[0], n[1]) if static_net is not None else self.static(net_host(n))
             if owner is not None and owner != customer:
                 self.counts["conflict"] += 1
                 log.warning("session %s from %s: %s lies inside a static prefix of customer %s; the static "
