@@ -30,7 +30,7 @@ from .guardstats import GuardCollector
 from .kernelmeter import KernelMeter, Meter
 from .link import MainLink
 from .lists import ListSet
-from .mmsg import BatchGroup, batched_io
+from .mmsg import BatchGroup, batched_io, native_io
 from .pseudonym import PseudonymKeys
 from .server import Listeners
 from .sources import ListManager, check_names
@@ -96,6 +96,7 @@ class DnsGuard(Component):
         self.listeners: Listeners | None = None
         self.workers = WorkerSet(ctx.options, self)
         self.batched = batched_io(ctx.options.dns_io)
+        self.native = self.batched and native_io(ctx.options.dns_io)
         self.io_group: BatchGroup | None = None     # the batched sockets, once started
         self.policy = None
         self.worker_counts: dict[tuple, int] = {}     # worker process: block counts not yet reported
@@ -220,8 +221,11 @@ class DnsGuard(Component):
             await self.pool.open(self.io_group)
             self.engine.pool = self.pool
         self.listeners = Listeners(self.engine, self.ctx.options.dns_listen,
-                                   reuse_port=self.ctx.options.workers > 1, batched=self.io_group)
+                                   reuse_port=self.ctx.options.workers > 1, batched=self.io_group,
+                                   native=self.native)
         await self.listeners.start()
+        log.info("DNS guard UDP I/O: %s", "native (C read loop and fast paths)" if self.native
+                 else "batched (recvmmsg/sendmmsg from Python)" if self.batched else "asyncio")
         self._started = True
         self.tasks.supervise("detections", self._flush_loop)
         self.tasks.supervise("ratelimit-window", self._window_loop)
