@@ -26,12 +26,12 @@
 #define NAME 28
 #define MAX_ROUNDS 8
 #define NBUCKETS 32
-#define NHOOKS 18
+#define NHOOKS 19
 
 enum {
     H_ENGINE, H_RL_KEYS, H_RL_KEY, H_RL_COUNTS, H_RL_BLOCKED, H_RL_OVER, H_LIMITER, H_REST,
     H_SENDTO, H_STATS, H_RCODES, H_HIST_LOCAL, H_HIST_CACHE, H_BUCKETS, H_OUTSIDE, H_MISS,
-    H_FAILED, H_SAMPLES
+    H_FAILED, H_SAMPLES, H_MASK
 };
 
 typedef struct {
@@ -62,7 +62,7 @@ typedef struct {
     int nbuckets;
     /* per-batch view of the engine's state; valid == 0 after any call into Python */
     int valid;
-    PyObject *s_hostcache, *s_answers, *s_acache, *s_subs, *s_suspended, *s_gen, *s_dirty, *s_zones, *s_allowed;
+    PyObject *s_hostcache, *s_answers, *s_acache, *s_subs, *s_suspended, *s_gen, *s_dirty, *s_zones, *s_allowed, *s_probes;
     PyObject *s_hot, *s_sgen;
     double s_until;
     long long s_qps, s_blocked_qps;
@@ -76,7 +76,7 @@ static PyObject *S_hostcache, *S_answers, *S_acache, *S_subs, *S_suspended, *S_g
     *S_hot, *S_until, *S_sgen, *S_qps, *S_blocked_qps, *S_resp, *S_n, *S_hosts, *S_rcode,
     *S_refuse, *S_restamp, *S_warm_wire, *S_udp, *S_counts, *S_total, *S_hits, *S_scheduled,
     *S_counters, *S_send_drops, *S_queries, *S_blocked, *S_flush, *S_zones, *S_allowed, *S_clean, *S_room,
-    *S_qhdr, *S_hdr, *S_rest, *S_host, *S_labels, *S_count;
+    *S_qhdr, *S_hdr, *S_rest, *S_host, *S_labels, *S_count, *S_dotparent, *S_probes;
 
 static double now(void)
 {
@@ -92,7 +92,7 @@ static void drop_state(Listener *self)
     Py_CLEAR(self->s_hostcache); Py_CLEAR(self->s_answers); Py_CLEAR(self->s_acache);
     Py_CLEAR(self->s_subs); Py_CLEAR(self->s_suspended); Py_CLEAR(self->s_gen);
     Py_CLEAR(self->s_dirty); Py_CLEAR(self->s_hot); Py_CLEAR(self->s_sgen);
-    Py_CLEAR(self->s_zones); Py_CLEAR(self->s_allowed);
+    Py_CLEAR(self->s_zones); Py_CLEAR(self->s_allowed); Py_CLEAR(self->s_probes);
     self->valid = 0;
 }
 
@@ -119,10 +119,12 @@ static int load_state(Listener *self)
         !(self->s_gen = PyObject_GetAttr(engine, S_gen)) ||
         !(self->s_dirty = PyObject_GetAttr(engine, S_dirty)) ||
         !(self->s_zones = PyObject_GetAttr(engine, S_zones)) ||
-        !(self->s_allowed = PyObject_GetAttr(engine, S_allowed)))
+        !(self->s_allowed = PyObject_GetAttr(engine, S_allowed)) ||
+        !(self->s_probes = PyObject_GetAttr(engine, S_probes)))
         return -1;
     if (!PyDict_Check(self->s_hostcache) || !PyDict_Check(self->s_answers) || !PyDict_Check(self->s_subs) ||
         !PyDict_Check(self->s_zones) || !PyDict_Check(self->s_allowed) ||
+        !PyTuple_Check(self->s_probes) || PyTuple_GET_SIZE(self->s_probes) < 2 ||
         !PyList_Check(self->s_dirty) || !PyAnySet_Check(self->s_suspended)) {
         PyErr_SetString(PyExc_TypeError, "_fastudp: the engine's tables are not the expected types");
         return -1;
@@ -547,9 +549,46 @@ static int cache_hit(Listener *self, Dgram *g)
     return 1;
 }
 
-/* A blocked answer for every child of a parent (engine._zone_answerer, zones.py), for entries
- * whose children no list can name (``clean``); the others go to the Python path. 1 answered,
- * 0 not here, -1 error. */
+/* zones.named: does any list (entry or allow exception) name the child ``label`` +
+ * ``z.dotparent`` itself? 1 yes, 0 no, -1 error. */
+static int named(Listener *self, PyObject *z, const unsigned char *label, int ln)
+{
+    unsigned char low[64];
+    PyObject *first, *dp, *name, *shards, *dicts, *shard;
+    Py_hash_t hv;
+    Py_ssize_t i, mask;
+    int j, r = 0;
+    for (j = 0; j < ln; j++)
+        low[j] = (label[j] >= 'A' && label[j] <= 'Z') ? label[j] + 32 : label[j];     /* bytes.lower() */
+    if (!(dp = PyObject_GetAttr(z, S_dotparent)))
+        return -1;
+    first = PyUnicode_DecodeLatin1((const char *)low, ln, NULL);
+    name = first ? PyUnicode_Concat(first, dp) : NULL;
+    Py_XDECREF(first);
+    Py_DECREF(dp);
+    if (name == NULL || (hv = PyObject_Hash(name)) == -1) {
+        Py_XDECREF(name);
+        return -1;
+    }
+    mask = PyLong_AsSsize_t(PyTuple_GET_ITEM(self->hooks, H_MASK));
+    shards = PyTuple_GET_ITEM(self->s_probes, 0);
+    dicts = PyTuple_GET_ITEM(self->s_probes, 1);
+    for (i = 0; r == 0 && i < PyTuple_GET_SIZE(shards); i++) {
+        if (!(shard = PySequence_GetItem(PyTuple_GET_ITEM(shards, i), (Py_ssize_t)((size_t)hv & (size_t)mask)))) {
+            r = -1;
+            break;
+        }
+        r = PySequence_Contains(shard, name);
+        Py_DECREF(shard);
+    }
+    for (i = 0; r == 0 && i < PyTuple_GET_SIZE(dicts); i++)
+        r = PySequence_Contains(PyTuple_GET_ITEM(dicts, i), name);
+    Py_DECREF(name);
+    return r;
+}
+
+/* A blocked answer for every child of a parent (engine._zone_answerer, zones.py). 1 answered,
+ * 0 not here (the Python path decides), -1 error. */
 static int zone_hit(Listener *self, Dgram *g)
 {
     PyObject *zones, *zkey, *z, *v, *hdr = NULL, *rest = NULL, *lab = NULL, *zh = NULL, *nv;
@@ -572,20 +611,22 @@ static int zone_hit(Listener *self, Dgram *g)
     if (z == NULL)
         return PyErr_Occurred() ? -1 : 0;
     Py_INCREF(z);
-    if (!(v = PyObject_GetAttr(z, S_clean)))
-        goto out;
-    t = PyObject_IsTrue(v);
-    Py_DECREF(v);
-    if (t <= 0) {                            /* some list may name the child: Python looks */
-        r = t;
-        goto out;
-    }
     if (attr_ll(z, S_room, &room) < 0 || !(v = PyObject_GetAttr(z, S_qhdr)))
         goto out;
     t = PyBytes_Check(v) && PyBytes_GET_SIZE(v) == 10 && memcmp(PyBytes_AS_STRING(v), g->buf + 2, 10) == 0;
     Py_DECREF(v);
     if (ln > room || !t || memchr(g->buf + 13, '.', ln) != NULL) {
         r = 0;
+        goto out;
+    }
+    if (!(v = PyObject_GetAttr(z, S_clean)))
+        goto out;
+    t = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    if (t == 0)                              /* a list may name the child itself: look */
+        t = named(self, z, g->buf + 13, ln) == 0;
+    if (t <= 0) {                            /* named (the full path judges it), or an error */
+        r = PyErr_Occurred() ? -1 : 0;
         goto out;
     }
     if ((b = bump(PyTuple_GET_ITEM(self->hooks, H_RL_BLOCKED), g->k)) < 0)
@@ -672,9 +713,10 @@ static int fast(Listener *self, Dgram *g)
     long long n;
     int o;
     self->n_udp++;
-    g->k = PyDict_GetItemWithError(PyTuple_GET_ITEM(h, H_RL_KEYS), g->host);
-    if (g->k != NULL && PyObject_IsTrue(g->k) == 1) {
-        Py_INCREF(g->k);
+    r = PyDict_GetItemWithError(PyTuple_GET_ITEM(h, H_RL_KEYS), g->host);     /* borrowed */
+    if (r != NULL && PyObject_IsTrue(r) == 1) {
+        Py_INCREF(r);
+        g->k = r;
     } else {
         if (PyErr_Occurred())
             return -1;
@@ -704,13 +746,16 @@ static int fast(Listener *self, Dgram *g)
             return o < 0 ? -1 : 0;
         if (!self->valid && load_state(self) < 0)
             return -1;
-        if (self->s_acache != Py_None && (o = cache_hit(self, g)) != 0)
+        /* Children of a blocked parent before the cache: a name allowed for everyone (all the
+         * hot path serves) is never a child of a parent blocked in the same generation, so the
+         * order changes no answer, and a DGA flood does not pay a cache miss per query. Without
+         * the cache, a name seen allowed before is forwarded by the Python path first. */
+        o = self->s_acache == Py_None ? PyDict_Contains(self->s_allowed, g->key) : 0;
+        if (o < 0 || (o == 0 && (o = zone_hit(self, g)) != 0))
             return o < 0 ? -1 : 0;
         if (!self->valid && load_state(self) < 0)
             return -1;
-        /* without the cache, a name seen allowed before is forwarded by the Python path first */
-        o = self->s_acache == Py_None ? PyDict_Contains(self->s_allowed, g->key) : 0;
-        if (o < 0 || (o == 0 && (o = zone_hit(self, g)) != 0))
+        if (self->s_acache != Py_None && (o = cache_hit(self, g)) != 0)
             return o < 0 ? -1 : 0;
     } else if (PyErr_Occurred()) {
         return -1;
@@ -886,6 +931,10 @@ static int Listener_init(Listener *self, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiOO!O!OOO|Oi", kw, &fd, &family, &on_datagram, &PyDict_Type,
                                      &hosts, &PyDict_Type, &muted, &host_of, &on_err, &group, &hooks, &batch))
         return -1;
+    if (self->rxbuf != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Listener is initialised once");
+        return -1;
+    }
     if (batch < 1 || batch > BATCH) {
         PyErr_Format(PyExc_ValueError, "batch must be 1..%d", BATCH);
         return -1;
@@ -1009,6 +1058,7 @@ PyMODINIT_FUNC PyInit__fastudp(void)
     INTERN(S_flush, "flush"); INTERN(S_zones, "zones"); INTERN(S_allowed, "allowed"); INTERN(S_clean, "clean");
     INTERN(S_room, "room"); INTERN(S_qhdr, "qhdr"); INTERN(S_hdr, "hdr"); INTERN(S_rest, "rest");
     INTERN(S_host, "host"); INTERN(S_labels, "labels"); INTERN(S_count, "count");
+    INTERN(S_dotparent, "dotparent"); INTERN(S_probes, "_probes");
 #undef INTERN
     if (PyType_Ready(&ListenerType) < 0)
         return NULL;

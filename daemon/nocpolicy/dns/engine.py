@@ -21,6 +21,7 @@ from .acl import AccessList
 from .cache import Fetch
 from .cachepath import CachePath
 from .lists import _MASK, ListSet, suffixes
+from .mmsg import NATIVE_HOOKS
 from .ratelimit import RateLimiter
 from .stats import BUCKETS
 from .upstream import Pending
@@ -768,6 +769,11 @@ def fast_hooks(engine: Engine, rest, sendto) -> tuple:
     its ``H_*`` indexes: the engine itself (its tables are read through it, so a swap is seen),
     the rate limiter's tables, ``rest`` for everything else, and the counters it adds to."""
     lim, stats = engine.limiter, engine.stats
-    return (engine, lim.keys, lim.key, lim.counts, lim.blocked, lim.over, lim, rest, sendto, stats,
+    return _check_hooks(engine, lim.keys, lim.key, lim.counts, lim.blocked, lim.over, lim, rest, sendto, stats,
             stats.rcodes, stats.duration["local"], stats.duration["cache"], BUCKETS, OUTSIDE, _MISS,
-            engine.failed, SAMPLES)
+            engine.failed, SAMPLES, _MASK)
+
+
+def _check_hooks(*hooks) -> tuple:
+    assert len(hooks) == NATIVE_HOOKS, "mmsg.NATIVE_HOOKS and _fastudp.c's H_* must follow fast_hooks"
+    return hooks

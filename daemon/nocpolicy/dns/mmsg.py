@@ -40,9 +40,14 @@ import time
 
 from ..errors import NocpolicyError
 
+NATIVE_HOOKS = 19            # len(engine.fast_hooks(...)): what this _fastudp build was written for
+
 try:
     from . import _fastudp
 except ImportError:          # built without a C compiler: the Python loop below does the same
+    _fastudp = None
+_stale = _fastudp is not None and getattr(_fastudp, "NHOOKS", None) != NATIVE_HOOKS
+if _stale:                   # a build older than this code (an editable install not rebuilt)
     _fastudp = None
 
 log = logging.getLogger(__name__)
@@ -96,9 +101,14 @@ def batched_io(mode: str) -> bool:
 def native_io(mode: str) -> bool:
     """Whether listeners run their loop in C: ``auto`` when the extension is built, ``native``
     (required), never with ``batched`` (the Python loop) or ``asyncio``."""
+    why = ("was built for another version of this code (reinstall: pip install .)" if _stale else
+           "was not built (install gcc and python3-dev, then reinstall)")
     if mode == "native" and (_fastudp is None or not available()):
-        raise NocpolicyError("--dns-io native needs the C extension nocpolicy.dns._fastudp, which was not "
-                             "built (install gcc and python3-dev, then reinstall); use --dns-io batched")
+        raise NocpolicyError(f"--dns-io native needs the C extension nocpolicy.dns._fastudp, which {why}; "
+                             "use --dns-io batched")
+    if mode == "auto" and _fastudp is None and available():
+        log.log(logging.WARNING if _stale else logging.INFO,
+                "the DNS guard's C loop (nocpolicy.dns._fastudp) %s: UDP is read from Python", why)
     return mode in ("auto", "native") and _fastudp is not None and available()
 
 
