@@ -62,6 +62,7 @@ typedef struct {
     int nbuckets;
     /* per-batch view of the engine's state; valid == 0 after any call into Python */
     int valid;
+    int called;          /* this batch called into Python: its sendto rings may hold datagrams */
     PyObject *s_hostcache, *s_answers, *s_acache, *s_subs, *s_suspended, *s_gen, *s_dirty, *s_zones, *s_allowed, *s_probes;
     PyObject *s_hot, *s_sgen;
     double s_until;
@@ -323,6 +324,7 @@ static int send_parts(Listener *self, const unsigned char **part, const Py_ssize
     Py_DECREF(big);
     Py_XDECREF(addr);
     self->valid = 0;
+    self->called = 1;
     if (r == NULL)
         return -1;
     Py_DECREF(r);
@@ -402,6 +404,7 @@ static int over(Listener *self, Dgram *g, long long n, long long limit, PyObject
     Py_XDECREF(pn);
     Py_XDECREF(pl);
     self->valid = 0;
+    self->called = 1;
     if (r == NULL)
         return -1;
     t = PyObject_IsTrue(r);
@@ -499,6 +502,7 @@ static int cache_hit(Listener *self, Dgram *g)
     if (g->t0 >= self->s_until || !eq) {
         r = PyObject_CallMethodObjArgs(self->s_acache, S_restamp, g->t0obj, self->s_gen, NULL);
         self->valid = 0;
+        self->called = 1;
         if (r == NULL)
             return -1;
         Py_DECREF(r);
@@ -515,6 +519,7 @@ static int cache_hit(Listener *self, Dgram *g)
             return -1;
         w = PyObject_CallMethodObjArgs(PyTuple_GET_ITEM(h, H_ENGINE), S_warm_wire, g->key, g->t0obj, NULL);
         self->valid = 0;
+        self->called = 1;
         if (w == NULL)
             return -1;
         if (w == Py_None) {
@@ -659,6 +664,7 @@ static int zone_hit(Listener *self, Dgram *g)
             goto out;
         Py_DECREF(v);
         self->valid = 0;
+        self->called = 1;
     } else {
         if (attr_ll(z, S_n, &n) < 0 || !(nv = PyLong_FromLongLong(n + 1)))
             goto out;
@@ -722,6 +728,7 @@ static int fast(Listener *self, Dgram *g)
             return -1;
         g->k = PyObject_CallOneArg(PyTuple_GET_ITEM(h, H_RL_KEY), g->host);
         self->valid = 0;
+        self->called = 1;
         if (g->k == NULL)
             return -1;
     }
@@ -769,6 +776,7 @@ static int fast(Listener *self, Dgram *g)
                                      g->cid ? g->cid : PyTuple_GET_ITEM(h, H_MISS),
                                      g->key ? g->key : Py_None, NULL);
     self->valid = 0;
+    self->called = 1;
     if (r == NULL)
         return -1;
     Py_DECREF(r);
@@ -782,6 +790,7 @@ static int plain(Listener *self, Dgram *g)
     if (!dg_data(g) || !dg_addr(self, g))
         return -1;
     r = PyObject_CallFunctionObjArgs(self->on_datagram, g->data, g->host, g->addr, g->t0obj, NULL);
+    self->called = 1;
     if (r == NULL)
         return -1;
     Py_DECREF(r);
@@ -806,11 +815,13 @@ static void report(Listener *self)
         Py_XDECREF(value);
         Py_XDECREF(tb);
         self->valid = 0;
+        self->called = 1;
         return;
     }
     PyErr_Restore(type, value, tb);
     PyErr_WriteUnraisable((PyObject *)self);
     self->valid = 0;
+    self->called = 1;
 }
 
 /* One datagram: its source as text, the mute check, then the fast paths or on_datagram. */
@@ -831,6 +842,7 @@ static void one(Listener *self, int i, double t0, PyObject *t0obj)
     } else if (!PyErr_Occurred()) {
         g.host = PyObject_CallOneArg(self->host_of, ip);
         self->valid = 0;
+        self->called = 1;
     }
     Py_DECREF(ip);
     if (g.host == NULL)
@@ -876,7 +888,7 @@ static PyObject *Listener_readable(Listener *self, PyObject *Py_UNUSED(ignored))
     int round, i, n;
     for (round = 0; round < MAX_ROUNDS && !self->closed; round++) {
         double t0;
-        PyObject *t0obj, *r;
+        PyObject *t0obj, *r, *was;
         for (i = 0; i < self->batch; i++) {
             self->rx[i].msg_hdr.msg_namelen = self->namelen;
             self->rx[i].msg_hdr.msg_flags = 0;
@@ -890,11 +902,15 @@ static PyObject *Listener_readable(Listener *self, PyObject *Py_UNUSED(ignored))
         t0 = now();
         if (!(t0obj = PyFloat_FromDouble(t0)))
             return NULL;
-        if (PyObject_SetAttr(self->group, S_scheduled, Py_True) < 0) {   /* our flush covers it */
+        /* sends queued from Python during the batch wait for the group's flush below */
+        if (!(was = PyObject_GetAttr(self->group, S_scheduled)) ||
+            PyObject_SetAttr(self->group, S_scheduled, Py_True) < 0) {
+            Py_XDECREF(was);
             Py_DECREF(t0obj);
             return NULL;
         }
         self->valid = 0;
+        self->called = 0;
         for (i = 0; i < n; i++)
             one(self, i, t0, t0obj);
         Py_DECREF(t0obj);
@@ -903,7 +919,13 @@ static PyObject *Listener_readable(Listener *self, PyObject *Py_UNUSED(ignored))
         if (flush_counters(self) < 0)
             PyErr_WriteUnraisable((PyObject *)self);
         drop_state(self);
-        r = PyObject_CallNoArgs(self->group_flush);
+        if (self->called) {               /* Python may have queued datagrams: flush every socket */
+            Py_DECREF(was);
+            r = PyObject_CallNoArgs(self->group_flush);
+        } else {                          /* nothing queued: as it was (a pending flush still runs) */
+            r = PyObject_SetAttr(self->group, S_scheduled, was) < 0 ? NULL : Py_NewRef(Py_None);
+            Py_DECREF(was);
+        }
         if (r == NULL)
             return NULL;
         Py_DECREF(r);
