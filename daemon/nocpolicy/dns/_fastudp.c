@@ -26,12 +26,12 @@
 #define NAME 28
 #define MAX_ROUNDS 8
 #define NBUCKETS 32
-#define NHOOKS 19
+#define NHOOKS 20
 
 enum {
     H_ENGINE, H_RL_KEYS, H_RL_KEY, H_RL_COUNTS, H_RL_BLOCKED, H_RL_OVER, H_LIMITER, H_REST,
     H_SENDTO, H_STATS, H_RCODES, H_HIST_LOCAL, H_HIST_CACHE, H_BUCKETS, H_OUTSIDE, H_MISS,
-    H_FAILED, H_SAMPLES, H_MASK
+    H_FAILED, H_SAMPLES, H_MASK, H_CACHE_LAYOUT
 };
 
 typedef struct {
@@ -77,7 +77,7 @@ static PyObject *S_hostcache, *S_answers, *S_acache, *S_subs, *S_suspended, *S_g
     *S_hot, *S_until, *S_sgen, *S_qps, *S_blocked_qps, *S_resp, *S_n, *S_hosts, *S_rcode,
     *S_refuse, *S_restamp, *S_warm_wire, *S_udp, *S_counts, *S_total, *S_hits, *S_scheduled,
     *S_counters, *S_send_drops, *S_queries, *S_blocked, *S_flush, *S_zones, *S_allowed, *S_clean, *S_room,
-    *S_qhdr, *S_hdr, *S_rest, *S_host, *S_labels, *S_count, *S_dotparent, *S_probes;
+    *S_qhdr, *S_hdr, *S_rest, *S_host, *S_labels, *S_count, *S_dotparent, *S_probes, *S_d, *S_gen_cname, *S_s, *S_s4;
 
 static double now(void)
 {
@@ -472,6 +472,67 @@ fail:
     return -1;
 }
 
+static unsigned int be32(const unsigned char *p)
+{
+    return ((unsigned int)p[0] << 24) | ((unsigned int)p[1] << 16) | ((unsigned int)p[2] << 8) | p[3];
+}
+
+/* CachePath.warm_wire for the common case, a one-RR entry of an earlier second brought to this
+ * second by one TTL patch (AnswerCache.rerender) and kept in ``hot``: its new wire (a new
+ * reference), or NULL without an exception when Python must decide (no entry, another
+ * generation, a CNAME, another question, several RRs, due for prefetch or expiring), or NULL
+ * with an exception. The entry layout is cache.py's (_META; P, Q from the hooks). */
+static PyObject *warm(Listener *self, Dgram *g)
+{
+    PyObject *ac = self->s_acache, *layout = PyTuple_GET_ITEM(self->hooks, H_CACHE_LAYOUT);
+    PyObject *d = NULL, *gc = NULL, *s4 = NULL, *hk = NULL, *v, *nv = NULL, *w = NULL;
+    Py_ssize_t P = PyLong_AsSsize_t(PyTuple_GET_ITEM(layout, 0)), Q = PyLong_AsSsize_t(PyTuple_GET_ITEM(layout, 1));
+    Py_ssize_t hot_max = PyLong_AsSsize_t(PyTuple_GET_ITEM(layout, 2)), vlen, nl, pos;
+    const unsigned char *e, *k = (const unsigned char *)PyBytes_AS_STRING(g->key);
+    long long cur;
+    Py_hash_t hv;
+    long long left;
+    if ((hv = PyObject_Hash(g->key)) == -1)
+        return NULL;
+    if (!(d = PyObject_GetAttr(ac, S_d)) || !(gc = PyObject_GetAttr(ac, S_gen_cname)) ||
+        !(s4 = PyObject_GetAttr(ac, S_s4)) || attr_ll(ac, S_s, &cur) < 0 || !(hk = PyLong_FromSsize_t(hv >> 4)))
+        goto out;
+    if (!PyDict_Check(d) || !PyBytes_Check(gc) || PyBytes_GET_SIZE(gc) != 5 || !PyBytes_Check(s4) ||
+        PyBytes_GET_SIZE(s4) != 4)
+        goto out;
+    v = PyDict_GetItemWithError(d, hk);
+    if (v == NULL || !PyBytes_Check(v))
+        goto out;
+    e = (const unsigned char *)PyBytes_AS_STRING(v);
+    vlen = PyBytes_GET_SIZE(v);
+    if (vlen < Q + 10 || memcmp(e + 4, PyBytes_AS_STRING(gc), 5) != 0 || !(e[10] & 2))
+        goto out;
+    nl = e[9];
+    pos = Q + 10 + nl;                               /* the answer RR's TTL */
+    if (pos + 4 > vlen || PyBytes_GET_SIZE(g->key) < 14 + nl || memcmp(e + Q, k + 10, 4 + nl) != 0)
+        goto out;
+    left = (long long)be32(e + 23) - cur;           /* exp - s */
+    if (left * 10 <= (long long)be32(e + 11) || (long long)be32(e) >= cur)   /* prefetch due, or not older */
+        goto out;
+    if (!(nv = PyBytes_FromStringAndSize(NULL, vlen)))
+        goto out;
+    {
+        unsigned char *o = (unsigned char *)PyBytes_AS_STRING(nv);
+        memcpy(o, PyBytes_AS_STRING(s4), 4);
+        memcpy(o + 4, e + 4, pos - 4);
+        o[pos] = (unsigned char)(left >> 24); o[pos + 1] = (unsigned char)(left >> 16);
+        o[pos + 2] = (unsigned char)(left >> 8); o[pos + 3] = (unsigned char)left;
+        memcpy(o + pos + 4, e + pos + 4, vlen - pos - 4);
+    }
+    if (PyDict_SetItem(d, hk, nv) < 0 || !(w = PyBytes_FromStringAndSize(PyBytes_AS_STRING(nv) + P, vlen - P)))
+        goto out;
+    if (PyDict_GET_SIZE(self->s_hot) < hot_max && PyDict_SetItem(self->s_hot, g->key, w) < 0)   /* keep_hot */
+        Py_CLEAR(w);
+out:
+    Py_XDECREF(d); Py_XDECREF(gc); Py_XDECREF(s4); Py_XDECREF(hk); Py_XDECREF(nv);
+    return w;
+}
+
 /* The answer cache's hot path (engine._cache_hitter): 1 answered, 0 not here, -1 error. */
 static int cache_hit(Listener *self, Dgram *g)
 {
@@ -517,6 +578,11 @@ static int cache_hit(Listener *self, Dgram *g)
     } else {
         if (PyErr_Occurred())
             return -1;
+        w = warm(self, g);
+        if (w == NULL && PyErr_Occurred())
+            return -1;
+    }
+    if (w == NULL) {                     /* the general case: Python decides */
         w = PyObject_CallMethodObjArgs(PyTuple_GET_ITEM(h, H_ENGINE), S_warm_wire, g->key, g->t0obj, NULL);
         self->valid = 0;
         self->called = 1;
@@ -1080,7 +1146,8 @@ PyMODINIT_FUNC PyInit__fastudp(void)
     INTERN(S_flush, "flush"); INTERN(S_zones, "zones"); INTERN(S_allowed, "allowed"); INTERN(S_clean, "clean");
     INTERN(S_room, "room"); INTERN(S_qhdr, "qhdr"); INTERN(S_hdr, "hdr"); INTERN(S_rest, "rest");
     INTERN(S_host, "host"); INTERN(S_labels, "labels"); INTERN(S_count, "count");
-    INTERN(S_dotparent, "dotparent"); INTERN(S_probes, "_probes");
+    INTERN(S_dotparent, "dotparent"); INTERN(S_probes, "_probes"); INTERN(S_d, "d");
+    INTERN(S_gen_cname, "gen_cname"); INTERN(S_s, "s"); INTERN(S_s4, "s4");
 #undef INTERN
     if (PyType_Ready(&ListenerType) < 0)
         return NULL;
