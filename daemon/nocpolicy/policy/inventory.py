@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .fields import Obj, Problems, as_text, obj
 from .invbulk import Block, check_block
+from .invpatch import patch
 from .invreload import aligned, copy_packed, delta_tables, fields_of, prev_login_keys, reuse_block
 from .invrow import COLUMNS, V6, RowError, check_row, column_indexes
 from .invtable import Inventory, Packed
@@ -81,10 +82,17 @@ def read_inventory(path: Path, rel: str, problems: Problems,
     cols = _header(text[:first if first >= 0 else len(text)].lstrip("\ufeff").rstrip("\r"), rel, problems)
     if cols is None:
         return None, digest
-    if text.count("\n") >= MAX_ROWS:
-        problems.add(Loc(rel, 0), "inventory.file", f"{text.count(chr(10)) + 1} lines: at most {MAX_ROWS} rows")
+    newlines = text.count("\n")
+    if newlines >= MAX_ROWS:
+        problems.add(Loc(rel, 0), "inventory.file", f"{newlines + 1} lines: at most {MAX_ROWS} rows")
         return None, digest
-    return _Reader(rel, text, cols, problems, previous).read(first + 1 if first >= 0 else len(text)), digest
+    if previous is not None and previous.cols == cols:    # rows edited in place: the previous load patched
+        inv = patch(previous, rel, text, newlines, column_indexes(cols))
+        if inv is not None:
+            return inv, digest
+    inv = _Reader(rel, text, cols, problems, previous).read(first + 1 if first >= 0 else len(text))
+    inv.newlines = newlines
+    return inv, digest
 
 
 class _Reader:
@@ -130,7 +138,7 @@ class _Reader:
         if self.base_tables is None:
             tables, exact = self.tables, sum(map(len, self.tables.values())) == self.n_prefixes
         elif len(self.changed) <= max(1000, len(self.ids) // 10):
-            tables, exact = delta_tables(self, inv)
+            tables, exact = delta_tables(self.prev, self.base_tables, self.changed, self.index, inv.packed)
         else:
             tables = {p + (V6 if f == 6 else 0): t for f, p, t in inv.prefix_tables()}
             exact = sum(map(len, tables.values())) == len(self.packed.code)

@@ -36,31 +36,32 @@ def prev_login_keys(self: _Reader) -> list[int]:
     return list(map(or_, map(lshift, compress(hashes, sel), repeat(32)), compress(rows, sel)))
 
 
-def delta_tables(self: _Reader, inv: Inventory) -> tuple[dict[int, dict[int, str]], bool]:
+def delta_tables(prev: Inventory, base_tables: dict, changed, index: dict, packed
+                 ) -> tuple[dict[int, dict[int, str]], bool]:
     """The previous load's prefix tables with the changed rows' old prefixes taken out and their
     new ones put in; only the tables of the lengths touched are copied (the others are shared,
     never written to). (tables, exact: no prefix claimed twice)."""
-    prev, tables, copied, exact = self.prev, dict(self.base_tables), set(), True
+    tables, copied, exact = dict(base_tables), set(), True
 
     def table(code: int) -> dict[int, str]:
         if code not in copied:
             tables[code] = dict(tables.get(code, {}))
             copied.add(code)
         return tables[code]
-    for cid in self.changed:
+    for cid in changed:
         j = prev.index.get(cid)
         for code, value in prev.packed.of_row(j) if j is not None else ():
             t, key = table(code), value >> ((128 if code & V6 else 32) - (code & 0xFF))
             if t.get(key) == cid:
                 del t[key]
-    for cid in self.changed:
-        i = self.index.get(cid)
-        for code, value in inv.packed.of_row(i) if i is not None else ():
+    for cid in changed:
+        i = index.get(cid)
+        for code, value in packed.of_row(i) if i is not None else ():
             t, key = table(code), value >> ((128 if code & V6 else 32) - (code & 0xFF))
             exact = exact and key not in t
             t[key] = cid
     tables = {code: t for code, t in tables.items() if t}
-    return tables, exact and sum(map(len, tables.values())) == len(self.packed.code)
+    return tables, exact and sum(map(len, tables.values())) == len(packed.code)
 
 
 def aligned(self: _Reader, kept: list[str], first: int, contiguous: bool) -> tuple[int, list[bool]] | None:

@@ -113,6 +113,11 @@ class Inventory(Sequence):
         # copies a table before changing it): a reload updates them for the rows it changed
         self.read_tables: dict[int, dict[int, str]] | None = None
         self.tables_exact = False
+        self.newlines = -1              # "\n" in ``text`` (invpatch: a file with as many lines may be patched)
+        # (code, value) of the prefixes of the rows a patched reload changed (the overlap check)
+        self.delta_probes: list[tuple[int, int]] | None = None
+        # ids whose prefixes (or their owner) a patched reload changed: a subset of ``changed`` (None: unknown)
+        self.prefix_changed: frozenset[str] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
