@@ -82,14 +82,14 @@ def read_inventory(path: Path, rel: str, problems: Problems,
     cols = _header(text[:first if first >= 0 else len(text)].lstrip("\ufeff").rstrip("\r"), rel, problems)
     if cols is None:
         return None, digest
+    if previous is not None and previous.cols == cols:    # rows edited in place: the previous load patched
+        inv = patch(previous, rel, text, column_indexes(cols))    # (as many lines as the previous file)
+        if inv is not None:
+            return inv, digest
     newlines = text.count("\n")
     if newlines >= MAX_ROWS:
         problems.add(Loc(rel, 0), "inventory.file", f"{newlines + 1} lines: at most {MAX_ROWS} rows")
         return None, digest
-    if previous is not None and previous.cols == cols:    # rows edited in place: the previous load patched
-        inv = patch(previous, rel, text, newlines, column_indexes(cols))
-        if inv is not None:
-            return inv, digest
     inv = _Reader(rel, text, cols, problems, previous).read(first + 1 if first >= 0 else len(text))
     inv.newlines = newlines
     return inv, digest

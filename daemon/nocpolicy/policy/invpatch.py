@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left
-from itertools import compress, repeat
+from itertools import chain, compress, repeat
 from operator import add
 from typing import TYPE_CHECKING
 
@@ -37,12 +37,13 @@ SUBGROUP = 16             # then, in a group that differs
 MAX_CHANGED = 10          # a reload changing more than 1/MAX_CHANGED of the rows is read in full
 
 
-def diff_in_place(prev: Inventory, text: str, newlines: int) -> list[tuple[int, int, int]] | None:
+def diff_in_place(prev: Inventory, text: str) -> list[tuple[int, int, int]] | None:
     """The rows whose line changed, in order, as (row, new offset, change of the line's length);
-    None when the new file is not the previous one with rows edited in place."""
+    None when the new file is not the previous one with rows edited in place (every line is
+    then accounted for: the same number of lines, the same lines but for rows' lines)."""
     old, offs = prev.text, prev.offsets
     n = len(offs)
-    if newlines != prev.newlines or not n or not text.startswith(old[:offs[0]]):
+    if not n or not text.startswith(old[:offs[0]]):
         return None
     out: list[tuple[int, int, int]] = []
     shift = 0
@@ -82,16 +83,14 @@ def _group(prev: Inventory, text: str, j: int, k: int, a: int, b: int, pos: int,
     if len(new_lines) != len(old_lines):
         return None
     first, lines = prev.lines[j], prev.lines
-    cursor = pos
-    for t, (was, now) in enumerate(zip(old_lines, new_lines, strict=True)):
-        if was != now:
-            r = j + t
-            if r >= k or lines[r] != first + t:     # comment lines among the rows
-                r = _row_at(lines, j, k, first + t)
-            if r is None or not now.strip() or now.startswith("#"):
-                return None                 # a comment or blank line changed, or a row removed
-            out.append((r, cursor, len(now) - len(was)))
-        cursor += len(now) + 1
+    for t in compress(range(len(old_lines)), map(str.__ne__, old_lines, new_lines)):
+        now = new_lines[t]
+        r = j + t
+        if r >= k or lines[r] != first + t:         # comment lines among the rows
+            r = _row_at(lines, j, k, first + t)
+        if r is None or not now.strip() or now.startswith("#"):
+            return None                     # a comment or blank line changed, or a row removed
+        out.append((r, pos + sum(map(len, new_lines[:t])) + t, len(now) - len(old_lines[t])))
     return (e - pos) - (b - a)
 
 
@@ -100,11 +99,11 @@ def _row_at(lines: array, j: int, k: int, line: int) -> int | None:
     return r if r < k and lines[r] == line else None
 
 
-def patch(prev: Inventory, rel: str, text: str, newlines: int, ix: tuple[int, ...]) -> Inventory | None:
+def patch(prev: Inventory, rel: str, text: str, ix: tuple[int, ...]) -> Inventory | None:
     """The new inventory as the previous one patched for rows edited in place, or None."""
     if prev.read_tables is None or not prev.tables_exact:
         return None
-    diff = diff_in_place(prev, text, newlines)
+    diff = diff_in_place(prev, text)
     if diff is None:
         return None
     rows = [r for r, _, _ in diff]
@@ -125,7 +124,7 @@ def patch(prev: Inventory, rel: str, text: str, newlines: int, ix: tuple[int, ..
         same[r] = 0
     inv = Inventory(rel, text, prev.cols, _patched_offsets(prev.offsets, diff), prev.lines, ids, index,
                     plans, plan_of, packed, frozenset(changed), prev, _handed_on(prev, index, same), same)
-    inv.newlines = newlines
+    inv.newlines = prev.newlines
     _patch_logins(inv, prev, rows, fields, ix[4])
     touched = _prefixes_touched(prev, rows, block) if block else []
     inv.prefix_changed = frozenset({prev.ids[r] for r in touched} | {ids[r] for r in touched})
@@ -226,13 +225,15 @@ def _rebuilt_packed(p: Packed, rows: list[int], block) -> Packed:
 
 def _patched_offsets(offsets: array, diff: list[tuple[int, int, int]]) -> array:
     """Each row's offset in the new text: the changed rows' from the diff, the others shifted by
-    the change of length of the changed lines before them."""
-    out, r0, shift = array("Q"), 0, 0
-    for r, off, delta in diff:
-        out.extend(map(add, offsets[r0:r], repeat(shift)) if shift else offsets[r0:r])
-        out.append(off)
+    the change of length of the changed lines before them (one ``map`` over the column)."""
+    shifts, r0, shift = [], 0, 0
+    for r, _, delta in diff:
+        shifts.append(repeat(shift, r - r0 + 1))
         r0, shift = r + 1, shift + delta
-    out.extend(map(add, offsets[r0:], repeat(shift)) if shift else offsets[r0:])
+    shifts.append(repeat(shift, len(offsets) - r0))
+    out = array("Q", map(add, offsets, chain.from_iterable(shifts)))
+    for r, off, _ in diff:
+        out[r] = off
     return out
 
 
