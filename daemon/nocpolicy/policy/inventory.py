@@ -20,7 +20,7 @@ import hashlib
 from array import array
 from dataclasses import dataclass, field
 from itertools import accumulate, chain, compress, repeat
-from operator import add, lshift, not_, or_, rshift
+from operator import add, and_, lshift, not_, or_, rshift
 from pathlib import Path
 
 from .fields import Obj, Problems, as_text, obj
@@ -28,7 +28,7 @@ from .invbulk import Block, check_block
 from .invpatch import patch
 from .invreload import aligned, copy_packed, delta_tables, fields_of, prev_login_keys, reuse_block
 from .invrow import COLUMNS, V6, RowError, check_row, column_indexes
-from .invtable import Inventory, Packed
+from .invtable import LOGIN_HASH, ROW_BITS, Inventory, Packed, login_key
 from .nodes import Loc
 
 REQUIRED = ("id", "name")
@@ -110,7 +110,7 @@ class _Reader:
         self.base_tables = self.prev.read_tables if self.prev is not None else None
         self.n_prefixes = 0
         self.same = bytearray()          # row -> 1: reused from ``previous`` at the same line
-        self.login_keys: list[int] = []  # (hash of a login + 2**63) << 32 | row (invtable.login_owner)
+        self.login_keys: list[float] = []  # invtable.login_key of each login
         self.logins_prev = bytearray()   # row -> 1: its login keys are the previous load's (same row)
 
     def read(self, pos: int) -> Inventory:
@@ -134,7 +134,9 @@ class _Reader:
         inv = Inventory(self.rel, text, self.cols, self.offsets, self.lines, self.ids, self.index, self.plans,
                         self.plan_of, self.packed, frozenset(self.changed) if prev is not None else None,
                         prev, self.built, self.same)
-        inv.index_logins(self.login_keys + prev_login_keys(self))
+        keys, self.login_keys = self.login_keys, []
+        keys += prev_login_keys(self)
+        inv.index_logins(keys)
         if self.base_tables is None:
             tables, exact = self.tables, sum(map(len, self.tables.values())) == self.n_prefixes
         elif len(self.changed) <= max(1000, len(self.ids) // 10):
@@ -277,15 +279,15 @@ class _Reader:
                              strict=False))
 
     def _logins(self, column, rows) -> None:
-        """Key the logins of ``rows`` (column: their logins fields) for the login index."""
+        """Key the logins of ``rows`` (column: their logins fields) for the login index (login_key)."""
         joined = "".join(column)
         if " " not in joined and "\t" not in joined:
-            hashes = map(add, map(hash, map(str.strip, column)), repeat(1 << 63))
-            keys = map(or_, map(lshift, hashes, repeat(32)), rows)
+            hashes = map(and_, map(hash, map(str.strip, column)), repeat(LOGIN_HASH))
+            keys = map(float, map(or_, map(lshift, hashes, repeat(ROW_BITS)), rows))
             self.login_keys.extend(compress(keys, map(str.strip, column)))
             return
         for row, logins in zip(rows, column, strict=False):
-            self.login_keys.extend(((hash(s) + (1 << 63)) << 32) | row for s in logins.split())
+            self.login_keys.extend(login_key(s, row) for s in logins.split())
 
     def _index(self, ids: list[str]) -> bool:
         """Index the block's ids; False (and nothing indexed) if one is taken or listed twice."""

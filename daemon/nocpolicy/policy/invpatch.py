@@ -22,12 +22,12 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left
 from itertools import chain, compress, repeat
-from operator import add
+from operator import add, and_
 from typing import TYPE_CHECKING
 
 from .invbulk import check_block
 from .invreload import delta_tables, fields_of
-from .invtable import Inventory, Packed
+from .invtable import ROW_MASK, Inventory, Packed, login_key
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -249,8 +249,8 @@ def _handed_on(prev: Inventory, index: dict, same: bytearray) -> dict:
 
 def _patch_logins(inv: Inventory, prev: Inventory, rows: list[int], fields: Sequence | None, i_log: int) -> None:
     """The login index: the previous one, or when a changed row's logins changed, the previous
-    sorted arrays without that row's entries and with its new ones inserted in order (the same
-    arrays a first load builds: a filter and slices, no sort of the million)."""
+    sorted keys without that row's and with its new ones (the same index a first load builds:
+    a filter, then a sort that merges one long sorted run with a short one)."""
     inv._logins = prev._logins
     if i_log < 0 or not fields or prev._logins is None:
         return
@@ -261,22 +261,12 @@ def _patch_logins(inv: Inventory, prev: Inventory, rows: list[int], fields: Sequ
             moved[r] = logins
     if not moved:
         return
-    hashes, owners = prev._logins
-    keep = [r not in moved for r in owners]
-    hashes, owners = array("Q", compress(hashes, keep)), array("I", compress(owners, keep))
-    out_h, out_r, at = array("Q"), array("I"), 0
-    for h, r in sorted((hash(s) + (1 << 63), r) for r, logins in moved.items() for s in logins):
-        k = bisect_left(hashes, h, at)
-        while k < len(hashes) and hashes[k] == h and owners[k] < r:
-            k += 1
-        out_h.extend(hashes[at:k])
-        out_r.extend(owners[at:k])
-        out_h.append(h)
-        out_r.append(r)
-        at = k
-    out_h.extend(hashes[at:])
-    out_r.extend(owners[at:])
-    inv._logins = (out_h, out_r)
+    keys = prev._logins[0]
+    gone = set(moved)
+    kept = list(compress(keys, [r not in gone for r in map(and_, map(int, keys), repeat(ROW_MASK))]))
+    kept.extend(login_key(s, r) for r, logins in moved.items() for s in logins)
+    kept.sort()
+    inv._logins = (array("d", kept),)
 
 
 def _old_logins(prev: Inventory, r: int, i_log: int) -> list[str]:

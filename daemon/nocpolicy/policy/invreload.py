@@ -14,26 +14,26 @@ from __future__ import annotations
 import csv
 from bisect import bisect_left
 from itertools import chain, compress, repeat
-from operator import add, itemgetter, lshift, not_, or_
+from operator import add, and_, itemgetter, not_
 from typing import TYPE_CHECKING
 
 from .invbulk import Block, check_block
 from .invrow import V6
+from .invtable import ROW_MASK
 
 if TYPE_CHECKING:
     from .inventory import _Reader
     from .invtable import Inventory
 
 
-def prev_login_keys(self: _Reader) -> list[int]:
+def prev_login_keys(self: _Reader) -> list:
     """The previous load's login keys of the rows marked in ``logins_prev`` (same row number)."""
     prev, mask = self.prev, self.logins_prev
     if prev is None or prev._logins is None or not any(mask):
         return []
-    hashes, rows = prev._logins
+    keys = prev._logins[0]
     mask = mask + bytes(max(0, len(prev.ids) - len(mask)))
-    sel = list(map(mask.__getitem__, rows))
-    return list(map(or_, map(lshift, compress(hashes, sel), repeat(32)), compress(rows, sel)))
+    return list(compress(keys, map(mask.__getitem__, map(and_, map(int, keys), repeat(ROW_MASK)))))
 
 
 def delta_tables(prev: Inventory, base_tables: dict, changed, index: dict, packed
