@@ -195,7 +195,11 @@ def _disjoint_tables(customers, inventory) -> bool:
                     return False
                 continue
             (ls, short), (ll, long) = sorted(((l1, t1), (l2, t2)), key=lambda x: x[0])
-            if any(map(short.__contains__, map(rshift, long, repeat(ll - ls)))):
+            if len(short) << (ll - ls) < len(long):      # few short prefixes (YAML): the keys under them
+                d = ll - ls
+                if any(not long.keys().isdisjoint(range(k << d, (k + 1) << d)) for k in short):
+                    return False
+            elif any(map(short.__contains__, map(rshift, long, repeat(ll - ls)))):
                 return False
     return True
 

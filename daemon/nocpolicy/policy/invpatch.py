@@ -192,7 +192,7 @@ def patch_packed(p: Packed, rows: list[int], block) -> Packed:
     if all(p.start[r + 1] - p.start[r] == c for r, c in zip(rows, counts, strict=True)):
         new = Packed()
         new.code, new.hi, new.lo = array("H", p.code), array("Q", p.hi), array("Q", p.lo)
-        new.start, new.row = p.start, p.row
+        new.start = p.start
         f = 0
         for r, c in zip(rows, counts, strict=True):
             for x, code, value in zip(range(p.start[r], p.start[r] + c), block.codes[f:f + c],
@@ -213,7 +213,6 @@ def _rebuilt_packed(p: Packed, rows: list[int], block) -> Packed:
             new.hi.extend(p.hi[x:y])
             new.lo.extend(p.lo[x:y])
             new.start.extend(map(add, p.start[r0 + 1:r + 1], repeat(shift)) if shift else p.start[r0 + 1:r + 1])
-            new.row.extend(p.row[x:y])
         if r == len(p.start) - 1:
             return new
         for code, value in zip(block.codes[f:f + c], block.values[f:f + c], strict=True):

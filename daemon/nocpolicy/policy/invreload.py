@@ -115,13 +115,12 @@ def copy_packed(self: _Reader, j0: int, eq: list[bool], block: Block) -> None:
     for b, i in enumerate(chain(compress(range(k), map(not_, eq)), (k,))):
         if i > r:                             # rows r..i-1 unchanged
             x, y = start[j0 + r], start[j0 + i]
-            shift, row_shift = len(new.code) - x, len(new.start) - 1 - (j0 + r)
+            shift = len(new.code) - x
             new.code.extend(p.code[x:y])
             new.hi.extend(p.hi[x:y])
             new.lo.extend(p.lo[x:y])
             new.start.extend(map(add, start[j0 + r + 1:j0 + i + 1], repeat(shift)) if shift else
                              start[j0 + r + 1:j0 + i + 1])
-            new.row.extend(map(add, p.row[x:y], repeat(row_shift)) if row_shift else p.row[x:y])
         if i == k:
             return
         n = block.counts[b]

@@ -19,7 +19,7 @@ import weakref
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterator, Mapping, Sequence
-from itertools import accumulate, chain, compress, count, repeat
+from itertools import accumulate, chain, compress, repeat
 from operator import and_, lshift, or_, rshift, sub
 
 from .customers import Customer
@@ -41,13 +41,23 @@ def prefix_of(code: int, value: int):
 
 class Packed:
     """Prefixes as parallel arrays: ``code`` (length | V6), value high and low 64 bits; row
-    ``i``'s prefixes are entries ``start[i]:start[i+1]``."""
+    ``i``'s prefixes are entries ``start[i]:start[i+1]``; ``row`` (the row of each prefix) is
+    derived from ``start`` when a whole-table reader asks for it."""
 
-    __slots__ = ("code", "hi", "lo", "start", "row")
+    __slots__ = ("code", "hi", "lo", "start", "_row")
 
     def __init__(self):
         self.code, self.hi, self.lo, self.start = array("H"), array("Q"), array("Q"), array("I", [0])
-        self.row = array("I")           # the row of each prefix
+        self._row: array | None = None
+
+    @property
+    def row(self) -> array:
+        """The row of each prefix (built once the rows are all in)."""
+        if self._row is None or len(self._row) != len(self.code):
+            start = self.start
+            self._row = array("I", chain.from_iterable(map(repeat, range(len(start) - 1),
+                                                           map(sub, start[1:], start[:-1]))))
+        return self._row
 
     def add(self, code: int, value: int) -> None:
         self.code.append(code)
@@ -55,8 +65,6 @@ class Packed:
         self.lo.append(value & 0xFFFFFFFFFFFFFFFF)
 
     def end_row(self) -> None:
-        n = len(self.start) - 1
-        self.row.extend(repeat(n, len(self.code) - len(self.row)))
         self.start.append(len(self.code))
 
     def extend(self, codes: list[int], values: list[int], counts: list[int]) -> None:
@@ -66,9 +74,7 @@ class Packed:
         self.lo.extend(map(and_, values, repeat(0xFFFFFFFFFFFFFFFF)))
         it = accumulate(counts, initial=self.start[-1])
         next(it)
-        first = len(self.start) - 1
         self.start.extend(it)
-        self.row.extend(chain.from_iterable(map(repeat, count(first), counts)))
 
     def copy_row(self, other: Packed, j: int) -> None:
         a, b = other.start[j], other.start[j + 1]
