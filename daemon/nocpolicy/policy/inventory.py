@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import re
 from array import array
 from dataclasses import dataclass, field
 from itertools import accumulate, chain, compress, repeat
-from operator import add, and_, lshift, not_, or_, rshift
+from operator import add, not_, rshift
 from pathlib import Path
 
 from .fields import Obj, Problems, as_text, obj
@@ -34,6 +35,7 @@ from .nodes import Loc
 REQUIRED = ("id", "name")
 MAX_ROWS = 5_000_000
 BLOCK = 1 << 20               # characters of the file checked column-wise at once (about 8,000 rows)
+_WHITESPACE = re.compile(r"\s")
 MAX_PROBLEMS = 1000           # more are summarised: a broken export should not flood the log
 
 
@@ -190,8 +192,13 @@ class _Reader:
             return False
         offsets = list(accumulate(map(add, map(len, lines), repeat(1)), initial=pos0))
         self.ids.extend(block.ids)
-        self.offsets.extend(map(offsets.__getitem__, keep))
-        self.lines.extend(map(add, keep, repeat(n0)))
+        if isinstance(keep, range):             # every line of the block is a row
+            offsets.pop()
+            self.offsets.extend(offsets)
+            self.lines.extend(range(n0, n0 + len(keep)))
+        else:
+            self.offsets.extend(map(offsets.__getitem__, keep))
+            self.lines.extend(map(add, keep, repeat(n0)))
         for raw in set(block.plans):
             if raw not in self.plan_ix:
                 self.plan_ix[raw] = len(self.plans)
@@ -202,8 +209,7 @@ class _Reader:
         else:
             self.packed.extend(block.codes, block.values, block.counts)
             if self.base_tables is None:
-                self._tabulate(block.codes, block.values,
-                               list(chain.from_iterable(map(repeat, block.ids, block.counts))))
+                self._tabulate_block(block)
         base = len(self.ids) - len(block.ids)
         self._logins(block.logins, range(base, base + len(block.ids)) if login_rows is None else
                      list(map(add, login_rows, repeat(base))))
@@ -278,13 +284,29 @@ class _Reader:
             table.update(zip(map(rshift, vals, repeat((128 if code & V6 else 32) - (code & 0xFF))), own,
                              strict=False))
 
+    def _tabulate_block(self, block: Block) -> None:
+        """_tabulate a block; when every row lists the same kinds of prefix in the same order (the
+        usual export: one IPv4 and one IPv6 prefix), each table takes a column slice and the ids."""
+        counts, codes = block.counts, block.codes
+        k = counts[0] if counts else 0
+        if not k or counts.count(k) != len(counts) or \
+                any(codes[p::k].count(codes[p]) != len(counts) for p in range(k)):
+            self._tabulate(codes, block.values, list(chain.from_iterable(map(repeat, block.ids, counts))))
+            return
+        self.n_prefixes += len(codes)
+        for p in range(k):
+            code = codes[p]
+            shift = (128 if code & V6 else 32) - (code & 0xFF)
+            self.tables.setdefault(code, {}).update(zip([v >> shift for v in block.values[p::k]], block.ids,
+                                                        strict=True))
+
     def _logins(self, column, rows) -> None:
         """Key the logins of ``rows`` (column: their logins fields) for the login index (login_key)."""
         joined = "".join(column)
-        if " " not in joined and "\t" not in joined:
-            hashes = map(and_, map(hash, map(str.strip, column)), repeat(LOGIN_HASH))
-            keys = map(float, map(or_, map(lshift, hashes, repeat(ROW_BITS)), rows))
-            self.login_keys.extend(compress(keys, map(str.strip, column)))
+        if _WHITESPACE.search(joined) is None:          # one login (or none) a row, as is
+            m, b = LOGIN_HASH, ROW_BITS
+            self.login_keys.extend([float(((hash(s) & m) << b) | r)
+                                    for s, r in zip(column, rows, strict=True) if s])
             return
         for row, logins in zip(rows, column, strict=False):
             self.login_keys.extend(login_key(s, row) for s in logins.split())
