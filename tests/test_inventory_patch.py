@@ -176,3 +176,19 @@ def test_the_overlap_check_of_a_patched_reload_probes_only_the_changed_rows(pol)
     _edit(pol, {2: _row(2).replace("10.0.0.8/30", "10.0.0.5/32")})   # inside h000001's new /31
     with pytest.raises(PolicyInvalid):
         load_policy(pol, previous=b)
+
+
+def test_a_patched_reload_of_a_crlf_file_with_quoted_fields_and_comments(pol):
+    lines = [HEADER.rstrip("\n"), "# exported by the CRM"] + [_row(i) for i in range(2000)]
+    lines[500] = "# a comment among the rows"
+    (pol / "customers.csv").write_text("\r\n".join(lines) + "\r\n", newline="")
+    a = load_policy(pol)
+    lines[1001] = _row(999).replace(",C999,", ',"Sato, Kogyo",')                    # file line 1002
+    lines[1501] = _row(1499).replace("u1499@", "v1499@")
+    (pol / "customers.csv").write_text("\r\n".join(lines) + "\r\n", newline="")
+    b = load_policy(pol, previous=a)
+    inv = b.customers.inventory
+    assert inv.delta_probes is not None and inv.changed == {"h000999", "h001499"}
+    assert b.customers_by_id["h000999"].name == "Sato, Kogyo" and b.customers_by_id["h000999"].loc.line == 1002
+    assert inv.login_owner("v1499@isp.example") == "h001499"
+    assert _state(inv) == _state(load_policy(pol).customers.inventory)
