@@ -118,7 +118,8 @@ def patch(prev: Inventory, rel: str, text: str, ix: tuple[int, ...]) -> Inventor
         return None
     changed = {prev.ids[r] for r in rows} | {ids[r] for r in rows}
     plans, plan_of = _patched_plans(prev, rows, block.plans if block else [])
-    packed = patch_packed(prev.packed, rows, block) if block else prev.packed
+    moved, touched = _prefixes_touched(prev, rows, block) if block else ([], [])
+    packed = patch_packed(prev.packed, rows, block) if moved else prev.packed     # shared: no prefix changed
     same = bytearray(b"\x01") * len(ids)
     for r in rows:
         same[r] = 0
@@ -126,7 +127,6 @@ def patch(prev: Inventory, rel: str, text: str, ix: tuple[int, ...]) -> Inventor
                     plans, plan_of, packed, frozenset(changed), prev, _handed_on(prev, index, same), same)
     inv.newlines = prev.newlines
     _patch_logins(inv, prev, rows, fields, ix[4])
-    touched = _prefixes_touched(prev, rows, block) if block else []
     inv.prefix_changed = frozenset({prev.ids[r] for r in touched} | {ids[r] for r in touched})
     tables, exact = delta_tables(prev, prev.read_tables, inv.prefix_changed, index, packed)
     inv.tables = inv.read_tables = tables
@@ -135,15 +135,18 @@ def patch(prev: Inventory, rel: str, text: str, ix: tuple[int, ...]) -> Inventor
     return inv
 
 
-def _prefixes_touched(prev: Inventory, rows: list[int], block) -> list[int]:
-    """The changed rows whose prefixes or id changed (a renamed customer's tables stay as they are)."""
-    out, f = [], 0
+def _prefixes_touched(prev: Inventory, rows: list[int], block) -> tuple[list[int], list[int]]:
+    """(the changed rows whose prefixes changed, those whose prefixes or id changed): a renamed
+    customer's prefixes and tables stay as they are."""
+    moved, touched, f = [], [], 0
     for r, c, cid in zip(rows, block.counts, block.ids, strict=True):
-        if prev.ids[r] != cid or prev.packed.of_row(r) != list(zip(block.codes[f:f + c], block.values[f:f + c],
-                                                                    strict=True)):
-            out.append(r)
+        if prev.packed.of_row(r) != list(zip(block.codes[f:f + c], block.values[f:f + c], strict=True)):
+            moved.append(r)
+            touched.append(r)
+        elif prev.ids[r] != cid:
+            touched.append(r)
         f += c
-    return out
+    return moved, touched
 
 
 def _line(text: str, a: int) -> str:
