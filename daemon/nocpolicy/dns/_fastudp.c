@@ -26,12 +26,12 @@
 #define NAME 28
 #define MAX_ROUNDS 8
 #define NBUCKETS 32
-#define NHOOKS 19
+#define NHOOKS 20
 
 enum {
     H_ENGINE, H_RL_KEYS, H_RL_KEY, H_RL_COUNTS, H_RL_BLOCKED, H_RL_OVER, H_LIMITER, H_REST,
     H_SENDTO, H_STATS, H_RCODES, H_HIST_LOCAL, H_HIST_CACHE, H_BUCKETS, H_OUTSIDE, H_MISS,
-    H_FAILED, H_SAMPLES, H_MASK
+    H_FAILED, H_SAMPLES, H_MASK, H_CACHE_LAYOUT
 };
 
 typedef struct {
@@ -62,6 +62,7 @@ typedef struct {
     int nbuckets;
     /* per-batch view of the engine's state; valid == 0 after any call into Python */
     int valid;
+    int called;          /* this batch called into Python: its sendto rings may hold datagrams */
     PyObject *s_hostcache, *s_answers, *s_acache, *s_subs, *s_suspended, *s_gen, *s_dirty, *s_zones, *s_allowed, *s_probes;
     PyObject *s_hot, *s_sgen;
     double s_until;
@@ -76,7 +77,7 @@ static PyObject *S_hostcache, *S_answers, *S_acache, *S_subs, *S_suspended, *S_g
     *S_hot, *S_until, *S_sgen, *S_qps, *S_blocked_qps, *S_resp, *S_n, *S_hosts, *S_rcode,
     *S_refuse, *S_restamp, *S_warm_wire, *S_udp, *S_counts, *S_total, *S_hits, *S_scheduled,
     *S_counters, *S_send_drops, *S_queries, *S_blocked, *S_flush, *S_zones, *S_allowed, *S_clean, *S_room,
-    *S_qhdr, *S_hdr, *S_rest, *S_host, *S_labels, *S_count, *S_dotparent, *S_probes;
+    *S_qhdr, *S_hdr, *S_rest, *S_host, *S_labels, *S_count, *S_dotparent, *S_probes, *S_d, *S_gen_cname, *S_s, *S_s4;
 
 static double now(void)
 {
@@ -323,6 +324,7 @@ static int send_parts(Listener *self, const unsigned char **part, const Py_ssize
     Py_DECREF(big);
     Py_XDECREF(addr);
     self->valid = 0;
+    self->called = 1;
     if (r == NULL)
         return -1;
     Py_DECREF(r);
@@ -402,6 +404,7 @@ static int over(Listener *self, Dgram *g, long long n, long long limit, PyObject
     Py_XDECREF(pn);
     Py_XDECREF(pl);
     self->valid = 0;
+    self->called = 1;
     if (r == NULL)
         return -1;
     t = PyObject_IsTrue(r);
@@ -469,6 +472,67 @@ fail:
     return -1;
 }
 
+static unsigned int be32(const unsigned char *p)
+{
+    return ((unsigned int)p[0] << 24) | ((unsigned int)p[1] << 16) | ((unsigned int)p[2] << 8) | p[3];
+}
+
+/* CachePath.warm_wire for the common case, a one-RR entry of an earlier second brought to this
+ * second by one TTL patch (AnswerCache.rerender) and kept in ``hot``: its new wire (a new
+ * reference), or NULL without an exception when Python must decide (no entry, another
+ * generation, a CNAME, another question, several RRs, due for prefetch or expiring), or NULL
+ * with an exception. The entry layout is cache.py's (_META; P, Q from the hooks). */
+static PyObject *warm(Listener *self, Dgram *g)
+{
+    PyObject *ac = self->s_acache, *layout = PyTuple_GET_ITEM(self->hooks, H_CACHE_LAYOUT);
+    PyObject *d = NULL, *gc = NULL, *s4 = NULL, *hk = NULL, *v, *nv = NULL, *w = NULL;
+    Py_ssize_t P = PyLong_AsSsize_t(PyTuple_GET_ITEM(layout, 0)), Q = PyLong_AsSsize_t(PyTuple_GET_ITEM(layout, 1));
+    Py_ssize_t hot_max = PyLong_AsSsize_t(PyTuple_GET_ITEM(layout, 2)), vlen, nl, pos;
+    const unsigned char *e, *k = (const unsigned char *)PyBytes_AS_STRING(g->key);
+    long long cur;
+    Py_hash_t hv;
+    long long left;
+    if ((hv = PyObject_Hash(g->key)) == -1)
+        return NULL;
+    if (!(d = PyObject_GetAttr(ac, S_d)) || !(gc = PyObject_GetAttr(ac, S_gen_cname)) ||
+        !(s4 = PyObject_GetAttr(ac, S_s4)) || attr_ll(ac, S_s, &cur) < 0 || !(hk = PyLong_FromSsize_t(hv >> 4)))
+        goto out;
+    if (!PyDict_Check(d) || !PyBytes_Check(gc) || PyBytes_GET_SIZE(gc) != 5 || !PyBytes_Check(s4) ||
+        PyBytes_GET_SIZE(s4) != 4)
+        goto out;
+    v = PyDict_GetItemWithError(d, hk);
+    if (v == NULL || !PyBytes_Check(v))
+        goto out;
+    e = (const unsigned char *)PyBytes_AS_STRING(v);
+    vlen = PyBytes_GET_SIZE(v);
+    if (vlen < Q + 10 || memcmp(e + 4, PyBytes_AS_STRING(gc), 5) != 0 || !(e[10] & 2))
+        goto out;
+    nl = e[9];
+    pos = Q + 10 + nl;                               /* the answer RR's TTL */
+    if (pos + 4 > vlen || PyBytes_GET_SIZE(g->key) < 14 + nl || memcmp(e + Q, k + 10, 4 + nl) != 0)
+        goto out;
+    left = (long long)be32(e + 23) - cur;           /* exp - s */
+    if (left * 10 <= (long long)be32(e + 11) || (long long)be32(e) >= cur)   /* prefetch due, or not older */
+        goto out;
+    if (!(nv = PyBytes_FromStringAndSize(NULL, vlen)))
+        goto out;
+    {
+        unsigned char *o = (unsigned char *)PyBytes_AS_STRING(nv);
+        memcpy(o, PyBytes_AS_STRING(s4), 4);
+        memcpy(o + 4, e + 4, pos - 4);
+        o[pos] = (unsigned char)(left >> 24); o[pos + 1] = (unsigned char)(left >> 16);
+        o[pos + 2] = (unsigned char)(left >> 8); o[pos + 3] = (unsigned char)left;
+        memcpy(o + pos + 4, e + pos + 4, vlen - pos - 4);
+    }
+    if (PyDict_SetItem(d, hk, nv) < 0 || !(w = PyBytes_FromStringAndSize(PyBytes_AS_STRING(nv) + P, vlen - P)))
+        goto out;
+    if (PyDict_GET_SIZE(self->s_hot) < hot_max && PyDict_SetItem(self->s_hot, g->key, w) < 0)   /* keep_hot */
+        Py_CLEAR(w);
+out:
+    Py_XDECREF(d); Py_XDECREF(gc); Py_XDECREF(s4); Py_XDECREF(hk); Py_XDECREF(nv);
+    return w;
+}
+
 /* The answer cache's hot path (engine._cache_hitter): 1 answered, 0 not here, -1 error. */
 static int cache_hit(Listener *self, Dgram *g)
 {
@@ -499,6 +563,7 @@ static int cache_hit(Listener *self, Dgram *g)
     if (g->t0 >= self->s_until || !eq) {
         r = PyObject_CallMethodObjArgs(self->s_acache, S_restamp, g->t0obj, self->s_gen, NULL);
         self->valid = 0;
+        self->called = 1;
         if (r == NULL)
             return -1;
         Py_DECREF(r);
@@ -513,8 +578,14 @@ static int cache_hit(Listener *self, Dgram *g)
     } else {
         if (PyErr_Occurred())
             return -1;
+        w = warm(self, g);
+        if (w == NULL && PyErr_Occurred())
+            return -1;
+    }
+    if (w == NULL) {                     /* the general case: Python decides */
         w = PyObject_CallMethodObjArgs(PyTuple_GET_ITEM(h, H_ENGINE), S_warm_wire, g->key, g->t0obj, NULL);
         self->valid = 0;
+        self->called = 1;
         if (w == NULL)
             return -1;
         if (w == Py_None) {
@@ -659,6 +730,7 @@ static int zone_hit(Listener *self, Dgram *g)
             goto out;
         Py_DECREF(v);
         self->valid = 0;
+        self->called = 1;
     } else {
         if (attr_ll(z, S_n, &n) < 0 || !(nv = PyLong_FromLongLong(n + 1)))
             goto out;
@@ -722,6 +794,7 @@ static int fast(Listener *self, Dgram *g)
             return -1;
         g->k = PyObject_CallOneArg(PyTuple_GET_ITEM(h, H_RL_KEY), g->host);
         self->valid = 0;
+        self->called = 1;
         if (g->k == NULL)
             return -1;
     }
@@ -769,6 +842,7 @@ static int fast(Listener *self, Dgram *g)
                                      g->cid ? g->cid : PyTuple_GET_ITEM(h, H_MISS),
                                      g->key ? g->key : Py_None, NULL);
     self->valid = 0;
+    self->called = 1;
     if (r == NULL)
         return -1;
     Py_DECREF(r);
@@ -782,6 +856,7 @@ static int plain(Listener *self, Dgram *g)
     if (!dg_data(g) || !dg_addr(self, g))
         return -1;
     r = PyObject_CallFunctionObjArgs(self->on_datagram, g->data, g->host, g->addr, g->t0obj, NULL);
+    self->called = 1;
     if (r == NULL)
         return -1;
     Py_DECREF(r);
@@ -806,11 +881,13 @@ static void report(Listener *self)
         Py_XDECREF(value);
         Py_XDECREF(tb);
         self->valid = 0;
+        self->called = 1;
         return;
     }
     PyErr_Restore(type, value, tb);
     PyErr_WriteUnraisable((PyObject *)self);
     self->valid = 0;
+    self->called = 1;
 }
 
 /* One datagram: its source as text, the mute check, then the fast paths or on_datagram. */
@@ -831,6 +908,7 @@ static void one(Listener *self, int i, double t0, PyObject *t0obj)
     } else if (!PyErr_Occurred()) {
         g.host = PyObject_CallOneArg(self->host_of, ip);
         self->valid = 0;
+        self->called = 1;
     }
     Py_DECREF(ip);
     if (g.host == NULL)
@@ -876,7 +954,7 @@ static PyObject *Listener_readable(Listener *self, PyObject *Py_UNUSED(ignored))
     int round, i, n;
     for (round = 0; round < MAX_ROUNDS && !self->closed; round++) {
         double t0;
-        PyObject *t0obj, *r;
+        PyObject *t0obj, *r, *was;
         for (i = 0; i < self->batch; i++) {
             self->rx[i].msg_hdr.msg_namelen = self->namelen;
             self->rx[i].msg_hdr.msg_flags = 0;
@@ -890,11 +968,15 @@ static PyObject *Listener_readable(Listener *self, PyObject *Py_UNUSED(ignored))
         t0 = now();
         if (!(t0obj = PyFloat_FromDouble(t0)))
             return NULL;
-        if (PyObject_SetAttr(self->group, S_scheduled, Py_True) < 0) {   /* our flush covers it */
+        /* sends queued from Python during the batch wait for the group's flush below */
+        if (!(was = PyObject_GetAttr(self->group, S_scheduled)) ||
+            PyObject_SetAttr(self->group, S_scheduled, Py_True) < 0) {
+            Py_XDECREF(was);
             Py_DECREF(t0obj);
             return NULL;
         }
         self->valid = 0;
+        self->called = 0;
         for (i = 0; i < n; i++)
             one(self, i, t0, t0obj);
         Py_DECREF(t0obj);
@@ -903,7 +985,13 @@ static PyObject *Listener_readable(Listener *self, PyObject *Py_UNUSED(ignored))
         if (flush_counters(self) < 0)
             PyErr_WriteUnraisable((PyObject *)self);
         drop_state(self);
-        r = PyObject_CallNoArgs(self->group_flush);
+        if (self->called) {               /* Python may have queued datagrams: flush every socket */
+            Py_DECREF(was);
+            r = PyObject_CallNoArgs(self->group_flush);
+        } else {                          /* nothing queued: as it was (a pending flush still runs) */
+            r = PyObject_SetAttr(self->group, S_scheduled, was) < 0 ? NULL : Py_NewRef(Py_None);
+            Py_DECREF(was);
+        }
         if (r == NULL)
             return NULL;
         Py_DECREF(r);
@@ -1058,7 +1146,8 @@ PyMODINIT_FUNC PyInit__fastudp(void)
     INTERN(S_flush, "flush"); INTERN(S_zones, "zones"); INTERN(S_allowed, "allowed"); INTERN(S_clean, "clean");
     INTERN(S_room, "room"); INTERN(S_qhdr, "qhdr"); INTERN(S_hdr, "hdr"); INTERN(S_rest, "rest");
     INTERN(S_host, "host"); INTERN(S_labels, "labels"); INTERN(S_count, "count");
-    INTERN(S_dotparent, "dotparent"); INTERN(S_probes, "_probes");
+    INTERN(S_dotparent, "dotparent"); INTERN(S_probes, "_probes"); INTERN(S_d, "d");
+    INTERN(S_gen_cname, "gen_cname"); INTERN(S_s, "s"); INTERN(S_s4, "s4");
 #undef INTERN
     if (PyType_Ready(&ListenerType) < 0)
         return NULL;

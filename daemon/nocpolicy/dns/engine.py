@@ -17,6 +17,7 @@ from ..policy.dnsguard import TcpLimits
 from ..subscribers.model import Change, Decisions, Subscriber
 from ..subscribers.prefixes import PrefixIndex
 from ..subscribers.view import UNKNOWN_MODES, SubscriberView, implicit_subscriber
+from . import cache
 from .acl import AccessList
 from .cache import Fetch
 from .cachepath import CachePath
@@ -771,7 +772,7 @@ def fast_hooks(engine: Engine, rest, sendto) -> tuple:
     lim, stats = engine.limiter, engine.stats
     return _check_hooks(engine, lim.keys, lim.key, lim.counts, lim.blocked, lim.over, lim, rest, sendto, stats,
             stats.rcodes, stats.duration["local"], stats.duration["cache"], BUCKETS, OUTSIDE, _MISS,
-            engine.failed, SAMPLES, _MASK)
+            engine.failed, SAMPLES, _MASK, (cache.P, cache.Q, cache.HOT_MAX))
 
 
 def _check_hooks(*hooks) -> tuple:

@@ -40,7 +40,7 @@ import time
 
 from ..errors import NocpolicyError
 
-NATIVE_HOOKS = 19            # len(engine.fast_hooks(...)): what this _fastudp build was written for
+NATIVE_HOOKS = 20            # len(engine.fast_hooks(...)): what this _fastudp build was written for
 
 try:
     from . import _fastudp
