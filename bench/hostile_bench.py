@@ -314,7 +314,7 @@ def start_guard(work, pol, label, a):
     the readiness wait: then the log's tail is shown and one more daemon is started."""
     for attempt in range(2):
         try:
-            d, port, mport, _ = nocpolicyd(work, pol, tag=f"-{label[:3]}-{attempt}")
+            d, port, mport, _ = nocpolicyd(work, pol, tag=f"-{label[:3]}-{attempt}", io=a.dns_io)
         except RuntimeError as exc:
             logs = sorted(work.glob(f"nocpolicyd-*-{label[:3]}-{attempt}.log"), key=lambda f: f.stat().st_mtime)
             tail = logs[-1].read_text(errors="replace").splitlines()[-8:] if logs else []
@@ -466,6 +466,7 @@ def main() -> int:
     p.add_argument("--pin", default="0:1", help="GUARD_CPUS:HARNESS_CPUS ('' = not pinned)")
     p.add_argument("--sched", choices=("unit", "default"), default="unit",
                    help="the guard's scheduling: as the systemd unit sets it, or the default")
+    p.add_argument("--dns-io", default="auto", help="the daemon's --dns-io (auto, native, batched, asyncio)")
     p.add_argument("--slow-log", help="append the customers' answers slower than 20 ms (wall time sent, "
                    "latency) to this file")
     p.add_argument("--baseline", help="another checkout (its daemon/ directory) for the throughput A/B")

@@ -24,7 +24,7 @@ from typing import TypeVar
 import prometheus_client
 from prometheus_client import CollectorRegistry
 
-from . import __version__, sdnotify
+from . import __version__, gcpause, sdnotify
 from .clock import SystemClock, utcnow, wall
 from .component import Component, Context
 from .control.admin import AdminApi
@@ -206,6 +206,7 @@ class Daemon:
             if self.stop_event.is_set():
                 return 0
             self._ready = True
+            gcpause.settle()          # later collections skip what start-up built
             sdnotify.notify("READY=1", f"STATUS=policy {policy.version}")
             log.info("nocpolicyd %s ready: policy %s from %s (%s)", __version__, policy.version,
                      self.options.policies, change.describe(),
@@ -380,6 +381,7 @@ class Daemon:
                     await self._abandon(self.components[:len(commits)])
                     return self._refused(source, [f"{c.name}: internal error: {exc!r}"])
             self._commit(new, commits, change, source=source, actor=actor)
+            gcpause.settle()          # the replaced policy collected, the new one frozen
         finally:
             sdnotify.notify("READY=1", f"STATUS=policy {self.policy.version}")
         return {"ok": True, "changed": True, "version": new.version, "previous": old.version if old else None,
