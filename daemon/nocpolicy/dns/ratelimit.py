@@ -28,8 +28,8 @@ only for a source that is over a limit. Counters land in ``stats.limits`` (metri
 from __future__ import annotations
 
 import ipaddress
-import time
 
+from ..clock import monotonic
 from .mutefilter import MAX_ADDRESSES, MuteFilter
 from .wire import NOERROR, WireError, answer, parse_query
 
@@ -49,7 +49,7 @@ class RateLimiter:
         self.exempt: frozenset = frozenset()   # customer ids
         self.customer_of = lambda host: None
         self.mute_filter = MuteFilter()        # the listeners add their UDP sockets (server.py)
-        self.window_start = time.monotonic()
+        self.window_start = monotonic()
         self.muted_rate: dict[str, float] = {}  # muted address -> its estimated rate (per second)
         self.sampled: dict[str, float] = {}     # address -> share the filter lets through this window
         self.configure(conf)
@@ -71,7 +71,7 @@ class RateLimiter:
         """Start a new one-second window (called every second)."""
         self.counts.clear()
         self.blocked.clear()
-        self.window_start = time.monotonic()
+        self.window_start = monotonic()
         keep = self._still_flooding()
         if self.muted or self.sampled:
             n = sum(self.muted.values())
@@ -140,7 +140,7 @@ class RateLimiter:
             self.muted[host] = 0               # nothing more is answered to it this second
             self.mute_filter.mute(host)
             # its rate: what it sent until now (of which the filter let ``sampled`` through)
-            elapsed = max(0.05, time.monotonic() - self.window_start)
+            elapsed = max(0.05, monotonic() - self.window_start)
             self.muted_rate[host] = n / self.sampled.get(host, 1.0) / elapsed
         return True
 
