@@ -407,6 +407,7 @@ def part_reload(work: Path, a) -> None:
               "quiet": {"sent": 0, "failed": 0, "max_ms": 0.0, "over50": 0},
               "reload": {"sent": 0, "failed": 0, "max_ms": 0.0, "over50": 0}}
     phase = ["unbound (peer)"]
+    slow: list[tuple[float, float, str]] = []       # (monotonic send time, ms, window) of answers over 50 ms
     dest = [ub_port]
     stop = threading.Event()
 
@@ -429,6 +430,8 @@ def part_reload(work: Path, a) -> None:
                 ms = (time.perf_counter() - t0) * 1000
                 stats["max_ms"] = max(stats["max_ms"], ms)
                 stats["over50"] += ms > 50
+                if ms > 50 and len(slow) < 1000:
+                    slow.append((time.monotonic() - ms / 1000, ms, phase[0]))
             except OSError:
                 stats["failed"] += 1
             stats["sent"] += 1
@@ -471,6 +474,9 @@ def part_reload(work: Path, a) -> None:
                   f"{st['over50']} over 50 ms, max {st['max_ms']:.1f} ms")
         print(f"  dnsperf: {float(qps.group(1)) if qps else 0:.0f} qps, lost {lost.group(1) if lost else '?'}")
         print(f"  RSS before {rss0:.0f} MB, after {rss1:.0f} MB, peak {hwm:.0f} MB")
+        if getattr(a, "slow_log", None):       # to lay beside nocpolicyd's NOCPOLICY_LAG_TRACE (same monotonic clock)
+            with open(a.slow_log, "a") as f:
+                f.writelines(f"{t * 1000:.1f} probe {w} {ms:.1f}ms\n" for t, ms, w in slow)
     finally:
         stop.set()
         us.stop()
@@ -488,6 +494,7 @@ def main() -> int:
     p.add_argument("--seconds", type=int, default=3)
     p.add_argument("--max-qps", type=int, default=400_000, help="dnsperf -Q (bounds every run)")
     p.add_argument("--reload-qps", type=int, default=20_000)
+    p.add_argument("--slow-log", help="reload part: append the probes over 50 ms (monotonic ms) to this file")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--pin", default="none", help="SERVER_CPUS:HARNESS_CPUS for taskset: the server under "
                    "test (every tool alike) on the first, dnsperf and the upstream unbound on the second; "

@@ -16,6 +16,7 @@ import datetime as dt
 import logging
 from pathlib import Path
 
+from .. import lagtrace
 from ..clock import monotonic, utcnow, wall
 from ..component import Component
 from ..control.commands import Command
@@ -67,16 +68,6 @@ def exempt_customers(customers, tags) -> frozenset:
     """Customers the per-source limits do not apply to: public safety, or one of ``tags``."""
     tags = set(tags)
     return frozenset(c.id for c in customers if c.public_safety or tags.intersection(c.tags))
-
-
-async def _free_slowly(indexes, step: int = 20_000) -> None:
-    for idx in indexes:
-        for container in (*idx.subtree.shards, idx.exact, idx.wild):
-            pop = container.pop if isinstance(container, set) else container.popitem
-            while container:
-                for _ in range(min(step, len(container))):
-                    pop()
-                await asyncio.sleep(0)
 
 
 class DnsGuard(Component):
@@ -132,6 +123,7 @@ class DnsGuard(Component):
         meter = self._meter(limits.ratelimit, [p for c in policy.customers if c.id in exempt for p in c.prefixes])
 
         def commit():
+            lagtrace.mark("dns commit")
             self._apply_limits(limits, exempt)
             self._meter_wanted = meter
             if self._started and self.link is None:
@@ -149,6 +141,7 @@ class DnsGuard(Component):
                     self.tasks.spawn("upstream-swap", self._swap_pool(new_pool, old))
             if self._started:
                 self.workers.notify({"op": "reload"})
+            lagtrace.mark("dns commit done")
         return commit
 
     def _upstreams(self, policy) -> tuple:
@@ -199,12 +192,12 @@ class DnsGuard(Component):
                 log.error("dns.ratelimit.kernel_qps: %s", exc)
 
     def _retire(self, old: dict, new: dict) -> None:
-        """Free replaced list indexes a slice at a time: dropping a million-name set at once
-        holds the interpreter for ~0.2 s, which would stall answers."""
+        """Free replaced list indexes in the list thread, a slice at a time: dropping a
+        million-name set at once holds the interpreter for ~0.2 s, which would stall answers."""
         keep = {id(c.index) for c in new.values()}
         gone = [c.index for c in old.values() if id(c.index) not in keep]
         if gone and self._started:
-            self.tasks.spawn("retire-lists", _free_slowly(gone))
+            self.tasks.spawn("retire-lists", self.lists.retire(gone))
 
     async def _swap_pool(self, new: UpstreamPool, old: UpstreamPool | None) -> None:
         await new.open(self.io_group)
@@ -223,6 +216,7 @@ class DnsGuard(Component):
                                    reuse_port=self.ctx.options.workers > 1, batched=self.io_group)
         await self.listeners.start()
         self._started = True
+        self._lag_trace = lagtrace.start()
         self.tasks.supervise("detections", self._flush_loop)
         self.tasks.supervise("ratelimit-window", self._window_loop)
         self.tasks.supervise("refresh", self._refresh_loop)

@@ -18,6 +18,7 @@ store and are re-applied on top of every new copy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -25,6 +26,7 @@ import http.client
 import json
 import logging
 import os
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -33,8 +35,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import lagtrace
 from ..clock import monotonic, utcnow, wall
 from ..errors import NocpolicyError
+from ..gilshare import short_switch
 from ..store import Store
 from .formats import domain, parse
 from .lists import CompiledList, DomainIndex
@@ -279,8 +283,11 @@ class ListManager:
                     return self._empty(bl)
                 return old if same_conf else self._recompile(bl, old.index)
             if not from_copy:
+                lagtrace.mark("write copy")
                 await asyncio.to_thread(self._write_copy, bl.id, data)
+                lagtrace.mark("write copy done")
         await self._add_runtime(bl, index)
+        lagtrace.mark("runtime entries added")
         st.sha256, st.report, st.from_copy = sha, report, from_copy
         st.entries = len(index)
         if not from_copy:
@@ -323,6 +330,13 @@ class ListManager:
             # would stall the event loop (priority inversion); the parser yields the GIL instead
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="dns-lists")
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def retire(self, indexes) -> None:
+        """Free list indexes no longer in force, in the list thread (see :func:`free_indexes`)."""
+        lagtrace.mark("free old lists")
+        await self._run(free_indexes, indexes)
+        lagtrace.mark("free old lists done")
+        lagtrace.census("after the old lists were freed")
 
     def close(self) -> None:
         if self._pool is not None:
@@ -381,12 +395,42 @@ class ListManager:
 
 
 def _fetch_hashed(source: str, policy_dir: str, limits: FetchLimits) -> tuple[bytes, str]:
+    lagtrace.mark(f"fetch {source}")
     data = fetch(source, policy_dir, limits)
-    return data, hashlib.sha256(data).hexdigest()
+    lagtrace.mark("fetched, sha256")
+    out = data, hashlib.sha256(data).hexdigest()
+    lagtrace.mark("fetch done")
+    return out
 
 
 def _parse(fmt: str, data: bytes, pause: float = 0.0):
-    return parse(fmt, data.decode("utf-8", errors="replace"), pause)
+    """Runs in the list thread; ``pause`` > 0 while the daemon serves (see gilshare)."""
+    with short_switch() if pause else contextlib.nullcontext():
+        lagtrace.mark("decode")
+        text = data.decode("utf-8", errors="replace")
+        lagtrace.mark("parse")
+        out = parse(fmt, text, pause)
+        lagtrace.mark("parse done")
+    return out
+
+
+def free_indexes(indexes, pause: float = RELOAD_PAUSE, step: int = 4096) -> int:
+    """Empty replaced list indexes a slice at a time (runs in the list thread, not on the
+    event loop): dropping a million names at once holds the interpreter ~0.2 s, and even in
+    20k-name slices on the loop each slice delayed answers (bench/README.md, "Reload stalls").
+    Returns the number of entries freed."""
+    freed = 0
+    with short_switch():
+        for idx in indexes:
+            for container in (*idx.subtree.shards, idx.exact, idx.wild):
+                while container:
+                    pop, n = container.popitem, min(step, len(container))
+                    for _ in range(n):
+                        pop()
+                    freed += n
+                    time.sleep(pause)
+            idx.subtree.parents = None
+    return freed
 
 
 def _refusal(bl, st: ListState, entries: int, from_copy: bool) -> str | None:
