@@ -30,6 +30,7 @@ from .engine import Engine
 from .guardstats import GuardCollector
 from .kernelmeter import KernelMeter, Meter
 from .link import MainLink
+from .listbuild import free_on_loop
 from .lists import ListSet
 from .mmsg import BatchGroup, batched_io
 from .pseudonym import PseudonymKeys
@@ -192,12 +193,19 @@ class DnsGuard(Component):
                 log.error("dns.ratelimit.kernel_qps: %s", exc)
 
     def _retire(self, old: dict, new: dict) -> None:
-        """Free replaced list indexes in the list thread, a slice at a time: dropping a
-        million-name set at once holds the interpreter for ~0.2 s, which would stall answers."""
+        """Free replaced list indexes a slice at a time on the loop (listbuild.free_on_loop):
+        dropping a million-name set at once holds the interpreter ~0.2 s, stalling answers."""
         keep = {id(c.index) for c in new.values()}
         gone = [c.index for c in old.values() if id(c.index) not in keep]
         if gone and self._started:
-            self.tasks.spawn("retire-lists", self.lists.retire(gone))
+            self.tasks.spawn("retire-lists", self._free(gone))
+
+    @staticmethod
+    async def _free(gone) -> None:
+        lagtrace.mark("free old lists")
+        await free_on_loop(gone)
+        lagtrace.mark("free old lists done")
+        lagtrace.census("after the old lists were freed")
 
     async def _swap_pool(self, new: UpstreamPool, old: UpstreamPool | None) -> None:
         await new.open(self.io_group)

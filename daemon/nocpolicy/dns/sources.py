@@ -18,7 +18,6 @@ store and are re-applied on top of every new copy.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -26,7 +25,6 @@ import http.client
 import json
 import logging
 import os
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -38,9 +36,9 @@ from pathlib import Path
 from .. import lagtrace
 from ..clock import monotonic, utcnow, wall
 from ..errors import NocpolicyError
-from ..gilshare import short_switch
 from ..store import Store
 from .formats import domain, parse
+from .listbuild import ChildFailed, parse_in_child
 from .lists import CompiledList, DomainIndex
 
 log = logging.getLogger(__name__)
@@ -272,8 +270,7 @@ class ListManager:
                 if not from_copy:
                     st.last_error = None
                 return old
-            index, rep = await self._run(_parse, bl.format, data, RELOAD_PAUSE if background else 0.0)
-            report = rep.as_dict()
+            index, report = await self._parse_copy(bl, data, background)
             refused = _refusal(bl, st, len(index), from_copy)
             if refused:
                 st.failures += 1
@@ -296,6 +293,25 @@ class ListManager:
         elif st.last_success is None:
             st.last_success = self._copy_time(bl.id)
         return self._recompile(bl, index)
+
+    async def _parse_copy(self, bl, data: bytes, background: bool) -> tuple[DomainIndex, dict]:
+        """(index, report): at start-up in the list thread (nothing is served yet); while
+        serving in a child process, the index built on the loop a slice at a time (see
+        listbuild.py), or in the thread if the child fails."""
+        if background:
+            path = self.copy_dir / f"{bl.id}.parse"
+            try:
+                lagtrace.mark("child parse")
+                await asyncio.to_thread(self._write_file, path, data)
+                out = await parse_in_child(bl.format, str(path))
+                lagtrace.mark("child parse done")
+                return out
+            except (OSError, ChildFailed) as exc:
+                log.warning("list %s: %s; parsing in a thread instead", bl.id, exc)
+            finally:
+                await asyncio.to_thread(path.unlink, missing_ok=True)
+        index, rep = await self._run(_parse, bl.format, data, RELOAD_PAUSE if background else 0.0)
+        return index, rep.as_dict()
 
     async def _fetch_or_copy(self, bl, st: ListState, policy_dir: str, keep: CompiledList | None):
         """(data, sha, from_copy), or the list to keep as it is when the source failed."""
@@ -331,13 +347,6 @@ class ListManager:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="dns-lists")
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    async def retire(self, indexes) -> None:
-        """Free list indexes no longer in force, in the list thread (see :func:`free_indexes`)."""
-        lagtrace.mark("free old lists")
-        await self._run(free_indexes, indexes)
-        lagtrace.mark("free old lists done")
-        lagtrace.census("after the old lists were freed")
-
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -371,11 +380,15 @@ class ListManager:
     def _copy_path(self, list_id: str) -> Path:
         return self.copy_dir / f"{list_id}.txt"
 
-    def _write_copy(self, list_id: str, data: bytes) -> None:
+    def _write_file(self, path: Path, data: bytes) -> None:
         self.copy_dir.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb", opener=lambda p, fl: os.open(p, fl, 0o600)) as f:
+            f.write(data)
+
+    def _write_copy(self, list_id: str, data: bytes) -> None:
         path = self._copy_path(list_id)
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(data)
+        self._write_file(tmp, data)
         os.replace(tmp, path)
         path.with_suffix(".json").write_text(json.dumps({"saved": wall()}))
 
@@ -404,33 +417,12 @@ def _fetch_hashed(source: str, policy_dir: str, limits: FetchLimits) -> tuple[by
 
 
 def _parse(fmt: str, data: bytes, pause: float = 0.0):
-    """Runs in the list thread; ``pause`` > 0 while the daemon serves (see gilshare)."""
-    with short_switch() if pause else contextlib.nullcontext():
-        lagtrace.mark("decode")
-        text = data.decode("utf-8", errors="replace")
-        lagtrace.mark("parse")
-        out = parse(fmt, text, pause)
-        lagtrace.mark("parse done")
+    lagtrace.mark("decode")
+    text = data.decode("utf-8", errors="replace")
+    lagtrace.mark("parse")
+    out = parse(fmt, text, pause)
+    lagtrace.mark("parse done")
     return out
-
-
-def free_indexes(indexes, pause: float = RELOAD_PAUSE, step: int = 4096) -> int:
-    """Empty replaced list indexes a slice at a time (runs in the list thread, not on the
-    event loop): dropping a million names at once holds the interpreter ~0.2 s, and even in
-    20k-name slices on the loop each slice delayed answers (bench/README.md, "Reload stalls").
-    Returns the number of entries freed."""
-    freed = 0
-    with short_switch():
-        for idx in indexes:
-            for container in (*idx.subtree.shards, idx.exact, idx.wild):
-                while container:
-                    pop, n = container.popitem, min(step, len(container))
-                    for _ in range(n):
-                        pop()
-                    freed += n
-                    time.sleep(pause)
-            idx.subtree.parents = None
-    return freed
 
 
 def _refusal(bl, st: ListState, entries: int, from_copy: bool) -> str | None:
