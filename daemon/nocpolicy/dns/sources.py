@@ -25,6 +25,7 @@ import http.client
 import json
 import logging
 import os
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -299,17 +300,18 @@ class ListManager:
         serving in a child process, the index built on the loop a slice at a time (see
         listbuild.py), or in the thread if the child fails."""
         if background:
-            path = self.copy_dir / f"{bl.id}.parse"
+            path = None
             try:
                 lagtrace.mark("child parse")
-                await asyncio.to_thread(self._write_file, path, data)
+                path = await asyncio.to_thread(self._hand_over, bl.id, data)
                 out = await parse_in_child(bl.format, str(path))
                 lagtrace.mark("child parse done")
                 return out
             except (OSError, ChildFailed) as exc:
                 log.warning("list %s: %s; parsing in a thread instead", bl.id, exc)
             finally:
-                await asyncio.to_thread(path.unlink, missing_ok=True)
+                if path is not None:
+                    await asyncio.to_thread(path.unlink, missing_ok=True)
         index, rep = await self._run(_parse, bl.format, data, RELOAD_PAUSE if background else 0.0)
         return index, rep.as_dict()
 
@@ -380,15 +382,20 @@ class ListManager:
     def _copy_path(self, list_id: str) -> Path:
         return self.copy_dir / f"{list_id}.txt"
 
-    def _write_file(self, path: Path, data: bytes) -> None:
+    def _hand_over(self, list_id: str, data: bytes) -> Path:
+        """The list for the child parser, in a file of its own (0600; --workers processes
+        share the directory)."""
         self.copy_dir.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb", opener=lambda p, fl: os.open(p, fl, 0o600)) as f:
+        fd, name = tempfile.mkstemp(prefix=f"{list_id}.", suffix=".parse", dir=self.copy_dir)
+        with open(fd, "wb") as f:
             f.write(data)
+        return Path(name)
 
     def _write_copy(self, list_id: str, data: bytes) -> None:
+        self.copy_dir.mkdir(parents=True, exist_ok=True)
         path = self._copy_path(list_id)
         tmp = path.with_suffix(".tmp")
-        self._write_file(tmp, data)
+        tmp.write_bytes(data)
         os.replace(tmp, path)
         path.with_suffix(".json").write_text(json.dumps({"saved": wall()}))
 
