@@ -30,7 +30,7 @@ from .engine import Engine
 from .guardstats import GuardCollector
 from .kernelmeter import KernelMeter, Meter
 from .link import MainLink
-from .listbuild import free_on_loop
+from .listbuild import empty_on_loop, free_on_loop
 from .lists import ListSet
 from .mmsg import BatchGroup, batched_io
 from .pseudonym import PseudonymKeys
@@ -132,7 +132,10 @@ class DnsGuard(Component):
             self.engine.walled = walled
             self._retire(self.lists.compiled, compiled)
             self.lists.adopt(policy.dns.lists, compiled)
+            judged = self._judged()
             self.engine.swap(list_set)
+            if self._started:        # the answers judged under the old lists: freed a slice at a time
+                self.tasks.spawn("retire-answers", empty_on_loop(judged))
             self.policy = policy
             if new_cache:      # new settings or other upstreams: start afresh
                 self.engine.acache = AnswerCache(policy.dns.cache) if policy.dns.cache.enabled else None
@@ -199,6 +202,11 @@ class DnsGuard(Component):
         gone = [c.index for c in old.values() if id(c.index) not in keep]
         if gone and self._started:
             self.tasks.spawn("retire-lists", self._free(gone))
+
+    def _judged(self) -> list[dict]:
+        """The engine's tables of answers judged under the lists in force (swap replaces them)."""
+        e = self.engine
+        return [e.allowed, *e.answers.values(), *e.zones.values()]
 
     @staticmethod
     async def _free(gone) -> None:
