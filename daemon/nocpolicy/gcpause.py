@@ -42,7 +42,7 @@ def freeze_start_up() -> int:
 
     A full (generation 2) collection walks every tracked object: after start-up that is
     ~70,000 (functions, classes, module dicts, the first policy), and a collection took
-    50-200 ms on the loop thread on a busy machine, a stall in answering DNS queries
+    47-685 ms on the loop thread on a busy machine, a stall in answering DNS queries
     whenever the allocations of a list reload set one off (bench/README.md, "Reload
     stalls"). Frozen objects are never walked again; what is created later is collected
     as usual. The price: garbage cycles among the frozen objects (the first policy, once
