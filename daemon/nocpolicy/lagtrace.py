@@ -1,7 +1,7 @@
 """Event-loop lag trace, for finding what holds the loop up (a diagnostic, off by default).
 
-``NOCPOLICY_LAG_TRACE=/path/file`` in nocpolicyd's environment writes, with
-``time.monotonic()`` stamps in milliseconds:
+``NOCPOLICY_LAG_TRACE=/path/file`` in nocpolicyd's environment writes lines stamped
+in milliseconds of the system monotonic clock (clock.monotonic):
 
 * ``lag``   -- a 2 ms timer on the event loop that fired more than 10 ms late (how late);
 * ``gc``    -- a cyclic garbage collection over 2 ms (generation, thread, duration);
@@ -22,6 +22,8 @@ import os
 import threading
 import time
 
+from .clock import monotonic
+
 _out = None                   # the open trace file, or None when tracing is off
 _lock = threading.Lock()
 _gc_start: dict[int, float] = {}
@@ -38,7 +40,7 @@ def _write(kind: str, text: str) -> None:
     out = _out
     if out is None or _lines >= MAX_LINES:
         return
-    line = f"{time.monotonic() * 1000:.1f} {kind} {threading.current_thread().name} {text}\n"
+    line = f"{monotonic() * 1000:.1f} {kind} {threading.current_thread().name} {text}\n"
     with _lock:
         _lines += 1
         out.write(line)
@@ -73,11 +75,11 @@ def census(label: str) -> None:
 def _gc_callback(phase: str, info: dict) -> None:
     tid = threading.get_ident()
     if phase == "start":
-        _gc_start[tid] = time.perf_counter()
+        _gc_start[tid] = monotonic()
         return
     t0 = _gc_start.pop(tid, None)
     if t0 is not None:
-        ms = (time.perf_counter() - t0) * 1000
+        ms = (monotonic() - t0) * 1000
         if ms > 2:
             _write("gc", f"gen={info.get('generation')} {ms:.1f}ms collected={info.get('collected')}")
 
@@ -87,9 +89,9 @@ _beat = [0.0]                 # the last time the lag timer ran (monotonic)
 
 async def _lag_loop(period: float = 0.002, report: float = 0.010) -> None:
     while True:
-        t0 = _beat[0] = time.monotonic()
+        t0 = _beat[0] = monotonic()
         await asyncio.sleep(period)
-        late = time.monotonic() - t0 - period
+        late = monotonic() - t0 - period
         if late > report:
             _write("lag", f"{late * 1000:.1f}ms")
 
@@ -103,12 +105,12 @@ def _watchdog(main_id: int, stall: float = 0.030) -> None:
     while True:
         time.sleep(0.005)
         beat = _beat[0]
-        if beat and beat != seen and time.monotonic() - beat > stall:
+        if beat and beat != seen and monotonic() - beat > stall:
             seen = beat
             frame = sys._current_frames().get(main_id)
             stack = traceback.extract_stack(frame)[-6:] if frame is not None else []
             where = " < ".join(f"{os.path.basename(f.filename)}:{f.lineno}:{f.name}" for f in reversed(stack))
-            _write("stall", f"{(time.monotonic() - beat) * 1000:.0f}ms loop thread at {where}")
+            _write("stall", f"{(monotonic() - beat) * 1000:.0f}ms loop thread at {where}")
 
 
 def start() -> asyncio.Task | None:

@@ -32,8 +32,8 @@ import json
 import os
 import subprocess
 import sys
-import time
 
+from ..clock import monotonic
 from .formats import parse
 from .lists import DomainIndex
 
@@ -122,12 +122,12 @@ class _Builder:
 
 async def _sliced(items: list, fn, step: int = 256, budget: float = BUDGET) -> None:
     """``fn(items[i:i+step])`` for every slice, yielding to the loop every ``budget`` s."""
-    t0 = time.perf_counter()
+    t0 = monotonic()
     for i in range(0, len(items), step):
         fn(items[i:i + step])
-        if time.perf_counter() - t0 > budget:
+        if monotonic() - t0 > budget:
             await asyncio.sleep(0)
-            t0 = time.perf_counter()
+            t0 = monotonic()
 
 
 def _spawn(fmt: str, path: str) -> subprocess.Popen:
@@ -176,15 +176,15 @@ async def empty_on_loop(containers, budget: float = BUDGET) -> int:
     """Empty dicts on the loop, a slice at a time (no other thread takes the GIL for it);
     returns the number of entries freed."""
     freed = 0
-    t0 = time.perf_counter()
+    t0 = monotonic()
     for container in containers:
         while container:
             n = len(container)
             _empty(container, 256)
             freed += n - len(container)
-            if time.perf_counter() - t0 > budget:
+            if monotonic() - t0 > budget:
                 await asyncio.sleep(0)
-                t0 = time.perf_counter()
+                t0 = monotonic()
     return freed
 
 
