@@ -344,19 +344,25 @@ def part_system(work: Path, a) -> None:
         for prt in (u2_port, port):
             warm(prt, qfile, qps=20_000)
         res = {"nocpolicyd + unbound": [], "unbound + RPZ": []}
+        own = []                  # nocpolicyd's own share of the first
         for r in range(a.runs):
             order = [("nocpolicyd + unbound", port, (us, u1)), ("unbound + RPZ", u2_port, (u2,))]
             for name, prt, ps in (order if r % 2 == 0 else order[::-1]):
-                c0 = sum(db.cpu_seconds(p.p.pid) for p in ps)
+                c0 = [db.cpu_seconds(p.p.pid) for p in ps]
                 d = db.dnsperf(prt, qfile, a.seconds, a.system_qps)
-                c1 = sum(db.cpu_seconds(p.p.pid) for p in ps)
-                res[name].append((c1 - c0) * 1e6 / max(1, d["qps"] * a.seconds))
+                c1 = [db.cpu_seconds(p.p.pid) for p in ps]
+                n = max(1, d["qps"] * a.seconds)
+                res[name].append((sum(c1) - sum(c0)) * 1e6 / n)
+                if len(ps) == 2:
+                    own.append((c1[0] - c0[0]) * 1e6 / n)
         med = {k: statistics.median(v) for k, v in res.items()}
         print(f"== whole system, Zipf + 5 % listed names at -Q {a.system_qps}, CPU us per answered query "
               f"(all server processes), median of {a.runs}")
         for k, v in med.items():
             print(f"  {k:<24} {v:6.1f} us  (runs: {', '.join(f'{x:.1f}' for x in res[k])})  ratio vs "
                   f"unbound + RPZ: {v / med['unbound + RPZ']:.2f}")
+        print(f"  of which nocpolicyd itself: {statistics.median(own):.1f} us (runs: "
+              f"{', '.join(f'{x:.1f}' for x in own)})")
     finally:
         for p in procs:
             p.stop()

@@ -62,3 +62,16 @@ def test_optout_survives_restart(tmp_path):
             d.stop()
     finally:
         ub.stop()
+
+
+def test_drain_waits_longer_when_it_costs_more_than_its_share_of_the_loop():
+    """A DGA flood over thousands of parents makes each drain costly: the next one waits so the
+    drain stays within DRAIN_SHARE of the loop, never longer than FLUSH_MAX; a cheap one keeps
+    the one-second cadence of the metrics and the detection log."""
+    import pytest
+
+    from nocpolicy.dns.component import DRAIN_SHARE, FLUSH_EVERY, FLUSH_MAX, flush_wait
+    assert flush_wait(0.0) == FLUSH_EVERY == 1.0
+    assert flush_wait(0.005) == FLUSH_EVERY
+    assert flush_wait(0.1) == pytest.approx(0.1 / DRAIN_SHARE) and 1.0 < flush_wait(0.1) < FLUSH_MAX
+    assert flush_wait(3.0) == FLUSH_MAX == 10.0

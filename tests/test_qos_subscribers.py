@@ -8,9 +8,12 @@ in a namespace at the end.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from helpers import DaemonProcess, sh, wait_for
 from nocpolicy.errors import EnforcementError
@@ -22,7 +25,7 @@ from nocpolicy.qos.plan import (
     build_static,
 )
 from nocpolicy.qos.render import render_nft, render_tc
-from nocpolicy.qos.subjects import Subject, subjects_of
+from nocpolicy.qos.subjects import Subject, net_text, subjects_of
 from nocpolicy.sessions.model import net_of
 from nocpolicy.subscribers.live import AddressTable, ClientLookup
 from nocpolicy.subscribers.model import Decision, Decisions
@@ -210,3 +213,12 @@ async def test_a_rerender_past_the_class_limit_keeps_the_plan_in_force(tmp_path)
         assert await q.rerender() == "unchanged"
     finally:
         store.close()
+
+
+@given(value=st.integers(0, (1 << 128) - 1), plen=st.sampled_from([128, 64, 56, 48]))
+def test_live_ipv6_addresses_are_written_as_ipaddress_writes_them(value, plen):
+    """Live addresses are formatted at every re-render (a million with a million sessions), with
+    inet_ntop instead of ipaddress: the text in the plan must stay the same (RFC 5952)."""
+    for v in (value, value & ((1 << 48) - 1), (0xFFFF << 32) | (value & 0xFFFFFFFF)):
+        want = str(ipaddress.IPv6Address(v))
+        assert net_text((6, v, plen)) == (want if plen == 128 else f"{want}/{plen}")

@@ -195,7 +195,7 @@ def _columns(inv):
     plans = [inv.plan(i) or None for i in range(len(inv))]
     return (inv.ids, list(inv.lines), plans, list(p.code), list(p.hi), list(p.lo), list(p.start), list(p.row),
             [inv.line(i) for i in range(len(inv))], inv.login_owner("u12345@isp.example"),
-            list(inv._logins[0]), list(inv._logins[1]))
+            [list(keys) for keys in inv._logins])
 
 
 def test_a_one_percent_reload_checks_only_changed_rows_and_reuses_the_rest(tmp_path, monkeypatch):
@@ -203,12 +203,12 @@ def test_a_one_percent_reload_checks_only_changed_rows_and_reuses_the_rest(tmp_p
     taken from the previous load (the very same id objects), and the result is what a first load
     of the new file gives. An edit that moves lines (a comment inserted) is still read right."""
     from nocpolicy.policy import inventory as inventory_mod
-    from nocpolicy.policy import invreload
+    from nocpolicy.policy import invpatch, invreload
     pol = with_inventory(tmp_path, _rows(30_000))
     a = load_policy(pol)
     checked = []
     real = inventory_mod.check_block
-    for mod in (inventory_mod, invreload):                           # count the rows validated
+    for mod in (inventory_mod, invreload, invpatch):                           # count the rows validated
         monkeypatch.setattr(mod, "check_block", lambda rows, ix: checked.append(len(rows)) or real(rows, ix))
     lines = (pol / "customers.csv").read_text().split("\n")
     edited = set()

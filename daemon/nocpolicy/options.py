@@ -23,7 +23,7 @@ class Options:
     log_format: str = "text"
     log_level: str = "info"
     workers: int = 1
-    dns_io: str = "auto"              # auto | batched | asyncio
+    dns_io: str = "auto"              # auto | native | batched | asyncio
     watch: bool = True
     role: str = "standalone"          # standalone | controller | agent
     node: str | None = None
@@ -63,9 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"admin API (default {DEFAULT_ADMIN})")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="DNS worker processes sharing the port with SO_REUSEPORT (default 1)")
-    p.add_argument("--dns-io", choices=("auto", "batched", "asyncio"), default="auto",
-                   help="UDP I/O of the DNS guard: batched (recvmmsg/sendmmsg, Linux), asyncio "
-                        "(one system call per packet, portable); auto picks batched where it works")
+    p.add_argument("--dns-io", choices=("auto", "native", "batched", "asyncio"), default="auto",
+                   help="UDP I/O of the DNS guard: native (recvmmsg/sendmmsg and the fast paths in C), batched "
+                        "(recvmmsg/sendmmsg from Python), asyncio (one system call per packet, portable); "
+                        "auto picks the first of these that works here")
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     p.add_argument("--no-watch", dest="watch", action="store_false",

@@ -30,7 +30,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dns-listen", type=_hostport, action="append", required=True)
     p.add_argument("--index", type=int, default=1)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--dns-io", choices=("auto", "batched", "asyncio"), default="auto")
+    p.add_argument("--dns-io", choices=("auto", "native", "batched", "asyncio"), default="auto")
     p.add_argument("--log-level", default="info")
     return p.parse_args(argv)
 

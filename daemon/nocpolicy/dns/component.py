@@ -32,7 +32,7 @@ from .kernelmeter import KernelMeter, Meter
 from .link import MainLink
 from .listbuild import empty_on_loop, free_on_loop
 from .lists import ListSet
-from .mmsg import BatchGroup, batched_io
+from .mmsg import BatchGroup, batched_io, native_io
 from .pseudonym import PseudonymKeys
 from .server import Listeners
 from .sources import ListManager, check_names
@@ -45,6 +45,8 @@ from .workers import WorkerSet
 log = logging.getLogger(__name__)
 
 FLUSH_EVERY = 1.0
+FLUSH_MAX = 10.0          # the longest wait between two drains (metrics and detections lag that much)
+DRAIN_SHARE = 0.02        # the drain's share of the event loop's time at most (then it waits longer)
 PRUNE_EVERY = 3600.0
 REFRESH_CHECK = 5.0
 
@@ -88,6 +90,7 @@ class DnsGuard(Component):
         self.listeners: Listeners | None = None
         self.workers = WorkerSet(ctx.options, self)
         self.batched = batched_io(ctx.options.dns_io)
+        self.native = self.batched and native_io(ctx.options.dns_io)
         self.io_group: BatchGroup | None = None     # the batched sockets, once started
         self.policy = None
         self.worker_counts: dict[tuple, int] = {}     # worker process: block counts not yet reported
@@ -229,8 +232,11 @@ class DnsGuard(Component):
             await self.pool.open(self.io_group)
             self.engine.pool = self.pool
         self.listeners = Listeners(self.engine, self.ctx.options.dns_listen,
-                                   reuse_port=self.ctx.options.workers > 1, batched=self.io_group)
+                                   reuse_port=self.ctx.options.workers > 1, batched=self.io_group,
+                                   native=self.native)
         await self.listeners.start()
+        log.info("DNS guard UDP I/O: %s", "native (C read loop and fast paths)" if self.native
+                 else "batched (recvmmsg/sendmmsg from Python)" if self.batched else "asyncio")
         self._started = True
         self._lag_trace = lagtrace.start()
         self.tasks.supervise("detections", self._flush_loop)
@@ -278,12 +284,16 @@ class DnsGuard(Component):
 
     async def _flush_loop(self) -> None:
         last_prune = 0.0
+        wait = FLUSH_EVERY
         while True:
-            await asyncio.sleep(FLUSH_EVERY)
+            await asyncio.sleep(wait)
+            t = monotonic()
             self.engine.drain()
             batch = self.detections.take()
             if batch:
                 self._publish_counts(batch)
+            wait = flush_wait(monotonic() - t)
+            if batch:
                 try:
                     await asyncio.to_thread(self.detections.write, batch)
                 except Exception as exc:  # the store is busy or broken: count, keep serving
@@ -545,3 +555,12 @@ class DnsGuard(Component):
         confirmed = await self.workers.sync({"op": "cache.flush", "name": name})
         log.info("answer cache flushed by %s: %s (%d entries here)", inv.actor, name or "everything", n)
         return {"flushed": n, "name": name, "workers_confirmed": confirmed}
+
+
+def flush_wait(spent: float) -> float:
+    """Seconds until the next drain, given that this one took ``spent`` on the event loop: every
+    second, unless draining would take more than DRAIN_SHARE of the loop. A DGA flood across
+    thousands of parents dirties one entry per parent each second, and the drain's cost grows
+    with those entries, not with the queries: draining less often costs the same per drain and
+    less per second. Blocks then reach the metrics and the detection log up to FLUSH_MAX late."""
+    return min(FLUSH_MAX, max(FLUSH_EVERY, spent / DRAIN_SHARE))

@@ -17,10 +17,12 @@ from ..policy.dnsguard import TcpLimits
 from ..subscribers.model import Change, Decisions, Subscriber
 from ..subscribers.prefixes import PrefixIndex
 from ..subscribers.view import UNKNOWN_MODES, SubscriberView, implicit_subscriber
+from . import cache
 from .acl import AccessList
 from .cache import Fetch
 from .cachepath import CachePath
 from .lists import _MASK, ListSet, suffixes
+from .mmsg import NATIVE_HOOKS
 from .ratelimit import RateLimiter
 from .stats import BUCKETS
 from .upstream import Pending
@@ -592,16 +594,15 @@ class Engine(CachePath):
     def udp_handler(self, sendto):
         """``on_datagram(data, host, addr, t0)`` for one UDP socket (``t0``: ``perf_counter()``
         when the datagram was read): the cached-answer and the seen-before forwarding paths
-        inlined (locals only), everything else through :meth:`handle`."""
+        inlined (locals only), everything else through :meth:`handle`. Its ``fast`` attribute
+        holds the same paths' tables for the C listener (``_fastudp.c``, :func:`fast_hooks`)."""
         # everything the closure touches, bound once as locals (set-up, not the hot path)
-        stats, perf, handle, dirty_owner, miss, lim = self.stats, time.perf_counter, self.handle, self, _MISS, \
-            self.limiter
+        stats, perf, dirty_owner, miss, lim = self.stats, time.perf_counter, self, _MISS, self.limiter
         rcodes, hist = stats.rcodes, stats.duration["local"]
         counts = hist.counts
         rl_keys, rl_key, rl_counts, rl_blocked, rl_over = lim.keys, lim.key, lim.counts, lim.blocked, lim.over
-        zone_answer = self._zone_answerer(sendto)
         cache_hit = self._cache_hitter(sendto)
-        forward_seen = self._seen_forwarder(sendto)
+        rest = self._udp_rest(sendto)
 
         def on_datagram(data: bytes, host: str, addr, t0: float) -> None:
             stats.udp += 1
@@ -610,6 +611,7 @@ class Engine(CachePath):
             if n > lim.qps and rl_over(host, n, lim.qps, "queries", data, addr, sendto):
                 return
             cid = dirty_owner.hostcache.get(host, miss)
+            key = None
             if cid is not miss:
                 key = data[2:]
                 cache = dirty_owner.answers.get(cid)
@@ -637,8 +639,23 @@ class Engine(CachePath):
                 ac = dirty_owner.acache
                 if ac is not None and cache_hit(ac, data, key, cid, addr, t0):
                     return
+            rest(data, host, addr, t0, k, cid, key)
+
+        on_datagram.fast = fast_hooks(self, rest, sendto)
+        return on_datagram
+
+    def _udp_rest(self, sendto):
+        """``rest(data, host, addr, t0, k, cid, key)``: a UDP query that the rate limit, the
+        blocked-answer table and the cache's hot path did not answer (``cid``: ``_MISS`` when
+        the source is not in the host cache; ``k``: its rate-limit key)."""
+        handle, dirty_owner, miss = self.handle, self, _MISS
+        zone_answer = self._zone_answerer(sendto)
+        forward_seen = self._seen_forwarder(sendto)
+
+        def rest(data: bytes, host: str, addr, t0: float, k: str, cid, key) -> None:
+            if cid is not miss and key is not None:
                 q = dirty_owner.allowed.get(key)
-                if q is not None and ac is None and forward_seen(q, data, host, addr, cid, t0):
+                if q is not None and dirty_owner.acache is None and forward_seen(q, data, host, addr, cid, t0):
                     return                    # a name no list matches, seen before: forwarded
                 zones = dirty_owner.zones.get(cid)
                 if zones is not None and zone_answer(zones, data, host, k, addr, t0):
@@ -648,7 +665,7 @@ class Engine(CachePath):
             except Exception as exc:  # never let one packet stop the listener
                 dirty_owner.failed(exc)
 
-        return on_datagram
+        return rest
 
     def _local(self, data, q, v: Verdict) -> tuple[bytes, int]:
         """The local answer for a blocking verdict."""
@@ -746,3 +763,18 @@ class Engine(CachePath):
         if now - self._last_error_log > 60:
             self._last_error_log = now
             log.error("DNS query path error (%d so far): %r", self.errors, exc, exc_info=exc)
+
+
+def fast_hooks(engine: Engine, rest, sendto) -> tuple:
+    """What the C listener (``_fastudp.c``) needs of ``engine`` for one socket, in the order of
+    its ``H_*`` indexes: the engine itself (its tables are read through it, so a swap is seen),
+    the rate limiter's tables, ``rest`` for everything else, and the counters it adds to."""
+    lim, stats = engine.limiter, engine.stats
+    return _check_hooks(engine, lim.keys, lim.key, lim.counts, lim.blocked, lim.over, lim, rest, sendto, stats,
+            stats.rcodes, stats.duration["local"], stats.duration["cache"], BUCKETS, OUTSIDE, _MISS,
+            engine.failed, SAMPLES, _MASK, (cache.P, cache.Q, cache.HOT_MAX))
+
+
+def _check_hooks(*hooks) -> tuple:
+    assert len(hooks) == NATIVE_HOOKS, "mmsg.NATIVE_HOOKS and _fastudp.c's H_* must follow fast_hooks"
+    return hooks

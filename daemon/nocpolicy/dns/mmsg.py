@@ -22,6 +22,10 @@ little (a longer datagram arrives cut and is refused as an oversized query);
 an answer longer than a send slot goes out with a plain ``sendto``.
 :func:`available` says whether this works here (Linux, 64-bit, glibc with the
 two calls); elsewhere the listeners use asyncio's transports.
+
+A listener can be *accelerated* (:meth:`BatchedUdp.accelerate`): its read loop and the
+engine's fast paths then run in C (``_fastudp.c``, built by setup.py when a compiler is
+there), on the same Python tables; :func:`native_io` says whether that is used.
 """
 
 from __future__ import annotations
@@ -35,6 +39,16 @@ import sys
 import time
 
 from ..errors import NocpolicyError
+
+NATIVE_HOOKS = 20            # len(engine.fast_hooks(...)): what this _fastudp build was written for
+
+try:
+    from . import _fastudp
+except ImportError:          # built without a C compiler: the Python loop below does the same
+    _fastudp = None
+_stale = _fastudp is not None and getattr(_fastudp, "NHOOKS", None) != NATIVE_HOOKS
+if _stale:                   # a build older than this code (an editable install not rebuilt)
+    _fastudp = None
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +88,28 @@ def available() -> bool:
 
 
 def batched_io(mode: str) -> bool:
-    """``--dns-io``: auto (batched where it works), batched (required), asyncio."""
+    """``--dns-io``: auto (batched where it works), native or batched (required), asyncio."""
     if mode == "asyncio":
         return False
     ok = available()
-    if mode == "batched" and not ok:
-        raise NocpolicyError("--dns-io batched needs Linux on a 64-bit CPU with recvmmsg/sendmmsg "
+    if mode in ("batched", "native") and not ok:
+        raise NocpolicyError(f"--dns-io {mode} needs Linux on a 64-bit CPU with recvmmsg/sendmmsg "
                              "in the C library; use --dns-io asyncio")
     return ok
+
+
+def native_io(mode: str) -> bool:
+    """Whether listeners run their loop in C: ``auto`` when the extension is built, ``native``
+    (required), never with ``batched`` (the Python loop) or ``asyncio``."""
+    why = ("was built for another version of this code (reinstall: pip install .)" if _stale else
+           "was not built (install gcc and python3-dev, then reinstall)")
+    if mode == "native" and (_fastudp is None or not available()):
+        raise NocpolicyError(f"--dns-io native needs the C extension nocpolicy.dns._fastudp, which {why}; "
+                             "use --dns-io batched")
+    if mode == "auto" and _fastudp is None and available():
+        log.log(logging.WARNING if _stale else logging.INFO,
+                "the DNS guard's C loop (nocpolicy.dns._fastudp) %s: UDP is read from Python", why)
+    return mode in ("auto", "native") and _fastudp is not None and available()
 
 
 class _Ring:
@@ -166,6 +194,7 @@ class BatchedUdp:
         # unread, for the rest of the current second
         self.muted: dict[str, int] = {}
         self._closed = False
+        self._native = None          # _fastudp.Listener once accelerated
         self._rearm_scheduled = False
         lib = _lib()
         self._recvmmsg, self._sendmmsg = lib.recvmmsg, lib.sendmmsg
@@ -190,9 +219,30 @@ class BatchedUdp:
             return
         self.flush()
         self._closed = True
+        if self._native is not None:
+            self._native.close()
         self.group.members.remove(self)
         self.loop.remove_reader(self.fd)
         self.sock.close()
+
+    def accelerate(self, hooks) -> bool:
+        """Read this listener in C from now on (``hooks``: the engine's fast paths, see
+        ``Engine.udp_handler``, or None for ``on_datagram`` only). False: not available."""
+        if _fastudp is None or self.connected or self._closed:
+            return False
+        self._native = _fastudp.Listener(self.fd, self.family, self.on_datagram, self.hosts, self.muted,
+                                         self._host_of, self._error, self.group, hooks, self.batch)
+        self.loop.remove_reader(self.fd)
+        self.loop.add_reader(self.fd, self._native.readable)
+        return True
+
+    def _host_of(self, ip: bytes) -> str:
+        """The text of a source address not seen before (kept, at most HOSTS_MAX)."""
+        hosts = self.hosts
+        if len(hosts) >= HOSTS_MAX:
+            hosts.clear()
+        host = hosts[ip] = socket.inet_ntop(self.family, ip)
+        return host
 
     # -- reading --------------------------------------------------------------------------
 
@@ -221,11 +271,7 @@ class BatchedUdp:
                     for slot, name, ln in zip(slots, names, lens[14:n * 16:16], strict=False):
                         addr = bytes(name)
                         ip = addr[ipsl]
-                        host = hosts.get(ip)
-                        if host is None:
-                            if len(hosts) >= HOSTS_MAX:
-                                hosts.clear()
-                            host = hosts[ip] = socket.inet_ntop(self.family, ip)
+                        host = hosts.get(ip) or self._host_of(ip)
                         m = muted.get(host)
                         if m is not None:          # over its limit this second: dropped unread
                             muted[host] = m + 1
@@ -249,7 +295,7 @@ class BatchedUdp:
         self._rearm_scheduled = False
         if not self._closed:
             self.loop.remove_reader(self.fd)
-            self.loop.add_reader(self.fd, self._readable)
+            self.loop.add_reader(self.fd, self._readable if self._native is None else self._native.readable)
 
     # -- writing --------------------------------------------------------------------------
 

@@ -43,8 +43,10 @@ class UdpListener(asyncio.DatagramProtocol):
 
 
 class Listeners:
-    def __init__(self, engine, addresses, *, reuse_port: bool = False, batched: BatchGroup | None = None):
+    def __init__(self, engine, addresses, *, reuse_port: bool = False, batched: BatchGroup | None = None,
+                 native: bool = False):
         self.engine = engine
+        self.native = native         # batched listeners read in C (mmsg.native_io)
         self.addresses = list(addresses)
         self.reuse_port = reuse_port
         self.batched = batched
@@ -74,6 +76,8 @@ class Listeners:
                     transport = BatchedUdp(loop, sock, None, group=self.batched)
                     transport.on_datagram = self.engine.udp_handler(transport.sendto)
                     transport.muted = self.engine.limiter.muted    # sources dropped unread
+                    if self.native:
+                        transport.accelerate(transport.on_datagram.fast)
                 else:
                     transport, _ = await loop.create_datagram_endpoint(lambda: UdpListener(self.engine),
                                                                        sock=sock)

@@ -144,7 +144,7 @@ read_plans = list_of(obj(_plan))
 def check_prefix_overlaps(customers, problems: Problems, inventory=None) -> None:
     """Two customers may not claim overlapping prefixes: longest-prefix match would be ambiguous.
     ``customers`` are YAML customers; ``inventory`` (invtable.Inventory) adds its packed prefixes."""
-    if inventory is not None and _disjoint_tables(customers, inventory):
+    if inventory is not None and (_disjoint_delta(customers, inventory) or _disjoint_tables(customers, inventory)):
         return
     owners: list = list(inventory.ids) if inventory is not None else []     # owner index -> row or Customer
     n_rows = len(owners)
@@ -195,7 +195,55 @@ def _disjoint_tables(customers, inventory) -> bool:
                     return False
                 continue
             (ls, short), (ll, long) = sorted(((l1, t1), (l2, t2)), key=lambda x: x[0])
-            if any(map(short.__contains__, map(rshift, long, repeat(ll - ls)))):
+            if len(short) << (ll - ls) < len(long):      # few short prefixes (YAML): the keys under them
+                d = ll - ls
+                if any(not long.keys().isdisjoint(range(k << d, (k + 1) << d)) for k in short):
+                    return False
+            elif any(map(short.__contains__, map(rshift, long, repeat(ll - ls)))):
+                return False
+    return True
+
+
+PROBE_BUDGET = 1 << 20     # keys probed by _disjoint_delta before it leaves the check to a full pass
+
+
+def _disjoint_delta(customers, inventory) -> bool:
+    """No prefix overlaps another, checked for an inventory patched from a previous load
+    (policy/invpatch.py) whose tables were disjoint: only the changed rows' prefixes
+    (``delta_probes``) and the YAML customers' are probed in the tables of the other lengths
+    (a shorter table: the key shifted; a longer one: the keys under the prefix, within a
+    budget). False: maybe an overlap, or too costly to probe (the full check decides)."""
+    probes = getattr(inventory, "delta_probes", None)
+    if probes is None or inventory.tables is None or not inventory.tables_exact:
+        return False
+    small: dict[int, dict[int, int]] = {}
+    yaml = []
+    for c in customers:
+        for p in c.prefixes:
+            code = (0x100 if p.version == 6 else 0) | p.prefixlen
+            key = int(p.network_address) >> (p.max_prefixlen - p.prefixlen)
+            if key in small.setdefault(code, {}):
+                return False
+            small[code][key] = 1
+            yaml.append((code, int(p.network_address)))
+    tables = [(code, t, False) for code, t in inventory.tables.items()] + \
+             [(code, t, True) for code, t in small.items()]
+    budget = PROBE_BUDGET
+    for n, (code, value) in enumerate(probes + yaml):
+        is_yaml, plen = n >= len(probes), code & 0xFF
+        key = value >> ((128 if code & 0x100 else 32) - plen)
+        for tcode, t, t_yaml in tables:
+            if tcode >> 8 != code >> 8 or (tcode == code and t_yaml == is_yaml):
+                continue        # the other family; the probe's own table (duplicates: tables_exact)
+            tlen = tcode & 0xFF
+            if tlen <= plen:
+                hit = (key >> (plen - tlen)) in t
+            else:
+                budget -= 1 << (tlen - plen)
+                if budget < 0:
+                    return False
+                hit = not t.keys().isdisjoint(range(key << (tlen - plen), (key + 1) << (tlen - plen)))
+            if hit:
                 return False
     return True
 

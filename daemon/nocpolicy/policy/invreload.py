@@ -14,53 +14,54 @@ from __future__ import annotations
 import csv
 from bisect import bisect_left
 from itertools import chain, compress, repeat
-from operator import add, itemgetter, lshift, not_, or_
+from operator import add, and_, itemgetter, not_
 from typing import TYPE_CHECKING
 
 from .invbulk import Block, check_block
 from .invrow import V6
+from .invtable import ROW_MASK
 
 if TYPE_CHECKING:
     from .inventory import _Reader
     from .invtable import Inventory
 
 
-def prev_login_keys(self: _Reader) -> list[int]:
+def prev_login_keys(self: _Reader) -> list:
     """The previous load's login keys of the rows marked in ``logins_prev`` (same row number)."""
     prev, mask = self.prev, self.logins_prev
     if prev is None or prev._logins is None or not any(mask):
         return []
-    hashes, rows = prev._logins
+    keys = prev._logins[0]
     mask = mask + bytes(max(0, len(prev.ids) - len(mask)))
-    sel = list(map(mask.__getitem__, rows))
-    return list(map(or_, map(lshift, compress(hashes, sel), repeat(32)), compress(rows, sel)))
+    return list(compress(keys, map(mask.__getitem__, map(and_, map(int, keys), repeat(ROW_MASK)))))
 
 
-def delta_tables(self: _Reader, inv: Inventory) -> tuple[dict[int, dict[int, str]], bool]:
+def delta_tables(prev: Inventory, base_tables: dict, changed, index: dict, packed
+                 ) -> tuple[dict[int, dict[int, str]], bool]:
     """The previous load's prefix tables with the changed rows' old prefixes taken out and their
     new ones put in; only the tables of the lengths touched are copied (the others are shared,
     never written to). (tables, exact: no prefix claimed twice)."""
-    prev, tables, copied, exact = self.prev, dict(self.base_tables), set(), True
+    tables, copied, exact = dict(base_tables), set(), True
 
     def table(code: int) -> dict[int, str]:
         if code not in copied:
             tables[code] = dict(tables.get(code, {}))
             copied.add(code)
         return tables[code]
-    for cid in self.changed:
+    for cid in changed:
         j = prev.index.get(cid)
         for code, value in prev.packed.of_row(j) if j is not None else ():
             t, key = table(code), value >> ((128 if code & V6 else 32) - (code & 0xFF))
             if t.get(key) == cid:
                 del t[key]
-    for cid in self.changed:
-        i = self.index.get(cid)
-        for code, value in inv.packed.of_row(i) if i is not None else ():
+    for cid in changed:
+        i = index.get(cid)
+        for code, value in packed.of_row(i) if i is not None else ():
             t, key = table(code), value >> ((128 if code & V6 else 32) - (code & 0xFF))
             exact = exact and key not in t
             t[key] = cid
     tables = {code: t for code, t in tables.items() if t}
-    return tables, exact and sum(map(len, tables.values())) == len(self.packed.code)
+    return tables, exact and sum(map(len, tables.values())) == len(packed.code)
 
 
 def aligned(self: _Reader, kept: list[str], first: int, contiguous: bool) -> tuple[int, list[bool]] | None:
@@ -114,13 +115,12 @@ def copy_packed(self: _Reader, j0: int, eq: list[bool], block: Block) -> None:
     for b, i in enumerate(chain(compress(range(k), map(not_, eq)), (k,))):
         if i > r:                             # rows r..i-1 unchanged
             x, y = start[j0 + r], start[j0 + i]
-            shift, row_shift = len(new.code) - x, len(new.start) - 1 - (j0 + r)
+            shift = len(new.code) - x
             new.code.extend(p.code[x:y])
             new.hi.extend(p.hi[x:y])
             new.lo.extend(p.lo[x:y])
             new.start.extend(map(add, start[j0 + r + 1:j0 + i + 1], repeat(shift)) if shift else
                              start[j0 + r + 1:j0 + i + 1])
-            new.row.extend(map(add, p.row[x:y], repeat(row_shift)) if row_shift else p.row[x:y])
         if i == k:
             return
         n = block.counts[b]

@@ -19,13 +19,16 @@ import weakref
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterator, Mapping, Sequence
-from itertools import accumulate, chain, compress, count, repeat
+from itertools import accumulate, chain, compress, repeat
 from operator import and_, lshift, or_, rshift, sub
 
 from .customers import Customer
 from .invrow import V6, build_customer
 from .nodes import Loc
 
+ROW_BITS = 24           # login keys: (29-bit hash of the login) << ROW_BITS | row, exact as a float
+ROW_MASK = (1 << ROW_BITS) - 1
+LOGIN_HASH = (1 << 29) - 1
 KEPT = 65_536           # customers kept once built (get); the others are built again when asked
 
 
@@ -38,13 +41,23 @@ def prefix_of(code: int, value: int):
 
 class Packed:
     """Prefixes as parallel arrays: ``code`` (length | V6), value high and low 64 bits; row
-    ``i``'s prefixes are entries ``start[i]:start[i+1]``."""
+    ``i``'s prefixes are entries ``start[i]:start[i+1]``; ``row`` (the row of each prefix) is
+    derived from ``start`` when a whole-table reader asks for it."""
 
-    __slots__ = ("code", "hi", "lo", "start", "row")
+    __slots__ = ("code", "hi", "lo", "start", "_row")
 
     def __init__(self):
         self.code, self.hi, self.lo, self.start = array("H"), array("Q"), array("Q"), array("I", [0])
-        self.row = array("I")           # the row of each prefix
+        self._row: array | None = None
+
+    @property
+    def row(self) -> array:
+        """The row of each prefix (built once the rows are all in)."""
+        if self._row is None or len(self._row) != len(self.code):
+            start = self.start
+            self._row = array("I", chain.from_iterable(map(repeat, range(len(start) - 1),
+                                                           map(sub, start[1:], start[:-1]))))
+        return self._row
 
     def add(self, code: int, value: int) -> None:
         self.code.append(code)
@@ -52,8 +65,6 @@ class Packed:
         self.lo.append(value & 0xFFFFFFFFFFFFFFFF)
 
     def end_row(self) -> None:
-        n = len(self.start) - 1
-        self.row.extend(repeat(n, len(self.code) - len(self.row)))
         self.start.append(len(self.code))
 
     def extend(self, codes: list[int], values: list[int], counts: list[int]) -> None:
@@ -63,9 +74,7 @@ class Packed:
         self.lo.extend(map(and_, values, repeat(0xFFFFFFFFFFFFFFFF)))
         it = accumulate(counts, initial=self.start[-1])
         next(it)
-        first = len(self.start) - 1
         self.start.extend(it)
-        self.row.extend(chain.from_iterable(map(repeat, count(first), counts)))
 
     def copy_row(self, other: Packed, j: int) -> None:
         a, b = other.start[j], other.start[j + 1]
@@ -107,12 +116,17 @@ class Inventory(Sequence):
         self._base = weakref.ref(base) if base is not None else None
         self._same = same               # row -> 1: the same line at the same place in ``base``
         self._built: dict[str, Customer] = built or {}
-        self._logins: tuple[array, array] | None = None
+        self._logins: tuple[array] | None = None      # (sorted login keys,)
         self.tables: dict[int, dict[int, str]] | None = None   # built while read; see take_tables
         # the same tables, kept after take_tables (nobody writes to them once read: the taker
         # copies a table before changing it): a reload updates them for the rows it changed
         self.read_tables: dict[int, dict[int, str]] | None = None
         self.tables_exact = False
+        self.newlines = -1              # "\n" in ``text`` (invpatch: a file with as many lines may be patched)
+        # (code, value) of the prefixes of the rows a patched reload changed (the overlap check)
+        self.delta_probes: list[tuple[int, int]] | None = None
+        # ids whose prefixes (or their owner) a patched reload changed: a subset of ``changed`` (None: unknown)
+        self.prefix_changed: frozenset[str] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -166,25 +180,27 @@ class Inventory(Sequence):
     def plan(self, i: int) -> str | None:
         return self.plans[self.plan_of[i]]
 
-    def index_logins(self, keys: list[int]) -> None:
-        """The login index from ``((hash(login) + 2**63) << 32) | row`` of every login (sorted here)."""
+    def index_logins(self, keys: list[float]) -> None:
+        """The login index from the key of every login (login_key, as a float: exact below 2**53,
+        and a list of floats sorts about twice as fast as one of large ints), sorted here in place."""
         keys.sort()
-        self._logins = (array("Q", map(rshift, keys, repeat(32))), array("I", map(and_, keys, repeat(0xFFFFFFFF))))
+        self._logins = (array("d", keys),)
 
     def login_owner(self, login: str) -> str | None:
         """The id of the customer with ``login`` (first row listing it), or None. Looked up in a
-        sorted array of the logins' hashes (12 bytes a login, keyed while the file was read), the
-        row's own column confirming a match."""
+        sorted array of keys (a 29-bit hash of the login, then the row: 8 bytes a login, keyed
+        while the file was read), the row's own column confirming a match."""
         if self._logins is None or "logins" not in self.cols:
             return None
-        hashes, rows = self._logins
-        h = hash(login) + (1 << 63)
-        k = self.cols["logins"]
-        for n in range(bisect_left(hashes, h), len(hashes)):
-            if hashes[n] != h:
+        keys = self._logins[0]
+        h = hash(login) & LOGIN_HASH
+        k, end = self.cols["logins"], float((h + 1) << ROW_BITS)
+        for n in range(bisect_left(keys, float(h << ROW_BITS)), len(keys)):
+            if keys[n] >= end:
                 break
-            if login in _fields(self.line(rows[n]))[k].split():
-                return self.ids[rows[n]]
+            row = int(keys[n]) & ROW_MASK
+            if login in _fields(self.line(row))[k].split():
+                return self.ids[row]
         return None
 
     def take_tables(self) -> list[tuple[int, int, dict[int, str]]]:
@@ -266,3 +282,7 @@ class CustomerIndex(Mapping):
     def __len__(self) -> int:
         return len(self.static) + sum(1 for cid in self.inventory.ids if cid not in self.static) \
             if self.static else len(self.inventory)
+
+
+def login_key(login: str, row: int) -> float:
+    return float(((hash(login) & LOGIN_HASH) << ROW_BITS) | row)

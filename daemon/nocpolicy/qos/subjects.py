@@ -41,8 +41,11 @@ def net_text(n: Net) -> str:
     if fam == 4:      # every live address is formatted at each re-render: no ipaddress object
         text = socket.inet_ntoa(value.to_bytes(4, "big"))
         return text if plen == 32 else f"{text}/{plen}"
-    addr = ipaddress.IPv6Address(value)
-    return str(addr) if plen == 128 else f"{addr}/{plen}"
+    if value >> 48:     # inet_ntop (C) writes RFC 5952 as ipaddress does, but for ::a.b.c.d forms
+        text = socket.inet_ntop(socket.AF_INET6, value.to_bytes(16, "big"))
+    else:
+        text = str(ipaddress.IPv6Address(value))
+    return text if plen == 128 else f"{text}/{plen}"
 
 
 def _interval(n: Net) -> tuple[int, int, int]:

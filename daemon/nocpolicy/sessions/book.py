@@ -40,9 +40,13 @@ class Book:
         # the static owner of an address (policy prefixes): a session inside another customer's
         # static prefix is a conflict, which the static prefix wins
         self.static: Callable[[str], str | None] = lambda host: None
+        self.static_net: Callable[[int, int], str | None] | None = None    # the same, without text
 
-    def apply(self, ev: Event) -> Ops:
-        ops = Ops()
+    def apply(self, ev: Event, ops: Ops | None = None) -> Ops:
+        """The store writes ``ev`` needs, appended to ``ops`` (the group commit's batch: no
+        object per request) or to a new :class:`Ops`; returns them."""
+        if ops is None:
+            ops = Ops()
         if ev.kind == "nas-off":
             for s in self.table.by_nas(ev.info.nas):
                 self._close(s, ev.ts, ev.reason or "nas-off", ops)
@@ -84,24 +88,28 @@ class Book:
             self.counts["unattributed"] += 1
         self._check_static(i, customer)
         start = ev.ts - ev.elapsed if ev.elapsed else ev.ts
-        s = Live(self.next_id, i.source, i.nas, i.sid, customer, i.addrs, start, ev.ts, i.interval, implicit)
+        s = Live.make(self.next_id, i.source, i.nas, i.sid, customer, tuple(i.addrs), start, ev.ts, i.interval,
+                      implicit)
         self.next_id += 1
-        self.closed.pop((i.nas, i.sid), None)
-        for old in self.table.add(s):
+        if self.closed:
+            self.closed.pop((i.nas, i.sid), None)
+        # every caller has just looked the key up (or closed the session that had it)
+        for old in self.table.add(s, new_key=True, hold=False):
             if old is not s:
                 self.counts["displaced"] += 1
                 self._record_close(old, ev.ts, "displaced", ops)
                 self.on_change(old, None)
         ops.inserts.append((s.id, s.source, s.nas, s.sid, customer, int(implicit), i.login, i.calling,
-                            i.klass, s.start, None, s.last, s.interval, None,
-                            " ".join(f"{fam}:{v}:{p}" for fam, v, p in s.addrs)))
-        ops.addrs.extend((s.id, net_key(n), n[2], s.start) for n in s.addrs)
+                            i.klass, start, None, s.last, s.interval, None,
+                            " ".join([f"{fam}:{v}:{p}" for fam, v, p in s.addrs])))
+        ops.addrs += [(s.id, net_key(n), n[2], start) for n in s.addrs]
         self.on_change(None, s)
         return s
 
     def _check_static(self, i, customer: str | None) -> None:
+        static_net = self.static_net
         for n in i.addrs:
-            owner = self.static(net_host(n))
+            owner = static_net(n[0], n[1]) if static_net is not None else self.static(net_host(n))
             if owner is not None and owner != customer:
                 self.counts["conflict"] += 1
                 log.warning("session %s from %s: %s lies inside a static prefix of customer %s; the static "

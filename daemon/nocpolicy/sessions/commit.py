@@ -27,7 +27,9 @@ class GroupCommit:
         self._after_write = after_write      # e.g. wait until every DNS worker has the changes
         self.delay = delay
         self._on_failure = on_failure
-        self._pending: list[tuple[Ops, Callable[[], None] | None]] = []
+        self.ops = Ops()                     # the writes of the next commit (sources may append here)
+        self._done: list[Callable[[], None]] = []
+        self._count = 0                      # requests in the next commit
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -36,10 +38,16 @@ class GroupCommit:
         self.committed_requests = 0
 
     def full(self) -> bool:
-        return len(self._pending) >= MAX_PENDING
+        return self._count >= MAX_PENDING
 
-    def submit(self, ops: Ops, done: Callable[[], None] | None = None) -> None:
-        self._pending.append((ops, done))
+    def submit(self, ops: Ops | None, done: Callable[[], None] | None = None) -> None:
+        """One request: its writes (None or :attr:`ops` itself when they were appended there)
+        and what to run once they are durable."""
+        if ops is not None and ops is not self.ops:
+            self.ops.extend(ops)
+        if done is not None:
+            self._done.append(done)
+        self._count += 1
         self._idle.clear()
         self._wake.set()
 
@@ -52,13 +60,11 @@ class GroupCommit:
 
     async def flush(self) -> None:
         self._wake.clear()
-        batch, self._pending = self._pending, []
-        if not batch:
+        merged, done, count = self.ops, self._done, self._count
+        if not count:
             self._idle.set()
             return
-        merged = Ops()
-        for ops, _ in batch:
-            merged.extend(ops)
+        self.ops, self._done, self._count = Ops(), [], 0
         try:
             if merged:
                 await asyncio.to_thread(self._write, merged)
@@ -66,18 +72,17 @@ class GroupCommit:
                 await self._after_write()
         except StoreError as exc:
             self.failures += 1
-            log.error("session history: commit of %d request(s) failed, not answered: %s", len(batch), exc)
+            log.error("session history: commit of %d request(s) failed, not answered: %s", count, exc)
             self._on_failure(exc)
         else:
             self.commits += 1
-            self.committed_requests += len(batch)
-            for _, done in batch:
-                if done is not None:
-                    done()
-        if not self._pending:
+            self.committed_requests += count
+            for fn in done:
+                fn()
+        if not self._count:
             self._idle.set()
 
     async def drain(self) -> None:
         """Commit what is pending (at stop; the caller bounds the time)."""
-        if self._pending:
+        if self._count:
             await self.flush()

@@ -69,6 +69,8 @@ class SessionFeed(Protocol):
     def static_owner(self, host: str) -> str | None:
         """The customer whose static prefix holds ``host`` (conflicts: the static prefix wins)."""
 
+    # optional: static_owner_net(family, value) -> the same for an address as (4 | 6, int)
+
     def sessions_changed(self, changes: Iterable[Change]) -> None:
         """Sessions started or ended, already in the live table: push to readers now
         (``changes`` is read once: it may be a generator)."""
@@ -134,6 +136,7 @@ class Sessions(Component):
         self.feed = feed
         feed.use_sessions(self.table)
         self.book.static = feed.static_owner
+        self.book.static_net = getattr(feed, "static_owner_net", None)
 
     def add_change_listener(self, fn: Callable) -> None:
         """Call ``fn(old, new)`` for every session that ended (old) and/or started (new)."""

@@ -66,13 +66,30 @@ class IntMap:
         if (self._n + 1) > (self._mask + 1) * MAX_LOAD:
             self._grow()
         keys, vals, mask = self._keys, self._vals, self._mask
-        i = self._home(key)
+        i = ((key * _GOLDEN) & _M64) >> (64 - self._bits)
         while vals[i] != _EMPTY and keys[i] != key:
             i = (i + 1) & mask
         if vals[i] == _EMPTY:
             self._n += 1
             keys[i] = key
         vals[i] = value
+
+    def add(self, key: int, value: int) -> int | None:
+        """Map ``key`` to ``value`` unless it is mapped already; returns the value it had
+        (None: added). One probe where ``get`` then ``[key] =`` take two."""
+        if (self._n + 1) > (self._mask + 1) * MAX_LOAD:
+            self._grow()
+        keys, vals, mask = self._keys, self._vals, self._mask
+        i = ((key * _GOLDEN) & _M64) >> (64 - self._bits)
+        while True:
+            v = vals[i]
+            if v == _EMPTY:
+                self._n += 1
+                keys[i], vals[i] = key, value
+                return None
+            if keys[i] == key:
+                return v
+            i = (i + 1) & mask
 
     def pop(self, key: int, default=None):
         keys, vals, mask = self._keys, self._vals, self._mask

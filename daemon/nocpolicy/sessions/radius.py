@@ -79,22 +79,30 @@ TYPES = {int(parts[2]): (parts[1], parts[3]) for parts in
          (line.split() for line in DICTIONARY.splitlines()) if len(parts) == 4}
 
 
+# pyrad's decoder of each type (what ``tools.DecodeAttr`` dispatches to, looked up once)
+_DECODERS = {"string": tools.DecodeString, "octets": tools.DecodeOctets, "integer": tools.DecodeInteger,
+             "ipaddr": tools.DecodeAddress, "date": tools.DecodeDate, "ipv6addr": tools.DecodeIPv6Address,
+             "ipv6prefix": tools.DecodeIPv6Prefix}
+# attribute code -> (name, type, fixed length or None, pyrad's decoder)
+_READ = {code: (name, kind, _FIXED.get(kind), _DECODERS[kind]) for code, (name, kind) in TYPES.items()}
+
+
 def attributes(pkt: rp.AcctPacket) -> dict:
     """The first value of each attribute nocpolicy reads, decoded by pyrad's type decoders
     (one pass over the raw attributes), after checking RFC 2865 section 5 lengths."""
     out = {}
+    read = _READ
     for key, values in OrderedDict.items(pkt):
-        known = TYPES.get(key) if isinstance(key, int) else None
+        known = read.get(key) if type(key) is int else None
         if known is None:
             continue
-        name, kind = known
+        name, kind, n, dec = known
         for v in values:
-            n = _FIXED.get(kind)
             if (n is not None and len(v) != n) or (kind == "ipv6prefix" and not 2 <= len(v) <= 18) \
                     or (kind == "string" and not v):
                 raise Rejected("bad-attribute", f"attribute {name} has length {len(v)}")
         try:
-            out[name] = tools.DecodeAttr(kind, values[0])
+            out[name] = dec(values[0])
         except (ValueError, struct.error, UnicodeDecodeError) as exc:
             raise Rejected("bad-attribute", f"cannot read attribute {name}: {exc}") from None
     return out
@@ -112,14 +120,8 @@ def _check_framing(data: bytes, length: int) -> None:
         i += n
 
 
-_DICTIONARY: Dictionary | None = None
-
-
-def decode(data: bytes, secret: bytes, d: Dictionary | None = None) -> rp.AcctPacket:
-    """Decode (pyrad) and authenticate an Accounting-Request (raises Rejected)."""
-    global _DICTIONARY
-    if d is None:
-        d = _DICTIONARY = _DICTIONARY or dictionary()
+def _check(data: bytes) -> None:
+    """What pyrad does not refuse itself (raises Rejected)."""
     if len(data) < 20:
         raise Rejected("malformed", f"truncated packet ({len(data)} bytes)")
     if len(data) > MAX_PACKET:
@@ -128,15 +130,50 @@ def decode(data: bytes, secret: bytes, d: Dictionary | None = None) -> rp.AcctPa
     if length > len(data):
         raise Rejected("malformed", f"truncated packet: header says {length} bytes, got {len(data)}")
     _check_framing(data, length)
-    try:
-        pkt = rp.AcctPacket(packet=data, secret=secret, dict=d)
-    except (rp.PacketError, ValueError, struct.error, IndexError, KeyError) as exc:
-        raise Rejected("malformed", f"cannot decode: {exc}") from None
+
+
+def _verified(pkt: rp.AcctPacket) -> rp.AcctPacket:
     if pkt.code != rp.AccountingRequest:
         raise Rejected("unsupported", f"code {pkt.code} is not an Accounting-Request")
     if not pkt.VerifyAcctRequest():
         raise Rejected("bad-authenticator", "Request Authenticator does not verify (wrong shared secret?)")
     return pkt
+
+
+_ERRORS = (rp.PacketError, ValueError, struct.error, IndexError, KeyError)
+
+
+def decode(data: bytes, secret: bytes, d: Dictionary | None = None) -> rp.AcctPacket:
+    """Decode (pyrad) and authenticate an Accounting-Request (raises Rejected).
+
+    Decoded without a dictionary unless ``d`` is given (pyrad then keys attributes by their
+    codes, which is all :func:`attributes` and the reply need): with one, pyrad looks every
+    attribute up to see if it is a TLV, which is 40 % of its decode time."""
+    _check(data)
+    try:
+        pkt = rp.AcctPacket(code=data[0], id=data[1], secret=secret, dict=d, packet=data)
+    except _ERRORS as exc:
+        raise Rejected("malformed", f"cannot decode: {exc}") from None
+    return _verified(pkt)
+
+
+class Decoder:
+    """:func:`decode` into one reused pyrad packet (``DecodePacket`` replaces its code, id,
+    authenticator and attributes): a third cheaper than a new packet a request. The packet
+    returned is valid until the next call; the listener reads it and builds the reply first."""
+
+    def __init__(self):
+        self._pkt = rp.AcctPacket(id=0)
+
+    def decode(self, data: bytes, secret: bytes) -> rp.AcctPacket:
+        _check(data)
+        pkt = self._pkt
+        pkt.secret, pkt.message_authenticator = secret, None
+        try:
+            pkt.DecodePacket(data)
+        except _ERRORS as exc:
+            raise Rejected("malformed", f"cannot decode: {exc}") from None
+        return _verified(pkt)
 
 
 def nas_name(attrs: dict, client: str, source: str) -> str:

@@ -4,10 +4,12 @@ list slot take ~64); a longer string is kept as it is in a dict."""
 
 from __future__ import annotations
 
+import struct
 from array import array
 
 WIDTH = 24
 _LONG = 0xFF
+_WORDS = struct.Struct("<3Q").unpack
 
 
 class ShortStrings:
@@ -22,9 +24,17 @@ class ShortStrings:
         return len(self._len)
 
     def append(self, s: str) -> None:
-        for col in (self._w0, self._w1, self._w2, self._len):
-            col.append(0)
-        self[len(self._len) - 1] = s
+        b = s.encode("utf-8", "surrogatepass") if isinstance(s, str) else None
+        if b is None or len(b) > WIDTH:
+            for col in (self._w0, self._w1, self._w2, self._len):
+                col.append(0)
+            self[len(self._len) - 1] = s
+            return
+        w0, w1, w2 = _WORDS(b.ljust(WIDTH, b"\0"))
+        self._w0.append(w0)
+        self._w1.append(w1)
+        self._w2.append(w2)
+        self._len.append(len(b))
 
     def __setitem__(self, i: int, s: str) -> None:
         # not a str (pyrad hands over the raw bytes of a string attribute that is not
@@ -37,10 +47,7 @@ class ShortStrings:
         if self._long:
             self._long.pop(i, None)
         self._len[i] = len(b)
-        b = b.ljust(WIDTH, b"\0")
-        self._w0[i] = int.from_bytes(b[0:8], "little")
-        self._w1[i] = int.from_bytes(b[8:16], "little")
-        self._w2[i] = int.from_bytes(b[16:24], "little")
+        self._w0[i], self._w1[i], self._w2[i] = _WORDS(b.ljust(WIDTH, b"\0"))
 
     def __getitem__(self, i: int) -> str:
         n = self._len[i]

@@ -163,36 +163,47 @@ class LiveTable:
 
     # -- writing ----------------------------------------------------------------------
 
-    def add(self, s: Live) -> list[Live]:
-        """Add ``s``; returns the sessions it displaced (same key, or same address)."""
+    def add(self, s: Live, *, new_key: bool = False, hold: bool = True) -> list[Live]:
+        """Add ``s``; returns the sessions it displaced (same key, or same address).
+        ``new_key``: the caller knows no live session has its key (it just looked);
+        ``hold=False``: the caller keeps no ``s`` of its own to be handed back by ``get``
+        (the book: a weak reference per Start costs as much as the rest of the insert)."""
         slot, displaced = self.put(s.id, s.source, s.nas, s.sid, s.customer, s.addrs, s.start, s.last,
-                                   s.interval, s.implicit)
-        self._held[slot] = s
+                                   s.interval, s.implicit, new_key=new_key)
+        if hold:
+            self._held[slot] = s
         return displaced
 
     def put(self, id: int, source: str, nas: str, sid: str, customer: str | None, addrs: tuple[Net, ...],
-            start: float, last: float, interval: float, implicit: bool) -> tuple[int, list[Live]]:
+            start: float, last: float, interval: float, implicit: bool, *,
+            new_key: bool = False) -> tuple[int, list[Live]]:
         """Add a session from its fields; returns (its slot, the sessions it displaced)."""
         displaced = []
-        old = self._slot(nas, sid)
-        if old is not None:
-            displaced.append(self._live(old))
-            self._remove_slot(old)
+        if not new_key:
+            old = self._slot(nas, sid)
+            if old is not None:
+                displaced.append(self._live(old))
+                self._remove_slot(old)
         slot = self._new_slot(id, source, nas, sid, customer, addrs, start, last, interval, implicit)
         for fam, value, plen in addrs:
             shift = (32 if fam == 4 else 128) - plen
             d = self._table(fam, shift)
-            prev = d.get(value >> shift)
+            key = value >> shift
+            prev = d.add(key, slot) if type(d) is IntMap else d.setdefault(key, slot)
             if prev is not None and prev != slot:
                 displaced.append(self._live(prev))
                 self._remove_slot(prev)
-            d[value >> shift] = slot
+                d[key] = slot
         self.version += 1
         return slot, displaced
 
     def _new_slot(self, id, source, nas, sid, customer, addrs, start, last, interval, implicit) -> int:
-        flags = self._source_code(source) | (_IMPLICIT if implicit else 0)
-        nas_code = self._nas_of(nas)
+        sources = self._sources
+        flags = (sources.index(source) if source in sources else self._source_code(source)) \
+            | (_IMPLICIT if implicit else 0)
+        nas_code = self._nas_code.get(nas)
+        if nas_code is None:
+            nas_code = self._nas_of(nas)
         if self._free:
             slot = self._free.pop()
             self._ids[slot], self._nas[slot], self._flags[slot] = id, nas_code, flags
@@ -208,17 +219,16 @@ class LiveTable:
             self._interval.append(interval)
             self._sids.append(sid)
             self._cust.append(customer)
-            for col in (self._a4, self._a6, self._b6):
-                col.append(0)
-            for col in (self._p4, self._p6, self._q6):
-                col.append(_NONE)
+            self._a4.append(0)
+            self._a6.append(0)
+            self._b6.append(0)
+            self._p4.append(_NONE)
+            self._p6.append(_NONE)
+            self._q6.append(_NONE)
         self._set_addrs(slot, addrs)
         if interval and last + interval < self._due:
             self._due = last + interval
-        h = hash((nas, sid)) & _M64
-        if self._keys.get(h) is None:
-            self._keys[h] = slot
-        else:
+        if self._keys.add(hash((nas, sid)) & _M64, slot) is not None:
             self._collide[(nas, sid)] = slot
         self._n += 1
         return slot

@@ -86,6 +86,10 @@ class PrefixIndex:
         except (OSError, ValueError):
             return None
 
+    def lookup_int(self, family: int, ip: int) -> str | None:
+        """:meth:`lookup` of an address given as (4 | 6, its value as an int): no text."""
+        return self._find(self.v4 if family == 4 else self.v6, ip)
+
     @staticmethod
     def _find(tables, ip: int) -> str | None:
         for shift, d in tables:            # longest prefix (smallest shift) first

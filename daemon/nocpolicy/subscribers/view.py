@@ -177,7 +177,7 @@ def _reload_inventory(old: SubscriberView, customers, unknown_mode: str, decisio
     if len(changed) + len(inv.changed) > max(1000, len(customers) // 10):
         return build_view(customers, unknown_mode, decisions)
     inv.tables = None                   # the old view's tables are updated instead (the new ones share theirs)
-    for cid in inv.changed:
+    for cid in inv.changed if inv.prefix_changed is None or inv.base() is not old_inv else inv.prefix_changed:
         j, i = old_inv.index.get(cid), inv.index.get(cid)
         was = old_inv.packed.of_row(j) if j is not None else []
         now = inv.packed.of_row(i) if i is not None else []
