@@ -498,6 +498,17 @@ def fill_open_sessions(db: Path, n: int) -> float:
     return time.perf_counter() - t
 
 
+def settle(pid: int, busy: float = 0.2, limit: float = 600.0) -> float:
+    """Seconds until process ``pid`` uses less than ``busy`` of a core over a second."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        c0 = cpu_seconds(pid)
+        time.sleep(1.0)
+        if cpu_seconds(pid) - c0 < busy:
+            break
+    return time.monotonic() - t0
+
+
 def part_dns(args) -> None:
     from helpers import DaemonProcess, copy_policies
     n = args.sessions
@@ -522,6 +533,9 @@ def part_dns(args) -> None:
         print(f"dns: nocpolicyd with {n:,} sessions ready in {time.perf_counter() - t:.0f}s, "
               f"{ds.metric('nocpolicy_sessions_active', {'source': 'radius'}):.0f} active, RSS {rss_mb(ds.proc.pid):.0f} MB")
         dp.start()
+        settled = settle(ds.proc.pid)
+        print(f"dns: the start-up work with {n:,} sessions (the QoS re-render over every live address) "
+              f"settled {settled:.0f}s after ready; measuring the steady state")
         print(f"dns: static-only nocpolicyd RSS {rss_mb(dp.proc.pid):.0f} MB "
               f"(difference: the live table and its lookups, ~{rss_mb(ds.proc.pid) - rss_mb(dp.proc.pid):.0f} MB)")
         qfile = tmp / "q.txt"

@@ -30,6 +30,7 @@ from prometheus_client import Histogram
 from ..component import Component
 from ..control.commands import Args, Command, Invocation
 from ..errors import Conflict, DomainError, EnforcementError, Invalid, NocpolicyError
+from ..gcpause import gc_paused
 from ..policy.fields import MAX_DURATION, as_bool, as_datetime, as_id, as_text, list_of
 from .counters import QosCollector, Usage, read_usage
 from .emergency import EmergencyStore, Record
@@ -257,8 +258,9 @@ class Enforcer(Component):
     def _static_for(self, policy, live) -> Static:
         """The policy-and-subscribers part of the plan (pure; run in a thread). Class ids of the
         plan in force are kept (a session adds or removes one class, renumbers none)."""
-        subjects = subjects_of(policy, self._view, live) if self._view is not None else None
-        return build_static(policy, subjects, self.static, redirect=self.features.redirect)
+        with gc_paused():          # a subject per live customer (a million sessions): see gcpause
+            subjects = subjects_of(policy, self._view, live) if self._view is not None else None
+            return build_static(policy, subjects, self.static, redirect=self.features.redirect)
 
     async def _rerender_loop(self) -> None:
         """Re-render on view changes, at most once per ``rerender_interval``: a burst of changes
