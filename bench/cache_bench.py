@@ -380,6 +380,7 @@ def main() -> int:
     p.add_argument("--seconds", type=int, default=3)
     p.add_argument("--max-qps", type=int, default=400_000)
     p.add_argument("--reload-qps", type=int, default=20_000)
+    p.add_argument("--slow-log", help="reload part: append the probes over 50 ms (monotonic ms) to this file")
     p.add_argument("--entries", type=int, default=1_000_000, help="memory part: distinct names")
     p.add_argument("--system-qps", type=int, default=15_000, help="system part: dnsperf -Q (both sides)")
     p.add_argument("--ab", default="", help="zipf part: also run nocpolicyd at this commit (A/B)")

@@ -396,6 +396,46 @@ def _ctl(p: Proc, *args) -> dict:
     return json.loads(out.stdout)
 
 
+class Prober:
+    """One query every 2 ms (after each answer) to ``dest[0]``; per window: sent, failed,
+    answers over 50 ms, the slowest; the answers over 50 ms with their monotonic time."""
+
+    def __init__(self, port: int):
+        self.phases = {name: {"sent": 0, "failed": 0, "max_ms": 0.0, "over50": 0}
+                       for name in ("unbound (peer)", "quiet", "reload")}
+        self.phase = ["unbound (peer)"]
+        self.dest = [port]
+        self.stop = threading.Event()
+        self.slow: list[tuple[float, float, str]] = []    # (monotonic send time, ms, window)
+
+    def run(self) -> None:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(1.0)
+        qid = 0
+        while not self.stop.is_set():
+            qid = (qid + 1) & 0xFFFF
+            q = qid.to_bytes(2, "big") + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" \
+                + b"\x05probe\x0acc-default\x07example\x00\x00\x01\x00\x01"
+            stats = self.phases[self.phase[0]]
+            t0 = time.perf_counter()
+            s.sendto(q, ("127.0.0.1", self.dest[0]))
+            try:
+                while True:
+                    r = s.recv(512)
+                    if r[:2] == q[:2]:
+                        break
+                ms = (time.perf_counter() - t0) * 1000
+                stats["max_ms"] = max(stats["max_ms"], ms)
+                stats["over50"] += ms > 50
+                if ms > 50 and len(self.slow) < 1000:
+                    self.slow.append((time.monotonic() - ms / 1000, ms, self.phase[0]))
+            except OSError:
+                stats["failed"] += 1
+            stats["sent"] += 1
+            time.sleep(0.002)
+        s.close()
+
+
 def part_reload(work: Path, a) -> None:
     ub, ub_port = unbound(work, [], [])
     try:
@@ -409,37 +449,9 @@ def part_reload(work: Path, a) -> None:
     qfile = work / "reload.q"
     qfile.write_text("".join(f"{rnd.choice(names)} A\n" for _ in range(2000)))
     del names
-    phases = {"unbound (peer)": {"sent": 0, "failed": 0, "max_ms": 0.0, "over50": 0},
-              "quiet": {"sent": 0, "failed": 0, "max_ms": 0.0, "over50": 0},
-              "reload": {"sent": 0, "failed": 0, "max_ms": 0.0, "over50": 0}}
-    phase = ["unbound (peer)"]
-    dest = [ub_port]
-    stop = threading.Event()
-
-    def prober():
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.settimeout(1.0)
-        qid = 0
-        while not stop.is_set():
-            qid = (qid + 1) & 0xFFFF
-            q = qid.to_bytes(2, "big") + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" \
-                + b"\x05probe\x0acc-default\x07example\x00\x00\x01\x00\x01"
-            stats = phases[phase[0]]
-            t0 = time.perf_counter()
-            s.sendto(q, ("127.0.0.1", dest[0]))
-            try:
-                while True:
-                    r = s.recv(512)
-                    if r[:2] == q[:2]:
-                        break
-                ms = (time.perf_counter() - t0) * 1000
-                stats["max_ms"] = max(stats["max_ms"], ms)
-                stats["over50"] += ms > 50
-            except OSError:
-                stats["failed"] += 1
-            stats["sent"] += 1
-            time.sleep(0.002)
-        s.close()
+    pr = Prober(ub_port)
+    phases, phase, dest, stop, slow = pr.phases, pr.phase, pr.dest, pr.stop, pr.slow
+    prober = pr.run
 
     try:
         before = _ctl(us, "lists")["lists"][0]
@@ -477,6 +489,9 @@ def part_reload(work: Path, a) -> None:
                   f"{st['over50']} over 50 ms, max {st['max_ms']:.1f} ms")
         print(f"  dnsperf: {float(qps.group(1)) if qps else 0:.0f} qps, lost {lost.group(1) if lost else '?'}")
         print(f"  RSS before {rss0:.0f} MB, after {rss1:.0f} MB, peak {hwm:.0f} MB")
+        if getattr(a, "slow_log", None):       # to lay beside nocpolicyd's NOCPOLICY_LAG_TRACE (same monotonic clock)
+            with open(a.slow_log, "a") as f:
+                f.writelines(f"{t * 1000:.1f} probe {w} {ms:.1f}ms\n" for t, ms, w in slow)
     finally:
         stop.set()
         us.stop()
@@ -494,6 +509,7 @@ def main() -> int:
     p.add_argument("--seconds", type=int, default=3)
     p.add_argument("--max-qps", type=int, default=400_000, help="dnsperf -Q (bounds every run)")
     p.add_argument("--reload-qps", type=int, default=20_000)
+    p.add_argument("--slow-log", help="reload part: append the probes over 50 ms (monotonic ms) to this file")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--pin", default="none", help="SERVER_CPUS:HARNESS_CPUS for taskset: the server under "
                    "test (every tool alike) on the first, dnsperf and the upstream unbound on the second; "

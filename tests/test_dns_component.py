@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import dns.asyncquery
+import dns.edns
 import dns.message
 import pytest
 
@@ -92,3 +93,27 @@ async def test_list_change_swaps_without_pausing(guard):
         await asyncio.sleep(0.01)
     assert len(old_index) == 0
     assert guard.lists.compiled["cc"].index is cc_index          # an unchanged list is not rebuilt
+
+
+async def test_answers_judged_under_old_lists_are_released_after_a_swap(guard):
+    port = guard.ctx.options.dns_listen[0][1]
+    for name in ("csam.example", "www.csam.example"):           # blocked answers now cached per customer
+        r = await dns.asyncquery.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=5)
+        assert r.rcode() == 3
+    old_tables = guard._judged()
+    assert sum(map(len, old_tables)) >= 2
+    pol = guard.test_policy_dir
+    (pol / "lists" / "mandatory.txt").write_text("other.example\n")   # csam.example no longer listed
+    new = load_policy(str(pol))
+    (await guard.prepare(new, diff_policies(guard.test_holder["p"], new)))()
+    guard.test_holder["p"] = new
+    for _ in range(3000):                  # emptied by a background task, a slice at a time (<= ~30 s)
+        if not any(old_tables):
+            break
+        await asyncio.sleep(0.01)
+    assert not any(old_tables)
+    assert all(t is not o for t in guard._judged() for o in old_tables)
+    assert guard.judge("127.0.0.1", "csam.example").action == "allow"
+    q = dns.message.make_query("csam.example", "A", use_edns=0)
+    r = await dns.asyncquery.udp(q, "127.0.0.1", port=port, timeout=5)
+    assert not {15, 16, 17} & {o.code for o in r.options if isinstance(o, dns.edns.EDEOption)}  # not the old block

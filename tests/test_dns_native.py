@@ -11,9 +11,11 @@ forwarded names, refused sources).
 from __future__ import annotations
 
 import random
+import socket
 import time
 
 import dns.edns
+import dns.exception
 import dns.flags
 import dns.message
 import dns.query
@@ -128,7 +130,6 @@ def test_both_loops_count_alike(pair):
 
 def burst(port: int, source: str, n: int) -> int:
     """n blocked queries from one socket at once; how many were answered (without TC)."""
-    import socket
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((source, 0))
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
@@ -161,3 +162,60 @@ def test_blocked_answer_limit_holds_in_both_loops(pair, mode):
 def _limited(d: DaemonProcess) -> float:
     return sum(v for k, v in _counters(d).items()
                if k.startswith("nocpolicy_dns_ratelimited_total{") and 'limit="blocked"' in k)
+
+
+def test_mutated_and_random_datagrams_never_stop_the_c_loop(pair):
+    """Hostile input at the C loop: 30,000 datagrams (mutated real queries for every path it
+    takes, cut ones, random bytes, first-label lengths past the datagram, junk after the
+    question) from four sources; the daemon keeps running, logs no failure and answers."""
+    d = pair["native"]
+    rnd = random.Random(45)
+    seeds = [dns.message.make_query(n, t, use_edns=e, payload=1232).to_wire()
+             for n in ("bardubar.com", "x1.bardubar.com", "www.example.org", "csam.example", "ads.tracker.example")
+             for t in ("A", "AAAA", "ANY") for e in (None, 0)]
+    socks = []
+    for src in ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.9"):
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.bind((src, 0))
+        socks.append(u)
+    try:
+        for i in range(30_000):
+            q = bytearray(rnd.choice(seeds))
+            k = rnd.random()
+            if k < 0.3:
+                for _ in range(rnd.randint(1, 6)):
+                    q[rnd.randrange(len(q))] = rnd.randrange(256)
+            elif k < 0.45:
+                q = q[:rnd.randrange(len(q) + 1)]
+            elif k < 0.55:
+                q = bytearray(rnd.randbytes(rnd.randrange(600)))
+            elif k < 0.65 and len(q) > 12:
+                q[12] = rnd.randrange(256)
+            elif k < 0.75:
+                q += rnd.randbytes(rnd.randrange(1, 3000))
+            socks[i % 4].sendto(bytes(q), ("127.0.0.1", d.dns_port))
+            if i % 500 == 499:                   # let the guard keep up: no drops at the socket
+                wait_for(lambda: _queued(d.dns_port) < 50_000, 20, what="the guard reading its socket")
+    finally:
+        for u in socks:
+            u.close()
+    assert d.proc.poll() is None
+    wait_for(lambda: _answers(d.dns_port), 30, what="an answer after the fuzz")
+    log = d.log()
+    assert not any(s in log for s in ("Traceback", "query path error", "Exception ignored")), log[-3000:]
+
+
+def _queued(port: int) -> int:
+    """Bytes waiting in the guard's UDP receive queue (/proc/net/udp)."""
+    for line in open("/proc/net/udp").read().splitlines()[1:]:
+        cols = line.split()
+        if cols[1].endswith(f":{port:04X}"):
+            return int(cols[4].split(":")[1], 16)
+    return 0
+
+
+def _answers(port: int) -> bool:
+    try:
+        return ask(port, "bardubar.com").rcode() == dns.rcode.NXDOMAIN
+    except dns.exception.Timeout:
+        return False

@@ -24,7 +24,7 @@ from typing import TypeVar
 import prometheus_client
 from prometheus_client import CollectorRegistry
 
-from . import __version__, gcpause, sdnotify
+from . import __version__, lagtrace, sdnotify
 from .clock import SystemClock, utcnow, wall
 from .component import Component, Context
 from .control.admin import AdminApi
@@ -34,6 +34,7 @@ from .control.metrics_http import metrics_handler
 from .control.token import ensure_token
 from .errors import NocpolicyError, PolicyInvalid
 from .events import EventBus
+from .gcpause import freeze_start_up
 from .logs import setup_logging
 from .loop import loop_factory
 from .metrics import ComponentCollector, CoreMetrics, EventBusCollector
@@ -206,7 +207,6 @@ class Daemon:
             if self.stop_event.is_set():
                 return 0
             self._ready = True
-            gcpause.settle()          # later collections skip what start-up built
             sdnotify.notify("READY=1", f"STATUS=policy {policy.version}")
             log.info("nocpolicyd %s ready: policy %s from %s (%s)", __version__, policy.version,
                      self.options.policies, change.describe(),
@@ -264,6 +264,8 @@ class Daemon:
         change = diff_policies(None, policy)
         commits = [await c.prepare(policy, change) for c in self.components]
         self._commit(policy, commits, change, source="start")
+        # before the listeners open: the collection that precedes the freeze delays nothing
+        log.debug("%d start-up objects frozen (gcpause.freeze_start_up)", freeze_start_up())
         for c in self.components:
             await c.start()
             started.append(c)    # only these are stopped
@@ -338,7 +340,9 @@ class Daemon:
     async def _reload(self, source: str, dry_run: bool, actor: str) -> dict:
         old = self.policy
         try:
+            lagtrace.mark("load policy")
             new = await asyncio.to_thread(load_policy, self.options.policies, previous=self.policy)
+            lagtrace.mark("load policy done")
         except Exception as exc:  # PolicyInvalid, or a bug: refuse either way, keep serving
             if isinstance(exc, PolicyInvalid):
                 errors = [str(p) for p in exc.problems]
@@ -372,6 +376,7 @@ class Daemon:
             commits: list = []
             for c in self.components:
                 try:
+                    lagtrace.mark(f"prepare {c.name}")
                     commits.append(await c.prepare(new, change))
                 except NocpolicyError as exc:
                     await self._abandon(self.components[:len(commits)])
@@ -380,8 +385,9 @@ class Daemon:
                     log.exception("%s: prepare failed", c.name)
                     await self._abandon(self.components[:len(commits)])
                     return self._refused(source, [f"{c.name}: internal error: {exc!r}"])
+            lagtrace.mark("commit")
             self._commit(new, commits, change, source=source, actor=actor)
-            gcpause.settle()          # the replaced policy collected, the new one frozen
+            lagtrace.mark("commit done")
         finally:
             sdnotify.notify("READY=1", f"STATUS=policy {self.policy.version}")
         return {"ok": True, "changed": True, "version": new.version, "previous": old.version if old else None,

@@ -16,6 +16,7 @@ import datetime as dt
 import logging
 from pathlib import Path
 
+from .. import lagtrace
 from ..clock import monotonic, utcnow, wall
 from ..component import Component
 from ..control.commands import Command
@@ -29,6 +30,7 @@ from .engine import Engine
 from .guardstats import GuardCollector
 from .kernelmeter import KernelMeter, Meter
 from .link import MainLink
+from .listbuild import empty_on_loop, free_on_loop
 from .lists import ListSet
 from .mmsg import BatchGroup, batched_io, native_io
 from .pseudonym import PseudonymKeys
@@ -69,16 +71,6 @@ def exempt_customers(customers, tags) -> frozenset:
     """Customers the per-source limits do not apply to: public safety, or one of ``tags``."""
     tags = set(tags)
     return frozenset(c.id for c in customers if c.public_safety or tags.intersection(c.tags))
-
-
-async def _free_slowly(indexes, step: int = 20_000) -> None:
-    for idx in indexes:
-        for container in (*idx.subtree.shards, idx.exact, idx.wild):
-            pop = container.pop if isinstance(container, set) else container.popitem
-            while container:
-                for _ in range(min(step, len(container))):
-                    pop()
-                await asyncio.sleep(0)
 
 
 class DnsGuard(Component):
@@ -135,6 +127,7 @@ class DnsGuard(Component):
         meter = self._meter(limits.ratelimit, [p for c in policy.customers if c.id in exempt for p in c.prefixes])
 
         def commit():
+            lagtrace.mark("dns commit")
             self._apply_limits(limits, exempt)
             self._meter_wanted = meter
             if self._started and self.link is None:
@@ -142,7 +135,10 @@ class DnsGuard(Component):
             self.engine.walled = walled
             self._retire(self.lists.compiled, compiled)
             self.lists.adopt(policy.dns.lists, compiled)
+            judged = self._judged()
             self.engine.swap(list_set)
+            if self._started:        # the answers judged under the old lists: freed a slice at a time
+                self.tasks.spawn("retire-answers", empty_on_loop(judged))
             self.policy = policy
             if new_cache:      # new settings or other upstreams: start afresh
                 self.engine.acache = AnswerCache(policy.dns.cache) if policy.dns.cache.enabled else None
@@ -152,6 +148,7 @@ class DnsGuard(Component):
                     self.tasks.spawn("upstream-swap", self._swap_pool(new_pool, old))
             if self._started:
                 self.workers.notify({"op": "reload"})
+            lagtrace.mark("dns commit done")
         return commit
 
     def _upstreams(self, policy) -> tuple:
@@ -202,12 +199,24 @@ class DnsGuard(Component):
                 log.error("dns.ratelimit.kernel_qps: %s", exc)
 
     def _retire(self, old: dict, new: dict) -> None:
-        """Free replaced list indexes a slice at a time: dropping a million-name set at once
-        holds the interpreter for ~0.2 s, which would stall answers."""
+        """Free replaced list indexes a slice at a time on the loop (listbuild.free_on_loop):
+        dropping a million-name set at once holds the interpreter ~0.2 s, stalling answers."""
         keep = {id(c.index) for c in new.values()}
         gone = [c.index for c in old.values() if id(c.index) not in keep]
         if gone and self._started:
-            self.tasks.spawn("retire-lists", _free_slowly(gone))
+            self.tasks.spawn("retire-lists", self._free(gone))
+
+    def _judged(self) -> list[dict]:
+        """The engine's tables of answers judged under the lists in force (swap replaces them)."""
+        e = self.engine
+        return [e.allowed, *e.answers.values(), *e.zones.values()]
+
+    @staticmethod
+    async def _free(gone) -> None:
+        lagtrace.mark("free old lists")
+        await free_on_loop(gone)
+        lagtrace.mark("free old lists done")
+        lagtrace.census("after the old lists were freed")
 
     async def _swap_pool(self, new: UpstreamPool, old: UpstreamPool | None) -> None:
         await new.open(self.io_group)
@@ -229,6 +238,7 @@ class DnsGuard(Component):
         log.info("DNS guard UDP I/O: %s", "native (C read loop and fast paths)" if self.native
                  else "batched (recvmmsg/sendmmsg from Python)" if self.batched else "asyncio")
         self._started = True
+        self._lag_trace = lagtrace.start()
         self.tasks.supervise("detections", self._flush_loop)
         self.tasks.supervise("ratelimit-window", self._window_loop)
         self.tasks.supervise("refresh", self._refresh_loop)

@@ -25,6 +25,7 @@ import http.client
 import json
 import logging
 import os
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -33,10 +34,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import lagtrace
 from ..clock import monotonic, utcnow, wall
 from ..errors import NocpolicyError
 from ..store import Store
 from .formats import domain, parse
+from .listbuild import ChildFailed, parse_in_child
 from .lists import CompiledList, DomainIndex
 
 log = logging.getLogger(__name__)
@@ -268,8 +271,7 @@ class ListManager:
                 if not from_copy:
                     st.last_error = None
                 return old
-            index, rep = await self._run(_parse, bl.format, data, RELOAD_PAUSE if background else 0.0)
-            report = rep.as_dict()
+            index, report = await self._parse_copy(bl, data, background)
             refused = _refusal(bl, st, len(index), from_copy)
             if refused:
                 st.failures += 1
@@ -279,8 +281,11 @@ class ListManager:
                     return self._empty(bl)
                 return old if same_conf else self._recompile(bl, old.index)
             if not from_copy:
+                lagtrace.mark("write copy")
                 await asyncio.to_thread(self._write_copy, bl.id, data)
+                lagtrace.mark("write copy done")
         await self._add_runtime(bl, index)
+        lagtrace.mark("runtime entries added")
         st.sha256, st.report, st.from_copy = sha, report, from_copy
         st.entries = len(index)
         if not from_copy:
@@ -289,6 +294,26 @@ class ListManager:
         elif st.last_success is None:
             st.last_success = self._copy_time(bl.id)
         return self._recompile(bl, index)
+
+    async def _parse_copy(self, bl, data: bytes, background: bool) -> tuple[DomainIndex, dict]:
+        """(index, report): at start-up in the list thread (nothing is served yet); while
+        serving in a child process, the index built on the loop a slice at a time (see
+        listbuild.py), or in the thread if the child fails."""
+        if background:
+            path = None
+            try:
+                lagtrace.mark("child parse")
+                path = await asyncio.to_thread(self._hand_over, bl.id, data)
+                out = await parse_in_child(bl.format, str(path))
+                lagtrace.mark("child parse done")
+                return out
+            except (OSError, ChildFailed) as exc:
+                log.warning("list %s: %s; parsing in a thread instead", bl.id, exc)
+            finally:
+                if path is not None:
+                    await asyncio.to_thread(path.unlink, missing_ok=True)
+        index, rep = await self._run(_parse, bl.format, data, RELOAD_PAUSE if background else 0.0)
+        return index, rep.as_dict()
 
     async def _fetch_or_copy(self, bl, st: ListState, policy_dir: str, keep: CompiledList | None):
         """(data, sha, from_copy), or the list to keep as it is when the source failed."""
@@ -357,6 +382,15 @@ class ListManager:
     def _copy_path(self, list_id: str) -> Path:
         return self.copy_dir / f"{list_id}.txt"
 
+    def _hand_over(self, list_id: str, data: bytes) -> Path:
+        """The list for the child parser, in a file of its own (0600; --workers processes
+        share the directory)."""
+        self.copy_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f"{list_id}.", suffix=".parse", dir=self.copy_dir)
+        with open(fd, "wb") as f:
+            f.write(data)
+        return Path(name)
+
     def _write_copy(self, list_id: str, data: bytes) -> None:
         self.copy_dir.mkdir(parents=True, exist_ok=True)
         path = self._copy_path(list_id)
@@ -381,12 +415,21 @@ class ListManager:
 
 
 def _fetch_hashed(source: str, policy_dir: str, limits: FetchLimits) -> tuple[bytes, str]:
+    lagtrace.mark(f"fetch {source}")
     data = fetch(source, policy_dir, limits)
-    return data, hashlib.sha256(data).hexdigest()
+    lagtrace.mark("fetched, sha256")
+    out = data, hashlib.sha256(data).hexdigest()
+    lagtrace.mark("fetch done")
+    return out
 
 
 def _parse(fmt: str, data: bytes, pause: float = 0.0):
-    return parse(fmt, data.decode("utf-8", errors="replace"), pause)
+    lagtrace.mark("decode")
+    text = data.decode("utf-8", errors="replace")
+    lagtrace.mark("parse")
+    out = parse(fmt, text, pause)
+    lagtrace.mark("parse done")
+    return out
 
 
 def _refusal(bl, st: ListState, entries: int, from_copy: bool) -> str | None:
