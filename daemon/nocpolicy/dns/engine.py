@@ -770,11 +770,8 @@ def fast_hooks(engine: Engine, rest, sendto) -> tuple:
     its ``H_*`` indexes: the engine itself (its tables are read through it, so a swap is seen),
     the rate limiter's tables, ``rest`` for everything else, and the counters it adds to."""
     lim, stats = engine.limiter, engine.stats
-    return _check_hooks(engine, lim.keys, lim.key, lim.counts, lim.blocked, lim.over, lim, rest, sendto, stats,
-            stats.rcodes, stats.duration["local"], stats.duration["cache"], BUCKETS, OUTSIDE, _MISS,
-            engine.failed, SAMPLES, _MASK, (cache.P, cache.Q, cache.HOT_MAX))
-
-
-def _check_hooks(*hooks) -> tuple:
+    hooks = (engine, lim.keys, lim.key, lim.counts, lim.blocked, lim.over, lim, rest, sendto, stats,
+             stats.rcodes, stats.duration["local"], stats.duration["cache"], BUCKETS, OUTSIDE, _MISS,
+             engine.failed, SAMPLES, _MASK, (cache.P, cache.Q, cache.HOT_MAX))
     assert len(hooks) == NATIVE_HOOKS, "mmsg.NATIVE_HOOKS and _fastudp.c's H_* must follow fast_hooks"
     return hooks
