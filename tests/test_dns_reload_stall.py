@@ -18,7 +18,7 @@ import pytest
 
 from dns_fixtures import Unbound, dns_policy
 from helpers import DaemonProcess, wait_for
-from nocpolicy.dns import listbuild
+from nocpolicy.dns import listbuild, sources
 from nocpolicy.dns.formats import parse
 from nocpolicy.dns.lists import DomainIndex, NameSet
 from nocpolicy.dns.sources import ListManager
@@ -80,6 +80,7 @@ def test_reload_falls_back_to_the_thread_when_the_child_cannot_run(tmp_path, mon
     store = Store(tmp_path / "db.sqlite")
     mgr = ListManager(store, str(tmp_path / "state"))
     monkeypatch.setattr(listbuild.sys, "executable", "/bin/false")    # the child exits at once, no output
+    monkeypatch.setattr(sources, "CHILD_MIN_BYTES", 0)                # a child even for two names
 
     async def go():
         try:

@@ -38,6 +38,9 @@ from .formats import parse
 from .lists import DomainIndex
 
 BUDGET = 0.002            # seconds of loop time per slice of inserting or freeing
+# a smaller list is parsed in the list thread even while serving: done in milliseconds, it
+# cannot hold the loop, and a child (a Python start-up and imports) would cost far more
+CHILD_MIN_BYTES = 1 << 20
 READ = 1 << 16            # bytes read from the child per call
 CHILD_NICE = 10           # the child holds no lock the daemon needs: it may wait for the CPU
 

@@ -39,7 +39,7 @@ from ..clock import monotonic, utcnow, wall
 from ..errors import NocpolicyError
 from ..store import Store
 from .formats import domain, parse
-from .listbuild import ChildFailed, parse_in_child
+from .listbuild import CHILD_MIN_BYTES, ChildFailed, parse_in_child
 from .lists import CompiledList, DomainIndex
 
 log = logging.getLogger(__name__)
@@ -297,9 +297,9 @@ class ListManager:
 
     async def _parse_copy(self, bl, data: bytes, background: bool) -> tuple[DomainIndex, dict]:
         """(index, report): at start-up in the list thread (nothing is served yet); while
-        serving in a child process, the index built on the loop a slice at a time (see
-        listbuild.py), or in the thread if the child fails."""
-        if background:
+        serving, a list of CHILD_MIN_BYTES or more in a child process, the index built on the
+        loop a slice at a time (see listbuild.py), or in the thread if the child fails."""
+        if background and len(data) >= CHILD_MIN_BYTES:
             path = None
             try:
                 lagtrace.mark("child parse")
