@@ -58,6 +58,17 @@ def _ephemeral_start() -> int:
         return 32768
 
 
+def _worker_range(lo: int, hi: int) -> tuple[int, int]:
+    """This pytest-xdist worker's own slice of [lo, hi) (the whole range without xdist): two
+    workers of one run never pick the same port between the free check and the daemon's bind."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not worker.startswith("gw") or not count.isdigit() or int(count) < 2:
+        return lo, hi
+    i, n = int(worker[2:]), int(count)
+    step = (hi - lo) // n
+    return lo + i * step, lo + (i + 1) * step
+
+
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
     """A port free for both TCP and UDP on host (DNS needs both).
 
@@ -67,8 +78,7 @@ def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
     in one test process.
     """
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    hi = _ephemeral_start()
-    lo = max(1024, hi - 12000)
+    lo, hi = _worker_range(max(1024, _ephemeral_start() - 12000), _ephemeral_start())
     rng = random.Random()
     for _ in range(200):
         port = rng.randrange(lo, hi)

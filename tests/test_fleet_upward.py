@@ -85,6 +85,7 @@ def test_a_stop_queued_while_the_broker_is_away_survives_an_agent_crash(env):
     agent.start()
     assert radclient(port, acct("Start", "S3", ip="203.0.113.9", Event_Timestamp=T0)).returncode == 0
     wait_for(lambda: matches(ctl, "203.0.113.9", T0 + 60), 30, what="S3 at the controller")
+    links = ctl.metric("nocpolicy_mqtt_connects_total")
     broker.stop()                                       # the broker goes away; S3 ends meanwhile
     assert radclient(port, acct("Stop", "S3", ip="203.0.113.9", Event_Timestamp=T0 + 600,
                                 Acct_Session_Time=600)).returncode == 0
@@ -92,6 +93,10 @@ def test_a_stop_queued_while_the_broker_is_away_survives_an_agent_crash(env):
     agent.signal(signal.SIGKILL)                        # and the agent crashes before the broker is back
     agent.proc.wait()
     broker.start()
+    # The controller's session is clean: the broker keeps nothing for it while it is away, so the
+    # restarted agent must not resend before the controller has subscribed again (its reconnect
+    # backoff, after a long outage on a busy machine, can outlast the agent's restart; docs/mqtt.md).
+    wait_for(lambda: ctl.metric("nocpolicy_mqtt_connects_total") > links, 60, what="the controller back on the broker")
     again = DaemonProcess(agent.workdir, policies=agent.policies, extra_args=agent.extra_args).start()
 
     def stopped():
