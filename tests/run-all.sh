@@ -17,4 +17,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# Test files run in parallel (pytest-xdist, one file's tests on one worker: module fixtures stay
+# shared and a file's tests keep their order). Most of the suite waits on real daemons, brokers and
+# timers, so more workers than cores pay off; NOCPOLICY_TEST_WORKERS=1 runs it serially.
+WORKERS="${NOCPOLICY_TEST_WORKERS:-3}"
+XDIST=()
+[ "$WORKERS" -gt 1 ] && XDIST=(-n "$WORKERS" --dist loadfile)
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "${XDIST[@]}" "$@"

@@ -25,6 +25,8 @@ STORE_KEY = "mqtt.fleet.state"
 NODES_KEY = "mqtt.fleet.state.nodes"     # the fleet as last published for (to clear removed nodes' streams)
 PARTS_KEY = "mqtt.fleet.state.parts"     # stream -> parts of its last retained snapshot (to clear stale ones)
 DEFAULT_PART_SIZE = 8 << 20
+PRUNE_BATCH = 500             # retained clears of removed nodes in flight at once
+PRUNE_RETRY = 5.0             # seconds before clearing again after a clear the broker did not acknowledge
 MAX_MARKED = 100_000          # keys marked for one kind before falling back to a full recompute
 
 
@@ -96,19 +98,34 @@ class StatePublisher:
         for node in gone:
             for kind in self.kinds:
                 self.streams.streams.pop((kind, node), None)
-                docs += [(stream_topics(kind, node, None, i), b"") for i in range(self.parts.pop(f"{kind}/{node}", 0))]
+                docs += [(stream_topics(kind, node, None, i), b"") for i in range(self.parts.get(f"{kind}/{node}", 0))]
                 docs += [(stream_topics(kind, node, slot), b"") for slot in [None, *range(RING)]]
-        results = await asyncio.gather(*(self._publish(t, d, retain=True) for t, d in docs))
-        if not all(results):
+        failed = await self._publish_batches(docs)
+        if failed:
+            # the broker took some: it is there but slow, so try again soon (away: the reconnect does)
+            again = f"in {PRUNE_RETRY:.0f} s, " if failed < len(docs) else ""
             log.warning("fleet state: clearing the state of removed node(s) %s: %d message(s) not published; "
-                        "tried again at the next change or reconnect", ", ".join(gone), results.count(False))
+                        "tried again %sat the next change or reconnect", ", ".join(gone), failed, again)
+            if again:
+                asyncio.get_running_loop().call_later(PRUNE_RETRY, self._wake.set)
             return []
+        for key in [f"{kind}/{node}" for node in gone for kind in self.kinds]:
+            self.parts.pop(key, None)
         self.known, self.cleared = members, gone
         self.store.put(NODES_KEY, {"nodes": sorted(members)})
         self.store.put(PARTS_KEY, self.parts)
         log.info("fleet state: node(s) %s left the fleet: their state streams cleared (%d retained messages)",
                  ", ".join(gone), len(docs))
         return gone
+
+    async def _publish_batches(self, docs: list[tuple[str, bytes]]) -> int:
+        """Publish retained ``docs`` PRUNE_BATCH at a time (thousands at once left the later ones
+        waiting out their acknowledgement timeout on a busy machine); the number not published."""
+        for i in range(0, len(docs), PRUNE_BATCH):
+            results = await asyncio.gather(*(self._publish(t, d, retain=True) for t, d in docs[i:i + PRUNE_BATCH]))
+            if not all(results):
+                return len(docs) - i - results.count(True)
+        return 0
 
     async def publish_kind(self, kind: str, *, whole: bool = False, items=None) -> int:
         version = self.versions.get(kind, 0) + 1
