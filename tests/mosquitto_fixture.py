@@ -309,6 +309,10 @@ class Swarm:
                     with contextlib.suppress(Exception):
                         await client.__aexit__(None, None, None)
             except aiomqtt.MqttError as exc:
+                if asyncio.current_task().cancelling():
+                    # stop(): aiomqtt turned the cancel into "Disconnected during message
+                    # iteration"; reconnecting here kept stop() waiting out its join timeout
+                    raise asyncio.CancelledError from exc
                 self.errors += 1
                 self.last_error = f"{name}: {exc}"
                 await asyncio.sleep(0.5)
