@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import sys
 
-from ..errors import PolicyInvalid
-from ..policy.load import load_policy
 from .client import run
 
 
@@ -29,6 +27,9 @@ def register(sub) -> None:
 
 
 def cmd_check(args, client) -> int:
+    # imported here: the policy loader is most of nocpolicyctl's start-up, and only `check` needs it
+    from ..errors import PolicyInvalid
+    from ..policy.load import load_policy
     try:
         policy = load_policy(args.directory)
     except PolicyInvalid as exc:
