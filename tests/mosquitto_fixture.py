@@ -286,6 +286,7 @@ class Swarm:
         self._loop = None
         self._thread = None
         self._main = None
+        self._stopping = False
 
     async def _agent(self, name: str, sem) -> None:
         """One simulated agent. Like a real agent it reconnects when its connection fails (a publish
@@ -297,7 +298,7 @@ class Swarm:
         will = aiomqtt.Will(f"{root}/status", json.dumps({"state": "offline", "node": name}), 1, True)
         held: dict = {}
         first = True
-        while True:
+        while not self._stopping:
             try:
                 async with sem:
                     client = aiomqtt.Client("127.0.0.1", self.port, username=name, password=self.password,
@@ -309,7 +310,7 @@ class Swarm:
                     with contextlib.suppress(Exception):
                         await client.__aexit__(None, None, None)
             except aiomqtt.MqttError as exc:
-                if asyncio.current_task().cancelling():
+                if self._stopping or asyncio.current_task().cancelling():
                     # stop(): aiomqtt turned the cancel into "Disconnected during message
                     # iteration"; reconnecting here kept stop() waiting out its join timeout
                     raise asyncio.CancelledError from exc
@@ -377,8 +378,19 @@ class Swarm:
         wait_for(lambda: self.ready == len(self.names), timeout, what=f"{len(self.names)} simulated agents")
         return self
 
-    def stop(self) -> None:
-        if self._loop and self._main:
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._main.cancel)
-            self._thread.join(15)
+    def stop(self, timeout: float = 15.0) -> None:
+        """End every sim (and the thread). A cancel aiomqtt swallowed (it happens mid-iteration) is
+        simply sent again: each round cancels whatever task is still running."""
+        if not (self._loop and self._main):
+            return
+        self._stopping = True
+
+        def cancel_all():
+            for t in asyncio.all_tasks(self._loop):
+                t.cancel()
+        deadline = time.monotonic() + timeout
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            with contextlib.suppress(RuntimeError):      # the loop already closed
+                self._loop.call_soon_threadsafe(cancel_all)
+            self._thread.join(0.5)
+        assert not self._thread.is_alive(), "the simulated agents did not stop"

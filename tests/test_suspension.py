@@ -156,8 +156,13 @@ async def test_nonpayment_is_terminable_at_once_and_terminate_sends_notice(env):
                     urgent=True, justification="third reminder unanswered")
         await until(lambda: r.metric("nocpolicy_suspensions_terminable") == 1, what="terminable")
         got = []
-        while not events.empty():
-            got.append(events.get_nowait())
+
+        def terminable_event():
+            # the metric reads the store, which has the change a moment before the event is published
+            while not events.empty():
+                got.append(events.get_nowait())
+            return any(e.kind == "suspension" and e.payload["event"] == "terminable" for e in got)
+        await until(terminable_event, what="the terminable event")
         assert [e.payload["event"] for e in got if e.kind == "suspension"] == ["add", "terminable"]
         listed = await r.cmd("suspension.list", terminable=True)
         assert [s["customer"] for s in listed["suspensions"]] == ["c-two"]
