@@ -67,6 +67,7 @@ typedef struct {
     PyObject *e_dict, *l_dict, *a_dict;
     unsigned long long v_e, v_l, v_a;
     int called;          /* this batch called into Python: its sendto rings may hold datagrams */
+    int marked;          /* group.scheduled set by this batch (enter_python) */
     PyObject *s_hostcache, *s_answers, *s_acache, *s_subs, *s_suspended, *s_gen, *s_dirty, *s_zones, *s_allowed, *s_probes;
     PyObject *s_hot, *s_sgen;
     double s_until;
@@ -313,6 +314,18 @@ static int flush_counters(Listener *self)
 
 /* -- sending ------------------------------------------------------------------------------- */
 
+/* Before a call into Python that may send: what it queues on a Python sendto ring waits for
+ * this batch's group flush (one sendmmsg per socket) instead of scheduling a flush of its
+ * own. Set once per batch, and only in batches that call out (a call that sends without it
+ * is still sent, by the flush it schedules). */
+static int enter_python(Listener *self)
+{
+    if (self->marked)
+        return 0;
+    self->marked = 1;
+    return PyObject_SetAttr(self->group, S_scheduled, Py_True);
+}
+
 static void send_drops(Listener *self, long long n)
 {
     PyObject *c = PyObject_GetAttr(self->group, S_counters);
@@ -371,7 +384,7 @@ static int send_parts(Listener *self, const unsigned char **part, const Py_ssize
             flush_tx(self);
         return 0;
     }
-    addr = PyBytes_FromStringAndSize((const char *)name, self->namelen);
+    addr = enter_python(self) < 0 ? NULL : PyBytes_FromStringAndSize((const char *)name, self->namelen);
     r = addr ? PyObject_CallFunctionObjArgs(PyTuple_GET_ITEM(self->hooks, H_SENDTO), big, addr, NULL) : NULL;
     Py_DECREF(big);
     Py_XDECREF(addr);
@@ -450,7 +463,7 @@ static int over(Listener *self, Dgram *g, long long n, long long limit, PyObject
     if (!dg_data(g) || !dg_addr(self, g))
         return -1;
     pn = PyLong_FromLongLong(n);
-    pl = PyLong_FromLongLong(limit);
+    pl = enter_python(self) < 0 ? NULL : PyLong_FromLongLong(limit);
     r = (pn && pl) ? PyObject_CallFunctionObjArgs(PyTuple_GET_ITEM(h, H_RL_OVER), g->host, pn, pl, kind, g->data,
                                                    g->addr, PyTuple_GET_ITEM(h, H_SENDTO), NULL) : NULL;
     Py_XDECREF(pn);
@@ -888,7 +901,7 @@ static int fast(Listener *self, Dgram *g)
         Py_INCREF(cid);
         g->cid = cid;
     }
-    if (!dg_data(g) || !dg_addr(self, g))
+    if (!dg_data(g) || !dg_addr(self, g) || enter_python(self) < 0)
         return -1;
     r = PyObject_CallFunctionObjArgs(PyTuple_GET_ITEM(h, H_REST), g->data, g->host, g->addr, g->t0obj, g->k,
                                      g->cid ? g->cid : PyTuple_GET_ITEM(h, H_MISS),
@@ -905,7 +918,7 @@ static int fast(Listener *self, Dgram *g)
 static int plain(Listener *self, Dgram *g)
 {
     PyObject *r;
-    if (!dg_data(g) || !dg_addr(self, g))
+    if (!dg_data(g) || !dg_addr(self, g) || enter_python(self) < 0)
         return -1;
     r = PyObject_CallFunctionObjArgs(self->on_datagram, g->data, g->host, g->addr, g->t0obj, NULL);
     self->called = 1;
@@ -1006,7 +1019,7 @@ static PyObject *Listener_readable(Listener *self, PyObject *Py_UNUSED(ignored))
     int round, i, n;
     for (round = 0; round < MAX_ROUNDS && !self->closed; round++) {
         double t0;
-        PyObject *t0obj, *r, *was;
+        PyObject *t0obj, *r;
         for (i = 0; i < self->batch; i++) {
             self->rx[i].msg_hdr.msg_namelen = self->namelen;
             self->rx[i].msg_hdr.msg_flags = 0;
@@ -1020,15 +1033,8 @@ static PyObject *Listener_readable(Listener *self, PyObject *Py_UNUSED(ignored))
         t0 = now();
         if (!(t0obj = PyFloat_FromDouble(t0)))
             return NULL;
-        /* sends queued from Python during the batch wait for the group's flush below */
-        if (!(was = PyObject_GetAttr(self->group, S_scheduled)) ||
-            PyObject_SetAttr(self->group, S_scheduled, Py_True) < 0) {
-            Py_XDECREF(was);
-            Py_DECREF(t0obj);
-            return NULL;
-        }
         self->valid = 0;
-        self->called = 0;
+        self->called = self->marked = 0;
         for (i = 0; i < n; i++)
             one(self, i, t0, t0obj);
         Py_DECREF(t0obj);
@@ -1041,15 +1047,11 @@ static PyObject *Listener_readable(Listener *self, PyObject *Py_UNUSED(ignored))
         }
         self->valid = 0;                  /* kept, and checked by the next load_state */
         if (self->called) {               /* Python may have queued datagrams: flush every socket */
-            Py_DECREF(was);
-            r = PyObject_CallNoArgs(self->group_flush);
-        } else {                          /* nothing queued: as it was (a pending flush still runs) */
-            r = PyObject_SetAttr(self->group, S_scheduled, was) < 0 ? NULL : Py_NewRef(Py_None);
-            Py_DECREF(was);
+            self->marked = 0;
+            if (!(r = PyObject_CallNoArgs(self->group_flush)))
+                return NULL;
+            Py_DECREF(r);
         }
-        if (r == NULL)
-            return NULL;
-        Py_DECREF(r);
         if (n < self->batch)
             break;
     }
