@@ -978,7 +978,7 @@ static void one(Listener *self, int i, double t0, PyObject *t0obj)
     Py_DECREF(ip);
     if (g.host == NULL)
         goto error;
-    m = PyDict_GetItemWithError(self->muted, g.host);
+    m = PyDict_GET_SIZE(self->muted) ? PyDict_GetItemWithError(self->muted, g.host) : NULL;
     if (m != NULL) {                          /* over its limit this second: dropped unread */
         PyObject *one_ = PyLong_FromLong(1), *nv = one_ ? PyNumber_Add(m, one_) : NULL;
         Py_XDECREF(one_);
