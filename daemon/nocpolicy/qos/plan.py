@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from ..errors import EnforcementError
 from .subjects import Subject, subjects_of
 from .upload import MAX_UP_PREFIXES, Upload, ifb_name
 
@@ -167,6 +168,11 @@ def _shares(policy, link: int) -> tuple[int, int, int]:
 MAX_CAP_CLASSES = MAX_MINOR - FIRST_CUSTOMER_CLASS      # 65279: class ids 1:100..1:fffe
 
 
+class TooManyClasses(EnforcementError):
+    """More customer cap classes than HTB has ids for: more present customers keep it so
+    (qos/untouched.py skips re-renders that can only add some)."""
+
+
 def cap_classes(policy, caps_by_customer: dict, present: set,
                 previous: dict | None = None) -> tuple[dict[tuple[str, int], int], list[tuple[str, int, int]], int]:
     """A class minor for every distinct (customer, cap) of the customers ``present`` (holding an
@@ -190,8 +196,7 @@ def cap_classes(policy, caps_by_customer: dict, present: set,
                 seen.add((cid, cap))
                 wanted.append((cid, cap))
     if len(wanted) > MAX_CAP_CLASSES:
-        from ..errors import EnforcementError
-        raise EnforcementError(f"too many customer cap classes: {len(wanted)} needed, HTB allows "
+        raise TooManyClasses(f"too many customer cap classes: {len(wanted)} needed, HTB allows "
                                f"{MAX_CAP_CLASSES} (class ids 1:{FIRST_CUSTOMER_CLASS:x}..1:{MAX_MINOR - 1:x})")
     prev = previous or {}
     index = {k: prev[k] for k in wanted if k in prev}
