@@ -18,10 +18,17 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from helpers import copy_policies
+from nocpolicy.policy.customers import Customer
 from nocpolicy.policy.load import load_policy
 from nocpolicy.qos import plan as plan_mod
-from nocpolicy.qos.plan import Emergency, TooManyClasses, build_plan, build_static
-from nocpolicy.qos.subjects import subjects_of
+from nocpolicy.qos.plan import (
+    Emergency,
+    TooManyClasses,
+    build_plan,
+    build_static,
+    check_class_limit,
+)
+from nocpolicy.qos.subjects import kept_live, subjects_of
 from nocpolicy.qos.untouched import OVER_LIMIT, PLANNED, plan_untouched, reaches_plan
 from nocpolicy.sessions.model import net_of
 from nocpolicy.sessions.table import LiveTable
@@ -34,16 +41,21 @@ V4 = ["10.0.0.0/24", "10.0.0.0/28", "10.0.0.16/28", "10.0.0.4/30", "10.0.0.1/32"
       "10.0.0.5/32", "10.0.0.17/32", "10.0.0.200/32", "192.0.2.10/32", "203.0.113.3/32"]
 V6 = ["2001:db8:aa00::/56", "2001:db8:aa00::/64", "2001:db8:aa00:1::/64", "2001:db8:ab00::/56",
       "2001:db8:aa00::5/128", "2001:db8:1001:5::/64"]
-CUSTOMERS = [None, "u1", "u2", "u3", "u4", "c1001", "c1004", "c2001"]   # c2001: a priority role, no cap
+CUSTOMERS = [None, "u1", "u2", "u3", "u4", "c1001", "c1004", "c2001", "c9001"]   # c2001: a priority role, no cap
 
 
 @pytest.fixture(scope="module")
 def policies(tmp_path_factory):
     """The example policy (its emergency profile caps every customer: implicit ones get a
     class) and the same without that cap (implicit customers reach nothing)."""
-    capped = load_policy(copy_policies(tmp_path_factory.mktemp("untouched")))
+    example = load_policy(copy_policies(tmp_path_factory.mktemp("untouched")))
+    # c9001: a policy customer with no prefix of its own (present only while a session is live)
+    capped = dataclasses.replace(example, customers=(*example.customers,
+                                                     Customer(id="c9001", name="no prefix", plan="home-100m")))
     profiles = tuple(dataclasses.replace(p, customer_cap=None) for p in capped.profiles)
-    return {"implicit-capped": capped, "implicit-uncapped": dataclasses.replace(capped, profiles=profiles)}
+    plans = tuple(dataclasses.replace(p, down=None, emergency_down=None) for p in capped.plans)
+    return {"implicit-capped": capped, "implicit-uncapped": dataclasses.replace(capped, profiles=profiles),
+            "upload-caps-only": dataclasses.replace(capped, profiles=profiles, plans=plans)}
 
 
 def make_view(policy, table, ratecaps: dict):
@@ -95,7 +107,7 @@ change = st.one_of(st.tuples(st.just("start"), session), st.tuples(st.just("stop
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(which=st.sampled_from(["implicit-capped", "implicit-uncapped"]), before=st.lists(session, max_size=8),
+@given(which=st.sampled_from(["implicit-capped", "implicit-uncapped", "upload-caps-only"]), before=st.lists(session, max_size=8),
        batch=st.lists(change, min_size=1, max_size=5), limit=st.sampled_from([3, 6, 65279]),
        uploads=st.booleans(), ratecap=st.sampled_from([{}, {"u2": 5_000_000}]), emergency=st.booleans())
 def test_an_untouched_plan_is_what_a_full_rerender_gives(policies, which, before, batch, limit, uploads, ratecap,
@@ -125,6 +137,33 @@ def test_an_untouched_plan_is_what_a_full_rerender_gives(policies, which, before
         else:
             _static1, plan1 = full(policy, view, static0, uploads=uploads, emergency=emergency)
             assert plan1 == plan0
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(which=st.sampled_from(["implicit-capped", "implicit-uncapped", "upload-caps-only"]), sessions=st.lists(session, max_size=10),
+       limit=st.integers(0, 14), uploads=st.booleans(), ratecap=st.sampled_from([{}, {"u2": 5_000_000}]))
+def test_the_early_class_count_refuses_exactly_what_a_full_build_refuses(policies, which, sessions, limit, uploads,
+                                                                        ratecap):
+    """qos counts the cap classes before it formats a million addresses (check_class_limit):
+    it must refuse exactly the session sets that build_static refuses, with the same message."""
+    policy = policies[which]
+    s = Sessions(policy)
+    for cid, prefixes in sessions:
+        s.start(cid, prefixes)
+    view = make_view(policy, s.table, ratecap)
+    with mock.patch.object(plan_mod, "MAX_CAP_CLASSES", limit):
+        try:
+            full(policy, view, uploads=uploads)
+            want = None
+        except TooManyClasses as exc:
+            want = str(exc)
+        try:
+            check_class_limit(policy, view, kept_live(policy, view.live_addresses()), uploads)
+            got = None
+        except TooManyClasses as exc:
+            got = str(exc)
+    event(f"refused={want is not None}")
+    assert got == want
 
 
 def test_which_changes_are_untouched(policies):

@@ -36,9 +36,17 @@ from .counters import QosCollector, Usage, read_usage
 from .emergency import EmergencyStore, Record
 from .features import Features, detect
 from .kernel import has_net_admin
-from .plan import Emergency, Plan, Static, TooManyClasses, build_plan, build_static
+from .plan import (
+    Emergency,
+    Plan,
+    Static,
+    TooManyClasses,
+    build_plan,
+    build_static,
+    check_class_limit,
+)
 from .render import diff_lines, render_nft, render_tc
-from .subjects import subjects_of
+from .subjects import kept_live, subjects_of
 from .untouched import MAX_CHANGES, OVER_LIMIT, PLANNED, plan_untouched
 
 log = logging.getLogger(__name__)
@@ -283,8 +291,12 @@ class Enforcer(Component):
         """The policy-and-subscribers part of the plan (pure; run in a thread). Class ids of the
         plan in force are kept (a session adds or removes one class, renumbers none)."""
         with gc_paused():          # a subject per live customer (a million sessions): see gcpause
-            subjects = subjects_of(policy, self._view, live) if self._view is not None else None
-            return build_static(policy, subjects, self.static, redirect=self.features.redirect)
+            view, redirect, subjects = self._view, self.features.redirect, None
+            if view is not None:
+                kept = kept_live(policy, live if live is not None else view.live_addresses())
+                check_class_limit(policy, view, kept, bool(redirect))    # over the limit: fail before the text
+                subjects = subjects_of(policy, view, kept=kept)
+            return build_static(policy, subjects, self.static, redirect=redirect)
 
     async def _rerender_loop(self) -> None:
         """Re-render on view changes, at most once per ``rerender_interval``: a burst of changes

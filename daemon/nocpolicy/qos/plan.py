@@ -196,8 +196,7 @@ def cap_classes(policy, caps_by_customer: dict, present: set,
                 seen.add((cid, cap))
                 wanted.append((cid, cap))
     if len(wanted) > MAX_CAP_CLASSES:
-        raise TooManyClasses(f"too many customer cap classes: {len(wanted)} needed, HTB allows "
-                               f"{MAX_CAP_CLASSES} (class ids 1:{FIRST_CUSTOMER_CLASS:x}..1:{MAX_MINOR - 1:x})")
+        raise _too_many(len(wanted))
     prev = previous or {}
     index = {k: prev[k] for k in wanted if k in prev}
     used = set(index.values())
@@ -206,6 +205,45 @@ def cap_classes(policy, caps_by_customer: dict, present: set,
         if k not in index:
             index[k] = next(free)
     return index, [(cid, cap, index[(cid, cap)]) for cid, cap in wanted], len(planned)
+
+
+def _too_many(n: int) -> TooManyClasses:
+    return TooManyClasses(f"too many customer cap classes: {n} needed, HTB allows "
+                          f"{MAX_CAP_CLASSES} (class ids 1:{FIRST_CUSTOMER_CLASS:x}..1:{MAX_MINOR - 1:x})")
+
+
+def check_class_limit(policy, view, kept: dict, uploads: bool) -> None:
+    """Raise what :func:`build_static` would raise past the class limit (download caps, then
+    upload caps when ``uploads``) for the subjects of ``(policy, view)`` with live addresses
+    ``kept`` (:func:`subjects.kept_live`), counted without building them: with a million
+    sessions restored, a re-render over the limit fails in a fraction of its time."""
+    top = max((i.rate for i in policy.interfaces), default=0)
+    memo: dict[tuple, tuple[int, int]] = {}
+
+    def pairs(plan_id: str | None, cid: str) -> tuple[int, int]:
+        sub = view.get(cid)
+        key = (plan_id, sub.rate_cap if sub is not None else None)
+        got = memo.get(key)
+        if got is None:
+            caps = _customer_caps(policy, (Subject("", (), plan_id, False, key[1]),))[""]
+            plan = policy.plans_by_id.get(plan_id) if plan_id else None
+            up = _lower(plan.up if plan else None, key[1])
+            got = memo[key] = (len({c for c in caps.values() if c is not None and c < top}),
+                               int(up is not None and up < top))
+        return got
+    down = up = 0
+    for c in policy.customers:
+        if c.prefixes or c.id in kept:
+            d, u = pairs(c.plan, c.id)
+            down, up = down + d, up + u
+    ids = policy.customers_by_id
+    for cid in kept:
+        if cid not in ids:
+            d, u = pairs(None, cid)
+            down, up = down + d, up + u
+    for n in (down, up) if uploads else (down,):
+        if n > MAX_CAP_CLASSES:
+            raise _too_many(n)
 
 
 def build_tree(policy, iface, order: list[tuple[str, int, int]], first: dict, shared_by: int = 0) -> InterfaceTree:
