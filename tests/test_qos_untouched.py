@@ -211,3 +211,60 @@ def test_nested_probes_each_length_in_use():
     assert t.nested(*six("2001:db8::/32"))               # 2^24 /56s: cannot tell cheaply, so "yes"
     assert t.nested(4, int(ipaddress.IPv4Address("10.1.2.3")), 32)
     assert not t.nested(4, int(ipaddress.IPv4Address("10.2.2.3")), 32)
+
+
+async def test_the_rerender_loop_skips_what_cannot_alter_the_plan(tmp_path, policies):
+    """The component end to end (plan-only, real clock): after the first re-render, an implicit
+    customer's session that reaches no class is skipped (counted as untouched, the plan stays);
+    a session of a customer with a capped plan is re-rendered into the plan."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from nocpolicy.clock import SystemClock
+    from nocpolicy.component import Context
+    from nocpolicy.events import EventBus
+    from nocpolicy.options import Options
+    from nocpolicy.qos.component import Enforcer
+    from nocpolicy.store import Store
+    from nocpolicy.subscribers.model import EVERYTHING, Change
+
+    policy = policies["implicit-uncapped"]
+    store = Store(tmp_path / "state.db")
+    ctx = Context(options=Options(policies=str(tmp_path), state_dir=str(tmp_path), enforce="off",
+                                  extra={"qos_rerender_interval": 0.05}),
+                  store=store, clock=SystemClock(), events=EventBus(), registry=CollectorRegistry(),
+                  policy=lambda: policy)
+    q = Enforcer(ctx)
+    s = Sessions(policy)
+    loop = None
+
+    async def until(what, cond, seconds=60.0):
+        deadline = asyncio.get_running_loop().time() + seconds
+        while not cond():
+            assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}: {q.rerenders}"
+            await asyncio.sleep(0.02)
+
+    def push():
+        changes, s.changes = tuple(s.changes), []
+        q._view_changed(make_view(policy, s.table, {}), Change(frozenset(c[2] for c in changes if c[2]), True,
+                                                               changes))
+    try:
+        (await q.prepare(policy, None))()
+        q._view_changed(make_view(policy, s.table, {}), EVERYTHING)
+        loop = asyncio.create_task(q._rerender_loop())
+        await until("the first re-render", lambda: q.rerenders["unchanged"] + q.rerenders["applied"] == 1)
+        first = q.plan
+        s.start("u1", ["100.64.0.1/32", "2001:db8:aa00::/56"])
+        push()
+        await until("the skip", lambda: q.rerenders["untouched"] == 1)
+        assert q.plan is first and q.rerenders["unchanged"] + q.rerenders["applied"] == 1
+        s.start("c9001", ["100.64.0.2/32"])        # plan home-100m: a cap class
+        push()
+        await until("the re-render", lambda: q.rerenders["applied"] >= 1)
+        assert "100.64.0.2" in {e.prefix for e in q.plan.caps}
+        assert q.rerenders["untouched"] == 1
+    finally:
+        if loop is not None:
+            loop.cancel()
+        store.close()

@@ -303,14 +303,16 @@ class Enforcer(Component):
         (a RADIUS storm) is one apply, the first change after a quiet spell goes out at once."""
         while True:
             await self._dirty.wait()
+            self._dirty.clear()
+            since, self._since = self._since, []
+            if self._untouched(since):     # checked at once: changes do not pile up behind the wait
+                self.rerenders["untouched"] += 1
+                continue
             wait = self._last_rerender + self.rerender_interval - self.ctx.clock.monotonic()
             if wait > 0:
                 await self.ctx.clock.sleep(wait)
-            self._dirty.clear()
-            since, self._since = self._since, []
-            if self._untouched(since):
-                self.rerenders["untouched"] += 1
-                continue
+            self._dirty.clear()              # what came meanwhile is in this re-render's snapshot
+            self._since = []
             self._last_rerender = began = self.ctx.clock.monotonic()
             outcome = await self.rerender()
             # a re-render walks every live session: with many it takes long, and back to back
