@@ -217,6 +217,8 @@ def check_class_limit(policy, view, kept: dict, uploads: bool) -> None:
     upload caps when ``uploads``) for the subjects of ``(policy, view)`` with live addresses
     ``kept`` (:func:`subjects.kept_live`), counted without building them: with a million
     sessions restored, a re-render over the limit fails in a fraction of its time."""
+    if (len(policy.customers) + len(kept)) * (1 + len(policy.profiles)) <= MAX_CAP_CLASSES:
+        return       # a customer has at most a normal and one cap per profile: cannot be over
     top = max((i.rate for i in policy.interfaces), default=0)
     memo: dict[tuple, tuple[int, int]] = {}
 
