@@ -34,6 +34,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from itertools import accumulate
@@ -134,6 +135,11 @@ def ab_nocpolicyd(work: Path, commit: str, pol: Path):
     tar = subprocess.run(["git", "archive", commit, "daemon"], cwd=Path(__file__).parent.parent,
                          capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(src)], input=tar, check=True)
+    c_loop = src / "daemon/nocpolicy/dns/_fastudp.c"
+    if c_loop.exists():          # that commit's C loop, built beside its code (not in git)
+        subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-Wno-missing-braces", f"-I{sysconfig.get_path('include')}",
+                        str(c_loop), "-o", str(c_loop.with_name("_fastudp" + sysconfig.get_config_var("EXT_SUFFIX")))],
+                       check=True)
     saved = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = str(src / "daemon")
     try:
@@ -341,32 +347,42 @@ def part_system(work: Path, a) -> None:
         procs.append(u1)
         us, port, _, _ = db.nocpolicyd(work, cache_policy(work, u1_port, db.BIG))
         procs.append(us)
-        for prt in (u2_port, port):
+        sides = [("nocpolicyd + unbound", port, (us, u1)), ("unbound + RPZ", u2_port, (u2,))]
+        if a.ab:                  # the same daemon at another commit, in front of the same unbound
+            old, old_port, _, _ = ab_nocpolicyd(work, a.ab, cache_policy(work, u1_port, db.BIG))
+            procs.append(old)
+            sides.append((f"nocpolicyd {a.ab[:7]} + unbound", old_port, (old, u1)))
+        for _, prt, _ in sides:
             warm(prt, qfile, qps=20_000)
-        res = {"nocpolicyd + unbound": [], "unbound + RPZ": []}
-        own = []                  # nocpolicyd's own share of the first
-        for r in range(a.runs):
-            order = [("nocpolicyd + unbound", port, (us, u1)), ("unbound + RPZ", u2_port, (u2,))]
-            for name, prt, ps in (order if r % 2 == 0 else order[::-1]):
-                c0 = [db.cpu_seconds(p.p.pid) for p in ps]
-                d = db.dnsperf(prt, qfile, a.seconds, a.system_qps)
-                c1 = [db.cpu_seconds(p.p.pid) for p in ps]
-                n = max(1, d["qps"] * a.seconds)
-                res[name].append((sum(c1) - sum(c0)) * 1e6 / n)
-                if len(ps) == 2:
-                    own.append((c1[0] - c0[0]) * 1e6 / n)
-        med = {k: statistics.median(v) for k, v in res.items()}
-        print(f"== whole system, Zipf + 5 % listed names at -Q {a.system_qps}, CPU us per answered query "
-              f"(all server processes), median of {a.runs}")
-        for k, v in med.items():
-            print(f"  {k:<24} {v:6.1f} us  (runs: {', '.join(f'{x:.1f}' for x in res[k])})  ratio vs "
-                  f"unbound + RPZ: {v / med['unbound + RPZ']:.2f}")
-        print(f"  of which nocpolicyd itself: {statistics.median(own):.1f} us (runs: "
-              f"{', '.join(f'{x:.1f}' for x in own)})")
+        for qps in (int(x) for x in str(a.system_qps).split(",")):
+            system_rate(sides, qfile, a, qps, us)
     finally:
         for p in procs:
             p.stop()
         auth.stop()
+
+
+def system_rate(sides, qfile: Path, a, qps: int, us) -> None:
+    """One rate of the system part: each side in turn (order alternating), CPU per answer."""
+    res = {name: [] for name, _, _ in sides}
+    own = []                  # nocpolicyd's own share of the first
+    for r in range(a.runs):
+        for name, prt, ps in (sides if r % 2 == 0 else sides[::-1]):
+            c0 = [db.cpu_seconds(p.p.pid) for p in ps]
+            d = db.dnsperf(prt, qfile, a.seconds, qps)
+            c1 = [db.cpu_seconds(p.p.pid) for p in ps]
+            n = max(1, d["qps"] * a.seconds)
+            res[name].append((sum(c1) - sum(c0)) * 1e6 / n)
+            if ps[0] is us:
+                own.append((c1[0] - c0[0]) * 1e6 / n)
+    med = {k: statistics.median(v) for k, v in res.items()}
+    print(f"== whole system, Zipf + 5 % listed names at -Q {qps}, CPU us per answered query "
+          f"(all server processes), median of {a.runs}")
+    for k, v in med.items():
+        print(f"  {k:<30} {v:6.1f} us  (runs: {', '.join(f'{x:.1f}' for x in res[k])})  ratio vs "
+              f"unbound + RPZ: {v / med['unbound + RPZ']:.2f}")
+    print(f"  of which nocpolicyd itself: {statistics.median(own):.1f} us (runs: "
+          f"{', '.join(f'{x:.1f}' for x in own)})", flush=True)
 
 
 PARTS = {"system": part_system, "zipf": part_zipf, "memory": part_memory, "outage": part_outage, "reload": part_reload}
@@ -382,8 +398,8 @@ def main() -> int:
     p.add_argument("--reload-qps", type=int, default=20_000)
     p.add_argument("--slow-log", help="reload part: append the probes over 50 ms (monotonic ms) to this file")
     p.add_argument("--entries", type=int, default=1_000_000, help="memory part: distinct names")
-    p.add_argument("--system-qps", type=int, default=15_000, help="system part: dnsperf -Q (both sides)")
-    p.add_argument("--ab", default="", help="zipf part: also run nocpolicyd at this commit (A/B)")
+    p.add_argument("--system-qps", default="15000", help="system part: dnsperf -Q (both sides); several: 15000,60000")
+    p.add_argument("--ab", default="", help="zipf and system parts: also run nocpolicyd at this commit (A/B)")
     p.add_argument("--pin", default="none", help="SERVER_CPUS:HARNESS_CPUS (see dns_bench.py)")
     a = p.parse_args()
     if a.pin != "none":

@@ -291,6 +291,9 @@ def part_ingest(args) -> None:
         tmp = Path(tmp)
         port = free_udp_tcp_port()
         pol = sessions_policy(tmp, port, secret=SECRET)
+        if args.no_customer_cap:     # implicit customers then reach no qos class: re-renders are skipped
+            em = pol / "emergency.yaml"
+            em.write_text(em.read_text().replace("    customer_cap: 10mbit\n", ""))
         d = DaemonProcess(tmp, policies=pol).start()
         peer_port = free_udp_tcp_port()
         peer = subprocess.Popen([sys.executable, "-c", PYRAD_PEER, str(peer_port), str(REPO / "daemon"), SECRET])
@@ -330,6 +333,8 @@ def part_ingest(args) -> None:
                           f"{rec[1]:,.0f} per CPU-second ({rec[3]:.0%} CPU)")
             active = d.metric("nocpolicy_sessions_active", {"source": "radius"})
             commits = d.metric("nocpolicy_sessions_commits_total", {"result": "ok"})
+            print(f"  qos re-renders during the runs: {d.ctl_json('status')['components']['qos']['rerenders']} "
+                  "(untouched: skipped, the changes could not alter the plan)")
         finally:
             peer.terminate()
             peer.wait()
@@ -584,6 +589,9 @@ def main() -> int:
     ap.add_argument("--senders", type=int, default=4, help="generator sockets")
     ap.add_argument("--pin", type=int, default=None, help="ingest: pin both servers to this CPU (taskset)")
     ap.add_argument("--profile", default=None, help="ingest: py-spy raw profile of nocpolicyd's first run")
+    ap.add_argument("--no-customer-cap", action="store_true",
+                    help="ingest: drop the example emergency profile's customer_cap (implicit customers get no "
+                         "qos class, so their sessions cannot alter the qos plan)")
     ap.add_argument("--window", type=int, default=32, help="outstanding requests per generator socket")
     ap.add_argument("--history", type=int, default=10_000_000, help="whois history rows")
     ap.add_argument("--lookups", type=int, default=2000)

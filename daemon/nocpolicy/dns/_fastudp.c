@@ -10,7 +10,7 @@
  * ``rest`` with what was worked out so far. Built optionally (setup.py); mmsg.py falls back
  * to the Python loop when it is missing (``--dns-io batched``).
  *
- * Python state is read once per batch and again after every call into Python (only Python
+ * Python state is read again when an attribute of its owners changed (current(): only Python
  * code can swap the engine's tables; the GIL is held throughout, as in the Python loop).
  */
 #define PY_SSIZE_T_CLEAN
@@ -27,6 +27,7 @@
 #define MAX_ROUNDS 8
 #define NBUCKETS 32
 #define NHOOKS 20
+#define FLUSH_EVERY 0.25     /* seconds between adds of the C counters to the Python ones */
 
 enum {
     H_ENGINE, H_RL_KEYS, H_RL_KEY, H_RL_COUNTS, H_RL_BLOCKED, H_RL_OVER, H_LIMITER, H_REST,
@@ -60,14 +61,19 @@ typedef struct {
     PyObject *hooks;
     double buckets[NBUCKETS];
     int nbuckets;
-    /* per-batch view of the engine's state; valid == 0 after any call into Python */
-    int valid;
+    /* view of the engine's state; valid == 0 after any call into Python and between batches,
+     * when it is checked against the versions of the owners' attribute dicts (see current()) */
+    int valid, loaded;
+    PyObject *e_dict, *l_dict, *a_dict;
+    unsigned long long v_e, v_l, v_a;
     int called;          /* this batch called into Python: its sendto rings may hold datagrams */
+    int marked;          /* group.scheduled set by this batch (enter_python) */
     PyObject *s_hostcache, *s_answers, *s_acache, *s_subs, *s_suspended, *s_gen, *s_dirty, *s_zones, *s_allowed, *s_probes;
     PyObject *s_hot, *s_sgen;
     double s_until;
     long long s_qps, s_blocked_qps;
-    /* counters added to the Python ones at the end of each batch */
+    /* counters added to the Python ones every FLUSH_EVERY and on flush() (engine.drain) */
+    double flushed_at;
     long long n_udp, rcodes[16], hits;
     PyObject *hits_ac;
     LocalHist h_local, h_cache;
@@ -94,7 +100,49 @@ static void drop_state(Listener *self)
     Py_CLEAR(self->s_subs); Py_CLEAR(self->s_suspended); Py_CLEAR(self->s_gen);
     Py_CLEAR(self->s_dirty); Py_CLEAR(self->s_hot); Py_CLEAR(self->s_sgen);
     Py_CLEAR(self->s_zones); Py_CLEAR(self->s_allowed); Py_CLEAR(self->s_probes);
-    self->valid = 0;
+    Py_CLEAR(self->a_dict);
+    self->valid = self->loaded = 0;
+}
+
+/* Whether the view loaded last is still the engine's: no attribute of the engine, its rate
+ * limiter or its answer cache was set since (PEP 509: a dict's version changes with every
+ * change to it; the tables' own contents are read live and need no check). Python code is
+ * the only thing that swaps a table, and it runs between batches (timers, tasks) as well as
+ * in calls from here; re-reading a dozen attributes per batch was a tenth of the loop's time
+ * at one datagram per wake-up. Without the version tag (Python 3.12 deprecates it) the view
+ * is read again each time. */
+static int current(Listener *self)
+{
+#if PY_VERSION_HEX < 0x030C0000
+    return self->loaded && self->e_dict != NULL && self->l_dict != NULL &&
+           ((PyDictObject *)self->e_dict)->ma_version_tag == self->v_e &&
+           ((PyDictObject *)self->l_dict)->ma_version_tag == self->v_l &&
+           (self->a_dict == NULL || ((PyDictObject *)self->a_dict)->ma_version_tag == self->v_a);
+#else
+    return 0;
+#endif
+}
+
+/* Note the versions of the dicts the view was read from (nothing to note without them). */
+static void note_versions(Listener *self)
+{
+#if PY_VERSION_HEX < 0x030C0000
+    PyObject *engine = PyTuple_GET_ITEM(self->hooks, H_ENGINE), *lim = PyTuple_GET_ITEM(self->hooks, H_LIMITER);
+    if (self->e_dict == NULL && !(self->e_dict = PyObject_GenericGetDict(engine, NULL)))
+        PyErr_Clear();
+    if (self->l_dict == NULL && !(self->l_dict = PyObject_GenericGetDict(lim, NULL)))
+        PyErr_Clear();
+    if (self->s_acache != Py_None && !(self->a_dict = PyObject_GenericGetDict(self->s_acache, NULL)))
+        PyErr_Clear();
+    if (self->e_dict == NULL || self->l_dict == NULL || (self->s_acache != Py_None && self->a_dict == NULL)
+        || !PyDict_Check(self->e_dict) || !PyDict_Check(self->l_dict)
+        || (self->a_dict != NULL && !PyDict_Check(self->a_dict)))
+        return;                                  /* not plain instance dicts: read each time */
+    self->v_e = ((PyDictObject *)self->e_dict)->ma_version_tag;
+    self->v_l = ((PyDictObject *)self->l_dict)->ma_version_tag;
+    self->v_a = self->a_dict ? ((PyDictObject *)self->a_dict)->ma_version_tag : 0;
+    self->loaded = 1;
+#endif
 }
 
 static int attr_ll(PyObject *o, PyObject *name, long long *out)
@@ -111,6 +159,10 @@ static int load_state(Listener *self)
 {
     PyObject *engine = PyTuple_GET_ITEM(self->hooks, H_ENGINE);
     PyObject *lim = PyTuple_GET_ITEM(self->hooks, H_LIMITER);
+    if (current(self)) {
+        self->valid = 1;
+        return 0;
+    }
     drop_state(self);
     if (!(self->s_hostcache = PyObject_GetAttr(engine, S_hostcache)) ||
         !(self->s_answers = PyObject_GetAttr(engine, S_answers)) ||
@@ -148,6 +200,7 @@ static int load_state(Listener *self)
         }
     }
     self->valid = 1;
+    note_versions(self);
     return 0;
 }
 
@@ -261,6 +314,18 @@ static int flush_counters(Listener *self)
 
 /* -- sending ------------------------------------------------------------------------------- */
 
+/* Before a call into Python that may send: what it queues on a Python sendto ring waits for
+ * this batch's group flush (one sendmmsg per socket) instead of scheduling a flush of its
+ * own. Set once per batch, and only in batches that call out (a call that sends without it
+ * is still sent, by the flush it schedules). */
+static int enter_python(Listener *self)
+{
+    if (self->marked)
+        return 0;
+    self->marked = 1;
+    return PyObject_SetAttr(self->group, S_scheduled, Py_True);
+}
+
 static void send_drops(Listener *self, long long n)
 {
     PyObject *c = PyObject_GetAttr(self->group, S_counters);
@@ -319,7 +384,7 @@ static int send_parts(Listener *self, const unsigned char **part, const Py_ssize
             flush_tx(self);
         return 0;
     }
-    addr = PyBytes_FromStringAndSize((const char *)name, self->namelen);
+    addr = enter_python(self) < 0 ? NULL : PyBytes_FromStringAndSize((const char *)name, self->namelen);
     r = addr ? PyObject_CallFunctionObjArgs(PyTuple_GET_ITEM(self->hooks, H_SENDTO), big, addr, NULL) : NULL;
     Py_DECREF(big);
     Py_XDECREF(addr);
@@ -398,7 +463,7 @@ static int over(Listener *self, Dgram *g, long long n, long long limit, PyObject
     if (!dg_data(g) || !dg_addr(self, g))
         return -1;
     pn = PyLong_FromLongLong(n);
-    pl = PyLong_FromLongLong(limit);
+    pl = enter_python(self) < 0 ? NULL : PyLong_FromLongLong(limit);
     r = (pn && pl) ? PyObject_CallFunctionObjArgs(PyTuple_GET_ITEM(h, H_RL_OVER), g->host, pn, pl, kind, g->data,
                                                    g->addr, PyTuple_GET_ITEM(h, H_SENDTO), NULL) : NULL;
     Py_XDECREF(pn);
@@ -836,7 +901,7 @@ static int fast(Listener *self, Dgram *g)
         Py_INCREF(cid);
         g->cid = cid;
     }
-    if (!dg_data(g) || !dg_addr(self, g))
+    if (!dg_data(g) || !dg_addr(self, g) || enter_python(self) < 0)
         return -1;
     r = PyObject_CallFunctionObjArgs(PyTuple_GET_ITEM(h, H_REST), g->data, g->host, g->addr, g->t0obj, g->k,
                                      g->cid ? g->cid : PyTuple_GET_ITEM(h, H_MISS),
@@ -853,7 +918,7 @@ static int fast(Listener *self, Dgram *g)
 static int plain(Listener *self, Dgram *g)
 {
     PyObject *r;
-    if (!dg_data(g) || !dg_addr(self, g))
+    if (!dg_data(g) || !dg_addr(self, g) || enter_python(self) < 0)
         return -1;
     r = PyObject_CallFunctionObjArgs(self->on_datagram, g->data, g->host, g->addr, g->t0obj, NULL);
     self->called = 1;
@@ -913,7 +978,7 @@ static void one(Listener *self, int i, double t0, PyObject *t0obj)
     Py_DECREF(ip);
     if (g.host == NULL)
         goto error;
-    m = PyDict_GetItemWithError(self->muted, g.host);
+    m = PyDict_GET_SIZE(self->muted) ? PyDict_GetItemWithError(self->muted, g.host) : NULL;
     if (m != NULL) {                          /* over its limit this second: dropped unread */
         PyObject *one_ = PyLong_FromLong(1), *nv = one_ ? PyNumber_Add(m, one_) : NULL;
         Py_XDECREF(one_);
@@ -954,7 +1019,7 @@ static PyObject *Listener_readable(Listener *self, PyObject *Py_UNUSED(ignored))
     int round, i, n;
     for (round = 0; round < MAX_ROUNDS && !self->closed; round++) {
         double t0;
-        PyObject *t0obj, *r, *was;
+        PyObject *t0obj, *r;
         for (i = 0; i < self->batch; i++) {
             self->rx[i].msg_hdr.msg_namelen = self->namelen;
             self->rx[i].msg_hdr.msg_flags = 0;
@@ -968,36 +1033,38 @@ static PyObject *Listener_readable(Listener *self, PyObject *Py_UNUSED(ignored))
         t0 = now();
         if (!(t0obj = PyFloat_FromDouble(t0)))
             return NULL;
-        /* sends queued from Python during the batch wait for the group's flush below */
-        if (!(was = PyObject_GetAttr(self->group, S_scheduled)) ||
-            PyObject_SetAttr(self->group, S_scheduled, Py_True) < 0) {
-            Py_XDECREF(was);
-            Py_DECREF(t0obj);
-            return NULL;
-        }
         self->valid = 0;
-        self->called = 0;
+        self->called = self->marked = 0;
         for (i = 0; i < n; i++)
             one(self, i, t0, t0obj);
         Py_DECREF(t0obj);
         if (self->ntx)
             flush_tx(self);
-        if (flush_counters(self) < 0)
-            PyErr_WriteUnraisable((PyObject *)self);
-        drop_state(self);
-        if (self->called) {               /* Python may have queued datagrams: flush every socket */
-            Py_DECREF(was);
-            r = PyObject_CallNoArgs(self->group_flush);
-        } else {                          /* nothing queued: as it was (a pending flush still runs) */
-            r = PyObject_SetAttr(self->group, S_scheduled, was) < 0 ? NULL : Py_NewRef(Py_None);
-            Py_DECREF(was);
+        if (t0 - self->flushed_at >= FLUSH_EVERY) {
+            self->flushed_at = t0;
+            if (flush_counters(self) < 0)
+                PyErr_WriteUnraisable((PyObject *)self);
         }
-        if (r == NULL)
-            return NULL;
-        Py_DECREF(r);
+        self->valid = 0;                  /* kept, and checked by the next load_state */
+        if (self->called) {               /* Python may have queued datagrams: flush every socket */
+            self->marked = 0;
+            if (!(r = PyObject_CallNoArgs(self->group_flush)))
+                return NULL;
+            Py_DECREF(r);
+        }
         if (n < self->batch)
             break;
     }
+    Py_RETURN_NONE;
+}
+
+/* The counts kept since the last add, added now: the engine's drain() calls this before
+ * anything reads the counters (metrics, status, a worker's report). */
+static PyObject *Listener_flush(Listener *self, PyObject *Py_UNUSED(ignored))
+{
+    self->flushed_at = now();
+    if (flush_counters(self) < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -1005,6 +1072,9 @@ static PyObject *Listener_close(Listener *self, PyObject *Py_UNUSED(ignored))
 {
     self->closed = 1;
     self->ntx = 0;
+    drop_state(self);
+    if (flush_counters(self) < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -1084,12 +1154,17 @@ static int Listener_traverse(Listener *self, visitproc visit, void *arg)
     Py_VISIT(self->on_datagram); Py_VISIT(self->hosts); Py_VISIT(self->muted); Py_VISIT(self->host_of);
     Py_VISIT(self->on_error); Py_VISIT(self->group); Py_VISIT(self->group_flush); Py_VISIT(self->hooks);
     Py_VISIT(self->hits_ac);
+    Py_VISIT(self->e_dict); Py_VISIT(self->l_dict); Py_VISIT(self->a_dict);
+    Py_VISIT(self->s_hostcache); Py_VISIT(self->s_answers); Py_VISIT(self->s_acache); Py_VISIT(self->s_subs);
+    Py_VISIT(self->s_suspended); Py_VISIT(self->s_gen); Py_VISIT(self->s_dirty); Py_VISIT(self->s_hot);
+    Py_VISIT(self->s_sgen); Py_VISIT(self->s_zones); Py_VISIT(self->s_allowed); Py_VISIT(self->s_probes);
     return 0;
 }
 
 static int Listener_clear(Listener *self)
 {
     drop_state(self);
+    Py_CLEAR(self->e_dict); Py_CLEAR(self->l_dict);
     Py_CLEAR(self->on_datagram); Py_CLEAR(self->hosts); Py_CLEAR(self->muted); Py_CLEAR(self->host_of);
     Py_CLEAR(self->on_error); Py_CLEAR(self->group); Py_CLEAR(self->group_flush); Py_CLEAR(self->hooks);
     Py_CLEAR(self->hits_ac);
@@ -1107,7 +1182,8 @@ static void Listener_dealloc(Listener *self)
 
 static PyMethodDef Listener_methods[] = {
     {"readable", (PyCFunction)Listener_readable, METH_NOARGS, "Read and answer what the socket holds."},
-    {"close", (PyCFunction)Listener_close, METH_NOARGS, "Stop: nothing more is read or sent."},
+    {"flush", (PyCFunction)Listener_flush, METH_NOARGS, "Add the counts kept in C to the engine's counters."},
+    {"close", (PyCFunction)Listener_close, METH_NOARGS, "Stop: nothing more is read or sent (the counts are added)."},
     {NULL}
 };
 

@@ -399,6 +399,7 @@ class DnsGuard(Component):
         out = super().status()
         out["lists"] = {s.id: s.entries for s in self.list_states()}
         out["upstreams"] = self.pool.status() if self.pool else []
+        self.engine.collect_native()
         out["queries"] = self.stats.snapshot()
         if self.engine.acache is not None:
             out["cache"] = self.engine.acache.counters()

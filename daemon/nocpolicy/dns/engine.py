@@ -118,6 +118,9 @@ class Engine(CachePath):
     def __init__(self, stats, detections, pool=None):
         self.stats = stats
         self._rcodes, self._forwarded = stats.rcodes, stats.duration["forwarded"]
+        # the C listeners' ``flush``: they add their counts to ``stats`` every quarter second
+        # and when these are called (before anything reads the counters)
+        self.native_counts: list = []
         self.detections = detections
         self.pool = pool
         self.lists = ListSet()
@@ -211,8 +214,14 @@ class Engine(CachePath):
         self._probes = probes(self.lists)
         self.gen += 1
 
+    def collect_native(self) -> None:
+        """The counts the C listeners keep between adds, added to ``stats`` now."""
+        for flush in self.native_counts:
+            flush()
+
     def drain(self) -> None:
         """Move the counts of cached answers into the stats and the detection log."""
+        self.collect_native()
         if self.pool is not None:
             self.pool.drain()
         if self.acache is not None:

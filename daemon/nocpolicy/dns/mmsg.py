@@ -236,6 +236,11 @@ class BatchedUdp:
         self.loop.add_reader(self.fd, self._native.readable)
         return True
 
+    def native_flush(self) -> None:
+        """Add the counts the C loop keeps between adds to the engine's counters."""
+        if self._native is not None:
+            self._native.flush()
+
     def _host_of(self, ip: bytes) -> str:
         """The text of a source address not seen before (kept, at most HOSTS_MAX)."""
         hosts = self.hosts

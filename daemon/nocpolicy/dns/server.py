@@ -77,8 +77,8 @@ class Listeners:
                     transport = BatchedUdp(loop, sock, None, group=self.batched)
                     transport.on_datagram = self.engine.udp_handler(transport.sendto)
                     transport.muted = self.engine.limiter.muted    # sources dropped unread
-                    if self.native:
-                        transport.accelerate(transport.on_datagram.fast)
+                    if self.native and transport.accelerate(transport.on_datagram.fast):
+                        self.engine.native_counts.append(transport.native_flush)
                 else:
                     transport, _ = await loop.create_datagram_endpoint(lambda: UdpListener(self.engine),
                                                                        sock=sock)
@@ -98,6 +98,8 @@ class Listeners:
     async def stop(self) -> None:
         self.engine.limiter.mute_filter.remove_all()
         for t in self.udp:
+            if getattr(t, "native_flush", None) in self.engine.native_counts:
+                self.engine.native_counts.remove(t.native_flush)
             t.close()
         for s in self.tcp:
             s.close()

@@ -4,7 +4,8 @@ One connected UDP socket per upstream. Each forwarded query gets a fresh random
 ID unique among that upstream's pending queries; the answer is matched by ID
 *and* question bytes, so a stray or spoofed datagram is ignored. Pending
 queries live in insertion-ordered dicts: a sweeper every 50 ms expires the
-oldest ones (no timer per query). A query that times out, or whose upstream
+oldest ones (no timer per query); it sleeps while nothing is pending (an idle daemon
+does not wake 20 times a second for it). A query that times out, or whose upstream
 reports an error (ICMP port unreachable), is retried on the next upstream in
 policy order; when every upstream has failed the caller gets ``None`` and an
 EDE code (22 No Reachable Authority after timeouts, 23 Network Error after
@@ -137,6 +138,8 @@ class Upstream(asyncio.DatagramProtocol):
         pend = self.pending
         if len(pend) >= MAX_PENDING or self.transport is None:
             return False
+        if not pend:
+            self.pool.sweep_needed.set()
         qid = _rand16(16)
         while qid in pend:
             qid = _rand16(16)
@@ -158,6 +161,7 @@ class UpstreamPool:
         self.on_reply = on_reply
         self.any_down = False
         self.primary: Upstream | None = None     # the first upstream while none is down
+        self.sweep_needed = asyncio.Event()      # a query is pending: the sweeper runs
         self.upstreams: list[Upstream] = []
         self._tasks: set[asyncio.Task] = set()
         self._sweeper: asyncio.Task | None = None
@@ -242,6 +246,9 @@ class UpstreamPool:
 
     async def _sweep(self) -> None:
         while True:
+            if not any(u.pending for u in self.upstreams):
+                self.sweep_needed.clear()
+                await self.sweep_needed.wait()       # set by the next send to an empty table
             await asyncio.sleep(SWEEP)
             now = asyncio.get_running_loop().time()
             for u in self.upstreams:

@@ -36,9 +36,18 @@ from .counters import QosCollector, Usage, read_usage
 from .emergency import EmergencyStore, Record
 from .features import Features, detect
 from .kernel import has_net_admin
-from .plan import Emergency, Plan, Static, build_plan, build_static
+from .plan import (
+    Emergency,
+    Plan,
+    Static,
+    TooManyClasses,
+    build_plan,
+    build_static,
+    check_class_limit,
+)
 from .render import diff_lines, render_nft, render_tc
-from .subjects import subjects_of
+from .subjects import kept_live, subjects_of
+from .untouched import MAX_CHANGES, OVER_LIMIT, PLANNED, plan_untouched
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +87,11 @@ class Enforcer(Component):
         self._plan_listeners: list = []        # called when a re-render changed the plan (fleet controller)
         self._last_rerender = float("-inf")
         self._adopted = False                  # a fleet agent holds a plan decided by its controller
-        self.rerenders = {"applied": 0, "unchanged": 0, "refused": 0, "failed": 0}
+        self.rerenders = {"applied": 0, "unchanged": 0, "refused": 0, "failed": 0, "untouched": 0}
+        # what the last re-render planned from (untouched.py): PLANNED, OVER_LIMIT or None, for
+        # which policy; and the session changes since (None: something else changed too)
+        self._basis: tuple[str, object] | None = None
+        self._since: list | None = []
         self._usage = Usage()
         self._class_acc: dict = {}
         self._cust_acc: dict = {}
@@ -118,6 +131,7 @@ class Enforcer(Component):
         def commit():
             self.policy, self.plan, self.static = policy, plan, static
             self._adopted = False
+            self._basis = None
             if self.state in ("running", "disabled", "failed") and self.backend is not None:
                 self.tasks.spawn("apply", self._apply_logged(plan, "reload"))
                 self.tasks.spawn("walled", self.enforce_suspensions())    # suspension.* may have changed
@@ -253,24 +267,52 @@ class Enforcer(Component):
 
     def _view_changed(self, view, change) -> None:
         self._view = view            # a watcher only swaps references: the loop below does the work
+        since = self._since
+        if since is not None:
+            if change.sessions and len(since) + len(change.sessions) <= MAX_CHANGES:
+                since.extend(change.sessions)
+            else:
+                self._since = None   # a decision, a policy, or too many: re-render in full
         self._dirty.set()
+
+    def _untouched(self, since: list | None) -> bool:
+        """Can none of the session changes ``since`` the last re-render alter its outcome
+        (untouched.py)? Then the re-render is skipped."""
+        view, basis = self._view, self._basis
+        if since is None or basis is None or basis[1] is not self.policy or self._adopted or view is None:
+            return False
+        suspended = view.suspended
+        if suspended and any(c[2] in suspended for c in since):
+            return False             # the walled-garden table follows a suspended customer's sessions
+        return plan_untouched(basis[0], self.policy, view, since, getattr(view.prefixes, "live", None),
+                              bool(self.features.redirect))
 
     def _static_for(self, policy, live) -> Static:
         """The policy-and-subscribers part of the plan (pure; run in a thread). Class ids of the
         plan in force are kept (a session adds or removes one class, renumbers none)."""
         with gc_paused():          # a subject per live customer (a million sessions): see gcpause
-            subjects = subjects_of(policy, self._view, live) if self._view is not None else None
-            return build_static(policy, subjects, self.static, redirect=self.features.redirect)
+            view, redirect, subjects = self._view, self.features.redirect, None
+            if view is not None:
+                kept = kept_live(policy, live if live is not None else view.live_addresses())
+                check_class_limit(policy, view, kept, bool(redirect))    # over the limit: fail before the text
+                subjects = subjects_of(policy, view, kept=kept)
+            return build_static(policy, subjects, self.static, redirect=redirect)
 
     async def _rerender_loop(self) -> None:
         """Re-render on view changes, at most once per ``rerender_interval``: a burst of changes
         (a RADIUS storm) is one apply, the first change after a quiet spell goes out at once."""
         while True:
             await self._dirty.wait()
+            self._dirty.clear()
+            since, self._since = self._since, []
+            if self._untouched(since):     # checked at once: changes do not pile up behind the wait
+                self.rerenders["untouched"] += 1
+                continue
             wait = self._last_rerender + self.rerender_interval - self.ctx.clock.monotonic()
             if wait > 0:
                 await self.ctx.clock.sleep(wait)
-            self._dirty.clear()
+            self._dirty.clear()              # what came meanwhile is in this re-render's snapshot
+            self._since = []
             self._last_rerender = began = self.ctx.clock.monotonic()
             outcome = await self.rerender()
             # a re-render walks every live session: with many it takes long, and back to back
@@ -287,7 +329,7 @@ class Enforcer(Component):
         read back, rolled back on failure). A refused plan (the class limit) or a failed apply
         keeps the rules in force. Returns what happened."""
         async with self._lock:
-            policy = self.policy
+            policy, self._basis = self.policy, None
             if policy is None or self._view is None or self._adopted:
                 return "skipped"
             active = self.emergencies.active()
@@ -297,17 +339,19 @@ class Enforcer(Component):
                 plan = build_plan(policy, self._as_emergency(active) if active else None,
                                   leaf=self.features.leaf, static=static)
             except (ValueError, EnforcementError) as exc:
+                if isinstance(exc, TooManyClasses):
+                    self._basis = (OVER_LIMIT, policy)
                 return self._rerender_done("refused", f"plan refused, the rules in force stay: {exc}")
             if plan == self.plan:
                 if self.policy is policy:
-                    self.static = static
+                    self.static, self._basis = static, (PLANNED, policy)
                 return self._rerender_done("unchanged")
             try:
                 await self._apply(plan)
             except EnforcementError:
                 return self._rerender_done("failed")     # rolled back; counted, last_error says why
             if self.policy is policy:    # else a reload committed meanwhile; its own apply follows
-                self.plan, self.static = plan, static
+                self.plan, self.static, self._basis = plan, static, (PLANNED, policy)
                 for fn in self._plan_listeners:
                     fn()
             return self._rerender_done("applied")

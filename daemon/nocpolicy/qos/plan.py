@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from ..errors import EnforcementError
 from .subjects import Subject, subjects_of
 from .upload import MAX_UP_PREFIXES, Upload, ifb_name
 
@@ -167,6 +168,11 @@ def _shares(policy, link: int) -> tuple[int, int, int]:
 MAX_CAP_CLASSES = MAX_MINOR - FIRST_CUSTOMER_CLASS      # 65279: class ids 1:100..1:fffe
 
 
+class TooManyClasses(EnforcementError):
+    """More customer cap classes than HTB has ids for: more present customers keep it so
+    (qos/untouched.py skips re-renders that can only add some)."""
+
+
 def cap_classes(policy, caps_by_customer: dict, present: set,
                 previous: dict | None = None) -> tuple[dict[tuple[str, int], int], list[tuple[str, int, int]], int]:
     """A class minor for every distinct (customer, cap) of the customers ``present`` (holding an
@@ -190,9 +196,7 @@ def cap_classes(policy, caps_by_customer: dict, present: set,
                 seen.add((cid, cap))
                 wanted.append((cid, cap))
     if len(wanted) > MAX_CAP_CLASSES:
-        from ..errors import EnforcementError
-        raise EnforcementError(f"too many customer cap classes: {len(wanted)} needed, HTB allows "
-                               f"{MAX_CAP_CLASSES} (class ids 1:{FIRST_CUSTOMER_CLASS:x}..1:{MAX_MINOR - 1:x})")
+        raise _too_many(len(wanted))
     prev = previous or {}
     index = {k: prev[k] for k in wanted if k in prev}
     used = set(index.values())
@@ -201,6 +205,47 @@ def cap_classes(policy, caps_by_customer: dict, present: set,
         if k not in index:
             index[k] = next(free)
     return index, [(cid, cap, index[(cid, cap)]) for cid, cap in wanted], len(planned)
+
+
+def _too_many(n: int) -> TooManyClasses:
+    return TooManyClasses(f"too many customer cap classes: {n} needed, HTB allows "
+                          f"{MAX_CAP_CLASSES} (class ids 1:{FIRST_CUSTOMER_CLASS:x}..1:{MAX_MINOR - 1:x})")
+
+
+def check_class_limit(policy, view, kept: dict, uploads: bool) -> None:
+    """Raise what :func:`build_static` would raise past the class limit (download caps, then
+    upload caps when ``uploads``) for the subjects of ``(policy, view)`` with live addresses
+    ``kept`` (:func:`subjects.kept_live`), counted without building them: with a million
+    sessions restored, a re-render over the limit fails in a fraction of its time."""
+    if (len(policy.customers) + len(kept)) * (1 + len(policy.profiles)) <= MAX_CAP_CLASSES:
+        return       # a customer has at most a normal and one cap per profile: cannot be over
+    top = max((i.rate for i in policy.interfaces), default=0)
+    memo: dict[tuple, tuple[int, int]] = {}
+
+    def pairs(plan_id: str | None, cid: str) -> tuple[int, int]:
+        sub = view.get(cid)
+        key = (plan_id, sub.rate_cap if sub is not None else None)
+        got = memo.get(key)
+        if got is None:
+            caps = _customer_caps(policy, (Subject("", (), plan_id, False, key[1]),))[""]
+            plan = policy.plans_by_id.get(plan_id) if plan_id else None
+            up = _lower(plan.up if plan else None, key[1])
+            got = memo[key] = (len({c for c in caps.values() if c is not None and c < top}),
+                               int(up is not None and up < top))
+        return got
+    down = up = 0
+    for c in policy.customers:
+        if c.prefixes or c.id in kept:
+            d, u = pairs(c.plan, c.id)
+            down, up = down + d, up + u
+    ids = policy.customers_by_id
+    for cid in kept:
+        if cid not in ids:
+            d, u = pairs(None, cid)
+            down, up = down + d, up + u
+    for n in (down, up) if uploads else (down,):
+        if n > MAX_CAP_CLASSES:
+            raise _too_many(n)
 
 
 def build_tree(policy, iface, order: list[tuple[str, int, int]], first: dict, shared_by: int = 0) -> InterfaceTree:

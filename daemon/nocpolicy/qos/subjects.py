@@ -81,29 +81,38 @@ def _overlaps(index: tuple[list[int], list[int]], lo: int, hi: int) -> bool:
     return i >= 0 and ends[i] >= lo
 
 
-def live_by_customer(policy, live: Iterable[tuple[Net, str]]) -> dict[str, tuple[str, ...]]:
-    """customer -> its live addresses as text, without any that overlap a static prefix or a
-    wider (or equal, earlier) live one. Deterministic whatever the order of ``live``."""
+def kept_live(policy, live: Iterable[tuple[Net, str]]) -> dict[str, list[Net]]:
+    """customer -> its live addresses, without any that overlap a static prefix or a wider
+    (or equal, earlier) live one. Deterministic whatever the order of ``live``."""
     statics = _static_intervals(policy)
     items = sorted(((_interval(n), n, cid) for n, cid in live), key=lambda x: (x[0][0], x[0][1], -x[0][2], x[2]))
-    kept: dict[str, list[str]] = {}
+    kept: dict[str, list[Net]] = {}
     reach = {4: -1, 6: -1}
     for (fam, lo, hi), n, cid in items:
         if lo <= reach[fam] or _overlaps(statics[fam], lo, hi):
             continue
         reach[fam] = hi
-        kept.setdefault(cid, []).append(net_text(n))
-    return {cid: tuple(v) for cid, v in kept.items()}
+        kept.setdefault(cid, []).append(n)
+    return kept
 
 
-def subjects_of(policy, view=None, live: list | None = None) -> tuple[Subject, ...]:
+def live_by_customer(policy, live: Iterable[tuple[Net, str]]) -> dict[str, tuple[str, ...]]:
+    """:func:`kept_live` with the addresses as text."""
+    return {cid: tuple(net_text(n) for n in nets) for cid, nets in kept_live(policy, live).items()}
+
+
+def subjects_of(policy, view=None, live: list | None = None, kept: dict | None = None) -> tuple[Subject, ...]:
     """Every policy customer (with or without addresses now), then every customer known only
     from live sessions; sorted by id within each group. Without ``view``: static prefixes only.
     ``live`` is ``view.live_addresses()`` taken earlier (on the event loop, where sessions
-    change), so the rest can run in a thread."""
-    if view is not None and live is None:
+    change), so the rest can run in a thread; ``kept``: :func:`kept_live` of it, if known."""
+    if view is not None and live is None and kept is None:
         live = view.live_addresses()
-    live = live_by_customer(policy, live) if view is not None else {}
+    if view is None:
+        live = {}
+    else:
+        kept = kept_live(policy, live) if kept is None else kept
+        live = {cid: tuple(net_text(n) for n in nets) for cid, nets in kept.items()}
     out = []
     for c in sorted(policy.customers, key=lambda c: c.id):
         sub = view.get(c.id) if view is not None else None

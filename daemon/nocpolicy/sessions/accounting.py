@@ -90,7 +90,7 @@ class AccountingProtocol(asyncio.DatagramProtocol):
         s = self.settings()
         try:
             pkt = self.decoder.decode(data, client.secret)
-            attrs = radius.attributes(pkt)
+            attrs = radius.attributes(pkt, framed_int=True)
             req = radius.interpret(pkt, attrs, radius.nas_name(attrs, client.id, host), self.clock(),
                                    s.interim_interval, s.customer_from)
         except radius.Rejected as exc:

@@ -28,6 +28,14 @@ def _known_ids(extracted: str | None) -> tuple[str | None, bool]:
     return extracted, extracted is not None
 
 
+def _addrs_text(addrs) -> str:
+    """The ``addrs`` column: ``family:network:length`` each (one IPv4 address: the usual case)."""
+    if len(addrs) == 1:
+        fam, v, p = addrs[0]
+        return f"{fam}:{v}:{p}"
+    return " ".join([f"{fam}:{v}:{p}" for fam, v, p in addrs])
+
+
 class Book:
     def __init__(self, table: LiveTable, *, next_id: int = 1, max_active: int = 2_000_000):
         self.table = table
@@ -100,8 +108,7 @@ class Book:
                 self._record_close(old, ev.ts, "displaced", ops)
                 self.on_change(old, None)
         ops.inserts.append((s.id, s.source, s.nas, s.sid, customer, int(implicit), i.login, i.calling,
-                            i.klass, start, None, s.last, s.interval, None,
-                            " ".join([f"{fam}:{v}:{p}" for fam, v, p in s.addrs])))
+                            i.klass, start, None, s.last, s.interval, None, _addrs_text(s.addrs)))
         ops.addrs += [(s.id, net_key(n), n[2], start) for n in s.addrs]
         self.on_change(None, s)
         return s

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+from ..clock import SystemClock, wall  # the listener's clock: time.time(), no datetime a request
 from ..component import Component
 from ..control.commands import Command
 from ..errors import Invalid, NocpolicyError, StoreError
@@ -119,7 +120,7 @@ class Sessions(Component):
         self._unreplicated: list[Change] = []
         self._unpublished: list[Change] = []      # this process's watchers: told once per commit
         self.protocol = AccountingProtocol(lambda: self.settings.radius, self.book, self.commit,
-                                           clock=self._now)
+                                           clock=wall if type(ctx.clock) is SystemClock else self._now)
         self.transport = None
         self.listen: tuple[str, int] | None = None
         self.followers: dict[str, LeaseFollower] = {}

@@ -119,11 +119,21 @@ class IntMap:
         self._rehash(self._bits + 1)
 
     def _rehash(self, bits: int) -> None:
+        """Into arrays of ``2**bits`` slots. The probe is inlined (keys are distinct and the new
+        arrays have room): ``self[k] = v`` per entry, with its load check and key compare, was
+        2.5 % of the accounting listener's time as the table doubled during ingest."""
         keys, vals = self._keys, self._vals
         self._alloc(bits)
+        nk, nv, mask, shift = self._keys, self._vals, self._mask, 64 - self._bits
+        n = 0
         for k, v in zip(keys, vals, strict=True):
             if v != _EMPTY:
-                self[k] = v
+                i = ((k * _GOLDEN) & _M64) >> shift
+                while nv[i] != _EMPTY:
+                    i = (i + 1) & mask
+                nk[i], nv[i] = k, v
+                n += 1
+        self._n = n
 
     def items(self):
         return [(k, v) for k, v in zip(self._keys, self._vals, strict=True) if v != _EMPTY]

@@ -85,13 +85,19 @@ _DECODERS = {"string": tools.DecodeString, "octets": tools.DecodeOctets, "intege
              "ipv6prefix": tools.DecodeIPv6Prefix}
 # attribute code -> (name, type, fixed length or None, pyrad's decoder)
 _READ = {code: (name, kind, _FIXED.get(kind), _DECODERS[kind]) for code, (name, kind) in TYPES.items()}
+# the same, but Framed-IP-Address as an int: RFC 2865 section 5 codes an address and an integer
+# alike (32 bits, most significant octet first), so pyrad's DecodeInteger reads it; DecodeAddress
+# builds an ipaddress object and its text, which the listener turned back into an int
+FRAMED_IP = 8
+_READ_INT = {**_READ, FRAMED_IP: (*_READ[FRAMED_IP][:3], tools.DecodeInteger)}
 
 
-def attributes(pkt: rp.AcctPacket) -> dict:
+def attributes(pkt: rp.AcctPacket, *, framed_int: bool = False) -> dict:
     """The first value of each attribute nocpolicy reads, decoded by pyrad's type decoders
-    (one pass over the raw attributes), after checking RFC 2865 section 5 lengths."""
+    (one pass over the raw attributes), after checking RFC 2865 section 5 lengths.
+    ``framed_int``: Framed-IP-Address as an int (the listener's form), else as text."""
     out = {}
-    read = _READ
+    read = _READ_INT if framed_int else _READ
     for key, values in OrderedDict.items(pkt):
         known = read.get(key) if type(key) is int else None
         if known is None:
@@ -194,8 +200,9 @@ def interpret(pkt: rp.AcctPacket, attrs: dict, nas: str, now: float, default_int
     ts, elapsed = a.get("Event-Timestamp"), a.get("Acct-Session-Time")
     when = float(ts) if ts is not None else now - a.get("Acct-Delay-Time", 0)
     addrs = []
-    if "Framed-IP-Address" in a:
-        addrs.append((4, int.from_bytes(socket.inet_aton(a["Framed-IP-Address"]), "big"), 32))
+    framed = a.get("Framed-IP-Address")
+    if framed is not None:
+        addrs.append((4, framed if type(framed) is int else int.from_bytes(socket.inet_aton(framed), "big"), 32))
     for name in ("Framed-IPv6-Prefix", "Delegated-IPv6-Prefix"):
         if name in a:
             addrs.append(net_of(ipaddress.ip_network(a[name], strict=False)))

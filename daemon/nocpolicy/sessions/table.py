@@ -34,6 +34,7 @@ _M64 = (1 << 64) - 1
 _IMPLICIT = 0x80               # flag bit; the low 7 bits are the source's code
 _NONE = 0xFF                   # prefix length of an absent address column
 _LOW64 = (1 << 64) - 1
+NESTED_PROBES = 4096           # nested(): most narrower networks probed one by one
 
 
 class LiveTable:
@@ -338,6 +339,28 @@ class LiveTable:
         """Is ``host`` inside a live session's address or prefix? (cheap; for ACLs)"""
         p = parse_host(host)
         return p is not None and self._find_slot(*p) is not None
+
+    def nested(self, fam: int, value: int, plen: int, probes: int = NESTED_PROBES) -> bool:
+        """Does a live address of another length hold ``value/plen`` or lie inside it? (qos:
+        such a change can shadow another session's address). One probe per wider length in use;
+        a narrower length is probed address by address when it has at most ``probes`` in
+        the prefix, else the answer is True (cannot tell cheaply: the caller must assume so).
+        The same network at the same length is one session's (the table displaces the other)."""
+        own = (32 if fam == 4 else 128) - plen
+        budget = probes
+        for shift, d in self._tables[fam]:
+            if shift > own:
+                if d.get(value >> shift) is not None:
+                    return True
+            elif shift < own and len(d):
+                n = 1 << (own - shift)
+                budget -= n
+                if budget < 0:
+                    return True
+                first = value >> shift
+                if any(d.get(k) is not None for k in range(first, first + n)):
+                    return True
+        return False
 
     def addresses(self) -> list[tuple[Net, str]]:
         """Every live address with its customer (attributed sessions only; subscribers.live.LiveAddresses)."""

@@ -142,8 +142,9 @@ class Subscribers(Component):
     def sessions_changed(self, changes) -> None:
         """Sessions started or ended (already in the live lookup): every watcher is told, so
         the next query anywhere in this process sees it."""
+        changes = tuple(changes)
         touched = frozenset(cid for _op, _addrs, cid, _implicit in changes if cid is not None)
-        self._publish(self.view, Change(touched, True))
+        self._publish(self.view, Change(touched, True, changes))
 
     async def replicate_sessions(self, changes) -> bool:
         if not self._replicas:        # no DNS worker processes: nothing to encode (was ~5% of ingest)

@@ -193,10 +193,13 @@ class Decisions:
 @dataclass(frozen=True, slots=True)
 class Change:
     """What a pushed view changed: ``customers`` None = any customer (a policy change);
-    ``addresses`` = the address -> customer map changed (drop address caches)."""
+    ``addresses`` = the address -> customer map changed (drop address caches); ``sessions``
+    = the session changes behind it, ``(op, addrs, customer, implicit)`` each (empty: not
+    only sessions changed), for readers that update incrementally (qos)."""
 
     customers: frozenset[str] | None = None
     addresses: bool = True
+    sessions: tuple = ()
 
     @classmethod
     def of(cls, *customers: str) -> Change:
