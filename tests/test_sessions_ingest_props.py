@@ -98,6 +98,8 @@ def test_book_and_table_match_a_model_while_the_columns_grow(steps, grow):
             info = SessionInfo("radius", key[0], key[1], f"i{c}" if c % 2 else (f"c{c}" if c else None),
                                addrs=addrs, interval=float(c))
             ts = 1000.0 + n
+            if n == 7:
+                t.reserve(len(t) + 3 * grow)          # a restore's exact sizing, amid the steps
             book.apply(Event(kind, info, ts))
             if kind == "stop":
                 if key not in model and key not in closed:      # opened, then closed at once

@@ -71,6 +71,8 @@ class LiveTable:
     def reserve(self, n: int) -> None:
         """About ``n`` sessions are coming (a restore): size the indexes once."""
         self._expect = max(self._expect, n)
+        if n > len(self._ids):
+            self._grow_columns(n - len(self._ids))      # exactly: no spare eighth after a restore
         self._keys.reserve(n)
         for tables in self._tables.values():
             for _, d in tables:
@@ -224,12 +226,12 @@ class LiveTable:
         self._n += 1
         return slot
 
-    def _grow_columns(self) -> None:
-        """A block of free slots at the end of every column (an eighth more, at least
-        ``GROW_MIN``): a new session then fills its slot by index, as a reused one does, where
-        appending to 15 columns one by one was a fifth of an insert."""
+    def _grow_columns(self, k: int = 0) -> None:
+        """A block of ``k`` free slots at the end of every column (default: an eighth more, at
+        least ``GROW_MIN``): a new session then fills its slot by index, as a reused one does,
+        where appending to 15 columns one by one was a fifth of an insert."""
         n = len(self._ids)
-        k = max(GROW_MIN, n >> 3)
+        k = k or max(GROW_MIN, n >> 3)
         for col in (self._ids, self._nas, self._start, self._last, self._interval, self._flags,
                     self._a4, self._a6, self._b6):
             col.frombytes(bytes(k * col.itemsize))
