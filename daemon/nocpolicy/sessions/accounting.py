@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 REPLY_CACHE = 65_536          # answered requests remembered for duplicates
 LOG_EVERY = 10.0              # at most one log line per reason per 10 s
 _PENDING = b""
+_UNSEEN = object()
 
 
 class AccountingProtocol(asyncio.DatagramProtocol):
@@ -75,7 +76,11 @@ class AccountingProtocol(asyncio.DatagramProtocol):
             log.exception("radius accounting: request from %s failed: %s", host, exc)
 
     def _received(self, data: bytes, host: str, addr) -> None:
-        client = self.client(host)
+        s = self.settings()
+        # the client of a known host without a call (``client`` fills the cache)
+        client = self._clients.get(host, _UNSEEN) if s is self._clients_of else _UNSEEN
+        if client is _UNSEEN:
+            client = self.client(host)
         if client is None:
             return self._drop("unknown", "unknown-client", f"request from {host}, not a configured NAS client")
         key = (addr, data[1:2], data[4:20])     # addr: the client's address and port
@@ -87,7 +92,6 @@ class AccountingProtocol(asyncio.DatagramProtocol):
             return
         if self.commit.full():
             return self._drop("unknown", "overload", "too many requests waiting for the store")
-        s = self.settings()
         try:
             pkt = self.decoder.decode(data, client.secret)
             attrs = radius.attributes(pkt, framed_int=True)

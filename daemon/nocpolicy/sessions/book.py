@@ -96,20 +96,23 @@ class Book:
             self.counts["unattributed"] += 1
         self._check_static(i, customer)
         start = ev.ts - ev.elapsed if ev.elapsed else ev.ts
-        s = Live.make(self.next_id, i.source, i.nas, i.sid, customer, tuple(i.addrs), start, ev.ts, i.interval,
-                      implicit)
+        nid, addrs = self.next_id, i.addrs if type(i.addrs) is tuple else tuple(i.addrs)
         self.next_id += 1
         if self.closed:
             self.closed.pop((i.nas, i.sid), None)
-        # every caller has just looked the key up (or closed the session that had it)
-        for old in self.table.add(s, new_key=True, hold=False):
-            if old is not s:
-                self.counts["displaced"] += 1
-                self._record_close(old, ev.ts, "displaced", ops)
-                self.on_change(old, None)
-        ops.inserts.append((s.id, s.source, s.nas, s.sid, customer, int(implicit), i.login, i.calling,
-                            i.klass, start, None, s.last, s.interval, None, _addrs_text(s.addrs)))
-        ops.addrs += [(s.id, net_key(n), n[2], start) for n in s.addrs]
+        # every caller has just looked the key up (or closed the session that had it); the table
+        # keeps the fields, not ``s`` (a weak reference per Start cost as much as the insert)
+        displaced = self.table.put(nid, i.source, i.nas, i.sid, customer, addrs, start, ev.ts, i.interval,
+                                   implicit, new_key=True)[1]
+        s = Live.make(nid, i.source, i.nas, i.sid, customer, addrs, start, ev.ts, i.interval, implicit)
+        for old in displaced:
+            self.counts["displaced"] += 1
+            self._record_close(old, ev.ts, "displaced", ops)
+            self.on_change(old, None)
+        ops.inserts.append((nid, i.source, i.nas, i.sid, customer, int(implicit), i.login, i.calling,
+                            i.klass, start, None, ev.ts, i.interval, None, _addrs_text(addrs)))
+        for n in addrs:
+            ops.addrs.append((nid, net_key(n), n[2], start))
         self.on_change(None, s)
         return s
 

@@ -16,7 +16,7 @@ MAX_LOAD = 0.6
 
 
 class IntMap:
-    __slots__ = ("_keys", "_vals", "_bits", "_mask", "_n", "_kind")
+    __slots__ = ("_keys", "_vals", "_bits", "_mask", "_n", "_kind", "_limit", "_shift")
 
     def __init__(self, capacity: int = 8, *, wide: bool = True):
         self._kind = "Q" if wide else "I"        # narrow: keys < 2**32 (IPv4), 8 bytes a slot
@@ -39,6 +39,8 @@ class IntMap:
     def _alloc(self, bits: int) -> None:
         size = 1 << bits
         self._bits, self._mask, self._n = bits, size - 1, 0
+        self._shift = 64 - bits
+        self._limit = int(size * MAX_LOAD)       # grow before the entry that would pass it
         self._keys = array(self._kind, bytes(array(self._kind).itemsize * size))
         self._vals = array("i", [_EMPTY]) * size
 
@@ -46,11 +48,11 @@ class IntMap:
         return self._n
 
     def _home(self, key: int) -> int:
-        return ((key * _GOLDEN) & _M64) >> (64 - self._bits)
+        return ((key * _GOLDEN) & _M64) >> self._shift
 
     def get(self, key: int, default=None):
         keys, vals, mask = self._keys, self._vals, self._mask
-        i = ((key * _GOLDEN) & _M64) >> (64 - self._bits)
+        i = ((key * _GOLDEN) & _M64) >> self._shift
         while True:
             v = vals[i]
             if v == _EMPTY:
@@ -63,10 +65,10 @@ class IntMap:
         return self.get(key) is not None
 
     def __setitem__(self, key: int, value: int) -> None:
-        if (self._n + 1) > (self._mask + 1) * MAX_LOAD:
+        if self._n >= self._limit:          # (n + 1 > size * MAX_LOAD, n and the limit integers)
             self._grow()
         keys, vals, mask = self._keys, self._vals, self._mask
-        i = ((key * _GOLDEN) & _M64) >> (64 - self._bits)
+        i = ((key * _GOLDEN) & _M64) >> self._shift
         while vals[i] != _EMPTY and keys[i] != key:
             i = (i + 1) & mask
         if vals[i] == _EMPTY:
@@ -77,10 +79,10 @@ class IntMap:
     def add(self, key: int, value: int) -> int | None:
         """Map ``key`` to ``value`` unless it is mapped already; returns the value it had
         (None: added). One probe where ``get`` then ``[key] =`` take two."""
-        if (self._n + 1) > (self._mask + 1) * MAX_LOAD:
+        if self._n >= self._limit:          # (n + 1 > size * MAX_LOAD, n and the limit integers)
             self._grow()
         keys, vals, mask = self._keys, self._vals, self._mask
-        i = ((key * _GOLDEN) & _M64) >> (64 - self._bits)
+        i = ((key * _GOLDEN) & _M64) >> self._shift
         while True:
             v = vals[i]
             if v == _EMPTY:
@@ -124,7 +126,7 @@ class IntMap:
         2.5 % of the accounting listener's time as the table doubled during ingest."""
         keys, vals = self._keys, self._vals
         self._alloc(bits)
-        nk, nv, mask, shift = self._keys, self._vals, self._mask, 64 - self._bits
+        nk, nv, mask, shift = self._keys, self._vals, self._mask, self._shift
         n = 0
         for k, v in zip(keys, vals, strict=True):
             if v != _EMPTY:

@@ -54,6 +54,7 @@ TERMINATE = {1: "user-request", 2: "lost-carrier", 3: "lost-service", 4: "idle-t
              5: "session-timeout", 6: "admin-reset", 7: "admin-reboot", 8: "port-error",
              9: "nas-error", 10: "nas-request", 11: "nas-reboot", 15: "service-unavailable"}
 _FIXED = {"ipaddr": 4, "integer": 4, "date": 4, "ipv6addr": 16}
+_KIND = {"start": "start", "interim": "update", "stop": "stop"}     # status -> the book's event kind
 
 
 def dictionary() -> Dictionary:
@@ -83,8 +84,18 @@ TYPES = {int(parts[2]): (parts[1], parts[3]) for parts in
 _DECODERS = {"string": tools.DecodeString, "octets": tools.DecodeOctets, "integer": tools.DecodeInteger,
              "ipaddr": tools.DecodeAddress, "date": tools.DecodeDate, "ipv6addr": tools.DecodeIPv6Address,
              "ipv6prefix": tools.DecodeIPv6Prefix}
-# attribute code -> (name, type, fixed length or None, pyrad's decoder)
-_READ = {code: (name, kind, _FIXED.get(kind), _DECODERS[kind]) for code, (name, kind) in TYPES.items()}
+# the lengths RFC 2865 section 5 allows a value of each type (an attribute's Length octet
+# allows at most 253 octets of value): fixed, 2-18 for an IPv6 prefix, a string not empty
+_LENGTHS = {"ipv6prefix": (2, 18), "string": (1, 253)}
+
+
+def _reader(name: str, kind: str, dec) -> tuple:
+    n = _FIXED.get(kind)
+    return (name, *((n, n) if n is not None else _LENGTHS.get(kind, (0, 253))), dec)
+
+
+# attribute code -> (name, shortest, longest value, pyrad's decoder)
+_READ = {code: _reader(name, kind, _DECODERS[kind]) for code, (name, kind) in TYPES.items()}
 # the same, but Framed-IP-Address as an int: RFC 2865 section 5 codes an address and an integer
 # alike (32 bits, most significant octet first), so pyrad's DecodeInteger reads it; DecodeAddress
 # builds an ipaddress object and its text, which the listener turned back into an int
@@ -102,10 +113,9 @@ def attributes(pkt: rp.AcctPacket, *, framed_int: bool = False) -> dict:
         known = read.get(key) if type(key) is int else None
         if known is None:
             continue
-        name, kind, n, dec = known
+        name, lo, hi, dec = known
         for v in values:
-            if (n is not None and len(v) != n) or (kind == "ipv6prefix" and not 2 <= len(v) <= 18) \
-                    or (kind == "string" and not v):
+            if not lo <= len(v) <= hi:
                 raise Rejected("bad-attribute", f"attribute {name} has length {len(v)}")
         try:
             out[name] = dec(values[0])
@@ -163,13 +173,29 @@ def decode(data: bytes, secret: bytes, d: Dictionary | None = None) -> rp.AcctPa
     return _verified(pkt)
 
 
+class _Packet(rp.AcctPacket):
+    """pyrad's AcctPacket, decoded by pyrad. ``DecodePacket`` files each attribute with
+    ``setdefault(code, [])``; on a subclass of OrderedDict that calls pyrad's ``__contains__``
+    and ``__setitem__``, which for an int key (an attribute code) only check the key's type
+    and go to the OrderedDict: here the int key goes there at once (two Python calls less per
+    attribute). Any other key takes pyrad's way."""
+
+    def setdefault(self, key, default=None):
+        if type(key) is not int:
+            return OrderedDict.setdefault(self, key, default)
+        if OrderedDict.__contains__(self, key):
+            return OrderedDict.__getitem__(self, key)
+        OrderedDict.__setitem__(self, key, default)
+        return default
+
+
 class Decoder:
     """:func:`decode` into one reused pyrad packet (``DecodePacket`` replaces its code, id,
     authenticator and attributes): a third cheaper than a new packet a request. The packet
     returned is valid until the next call; the listener reads it and builds the reply first."""
 
     def __init__(self):
-        self._pkt = rp.AcctPacket(id=0)
+        self._pkt = _Packet(id=0)
 
     def decode(self, data: bytes, secret: bytes) -> rp.AcctPacket:
         _check(data)
@@ -206,14 +232,15 @@ def interpret(pkt: rp.AcctPacket, attrs: dict, nas: str, now: float, default_int
     for name in ("Framed-IPv6-Prefix", "Delegated-IPv6-Prefix"):
         if name in a:
             addrs.append(net_of(ipaddress.ip_network(a[name], strict=False)))
-    value = {"User-Name": login, "Class": klass, "Calling-Station-Id": calling}[customer_from.attribute]
+    attr = customer_from.attribute
+    value = login if attr == "User-Name" else klass if attr == "Class" else calling
     info = SessionInfo("radius", nas, sid, customer_from.extract(value), login, calling, klass,
                        tuple(addrs), float(a.get("Acct-Interim-Interval") or default_interval))
     if status in ("accounting-on", "accounting-off"):
         return Request(status, Event("nas-off", info, when, reason=status), reply(pkt))
     if not sid:
         raise Rejected("bad-attribute", f"{status} without Acct-Session-Id")
-    kind = {"start": "start", "interim": "update", "stop": "stop"}[status]
+    kind = _KIND[status]
     return Request(status, Event(kind, info, when, float(elapsed) if elapsed is not None else None,
                                  TERMINATE.get(a.get("Acct-Terminate-Cause"), "")), reply(pkt))
 
