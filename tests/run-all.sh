@@ -19,8 +19,9 @@ fi
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 # Test files run in parallel (pytest-xdist, one file's tests on one worker: module fixtures stay
 # shared and a file's tests keep their order). Most of the suite waits on real daemons, brokers and
-# timers, so more workers than cores pay off; NOCPOLICY_TEST_WORKERS=1 runs it serially.
-WORKERS="${NOCPOLICY_TEST_WORKERS:-3}"
+# timers, so two workers on two cores halve the time; three were faster still but crowded the
+# machine enough to make timing margins thin. NOCPOLICY_TEST_WORKERS=1 runs it serially.
+WORKERS="${NOCPOLICY_TEST_WORKERS:-2}"
 XDIST=()
 [ "$WORKERS" -gt 1 ] && XDIST=(-n "$WORKERS" --dist loadfile)
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "${XDIST[@]}" "$@"

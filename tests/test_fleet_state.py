@@ -148,7 +148,7 @@ def test_offline_agent_converges_and_never_goes_back(env):
     env_agent = again
     wait_for(lambda: converged(ctl, "optout"), 60, what="agent converged after reconnecting")
     # the guard's view follows the ack through the subscribers push: allow it a moment on a busy machine
-    wait_for(lambda: ede(env_agent, BLOCKED) == [15], 10, what="the agent blocks again (latest state: on)")
+    wait_for(lambda: ede(env_agent, BLOCKED) == [15], 30, what="the agent blocks again (latest state: on)")
     st = env_agent.ctl_json("fleet", "status")["state"]
     assert st["held"]["optout"]["fleet"] == row(ctl, "optout")["want"][0]
     # the versions it applied only ever rose, across the restart too
