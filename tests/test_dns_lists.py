@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import ipaddress
+import multiprocessing
 import random
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -224,3 +227,43 @@ async def test_http_source(tmp_path):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def _build_many(state: str, pol: str, n: int, i: int, barrier, failures) -> None:
+    """One --workers process: reload the same list n times into the shared state directory."""
+    store = Store(Path(state) / f"db-{i}.sqlite")
+    mgr = ListManager(store, state)
+    own = Path(pol) / f"w{i}"                    # its own policy files, the same list id "feed"
+    own.mkdir()
+    barrier.wait()
+    try:
+        for k in range(n):
+            (own / "feed.txt").write_text(f"w{i}-{k}.example\nshared.example\n")
+            asyncio.run(mgr.build(_bl("feed.txt"), str(own)))
+    except Exception as exc:                     # noqa: BLE001 - reported to the parent
+        failures.put(f"{type(exc).__name__}: {exc}")
+    finally:
+        store.close()
+
+
+def test_worker_processes_saving_the_same_list_copy_at_once_all_succeed(tmp_path):
+    """--workers processes reload together and each saves the last-good copy of the same list
+    in the shared state directory: none of them may fail (one refused the reload in CI)."""
+    ctx = multiprocessing.get_context("fork")
+    pol, state = tmp_path / "pol", tmp_path / "state"
+    pol.mkdir()
+    state.mkdir()
+    barrier, failures = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_build_many, args=(str(state), str(pol), 40, i, barrier, failures))
+             for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert all(p.exitcode == 0 for p in procs)
+    errors = []
+    while not failures.empty():
+        errors.append(failures.get())
+    assert errors == []
+    copy = (state / "dns-lists" / "feed.txt").read_text()
+    assert "shared.example" in copy and not list((state / "dns-lists").glob("*.tmp"))

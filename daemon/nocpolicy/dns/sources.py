@@ -18,6 +18,7 @@ store and are re-applied on top of every new copy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -394,10 +395,8 @@ class ListManager:
     def _write_copy(self, list_id: str, data: bytes) -> None:
         self.copy_dir.mkdir(parents=True, exist_ok=True)
         path = self._copy_path(list_id)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-        path.with_suffix(".json").write_text(json.dumps({"saved": wall()}))
+        _replace_with(path, data)
+        _replace_with(path.with_suffix(".json"), json.dumps({"saved": wall()}).encode())
 
     def _read_copy(self, list_id: str, max_size: int) -> bytes | None:
         try:
@@ -412,6 +411,21 @@ class ListManager:
             return json.loads(self._copy_path(list_id).with_suffix(".json").read_text())["saved"]
         except (OSError, ValueError, KeyError):
             return None
+
+
+def _replace_with(path: Path, data: bytes) -> None:
+    """Write ``data`` beside ``path`` and rename it over ``path``. The temporary file is this
+    writer's own: ``--workers`` processes reload at once and save the same last-good copy (one
+    shared name made the later rename fail and that worker refuse the reload)."""
+    fd, name = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with open(fd, "wb") as f:
+            f.write(data)
+        os.replace(name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+        raise
 
 
 def _fetch_hashed(source: str, policy_dir: str, limits: FetchLimits) -> tuple[bytes, str]:
