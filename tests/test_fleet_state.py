@@ -145,18 +145,20 @@ def test_offline_agent_converges_and_never_goes_back(env):
     assert want is False                                 # the 100th change (i = 99) turned it off
     again = DaemonProcess(agent.workdir, policies=agent.policies, extra_args=agent.extra_args)
     again.start()
-    env_agent = again
-    wait_for(lambda: converged(ctl, "optout"), 60, what="agent converged after reconnecting")
-    # the guard's view follows the ack through the subscribers push: allow it a moment on a busy machine
-    wait_for(lambda: ede(env_agent, BLOCKED) == [15], 30, what="the agent blocks again (latest state: on)")
-    st = env_agent.ctl_json("fleet", "status")["state"]
-    assert st["held"]["optout"]["fleet"] == row(ctl, "optout")["want"][0]
-    # the versions it applied only ever rose, across the restart too
-    audit = env_agent.ctl_json("audit", "--subject", f"node:{AGENT}", "--limit", "1000")["audit"]
-    seq = [v for a in reversed(audit) if a["action"] == "fleet.state.apply" and a["after"]["kind"] == "optout"
-           and a["after"]["scope"] == "fleet" for v in a["after"]["versions"]]
-    assert seq == sorted(seq) and len(set(seq)) == len(seq), seq
-    env_agent.kill()
+    try:                                                 # the fixture stops only the first agent
+        env_agent = again
+        wait_for(lambda: converged(ctl, "optout"), 60, what="agent converged after reconnecting")
+        # the guard's view follows the ack through the subscribers push: allow it a moment on a busy machine
+        wait_for(lambda: ede(env_agent, BLOCKED) == [15], 30, what="the agent blocks again (latest state: on)")
+        st = env_agent.ctl_json("fleet", "status")["state"]
+        assert st["held"]["optout"]["fleet"] == row(ctl, "optout")["want"][0]
+        # the versions it applied only ever rose, across the restart too
+        audit = env_agent.ctl_json("audit", "--subject", f"node:{AGENT}", "--limit", "1000")["audit"]
+        seq = [v for a in reversed(audit) if a["action"] == "fleet.state.apply" and a["after"]["kind"] == "optout"
+               and a["after"]["scope"] == "fleet" for v in a["after"]["versions"]]
+        assert seq == sorted(seq) and len(set(seq)) == len(seq), seq
+    finally:
+        again.kill()
 
 
 def test_bad_state_is_refused_and_the_last_good_state_kept(env):
