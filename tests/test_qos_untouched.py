@@ -106,6 +106,14 @@ session = st.tuples(st.sampled_from(CUSTOMERS),
 change = st.one_of(st.tuples(st.just("start"), session), st.tuples(st.just("stop"), st.integers(0, 50)))
 
 
+def started(policy, items, ratecap):
+    """Sessions started for (customer, prefixes) pairs, and the view the subscribers area pushes."""
+    s = Sessions(policy)
+    for cid, prefixes in items:
+        s.start(cid, prefixes)
+    return s, make_view(policy, s.table, ratecap)
+
+
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(which=st.sampled_from(["implicit-capped", "implicit-uncapped", "upload-caps-only"]), before=st.lists(session, max_size=8),
        batch=st.lists(change, min_size=1, max_size=5), limit=st.sampled_from([3, 6, 65279]),
@@ -113,10 +121,7 @@ change = st.one_of(st.tuples(st.just("start"), session), st.tuples(st.just("stop
 def test_an_untouched_plan_is_what_a_full_rerender_gives(policies, which, before, batch, limit, uploads, ratecap,
                                                          emergency):
     policy = policies[which]
-    s = Sessions(policy)
-    for cid, prefixes in before:
-        s.start(cid, prefixes)
-    view = make_view(policy, s.table, ratecap)
+    s, view = started(policy, before, ratecap)
     with mock.patch.object(plan_mod, "MAX_CAP_CLASSES", limit):
         try:
             static0, plan0 = full(policy, view, uploads=uploads, emergency=emergency)
@@ -147,10 +152,7 @@ def test_the_early_class_count_refuses_exactly_what_a_full_build_refuses(policie
     """qos counts the cap classes before it formats a million addresses (check_class_limit):
     it must refuse exactly the session sets that build_static refuses, with the same message."""
     policy = policies[which]
-    s = Sessions(policy)
-    for cid, prefixes in sessions:
-        s.start(cid, prefixes)
-    view = make_view(policy, s.table, ratecap)
+    _s, view = started(policy, sessions, ratecap)
     with mock.patch.object(plan_mod, "MAX_CAP_CLASSES", limit):
         try:
             full(policy, view, uploads=uploads)
