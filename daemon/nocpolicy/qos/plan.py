@@ -212,6 +212,15 @@ def _too_many(n: int) -> TooManyClasses:
                           f"{MAX_CAP_CLASSES} (class ids 1:{FIRST_CUSTOMER_CLASS:x}..1:{MAX_MINOR - 1:x})")
 
 
+def classes_needed(policy, plan_id: str | None, rate_cap: int | None, top: int) -> tuple[int, bool]:
+    """The download cap classes (distinct caps below ``top``, the fastest shaped link) and
+    whether an upload cap class, that a customer on ``plan_id`` with runtime ``rate_cap`` needs."""
+    caps = _customer_caps(policy, (Subject("", (), plan_id, False, rate_cap),))[""]
+    plan = policy.plans_by_id.get(plan_id) if plan_id else None
+    up = _lower(plan.up if plan else None, rate_cap)
+    return len({c for c in caps.values() if c is not None and c < top}), up is not None and up < top
+
+
 def check_class_limit(policy, view, kept: dict, uploads: bool) -> None:
     """Raise what :func:`build_static` would raise past the class limit (download caps, then
     upload caps when ``uploads``) for the subjects of ``(policy, view)`` with live addresses
@@ -227,11 +236,8 @@ def check_class_limit(policy, view, kept: dict, uploads: bool) -> None:
         key = (plan_id, sub.rate_cap if sub is not None else None)
         got = memo.get(key)
         if got is None:
-            caps = _customer_caps(policy, (Subject("", (), plan_id, False, key[1]),))[""]
-            plan = policy.plans_by_id.get(plan_id) if plan_id else None
-            up = _lower(plan.up if plan else None, key[1])
-            got = memo[key] = (len({c for c in caps.values() if c is not None and c < top}),
-                               int(up is not None and up < top))
+            d, u = classes_needed(policy, plan_id, key[1], top)
+            got = memo[key] = (d, int(u))
         return got
     down = up = 0
     for c in policy.customers:

@@ -98,7 +98,11 @@ def kept_live(policy, live: Iterable[tuple[Net, str]]) -> dict[str, list[Net]]:
 
 def live_by_customer(policy, live: Iterable[tuple[Net, str]]) -> dict[str, tuple[str, ...]]:
     """:func:`kept_live` with the addresses as text."""
-    return {cid: tuple(net_text(n) for n in nets) for cid, nets in kept_live(policy, live).items()}
+    return _as_text(kept_live(policy, live))
+
+
+def _as_text(kept: dict[str, list[Net]]) -> dict[str, tuple[str, ...]]:
+    return {cid: tuple(net_text(n) for n in nets) for cid, nets in kept.items()}
 
 
 def subjects_of(policy, view=None, live: list | None = None, kept: dict | None = None) -> tuple[Subject, ...]:
@@ -111,8 +115,7 @@ def subjects_of(policy, view=None, live: list | None = None, kept: dict | None =
     if view is None:
         live = {}
     else:
-        kept = kept_live(policy, live) if kept is None else kept
-        live = {cid: tuple(net_text(n) for n in nets) for cid, nets in kept.items()}
+        live = _as_text(kept_live(policy, live) if kept is None else kept)
     out = []
     for c in sorted(policy.customers, key=lambda c: c.id):
         sub = view.get(c.id) if view is not None else None

@@ -31,8 +31,7 @@ reaches the plan, or more than :data:`MAX_CHANGES` changes since the last re-ren
 
 from __future__ import annotations
 
-from .plan import _customer_caps, _lower
-from .subjects import Subject
+from .plan import classes_needed
 
 PLANNED = "planned"            # the plan in force was built from the view as of the last re-render
 OVER_LIMIT = "over-limit"      # the last re-render was refused: too many cap classes
@@ -47,14 +46,10 @@ def reaches_plan(policy, view, cid: str, uploads: bool) -> bool:
                                                  for p in policy.profiles)):
         return True
     sub = view.get(cid)
-    rate_cap = sub.rate_cap if sub is not None else None
-    plan_id = c.plan if c is not None else None
-    caps = list(_customer_caps(policy, (Subject(cid, (), plan_id, False, rate_cap),))[cid].values())
-    if uploads:
-        plan = policy.plans_by_id.get(plan_id) if plan_id else None
-        caps.append(_lower(plan.up if plan else None, rate_cap))
     top = max((i.rate for i in policy.interfaces), default=0)
-    return any(cap is not None and cap < top for cap in caps)
+    down, up = classes_needed(policy, c.plan if c is not None else None,
+                              sub.rate_cap if sub is not None else None, top)
+    return down > 0 or (uploads and up)
 
 
 def plan_untouched(basis: str | None, policy, view, changes, live, uploads: bool) -> bool:

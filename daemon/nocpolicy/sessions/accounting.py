@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 REPLY_CACHE = 65_536          # answered requests remembered for duplicates
 LOG_EVERY = 10.0              # at most one log line per reason per 10 s
 _PENDING = b""
-_UNSEEN = object()
 
 
 class AccountingProtocol(asyncio.DatagramProtocol):
@@ -48,8 +47,9 @@ class AccountingProtocol(asyncio.DatagramProtocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
 
-    def client(self, host: str) -> RadiusClient | None:
-        s = self.settings()
+    def client(self, host: str, s=None) -> RadiusClient | None:
+        """The configured NAS client ``host`` is (longest prefix), cached per settings ``s``."""
+        s = s if s is not None else self.settings()
         if s is not self._clients_of:
             self._clients, self._clients_of = {}, s
         if host not in self._clients:
@@ -77,10 +77,7 @@ class AccountingProtocol(asyncio.DatagramProtocol):
 
     def _received(self, data: bytes, host: str, addr) -> None:
         s = self.settings()
-        # the client of a known host without a call (``client`` fills the cache)
-        client = self._clients.get(host, _UNSEEN) if s is self._clients_of else _UNSEEN
-        if client is _UNSEEN:
-            client = self.client(host)
+        client = self.client(host, s)
         if client is None:
             return self._drop("unknown", "unknown-client", f"request from {host}, not a configured NAS client")
         key = (addr, data[1:2], data[4:20])     # addr: the client's address and port
