@@ -387,10 +387,7 @@ class ListManager:
         """The list for the child parser, in a file of its own (0600; --workers processes
         share the directory)."""
         self.copy_dir.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f"{list_id}.", suffix=".parse", dir=self.copy_dir)
-        with open(fd, "wb") as f:
-            f.write(data)
-        return Path(name)
+        return Path(_own_file(self.copy_dir, f"{list_id}.", ".parse", data))
 
     def _write_copy(self, list_id: str, data: bytes) -> None:
         self.copy_dir.mkdir(parents=True, exist_ok=True)
@@ -413,14 +410,25 @@ class ListManager:
             return None
 
 
+def _own_file(directory: Path, prefix: str, suffix: str, data: bytes) -> str:
+    """A new file (0600, a name no other writer has) in ``directory`` holding ``data``."""
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
+    try:
+        with open(fd, "wb") as f:
+            f.write(data)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+        raise
+    return name
+
+
 def _replace_with(path: Path, data: bytes) -> None:
     """Write ``data`` beside ``path`` and rename it over ``path``. The temporary file is this
     writer's own: ``--workers`` processes reload at once and save the same last-good copy (one
     shared name made the later rename fail and that worker refuse the reload)."""
-    fd, name = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".tmp", dir=path.parent)
+    name = _own_file(path.parent, f"{path.name}.", ".tmp", data)
     try:
-        with open(fd, "wb") as f:
-            f.write(data)
         os.replace(name, path)
     except BaseException:
         with contextlib.suppress(OSError):
