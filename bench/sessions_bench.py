@@ -317,7 +317,7 @@ def part_ingest(args) -> None:
                     queues = encode_requests(n, (2 * run + (name == "pyrad-bare")) * n, args.senders)
                     c0 = cpu_seconds(pid)
                     spy = None
-                    if args.profile and name == "nocpolicyd" and run == 0:
+                    if args.profile and name == "nocpolicyd" and run == args.profile_run:
                         spy = subprocess.Popen(["py-spy", "record", "-p", str(pid), "-f", "raw", "-r", "200",
                                                 "-o", args.profile], stdout=subprocess.DEVNULL,
                                                stderr=subprocess.DEVNULL)
@@ -588,7 +588,8 @@ def main() -> int:
     ap.add_argument("--parallel", type=int, default=64, help="radclient -p (outstanding requests)")
     ap.add_argument("--senders", type=int, default=4, help="generator sockets")
     ap.add_argument("--pin", type=int, default=None, help="ingest: pin both servers to this CPU (taskset)")
-    ap.add_argument("--profile", default=None, help="ingest: py-spy raw profile of nocpolicyd's first run")
+    ap.add_argument("--profile", default=None, help="ingest: py-spy raw profile of one nocpolicyd run")
+    ap.add_argument("--profile-run", type=int, default=0, help="ingest: which run --profile records")
     ap.add_argument("--no-customer-cap", action="store_true",
                     help="ingest: drop the example emergency profile's customer_cap (implicit customers get no "
                          "qos class, so their sessions cannot alter the qos plan)")

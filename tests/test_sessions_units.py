@@ -215,11 +215,11 @@ def test_close_waits_for_a_statement_running_in_another_thread(tmp_path):
 
 # -- the accounting decoder (pyrad, after a check of the header and attribute framing) -----
 
-def _pyrad_request(secret: bytes, proxy_states=()) -> bytes:
+def _pyrad_request(secret: bytes, proxy_states=(), ident: int = 77) -> bytes:
     from pyrad import packet as rp
 
     from nocpolicy.sessions.radius import dictionary
-    p = rp.AcctPacket(id=77, secret=secret, dict=dictionary())
+    p = rp.AcctPacket(id=ident, secret=secret, dict=dictionary())
     p["Acct-Status-Type"] = 3
     p["Acct-Session-Id"] = "S-1"
     p["User-Name"] = "c1001@isp.example"
@@ -247,6 +247,18 @@ def test_decoder_reads_what_pyrad_wrote_and_the_reply_verifies():
     assert req.VerifyReply(got, ours)                       # the client accepts the response
     assert got.code == rp.AccountingResponse and got.id == 77
     assert got["Proxy-State"] == [b"hop-1", b"hop-2"]       # copied unmodified and in order
+
+
+def test_the_reused_replier_codes_what_create_reply_codes():
+    """The listener's Replier reuses one reply packet: each reply equals pyrad's CreateReply
+    one, and no Proxy-State of an earlier request reaches a later reply."""
+    from nocpolicy.sessions import radius
+    replier = radius.Replier()
+    for secret, states in ((b"s3cret", (b"hop-1", b"hop-2")), (b"other", ()), (b"s3cret", (b"x",)),
+                           (b"s3cret", ())):
+        for ident in (0, 77, 255):
+            raw = radius.decode(_pyrad_request(secret, proxy_states=states, ident=ident), secret)
+            assert replier(raw) == radius.reply(raw)
 
 
 @pytest.mark.parametrize("mangle,why", [

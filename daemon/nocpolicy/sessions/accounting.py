@@ -37,6 +37,7 @@ class AccountingProtocol(asyncio.DatagramProtocol):
         self.commit = commit
         self.clock = clock
         self.decoder = radius.Decoder()
+        self.replier = radius.Replier()
         self.transport: asyncio.DatagramTransport | None = None
         self.replies: OrderedDict[tuple, bytes] = OrderedDict()
         self.counts: Counter = Counter()          # (status, result) -> n
@@ -93,7 +94,7 @@ class AccountingProtocol(asyncio.DatagramProtocol):
             pkt = self.decoder.decode(data, client.secret)
             attrs = radius.attributes(pkt, framed_int=True)
             req = radius.interpret(pkt, attrs, radius.nas_name(attrs, client.id, host), self.clock(),
-                                   s.interim_interval, s.customer_from)
+                                   s.interim_interval, s.customer_from, self.replier)
         except radius.Rejected as exc:
             return self._drop("unknown", exc.why, f"from {client.id} ({host}): {exc}")
         ops = self.book.apply(req.event, self.commit.ops)      # into the next commit's batch
