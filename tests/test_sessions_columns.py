@@ -7,9 +7,12 @@ from __future__ import annotations
 import ipaddress
 import random
 
+import pytest
+
+from intmap_impls import INTMAPS
+from nocpolicy.sessions import table as tmod
 from nocpolicy.sessions.book import Book
 from nocpolicy.sessions.history import History
-from nocpolicy.sessions.intmap import IntMap
 from nocpolicy.sessions.model import Event, Live, SessionInfo, net_of
 from nocpolicy.sessions.table import LiveTable
 from nocpolicy.store import Store
@@ -19,7 +22,8 @@ from nocpolicy.subscribers.prefixes import PrefixIndex
 from nocpolicy.subscribers.view import SubscriberView, update_view
 
 
-def test_intmap_matches_a_dict_under_random_sets_and_pops():
+@pytest.mark.parametrize("IntMap", INTMAPS)
+def test_intmap_matches_a_dict_under_random_sets_and_pops(IntMap):
     rnd = random.Random(5)
     m, ref = IntMap(), {}
     # few distinct keys, some sharing their home slot (multiples of a power of two), wide ones too
@@ -49,9 +53,12 @@ def _session(i: int, nas: str, sid: str, customer: str | None, addrs, implicit=F
     return Live(i, "radius", nas, sid, customer, tuple(addrs), float(i), float(i), 300.0, implicit)
 
 
-def test_table_matches_a_plain_model_under_random_starts_and_stops():
+@pytest.mark.parametrize("IntMap", INTMAPS)
+def test_table_matches_a_plain_model_under_random_starts_and_stops(IntMap, monkeypatch):
     """Random starts (some reusing a key or another session's address) and stops; after each
-    step every key and every address resolves as a dict-per-session model says."""
+    step every key and every address resolves as a dict-per-session model says. With either
+    IntMap as the table's indexes (the C one, and the Python fallback)."""
+    monkeypatch.setattr(tmod, "IntMap", IntMap)
     rnd = random.Random(11)
     t = LiveTable()
     v4 = [(4, int(ipaddress.IPv4Address("100.64.0.0")) + k, 32) for k in range(60)]

@@ -8,14 +8,15 @@ from __future__ import annotations
 import struct
 from collections import OrderedDict
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyrad import packet as rp
 
+from intmap_impls import INTMAPS
 from nocpolicy.sessions import radius
 from nocpolicy.sessions import table as tmod
 from nocpolicy.sessions.book import Book
-from nocpolicy.sessions.intmap import IntMap
 from nocpolicy.sessions.model import Event, SessionInfo
 from nocpolicy.sessions.strcol import WIDTH, ShortStrings
 from nocpolicy.sessions.table import LiveTable
@@ -48,10 +49,11 @@ def test_short_strings_match_a_list(steps):
     assert [col[i] for i in range(len(ref))] == ref
 
 
+@pytest.mark.parametrize("IntMap", INTMAPS)
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.booleans(), st.integers(0, 60), st.integers(0, (1 << 31) - 1)), max_size=300),
        st.integers(1, 40))
-def test_intmap_matches_a_dict_across_growth(steps, capacity):
+def test_intmap_matches_a_dict_across_growth(IntMap, steps, capacity):
     m, ref = IntMap(capacity), {}
     for put, k, v in steps:
         key = (k * 0x1000_0000_0001) & ((1 << 64) - 1)      # keys that share home slots

@@ -3,6 +3,9 @@ probing in two ``array``s (keys 64-bit, values 32-bit), backward-shift deletion 
 tombstones). About 12 bytes a slot at most 60% full (~20-40 bytes an entry), where a
 dict of int keys and int values costs ~100-140 bytes an entry (the two int objects and
 the entry). Keys must be 0 <= key < 2**64, values 0 <= value < 2**31.
+
+``IntMap`` is the C type of ``_intmap.c`` (the same layout and rules, the probes out of the
+interpreter: issue 15) when the optional extension is built, else this module's ``PyIntMap``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ _EMPTY = -1
 MAX_LOAD = 0.6
 
 
-class IntMap:
+class PyIntMap:
     __slots__ = ("_keys", "_vals", "_bits", "_mask", "_n", "_kind", "_limit", "_shift")
 
     def __init__(self, capacity: int = 8, *, wide: bool = True):
@@ -72,9 +75,11 @@ class IntMap:
         while vals[i] != _EMPTY and keys[i] != key:
             i = (i + 1) & mask
         if vals[i] == _EMPTY:
+            keys[i] = key               # (raises on a bad key or value before the count moves)
+            vals[i] = value
             self._n += 1
-            keys[i] = key
-        vals[i] = value
+        else:
+            vals[i] = value
 
     def add(self, key: int, value: int) -> int | None:
         """Map ``key`` to ``value`` unless it is mapped already; returns the value it had
@@ -86,8 +91,8 @@ class IntMap:
         while True:
             v = vals[i]
             if v == _EMPTY:
-                self._n += 1
                 keys[i], vals[i] = key, value
+                self._n += 1
                 return None
             if keys[i] == key:
                 return v
@@ -139,3 +144,9 @@ class IntMap:
 
     def items(self):
         return [(k, v) for k, v in zip(self._keys, self._vals, strict=True) if v != _EMPTY]
+
+
+try:                                    # the same map in C (setup.py builds it when it can)
+    from ._intmap import IntMap
+except ImportError:                     # no compiler at install time: the Python one
+    IntMap = PyIntMap
