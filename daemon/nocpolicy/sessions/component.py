@@ -30,6 +30,7 @@ from .accounting import AccountingProtocol, listen
 from .book import Book
 from .commit import GroupCommit
 from .history import History
+from .intmap import IMPLEMENTATION as INTMAP_IMPLEMENTATION
 from .kea import LeaseFollower
 from .metrics import SessionsCollector
 from .model import Event, Live
@@ -209,6 +210,7 @@ class Sessions(Component):
             self.protocol.transport = new
 
     async def start(self) -> None:
+        log.info("live session table indexes: %s", INTMAP_IMPLEMENTATION)
         await self._restore()
         if self.feed is not None and len(self.table):        # implicit customers of restored sessions
             # a generator: no list of a million change tuples at start (read once)

@@ -148,5 +148,7 @@ class PyIntMap:
 
 try:                                    # the same map in C (setup.py builds it when it can)
     from ._intmap import IntMap
+    IMPLEMENTATION = "C (sessions/_intmap.c)"
 except ImportError:                     # no compiler at install time: the Python one
     IntMap = PyIntMap
+    IMPLEMENTATION = "Python (the C extension nocpolicy.sessions._intmap is not built)"
