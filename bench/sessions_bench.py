@@ -329,8 +329,11 @@ def part_ingest(args) -> None:
                     cpu = cpu_seconds(pid) - c0
                     rec = (ok / took, ok / cpu if cpu else 0.0, ok, cpu / took)
                     (ours if name == "nocpolicyd" else theirs).append(rec)
+                    qos = d.ctl_json("status")["components"]["qos"] if name == "nocpolicyd" else None
                     print(f"  run {run}: {name:<11} {ok}/{n} answered in {took:.2f}s: {rec[0]:,.0f} req/s, "
-                          f"{rec[1]:,.0f} per CPU-second ({rec[3]:.0%} CPU)")
+                          f"{rec[1]:,.0f} per CPU-second ({rec[3]:.0%} CPU)"
+                          + (f"; qos re-renders so far {qos['rerenders']}, the last took "
+                             f"{qos['last_rerender_seconds'] or 0:.2f}s" if qos else ""))
             active = d.metric("nocpolicy_sessions_active", {"source": "radius"})
             commits = d.metric("nocpolicy_sessions_commits_total", {"result": "ok"})
             print(f"  qos re-renders during the runs: {d.ctl_json('status')['components']['qos']['rerenders']} "

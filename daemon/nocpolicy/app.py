@@ -52,6 +52,7 @@ T = TypeVar("T")
 
 WATCH_INTERVAL = 1.0     # seconds between looks at the policy files
 WATCH_DEBOUNCE = 0.5     # files must be unchanged this long before a reload
+SWITCH_INTERVAL = 0.0005  # seconds a thread may hold the GIL while another waits (see main)
 
 
 def component_types(options: Options) -> list[type[Component]]:
@@ -548,6 +549,11 @@ def _snapshot(directory: str, state_dir: str | None = None):
 def main(argv: list[str] | None = None) -> int:
     options = parse_options(argv)
     setup_logging(options.log_format, options.log_level)
+    # A thread doing CPU work (a qos re-render of every live session, a policy load) holds the
+    # GIL until asked to drop it; the event loop, which releases it for every recvmmsg, sendmmsg
+    # and epoll_wait, then waits up to this long to get it back each time. Python's 5 ms left
+    # the loop ~30 % of a shared core during a re-render; 0.5 ms gives it ~50 % (bench/README).
+    sys.setswitchinterval(SWITCH_INTERVAL)
     faulthandler.enable()    # a crash in C code (ctypes, uvloop, sqlite) leaves every thread's stack in the log
     # No `_created` series: Prometheus does not use them and they double every counter.
     prometheus_client.disable_created_metrics()

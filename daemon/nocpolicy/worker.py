@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 
-from .app import Daemon
+from .app import SWITCH_INTERVAL, Daemon
 from .dns.component import DnsGuard
 from .logs import setup_logging
 from .loop import loop_factory
@@ -38,6 +38,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     ns = parse(argv)
     setup_logging("text", ns.log_level)
+    sys.setswitchinterval(SWITCH_INTERVAL)        # as the main process (app.main says why)
     faulthandler.enable()
     logging.getLogger().handlers[0].setFormatter(
         logging.Formatter(f"%(asctime)s %(levelname)-7s worker{ns.index} %(name)s: %(message)s"))

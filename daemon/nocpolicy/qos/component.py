@@ -59,6 +59,15 @@ EXPIRY_CHECK = 1.0
 NETNS_ENV = "NOCPOLICY_NETNS"
 
 
+async def _release(garbage: list) -> None:
+    """Drop the last references to the objects in ``garbage`` in a worker thread. A plan with
+    many live sessions is an object graph with a class, an entry and a subject per customer:
+    freeing the previous one on the event loop took a third of a re-render, with the loop
+    stopped; in a thread the loop gets the GIL back every SWITCH_INTERVAL (app.py). The
+    caller holds no other reference."""
+    await asyncio.to_thread(garbage.clear)
+
+
 class Enforcer(Component):
     name = "qos"
 
@@ -86,6 +95,7 @@ class Enforcer(Component):
         self._dirty = asyncio.Event()          # the view changed since the last re-render
         self._plan_listeners: list = []        # called when a re-render changed the plan (fleet controller)
         self._last_rerender = float("-inf")
+        self.last_rerender_seconds: float | None = None      # how long the last re-render took
         self._adopted = False                  # a fleet agent holds a plan decided by its controller
         self.rerenders = {"applied": 0, "unchanged": 0, "refused": 0, "failed": 0, "untouched": 0}
         # what the last re-render planned from (untouched.py): PLANNED, OVER_LIMIT or None, for
@@ -317,7 +327,7 @@ class Enforcer(Component):
             outcome = await self.rerender()
             # a re-render walks every live session: with many it takes long, and back to back
             # it would starve the session sources; the next starts >= took / RERENDER_SHARE later
-            took = self.ctx.clock.monotonic() - began
+            took = self.last_rerender_seconds = self.ctx.clock.monotonic() - began
             self._last_rerender = began + max(0.0, took / RERENDER_SHARE - self.rerender_interval)
             await self.enforce_suspensions()     # a suspended customer's session came or went
             if outcome == "failed":              # changes meanwhile coalesce into the retry
@@ -342,18 +352,28 @@ class Enforcer(Component):
                 if isinstance(exc, TooManyClasses):
                     self._basis = (OVER_LIMIT, policy)
                 return self._rerender_done("refused", f"plan refused, the rules in force stay: {exc}")
+            garbage = [live]          # what this re-render leaves behind, freed off the loop
+            del live
             if plan == self.plan:
                 if self.policy is policy:
+                    garbage.append(self.static)
                     self.static, self._basis = static, (PLANNED, policy)
+                garbage += (plan, static)
+                del plan, static
+                await _release(garbage)
                 return self._rerender_done("unchanged")
             try:
                 await self._apply(plan)
             except EnforcementError:
                 return self._rerender_done("failed")     # rolled back; counted, last_error says why
             if self.policy is policy:    # else a reload committed meanwhile; its own apply follows
+                garbage += (self.plan, self.static)
                 self.plan, self.static, self._basis = plan, static, (PLANNED, policy)
                 for fn in self._plan_listeners:
                     fn()
+            garbage += (plan, static)
+            del plan, static
+            await _release(garbage)
             return self._rerender_done("applied")
 
     def _rerender_done(self, outcome: str, error: str | None = None) -> str:
@@ -551,6 +571,7 @@ class Enforcer(Component):
         return {**super().status(), "backend": self.backend_name, "netns": self.netns,
                 "features": self.features.as_dict(), "emergency": self.active_profile(),
                 "errors": self.errors, "last_error": self.last_error, "rerenders": dict(self.rerenders),
+                "last_rerender_seconds": self.last_rerender_seconds,
                 "directions": self.directions()}
 
     def commands(self) -> list[Command]:

@@ -14,6 +14,7 @@ import logging
 import socket
 from collections import Counter, OrderedDict
 from collections.abc import Callable
+from functools import partial
 
 from ..clock import monotonic, wall
 from ..dns import mmsg
@@ -44,6 +45,10 @@ class AccountingProtocol(asyncio.DatagramProtocol):
         self._clients: dict[str, RadiusClient | None] = {}
         self._clients_of: RadiusSettings | None = None
         self._logged: dict[str, float] = {}
+        # the requests gathered into the commit whose writes are ``_batch_ops`` (the group
+        # commit's batch: a new one after every flush), answered together once it is durable
+        self._batch_ops = None
+        self._batch: list[tuple[tuple, bytes, object]] = []
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -100,14 +105,23 @@ class AccountingProtocol(asyncio.DatagramProtocol):
         ops = self.book.apply(req.event, self.commit.ops)      # into the next commit's batch
         self.replies[key] = _PENDING
         self.counts[(req.status, "ok")] += 1
-        self.commit.submit(ops, lambda: self._answer(key, req.reply, addr))
+        if ops is not self._batch_ops:       # the first request of this commit: one callback answers all
+            self._batch_ops, self._batch = ops, []
+            self.commit.when_durable(partial(self._answer, self._batch))
+        self._batch.append((key, req.reply, addr))
+        self.commit.submit(ops)
 
-    def _answer(self, key: tuple, reply: bytes, addr) -> None:
-        self.replies[key] = reply
-        while len(self.replies) > REPLY_CACHE:
-            self.replies.popitem(last=False)
+    def _answer(self, batch: list[tuple[tuple, bytes, object]]) -> None:
+        """The requests of one commit are durable: remember and send their answers."""
+        replies = self.replies
+        for key, reply, _ in batch:
+            replies[key] = reply
+        while len(replies) > REPLY_CACHE:
+            replies.popitem(last=False)
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.sendto(reply, addr)
+            sendto = self.transport.sendto
+            for _, reply, addr in batch:
+                sendto(reply, addr)
 
     def forget_pending(self) -> None:
         """After a failed commit: retransmissions must be processed again."""

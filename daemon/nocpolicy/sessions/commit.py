@@ -51,6 +51,11 @@ class GroupCommit:
         self._idle.clear()
         self._wake.set()
 
+    def when_durable(self, done: Callable[[], None]) -> None:
+        """Run ``done`` once the writes gathered so far are durable (with the next commit), like
+        a request's ``done``, without counting a request (one callback for many requests)."""
+        self._done.append(done)
+
     async def run(self) -> None:
         while True:
             await self._wake.wait()

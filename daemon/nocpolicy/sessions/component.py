@@ -150,14 +150,15 @@ class Sessions(Component):
     def _changed(self, old: Live | None, new: Live | None) -> None:
         for fn in self._listeners:
             fn(old, new)
-        changes = []
-        if old is not None:
-            changes.append(("-", old.addrs, old.customer, old.implicit))
-        if new is not None:
-            changes.append(("+", new.addrs, new.customer, new.implicit))
         if self.feed is not None:
-            self._unreplicated += changes
-            self._unpublished += changes
+            if old is not None:
+                c = ("-", old.addrs, old.customer, old.implicit)
+                self._unreplicated.append(c)
+                self._unpublished.append(c)
+            if new is not None:
+                c = ("+", new.addrs, new.customer, new.implicit)
+                self._unreplicated.append(c)
+                self._unpublished.append(c)
 
     def _publish(self) -> None:
         """Tell this process's watchers of the changes since the last commit, in one call (was

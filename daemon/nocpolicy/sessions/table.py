@@ -63,6 +63,7 @@ class LiveTable:
         self._sources: list[str] = []
         # family -> [(shift, {net >> shift: slot})], longest prefix (smallest shift) first
         self._tables: dict[int, list[tuple[int, IntMap | dict]]] = {4: [], 6: []}
+        self._table_of: dict[int, IntMap | dict] = {}      # family << 8 | shift -> its table
         self._held: weakref.WeakValueDictionary[int, Live] = weakref.WeakValueDictionary()
         self._expect = 8
         self._due = math.inf        # no session's last + interval is earlier (a lower bound)
@@ -309,13 +310,13 @@ class LiveTable:
         self._n -= 1
 
     def _table(self, fam: int, shift: int) -> IntMap | dict:
-        tables = self._tables[fam]
-        for sh, d in tables:
-            if sh == shift:
-                return d
-        d = IntMap(self._expect, wide=fam == 6) if fam == 4 or shift >= 64 else {}
-        tables.append((shift, d))
-        tables.sort(key=lambda t: t[0])
+        d = self._table_of.get(fam << 8 | shift)
+        if d is None:
+            d = self._table_of[fam << 8 | shift] = \
+                IntMap(self._expect, wide=fam == 6) if fam == 4 or shift >= 64 else {}
+            tables = self._tables[fam]
+            tables.append((shift, d))
+            tables.sort(key=lambda t: t[0])
         return d
 
     # -- lookups (the DNS guard's, ACLs') ---------------------------------------------
