@@ -8,7 +8,11 @@ each. Times are process CPU per operation including the calling Python loop (a b
 called from a for loop, as the table calls it). Prints the median of each and the C/Python
 ratio, and the traced bytes an entry of the filled map (tracemalloc, both sides).
 
-    .venv/bin/python bench/intmap_bench.py --keys 1000000 --runs 5
+``--table N``: also the live session table itself with either map as its indexes, in fresh
+processes (alternating, ``--runs`` each): N sessions (an IPv4 address and a /56 each) put
+into a reserved LiveTable, CPU per put and RSS growth per session.
+
+    .venv/bin/python bench/intmap_bench.py --keys 1000000 --runs 5 [--table 1000000]
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import argparse
 import gc
 import random
 import statistics
+import subprocess
 import sys
 import time
 import tracemalloc
@@ -66,10 +71,49 @@ def bytes_an_entry(cls, keys: list[int]) -> float:
     return used / len(m)
 
 
+TABLE_CHILD = r"""
+import os, sys, time
+from nocpolicy.sessions import table as tmod
+from nocpolicy.sessions.intmap import IntMap, PyIntMap
+tmod.IntMap = IntMap if sys.argv[1] == "c" else PyIntMap
+n = int(sys.argv[2])
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+t = tmod.LiveTable()
+before = rss()
+t.reserve(n)
+cpu = time.process_time()
+for i in range(n):
+    addrs = ((4, 0x64400000 + i, 32), (6, (0x20010DB8 << 96) | (i << 72), 56))
+    t.put(i + 1, "radius", "bng1", f"S{i:08x}", f"c{i}", addrs, 1.0, 1.0, 300.0, False, new_key=True)
+cpu = time.process_time() - cpu
+assert len(t) == n
+print((rss() - before) / n, cpu / n * 1e6)
+"""
+
+
+def table_part(n: int, runs: int) -> None:
+    got: dict[str, list[tuple[float, float]]] = {"c": [], "python": []}
+    for run in range(runs):
+        for side in (["c", "python"] if run % 2 == 0 else ["python", "c"]):
+            out = subprocess.run([sys.executable, "-c", TABLE_CHILD, side, str(n)], check=True,
+                                 capture_output=True, text=True, timeout=1200).stdout.split()
+            got[side].append((float(out[0]), float(out[1])))
+        print(f"  table run {run}: " + ", ".join(
+            f"{side} {got[side][-1][0]:.0f} B a session, {got[side][-1][1]:.2f} us a put" for side in got))
+    med = {side: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v))
+           for side, v in got.items()}
+    print(f"live table, {n:,} sessions (IPv4 + /56), medians: C {med['c'][0]:.0f} B, {med['c'][1]:.2f} us "
+          f"a put; Python {med['python'][0]:.0f} B, {med['python'][1]:.2f} us; C/Python CPU "
+          f"{med['c'][1] / med['python'][1]:.2f}, RSS {med['c'][0] / med['python'][0]:.2f}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keys", type=int, default=1_000_000)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--table", type=int, default=0, help="sessions for the live-table part (0: skip)")
     args = ap.parse_args()
     if IntMap is PyIntMap:
         print("the C extension nocpolicy.sessions._intmap is not built (pip install -e .)")
@@ -92,6 +136,8 @@ def main() -> int:
         print(f"  {op:9s} C {c:6.0f}  Python {p:6.0f}  C/Python {c / p:.2f}  (Python/C {p / c:.1f}x)")
     print("traced bytes an entry, filled from empty: " + ", ".join(
         f"{side} {bytes_an_entry(cls, keys):.1f}" for side, cls in sides.items()))
+    if args.table:
+        table_part(args.table, args.runs)
     return 0
 
 
