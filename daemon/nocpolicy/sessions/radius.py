@@ -215,40 +215,6 @@ def nas_name(attrs: dict, client: str, source: str) -> str:
     return sys.intern(f"{client}/{ident or source}")     # one string per NAS, shared by its sessions
 
 
-def interpret(pkt: rp.AcctPacket, attrs: dict, nas: str, now: float, default_interval: float,
-              customer_from: CustomerFrom, reply: Callable[[rp.AcctPacket], bytes] | None = None) -> Request:
-    """What an authenticated request means (raises Rejected for a useless one). ``reply``
-    codes the Accounting-Response (:func:`reply`, or a :class:`Replier`'s)."""
-    if reply is None:
-        reply = globals()["reply"]
-    a = attrs
-    status = STATUS.get(a.get("Acct-Status-Type"))
-    if status is None:
-        raise Rejected("unsupported", "missing or unknown Acct-Status-Type")
-    sid, login, calling = a.get("Acct-Session-Id", ""), a.get("User-Name", ""), a.get("Calling-Station-Id", "")
-    klass = a.get("Class", b"").decode("utf-8", "replace")
-    ts, elapsed = a.get("Event-Timestamp"), a.get("Acct-Session-Time")
-    when = float(ts) if ts is not None else now - a.get("Acct-Delay-Time", 0)
-    addrs = []
-    framed = a.get("Framed-IP-Address")
-    if framed is not None:
-        addrs.append((4, framed if type(framed) is int else int.from_bytes(socket.inet_aton(framed), "big"), 32))
-    for name in ("Framed-IPv6-Prefix", "Delegated-IPv6-Prefix"):
-        if name in a:
-            addrs.append(net_of(ipaddress.ip_network(a[name], strict=False)))
-    attr = customer_from.attribute
-    value = login if attr == "User-Name" else klass if attr == "Class" else calling
-    info = SessionInfo("radius", nas, sid, customer_from.extract(value), login, calling, klass,
-                       tuple(addrs), float(a.get("Acct-Interim-Interval") or default_interval))
-    if status in ("accounting-on", "accounting-off"):
-        return Request(status, Event("nas-off", info, when, reason=status), reply(pkt))
-    if not sid:
-        raise Rejected("bad-attribute", f"{status} without Acct-Session-Id")
-    kind = _KIND[status]
-    return Request(status, Event(kind, info, when, float(elapsed) if elapsed is not None else None,
-                                 TERMINATE.get(a.get("Acct-Terminate-Cause"), "")), reply(pkt))
-
-
 def reply(pkt: rp.AcctPacket) -> bytes:
     """The Accounting-Response to ``pkt`` (with its Proxy-States), coded by pyrad."""
     return pkt.CreateReply().ReplyPacket()
@@ -271,3 +237,35 @@ class Replier:
         r.id, r.secret, r.authenticator = pkt.id, pkt.secret, pkt.authenticator
         pkt._PrepareReply(r, {})
         return r.ReplyPacket()
+
+
+def interpret(pkt: rp.AcctPacket, attrs: dict, nas: str, now: float, default_interval: float,
+              customer_from: CustomerFrom, encode_reply: Callable[[rp.AcctPacket], bytes] = reply) -> Request:
+    """What an authenticated request means (raises Rejected for a useless one).
+    ``encode_reply`` codes the Accounting-Response (:func:`reply`, or a :class:`Replier`)."""
+    a = attrs
+    status = STATUS.get(a.get("Acct-Status-Type"))
+    if status is None:
+        raise Rejected("unsupported", "missing or unknown Acct-Status-Type")
+    sid, login, calling = a.get("Acct-Session-Id", ""), a.get("User-Name", ""), a.get("Calling-Station-Id", "")
+    klass = a.get("Class", b"").decode("utf-8", "replace")
+    ts, elapsed = a.get("Event-Timestamp"), a.get("Acct-Session-Time")
+    when = float(ts) if ts is not None else now - a.get("Acct-Delay-Time", 0)
+    addrs = []
+    framed = a.get("Framed-IP-Address")
+    if framed is not None:
+        addrs.append((4, framed if type(framed) is int else int.from_bytes(socket.inet_aton(framed), "big"), 32))
+    for name in ("Framed-IPv6-Prefix", "Delegated-IPv6-Prefix"):
+        if name in a:
+            addrs.append(net_of(ipaddress.ip_network(a[name], strict=False)))
+    attr = customer_from.attribute
+    value = login if attr == "User-Name" else klass if attr == "Class" else calling
+    info = SessionInfo("radius", nas, sid, customer_from.extract(value), login, calling, klass,
+                       tuple(addrs), float(a.get("Acct-Interim-Interval") or default_interval))
+    if status in ("accounting-on", "accounting-off"):
+        return Request(status, Event("nas-off", info, when, reason=status), encode_reply(pkt))
+    if not sid:
+        raise Rejected("bad-attribute", f"{status} without Acct-Session-Id")
+    kind = _KIND[status]
+    return Request(status, Event(kind, info, when, float(elapsed) if elapsed is not None else None,
+                                 TERMINATE.get(a.get("Acct-Terminate-Cause"), "")), encode_reply(pkt))
