@@ -135,3 +135,76 @@ def test_burst_answered_once_each_and_again_for_retransmissions(tmp_path):
     finally:
         hist.close()
         store.close()
+
+
+def test_a_failed_commit_answers_none_of_its_requests_and_their_retransmissions_are_answered(tmp_path):
+    """The store refuses group commits: none of the requests gathered into them is
+    answered (the NAS must retransmit: nothing was promised), and their retransmissions are
+    processed afresh, recorded and answered once the next commit is durable."""
+    from nocpolicy.errors import StoreError
+    store = Store(tmp_path / "db.sqlite")
+    hist = History(store)
+    settings = RadiusSettings(clients=(RadiusClient("bng9", ipaddress.ip_network("127.0.0.0/8"), "x",
+                                                    secret=SECRET),),
+                              customer_from=CustomerFrom("User-Name", re.compile(r"^(?P<id>[^@]+)@")))
+    book = Book(LiveTable())
+    refusing = [True]
+
+    def write(ops):
+        if refusing[0]:
+            raise StoreError("disk full (test)")
+        hist.write(ops)
+
+    proto = None
+
+    def failed(exc):
+        proto.forget_pending()
+        book.table.clear()          # what the component does: reload the live table from the store
+
+    commit = GroupCommit(write, delay=0.05, on_failure=failed)
+    proto = AccountingProtocol(lambda: settings, book, commit)
+    (queue,) = requests()[:1]
+    wires = [p.RequestPacket() for p in queue[:20]]
+
+    async def main():
+        transport = await listen(proto, "127.0.0.1", 0)
+        port = transport.get_extra_info("sockname")[1]
+        task = asyncio.create_task(commit.run())
+        c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        c.setblocking(False)
+        c.connect(("127.0.0.1", port))
+        try:
+            for w in wires:
+                c.send(w)
+            deadline = time.monotonic() + 30          # a poll with a deadline
+            while time.monotonic() < deadline:
+                if proto.counts[("start", "ok")] == len(wires) and commit.failures:
+                    break
+                await asyncio.sleep(0.01)
+            await commit.flush()             # whatever was still gathered: refused too
+            assert proto.counts[("start", "ok")] == len(wires) and commit.failures >= 1
+            await asyncio.sleep(0.2)
+            unanswered: list[list[bytes]] = [[]]
+            drain([c], unanswered)
+            refusing[0] = False              # the disk is back
+            again = await burst([c], [wires])   # the NAS retransmits the same bytes
+        finally:
+            c.close()
+            task.cancel()
+            transport.close()
+        return unanswered[0], again[0]
+
+    unanswered, again = asyncio.run(main())
+    try:
+        assert unanswered == [], "nothing answered for a commit that was not durable"
+        assert len(again) == len(wires), "each retransmission answered once"
+        by_id = {a[1]: a for a in again}
+        for p in queue[:20]:
+            reply = rp.AcctPacket(packet=by_id[p.id], secret=SECRET, dict=radius.dictionary())
+            assert p.VerifyReply(reply, by_id[p.id])
+        assert proto.counts[("start", "ok")] == 2 * len(wires), "the retransmissions were processed again"
+        rows = hist._r.execute("SELECT count(*) FROM sessions WHERE nas = 'bng9/bng9'").fetchone()[0]
+        assert rows == len(wires), "recorded once, by the commit that succeeded"
+    finally:
+        hist.close()
+        store.close()
