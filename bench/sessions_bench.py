@@ -283,7 +283,28 @@ def run_radclient(port: int, file: Path, parallel: int) -> tuple[float, int]:
     return took, ok
 
 
+def ingest_cpu(pin: int | None) -> int | None:
+    """The CPU the servers get to themselves ("on one core", issue 15): ``--pin``, by default
+    the last CPU; this process (the load generator) then runs on the others. -1: no pinning."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if pin == -1 or len(cpus) < 2:
+        return None
+    pin = cpus[-1] if pin is None else pin
+    others = [c for c in cpus if c != pin]
+    if others:
+        os.sched_setaffinity(0, others)
+    return pin
+
+
 def part_ingest(args) -> None:
+    cpus = os.sched_getaffinity(0)
+    try:
+        ingest(args)
+    finally:
+        os.sched_setaffinity(0, cpus)      # the next parts on every CPU again
+
+
+def ingest(args) -> None:
     from helpers import DaemonProcess
     from sessions_fixtures import sessions_policy
     n = args.requests
@@ -297,9 +318,10 @@ def part_ingest(args) -> None:
         d = DaemonProcess(tmp, policies=pol).start()
         peer_port = free_udp_tcp_port()
         peer = subprocess.Popen([sys.executable, "-c", PYRAD_PEER, str(peer_port), str(REPO / "daemon"), SECRET])
-        if args.pin is not None:      # both servers on the same single core (all threads)
+        pin = ingest_cpu(args.pin)
+        if pin is not None:           # both servers on the same single core (all threads)
             for pid in (d.proc.pid, peer.pid):
-                subprocess.run(["taskset", "-a", "-p", "-c", str(args.pin), str(pid)], check=True,
+                subprocess.run(["taskset", "-a", "-p", "-c", str(pin), str(pid)], check=True,
                                capture_output=True)
         ours, theirs = [], []
         try:
@@ -590,7 +612,8 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=30_000, help="accounting requests per run")
     ap.add_argument("--parallel", type=int, default=64, help="radclient -p (outstanding requests)")
     ap.add_argument("--senders", type=int, default=4, help="generator sockets")
-    ap.add_argument("--pin", type=int, default=None, help="ingest: pin both servers to this CPU (taskset)")
+    ap.add_argument("--pin", type=int, default=None, help="ingest: pin both servers to this CPU (taskset; default the "
+                    "last CPU, the generator on the others; -1: no pinning)")
     ap.add_argument("--profile", default=None, help="ingest: py-spy raw profile of one nocpolicyd run")
     ap.add_argument("--profile-run", type=int, default=0, help="ingest: which run --profile records")
     ap.add_argument("--no-customer-cap", action="store_true",

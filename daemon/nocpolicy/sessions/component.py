@@ -116,7 +116,7 @@ class Sessions(Component):
         self.history = History(ctx.store)
         self.settings = SessionSettings()
         self.commit = GroupCommit(self.history.write, on_failure=self._commit_failed,
-                                  after_write=self._replicate)
+                                  after_write=self._replicate, stage=self.history.stage)
         self.feed: SessionFeed | None = None
         self._unreplicated: list[Change] = []
         self._unpublished: list[Change] = []      # this process's watchers: told once per commit
