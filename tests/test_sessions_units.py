@@ -289,3 +289,46 @@ def test_decoder_rejects_an_attribute_running_past_the_length():
     with pytest.raises(radius.Rejected) as exc:
         radius.decode(wire, secret)
     assert exc.value.why == "malformed" and "runs past" in str(exc.value)
+
+
+def test_a_staged_commit_is_durable_only_once_committed_and_yields_to_another_writer(tmp_path):
+    """History.stage (the group commit's event-loop half): nothing is done while another
+    writer holds the connection; staged rows are invisible to readers until the returned
+    commit runs; a failed statement rolls back and frees the writer."""
+    import sqlite3
+
+    from nocpolicy.errors import StoreError
+    from nocpolicy.sessions.model import Ops
+
+    store = Store(tmp_path / "db.sqlite")
+    h = History(store)
+
+    def ops(i: int) -> Ops:
+        o = Ops()
+        o.inserts.append((i, "radius", "bng1/bng1", f"S{i}", f"c{i}", 0, "", "", "", 1.0, None, 1.0,
+                          300.0, None, f"4:{0x0A000000 + i}:32"))
+        o.addrs.append((i, f"4{0x0A000000 + i:08x}", 32, 1.0))
+        return o
+
+    reader = sqlite3.connect(store.path)
+    count = lambda: reader.execute("SELECT count(*) FROM sessions").fetchone()[0]   # noqa: E731
+    try:
+        h._wlock.acquire()                   # a prune holds the writer
+        assert h.stage(ops(1)) is None       # nothing done: the caller writes in a thread instead
+        h._wlock.release()
+        commit = h.stage(ops(1))
+        assert commit is not None and count() == 0, "staged, not yet committed: invisible"
+        commit()
+        assert count() == 1
+        assert h.at(4, 0x0A000001, 2.0)[0][0]["customer"] == "c1"
+        bad = ops(2)
+        bad.touches.append((1.0,))           # a statement that fails (a missing parameter)
+        with pytest.raises(StoreError):
+            h.stage(bad)
+        assert count() == 1, "rolled back"
+        h.write(ops(3))                      # the writer is free again
+        assert count() == 2
+    finally:
+        reader.close()
+        h.close()
+        store.close()
