@@ -142,12 +142,16 @@ def _customer_caps(policy, subjects: tuple[Subject, ...]) -> dict[str, dict]:
     """customer id -> {"normal": cap|None, profile id: cap|None} for every subject (a runtime
     ``rate_cap`` lowers every cap: the lower of it and the plan's applies)."""
     out = {}
+    shared: dict[tuple, dict] = {}       # (plan, rate_cap) -> its caps: one read-only dict each
     for s in subjects:
-        plan = policy.plans_by_id.get(s.plan) if s.plan else None
-        down = plan.down if plan else None
-        caps = {"normal": _lower(down, s.rate_cap)}
-        for p in policy.profiles:
-            caps[p.id] = _lower(emergency_cap(p, plan) or down, s.rate_cap)
+        caps = shared.get((s.plan, s.rate_cap))
+        if caps is None:
+            plan = policy.plans_by_id.get(s.plan) if s.plan else None
+            down = plan.down if plan else None
+            caps = {"normal": _lower(down, s.rate_cap)}
+            for p in policy.profiles:
+                caps[p.id] = _lower(emergency_cap(p, plan) or down, s.rate_cap)
+            shared[(s.plan, s.rate_cap)] = caps
         out[s.customer] = caps
     return out
 
@@ -186,15 +190,16 @@ def cap_classes(policy, caps_by_customer: dict, present: set,
     Raises EnforcementError past :data:`MAX_CAP_CLASSES`."""
     top = max((i.rate for i in policy.interfaces), default=0)
     wanted: list[tuple[str, int]] = []
-    planned, seen = set(), set()
+    planned = 0
+    below: dict[int, list[int]] = {}     # id(caps) -> its distinct caps below top (caps are shared)
     for cid, caps in caps_by_customer.items():
-        for cap in caps.values():
-            if cap is None or cap >= top:
-                continue   # no cap, or a cap no link can reach: the default class is enough
-            planned.add((cid, cap))
-            if cid in present and (cid, cap) not in seen:
-                seen.add((cid, cap))
-                wanted.append((cid, cap))
+        mine = below.get(id(caps))
+        if mine is None:
+            # no cap, or a cap no link can reach: the default class is enough
+            mine = below[id(caps)] = list(dict.fromkeys(c for c in caps.values() if c is not None and c < top))
+        planned += len(mine)
+        if cid in present:
+            wanted += [(cid, cap) for cap in mine]
     if len(wanted) > MAX_CAP_CLASSES:
         raise _too_many(len(wanted))
     prev = previous or {}
@@ -204,7 +209,7 @@ def cap_classes(policy, caps_by_customer: dict, present: set,
     for k in wanted:
         if k not in index:
             index[k] = next(free)
-    return index, [(cid, cap, index[(cid, cap)]) for cid, cap in wanted], len(planned)
+    return index, [(cid, cap, index[(cid, cap)]) for cid, cap in wanted], planned
 
 
 def _too_many(n: int) -> TooManyClasses:
@@ -320,10 +325,13 @@ def build_static(policy, subjects: tuple[Subject, ...] | None = None, previous: 
 def _with_uploads(policy, st: Static, previous: Static | None, redirect: str) -> Static:
     """``st`` with upload shaping: an ifb tree per interface with a class per customer ``up``
     cap (the lower of the plan's ``up`` and a runtime ``rate_cap``), and the filters."""
-    up = {}
+    up, shared = {}, {}            # (plan, rate_cap) -> its caps: one read-only dict each
     for s in st.subjects:
-        plan = policy.plans_by_id.get(s.plan) if s.plan else None
-        up[s.customer] = {"up": _lower(plan.up if plan else None, s.rate_cap)}
+        caps = shared.get((s.plan, s.rate_cap))
+        if caps is None:
+            plan = policy.plans_by_id.get(s.plan) if s.plan else None
+            caps = shared[(s.plan, s.rate_cap)] = {"up": _lower(plan.up if plan else None, s.rate_cap)}
+        up[s.customer] = caps
     present = {s.customer for s in st.subjects if s.prefixes}
     index, order, shared_by = cap_classes(policy, up, present, previous.up_index if previous is not None else None)
     if not order:

@@ -50,8 +50,12 @@ def net_text(n: Net) -> str:
 
 def _interval(n: Net) -> tuple[int, int, int]:
     fam, value, plen = n
-    size = 1 << ((32 if fam == 4 else 128) - plen)
-    return fam, value, value + size - 1
+    return fam, value, _last(fam, value, plen)
+
+
+def _last(fam: int, value: int, plen: int) -> int:
+    """The last address of a network."""
+    return value + (1 << ((32 if fam == 4 else 128) - plen)) - 1
 
 
 def _static_intervals(policy) -> dict[int, tuple[list[int], list[int]]]:
@@ -85,10 +89,12 @@ def kept_live(policy, live: Iterable[tuple[Net, str]]) -> dict[str, list[Net]]:
     """customer -> its live addresses, without any that overlap a static prefix or a wider
     (or equal, earlier) live one. Deterministic whatever the order of ``live``."""
     statics = _static_intervals(policy)
-    items = sorted(((_interval(n), n, cid) for n, cid in live), key=lambda x: (x[0][0], x[0][1], -x[0][2], x[2]))
+    # sorted by family, start, widest first, customer (a tuple that sorts so: no key function)
+    items = sorted((fam, value, -_last(fam, value, plen), cid, (fam, value, plen)) for (fam, value, plen), cid in live)
     kept: dict[str, list[Net]] = {}
     reach = {4: -1, 6: -1}
-    for (fam, lo, hi), n, cid in items:
+    for fam, lo, neg_hi, cid, n in items:
+        hi = -neg_hi
         if lo <= reach[fam] or _overlaps(statics[fam], lo, hi):
             continue
         reach[fam] = hi
