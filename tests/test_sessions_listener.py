@@ -46,6 +46,12 @@ def requests() -> list[list[rp.AcctPacket]]:
     return out
 
 
+def radius_settings() -> RadiusSettings:
+    """One NAS client (loopback), customers named by User-Name before the "@"."""
+    return RadiusSettings(clients=(RadiusClient("bng9", ipaddress.ip_network("127.0.0.0/8"), "x", secret=SECRET),),
+                          customer_from=CustomerFrom("User-Name", re.compile(r"^(?P<id>[^@]+)@")))
+
+
 def drain(socks, got) -> None:
     for i, s in enumerate(socks):
         while True:
@@ -77,9 +83,7 @@ async def burst(socks, wires, wave: int = 32) -> list[list[bytes]]:
 def test_burst_answered_once_each_and_again_for_retransmissions(tmp_path):
     store = Store(tmp_path / "db.sqlite")
     hist = History(store)
-    settings = RadiusSettings(clients=(RadiusClient("bng9", ipaddress.ip_network("127.0.0.0/8"), "x",
-                                                    secret=SECRET),),
-                              customer_from=CustomerFrom("User-Name", re.compile(r"^(?P<id>[^@]+)@")))
+    settings = radius_settings()
     book = Book(LiveTable())
     committed = []
 
@@ -144,9 +148,7 @@ def test_a_failed_commit_answers_none_of_its_requests_and_their_retransmissions_
     from nocpolicy.errors import StoreError
     store = Store(tmp_path / "db.sqlite")
     hist = History(store)
-    settings = RadiusSettings(clients=(RadiusClient("bng9", ipaddress.ip_network("127.0.0.0/8"), "x",
-                                                    secret=SECRET),),
-                              customer_from=CustomerFrom("User-Name", re.compile(r"^(?P<id>[^@]+)@")))
+    settings = radius_settings()
     book = Book(LiveTable())
     refusing = [True]
 
