@@ -211,14 +211,19 @@ class Probe:
     can publish right after it without sleeping.
     """
 
-    def __init__(self, broker: Mosquitto, user: str):
+    def __init__(self, broker: Mosquitto, user: str, *, persistent: bool = False):
+        """``persistent``: a session the broker keeps (clean_session off; it survives a
+        broker restart with persistence) and queues QoS 1 messages in while the probe is
+        away; the probe reconnects by itself within 2 s."""
         import ssl
 
         import paho.mqtt.client as mqtt
         self.messages: list[tuple[str, bytes, bool]] = []
         self._lock = threading.Lock()
         self._subacks: set[int] = set()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"probe-{user}-{os.getpid()}-{id(self):x}")
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"probe-{user}-{os.getpid()}-{id(self):x}",
+                             clean_session=not persistent)
+        self.c.reconnect_delay_set(0.2, 2)
         if broker.pki:     # TLS: the client certificate (CN = user) is the identity
             self.c.tls_set(ca_certs=str(broker.pki / "ca.pem"), certfile=str(broker.pki / f"{user}.pem"),
                            keyfile=str(broker.pki / f"{user}.key"), cert_reqs=ssl.CERT_REQUIRED)

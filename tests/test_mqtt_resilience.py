@@ -27,8 +27,12 @@ def test_broker_restart_during_a_run(tmp_path):
     # --no-watch: the policy edit below is reloaded explicitly (changed=True); on a busy machine
     # the file watcher sometimes reloaded first.
     d = DaemonProcess(tmp_path, extra_args=broker.daemon_args(NODE) + ["--no-watch"]).start()
+    watcher = None
     try:
         wait_for(lambda: d.metric("nocpolicy_mqtt_connected") == 1, 30, what="connected")
+        # subscribed before the outage, in a session the broker keeps: what the daemon sends once
+        # it is back is queued for the watcher, whichever of the two reconnects first
+        watcher = Probe(broker, "watcher", persistent=True).subscribe("nocpolicy/v1/#")
         broker.stop()
         wait_for(lambda: d.metric("nocpolicy_mqtt_connected") == 0, 30, what="disconnect noticed")
         # the outage changes nothing else: DNS answers, the admin API works, the daemon is ready
@@ -45,7 +49,6 @@ def test_broker_restart_during_a_run(tmp_path):
         wait_for(lambda: d.metric("nocpolicy_mqtt_outbox_events") >= 1, 30, what="event queued")
         # same port, same persistence: the daemon reconnects with backoff and keeps serving
         broker.start()
-        watcher = Probe(broker, "watcher").subscribe("nocpolicy/v1/#")
         ctl = Probe(broker, "noc-controller").subscribe("nocpolicy/v1/reply/noc-controller/#")
         wait_for(lambda: d.metric("nocpolicy_mqtt_connected") == 1, 40, what="reconnected")
         ev = watcher.wait("nocpolicy/v1/events/reload", 30, pred=lambda e: e.get("version") == version)
@@ -58,9 +61,10 @@ def test_broker_restart_during_a_run(tmp_path):
         assert r["ok"] and r["result"]["policy"]["version"] == version
         assert d.metric("nocpolicy_mqtt_connects_total") >= 2
         assert d.metric("nocpolicy_mqtt_connection_failures_total") >= 1
-        watcher.close()
         ctl.close()
     finally:
+        if watcher is not None:
+            watcher.close()
         d.stop()
         broker.stop()
 
