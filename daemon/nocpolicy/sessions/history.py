@@ -122,7 +122,8 @@ class History:
             self._w.close()
             self._r.close()
 
-    # -- writes (one transaction per group commit; called in a thread) ----------------
+    # -- writes (one transaction per group commit; write() in a thread, or stage() on the
+    #    event loop and its commit in a thread) -----------------------------------------
 
     def write(self, ops: Ops) -> None:
         """Record ``ops`` in one transaction, durable on return (blocking: run it in a thread)."""
