@@ -355,26 +355,25 @@ class Enforcer(Component):
             garbage = [live]          # what this re-render leaves behind, freed off the loop
             del live
             if plan == self.plan:
+                outcome = "unchanged"
                 if self.policy is policy:
                     garbage.append(self.static)
                     self.static, self._basis = static, (PLANNED, policy)
-                garbage += (plan, static)
-                del plan, static
-                await _release(garbage)
-                return self._rerender_done("unchanged")
-            try:
-                await self._apply(plan)
-            except EnforcementError:
-                return self._rerender_done("failed")     # rolled back; counted, last_error says why
-            if self.policy is policy:    # else a reload committed meanwhile; its own apply follows
-                garbage += (self.plan, self.static)
-                self.plan, self.static, self._basis = plan, static, (PLANNED, policy)
-                for fn in self._plan_listeners:
-                    fn()
+            else:
+                try:
+                    await self._apply(plan)
+                except EnforcementError:
+                    return self._rerender_done("failed")     # rolled back; counted, last_error says why
+                outcome = "applied"
+                if self.policy is policy:    # else a reload committed meanwhile; its own apply follows
+                    garbage += (self.plan, self.static)
+                    self.plan, self.static, self._basis = plan, static, (PLANNED, policy)
+                    for fn in self._plan_listeners:
+                        fn()
             garbage += (plan, static)
             del plan, static
             await _release(garbage)
-            return self._rerender_done("applied")
+            return self._rerender_done(outcome)
 
     def _rerender_done(self, outcome: str, error: str | None = None) -> str:
         self.rerenders[outcome] += 1
